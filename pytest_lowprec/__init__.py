@@ -1,0 +1,9 @@
+"""pytest-lowprec: a pytest plugin that gates low-precision GPU workloads on accuracy and speed."""
+
+from __future__ import annotations
+
+from .gate import Margin, SpeedupTolerance, Verdict
+from .recorder import Recorder, TestRecord
+
+__all__ = ["Margin", "Recorder", "SpeedupTolerance", "TestRecord", "Verdict"]
+__version__ = "0.1.0"

@@ -1,0 +1,70 @@
+"""The gate's settings, frozen and validated once per session, and the parsers for their text forms."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .gate import SpeedupTolerance
+from .hardware import validate_key
+from .timing import SamplingPolicy
+
+PRECISIONS: tuple[str, ...] = (
+    "fp8", "fp6", "fp4", "nvfp4", "mxfp8", "mxfp6", "mxfp4", "int8", "int4", "bf16", "fp16",
+)
+
+
+def parse_precisions(text: str) -> frozenset[str]:
+    """'fp8,nvfp4' -> {'fp8', 'nvfp4'}; an unknown name is a ValueError listing the valid ones."""
+    names = [p.strip().lower() for p in text.split(",") if p.strip()]
+    if not names:
+        raise ValueError(f"empty precision list; valid precisions: {', '.join(PRECISIONS)}")
+    unknown = [n for n in names if n not in PRECISIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown precision {', '.join(map(repr, unknown))}; valid precisions: {', '.join(PRECISIONS)}"
+        )
+    return frozenset(names)
+
+
+def parse_gpu(text: str) -> str:
+    return validate_key(text)
+
+
+def parse_fraction(text: str) -> float:
+    value = float(text)
+    if not (0.0 <= value < 1.0):
+        raise ValueError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def parse_positive(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"expected a positive number, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    gpu: str = "auto"
+    update: bool = False
+    baselines_dir: Path = Path("baselines")
+    precisions: frozenset[str] | None = None
+    strict: bool = False
+    report_path: Path | None = None
+    trace_dir: Path | None = None
+    tolerance: SpeedupTolerance = field(default_factory=SpeedupTolerance)
+    sampling: SamplingPolicy = field(default_factory=SamplingPolicy)
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        validate_key(self.gpu)
+        if self.precisions is not None:
+            unknown = set(self.precisions) - set(PRECISIONS)
+            if unknown:
+                raise ValueError(f"unknown precisions {sorted(unknown)}; valid: {', '.join(PRECISIONS)}")
+        if not 0.5 <= self.confidence < 1.0:
+            raise ValueError(f"confidence must lie in [0.5, 1), got {self.confidence}")

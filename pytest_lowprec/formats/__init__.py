@@ -1,0 +1,1 @@
+"""Low-precision number formats: quantize, dequantize, and the metrics that judge them."""

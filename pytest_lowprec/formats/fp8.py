@@ -1,0 +1,55 @@
+"""FP8 (E4M3 / E5M2) quantization with a float32 scale per tensor or per row.
+
+Saturating: values are clamped to the format's finite range before the cast,
+because torch's cast maps values past the max to NaN (E4M3) or Inf (E5M2).
+NaN stays NaN. The scale maps the tensor's (or row's) amax onto the format's max.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def fp8_max(dtype: torch.dtype) -> float:
+    if dtype not in FP8_DTYPES:
+        raise ValueError(f"not an FP8 dtype: {dtype}; use one of {FP8_DTYPES}")
+    return float(torch.finfo(dtype).max)
+
+
+def saturating_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Round to the nearest FP8 value, clamping to +-max instead of overflowing."""
+    limit = fp8_max(dtype)
+    return x.float().clamp(-limit, limit).to(dtype)
+
+
+def _scale_from_amax(amax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # An all-zero tensor or row keeps scale 1, so dequantization stays exact (0 * 1).
+    amax = amax.float()
+    return torch.where(amax > 0, fp8_max(dtype) / amax, torch.ones_like(amax))
+
+
+def quantize_tensorwise(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn):
+    """Returns (q, inv_scale): x ~= q.float() * inv_scale, inv_scale a 0-d float32 tensor."""
+    scale = _scale_from_amax(x.detach().abs().amax(), dtype)
+    return saturating_cast(x.float() * scale, dtype), scale.reciprocal()
+
+
+def quantize_rowwise(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn):
+    """Returns (q, inv_scale) with one scale per row: inv_scale has shape [rows, 1]."""
+    scale = _scale_from_amax(x.detach().abs().amax(dim=-1, keepdim=True), dtype)
+    return saturating_cast(x.float() * scale, dtype), scale.reciprocal()
+
+
+def dequantize(q: torch.Tensor, inv_scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return (q.float() * inv_scale).to(dtype)
+
+
+def scaled_mm(a_q: torch.Tensor, a_inv: torch.Tensor, b_q: torch.Tensor, b_inv: torch.Tensor,
+              out_dtype: torch.dtype = torch.bfloat16, fast_accum: bool = True) -> torch.Tensor:
+    """a @ b on FP8 operands through torch._scaled_mm; b must be column-major (b.t() contiguous)."""
+    if b_q.stride(0) != 1:
+        raise ValueError("b must be column-major for _scaled_mm: pass b.t().contiguous().t()")
+    return torch._scaled_mm(a_q, b_q, scale_a=a_inv, scale_b=b_inv, out_dtype=out_dtype,
+                            use_fast_accum=fast_accum)

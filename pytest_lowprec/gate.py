@@ -1,0 +1,355 @@
+"""Verdicts: accuracy bounds, speedup floors, memory bounds, and regression against a baseline.
+
+Pure: every function takes numbers and plain dicts and returns frozen verdicts.
+The policy for stored baselines (missing, stale, regressed, improved, being
+updated) lives in `baseline_view` and the `judge_*` functions, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .stats import RatioSummary
+
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+
+
+class Kind(str, Enum):
+    SPEEDUP = "speedup"
+    ACCURACY = "accuracy"
+    MEMORY = "memory"
+    INFO = "info"
+
+
+@dataclass(frozen=True)
+class Margin:
+    """How far a value may drift from its baseline in the bad direction: max(abs, rel*|baseline|)."""
+
+    abs: float = 0.0
+    rel: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.abs < 0 or self.rel < 0 or not (math.isfinite(self.abs) and math.isfinite(self.rel)):
+            raise ValueError(f"a margin is finite and non-negative, got abs={self.abs}, rel={self.rel}")
+
+    def allowed(self, baseline: float) -> float:
+        return max(self.abs, self.rel * abs(baseline))
+
+
+@dataclass(frozen=True)
+class MetricRule:
+    higher_is_better: bool
+    margin: Margin
+    unit: str = ""
+
+
+# Known accuracy metrics. Drift margins are what a deliberate numerics change
+# moves and run-to-run nondeterminism (atomics, split-K) does not.
+KNOWN_METRICS: dict[str, MetricRule] = {
+    "sqnr_db": MetricRule(True, Margin(abs=1.0), "dB"),
+    "cosine": MetricRule(True, Margin(abs=1e-3)),
+    "rel_l2": MetricRule(False, Margin(abs=1e-7, rel=0.10)),
+    "max_abs": MetricRule(False, Margin(abs=1e-7, rel=0.10)),
+    "loss_gap": MetricRule(False, Margin(abs=2e-3, rel=0.25)),
+}
+DEFAULT_MARGIN = Margin(rel=0.05)
+MEMORY_MARGIN = Margin(rel=0.05)
+
+
+@dataclass(frozen=True)
+class SpeedupTolerance:
+    """Allowed relative drop below the baseline median: max(floor, k * noise at recording)."""
+
+    floor: float = 0.03
+    noise_k: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.floor < 1.0:
+            raise ValueError(f"tolerance floor must lie in [0, 1), got {self.floor}")
+        if self.noise_k < 0:
+            raise ValueError(f"noise multiplier must be >= 0, got {self.noise_k}")
+
+    def relative(self, stored_noise: float | None) -> float:
+        noise = stored_noise if stored_noise is not None and math.isfinite(stored_noise) else 0.0
+        return min(max(self.floor, self.noise_k * noise), 0.95)
+
+
+@dataclass(frozen=True)
+class BaselineView:
+    """What the gate knows of one stored metric: present and comparable, missing, or stale."""
+
+    state: str  # "ok" | "missing" | "stale"
+    gpu: str
+    value: float | None = None
+    noise: float | None = None
+    recorded: str | None = None
+    detail: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.state == "ok" and self.value is not None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    metric: str
+    kind: Kind
+    status: str
+    value: float | None = None
+    interval: tuple[float, float] | None = None
+    unit: str = ""
+    bound: str = ""
+    baseline: float | None = None
+    baseline_date: str | None = None
+    delta_pct: float | None = None
+    reasons: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+    where: str = ""
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAIL
+
+    def to_dict(self) -> dict:
+        return {
+            "metric": self.metric,
+            "kind": self.kind.value,
+            "status": self.status,
+            "value": self.value,
+            "interval": list(self.interval) if self.interval else None,
+            "unit": self.unit,
+            "bound": self.bound,
+            "baseline": self.baseline,
+            "baseline_date": self.baseline_date,
+            "delta_pct": self.delta_pct,
+            "reasons": list(self.reasons),
+            "flags": list(self.flags),
+            "where": self.where,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Verdict:
+        return cls(
+            metric=d["metric"],
+            kind=Kind(d["kind"]),
+            status=d["status"],
+            value=d["value"],
+            interval=tuple(d["interval"]) if d["interval"] else None,
+            unit=d["unit"],
+            bound=d["bound"],
+            baseline=d["baseline"],
+            baseline_date=d["baseline_date"],
+            delta_pct=d["delta_pct"],
+            reasons=tuple(d["reasons"]),
+            flags=tuple(d["flags"]),
+            where=d["where"],
+            extra=d.get("extra", {}),
+        )
+
+
+def baseline_view(entry: dict | None, metric: str, signature: dict, gpu: str) -> BaselineView:
+    """Decide whether a stored entry can be compared with this run, and say why not if not."""
+    if entry is None:
+        return BaselineView("missing", gpu, detail=f"no baseline for {gpu}")
+    recorded = entry.get("recorded")
+    stored_sig = entry.get("signature", {})
+    if stored_sig != signature:
+        return BaselineView("stale", gpu, recorded=recorded, detail=_signature_change(stored_sig, signature))
+    stored = entry.get("metrics", {}).get(metric)
+    if stored is None:
+        return BaselineView("missing", gpu, recorded=recorded, detail=f"no baseline for {metric} on {gpu}")
+    return BaselineView("ok", gpu, value=stored.get("value"), noise=stored.get("noise"), recorded=recorded)
+
+
+def _signature_change(old: dict, new: dict) -> str:
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            changes.append(f"{key}: {old.get(key, '<absent>')} -> {new.get(key, '<absent>')}")
+    return "stale baseline, workload changed (" + "; ".join(changes) + ")"
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _nonfinite_word(value: float | None) -> str:
+    if value is None:
+        return "no value"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    return "Inf" if value > 0 else "-Inf"
+
+
+def _delta_pct(value: float, base: BaselineView) -> float | None:
+    if not base.usable or base.value == 0:
+        return None
+    return 100.0 * (value - base.value) / abs(base.value)
+
+
+def _baseline_presence(base: BaselineView, update: bool, strict: bool) -> tuple[list[str], list[str]]:
+    """Reasons to fail and flags, for a baseline that cannot be compared."""
+    if update:
+        return [], ["recording"]
+    if base.state == "ok":
+        return [], []
+    flag = "no-baseline" if base.state == "missing" else "stale"
+    if strict:
+        return [f"{base.detail} (--lowprec-strict)"], [flag]
+    return [], [flag]
+
+
+def speedup_decision_lines(floor: float | None, base: BaselineView, tol: SpeedupTolerance, update: bool) -> list[float]:
+    """The ratios at which the speedup verdict flips; sampling goes on while the interval holds one."""
+    lines = [floor] if floor is not None else []
+    if base.usable and not update:
+        rel = tol.relative(base.noise)
+        lines += [base.value * (1.0 - rel), base.value * (1.0 + rel)]
+    return lines
+
+
+def is_settled(summary: RatioSummary, lines: list[float]) -> bool:
+    return not any(summary.low <= line <= summary.high for line in lines)
+
+
+def judge_speedup(
+    metric: str,
+    summary: RatioSummary,
+    floor: float | None,
+    base: BaselineView,
+    tol: SpeedupTolerance,
+    *,
+    update: bool = False,
+    strict: bool = False,
+    settled: bool = True,
+    where: str = "",
+    extra: dict | None = None,
+) -> Verdict:
+    """Fail when the interval lies wholly below the floor, or below the baseline by more than the tolerance."""
+    reasons: list[str] = []
+    flags: list[str] = []
+    value = summary.median
+    interval = (summary.low, summary.high)
+    bound = f">= {floor:.2f}x" if floor is not None else ""
+    if not (_finite(value) and _finite(summary.low) and _finite(summary.high)):
+        reasons.append(f"speedup is {_nonfinite_word(value if not _finite(value) else summary.low)}")
+    else:
+        if floor is not None and summary.high < floor:
+            reasons.append(f"below floor: {summary.confidence:.0%} interval [{summary.low:.3f}, {summary.high:.3f}] < {floor:.2f}x")
+        more_reasons, more_flags = _baseline_presence(base, update, strict)
+        reasons += more_reasons
+        flags += more_flags
+        if base.usable and not update:
+            rel = tol.relative(base.noise)
+            low_line, high_line = base.value * (1.0 - rel), base.value * (1.0 + rel)
+            if summary.high < low_line:
+                reasons.append(
+                    f"regressed: interval [{summary.low:.3f}, {summary.high:.3f}] below baseline "
+                    f"{base.value:.3f}x - {rel:.1%} tolerance = {low_line:.3f}x"
+                )
+            elif summary.low > high_line:
+                flags.append("improved")
+        if not settled:
+            flags.append("inconclusive")
+    return Verdict(
+        metric=metric,
+        kind=Kind.SPEEDUP,
+        status=FAIL if reasons else PASS,
+        value=value,
+        interval=interval,
+        unit="x",
+        bound=bound,
+        baseline=base.value if base.usable else None,
+        baseline_date=base.recorded,
+        delta_pct=_delta_pct(value, base) if _finite(value) else None,
+        reasons=tuple(reasons),
+        flags=tuple(flags),
+        where=where,
+        extra=dict(extra or {}),
+    )
+
+
+def resolve_direction(metric: str, minimum: float | None, maximum: float | None, higher_is_better: bool | None) -> bool:
+    """Which way is better for a metric: said, implied by a one-sided bound, or known by name."""
+    if higher_is_better is not None:
+        return higher_is_better
+    if minimum is not None and maximum is None:
+        return True
+    if maximum is not None and minimum is None:
+        return False
+    if metric in KNOWN_METRICS:
+        return KNOWN_METRICS[metric].higher_is_better
+    raise ValueError(
+        f"cannot tell whether higher or lower {metric!r} is better: give a one-sided bound "
+        f"(min= or max=) or higher_is_better=; known metrics are {sorted(KNOWN_METRICS)}"
+    )
+
+
+def judge_value(
+    metric: str,
+    kind: Kind,
+    value: float,
+    *,
+    minimum: float | None,
+    maximum: float | None,
+    higher_is_better: bool,
+    margin: Margin,
+    base: BaselineView,
+    unit: str = "",
+    update: bool = False,
+    strict: bool = False,
+    where: str = "",
+) -> Verdict:
+    """An accuracy or memory verdict: absolute bounds, then drift from the baseline in the bad direction."""
+    reasons: list[str] = []
+    flags: list[str] = []
+    bound_parts = []
+    if minimum is not None:
+        bound_parts.append(f">= {minimum:g}")
+    if maximum is not None:
+        bound_parts.append(f"<= {maximum:g}")
+    if not _finite(value):
+        reasons.append(f"{metric} is {_nonfinite_word(value)}")
+    else:
+        if minimum is not None and value < minimum:
+            reasons.append(f"{metric} {value:.6g} < bound {minimum:g}")
+        if maximum is not None and value > maximum:
+            reasons.append(f"{metric} {value:.6g} > bound {maximum:g}")
+        more_reasons, more_flags = _baseline_presence(base, update, strict)
+        reasons += more_reasons
+        flags += more_flags
+        if base.usable and not update:
+            allowed = margin.allowed(base.value)
+            if higher_is_better and value < base.value - allowed:
+                reasons.append(f"drifted: {value:.6g} < baseline {base.value:.6g} - margin {allowed:.3g}")
+            elif not higher_is_better and value > base.value + allowed:
+                reasons.append(f"drifted: {value:.6g} > baseline {base.value:.6g} + margin {allowed:.3g}")
+            elif (value - base.value) * (1 if higher_is_better else -1) > allowed:
+                flags.append("improved")
+    return Verdict(
+        metric=metric,
+        kind=kind,
+        status=FAIL if reasons else PASS,
+        value=float(value) if value is not None else None,
+        unit=unit,
+        bound=" and ".join(bound_parts),
+        baseline=base.value if base.usable else None,
+        baseline_date=base.recorded,
+        delta_pct=_delta_pct(value, base) if _finite(value) else None,
+        reasons=tuple(reasons),
+        flags=tuple(flags),
+        where=where,
+    )
+
+
+def judge_info(metric: str, value: float, unit: str = "", where: str = "") -> Verdict:
+    """A reported number with no bound: recorded with the baseline, never fails."""
+    return Verdict(metric=metric, kind=Kind.INFO, status=PASS, value=value, unit=unit, where=where)
+
+
+def judge_skipped(metric: str, kind: Kind, reason: str, where: str = "") -> Verdict:
+    return Verdict(metric=metric, kind=kind, status=SKIP, reasons=(reason,), where=where)

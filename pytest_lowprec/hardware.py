@@ -1,0 +1,238 @@
+"""Which device runs the gate: its key, its peak rates, its software stack and its clocks.
+
+No pytest here. Probing goes through small functions that take torch or a command
+runner as arguments' defaults, so tests fake a device without one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import re
+import subprocess
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """Dense datasheet peaks, for roofline fractions; None where the chip has no such unit."""
+
+    key: str
+    pattern: str  # regex over the lower-cased device name
+    bf16_tflops: float
+    fp8_tflops: float | None
+    fp4_tflops: float | None
+    hbm_gbps: float
+
+
+# Ordered: the first pattern that matches a device name wins, so variants come
+# before the plain part (an "H100 PCIe" must not become an "h100").
+GPU_SPECS: tuple[GpuSpec, ...] = (
+    GpuSpec("gb300", r"gb300", 2500.0, 5000.0, 15000.0, 8000.0),
+    GpuSpec("b300", r"\bb300\b", 2250.0, 4500.0, 13500.0, 8000.0),
+    GpuSpec("gb200", r"gb200", 2500.0, 5000.0, 10000.0, 8000.0),
+    GpuSpec("b200", r"\bb200\b", 2250.0, 4500.0, 9000.0, 8000.0),
+    GpuSpec("gh200", r"gh200", 989.0, 1979.0, None, 4000.0),
+    GpuSpec("h200", r"\bh200\b", 989.0, 1979.0, None, 4800.0),
+    GpuSpec("h100-pcie", r"\bh100\b.*pcie", 756.0, 1513.0, None, 2000.0),
+    GpuSpec("h100-nvl", r"\bh100\b.*nvl", 835.0, 1671.0, None, 3900.0),
+    GpuSpec("h100", r"\bh100\b", 989.0, 1979.0, None, 3350.0),
+    GpuSpec("h20", r"\bh20\b", 148.0, 296.0, None, 4000.0),
+    GpuSpec("l40s", r"\bl40s\b", 362.0, 733.0, None, 864.0),
+    GpuSpec("l4", r"\bl4\b", 121.0, 242.0, None, 300.0),
+    GpuSpec("a100", r"\ba100\b", 312.0, None, None, 2039.0),
+    GpuSpec("a10g", r"\ba10g\b", 70.0, None, None, 600.0),
+    GpuSpec("rtx5090", r"rtx 5090", 209.5, 419.0, 838.0, 1792.0),
+    GpuSpec("rtx4090", r"rtx 4090", 165.2, 330.3, None, 1008.0),
+)
+CPU_KEY = "cpu"
+AUTO_KEY = "auto"
+_MULTI_KEY = re.compile(r"^(\d+)x_([a-z0-9][a-z0-9-]*)$")
+
+
+def known_keys() -> list[str]:
+    return [spec.key for spec in GPU_SPECS] + [CPU_KEY]
+
+
+def spec_for(key: str) -> GpuSpec | None:
+    match = _MULTI_KEY.match(key)
+    base = match.group(2) if match else key
+    return next((s for s in GPU_SPECS if s.key == base), None)
+
+
+def gpu_key_from_name(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'h100'; an unknown name becomes a slug of itself."""
+    lowered = name.lower()
+    for spec in GPU_SPECS:
+        if re.search(spec.pattern, lowered):
+            return spec.key
+    slug = re.sub(r"[^a-z0-9]+", "-", lowered.replace("nvidia", "")).strip("-")
+    return slug or "unknown-gpu"
+
+
+def validate_key(key: str) -> str:
+    """Accept a known key, 'auto', 'cpu', or 'Nx_<key>' for a multi-GPU run; else say what is valid."""
+    key = key.strip().lower()
+    if key in (AUTO_KEY, CPU_KEY) or spec_for(key) is not None:
+        return key
+    raise ValueError(
+        f"unknown GPU key {key!r}; valid keys: auto, {', '.join(known_keys())} "
+        "(or Nx_<key>, e.g. 2x_h200, for a multi-GPU run)"
+    )
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The device the gate runs on. For the CPU, only `key` and `name` are meaningful."""
+
+    key: str
+    name: str
+    index: int | None = None
+    capability: tuple[int, int] | None = None
+    sm_count: int | None = None
+    memory_bytes: int | None = None
+    l2_bytes: int | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.index is not None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["capability"] = list(self.capability) if self.capability else None
+        return d
+
+
+def cpu_device() -> DeviceInfo:
+    return DeviceInfo(key=CPU_KEY, name=platform.processor() or platform.machine() or "cpu")
+
+
+def probe_cuda(torch_module=None) -> DeviceInfo | None:
+    """The current CUDA device, or None when there is none."""
+    if torch_module is None:
+        import torch as torch_module
+    if not torch_module.cuda.is_available():
+        return None
+    index = torch_module.cuda.current_device()
+    props = torch_module.cuda.get_device_properties(index)
+    return DeviceInfo(
+        key=gpu_key_from_name(props.name),
+        name=props.name,
+        index=index,
+        capability=(props.major, props.minor),
+        sm_count=props.multi_processor_count,
+        memory_bytes=props.total_memory,
+        l2_bytes=getattr(props, "L2_cache_size", None),
+    )
+
+
+def select_device(requested: str, detected: DeviceInfo | None) -> DeviceInfo:
+    """Turn --gpu into the device the run uses; a mismatch is a ValueError that says how to fix it."""
+    requested = validate_key(requested)
+    if requested == CPU_KEY:
+        return cpu_device()
+    if detected is None:
+        if requested == AUTO_KEY:
+            return cpu_device()
+        raise ValueError(
+            f"--gpu {requested} asks for a GPU but no CUDA device is visible; "
+            "run with --gpu cpu (accuracy gates only) or on a machine with that GPU"
+        )
+    if requested in (AUTO_KEY, detected.key):
+        return detected
+    multi = _MULTI_KEY.match(requested)
+    if multi and multi.group(2) == detected.key:
+        return replace(detected, key=requested)
+    raise ValueError(
+        f"--gpu {requested} does not match this machine's device {detected.name!r} (key {detected.key}); "
+        f"use --gpu {detected.key}, --gpu auto, or --gpu cpu"
+    )
+
+
+def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+# Throttle-reason bits that mean the clock was pulled down by heat or a hardware
+# limit (nvidia-smi clocks_event_reasons): HW slowdown, SW/HW thermal, HW power brake.
+_THROTTLE_BITS = 0x8 | 0x20 | 0x40 | 0x80
+
+
+def device_state(index: int | None, run=_run) -> dict | None:
+    """SM clock (MHz), temperature (C) and throttle reasons of one GPU, read through nvidia-smi."""
+    if index is None:
+        return None
+    out = run([
+        "nvidia-smi",
+        f"--id={index}",
+        "--query-gpu=clocks.sm,temperature.gpu,clocks_event_reasons.active",
+        "--format=csv,noheader,nounits",
+    ])
+    if not out:
+        return None
+    parts = [p.strip() for p in out.splitlines()[0].split(",")]
+    try:
+        reasons = int(parts[2], 16)
+        return {
+            "sm_clock_mhz": int(parts[0]),
+            "temperature_c": int(parts[1]),
+            "throttle_reasons": hex(reasons),
+            "throttled": bool(reasons & _THROTTLE_BITS),
+        }
+    except (IndexError, ValueError):
+        return None
+
+
+def _cublas_version() -> str | None:
+    # cuBLAS is loaded by torch's first GEMM; dlopen by soname finds that copy.
+    for soname in ("libcublas.so.13", "libcublas.so.12", "libcublas.so.11"):
+        try:
+            lib = ctypes.CDLL(soname)
+        except OSError:
+            continue
+        parts = []
+        for prop in (0, 1, 2):  # MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL
+            value = ctypes.c_int()
+            if lib.cublasGetProperty(prop, ctypes.byref(value)) != 0:
+                return None
+            parts.append(str(value.value))
+        return ".".join(parts)
+    return None
+
+
+def software_fingerprint(device: DeviceInfo, run=_run) -> dict:
+    """The stack that produced a measurement: a baseline from another stack is flagged, not trusted blindly."""
+    import torch
+
+    fp = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "driver": None,
+        "cublas": None,
+    }
+    if device.is_cuda:
+        fp["driver"] = run(["nvidia-smi", f"--id={device.index}", "--query-gpu=driver_version",
+                            "--format=csv,noheader"])
+        fp["cublas"] = _cublas_version()
+    return fp
+
+
+def visible_gpu_ids(environ: dict, count: int) -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (an outer setting is respected)."""
+    outer = environ.get("CUDA_VISIBLE_DEVICES")
+    if outer is not None:
+        return [d.strip() for d in outer.split(",") if d.strip()]
+    return [str(i) for i in range(count)]
+
+
+def gpu_for_worker(visible: list[str], worker_id: str) -> str:
+    """xdist worker 'gw3' gets the 4th visible GPU, so no two workers share one."""
+    index = int(worker_id.lstrip("gw"))
+    if index >= len(visible):
+        raise ValueError(f"worker {worker_id} has no GPU of its own: only {len(visible)} visible ({visible})")
+    return visible[index]

@@ -1,0 +1,346 @@
+"""pytest hooks of pytest-lowprec: options, marker, fixture, and where verdicts turn into outcomes.
+
+This module declares; the decisions live in gate.py, baselines.py, hardware.py
+and recorder.py, and the run's state in session.LowprecRun under a StashKey.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from . import hookspec
+from .baselines import BaselineError, BaselineStore
+from .config import GateConfig, parse_fraction, parse_gpu, parse_positive, parse_precisions
+from .gate import SpeedupTolerance
+from .hardware import DeviceInfo, gpu_for_worker, probe_cuda, select_device, visible_gpu_ids
+from .recorder import Recorder, TestRecord
+from .report.terminal import failure_message
+from .session import LowprecRun, publish_worker_records
+from .timing import CudaEventTimer, HostTimer, SamplingPolicy
+
+RUN_KEY = pytest.StashKey[LowprecRun]()
+RECORDER_KEY = pytest.StashKey[Recorder]()
+RECORD_KEY = pytest.StashKey[TestRecord]()
+_MARKER_ARGS = {"precision", "device"}
+
+
+def _usage(parser: Callable[[str], object]) -> Callable[[str], object]:
+    """Wrap a parser so a bad value stops pytest with the parser's own message, not argparse's."""
+
+    def parse(text: str) -> object:
+        try:
+            return parser(text)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    parse.__name__ = parser.__name__
+    return parse
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspec)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lowprec", "low-precision regression gate (pytest-lowprec)")
+    group.addoption("--gpu", dest="lowprec_gpu", default=None, type=_usage(parse_gpu), metavar="KEY",
+                    help="GPU key whose baselines gate this run: auto (detect, default), cpu (accuracy gates "
+                         "only; speed gates over CUDA work skip), or a key such as h100, h200, b200. "
+                         "A key that does not match the device is a usage error.")
+    group.addoption("--lowprec-update", dest="lowprec_update", action="store_true", default=None,
+                    help="record or refresh the selected GPU's baselines for the tests that ran and passed "
+                         "their absolute bounds; other entries and other GPUs' files are left untouched.")
+    group.addoption("--lowprec-baselines", dest="lowprec_baselines", default=None, metavar="DIR",
+                    help="folder of <gpu>.json baseline files (default: baselines/ under the rootdir).")
+    group.addoption("--lowprec-precision", dest="lowprec_precision", default=None,
+                    type=_usage(parse_precisions), metavar="LIST",
+                    help="run only tests marked lowprec(precision=...) with one of these, e.g. fp8,nvfp4.")
+    group.addoption("--lowprec-strict", dest="lowprec_strict", action="store_true", default=None,
+                    help="a missing or stale baseline fails the test instead of being reported.")
+    group.addoption("--lowprec-report", dest="lowprec_report", default=None, metavar="PATH",
+                    help="write the HTML regression report to PATH (rendering lands with the report issue).")
+    group.addoption("--lowprec-trace", dest="lowprec_trace", default=None, metavar="DIR",
+                    help="write profiler traces of one untimed iteration per side to DIR "
+                         "(capture lands with the trace issue).")
+    group.addoption("--lowprec-tolerance", dest="lowprec_tolerance", default=None,
+                    type=_usage(parse_fraction), metavar="FRACTION",
+                    help="smallest allowed speedup drop below the baseline median (default 0.03); "
+                         "the tolerance grows to 2x the noise stored with the baseline when that is larger.")
+    group.addoption("--lowprec-time-budget", dest="lowprec_time_budget", default=None,
+                    type=_usage(parse_positive), metavar="SECONDS",
+                    help="most seconds one speedup may spend sampling while its interval straddles "
+                         "a decision line (default 8).")
+    parser.addini("lowprec_gpu", "default for --gpu", default="auto")
+    parser.addini("lowprec_baselines", "default for --lowprec-baselines", default="baselines")
+    parser.addini("lowprec_strict", "default for --lowprec-strict", type="bool", default=False)
+    parser.addini("lowprec_precision", "default for --lowprec-precision", default="")
+    parser.addini("lowprec_tolerance", "default for --lowprec-tolerance", default="0.03")
+    parser.addini("lowprec_noise_k", "multiple of the stored noise allowed below the baseline", default="2.0")
+    parser.addini("lowprec_time_budget", "default for --lowprec-time-budget", default="8")
+    parser.addini("lowprec_min_pairs", "A/B pairs taken before the first verdict check", default="30")
+    parser.addini("lowprec_max_pairs", "most A/B pairs one speedup takes", default="600")
+    parser.addini("lowprec_record_pairs", "A/B pairs taken when recording a baseline", default="120")
+    parser.addini("lowprec_confidence", "confidence of the bootstrap interval", default="0.95")
+
+
+def _option(config: pytest.Config, name: str, parse: Callable[[str], object] = str) -> object:
+    """A CLI value wins over the ini value; an ini value is parsed (and rejected) like the CLI's."""
+    cli = config.getoption(name)
+    if cli is not None:
+        return cli
+    raw = config.getini(name)
+    if isinstance(raw, bool):
+        return raw
+    try:
+        return parse(raw) if raw != "" else None
+    except ValueError as exc:
+        raise pytest.UsageError(f"ini option {name}: {exc}") from None
+
+
+def _gate_config(config: pytest.Config) -> GateConfig:
+    try:
+        baselines = Path(_option(config, "lowprec_baselines"))
+        if not baselines.is_absolute():
+            baselines = Path(config.rootpath) / baselines
+        report = config.getoption("lowprec_report")
+        trace = config.getoption("lowprec_trace")
+        return GateConfig(
+            gpu=_option(config, "lowprec_gpu", parse_gpu),
+            update=bool(config.getoption("lowprec_update")),
+            baselines_dir=baselines,
+            precisions=_option(config, "lowprec_precision", parse_precisions),
+            strict=bool(_option(config, "lowprec_strict")),
+            report_path=Path(report) if report else None,
+            trace_dir=Path(trace) if trace else None,
+            tolerance=SpeedupTolerance(
+                floor=_option(config, "lowprec_tolerance", parse_fraction),
+                noise_k=float(config.getini("lowprec_noise_k")),
+            ),
+            sampling=SamplingPolicy(
+                min_pairs=int(config.getini("lowprec_min_pairs")),
+                max_pairs=int(config.getini("lowprec_max_pairs")),
+                record_pairs=int(config.getini("lowprec_record_pairs")),
+                budget_s=_option(config, "lowprec_time_budget", parse_positive),
+            ),
+            confidence=float(config.getini("lowprec_confidence")),
+        )
+    except ValueError as exc:
+        raise pytest.UsageError(f"pytest-lowprec: {exc}") from None
+
+
+def _pin_worker_gpu(config: pytest.Config) -> None:
+    """On an xdist worker, before CUDA starts: see only the GPU the controller assigned."""
+    visible = config.workerinput.get("lowprec_gpus")
+    if visible:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for_worker(visible, config.workerinput["workerid"])
+
+
+def _detect(config: pytest.Config, gate: GateConfig) -> DeviceInfo:
+    if gate.gpu == "cpu":
+        return select_device("cpu", None)
+    detected = config.hook.pytest_lowprec_device(config=config)
+    if detected is None:
+        detected = probe_cuda()
+    try:
+        return select_device(gate.gpu, detected)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _check_worker_count(config: pytest.Config, device: DeviceInfo) -> None:
+    workers = getattr(config.option, "numprocesses", None)
+    if not device.is_cuda or not isinstance(workers, int) or workers <= 1:
+        return
+    import torch
+
+    gpus = visible_gpu_ids(dict(os.environ), torch.cuda.device_count())
+    if workers > len(gpus):
+        raise pytest.UsageError(
+            f"-n {workers} asks for {workers} workers but {len(gpus)} GPU(s) are visible; workers sharing "
+            f"a GPU disturb each other's timings. Use -n {len(gpus)} or fewer, or --gpu cpu for accuracy only."
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "lowprec(precision=..., device=None): a low-precision workload; precision is one name or a tuple "
+        "(fp8, nvfp4, ...); device='cuda' skips the test on a run without a GPU.",
+    )
+    if hasattr(config, "workerinput"):
+        _pin_worker_gpu(config)
+    gate = _gate_config(config)
+    device = _detect(config, gate)
+    if not hasattr(config, "workerinput"):
+        _check_worker_count(config, device)
+    store = BaselineStore(gate.baselines_dir)
+    try:
+        entries = store.read(device.key)
+    except BaselineError as exc:
+        raise pytest.UsageError(f"pytest-lowprec: {exc}") from None
+    run = LowprecRun(config, gate, device, store, entries)
+    config.stash[RUN_KEY] = run
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(run, "lowprec-run")
+    for flag, name in ((gate.report_path, "--lowprec-report"), (gate.trace_dir, "--lowprec-trace")):
+        if flag is not None:
+            config.issue_config_time_warning(
+                pytest.PytestConfigWarning(f"{name} is accepted but not yet rendered: nothing is written there"),
+                stacklevel=2,
+            )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """Controller: give every worker the list of GPUs, so each pins its own before CUDA starts."""
+    run = node.config.stash.get(RUN_KEY, None)
+    if run is not None and run.device.is_cuda:
+        import torch
+
+        node.workerinput["lowprec_gpus"] = visible_gpu_ids(dict(os.environ), torch.cuda.device_count())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` means one worker per visible GPU on a GPU run."""
+    run = config.stash.get(RUN_KEY, None)
+    if run is None or not run.device.is_cuda:
+        return None
+    import torch
+
+    return len(visible_gpu_ids(dict(os.environ), torch.cuda.device_count()))
+
+
+def _marker_args(item: pytest.Item) -> dict | None:
+    """The lowprec marker's arguments, closest marker first (a parametrize mark overrides the function's)."""
+    marks = list(item.iter_markers("lowprec"))
+    if not marks:
+        return None
+    merged: dict = {}
+    for mark in reversed(marks):
+        if mark.args:
+            raise pytest.UsageError(f"{item.nodeid}: lowprec marker takes keywords only, e.g. precision='fp8'")
+        merged.update(mark.kwargs)
+    unknown = set(merged) - _MARKER_ARGS
+    if unknown:
+        raise pytest.UsageError(f"{item.nodeid}: unknown lowprec marker argument(s) {sorted(unknown)}; "
+                                f"valid: {sorted(_MARKER_ARGS)}")
+    precision = merged.get("precision", ())
+    names = (precision,) if isinstance(precision, str) else tuple(precision)
+    try:
+        merged["precision"] = tuple(sorted(parse_precisions(",".join(names)))) if names else ()
+    except ValueError as exc:
+        raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+    if merged.get("device") not in (None, "cuda"):
+        raise pytest.UsageError(f"{item.nodeid}: lowprec device= must be 'cuda' or absent")
+    return merged
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wanted = config.stash[RUN_KEY].gate.precisions
+    keep, drop = [], []
+    for item in items:
+        args = _marker_args(item)
+        if wanted is None or (args is not None and wanted & set(args["precision"])):
+            keep.append(item)
+        else:
+            drop.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    args = _marker_args(item)
+    run = item.config.stash[RUN_KEY]
+    if args and args.get("device") == "cuda" and not run.device.is_cuda:
+        pytest.skip(f"needs a CUDA device; this run is on {run.device.key}")
+
+
+def _make_timer(config: pytest.Config, device: DeviceInfo) -> Callable[[str, dict], object]:
+    def make(kind: str, options: dict):
+        timer = config.hook.pytest_lowprec_make_timer(config=config, device=device, kind=kind, options=options)
+        if timer is not None:
+            return timer
+        if kind == "cpu":
+            return HostTimer()
+        return CudaEventTimer(device.index, l2_bytes=device.l2_bytes, **options)
+
+    return make
+
+
+@pytest.fixture
+def lowprec(request: pytest.FixtureRequest) -> Recorder:
+    """Record accuracy, memory and speedup verdicts; they are judged when the test body returns."""
+    item = request.node
+    run = item.config.stash[RUN_KEY]
+    args = _marker_args(item) or {"precision": ()}
+    params = dict(item.callspec.params) if hasattr(item, "callspec") else {}
+    recorder = Recorder(item.nodeid, args["precision"], params, run.device, run.gate,
+                        run.baseline_entry(item.nodeid), _make_timer(item.config, run.device))
+    item.stash[RECORDER_KEY] = recorder
+    return recorder
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    recorder = item.stash.get(RECORDER_KEY, None)
+    try:
+        result = yield
+    except BaseException:
+        if recorder is not None:
+            item.stash[RECORD_KEY] = recorder.finish()
+        raise
+    if recorder is None:
+        return result
+    record = recorder.finish()
+    item.stash[RECORD_KEY] = record
+    for v in record.verdicts:
+        if v.value is not None:
+            item.user_properties.append((f"lowprec.{v.metric}", v.value))
+    if record.failed_verdicts:
+        pytest.fail(failure_message(item.nodeid, item.config.stash[RUN_KEY].device.key, record.verdicts),
+                    pytrace=False)
+    if record.verdicts and all(v.status == "skip" for v in record.verdicts):
+        pytest.skip("; ".join(sorted({r for v in record.verdicts for r in v.reasons})))
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    record = item.stash.get(RECORD_KEY, None)
+    if call.when == "call" and record is not None:
+        record.outcome = report.outcome
+        item.config.stash[RUN_KEY].add(record)
+        if call.excinfo is not None and _is_cuda_oom(call.excinfo.value):
+            _release_after_oom(call.excinfo.tb)
+    return report
+
+
+def _is_cuda_oom(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" and "torch" in type(exc).__module__
+
+
+def _release_after_oom(tb) -> None:
+    """Drop the failed test's frames and cached blocks, so the next test gets its memory back."""
+    traceback.clear_frames(tb)
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    run = config.stash.get(RUN_KEY, None)
+    if run is not None and hasattr(config, "workeroutput"):
+        publish_worker_records(config, run)
+

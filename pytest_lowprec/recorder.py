@@ -1,0 +1,274 @@
+"""The `lowprec` fixture's object: a test's measurements, judged into verdicts when the test body ends.
+
+Measurements are kept raw and judged in `finish()`, so a signature set late in
+the test still decides which baseline the values meet. No pytest import: the
+plugin hands in the timer factory and the stored baseline entry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import gate
+from .config import GateConfig
+from .gate import Kind, Margin, SpeedupTolerance, Verdict
+from .hardware import DeviceInfo
+from .stats import side_medians, summarize_pairs
+from .timing import Measurement, Timer, measure_pairs
+
+TimerFactory = Callable[[str, dict], Timer]
+
+
+def _plain(value: object) -> object:
+    """A JSON scalar for a signature: numbers, strings and bools stay, anything else becomes its repr."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    return repr(value)
+
+
+def _call_site(depth: int = 2) -> str:
+    frame = sys._getframe(depth)
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def _as_float(value: object) -> float:
+    """Metrics may arrive as 0-d tensors or numpy scalars; the gate works in Python floats."""
+    if hasattr(value, "item"):
+        value = value.item()
+    return float(value)
+
+
+@dataclass
+class TestRecord:
+    """What one test leaves behind: verdicts for the gate and report, metrics for the baseline file."""
+
+    nodeid: str
+    precision: tuple[str, ...]
+    signature: dict
+    verdicts: list[Verdict] = field(default_factory=list)
+    metrics: dict[str, dict] = field(default_factory=dict)
+    timed_s: float = 0.0
+    timer_wall_s: float = 0.0
+    outcome: str = ""
+
+    @property
+    def failed_verdicts(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.failed]
+
+    @property
+    def recordable(self) -> bool:
+        """Only a test that passed (its work finished, its bounds held) may become a baseline."""
+        return self.outcome == "passed" and bool(self.metrics)
+
+    def to_dict(self) -> dict:
+        return {
+            "nodeid": self.nodeid,
+            "precision": list(self.precision),
+            "signature": self.signature,
+            "verdicts": [v.to_dict() for v in self.verdicts],
+            "metrics": self.metrics,
+            "timed_s": self.timed_s,
+            "timer_wall_s": self.timer_wall_s,
+            "outcome": self.outcome,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TestRecord:
+        return cls(
+            nodeid=d["nodeid"],
+            precision=tuple(d["precision"]),
+            signature=d["signature"],
+            verdicts=[Verdict.from_dict(v) for v in d["verdicts"]],
+            metrics=d["metrics"],
+            timed_s=d["timed_s"],
+            timer_wall_s=d["timer_wall_s"],
+            outcome=d["outcome"],
+        )
+
+
+@dataclass
+class _Observation:
+    kind: Kind
+    metric: str
+    where: str
+    judge: Callable[[gate.BaselineView], Verdict]
+    stored: dict | None
+
+
+class Recorder:
+    """The `lowprec` fixture. Record metrics and speedups; the plugin judges them after the test body."""
+
+    def __init__(
+        self,
+        nodeid: str,
+        precision: tuple[str, ...],
+        params: dict,
+        device: DeviceInfo,
+        config: GateConfig,
+        baseline_entry: dict | None,
+        make_timer: TimerFactory,
+    ):
+        self.nodeid = nodeid
+        self.precision = precision
+        self._device = device
+        self._config = config
+        self._entry = baseline_entry
+        self._make_timer = make_timer
+        self._signature: dict = {"precision": ",".join(precision)}
+        self._signature.update({f"param.{k}": _plain(v) for k, v in sorted(params.items())})
+        self._observations: list[_Observation] = []
+        self._timed_s = 0.0
+        self._timer_wall_s = 0.0
+
+    # -- what the test reads ------------------------------------------------
+    @property
+    def device(self) -> str:
+        """Where the test should put its tensors: 'cuda:N' on a GPU run, 'cpu' under --gpu cpu."""
+        return f"cuda:{self._device.index}" if self._device.is_cuda else "cpu"
+
+    @property
+    def gpu(self) -> DeviceInfo:
+        return self._device
+
+    @property
+    def on_cuda(self) -> bool:
+        return self._device.is_cuda
+
+    # -- what the test records ----------------------------------------------
+    def signature(self, **fields: object) -> None:
+        """Describe the workload (shapes, dtypes, settings); a baseline with another signature is stale."""
+        self._signature.update({k: _plain(v) for k, v in fields.items()})
+
+    def accuracy(
+        self,
+        metric: str,
+        value: object,
+        *,
+        min: float | None = None,  # noqa: A002 - reads as the bound it is
+        max: float | None = None,  # noqa: A002
+        higher_is_better: bool | None = None,
+        margin: Margin | None = None,
+    ) -> None:
+        """Gate a metric against its bound and against the baseline's value (drift beyond the margin fails)."""
+        where = _call_site()
+        higher = gate.resolve_direction(metric, min, max, higher_is_better)
+        rule = gate.KNOWN_METRICS.get(metric)
+        margin = margin or (rule.margin if rule else gate.DEFAULT_MARGIN)
+        unit = rule.unit if rule else ""
+        val = _as_float(value)
+        self._add(
+            Kind.ACCURACY, metric, where,
+            lambda base: gate.judge_value(
+                metric, Kind.ACCURACY, val, minimum=min, maximum=max, higher_is_better=higher,
+                margin=margin, base=base, unit=unit, update=self._config.update,
+                strict=self._config.strict, where=where,
+            ),
+            {"kind": "accuracy", "value": val, "unit": unit} if math.isfinite(val) else None,
+        )
+
+    def memory(self, metric: str, nbytes: object, *, max: float | None = None,  # noqa: A002
+               margin: Margin = gate.MEMORY_MARGIN) -> None:
+        """Gate a byte count (peak allocated, cache size): at most `max`, and no growth past the margin."""
+        where = _call_site()
+        val = _as_float(nbytes)
+        self._add(
+            Kind.MEMORY, metric, where,
+            lambda base: gate.judge_value(
+                metric, Kind.MEMORY, val, minimum=None, maximum=max, higher_is_better=False,
+                margin=margin, base=base, unit="B", update=self._config.update,
+                strict=self._config.strict, where=where,
+            ),
+            {"kind": "memory", "value": val, "unit": "B"} if math.isfinite(val) else None,
+        )
+
+    def info(self, metric: str, value: object, unit: str = "") -> None:
+        """Report a number with no bound (it is stored with the baseline and shown in reports)."""
+        where = _call_site()
+        val = _as_float(value)
+        self._add(Kind.INFO, metric, where, lambda base: gate.judge_info(metric, val, unit, where),
+                  {"kind": "info", "value": val, "unit": unit} if math.isfinite(val) else None)
+
+    def speedup(
+        self,
+        baseline: Callable[[], object],
+        optimized: Callable[[], object],
+        *,
+        min: float | None = None,  # noqa: A002
+        name: str = "speedup",
+        device: str = "cuda",
+        tolerance: SpeedupTolerance | None = None,
+        graphs: bool = False,
+        flush_l2: bool = True,
+    ) -> Measurement | None:
+        """Time `baseline` and `optimized` alternately and gate optimized's speedup.
+
+        `device` says where the work runs: "cuda" work is timed with CUDA events and
+        skips (with a reason) on a run without a GPU; "cpu" work is timed on the host.
+        """
+        where = _call_site()
+        if device not in ("cuda", "cpu"):
+            raise ValueError(f"speedup device must be 'cuda' or 'cpu', got {device!r}")
+        if device == "cuda" and not self._device.is_cuda:
+            reason = f"speed gate over CUDA work skipped: no CUDA device (gpu key {self._device.key})"
+            self._add(Kind.SPEEDUP, name, where, lambda base: gate.judge_skipped(name, Kind.SPEEDUP, reason, where), None)
+            return None
+        tol = tolerance or self._config.tolerance
+        timer = self._make_timer(device, {"graphs": graphs, "flush_l2": flush_l2})
+        view = self._view(name)
+        lines = gate.speedup_decision_lines(min, view, tol, self._config.update)
+        seed, conf = self._config.seed, self._config.confidence
+
+        def settled(pairs):
+            return gate.is_settled(summarize_pairs(pairs, conf, seed=seed), lines)
+
+        m = measure_pairs(timer, baseline, optimized, self._config.sampling, settled,
+                          recording=self._config.update)
+        self._timed_s += m.timed_s
+        self._timer_wall_s += m.wall_s
+        summary = summarize_pairs(m.pairs, conf, seed=seed)
+        base_ms, opt_ms = side_medians(m.pairs)
+        extra = {"baseline_ms": base_ms, "optimized_ms": opt_ms, "timer": m.timer,
+                 "state_before": m.state_before, "state_after": m.state_after}
+
+        def judge(base: gate.BaselineView) -> Verdict:
+            v = gate.judge_speedup(name, summary, min, base, tol, update=self._config.update,
+                                   strict=self._config.strict, settled=m.settled, where=where, extra=extra)
+            if m.throttled:
+                return Verdict(**{**v.__dict__, "flags": v.flags + ("throttled",)})
+            return v
+
+        stored = None
+        if math.isfinite(summary.median):
+            stored = {"kind": "speedup", "value": summary.median, "unit": "x", **summary.as_dict(),
+                      "baseline_ms": base_ms, "optimized_ms": opt_ms, "timer": m.timer, "throttled": m.throttled}
+        self._add(Kind.SPEEDUP, name, where, judge, stored)
+        return m
+
+    # -- what the plugin calls ----------------------------------------------
+    def finish(self) -> TestRecord:
+        """Judge every observation against the (now complete) signature's baseline."""
+        record = TestRecord(self.nodeid, self.precision, dict(self._signature),
+                            timed_s=self._timed_s, timer_wall_s=self._timer_wall_s)
+        for obs in self._observations:
+            verdict = obs.judge(self._view(obs.metric))
+            record.verdicts.append(verdict)
+            if obs.stored is not None and verdict.status != gate.SKIP:
+                record.metrics[obs.metric] = obs.stored
+        return record
+
+    def _view(self, metric: str) -> gate.BaselineView:
+        sig = json.loads(json.dumps(self._signature))
+        return gate.baseline_view(self._entry, metric, sig, self._device.key)
+
+    def _add(self, kind, metric, where, judge, stored) -> None:
+        if any(o.metric == metric for o in self._observations):
+            raise ValueError(
+                f"metric {metric!r} recorded twice in {self.nodeid}; give each measurement its own name"
+            )
+        self._observations.append(_Observation(kind, metric, where, judge, stored))

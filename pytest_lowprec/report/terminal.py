@@ -1,0 +1,101 @@
+"""Plain-text tables: the failure message of one test, and the session summary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from ..gate import Kind, Verdict
+
+_HEADERS = ("metric", "value [interval]", "bound", "baseline", "delta", "verdict")
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def format_number(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "B":
+        return format_bytes(value)
+    if unit == "x":
+        return f"{value:.3f}x"
+    text = f"{value:.4g}"
+    return f"{text} {unit}" if unit else text
+
+
+def format_value(v: Verdict) -> str:
+    if v.status == "skip" and v.value is None:
+        return "-"
+    text = format_number(v.value, v.unit)
+    if v.interval is not None:
+        lo, hi = v.interval
+        text += f" [{lo:.3f}, {hi:.3f}]"
+    return text
+
+
+def format_baseline(v: Verdict) -> str:
+    if v.baseline is None:
+        return "-"
+    return format_number(v.baseline, v.unit)
+
+
+def format_delta(v: Verdict) -> str:
+    return "-" if v.delta_pct is None else f"{v.delta_pct:+.1f}%"
+
+
+def format_verdict(v: Verdict) -> str:
+    word = v.status.upper() if v.status != "pass" else "pass"
+    return word + (f" ({', '.join(v.flags)})" if v.flags else "")
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    rows = [list(r) for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    def line(cells):
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+    return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def verdict_row(v: Verdict) -> list[str]:
+    return [v.metric, format_value(v), v.bound or "-", format_baseline(v), format_delta(v), format_verdict(v)]
+
+
+def failure_message(nodeid: str, gpu: str, verdicts: Sequence[Verdict]) -> str:
+    """One message for every failed verdict of a test: what, how much, against what, where."""
+    failed = [v for v in verdicts if v.failed]
+    dates = sorted({v.baseline_date for v in verdicts if v.baseline_date})
+    baseline_note = f"baseline recorded {', '.join(dates)}" if dates else f"no stored baseline for {gpu}"
+    lines = [f"lowprec gate: {len(failed)} of {len(verdicts)} verdicts failed for {nodeid} "
+             f"on {gpu} ({baseline_note})"]
+    lines += ["  " + row for row in table(_HEADERS, (verdict_row(v) for v in verdicts))]
+    for v in failed:
+        for reason in v.reasons:
+            lines.append(f"  {v.metric}: {reason}  (at {v.where})" if v.where else f"  {v.metric}: {reason}")
+    return "\n".join(lines)
+
+
+def summary_lines(records: Iterable) -> list[str]:
+    """The session table: one row per verdict, failures first."""
+    rows = []
+    for rec in records:
+        for v in rec.verdicts:
+            order = {"fail": 0, "skip": 2}.get(v.status, 1)
+            rows.append((order, rec.nodeid, [rec.nodeid, ",".join(rec.precision)] + verdict_row(v)
+                         + ([v.reasons[0]] if v.status == "skip" and v.reasons else [])))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    headers = ("test", "precision") + _HEADERS
+    return table(headers, ([*r[2][:8]] for r in rows)) + _skip_notes(rows)
+
+
+def _skip_notes(rows) -> list[str]:
+    reasons = sorted({r[2][8] for r in rows if len(r[2]) > 8})
+    return [f"skipped: {reason}" for reason in reasons]
+
+
+def is_speed(v: Verdict) -> bool:
+    return v.kind is Kind.SPEEDUP

@@ -1,0 +1,122 @@
+"""The run: its settings, device and baseline store, the records of finished tests, and what happens at the end.
+
+One `LowprecRun` lives in `config.stash`. On the controller (or a run without
+xdist) it is also registered as a plugin, so it alone merges workers' records,
+writes baselines and prints the summary.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .baselines import BaselineError, BaselineStore
+from .config import GateConfig
+from .hardware import DeviceInfo, software_fingerprint
+from .recorder import TestRecord
+from .report.terminal import summary_lines
+
+_WORKEROUTPUT_KEY = "lowprec_records"
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=False)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+class LowprecRun:
+    def __init__(self, pytest_config: pytest.Config, gate: GateConfig, device: DeviceInfo, store: BaselineStore,
+                 entries: dict[str, dict]):
+        self.pytest_config = pytest_config
+        self.gate = gate
+        self.device = device
+        self.store = store
+        self.entries = entries
+        self.records: dict[str, TestRecord] = {}
+        self.written: tuple[Path, int] | None = None
+        self.write_error: str | None = None
+
+    # -- records ------------------------------------------------------------
+    def add(self, record: TestRecord) -> None:
+        self.records[record.nodeid] = record
+        if not hasattr(self.pytest_config, "workerinput"):
+            self.pytest_config.hook.pytest_lowprec_record(config=self.pytest_config, record=record)
+
+    def baseline_entry(self, nodeid: str) -> dict | None:
+        return self.entries.get(nodeid)
+
+    def _entry(self, record: TestRecord, software: dict, commit: str | None, now: str) -> dict:
+        return {
+            "recorded": now,
+            "commit": commit,
+            "device": self.device.to_dict(),
+            "software": software,
+            "signature": record.signature,
+            "precision": list(record.precision),
+            "metrics": record.metrics,
+        }
+
+    def write_baselines(self) -> None:
+        recordable = [r for r in self.records.values() if r.recordable]
+        if not recordable:
+            self.written = (self.store.path_for(self.device.key), 0)
+            return
+        software = software_fingerprint(self.device)
+        commit = _git_commit(Path(self.pytest_config.rootpath))
+        now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+        entries = {r.nodeid: self._entry(r, software, commit, now) for r in recordable}
+        try:
+            path = self.store.update(self.device.key, entries)
+        except BaselineError as exc:
+            self.write_error = str(exc)
+            return
+        self.written = (path, len(entries))
+
+    # -- hooks on the controller --------------------------------------------
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        payload = getattr(node, "workeroutput", {}).get(_WORKEROUTPUT_KEY)
+        if payload:
+            for d in json.loads(payload):
+                self.add(TestRecord.from_dict(d))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.gate.update:
+            self.write_baselines()
+            if self.write_error:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.records:
+            return
+        tr = terminalreporter
+        path = self.store.path_for(self.device.key)
+        tr.write_sep("=", f"lowprec gate on {self.device.key} ({self.device.name}), baselines {path}")
+        for line in summary_lines(sorted(self.records.values(), key=lambda r: r.nodeid)):
+            tr.write_line(line)
+        if self.gate.update:
+            if self.write_error:
+                tr.write_line(f"lowprec: baselines NOT written: {self.write_error}", red=True, bold=True)
+            elif self.written:
+                written_path, count = self.written
+                skipped = len(self.records) - count
+                tr.write_line(f"lowprec: recorded {count} entr{'y' if count == 1 else 'ies'} in {written_path}"
+                              + (f"; {skipped} not recorded (failed, skipped, or no metrics)" if skipped else ""))
+
+
+def publish_worker_records(config: pytest.Config, run: LowprecRun) -> None:
+    """On an xdist worker: hand the records to the controller, which alone writes files."""
+    config.workeroutput[_WORKEROUTPUT_KEY] = json.dumps([r.to_dict() for r in run.records.values()])

@@ -1,0 +1,55 @@
+"""FP8 GEMM through torch._scaled_mm (E4M3, tensorwise scales, clamped) against BF16 GEMM.
+
+Accuracy is the SQNR of each product against a float64 product of the same bf16
+inputs. Speed is the BF16 GEMM's time over the FP8 path's, measured in one
+session. Two scopes: `gemm` times the FP8 kernel on pre-quantized operands;
+`linear` also quantizes the activation on every call, as an FP8 linear layer must.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
+from pytest_lowprec.formats.metrics import sqnr_db
+
+ON_CUDA = pytest.mark.lowprec(device="cuda")
+# n=256 runs everywhere (CPU CI gates its accuracy); the real shapes need a GPU.
+SIZES = [256, pytest.param(4096, marks=ON_CUDA), pytest.param(8192, marks=ON_CUDA)]
+# Floors sit below what an H100 measures (see baselines/h100.json), so they
+# catch a lost FP8 path; the stored baseline catches smaller regressions.
+FLOOR = {("gemm", 4096): 1.3, ("gemm", 8192): 1.4, ("linear", 4096): None, ("linear", 8192): 1.1}
+# GEMM of N(0,1) bf16 inputs with E4M3 operands: ~28.5 dB on an H100 at K=4096 (REFERENCE.md).
+MIN_SQNR_DB = 25.0
+
+
+def _operands(n: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device=device).manual_seed(n)
+    a = torch.randn(n, n, generator=gen, device=device).to(torch.bfloat16)
+    b = torch.randn(n, n, generator=gen, device=device).to(torch.bfloat16)
+    return a, b
+
+
+@pytest.mark.lowprec(precision="fp8")
+@pytest.mark.parametrize("scope", ["gemm", "linear"])
+@pytest.mark.parametrize("n", SIZES)
+def test_fp8_gemm(lowprec, n, scope):
+    a, b = _operands(n, lowprec.device)
+    lowprec.signature(m=n, n=n, k=n, inputs="bfloat16", fp8="e4m3fn", scaling="tensorwise")
+    a8, a_inv = quantize_tensorwise(a)
+    b8, b_inv = quantize_tensorwise(b)
+    b8 = b8.t().contiguous().t()  # _scaled_mm takes B column-major
+
+    def fp8_gemm():
+        return scaled_mm(a8, a_inv, b8, b_inv)
+
+    def fp8_linear():
+        q, inv = quantize_tensorwise(a)
+        return scaled_mm(q, inv, b8, b_inv)
+
+    out = fp8_gemm() if scope == "gemm" else fp8_linear()
+    reference = a.double() @ b.double()
+    lowprec.accuracy("sqnr_db", sqnr_db(reference, out), min=MIN_SQNR_DB)
+    lowprec.speedup(baseline=lambda: a @ b, optimized=fp8_gemm if scope == "gemm" else fp8_linear,
+                    min=FLOOR.get((scope, n)))

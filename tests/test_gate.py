@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pytest_lowprec import gate
+from pytest_lowprec.gate import BaselineView, Kind, Margin, SpeedupTolerance
+from pytest_lowprec.stats import RatioSummary
+
+OK = BaselineView("ok", "h100", value=1.60, noise=0.01, recorded="2026-11-01T00:00:00+00:00")
+MISSING = BaselineView("missing", "h100", detail="no baseline for h100")
+
+
+def summary(median, half=0.005, noise=0.01):
+    return RatioSummary(median, median - half, median + half, 40, noise, 0.95)
+
+
+def speed(s, floor=None, base=OK, **kw):
+    return gate.judge_speedup("speedup", s, floor, base, SpeedupTolerance(), **kw)
+
+
+def test_speedup_interval_wholly_below_floor_fails():
+    v = speed(summary(1.2), floor=1.5)
+    assert v.failed and "below floor" in v.reasons[0]
+
+
+def test_speedup_interval_straddling_floor_passes_as_inconclusive():
+    v = speed(RatioSummary(1.5, 1.45, 1.55, 40, 0.01, 0.95), floor=1.5, settled=False, base=MISSING)
+    assert not v.failed and "inconclusive" in v.flags
+
+
+def test_speedup_below_baseline_by_more_than_tolerance_fails_as_regressed():
+    v = speed(summary(1.60 / 1.05))
+    assert v.failed and v.reasons[0].startswith("regressed")
+    assert v.delta_pct == pytest.approx(-4.76, abs=0.01)
+
+
+def test_speedup_within_tolerance_of_baseline_passes():
+    assert not speed(summary(1.57)).failed
+
+
+def test_tolerance_grows_with_the_noise_stored_with_the_baseline():
+    tol = SpeedupTolerance(floor=0.03, noise_k=3.0)
+    assert tol.relative(0.001) == 0.03
+    assert tol.relative(0.03) == pytest.approx(0.09)
+    noisy = BaselineView("ok", "h100", value=1.60, noise=0.03, recorded="d")
+    assert not speed(summary(1.50), base=noisy).failed
+
+
+def test_speedup_clearly_above_baseline_is_flagged_improved():
+    v = speed(summary(1.80))
+    assert not v.failed and "improved" in v.flags
+
+
+def test_nan_speedup_fails_with_the_word_nan():
+    v = speed(RatioSummary(math.nan, math.nan, math.nan, 10, math.nan, 0.95), floor=1.0)
+    assert v.failed and "NaN" in v.reasons[0]
+
+
+def test_missing_baseline_is_reported_and_fails_only_under_strict():
+    assert "no-baseline" in speed(summary(1.6), base=MISSING).flags
+    strict = speed(summary(1.6), base=MISSING, strict=True)
+    assert strict.failed and "no baseline for h100" in strict.reasons[0]
+
+
+def test_update_mode_does_not_compare_with_the_old_baseline_but_keeps_the_floor():
+    v = speed(summary(1.2), update=True)
+    assert not v.failed and "recording" in v.flags
+    assert speed(summary(1.2), floor=1.5, update=True).failed
+
+
+def test_decision_lines_are_the_floor_and_the_tolerance_band():
+    lines = gate.speedup_decision_lines(1.5, OK, SpeedupTolerance(0.03, 3.0), update=False)
+    assert lines == pytest.approx([1.5, 1.552, 1.648])
+    assert gate.is_settled(summary(1.3), lines)
+    assert not gate.is_settled(RatioSummary(1.55, 1.54, 1.56, 30, 0.01, 0.95), lines)
+
+
+def value(v, minimum=None, maximum=None, higher=True, base=MISSING, margin=Margin(abs=1.0), **kw):
+    return gate.judge_value("sqnr_db", Kind.ACCURACY, v, minimum=minimum, maximum=maximum,
+                            higher_is_better=higher, margin=margin, base=base, **kw)
+
+
+def test_accuracy_below_its_bound_fails_naming_metric_and_bound():
+    v = value(20.0, minimum=25.0)
+    assert v.failed and v.reasons == ("sqnr_db 20 < bound 25",)
+
+
+def test_accuracy_nan_and_inf_always_fail():
+    assert "NaN" in value(math.nan).reasons[0]
+    assert "Inf" in value(math.inf, higher=False).reasons[0]
+
+
+def test_accuracy_drift_in_the_bad_direction_beyond_margin_fails():
+    base = BaselineView("ok", "h100", value=28.5, recorded="d")
+    assert value(27.0, base=base).failed
+    assert not value(27.8, base=base).failed
+    assert "improved" in value(30.0, base=base).flags
+
+
+def test_lower_is_better_metric_drifts_upward_to_fail():
+    base = BaselineView("ok", "h100", value=0.010, recorded="d")
+    v = gate.judge_value("rel_l2", Kind.ACCURACY, 0.012, minimum=None, maximum=0.05, higher_is_better=False,
+                         margin=Margin(rel=0.1), base=base)
+    assert v.failed and "drifted" in v.reasons[0]
+
+
+def test_direction_comes_from_a_one_sided_bound_or_a_known_metric_or_is_an_error():
+    assert gate.resolve_direction("anything", 1.0, None, None) is True
+    assert gate.resolve_direction("anything", None, 1.0, None) is False
+    assert gate.resolve_direction("rel_l2", None, None, None) is False
+    with pytest.raises(ValueError, match="higher_is_better"):
+        gate.resolve_direction("mystery", None, None, None)
+
+
+def test_baseline_view_reports_a_changed_signature_as_stale_with_the_change():
+    entry = {"signature": {"n": 4096}, "metrics": {"speedup": {"value": 1.6}}, "recorded": "d"}
+    view = gate.baseline_view(entry, "speedup", {"n": 8192}, "h100")
+    assert view.state == "stale" and "n: 4096 -> 8192" in view.detail
+
+
+def test_baseline_view_finds_the_stored_metric():
+    entry = {"signature": {"n": 1}, "metrics": {"speedup": {"value": 1.6, "noise": 0.02}}, "recorded": "d"}
+    view = gate.baseline_view(entry, "speedup", {"n": 1}, "h100")
+    assert view.usable and view.value == 1.6 and view.noise == 0.02
+
+
+def test_verdict_survives_a_round_trip_through_a_dict():
+    v = speed(summary(1.2), floor=1.5)
+    assert gate.Verdict.from_dict(v.to_dict()) == v
+
+
+def test_margin_rejects_negative_values():
+    with pytest.raises(ValueError, match="non-negative"):
+        Margin(abs=-1.0)

@@ -1,0 +1,364 @@
+"""The plugin as a user meets it: pytester runs with a faked H100 and a scripted timer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+FAKES = (Path(__file__).parent / "fakes.py").read_text()
+CONFTEST = """
+import os
+from fakes import H100, ScriptedTimer
+
+def pytest_lowprec_device(config):
+    return H100 if os.environ.get("FAKE_GPU") else None
+
+def pytest_lowprec_make_timer(config, device, kind, options):
+    return ScriptedTimer(speedup=float(os.environ.get("FAKE_SPEEDUP", "2.0")),
+                         noise=float(os.environ.get("FAKE_NOISE", "0.01")),
+                         seed=int(os.environ.get("FAKE_SEED", "0")))
+"""
+GEMM_TEST = """
+import pytest
+
+@pytest.mark.lowprec(precision="fp8")
+@pytest.mark.parametrize("n", [1024])
+def test_gemm(lowprec, n):
+    lowprec.accuracy("sqnr_db", float(SQNR), min=25.0)
+    lowprec.speedup(baseline=lambda: None, optimized=lambda: None, min=1.2)
+"""
+
+
+@pytest.fixture
+def gate(pytester, monkeypatch):
+    pytester.makepyfile(fakes=FAKES)
+    pytester.makeconftest(CONFTEST)
+    monkeypatch.setenv("FAKE_GPU", "1")
+    return pytester
+
+
+def gemm(pytester, sqnr="28.0"):
+    pytester.makepyfile(test_gemm=GEMM_TEST.replace("SQNR", sqnr))
+
+
+def stored(pytester, gpu="h100"):
+    return json.loads((pytester.path / "baselines" / f"{gpu}.json").read_text())["entries"]
+
+
+def test_every_option_is_documented_in_help(pytester):
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines([
+        "*low-precision regression gate*", "*--gpu=KEY*", "*--lowprec-update*", "*--lowprec-baselines=DIR*",
+        "*--lowprec-precision=LIST*", "*--lowprec-strict*", "*--lowprec-report=PATH*", "*--lowprec-trace=DIR*",
+    ])
+
+
+def test_unknown_gpu_key_is_a_usage_error_listing_valid_keys(gate):
+    result = gate.runpytest("--gpu", "h1000")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown GPU key 'h1000'; valid keys: auto, *h100*cpu*"])
+
+
+def test_unknown_precision_is_a_usage_error_listing_valid_ones(gate):
+    result = gate.runpytest("--lowprec-precision", "fp8,fp7")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown precision 'fp7'; valid precisions: fp8, fp6, fp4, nvfp4*"])
+
+
+def test_gpu_key_not_matching_the_device_stops_the_run_before_any_test(gate):
+    gemm(gate)
+    result = gate.runpytest("--gpu", "b200")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--gpu b200 does not match this machine's device 'NVIDIA H100*use --gpu h100*"])
+    assert "test_gemm" not in result.stdout.str()
+
+
+def test_gpu_key_on_a_machine_without_cuda_is_a_usage_error(gate, monkeypatch):
+    monkeypatch.delenv("FAKE_GPU")
+    result = gate.runpytest("--gpu", "h100", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*no CUDA device is visible; run with --gpu cpu*"])
+
+
+def test_passing_workload_passes_and_shows_in_the_summary_table(gate):
+    gemm(gate)
+    result = gate.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "*lowprec gate on h100 (NVIDIA H100 80GB HBM3)*",
+        "test*precision*metric*value [[]interval[]]*bound*baseline*delta*verdict*",
+        "*test_gemm[[]1024[]]*fp8*sqnr_db*28 dB*>= 25*pass (no-baseline)*",
+        "*test_gemm[[]1024[]]*fp8*speedup*2.0*x [[]*>= 1.20x*pass (no-baseline)*",
+    ])
+
+
+def test_every_failed_verdict_is_in_one_message_of_the_failing_test(gate, monkeypatch):
+    gemm(gate, sqnr="20.0")
+    monkeypatch.setenv("FAKE_SPEEDUP", "1.05")
+    result = gate.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*lowprec gate: 2 of 2 verdicts failed for test_gemm.py::test_gemm[[]1024[]] on h100 "
+        "(no stored baseline for h100)*",
+        "*sqnr_db: sqnr_db 20 < bound 25  (at *test_gemm.py:6)*",
+        "*speedup: below floor: 95% interval [[]1.0*, 1.0*[]] < 1.20x  (at *test_gemm.py:7)*",
+    ])
+
+
+def test_nan_metric_fails_with_the_word_nan(gate):
+    gemm(gate, sqnr="'nan'")
+    result = gate.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*sqnr_db: sqnr_db is NaN*"])
+
+
+def test_update_records_the_tests_that_ran_with_fingerprint_device_and_signature(gate):
+    gemm(gate)
+    result = gate.runpytest("--lowprec-update")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*lowprec: recorded 1 entry in *baselines/h100.json*"])
+    entry = stored(gate)["test_gemm.py::test_gemm[1024]"]
+    assert entry["signature"] == {"param.n": 1024, "precision": "fp8"}
+    assert entry["device"]["name"] == "NVIDIA H100 80GB HBM3" and entry["device"]["capability"] == [9, 0]
+    assert {"torch", "cuda", "driver", "cublas", "python"} <= set(entry["software"])
+    assert entry["recorded"] and "commit" in entry
+    speed = entry["metrics"]["speedup"]
+    assert speed["value"] == pytest.approx(2.0, rel=0.02) and speed["samples"] >= 30
+    assert speed["ci"][0] < speed["value"] < speed["ci"][1] and 0 < speed["noise"] < 0.05
+    assert entry["metrics"]["sqnr_db"]["value"] == 28.0
+
+
+def test_five_percent_regression_with_one_percent_noise_is_caught(gate, monkeypatch):
+    gemm(gate)
+    monkeypatch.setenv("FAKE_SPEEDUP", "1.6")
+    gate.runpytest("--lowprec-update").assert_outcomes(passed=1)
+    monkeypatch.setenv("FAKE_SPEEDUP", str(1.6 / 1.05))
+    monkeypatch.setenv("FAKE_SEED", "1")
+    result = gate.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*lowprec gate: 1 of 2 verdicts failed for test_gemm.py::test_gemm[[]1024[]] on h100 (baseline recorded 20*",
+        "*speedup*1.5*x [[]*>= 1.20x*1.6*x*-4.*%*FAIL*",
+        "*speedup: regressed: interval [[]1.5*, 1.5*[]] below baseline 1.6*x - 3.0% tolerance = 1.55*x*",
+    ])
+
+
+def test_equal_speed_with_three_percent_noise_passes(gate, monkeypatch):
+    gemm(gate)
+    monkeypatch.setenv("FAKE_SPEEDUP", "1.6")
+    monkeypatch.setenv("FAKE_NOISE", "0.03")
+    gate.runpytest("--lowprec-update").assert_outcomes(passed=1)
+    for seed in range(1, 6):
+        monkeypatch.setenv("FAKE_SEED", str(seed))
+        gate.runpytest().assert_outcomes(passed=1)
+
+
+def test_update_leaves_other_entries_and_other_gpus_files_untouched(gate):
+    gemm(gate)
+    baselines = gate.path / "baselines"
+    baselines.mkdir()
+    other = {"schema": 1, "gpu": "h100", "entries": {"elsewhere.py::test_x": {
+        "recorded": "2026-01-01", "signature": {}, "metrics": {"speedup": {"value": 9.0}}}}}
+    (baselines / "h100.json").write_text(json.dumps(other))
+    (baselines / "b200.json").write_text('{"schema": 1, "gpu": "b200", "entries": {}}')
+    gate.runpytest("--lowprec-update").assert_outcomes(passed=1)
+    entries = stored(gate)
+    assert entries["elsewhere.py::test_x"] == other["entries"]["elsewhere.py::test_x"]
+    assert "test_gemm.py::test_gemm[1024]" in entries
+    assert (baselines / "b200.json").read_text() == '{"schema": 1, "gpu": "b200", "entries": {}}'
+
+
+def test_failing_test_is_not_recorded_as_a_baseline(gate):
+    gemm(gate, sqnr="10.0")
+    result = gate.runpytest("--lowprec-update")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*recorded 0 entries*1 not recorded*"])
+
+
+def test_corrupt_baseline_is_an_error_naming_the_file_and_is_not_overwritten(gate):
+    gemm(gate)
+    path = gate.path / "baselines" / "h100.json"
+    path.parent.mkdir()
+    path.write_text('{"schema": 1, "gpu": "h100", "entr')
+    result = gate.runpytest("--lowprec-update")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*baselines/h100.json: not valid JSON*corrupt or truncated*"])
+    assert path.read_text() == '{"schema": 1, "gpu": "h100", "entr'
+
+
+def test_unknown_schema_is_an_error_naming_the_file(gate):
+    gemm(gate)
+    path = gate.path / "baselines" / "h100.json"
+    path.parent.mkdir()
+    path.write_text('{"schema": 7, "gpu": "h100", "entries": {}}')
+    result = gate.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*h100.json: unknown baseline schema 7*"])
+
+
+def test_changed_workload_signature_is_reported_stale_and_fails_under_strict(gate):
+    source = """
+        def test_gemm(lowprec):
+            lowprec.signature(k=K)
+            lowprec.speedup(baseline=lambda: None, optimized=lambda: None)
+    """
+    gate.makepyfile(test_sig=source.replace("K", "4096"))
+    gate.runpytest("--lowprec-update").assert_outcomes(passed=1)
+    gate.makepyfile(test_sig=source.replace("K", "8192"))
+    gate.runpytest().stdout.fnmatch_lines(["*speedup*pass (stale)*"])
+    result = gate.runpytest("--lowprec-strict")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*stale baseline, workload changed (k: 4096 -> 8192) (--lowprec-strict)*"])
+
+
+def test_missing_baseline_fails_only_under_strict(gate):
+    gemm(gate)
+    gate.runpytest().assert_outcomes(passed=1)
+    result = gate.runpytest("--lowprec-strict")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*no baseline for h100 (--lowprec-strict)*"])
+
+
+def test_speed_gate_over_cuda_work_skips_with_a_reason_on_cpu(gate):
+    gate.makepyfile("""
+        def test_speed_only(lowprec):
+            lowprec.speedup(baseline=lambda: None, optimized=lambda: None, min=1.5)
+
+        def test_accuracy_and_speed(lowprec):
+            lowprec.accuracy("sqnr_db", 30.0, min=25.0)
+            lowprec.speedup(baseline=lambda: None, optimized=lambda: None, min=1.5)
+    """)
+    result = gate.runpytest("--gpu", "cpu", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*SKIPPED*speed gate over CUDA work skipped: no CUDA device (gpu key cpu)*"])
+
+
+def test_cuda_marker_skips_the_test_on_a_cpu_run(gate):
+    gate.makepyfile("""
+        import pytest
+        @pytest.mark.lowprec(precision="fp8", device="cuda")
+        def test_big(lowprec):
+            raise AssertionError("must not run on the cpu")
+    """)
+    result = gate.runpytest("--gpu", "cpu", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*needs a CUDA device; this run is on cpu*"])
+
+
+def test_cpu_work_is_gated_end_to_end_with_the_host_timer(pytester):
+    # No faked device, no scripted timer: the real host timer under the cpu key.
+    pytester.makepyfile("""
+        def spin(n):
+            s = 0
+            for i in range(n):
+                s += i
+            return s
+
+        def test_cpu_speed(lowprec):
+            # 40x less work on the optimized side: the ratio is far from the 2x floor.
+            lowprec.speedup(baseline=lambda: spin(40_000), optimized=lambda: spin(1_000), min=2.0, device="cpu")
+    """)
+    result = pytester.runpytest("--gpu", "cpu", "--lowprec-update")
+    result.assert_outcomes(passed=1)
+    entry = stored(pytester, "cpu")["test_cpu_work_is_gated_end_to_end_with_the_host_timer.py::test_cpu_speed"]
+    assert entry["metrics"]["speedup"]["timer"] == "host" and entry["metrics"]["speedup"]["value"] > 2.0
+
+
+def test_workload_that_raises_or_runs_out_of_memory_fails_only_its_own_test(gate):
+    gate.makepyfile("""
+        import torch
+
+        def test_raises(lowprec):
+            lowprec.speedup(baseline=lambda: None, optimized=lambda: 1 / 0)
+
+        def test_oom(lowprec):
+            big = [0] * 10
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+        def test_fine(lowprec):
+            lowprec.accuracy("sqnr_db", 30.0, min=25.0)
+    """)
+    result = gate.runpytest()
+    result.assert_outcomes(failed=2, passed=1)
+    result.stdout.fnmatch_lines(["*ZeroDivisionError*", "*OutOfMemoryError*"])
+
+
+def test_precision_filter_runs_only_matching_tests(gate):
+    gate.makepyfile("""
+        import pytest
+
+        @pytest.mark.lowprec(precision="fp8")
+        def test_fp8(lowprec): pass
+
+        @pytest.mark.lowprec(precision=("nvfp4", "fp8"))
+        def test_both(lowprec): pass
+
+        @pytest.mark.lowprec(precision="nvfp4")
+        def test_nvfp4(lowprec): pass
+
+        def test_unmarked(): pass
+    """)
+    result = gate.runpytest("--lowprec-precision", "fp8", "-v")
+    result.assert_outcomes(passed=2, deselected=2)
+    result.stdout.fnmatch_lines(["*test_fp8 PASSED*", "*test_both PASSED*"])
+
+
+def test_unknown_precision_in_a_marker_is_an_error_naming_the_test(gate):
+    gate.makepyfile("""
+        import pytest
+        @pytest.mark.lowprec(precision="fp9")
+        def test_x(lowprec): pass
+    """)
+    result = gate.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_x: unknown precision 'fp9'*"])
+
+
+def test_junit_xml_attributes_the_failure_and_carries_metrics_as_properties(gate, monkeypatch):
+    gemm(gate)
+    monkeypatch.setenv("FAKE_SPEEDUP", "1.0")
+    gate.runpytest("--junitxml=out.xml").assert_outcomes(failed=1)
+    xml = (gate.path / "out.xml").read_text()
+    assert '<testcase classname="test_gemm" name="test_gemm[1024]"' in xml
+    assert "below floor" in xml
+    assert '<property name="lowprec.speedup"' in xml and '<property name="lowprec.sqnr_db" value="28.0"' in xml
+
+
+def test_metric_recorded_twice_is_an_error(gate):
+    gate.makepyfile("""
+        def test_twice(lowprec):
+            lowprec.accuracy("sqnr_db", 30.0, min=25.0)
+            lowprec.accuracy("sqnr_db", 31.0, min=25.0)
+    """)
+    result = gate.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*metric 'sqnr_db' recorded twice*"])
+
+
+def test_ini_options_set_defaults(gate):
+    gemm(gate)
+    gate.makeini("[pytest]\nlowprec_gpu = cpu\nlowprec_baselines = stored\n")
+    result = gate.runpytest("--lowprec-update")
+    result.assert_outcomes(passed=1)
+    assert (gate.path / "stored" / "cpu.json").exists()
+
+
+def test_xdist_workers_send_records_to_the_controller_which_alone_writes(pytester):
+    pytest.importorskip("xdist")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.lowprec(precision="fp8")
+        @pytest.mark.parametrize("i", range(8))
+        def test_many(lowprec, i):
+            lowprec.accuracy("rel_l2", 0.001 * (i + 1), max=0.05)
+    """)
+    result = pytester.runpytest_subprocess("-n", "4", "--gpu", "cpu", "--lowprec-update", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(["*recorded 8 entries in *cpu.json*"])
+    entries = stored(pytester, "cpu")
+    assert sorted(entries) == sorted(f"test_xdist_workers_send_records_to_the_controller_which_alone_writes.py"
+                                     f"::test_many[{i}]" for i in range(8))
+    assert not list((pytester.path / "baselines").glob("*.tmp"))
