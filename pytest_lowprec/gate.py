@@ -239,7 +239,9 @@ def judge_speedup(
         reasons.append(f"speedup is {_nonfinite_word(value if not _finite(value) else summary.low)}")
     else:
         if floor is not None and summary.high < floor:
-            reasons.append(f"below floor: {summary.confidence:.0%} interval [{summary.low:.3f}, {summary.high:.3f}] < {floor:.2f}x")
+            reasons.append(
+                f"below floor: {summary.confidence:.0%} interval [{summary.low:.3f}, {summary.high:.3f}] < {floor:.2f}x"
+            )
         more_reasons, more_flags = _baseline_presence(base, update, strict)
         reasons += more_reasons
         flags += more_flags

@@ -216,7 +216,8 @@ class Recorder:
             raise ValueError(f"speedup device must be 'cuda' or 'cpu', got {device!r}")
         if device == "cuda" and not self._device.is_cuda:
             reason = f"speed gate over CUDA work skipped: no CUDA device (gpu key {self._device.key})"
-            self._add(Kind.SPEEDUP, name, where, lambda base: gate.judge_skipped(name, Kind.SPEEDUP, reason, where), None)
+            skipped = gate.judge_skipped(name, Kind.SPEEDUP, reason, where)
+            self._add(Kind.SPEEDUP, name, where, lambda base: skipped, None)
             return None
         tol = tolerance or self._config.tolerance
         timer = self._make_timer(device, {"graphs": graphs, "flush_l2": flush_l2})

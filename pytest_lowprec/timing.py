@@ -213,7 +213,8 @@ def measure_pairs(
         timer.warmup(baseline, optimized)
         before = timer.state()
         sampling_start = time.perf_counter()
-        pairs = timer.pairs(baseline, optimized, min(policy.record_pairs, policy.max_pairs) if recording else policy.min_pairs)
+        first = min(policy.record_pairs, policy.max_pairs) if recording else policy.min_pairs
+        pairs = timer.pairs(baseline, optimized, first)
         done = settled(pairs)
         while (
             not done

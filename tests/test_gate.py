@@ -77,7 +77,10 @@ def test_decision_lines_are_the_floor_and_the_tolerance_band():
     assert not gate.is_settled(RatioSummary(1.55, 1.54, 1.56, 30, 0.01, 0.95), lines)
 
 
-def value(v, minimum=None, maximum=None, higher=True, base=MISSING, margin=Margin(abs=1.0), **kw):
+ONE_DB = Margin(abs=1.0)
+
+
+def value(v, minimum=None, maximum=None, higher=True, base=MISSING, margin=ONE_DB, **kw):
     return gate.judge_value("sqnr_db", Kind.ACCURACY, v, minimum=minimum, maximum=maximum,
                             higher_is_better=higher, margin=margin, base=base, **kw)
 

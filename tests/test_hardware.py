@@ -3,8 +3,15 @@ from __future__ import annotations
 import pytest
 
 from pytest_lowprec.hardware import (
-    CPU_KEY, DeviceInfo, device_state, gpu_for_worker, gpu_key_from_name, select_device, spec_for,
-    validate_key, visible_gpu_ids,
+    CPU_KEY,
+    DeviceInfo,
+    device_state,
+    gpu_for_worker,
+    gpu_key_from_name,
+    select_device,
+    spec_for,
+    validate_key,
+    visible_gpu_ids,
 )
 
 H100 = DeviceInfo(key="h100", name="NVIDIA H100 80GB HBM3", index=0, capability=(9, 0))

@@ -3,8 +3,8 @@ from __future__ import annotations
 import gc
 
 import pytest
-
 from fakes import ScriptedTimer
+
 from pytest_lowprec.timing import HostTimer, SamplingPolicy, measure_pairs
 
 
