@@ -147,6 +147,8 @@ def _detect(config: pytest.Config, gate: GateConfig) -> DeviceInfo:
     detected = config.hook.pytest_lowprec_device(config=config)
     if detected is None:
         detected = probe_cuda()
+    elif not detected.is_cuda:
+        detected = None  # a conftest faking a machine without a GPU
     try:
         return select_device(gate.gpu, detected)
     except ValueError as exc:
@@ -270,7 +272,7 @@ def _make_timer(config: pytest.Config, device: DeviceInfo) -> Callable[[str, dic
             return timer
         if kind == "cpu":
             return HostTimer()
-        return CudaEventTimer(device.index, l2_bytes=device.l2_bytes, **options)
+        return CudaEventTimer(device.index, l2_bytes=device.l2_bytes, uuid=device.uuid, **options)
 
     return make
 

@@ -131,15 +131,17 @@ class CudaEventTimer:
         device_index: int,
         *,
         l2_bytes: int | None,
+        uuid: str | None = None,
         flush_l2: bool = True,
         graphs: bool = False,
         warmup: _StableWarmup | None = None,
-        state_reader: Callable[[int | None], dict | None] = device_state,
+        state_reader: Callable[[str | None], dict | None] = device_state,
     ):
         import torch
 
         self._torch = torch
         self._index = device_index
+        self._gpu_id = uuid or str(device_index)
         self._graphs = graphs
         self._graph_cache: dict[int, Callable[[], None]] = {}
         self._warmup = warmup or _StableWarmup()
@@ -190,7 +192,7 @@ class CudaEventTimer:
         return [(a[0].elapsed_time(a[1]), b[0].elapsed_time(b[1])) for a, b in events]
 
     def state(self) -> dict | None:
-        return self._state_reader(self._index)
+        return self._state_reader(self._gpu_id)
 
 
 def measure_pairs(

@@ -71,14 +71,20 @@ def test_multi_gpu_key_must_name_the_detected_part():
 
 
 def test_device_state_parses_clock_temperature_and_throttling():
-    state = device_state(0, run=lambda cmd: "1980, 45, 0x0000000000000000")
+    state = device_state("0", run=lambda cmd: "1980, 45, 0x0000000000000000")
     assert state == {"sm_clock_mhz": 1980, "temperature_c": 45, "throttle_reasons": "0x0", "throttled": False}
-    hot = device_state(0, run=lambda cmd: "1410, 88, 0x0000000000000040")
+    hot = device_state("0", run=lambda cmd: "1410, 88, 0x0000000000000040")
     assert hot["throttled"] is True
 
 
+def test_device_state_asks_nvidia_smi_for_the_gpu_by_uuid_when_nvml_is_absent():
+    asked = []
+    device_state("GPU-1234", run=lambda cmd: asked.append(cmd) or "1980, 45, 0x0", nvml=lambda uuid: None)
+    assert "--id=GPU-1234" in asked[0]
+
+
 def test_device_state_is_none_without_nvidia_smi():
-    assert device_state(0, run=lambda cmd: None) is None
+    assert device_state("0", run=lambda cmd: None) is None
     assert device_state(None) is None
 
 

@@ -11,9 +11,10 @@ FAKES = (Path(__file__).parent / "fakes.py").read_text()
 CONFTEST = """
 import os
 from fakes import H100, ScriptedTimer
+from pytest_lowprec.hardware import cpu_device
 
 def pytest_lowprec_device(config):
-    return H100 if os.environ.get("FAKE_GPU") else None
+    return {"h100": H100, "none": cpu_device()}.get(os.environ.get("FAKE_GPU"))
 
 def pytest_lowprec_make_timer(config, device, kind, options):
     return ScriptedTimer(speedup=float(os.environ.get("FAKE_SPEEDUP", "2.0")),
@@ -35,7 +36,7 @@ def test_gemm(lowprec, n):
 def gate(pytester, monkeypatch):
     pytester.makepyfile(fakes=FAKES)
     pytester.makeconftest(CONFTEST)
-    monkeypatch.setenv("FAKE_GPU", "1")
+    monkeypatch.setenv("FAKE_GPU", "h100")
     return pytester
 
 
@@ -76,7 +77,7 @@ def test_gpu_key_not_matching_the_device_stops_the_run_before_any_test(gate):
 
 
 def test_gpu_key_on_a_machine_without_cuda_is_a_usage_error(gate, monkeypatch):
-    monkeypatch.delenv("FAKE_GPU")
+    monkeypatch.setenv("FAKE_GPU", "none")
     result = gate.runpytest("--gpu", "h100", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*no CUDA device is visible; run with --gpu cpu*"])
