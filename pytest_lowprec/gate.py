@@ -55,6 +55,15 @@ KNOWN_METRICS: dict[str, MetricRule] = {
     "loss_gap": MetricRule(False, Margin(abs=2e-3, rel=0.25)),
 }
 DEFAULT_MARGIN = Margin(rel=0.05)
+
+
+def rule_for(metric: str) -> MetricRule | None:
+    """A known metric's rule; any other `*_db` metric is an SQNR-like decibel figure."""
+    if metric in KNOWN_METRICS:
+        return KNOWN_METRICS[metric]
+    if metric.endswith("_db"):
+        return KNOWN_METRICS["sqnr_db"]
+    return None
 MEMORY_MARGIN = Margin(rel=0.05)
 
 
@@ -283,8 +292,9 @@ def resolve_direction(metric: str, minimum: float | None, maximum: float | None,
         return True
     if maximum is not None and minimum is None:
         return False
-    if metric in KNOWN_METRICS:
-        return KNOWN_METRICS[metric].higher_is_better
+    rule = rule_for(metric)
+    if rule is not None:
+        return rule.higher_is_better
     raise ValueError(
         f"cannot tell whether higher or lower {metric!r} is better: give a one-sided bound "
         f"(min= or max=) or higher_is_better=; known metrics are {sorted(KNOWN_METRICS)}"

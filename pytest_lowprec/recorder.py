@@ -158,7 +158,7 @@ class Recorder:
         """Gate a metric against its bound and against the baseline's value (drift beyond the margin fails)."""
         where = _call_site()
         higher = gate.resolve_direction(metric, min, max, higher_is_better)
-        rule = gate.KNOWN_METRICS.get(metric)
+        rule = gate.rule_for(metric)
         margin = margin or (rule.margin if rule else gate.DEFAULT_MARGIN)
         unit = rule.unit if rule else ""
         val = _as_float(value)

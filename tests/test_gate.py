@@ -113,6 +113,7 @@ def test_direction_comes_from_a_one_sided_bound_or_a_known_metric_or_is_an_error
     assert gate.resolve_direction("anything", 1.0, None, None) is True
     assert gate.resolve_direction("anything", None, 1.0, None) is False
     assert gate.resolve_direction("rel_l2", None, None, None) is False
+    assert gate.resolve_direction("bulk_sqnr_db", None, None, None) is True
     with pytest.raises(ValueError, match="higher_is_better"):
         gate.resolve_direction("mystery", None, None, None)
 

@@ -1,4 +1,4 @@
-"""FP8 (E4M3 / E5M2) quantization with a float32 scale per tensor or per row.
+"""FP8 (E4M3 / E5M2) quantization with a float32 scale per tensor, per row, or per 1x128 block.
 
 Saturating: values are clamped to the format's finite range before the cast,
 because torch's cast maps values past the max to NaN (E4M3) or Inf (E5M2).
@@ -8,6 +8,8 @@ NaN stays NaN. The scale maps the tensor's (or row's) amax onto the format's max
 from __future__ import annotations
 
 import torch
+
+from .minifloat import require_block_multiple
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
@@ -26,24 +28,40 @@ def saturating_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _scale_from_amax(amax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # An all-zero tensor or row keeps scale 1, so dequantization stays exact (0 * 1).
+    # A true division: `448.0 / amax` is computed by torch as amax.reciprocal() * 448,
+    # which rounds twice and differs from a GPU kernel's IEEE division in the last bit.
     amax = amax.float()
-    return torch.where(amax > 0, fp8_max(dtype) / amax, torch.ones_like(amax))
+    return torch.where(amax > 0, torch.div(torch.full_like(amax, fp8_max(dtype)), amax), torch.ones_like(amax))
 
 
 def quantize_tensorwise(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn):
     """Returns (q, inv_scale): x ~= q.float() * inv_scale, inv_scale a 0-d float32 tensor."""
     scale = _scale_from_amax(x.detach().abs().amax(), dtype)
-    return saturating_cast(x.float() * scale, dtype), scale.reciprocal()
+    return saturating_cast(x.float() * scale, dtype), torch.div(1.0, scale)
 
 
 def quantize_rowwise(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn):
     """Returns (q, inv_scale) with one scale per row: inv_scale has shape [rows, 1]."""
     scale = _scale_from_amax(x.detach().abs().amax(dim=-1, keepdim=True), dtype)
-    return saturating_cast(x.float() * scale, dtype), scale.reciprocal()
+    return saturating_cast(x.float() * scale, dtype), torch.div(1.0, scale)
+
+
+def quantize_blockwise(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn, block: int = 128):
+    """Returns (q, inv_scale) with one scale per 1 x `block` run of the last dimension: [..., n/block]."""
+    require_block_multiple(x.shape[-1], block, "the last dimension")
+    blocks = x.float().unflatten(-1, (-1, block))
+    scale = _scale_from_amax(blocks.detach().abs().amax(dim=-1, keepdim=True), dtype)
+    q = saturating_cast(blocks * scale, dtype).flatten(-2)
+    return q, torch.div(1.0, scale).squeeze(-1)
 
 
 def dequantize(q: torch.Tensor, inv_scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return (q.float() * inv_scale).to(dtype)
+    """q * inv_scale; a blockwise inv_scale ([..., n/block]) is expanded over its blocks."""
+    values = q.float()
+    if inv_scale.ndim == q.ndim and inv_scale.shape[-1] not in (1, q.shape[-1]):
+        block = q.shape[-1] // inv_scale.shape[-1]
+        return (values.unflatten(-1, (-1, block)) * inv_scale.unsqueeze(-1)).flatten(-2).to(dtype)
+    return (values * inv_scale).to(dtype)
 
 
 def scaled_mm(a_q: torch.Tensor, a_inv: torch.Tensor, b_q: torch.Tensor, b_inv: torch.Tensor,

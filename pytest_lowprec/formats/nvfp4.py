@@ -1,0 +1,111 @@
+"""NVFP4: E2M1 elements in blocks of 16 (1x16, or 16x16 tiles for weights), an E4M3
+scale per block and a float32 scale per tensor.
+
+The arithmetic follows NVIDIA's reference quantizer (TransformerEngine
+custom_recipes) step by step, in float32:
+    global_encode = 448*6 / amax(x)             (1 when amax is 0)
+    block_decode  = e4m3(min(amax(block) * (global_encode * (1/6)), 448))
+    encode        = min(1 / (float(block_decode) * (1/global_encode)), FLT_MAX)
+    element       = e2m1(clamp(x * encode, -6, 6))   ties to even
+and dequantizes as element * block_decode * (1/global_encode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .minifloat import E2M1, require_block_multiple, require_finite
+from .packing import pack_fp4, unpack_fp4
+
+BLOCK = 16
+FP4_MAX = 6.0
+E4M3_MAX = 448.0
+_FLT_MAX = torch.finfo(torch.float32).max
+
+
+def global_scales(amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(encode, decode, encode/6) per-tensor scales from amax, float32 on amax's device."""
+    amax = amax.float()
+    encode = torch.div(torch.tensor(E4M3_MAX * FP4_MAX, device=amax.device), amax)
+    encode = torch.where((amax > 0) & torch.isfinite(encode), encode, torch.ones_like(encode))
+    decode = torch.div(1.0, encode)
+    multiplier = encode * torch.div(1.0, torch.tensor(FP4_MAX, device=amax.device))
+    return encode, decode, multiplier
+
+
+@dataclass(frozen=True)
+class NVFP4Tensor:
+    packed: torch.Tensor  # uint8 [rows, cols/2], element 2i in the low nibble
+    block_scales: torch.Tensor  # float8_e4m3fn [rows, cols/16] (1x16) or [rows/16, cols/16] (16x16)
+    global_decode: torch.Tensor  # float32 scalar
+    shape: tuple[int, ...]
+    tile: tuple[int, int]  # (1, 16) or (16, 16)
+
+    @property
+    def nbytes(self) -> int:
+        """Storage a kernel reads: packed elements, block scales and the per-tensor scale."""
+        return self.packed.numel() + self.block_scales.numel() + 4
+
+    def codes(self) -> torch.Tensor:
+        return unpack_fp4(self.packed)
+
+    def scale_per_element(self) -> torch.Tensor:
+        s = self.block_scales.float()
+        if self.tile == (16, 16):
+            s = s.repeat_interleave(BLOCK, dim=0)
+        return s.repeat_interleave(BLOCK, dim=1)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        values = E2M1.decode(self.codes())
+        out = values * self.scale_per_element() * self.global_decode
+        return out.reshape(self.shape).to(dtype)
+
+
+def _as_2d(x: torch.Tensor) -> torch.Tensor:
+    if x.ndim == 0:
+        raise ValueError("NVFP4 quantizes tensors of at least one dimension")
+    return x.reshape(-1, x.shape[-1])
+
+
+def quantize_nvfp4(
+    x: torch.Tensor,
+    *,
+    tile: tuple[int, int] = (1, BLOCK),
+    stochastic: bool = False,
+    generator: torch.Generator | None = None,
+    amax: torch.Tensor | None = None,
+    check_finite: bool = True,
+) -> NVFP4Tensor:
+    """Quantize to NVFP4. `tile=(16, 16)` is the recipe's 2D weight scaling.
+
+    `amax` may be given (delayed scaling); by default it is the tensor's own.
+    `stochastic=True` rounds elements stochastically (the recipe's gradients).
+    `check_finite=False` skips the NaN/Inf check (one more pass and a host sync)
+    for callers that have already checked.
+    """
+    if tile not in ((1, BLOCK), (BLOCK, BLOCK)):
+        raise ValueError(f"NVFP4 tiles are (1, 16) or (16, 16), got {tile}")
+    if check_finite:
+        require_finite(x, "NVFP4")
+    x2 = _as_2d(x).float()
+    rows, cols = x2.shape
+    require_block_multiple(cols, BLOCK, "the last dimension")
+    if tile[0] == BLOCK:
+        require_block_multiple(rows, BLOCK, "the row count (16x16 tiles)")
+    amax = x2.abs().amax() if amax is None else amax.float().to(x2.device)
+    _, decode, multiplier = global_scales(amax)
+    blocks = x2.reshape(rows // tile[0], tile[0], cols // BLOCK, BLOCK)
+    block_amax = blocks.abs().amax(dim=(1, 3), keepdim=True)
+    block_decode = torch.clamp(block_amax * multiplier, max=E4M3_MAX).to(torch.float8_e4m3fn)
+    encode = torch.clamp(torch.div(1.0, block_decode.float() * decode), max=_FLT_MAX)
+    scaled = torch.clamp(blocks * encode, -FP4_MAX, FP4_MAX).reshape(rows, cols)
+    codes = E2M1.encode(E2M1.round(scaled, stochastic=stochastic, generator=generator))
+    return NVFP4Tensor(
+        packed=pack_fp4(codes),
+        block_scales=block_decode.reshape(rows // tile[0], cols // BLOCK),
+        global_decode=decode,
+        shape=tuple(x.shape),
+        tile=tile,
+    )

@@ -1,0 +1,95 @@
+"""Triton fast paths for the two quantizers on every training step: NVFP4 (1x16) and FP8 rowwise.
+
+Each reproduces its reference in nvfp4.py / fp8.py bit for bit: the same float32
+operations in the same order, IEEE division (div_rn), round-to-nearest-even
+E4M3 conversion, and TransformerEngine's E2M1 tie thresholds. Import only where
+CUDA and Triton exist (the CPU wheel of torch has no Triton).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .nvfp4 import BLOCK, NVFP4Tensor, global_scales
+
+_FLT_MAX = 3.4028234663852886e38
+
+
+@triton.jit
+def _nvfp4_kernel(x_ptr, packed_ptr, scales_ptr, scalars_ptr, n_rows, n_cols,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FLT_MAX: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    x = tl.load(x_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    global_decode = tl.load(scalars_ptr)
+    multiplier = tl.load(scalars_ptr + 1)
+    xb = tl.reshape(x, (BLOCK_M, BLOCK_N // 16, 16))
+    block_amax = tl.max(tl.abs(xb), axis=2)
+    decode8 = tl.minimum(block_amax * multiplier, 448.0).to(tl.float8e4nv, fp_downcast_rounding="rtne")
+    encode = tl.minimum(tl.math.div_rn(tl.full(block_amax.shape, 1.0, tl.float32),
+                                       decode8.to(tl.float32) * global_decode), FLT_MAX)
+    scaled = tl.minimum(tl.maximum(xb * encode[:, :, None], -6.0), 6.0)
+    a = tl.abs(scaled)
+    # E2M1 round-to-nearest-even as thresholds: ties 0.25->0, 0.75->1, 1.25->1, 1.75->2, 2.5->2, 3.5->4, 5->4.
+    code = ((a > 0.25).to(tl.uint8) + (a >= 0.75).to(tl.uint8) + (a > 1.25).to(tl.uint8)
+            + (a >= 1.75).to(tl.uint8) + (a > 2.5).to(tl.uint8) + (a >= 3.5).to(tl.uint8)
+            + (a > 5.0).to(tl.uint8))
+    code = code | ((scaled < 0).to(tl.uint8) << 3)
+    lo, hi = tl.split(tl.reshape(code, (BLOCK_M, BLOCK_N // 2, 2)))
+    half_cols = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    half_mask = (rows[:, None] < n_rows) & (half_cols[None, :] < n_cols // 2)
+    tl.store(packed_ptr + rows[:, None] * (n_cols // 2) + half_cols[None, :], lo | (hi << 4), mask=half_mask)
+    scale_cols = pid_n * (BLOCK_N // 16) + tl.arange(0, BLOCK_N // 16)
+    scale_mask = (rows[:, None] < n_rows) & (scale_cols[None, :] < n_cols // 16)
+    tl.store(scales_ptr + rows[:, None] * (n_cols // 16) + scale_cols[None, :],
+             decode8.to(tl.uint8, bitcast=True), mask=scale_mask)
+
+
+def quantize_nvfp4_triton(x: torch.Tensor, *, block_m: int = 16, block_n: int = 256) -> NVFP4Tensor:
+    """NVFP4 with 1x16 blocks of a 2D CUDA tensor; two launches: amax, then one fused pass."""
+    if x.ndim != 2 or not x.is_cuda or x.shape[1] % BLOCK:
+        raise ValueError(f"expected a 2D CUDA tensor with columns a multiple of 16, got {tuple(x.shape)} on {x.device}")
+    x = x.contiguous()
+    rows, cols = x.shape
+    amax = torch.linalg.vector_norm(x, ord=float("inf")).float()
+    _, decode, multiplier = global_scales(amax)
+    scalars = torch.stack((decode, multiplier))
+    packed = torch.empty(rows, cols // 2, dtype=torch.uint8, device=x.device)
+    scales = torch.empty(rows, cols // BLOCK, dtype=torch.uint8, device=x.device)
+    grid = (triton.cdiv(rows, block_m), triton.cdiv(cols, block_n))
+    _nvfp4_kernel[grid](x, packed, scales, scalars, rows, cols, BLOCK_M=block_m, BLOCK_N=block_n,
+                        FLT_MAX=_FLT_MAX, num_warps=4)
+    return NVFP4Tensor(packed=packed, block_scales=scales.view(torch.float8_e4m3fn), global_decode=decode,
+                       shape=tuple(x.shape), tile=(1, BLOCK))
+
+
+@triton.jit
+def _fp8_rowwise_kernel(x_ptr, q_ptr, inv_ptr, n_cols, BLOCK_N: tl.constexpr, FP8_MAX: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+    amax = tl.max(tl.abs(x), axis=0)
+    scale = tl.where(amax > 0, tl.math.div_rn(FP8_MAX, amax), 1.0)
+    q = tl.minimum(tl.maximum(x * scale, -FP8_MAX), FP8_MAX).to(tl.float8e4nv, fp_downcast_rounding="rtne")
+    tl.store(q_ptr + row * n_cols + cols, q, mask=mask)
+    tl.store(inv_ptr + row, tl.math.div_rn(1.0, scale))
+
+
+def quantize_fp8_rowwise_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """E4M3 with one float32 scale per row, one launch, each row read once."""
+    if x.ndim != 2 or not x.is_cuda:
+        raise ValueError(f"expected a 2D CUDA tensor, got {tuple(x.shape)} on {x.device}")
+    x = x.contiguous()
+    rows, cols = x.shape
+    q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn, device=x.device)
+    inv = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
+    block_n = triton.next_power_of_2(cols)
+    _fp8_rowwise_kernel[(rows,)](x, q, inv, cols, BLOCK_N=block_n, FP8_MAX=448.0,
+                                 num_warps=min(32, max(4, block_n // 1024)))
+    return q, inv

@@ -1,0 +1,71 @@
+"""CPU and GPU give the same bits; the Triton fast paths give the reference's bits. Needs CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pytest_lowprec.formats.fp8 import quantize_blockwise, quantize_rowwise, quantize_tensorwise
+from pytest_lowprec.formats.hadamard import random_signs, rht
+from pytest_lowprec.formats.mx import MX_ELEMENTS, quantize_mx
+from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def data(seed: int, rows: int = 256, cols: int = 1024) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=gen) * 2
+    x[:, :4] *= 100  # outlier channels
+    x[7] = 0  # an all-zero row
+    x[9, :64] = torch.randn(64, generator=gen) * 1e-6  # tiny values: subnormal scales and elements
+    return x.to(torch.bfloat16)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a.cpu().contiguous().view(torch.uint8), b.cpu().contiguous().view(torch.uint8))
+
+
+@pytest.mark.parametrize("quantize", [quantize_tensorwise, quantize_rowwise, quantize_blockwise],
+                         ids=["tensorwise", "rowwise", "1x128"])
+def test_fp8_cpu_and_gpu_give_the_same_bits(quantize):
+    x = data(0)
+    (qc, sc), (qg, sg) = quantize(x), quantize(x.cuda())
+    assert same_bits(qc, qg) and same_bits(sc, sg)
+
+
+@pytest.mark.parametrize("tile", [(1, 16), (16, 16)])
+def test_nvfp4_cpu_and_gpu_give_the_same_bits(tile):
+    x = data(1)
+    c, g = quantize_nvfp4(x, tile=tile), quantize_nvfp4(x.cuda(), tile=tile)
+    assert same_bits(c.packed, g.packed) and same_bits(c.block_scales, g.block_scales)
+    assert same_bits(c.global_decode, g.global_decode)
+
+
+@pytest.mark.parametrize("fmt", sorted(MX_ELEMENTS))
+def test_mx_cpu_and_gpu_give_the_same_bits(fmt):
+    x = data(2)
+    c, g = quantize_mx(x, fmt), quantize_mx(x.cuda(), fmt)
+    assert same_bits(c.codes, g.codes) and same_bits(c.scales, g.scales)
+
+
+def test_rht_cpu_and_gpu_give_the_same_bits():
+    x, signs = data(3).float(), random_signs(5)
+    assert same_bits(rht(x, signs), rht(x.cuda(), signs))
+
+
+@pytest.mark.parametrize("shape", [(256, 1024), (100, 4096), (8192, 8192)])
+def test_triton_nvfp4_gives_the_reference_bits(shape):
+    triton_quant = pytest.importorskip("pytest_lowprec.formats.triton_quant")
+    x = data(4, *shape).cuda()
+    ref, fast = quantize_nvfp4(x), triton_quant.quantize_nvfp4_triton(x)
+    assert same_bits(ref.packed, fast.packed) and same_bits(ref.block_scales, fast.block_scales)
+    assert same_bits(ref.global_decode, fast.global_decode)
+
+
+@pytest.mark.parametrize("shape", [(256, 1024), (100, 3000), (8192, 8192)])
+def test_triton_fp8_rowwise_gives_the_reference_bits(shape):
+    triton_quant = pytest.importorskip("pytest_lowprec.formats.triton_quant")
+    x = data(5, *shape).cuda()
+    (qr, sr), (qf, sf) = quantize_rowwise(x), triton_quant.quantize_fp8_rowwise_triton(x)
+    assert same_bits(qr, qf) and same_bits(sr, sf)
