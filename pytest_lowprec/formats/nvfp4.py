@@ -27,11 +27,12 @@ _FLT_MAX = torch.finfo(torch.float32).max
 
 def global_scales(amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(encode, decode, encode/6) per-tensor scales from amax, float32 on amax's device."""
+    # full_like, not torch.tensor(..., device=...): no host-to-device copy, so CUDA graphs can capture it.
     amax = amax.float()
-    encode = torch.div(torch.tensor(E4M3_MAX * FP4_MAX, device=amax.device), amax)
+    encode = torch.div(torch.full_like(amax, E4M3_MAX * FP4_MAX), amax)
     encode = torch.where((amax > 0) & torch.isfinite(encode), encode, torch.ones_like(encode))
     decode = torch.div(1.0, encode)
-    multiplier = encode * torch.div(1.0, torch.tensor(FP4_MAX, device=amax.device))
+    multiplier = encode * torch.div(1.0, torch.full_like(amax, FP4_MAX))
     return encode, decode, multiplier
 
 

@@ -12,22 +12,38 @@ import torch
 import triton
 import triton.language as tl
 
-from .nvfp4 import BLOCK, NVFP4Tensor, global_scales
+from .nvfp4 import BLOCK, NVFP4Tensor
 
 _FLT_MAX = 3.4028234663852886e38
+_ONE_SIXTH = 0.1666666716337204  # float32(1/6), the value torch.div(1.0, 6.0) gives
+_AMAX_BLOCK = 16384
 
 
 @triton.jit
-def _nvfp4_kernel(x_ptr, packed_ptr, scales_ptr, scalars_ptr, n_rows, n_cols,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FLT_MAX: tl.constexpr):
+def _absmax_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
+    tl.atomic_max(out_ptr, tl.max(tl.abs(x), axis=0))
+
+
+@triton.jit
+def _nvfp4_kernel(x_ptr, packed_ptr, scales_ptr, amax_ptr, decode_ptr, n_rows, n_cols,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FLT_MAX: tl.constexpr,
+                  ONE_SIXTH: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    # Per-tensor scales, as nvfp4.global_scales computes them (IEEE divisions, fp32(1/6)).
+    amax = tl.load(amax_ptr)
+    global_encode = tl.math.div_rn(2688.0, amax)
+    global_encode = tl.where((amax > 0) & (global_encode <= FLT_MAX), global_encode, 1.0)
+    global_decode = tl.math.div_rn(1.0, global_encode)
+    multiplier = global_encode * ONE_SIXTH
+    if (pid_m == 0) & (pid_n == 0):
+        tl.store(decode_ptr, global_decode)
+    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     x = tl.load(x_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    global_decode = tl.load(scalars_ptr)
-    multiplier = tl.load(scalars_ptr + 1)
     xb = tl.reshape(x, (BLOCK_M, BLOCK_N // 16, 16))
     block_amax = tl.max(tl.abs(xb), axis=2)
     decode8 = tl.minimum(block_amax * multiplier, 448.0).to(tl.float8e4nv, fp_downcast_rounding="rtne")
@@ -51,19 +67,23 @@ def _nvfp4_kernel(x_ptr, packed_ptr, scales_ptr, scalars_ptr, n_rows, n_cols,
 
 
 def quantize_nvfp4_triton(x: torch.Tensor, *, block_m: int = 16, block_n: int = 256) -> NVFP4Tensor:
-    """NVFP4 with 1x16 blocks of a 2D CUDA tensor; two launches: amax, then one fused pass."""
+    """NVFP4 with 1x16 blocks of a 2D CUDA tensor: an amax pass, then one fused pass.
+
+    The per-tensor scales are derived inside the second kernel, so the host issues
+    three launches (zero the amax, two kernels) and no small tensor operations.
+    """
     if x.ndim != 2 or not x.is_cuda or x.shape[1] % BLOCK:
         raise ValueError(f"expected a 2D CUDA tensor with columns a multiple of 16, got {tuple(x.shape)} on {x.device}")
     x = x.contiguous()
     rows, cols = x.shape
-    amax = torch.linalg.vector_norm(x, ord=float("inf")).float()
-    _, decode, multiplier = global_scales(amax)
-    scalars = torch.stack((decode, multiplier))
+    amax = torch.zeros((), dtype=torch.float32, device=x.device)
+    decode = torch.empty((), dtype=torch.float32, device=x.device)
     packed = torch.empty(rows, cols // 2, dtype=torch.uint8, device=x.device)
     scales = torch.empty(rows, cols // BLOCK, dtype=torch.uint8, device=x.device)
+    _absmax_kernel[(triton.cdiv(x.numel(), _AMAX_BLOCK),)](x, amax, x.numel(), BLOCK=_AMAX_BLOCK, num_warps=8)
     grid = (triton.cdiv(rows, block_m), triton.cdiv(cols, block_n))
-    _nvfp4_kernel[grid](x, packed, scales, scalars, rows, cols, BLOCK_M=block_m, BLOCK_N=block_n,
-                        FLT_MAX=_FLT_MAX, num_warps=4)
+    _nvfp4_kernel[grid](x, packed, scales, amax, decode, rows, cols, BLOCK_M=block_m, BLOCK_N=block_n,
+                        FLT_MAX=_FLT_MAX, ONE_SIXTH=_ONE_SIXTH, num_warps=4)
     return NVFP4Tensor(packed=packed, block_scales=scales.view(torch.float8_e4m3fn), global_decode=decode,
                        shape=tuple(x.shape), tile=(1, BLOCK))
 
