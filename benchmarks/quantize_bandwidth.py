@@ -19,7 +19,7 @@ import torch
 
 from pytest_lowprec.formats.fp8 import quantize_rowwise
 from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
-from pytest_lowprec.formats.triton_quant import quantize_fp8_rowwise_triton, quantize_nvfp4_triton
+from pytest_lowprec.formats.triton_quant import absmax, quantize_fp8_rowwise_triton, quantize_nvfp4_triton
 from pytest_lowprec.hardware import probe_cuda
 from pytest_lowprec.timing import CudaEventTimer
 
@@ -32,15 +32,18 @@ def _cases(x: torch.Tensor) -> dict:
     nvfp4_out = elems // 2 + elems // 16
     return {
         "nvfp4 triton": (lambda: quantize_nvfp4_triton(x), 2 * elems * 2 + nvfp4_out, elems * 2 + nvfp4_out),
+        "  its amax pass": (lambda: absmax(x), elems * 2, elems * 2),
         "nvfp4 eager": (lambda: quantize_nvfp4(x, check_finite=False), None, elems * 2 + nvfp4_out),
         "fp8 rowwise triton": (lambda: quantize_fp8_rowwise_triton(x), elems * 3 + m * 4, elems * 3 + m * 4),
         "fp8 rowwise eager": (lambda: quantize_rowwise(x), None, elems * 3 + m * 4),
     }
 
 
-def median_ms(timer: CudaEventTimer, fn, reference=lambda: None, n: int = 50) -> float:
-    timer.warmup(reference, fn)
-    return statistics.median(p[1] for p in timer.pairs(reference, fn, n))
+def medians_ms(timer: CudaEventTimer, copy, fn, n: int = 50) -> tuple[float, float]:
+    """Median ms of the copy and of fn, timed as alternating pairs."""
+    timer.warmup(copy, fn)
+    pairs = timer.pairs(copy, fn, n)
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
 
 def main() -> int:
@@ -54,11 +57,9 @@ def main() -> int:
     for m, n in SHAPES:
         x = torch.randn(m, n, device="cuda").to(torch.bfloat16)
         elems = m * n
-        copy_ms = median_ms(timer, x.clone)
-        ceiling = 2 * elems * 2 / (copy_ms * 1e-3) / 1e12
-        cases = _cases(x)
-        for name, (fn, moved, minimal) in cases.items():
-            ms = median_ms(timer, fn)
+        for name, (fn, moved, minimal) in _cases(x).items():
+            copy_ms, ms = medians_ms(timer, x.clone, fn)
+            ceiling = 2 * elems * 2 / (copy_ms * 1e-3) / 1e12
             moved_tbps = moved / (ms * 1e-3) / 1e12 if moved else None
             rows.append((f"{m}x{n}", name, ms, moved_tbps, minimal / (ms * 1e-3) / 1e12, ceiling))
     print(f"device: {device.name}, torch {torch.__version__}")

@@ -143,7 +143,9 @@ class CudaEventTimer:
         self._index = device_index
         self._gpu_id = uuid or str(device_index)
         self._graphs = graphs
-        self._graph_cache: dict[int, Callable[[], None]] = {}
+        # Keyed by the callable itself, which the dict keeps alive: an id() key could be
+        # reused by a new callable after the old one is freed, replaying a stale graph.
+        self._graph_cache: dict[Callable[[], object], Callable[[], None]] = {}
         self._warmup = warmup or _StableWarmup()
         self._state_reader = state_reader
         # Twice the L2 so every line the workload left there is evicted.
@@ -155,8 +157,7 @@ class CudaEventTimer:
     def _replayable(self, fn: Callable[[], object]) -> Callable[[], object]:
         if not self._graphs:
             return fn
-        key = id(fn)
-        if key not in self._graph_cache:
+        if fn not in self._graph_cache:
             torch = self._torch
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
@@ -166,8 +167,8 @@ class CudaEventTimer:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 fn()
-            self._graph_cache[key] = graph.replay
-        return self._graph_cache[key]
+            self._graph_cache[fn] = graph.replay
+        return self._graph_cache[fn]
 
     def warmup(self, baseline, optimized) -> None:
         self._warmup.run(self, baseline, optimized)

@@ -26,6 +26,12 @@ def _absmax_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
     tl.atomic_max(out_ptr, tl.max(tl.abs(x), axis=0))
 
 
+@triton.autotune(
+    configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w)
+             for m, n, w in ((16, 256, 4), (32, 256, 4), (32, 256, 8), (64, 256, 8), (16, 512, 4),
+                             (32, 512, 8), (8, 1024, 4), (64, 128, 4))],
+    key=["n_rows", "n_cols"],
+)
 @triton.jit
 def _nvfp4_kernel(x_ptr, packed_ptr, scales_ptr, amax_ptr, decode_ptr, n_rows, n_cols,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FLT_MAX: tl.constexpr,
@@ -66,7 +72,14 @@ def _nvfp4_kernel(x_ptr, packed_ptr, scales_ptr, amax_ptr, decode_ptr, n_rows, n
              decode8.to(tl.uint8, bitcast=True), mask=scale_mask)
 
 
-def quantize_nvfp4_triton(x: torch.Tensor, *, block_m: int = 16, block_n: int = 256) -> NVFP4Tensor:
+def absmax(x: torch.Tensor) -> torch.Tensor:
+    """max |x| of a contiguous CUDA tensor as a float32 scalar tensor: one pass, one atomic per program."""
+    out = torch.zeros((), dtype=torch.float32, device=x.device)
+    _absmax_kernel[(triton.cdiv(x.numel(), _AMAX_BLOCK),)](x, out, x.numel(), BLOCK=_AMAX_BLOCK, num_warps=8)
+    return out
+
+
+def quantize_nvfp4_triton(x: torch.Tensor) -> NVFP4Tensor:
     """NVFP4 with 1x16 blocks of a 2D CUDA tensor: an amax pass, then one fused pass.
 
     The per-tensor scales are derived inside the second kernel, so the host issues
@@ -76,14 +89,16 @@ def quantize_nvfp4_triton(x: torch.Tensor, *, block_m: int = 16, block_n: int = 
         raise ValueError(f"expected a 2D CUDA tensor with columns a multiple of 16, got {tuple(x.shape)} on {x.device}")
     x = x.contiguous()
     rows, cols = x.shape
-    amax = torch.zeros((), dtype=torch.float32, device=x.device)
+    amax = absmax(x)
     decode = torch.empty((), dtype=torch.float32, device=x.device)
     packed = torch.empty(rows, cols // 2, dtype=torch.uint8, device=x.device)
     scales = torch.empty(rows, cols // BLOCK, dtype=torch.uint8, device=x.device)
-    _absmax_kernel[(triton.cdiv(x.numel(), _AMAX_BLOCK),)](x, amax, x.numel(), BLOCK=_AMAX_BLOCK, num_warps=8)
-    grid = (triton.cdiv(rows, block_m), triton.cdiv(cols, block_n))
-    _nvfp4_kernel[grid](x, packed, scales, amax, decode, rows, cols, BLOCK_M=block_m, BLOCK_N=block_n,
-                        FLT_MAX=_FLT_MAX, ONE_SIXTH=_ONE_SIXTH, num_warps=4)
+
+    def grid(meta):
+        return (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]))
+
+    # The tile shape is tuned per shape on first use (the outputs are the same bits for every tile).
+    _nvfp4_kernel[grid](x, packed, scales, amax, decode, rows, cols, FLT_MAX=_FLT_MAX, ONE_SIXTH=_ONE_SIXTH)
     return NVFP4Tensor(packed=packed, block_scales=scales.view(torch.float8_e4m3fn), global_decode=decode,
                        shape=tuple(x.shape), tile=(1, BLOCK))
 
