@@ -69,3 +69,9 @@ def test_triton_fp8_rowwise_gives_the_reference_bits(shape):
     x = data(5, *shape).cuda()
     (qr, sr), (qf, sf) = quantize_rowwise(x), triton_quant.quantize_fp8_rowwise_triton(x)
     assert same_bits(qr, qf) and same_bits(sr, sf)
+
+
+def test_triton_nvfp4_takes_only_bfloat16_and_says_what_takes_the_rest():
+    triton_quant = pytest.importorskip("pytest_lowprec.formats.triton_quant")
+    with pytest.raises(ValueError, match="expected a 2D bfloat16 CUDA tensor.*quantize_nvfp4 takes any other"):
+        triton_quant.quantize_nvfp4_triton(torch.randn(16, 64, device="cuda"))

@@ -47,10 +47,12 @@ def _e2m1_codes(scaled):
 def _nvfp4_kernel(x_ptr, packed_ptr, scales_ptr, amax_ptr, decode_ptr, n_rows, n_cols,
                   BLOCK_M: tl.constexpr, BLOCKS_N: tl.constexpr, FLT_MAX: tl.constexpr,
                   ONE_SIXTH: tl.constexpr):
-    """A tile of BLOCK_M rows x BLOCKS_N 16-element blocks, held as [rows, blocks, 8] pairs.
+    """A tile of BLOCK_M rows x BLOCKS_N 16-element blocks of a bfloat16 tensor read as int32 words.
 
-    Even and odd elements are loaded as two tensors of the same shape, so the two
-    nibbles of a byte sit in the same thread and packing needs no reshape or split.
+    Each word holds an (even, odd) pair of bf16 values: the even one is `w << 16`, the odd
+    one `w & 0xFFFF0000`, both exact as float32. Loads are contiguous and wide, and both
+    nibbles of an output byte come from one word in one thread: no shuffles through shared
+    memory (an earlier layout was bound by L1 traffic at 95% with DRAM at 30%).
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -66,16 +68,17 @@ def _nvfp4_kernel(x_ptr, packed_ptr, scales_ptr, amax_ptr, decode_ptr, n_rows, n
     blocks = (pid_n * BLOCKS_N + tl.arange(0, BLOCKS_N))[None, :, None]
     pairs = tl.arange(0, 8)[None, None, :]
     mask = (rows < n_rows) & (blocks < n_cols // 16)
-    even_ptr = x_ptr + rows * n_cols + blocks * 16 + 2 * pairs
-    even = tl.load(even_ptr, mask=mask, other=0.0).to(tl.float32)
-    odd = tl.load(even_ptr + 1, mask=mask, other=0.0).to(tl.float32)
+    offsets = rows * (n_cols // 2) + blocks * 8 + pairs  # in words, and in output bytes
+    words = tl.load(x_ptr + offsets, mask=mask, other=0)
+    even = (words << 16).to(tl.float32, bitcast=True)
+    odd = (words & -65536).to(tl.float32, bitcast=True)
     block_amax = tl.maximum(tl.max(tl.abs(even), axis=2), tl.max(tl.abs(odd), axis=2))
     decode8 = tl.minimum(block_amax * multiplier, 448.0).to(tl.float8e4nv, fp_downcast_rounding="rtne")
     encode = tl.minimum(tl.math.div_rn(tl.full(block_amax.shape, 1.0, tl.float32),
                                        decode8.to(tl.float32) * global_decode), FLT_MAX)[:, :, None]
     lo = _e2m1_codes(tl.minimum(tl.maximum(even * encode, -6.0), 6.0))
     hi = _e2m1_codes(tl.minimum(tl.maximum(odd * encode, -6.0), 6.0))
-    tl.store(packed_ptr + rows * (n_cols // 2) + blocks * 8 + pairs, lo | (hi << 4), mask=mask)
+    tl.store(packed_ptr + offsets, lo | (hi << 4), mask=mask)
     scale_rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None]
     scale_cols = (pid_n * BLOCKS_N + tl.arange(0, BLOCKS_N))[None, :]
     tl.store(scales_ptr + scale_rows * (n_cols // 16) + scale_cols, decode8.to(tl.uint8, bitcast=True),
@@ -90,13 +93,15 @@ def absmax(x: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_nvfp4_triton(x: torch.Tensor) -> NVFP4Tensor:
-    """NVFP4 with 1x16 blocks of a 2D CUDA tensor: an amax pass, then one fused pass.
+    """NVFP4 with 1x16 blocks of a 2D bfloat16 CUDA tensor: an amax pass, then one fused pass.
 
     The per-tensor scales are derived inside the second kernel, so the host issues
     three launches (zero the amax, two kernels) and no small tensor operations.
+    Other dtypes: use nvfp4.quantize_nvfp4 (the same bits, eagerly).
     """
-    if x.ndim != 2 or not x.is_cuda or x.shape[1] % BLOCK:
-        raise ValueError(f"expected a 2D CUDA tensor with columns a multiple of 16, got {tuple(x.shape)} on {x.device}")
+    if x.ndim != 2 or not x.is_cuda or x.shape[1] % BLOCK or x.dtype != torch.bfloat16:
+        raise ValueError(f"expected a 2D bfloat16 CUDA tensor with columns a multiple of 16, got "
+                         f"{x.dtype} {tuple(x.shape)} on {x.device}; quantize_nvfp4 takes any other")
     x = x.contiguous()
     rows, cols = x.shape
     amax = absmax(x)
@@ -108,7 +113,8 @@ def quantize_nvfp4_triton(x: torch.Tensor) -> NVFP4Tensor:
         return (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(cols // BLOCK, meta["BLOCKS_N"]))
 
     # The tile shape is tuned per shape on first use (the outputs are the same bits for every tile).
-    _nvfp4_kernel[grid](x, packed, scales, amax, decode, rows, cols, FLT_MAX=_FLT_MAX, ONE_SIXTH=_ONE_SIXTH)
+    _nvfp4_kernel[grid](x.view(torch.int32), packed, scales, amax, decode, rows, cols,
+                        FLT_MAX=_FLT_MAX, ONE_SIXTH=_ONE_SIXTH)
     return NVFP4Tensor(packed=packed, block_scales=scales.view(torch.float8_e4m3fn), global_decode=decode,
                        shape=tuple(x.shape), tile=(1, BLOCK))
 
