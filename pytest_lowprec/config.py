@@ -55,6 +55,8 @@ class GateConfig:
     strict: bool = False
     report_path: Path | None = None
     trace_dir: Path | None = None
+    csv_path: Path | None = None
+    markdown_path: Path | None = None
     tolerance: SpeedupTolerance = field(default_factory=SpeedupTolerance)
     sampling: SamplingPolicy = field(default_factory=SamplingPolicy)
     confidence: float = 0.95

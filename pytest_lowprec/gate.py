@@ -21,6 +21,8 @@ class Kind(str, Enum):
     ACCURACY = "accuracy"
     MEMORY = "memory"
     INFO = "info"
+    PATH = "path"  # the kernels a side ran: proof that the low-precision path was taken
+    TRACE = "trace"  # a profiler trace that could not be taken honestly
 
 
 @dataclass(frozen=True)
@@ -361,6 +363,18 @@ def judge_value(
 def judge_info(metric: str, value: float, unit: str = "", where: str = "") -> Verdict:
     """A reported number with no bound: recorded with the baseline, never fails."""
     return Verdict(metric=metric, kind=Kind.INFO, status=PASS, value=value, unit=unit, where=where)
+
+
+def judge_kernels(metric: str, side: str, names: list[str], reasons: list[str], where: str = "") -> Verdict:
+    """Precision-path proof: fails naming the kernels that did run."""
+    shown = ", ".join(names[:8]) + (f" (+{len(names) - 8} more)" if len(names) > 8 else "")
+    full = tuple(f"{r}; {side} ran: {shown or 'no kernels'}" for r in reasons)
+    return Verdict(metric=metric, kind=Kind.PATH, status=FAIL if reasons else PASS, bound=side, reasons=full,
+                   where=where, extra={"kernels": names})
+
+
+def judge_trace_error(metric: str, error: str, where: str = "") -> Verdict:
+    return Verdict(metric=metric, kind=Kind.TRACE, status=FAIL, reasons=(error,), where=where)
 
 
 def judge_skipped(metric: str, kind: Kind, reason: str, where: str = "") -> Verdict:

@@ -60,6 +60,18 @@ def spec_for(key: str) -> GpuSpec | None:
     return next((s for s in GPU_SPECS if s.key == base), None)
 
 
+def peak_tflops(key: str, precisions: tuple[str, ...]) -> float | None:
+    """Dense datasheet peak of the narrowest unit the precisions use; None where the chip has none."""
+    spec = spec_for(key)
+    if spec is None:
+        return None
+    if any(p in ("nvfp4", "fp4", "mxfp4", "mxfp6", "fp6") for p in precisions):
+        return spec.fp4_tflops
+    if any(p in ("fp8", "mxfp8", "int8") for p in precisions):
+        return spec.fp8_tflops
+    return spec.bf16_tflops
+
+
 def gpu_key_from_name(name: str) -> str:
     """'NVIDIA H100 80GB HBM3' -> 'h100'; an unknown name becomes a slug of itself."""
     lowered = name.lower()

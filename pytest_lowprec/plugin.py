@@ -64,10 +64,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lowprec-strict", dest="lowprec_strict", action="store_true", default=None,
                     help="a missing or stale baseline fails the test instead of being reported.")
     group.addoption("--lowprec-report", dest="lowprec_report", default=None, metavar="PATH",
-                    help="write the HTML regression report to PATH (rendering lands with the report issue).")
+                    help="write a self-contained HTML regression report to PATH (tables, plots, kernel tables, "
+                         "links to traces).")
     group.addoption("--lowprec-trace", dest="lowprec_trace", default=None, metavar="DIR",
-                    help="write profiler traces of one untimed iteration per side to DIR "
-                         "(capture lands with the trace issue).")
+                    help="after timing, profile one untimed call of each side of every CUDA speedup and write "
+                         "its chrome trace (Perfetto opens it) and kernel table to DIR.")
+    group.addoption("--lowprec-csv", dest="lowprec_csv", default=None, metavar="PATH",
+                    help="write every verdict as CSV (the accuracy-versus-throughput table) to PATH.")
+    group.addoption("--lowprec-markdown", dest="lowprec_markdown", default=None, metavar="PATH",
+                    help="write a pull-request summary (regressions first) in markdown to PATH.")
     group.addoption("--lowprec-tolerance", dest="lowprec_tolerance", default=None,
                     type=_usage(parse_fraction), metavar="FRACTION",
                     help="smallest allowed speedup drop below the baseline median (default 0.03); "
@@ -108,16 +113,20 @@ def _gate_config(config: pytest.Config) -> GateConfig:
         baselines = Path(_option(config, "lowprec_baselines"))
         if not baselines.is_absolute():
             baselines = Path(config.rootpath) / baselines
-        report = config.getoption("lowprec_report")
-        trace = config.getoption("lowprec_trace")
+        def path(name: str) -> Path | None:
+            value = config.getoption(name)
+            return Path(value).absolute() if value else None
+
         return GateConfig(
             gpu=_option(config, "lowprec_gpu", parse_gpu),
             update=bool(config.getoption("lowprec_update")),
             baselines_dir=baselines,
             precisions=_option(config, "lowprec_precision", parse_precisions),
             strict=bool(_option(config, "lowprec_strict")),
-            report_path=Path(report) if report else None,
-            trace_dir=Path(trace) if trace else None,
+            report_path=path("lowprec_report"),
+            trace_dir=path("lowprec_trace"),
+            csv_path=path("lowprec_csv"),
+            markdown_path=path("lowprec_markdown"),
             tolerance=SpeedupTolerance(
                 floor=_option(config, "lowprec_tolerance", parse_fraction),
                 noise_k=float(config.getini("lowprec_noise_k")),
@@ -190,12 +199,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUN_KEY] = run
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(run, "lowprec-run")
-    for flag, name in ((gate.report_path, "--lowprec-report"), (gate.trace_dir, "--lowprec-trace")):
-        if flag is not None:
-            config.issue_config_time_warning(
-                pytest.PytestConfigWarning(f"{name} is accepted but not yet rendered: nothing is written there"),
-                stacklevel=2,
-            )
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from . import gate
 from .config import GateConfig
 from .gate import Kind, Margin, SpeedupTolerance, Verdict
-from .hardware import DeviceInfo
+from .hardware import DeviceInfo, peak_tflops, spec_for
+from .profiling import NvtxRanges, SideTrace, match_kernels, nvtx_range, profile_side, trace_path
 from .stats import side_medians, summarize_pairs
 from .timing import Measurement, Timer, measure_pairs
 
@@ -56,6 +57,7 @@ class TestRecord:
     timed_s: float = 0.0
     timer_wall_s: float = 0.0
     outcome: str = ""
+    traces: dict[str, dict[str, SideTrace]] = field(default_factory=dict)  # speedup name -> side -> trace
 
     @property
     def failed_verdicts(self) -> list[Verdict]:
@@ -76,6 +78,7 @@ class TestRecord:
             "timed_s": self.timed_s,
             "timer_wall_s": self.timer_wall_s,
             "outcome": self.outcome,
+            "traces": {n: {s: t.to_dict() for s, t in sides.items()} for n, sides in self.traces.items()},
         }
 
     @classmethod
@@ -89,6 +92,7 @@ class TestRecord:
             timed_s=d["timed_s"],
             timer_wall_s=d["timer_wall_s"],
             outcome=d["outcome"],
+            traces={n: {s: SideTrace.from_dict(t) for s, t in sides.items()} for n, sides in d["traces"].items()},
         )
 
 
@@ -125,6 +129,10 @@ class Recorder:
         self._observations: list[_Observation] = []
         self._timed_s = 0.0
         self._timer_wall_s = 0.0
+        self._speed_sides: dict[str, dict[str, Callable[[], object]]] = {}
+        self._speed_ms: dict[str, float] = {}
+        self._traces: dict[str, dict[str, SideTrace]] = {}
+        self._nvtx = NvtxRanges()
 
     # -- what the test reads ------------------------------------------------
     @property
@@ -221,6 +229,8 @@ class Recorder:
             return None
         tol = tolerance or self._config.tolerance
         timer = self._make_timer(device, {"graphs": graphs, "flush_l2": flush_l2})
+        baseline = self._nvtx.wrap(f"{name}:baseline", baseline)
+        optimized = self._nvtx.wrap(f"{name}:optimized", optimized)
         view = self._view(name)
         lines = gate.speedup_decision_lines(min, view, tol, self._config.update)
         seed, conf = self._config.seed, self._config.confidence
@@ -228,8 +238,9 @@ class Recorder:
         def settled(pairs):
             return gate.is_settled(summarize_pairs(pairs, conf, seed=seed), lines)
 
-        m = measure_pairs(timer, baseline, optimized, self._config.sampling, settled,
-                          recording=self._config.update)
+        with nvtx_range(f"{self.nodeid}:{name}"):
+            m = measure_pairs(timer, baseline, optimized, self._config.sampling, settled,
+                              recording=self._config.update)
         self._timed_s += m.timed_s
         self._timer_wall_s += m.wall_s
         summary = summarize_pairs(m.pairs, conf, seed=seed)
@@ -249,13 +260,74 @@ class Recorder:
             stored = {"kind": "speedup", "value": summary.median, "unit": "x", **summary.as_dict(),
                       "baseline_ms": base_ms, "optimized_ms": opt_ms, "timer": m.timer, "throttled": m.throttled}
         self._add(Kind.SPEEDUP, name, where, judge, stored)
+        self._speed_sides[name] = {"baseline": baseline, "optimized": optimized}
+        self._speed_ms[name] = opt_ms
+        if self._config.trace_dir is not None and device == "cuda":
+            for side in ("baseline", "optimized"):
+                self._trace(name, side, write=True, where=where)
         return m
+
+    def expect_kernels(self, side: str = "optimized", *, require: tuple[str, ...] | list[str] | str = (),
+                       forbid: tuple[str, ...] | list[str] | str = (), name: str = "speedup") -> None:
+        """Prove the precision path: `side` of speedup `name` ran a kernel matching each `require`
+        regex and none matching a `forbid` one (an fp32 fallback, say). Uses the trace of that side,
+        taking one untimed profiled call if --lowprec-trace did not already."""
+        where = _call_site()
+        metric = f"kernels:{name}.{side}"
+        if side not in ("baseline", "optimized"):
+            raise ValueError(f"side must be 'baseline' or 'optimized', got {side!r}")
+        require = [require] if isinstance(require, str) else list(require)
+        forbid = [forbid] if isinstance(forbid, str) else list(forbid)
+        if not self._device.is_cuda:
+            reason = f"kernel proof skipped: no CUDA device (gpu key {self._device.key})"
+            skipped = gate.judge_skipped(metric, Kind.PATH, reason, where)
+            self._add(Kind.PATH, metric, where, lambda base: skipped, None)
+            return
+        if name not in self._speed_sides:
+            raise ValueError(f"expect_kernels(name={name!r}) needs lowprec.speedup(name={name!r}) to run first")
+        trace = self._trace(name, side, write=False, where=where)
+        names = trace.names()
+        verdict = gate.judge_kernels(metric, side, names, match_kernels(names, require, forbid), where)
+        self._add(Kind.PATH, metric, where, lambda base: verdict, None)
+
+    def work(self, *, flops: float | None = None, nbytes: float | None = None, name: str = "speedup") -> None:
+        """Declare the optimized side's work, so its achieved rate and fraction of the datasheet peak
+        are reported (predictions and fractions are reported, never gated here)."""
+        ms = self._speed_ms.get(name)
+        if ms is None:
+            return  # no timing on this run (no CUDA): nothing to report
+        spec = spec_for(self._device.key)
+        if flops is not None:
+            tflops = flops / (ms * 1e-3) / 1e12
+            self.info(f"{name}.tflops", tflops, "TFLOP/s")
+            peak = peak_tflops(self._device.key, self.precision)
+            if peak:
+                self.info(f"{name}.of_peak_flops", tflops / peak, "of datasheet peak")
+        if nbytes is not None:
+            tbps = nbytes / (ms * 1e-3) / 1e12
+            self.info(f"{name}.tb_per_s", tbps, "TB/s")
+            if spec is not None:
+                self.info(f"{name}.of_peak_bandwidth", tbps / (spec.hbm_gbps / 1e3), "of datasheet peak")
+
+    def _trace(self, name: str, side: str, *, write: bool, where: str) -> SideTrace:
+        traces = self._traces.setdefault(name, {})
+        if side in traces and (traces[side].file or not write):
+            return traces[side]
+        path = trace_path(self._config.trace_dir, self.nodeid, name, side) if write else None
+        trace = profile_side(side, self._speed_sides[name][side], path)
+        traces[side] = trace
+        if trace.error:
+            metric = f"trace:{name}.{side}"
+            failed = gate.judge_trace_error(metric, trace.error, where)
+            if not any(o.metric == metric for o in self._observations):
+                self._add(Kind.TRACE, metric, where, lambda base: failed, None)
+        return trace
 
     # -- what the plugin calls ----------------------------------------------
     def finish(self) -> TestRecord:
         """Judge every observation against the (now complete) signature's baseline."""
         record = TestRecord(self.nodeid, self.precision, dict(self._signature),
-                            timed_s=self._timed_s, timer_wall_s=self._timer_wall_s)
+                            timed_s=self._timed_s, timer_wall_s=self._timer_wall_s, traces=self._traces)
         for obs in self._observations:
             verdict = obs.judge(self._view(obs.metric))
             record.verdicts.append(verdict)

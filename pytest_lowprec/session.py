@@ -19,6 +19,8 @@ from .baselines import BaselineError, BaselineStore
 from .config import GateConfig
 from .hardware import DeviceInfo, software_fingerprint
 from .recorder import TestRecord
+from .report import html, markdown
+from .report.rows import verdict_frame, write_csv
 from .report.terminal import summary_lines
 
 _WORKEROUTPUT_KEY = "lowprec_records"
@@ -52,6 +54,7 @@ class LowprecRun:
         self.records: dict[str, TestRecord] = {}
         self.written: tuple[Path, int] | None = None
         self.write_error: str | None = None
+        self.reports: list[str] = []
 
     # -- records ------------------------------------------------------------
     def add(self, record: TestRecord) -> None:
@@ -97,14 +100,47 @@ class LowprecRun:
             for d in json.loads(payload):
                 self.add(TestRecord.from_dict(d))
 
+    def header(self) -> dict:
+        return {
+            "gpu": self.device.key,
+            "device_name": self.device.name,
+            "software": software_fingerprint(self.device),
+            "commit": _git_commit(Path(self.pytest_config.rootpath)),
+            "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "baselines": str(self.store.path_for(self.device.key)),
+        }
+
+    def write_reports(self) -> None:
+        """Render what was decided; a report that cannot be written is said, and changes no outcome."""
+        wanted = [(self.gate.report_path, html.render), (self.gate.markdown_path, markdown.render)]
+        if not any(p for p, _ in wanted) and self.gate.csv_path is None:
+            return
+        header, records = self.header(), list(self.records.values())
+        for path, render in wanted:
+            if path is not None:
+                self._report(path, lambda p=path, r=render: r(p, header, records))
+        if self.gate.csv_path is not None:
+            self._report(self.gate.csv_path, lambda: write_csv(verdict_frame(records), self.gate.csv_path))
+
+    def _report(self, path: Path, write) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write()
+            self.reports.append(f"lowprec: wrote {path}")
+        except OSError as exc:
+            self.reports.append(f"lowprec: could not write {path}: {exc}")
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.gate.update:
             self.write_baselines()
             if self.write_error:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        self.write_reports()
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
+        for line in self.reports:
+            terminalreporter.write_line(line)
         if not self.records:
             return
         tr = terminalreporter

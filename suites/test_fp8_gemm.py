@@ -60,3 +60,4 @@ def test_fp8_gemm(lowprec, n, scope):
     if n >= TIMED_FROM_N:
         lowprec.speedup(baseline=lambda: a @ b, optimized=fp8_gemm if scope == "gemm" else fp8_linear,
                         min=FLOOR.get((scope, n)))
+        lowprec.work(flops=2.0 * n**3)

@@ -164,3 +164,4 @@ def test_quantizer_speed(lowprec, kind, n):
     m = lowprec.speedup(baseline=eager, optimized=lambda: fast(x), min=2.0, graphs=True)
     _, fast_ms = side_medians(m.pairs)
     lowprec.info("bytes_moved_tb_per_s", moved / (fast_ms * 1e-3) / 1e12, "TB/s")
+    lowprec.work(nbytes=moved)

@@ -1,0 +1,44 @@
+"""A summary sized for a pull-request comment or a CI step summary: regressions first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .rows import counts, verdict_frame
+from .terminal import format_baseline, format_delta, format_value, format_verdict
+
+
+def _cell(text: str) -> str:
+    """Test ids are user text: no table breaks, no markup."""
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("|", "\\|").replace("\n", " "))
+
+
+def _table(rows) -> list[str]:
+    lines = ["| test | metric | value [interval] | bound | baseline | delta | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for rec, v in rows:
+        verdict = format_verdict(v) + (f": {'; '.join(v.reasons)}" if v.status == "fail" else "")
+        cells = (rec.nodeid, v.metric, format_value(v), v.bound or "-", format_baseline(v), format_delta(v), verdict)
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
+def render(path: Path, header: dict, records) -> None:
+    records = sorted(records, key=lambda r: r.nodeid)
+    pairs = [(r, v) for r in records for v in r.verdicts]
+    failed = [(r, v) for r, v in pairs if v.status == "fail"]
+    improved = [(r, v) for r, v in pairs if v.status == "pass" and "improved" in v.flags]
+    rest = [(r, v) for r, v in pairs if (r, v) not in failed and (r, v) not in improved]
+    c = counts(verdict_frame(records))
+    lines = [f"## lowprec gate on {header['gpu']} ({header['device_name']})", "",
+             f"{c['tests']} tests: **{c['failed']} failed**, {c['passed']} passed, {c['skipped']} skipped, "
+             f"{c['improved']} improved. Commit {header.get('commit') or 'unknown'}, {header['date']}.", ""]
+    if failed:
+        lines += ["### Regressions and failures", ""] + _table(failed) + [""]
+    if improved:
+        lines += ["### Improvements", ""] + _table(improved) + [""]
+    if rest:
+        lines += ["<details><summary>All other verdicts</summary>", ""] + _table(rest) + ["", "</details>", ""]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines), encoding="utf-8")

@@ -1,0 +1,51 @@
+"""Final verdicts as one table (pandas), the source of every report: HTML, CSV, markdown."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pandas as pd
+
+COLUMNS = ["test", "precision", "metric", "kind", "value", "low", "high", "unit", "bound", "baseline",
+           "baseline_date", "delta_pct", "status", "flags", "reasons", "where"]
+
+
+def verdict_frame(records: Iterable) -> pd.DataFrame:
+    rows = []
+    for rec in records:
+        for v in rec.verdicts:
+            rows.append({
+                "test": rec.nodeid,
+                "precision": ",".join(rec.precision),
+                "metric": v.metric,
+                "kind": v.kind.value,
+                "value": v.value,
+                "low": v.interval[0] if v.interval else None,
+                "high": v.interval[1] if v.interval else None,
+                "unit": v.unit,
+                "bound": v.bound,
+                "baseline": v.baseline,
+                "baseline_date": v.baseline_date,
+                "delta_pct": v.delta_pct,
+                "status": v.status,
+                "flags": ",".join(v.flags),
+                "reasons": "; ".join(v.reasons),
+                "where": v.where,
+            })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def counts(frame: pd.DataFrame) -> dict[str, int]:
+    """Tests by outcome: a test fails if any verdict fails; it is skipped if every verdict is."""
+    if frame.empty:
+        return {"tests": 0, "failed": 0, "passed": 0, "skipped": 0, "improved": 0}
+    by_test = frame.groupby("test")["status"].agg(list)
+    failed = sum("fail" in s for s in by_test)
+    skipped = sum(all(x == "skip" for x in s) for s in by_test)
+    improved = int(frame["flags"].str.contains("improved").groupby(frame["test"]).any().sum())
+    return {"tests": len(by_test), "failed": failed, "passed": len(by_test) - failed - skipped,
+            "skipped": skipped, "improved": improved}
+
+
+def write_csv(frame: pd.DataFrame, path) -> None:
+    frame.to_csv(path, index=False)

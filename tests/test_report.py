@@ -1,0 +1,155 @@
+"""Reports and traces as a reviewer meets them: pytester runs with a faked H100 and a scripted timer."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from pytest_lowprec.profiling import kernel_table, match_kernels, trace_path
+
+FAKES = (Path(__file__).parent / "fakes.py").read_text()
+CONFTEST = """
+import os
+from fakes import H100, ScriptedTimer
+
+def pytest_lowprec_device(config):
+    return H100
+
+def pytest_lowprec_make_timer(config, device, kind, options):
+    return ScriptedTimer(speedup=float(os.environ.get("FAKE_SPEEDUP", "1.6")))
+"""
+WORKLOADS = """
+import pytest
+
+@pytest.mark.lowprec(precision="fp8")
+@pytest.mark.parametrize("n", [1024, "<script>alert(1)</script>"])
+def test_gemm(lowprec, n):
+    lowprec.accuracy("sqnr_db", 28.0, min=25.0)
+    lowprec.speedup(baseline=lambda: None, optimized=lambda: None, min=1.5)
+
+@pytest.mark.lowprec(precision="nvfp4")
+def test_regressed(lowprec):
+    lowprec.accuracy("sqnr_db", 5.0, min=8.0)
+    lowprec.speedup(baseline=lambda: None, optimized=lambda: None, min=1.2)
+"""
+
+
+@pytest.fixture
+def gate(pytester):
+    pytester.makepyfile(fakes=FAKES)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_workloads=WORKLOADS)
+    return pytester
+
+
+def test_html_report_has_header_counts_plots_and_a_failing_row(gate):
+    result = gate.runpytest("--lowprec-report", "out/report.html")
+    result.stdout.fnmatch_lines(["*lowprec: wrote *out/report.html*"])
+    html = (gate.path / "out" / "report.html").read_text()
+    assert "lowprec gate on h100" in html and "NVIDIA H100 80GB HBM3" in html and "torch" in html
+    assert "3 tests</span><span class=\"failed\">1 failed" in html
+    assert html.count("<svg") == 2  # speedup chart and accuracy-versus-speedup
+    assert '<tr class="fail">' in html and "sqnr_db 5 &lt; bound 8" in html
+
+
+def test_html_report_shows_a_script_in_a_test_id_as_text(gate):
+    gate.runpytest("--lowprec-report", "r.html")
+    html = (gate.path / "r.html").read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script" not in html
+
+
+def test_csv_has_one_row_per_verdict(gate):
+    gate.runpytest("--lowprec-csv", "v.csv")
+    rows = list(csv.DictReader((gate.path / "v.csv").open()))
+    assert len(rows) == 6 and {"test", "metric", "value", "low", "high", "status"} <= set(rows[0])
+    speed = [r for r in rows if r["metric"] == "speedup" and r["test"].endswith("[1024]")][0]
+    assert float(speed["low"]) < float(speed["value"]) < float(speed["high"])
+
+
+def test_markdown_puts_regressions_first_and_collapses_the_rest(gate):
+    gate.runpytest("--lowprec-markdown", "pr.md")
+    md = (gate.path / "pr.md").read_text()
+    assert md.index("### Regressions and failures") < md.index("<details>")
+    assert "test_workloads.py::test_regressed | sqnr_db" in md and "&lt;script&gt;" in md
+
+
+def test_improvements_get_their_own_section(gate, monkeypatch):
+    gate.runpytest("--lowprec-update")
+    monkeypatch.setenv("FAKE_SPEEDUP", "2.4")
+    gate.runpytest("--lowprec-markdown", "pr.md")
+    md = (gate.path / "pr.md").read_text()
+    assert "### Improvements" in md and "pass (improved)" in md
+
+
+def test_report_written_once_for_an_xdist_run(pytester):
+    pytest.importorskip("xdist")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_many(lowprec, i):
+            lowprec.accuracy("rel_l2", 0.001 * (i + 1), max=0.05)
+    """)
+    result = pytester.runpytest_subprocess("-n", "2", "--gpu", "cpu", "--lowprec-report", "r.html",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=6)
+    assert result.stdout.str().count("lowprec: wrote") == 1
+    assert (pytester.path / "r.html").read_text().count("test_many[") == 6
+
+
+def test_a_trace_with_no_device_time_fails_its_test_loudly(gate):
+    gate.makeconftest(CONFTEST + """
+import pytest_lowprec.recorder as recorder
+from pytest_lowprec.profiling import SideTrace
+
+def no_cupti(side, fn, path):
+    return SideTrace(side, [], 0.0, None, "the profiler recorded no device time for this call: CUPTI failed")
+
+recorder.profile_side = no_cupti
+""")
+    result = gate.runpytest("--lowprec-trace", "traces", "-k", "1024", "--lowprec-report", "r.html")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*trace:speedup.baseline: the profiler recorded no device time*"])
+    assert "CUPTI failed" in (gate.path / "r.html").read_text()
+
+
+def test_kernel_proof_is_skipped_without_cuda(pytester):
+    pytester.makepyfile("""
+        def test_path(lowprec):
+            lowprec.speedup(baseline=lambda: None, optimized=lambda: None)
+            lowprec.expect_kernels("optimized", require=r"f8f8")
+    """)
+    result = pytester.runpytest("--gpu", "cpu", "-rs")
+    result.assert_outcomes(skipped=1)
+
+
+def test_kernel_proof_needs_its_speedup_first(gate):
+    gate.makepyfile(test_order="""
+        def test_path(lowprec):
+            lowprec.expect_kernels("optimized", require=r"f8f8")
+    """)
+    result = gate.runpytest("test_order.py")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*expect_kernels(name='speedup') needs lowprec.speedup(name='speedup')*"])
+
+
+def test_kernel_table_sums_launches_by_name_and_ranks_by_time():
+    rows, total = kernel_table([("gemm", 10.0), ("quant", 2.0), ("gemm", 10.0), ("amax", 3.0)])
+    assert total == 25.0
+    assert [(r.name, r.calls, r.device_us) for r in rows] == [("gemm", 2, 20.0), ("amax", 1, 3.0), ("quant", 1, 2.0)]
+    assert rows[0].share == pytest.approx(0.8)
+
+
+def test_kernel_matching_names_what_is_missing_and_what_is_forbidden():
+    names = ["sm90_xmma_gemm_e4m3e4m3_f32", "vectorized_elementwise_kernel"]
+    assert match_kernels(names, [r"e4m3"], [r"gemm_f32f32"]) == []
+    assert match_kernels(names, [r"nvfp4"], []) == ["no kernel matches required /nvfp4/"]
+    assert match_kernels(names, [], [r"elementwise"]) == [
+        "forbidden /elementwise/ matched 'vectorized_elementwise_kernel'"]
+
+
+def test_trace_file_names_are_safe_for_shells_and_browsers(tmp_path):
+    path = trace_path(tmp_path, "suites/test_x.py::test_y[<a b>/c]", "speedup", "optimized")
+    assert path.parent == tmp_path and path.name == "suites_test_x.py_test_y_a_b_c.speedup.optimized.json"
