@@ -288,7 +288,7 @@ def lowprec(request: pytest.FixtureRequest) -> Recorder:
     args = _marker_args(item) or {"precision": ()}
     params = dict(item.callspec.params) if hasattr(item, "callspec") else {}
     recorder = Recorder(item.nodeid, args["precision"], params, run.device, run.gate,
-                        run.baseline_entry(item.nodeid), _make_timer(item.config, run.device))
+                        run.baseline_entry(item.nodeid), _make_timer(item.config, run.device), run.shared)
     item.stash[RECORDER_KEY] = recorder
     return recorder
 

@@ -117,6 +117,7 @@ class Recorder:
         config: GateConfig,
         baseline_entry: dict | None,
         make_timer: TimerFactory,
+        session_state: dict | None = None,
     ):
         self.nodeid = nodeid
         self.precision = precision
@@ -133,6 +134,8 @@ class Recorder:
         self._speed_ms: dict[str, float] = {}
         self._traces: dict[str, dict[str, SideTrace]] = {}
         self._nvtx = NvtxRanges()
+        # Shared by every test of the session: whether torch.profiler has run yet (see speedup()).
+        self._session = session_state if session_state is not None else {}
 
     # -- what the test reads ------------------------------------------------
     @property
@@ -248,12 +251,15 @@ class Recorder:
         extra = {"baseline_ms": base_ms, "optimized_ms": opt_ms, "timer": m.timer,
                  "state_before": m.state_before, "state_after": m.state_after}
 
+        # After torch.profiler has run in this process, eager launches are slower (CUPTI stays
+        # attached): an eager, launch-bound measurement taken then is flagged, never silently trusted.
+        after_trace = self._session.get("traced", False) and not graphs
+
         def judge(base: gate.BaselineView) -> Verdict:
             v = gate.judge_speedup(name, summary, min, base, tol, update=self._config.update,
                                    strict=self._config.strict, settled=m.settled, where=where, extra=extra)
-            if m.throttled:
-                return Verdict(**{**v.__dict__, "flags": v.flags + ("throttled",)})
-            return v
+            flags = v.flags + (("throttled",) if m.throttled else ()) + (("after-trace",) if after_trace else ())
+            return Verdict(**{**v.__dict__, "flags": flags}) if flags != v.flags else v
 
         stored = None
         if math.isfinite(summary.median):
@@ -315,6 +321,7 @@ class Recorder:
             return traces[side]
         path = trace_path(self._config.trace_dir, self.nodeid, name, side) if write else None
         trace = profile_side(side, self._speed_sides[name][side], path)
+        self._session["traced"] = True
         traces[side] = trace
         if trace.error:
             metric = f"trace:{name}.{side}"

@@ -55,6 +55,7 @@ class LowprecRun:
         self.written: tuple[Path, int] | None = None
         self.write_error: str | None = None
         self.reports: list[str] = []
+        self.shared: dict = {}  # state the session's recorders share (whether a profiler has run)
 
     # -- records ------------------------------------------------------------
     def add(self, record: TestRecord) -> None:

@@ -18,7 +18,6 @@ from pytest_lowprec.formats.metrics import sqnr_db
 from pytest_lowprec.formats.minifloat import E2M1
 from pytest_lowprec.formats.mx import quantize_mx
 from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
-from pytest_lowprec.stats import side_medians
 
 SIZE = 1024
 OUTLIER_CHANNELS = [3, 200, 511, 900]
@@ -161,7 +160,5 @@ def test_quantizer_speed(lowprec, kind, n):
     lowprec.accuracy("mismatched_bytes", mismatched, max=0)
     # Graph replay on both sides: the gate compares GPU work, not Python launch overhead,
     # which varied by a third between processes when timed eagerly (H100, 2026-11-22).
-    m = lowprec.speedup(baseline=eager, optimized=lambda: fast(x), min=2.0, graphs=True)
-    _, fast_ms = side_medians(m.pairs)
-    lowprec.info("bytes_moved_tb_per_s", moved / (fast_ms * 1e-3) / 1e12, "TB/s")
+    lowprec.speedup(baseline=eager, optimized=lambda: fast(x), min=2.0, graphs=True)
     lowprec.work(nbytes=moved)

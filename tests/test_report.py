@@ -153,3 +153,23 @@ def test_kernel_matching_names_what_is_missing_and_what_is_forbidden():
 def test_trace_file_names_are_safe_for_shells_and_browsers(tmp_path):
     path = trace_path(tmp_path, "suites/test_x.py::test_y[<a b>/c]", "speedup", "optimized")
     assert path.parent == tmp_path and path.name == "suites_test_x.py_test_y_a_b_c.speedup.optimized.json"
+
+
+def test_an_eager_speedup_measured_after_a_trace_is_flagged(gate):
+    gate.makeconftest(CONFTEST + """
+import pytest_lowprec.recorder as recorder
+from pytest_lowprec.profiling import KernelRow, SideTrace
+
+recorder.profile_side = lambda side, fn, path: SideTrace(side, [KernelRow("k", 1, 5.0, 1.0)], 5.0, None, None)
+""")
+    gate.makepyfile(test_order="""
+        def test_a_first(lowprec):
+            lowprec.speedup(baseline=lambda: None, optimized=lambda: None)
+
+        def test_b_eager(lowprec):
+            lowprec.speedup(baseline=lambda: None, optimized=lambda: None)
+    """)
+    result = gate.runpytest("test_order.py", "--lowprec-trace", "traces")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*test_b_eager*speedup*pass (no-baseline, after-trace)*"])
+    assert "test_a_first" not in [line for line in result.stdout.lines if "after-trace" in line][0]
