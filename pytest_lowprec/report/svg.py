@@ -29,7 +29,8 @@ def speedup_chart(frame: pd.DataFrame) -> str:
     for i, row in enumerate(rows.itertuples()):
         y = 20 + i * _ROW
         colour = {"fail": "#c0392b", "pass": "#2e86c1"}.get(row.status, "#999")
-        label = escape(f"{row.test} {row.metric}"[-48:])
+        name = row.test.split("::", 1)[-1]  # the file is in the table; the chart has room for the test
+        label = escape(f"{name} {row.metric}"[-48:])
         parts.append(f'<text x="{_LEFT - 6}" y="{y + 10}" font-size="10" text-anchor="end">{label}</text>')
         parts.append(f'<rect x="{_LEFT}" y="{y + 2}" width="{x(row.value) - _LEFT:.1f}" height="12" '
                      f'fill="{colour}" opacity="0.75"/>')
