@@ -1,0 +1,88 @@
+"""FP8 training against BF16: identical weights, data, seeds and number of steps.
+
+The runs differ only in their linears (FP8 `_scaled_mm` against bfloat16
+F.linear). Both see one poisoned batch (inputs scaled to overflow) that the
+loss-scale manager must skip and count. CPU runs a small stack; the GPU runs
+the chapter's shape (LayerNorm -> Linear 4096->16384 -> GELU -> Linear 16384->4096).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fp8_training import Shape, batch, pair, train
+
+from pytest_lowprec.formats.metrics import sqnr_db
+
+CPU_SHAPE = Shape(d=64, blocks=2, tokens=512, steps=150)
+GPU_SHAPE = Shape(d=4096, blocks=2, tokens=4096, steps=150)
+POISON_STEP = 40
+LAST_K = 20
+FP8_GEMM_KERNEL = r"nvjet_sm\d+_qq|e4m3|f8f8"
+
+
+def _shape(lowprec) -> Shape:
+    return GPU_SHAPE if lowprec.on_cuda else CPU_SHAPE
+
+
+@pytest.mark.lowprec(precision="fp8")
+def test_fp8_training_final_loss_matches_bf16(lowprec):
+    shape = _shape(lowprec)
+    lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, steps=shape.steps,
+                      poison_step=POISON_STEP, optimizer="adamw 3e-4", scaling="dynamic per-tensor")
+    bf16, fp8, teacher = pair(shape, lowprec.device)
+    ref, ref_scaler = train(bf16, teacher, shape, lowprec.device, POISON_STEP)
+    low, low_scaler = train(fp8, teacher, shape, lowprec.device, POISON_STEP)
+    ref_final = statistics.fmean(ref[-LAST_K:])
+    low_final = statistics.fmean(low[-LAST_K:])
+    lowprec.accuracy("loss_gap", abs(low_final - ref_final) / ref_final, max=0.01)
+    # How far training went: a 1% bound means little if the loss never moved.
+    lowprec.info("bf16_loss_first_over_last", ref[0] / ref_final)
+    lowprec.info("fp8_final_loss", low_final)
+    unexpected = sum(len(set(s.skipped) ^ {POISON_STEP}) for s in (ref_scaler, low_scaler))
+    lowprec.accuracy("unhandled_or_unexpected_skips", unexpected, max=0)
+    bad = sum(int((~torch.isfinite(p)).sum()) for p in fp8.parameters())
+    lowprec.accuracy("nonfinite_fp8_weights", bad, max=0)
+
+
+@pytest.mark.lowprec(precision="fp8")
+def test_fp8_weight_gradients_per_layer(lowprec):
+    """One step from identical weights on one batch: each layer's FP8 weight gradient against BF16's."""
+    shape = _shape(lowprec)
+    lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens)
+    bf16, fp8, teacher = pair(shape, lowprec.device)
+    x, y = batch(0, shape, teacher, lowprec.device, None)
+    for model in (bf16, fp8):
+        F.mse_loss(model(x).float(), y.float()).backward()
+    ref = bf16.linears()
+    for name, linear in fp8.linears().items():
+        lowprec.accuracy(f"grad_sqnr_db.{name}", sqnr_db(ref[name].weight.grad, linear.weight.grad), min=17.0)
+
+
+@pytest.mark.lowprec(precision="fp8", device="cuda")
+def test_fp8_training_step_speed_and_memory(lowprec):
+    shape = GPU_SHAPE
+    lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, optimizer="adamw")
+    bf16, fp8, teacher = pair(shape, lowprec.device)
+    x, y = batch(0, shape, teacher, lowprec.device, None)
+    optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=3e-4) for m in (bf16, fp8)}
+
+    def step(model):
+        F.mse_loss(model(x).float(), y.float()).backward()
+        optimizers[id(model)].step()
+        optimizers[id(model)].zero_grad(set_to_none=True)
+
+    lowprec.speedup(baseline=lambda: step(bf16), optimized=lambda: step(fp8))
+    lowprec.expect_kernels("optimized", require=FP8_GEMM_KERNEL)
+    peaks = {}
+    for name, model in (("bf16", bf16), ("fp8", fp8)):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step(model)
+        torch.cuda.synchronize()
+        peaks[name] = torch.cuda.max_memory_allocated()
+    lowprec.memory("fp8_step_peak_bytes", peaks["fp8"])
+    lowprec.info("bf16_step_peak_bytes", peaks["bf16"], "B")
