@@ -12,8 +12,7 @@ import statistics
 
 import pytest
 import torch
-import torch.nn.functional as F
-from fp8_training import Shape, batch, pair, train
+from fp8_training import Shape, batch, objective, pair, train
 
 from pytest_lowprec.formats.metrics import sqnr_db
 
@@ -32,7 +31,8 @@ def _shape(lowprec) -> Shape:
 def test_fp8_training_final_loss_matches_bf16(lowprec):
     shape = _shape(lowprec)
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, steps=shape.steps,
-                      poison_step=POISON_STEP, optimizer="adamw 3e-4", scaling="dynamic per-tensor")
+                      poison_step=POISON_STEP, optimizer="adamw 3e-4", scaling="dynamic per-tensor",
+                      objective="cross-entropy on teacher argmax")
     bf16, fp8, teacher = pair(shape, lowprec.device)
     ref, ref_scaler = train(bf16, teacher, shape, lowprec.device, POISON_STEP)
     low, low_scaler = train(fp8, teacher, shape, lowprec.device, POISON_STEP)
@@ -56,7 +56,7 @@ def test_fp8_weight_gradients_per_layer(lowprec):
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
     for model in (bf16, fp8):
-        F.mse_loss(model(x).float(), y.float()).backward()
+        objective(model, x, y).backward()
     ref = bf16.linears()
     for name, linear in fp8.linears().items():
         lowprec.accuracy(f"grad_sqnr_db.{name}", sqnr_db(ref[name].weight.grad, linear.weight.grad), min=17.0)
@@ -71,7 +71,7 @@ def test_fp8_training_step_speed_and_memory(lowprec):
     optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=3e-4) for m in (bf16, fp8)}
 
     def step(model):
-        F.mse_loss(model(x).float(), y.float()).backward()
+        objective(model, x, y).backward()
         optimizers[id(model)].step()
         optimizers[id(model)].zero_grad(set_to_none=True)
 
