@@ -301,10 +301,12 @@ def pytest_runtest_call(item: pytest.Item):
     except BaseException:
         if recorder is not None:
             item.stash[RECORD_KEY] = recorder.finish()
+            del item.stash[RECORDER_KEY]
         raise
     if recorder is None:
         return result
     record = recorder.finish()
+    del item.stash[RECORDER_KEY]  # items live all session: keep the record, not the test's tensors
     item.stash[RECORD_KEY] = record
     for v in record.verdicts:
         if v.value is not None:

@@ -340,6 +340,8 @@ class Recorder:
             record.verdicts.append(verdict)
             if obs.stored is not None and verdict.status != gate.SKIP:
                 record.metrics[obs.metric] = obs.stored
+        # The callables hold the test's tensors; a finished test must not keep them alive.
+        self._speed_sides.clear()
         return record
 
     def _view(self, metric: str) -> gate.BaselineView:

@@ -18,6 +18,10 @@ import torch.nn.functional as F
 from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+# The first CLASSES outputs are the logits: a 4096-way argmax of a random teacher barely moved in 150
+# steps on an H100 (loss ratio 1.08), too little learning for a 1% final-loss bound to mean anything.
+CLASSES = 64
+LEARNING_RATE = 1e-3
 
 
 def _col_major(t: torch.Tensor) -> torch.Tensor:
@@ -149,20 +153,20 @@ def batch(step: int, shape: Shape, teacher: Stack, device: str, poison_step: int
     gen = torch.Generator(device=device).manual_seed(10_000 + step)
     x = torch.randn(shape.tokens, shape.d, generator=gen, device=device).to(torch.bfloat16)
     with torch.no_grad():
-        y = teacher(x).float().argmax(dim=-1)
+        y = teacher(x)[:, :CLASSES].float().argmax(dim=-1)
     if step == poison_step:
         x = x * 1e38  # bf16 overflows to inf: the step must be skipped, not applied
     return x, y
 
 
 def objective(model: Stack, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(x).float(), labels)
+    return F.cross_entropy(model(x)[:, :CLASSES].float(), labels)
 
 
 def train(model: Stack, teacher: Stack, shape: Shape, device: str, poison_step: int | None = None):
     """Losses per step and the scaler, after `shape.steps` steps of AdamW on the teacher's outputs."""
     params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0)
     scaler = LossScaler()
     losses = []
     for step in range(shape.steps):

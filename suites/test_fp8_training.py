@@ -31,8 +31,8 @@ def _shape(lowprec) -> Shape:
 def test_fp8_training_final_loss_matches_bf16(lowprec):
     shape = _shape(lowprec)
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, steps=shape.steps,
-                      poison_step=POISON_STEP, optimizer="adamw 3e-4", scaling="dynamic per-tensor",
-                      objective="cross-entropy on teacher argmax")
+                      poison_step=POISON_STEP, optimizer="adamw 1e-3", scaling="dynamic per-tensor",
+                      objective="cross-entropy, 64 classes, teacher argmax")
     bf16, fp8, teacher = pair(shape, lowprec.device)
     ref, ref_scaler = train(bf16, teacher, shape, lowprec.device, POISON_STEP)
     low, low_scaler = train(fp8, teacher, shape, lowprec.device, POISON_STEP)
@@ -68,7 +68,7 @@ def test_fp8_training_step_speed_and_memory(lowprec):
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, optimizer="adamw")
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
-    optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=3e-4) for m in (bf16, fp8)}
+    optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (bf16, fp8)}
 
     def step(model):
         objective(model, x, y).backward()
@@ -77,12 +77,15 @@ def test_fp8_training_step_speed_and_memory(lowprec):
 
     lowprec.speedup(baseline=lambda: step(bf16), optimized=lambda: step(fp8))
     lowprec.expect_kernels("optimized", require=FP8_GEMM_KERNEL)
+    # A step's peak above what was resident before it (weights, optimizer state, inputs): the
+    # absolute peak would also count whatever else the process holds.
     peaks = {}
     for name, model in (("bf16", bf16), ("fp8", fp8)):
         torch.cuda.synchronize()
+        resident = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         step(model)
         torch.cuda.synchronize()
-        peaks[name] = torch.cuda.max_memory_allocated()
-    lowprec.memory("fp8_step_peak_bytes", peaks["fp8"])
-    lowprec.info("bf16_step_peak_bytes", peaks["bf16"], "B")
+        peaks[name] = torch.cuda.max_memory_allocated() - resident
+    lowprec.memory("fp8_step_peak_above_resident_bytes", peaks["fp8"])
+    lowprec.info("bf16_step_peak_above_resident_bytes", peaks["bf16"], "B")

@@ -363,3 +363,25 @@ def test_xdist_workers_send_records_to_the_controller_which_alone_writes(pyteste
     assert sorted(entries) == sorted(f"test_xdist_workers_send_records_to_the_controller_which_alone_writes.py"
                                      f"::test_many[{i}]" for i in range(8))
     assert not list((pytester.path / "baselines").glob("*.tmp"))
+
+
+def test_a_finished_test_does_not_keep_its_tensors_alive(gate):
+    gate.makepyfile(test_release="""
+        import gc
+        import weakref
+
+        class Tensor:
+            pass
+
+        refs = []
+
+        def test_a(lowprec):
+            big = Tensor()
+            refs.append(weakref.ref(big))
+            lowprec.speedup(baseline=lambda: big, optimized=lambda: big)
+
+        def test_b():
+            gc.collect()
+            assert refs[0]() is None, "test_a's inputs outlived it"
+    """)
+    gate.runpytest("test_release.py").assert_outcomes(passed=2)
