@@ -20,6 +20,7 @@ from .config import GateConfig, parse_fraction, parse_gpu, parse_positive, parse
 from .gate import SpeedupTolerance
 from .hardware import DeviceInfo, gpu_for_worker, probe_cuda, select_device, visible_gpu_ids
 from .recorder import Recorder, TestRecord
+from .report.pytest_html import html_cell
 from .report.terminal import failure_message
 from .session import LowprecRun, publish_worker_records
 from .timing import CudaEventTimer, HostTimer, SamplingPolicy
@@ -311,6 +312,10 @@ def pytest_runtest_call(item: pytest.Item):
     for v in record.verdicts:
         if v.value is not None:
             item.user_properties.append((f"lowprec.{v.metric}", v.value))
+    for name, sides in record.traces.items():
+        for side, trace in sides.items():
+            if trace.file:
+                item.user_properties.append((f"lowprec.trace.{name}.{side}", trace.file))
     if record.failed_verdicts:
         pytest.fail(failure_message(item.nodeid, item.config.stash[RUN_KEY].device.key, record.verdicts),
                     pytrace=False)
@@ -329,6 +334,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if call.excinfo is not None and _is_cuda_oom(call.excinfo.value):
             _release_after_oom(call.excinfo.tb)
     return report
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_table_header(cells: list) -> None:
+    """pytest-html, when installed: a column of each test's lowprec metrics and trace links."""
+    cells.append("<th>lowprec</th>")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_table_row(report: pytest.TestReport, cells: list) -> None:
+    cells.append(f"<td>{html_cell(report.user_properties)}</td>")
 
 
 def _is_cuda_oom(exc: BaseException) -> bool:

@@ -173,3 +173,21 @@ recorder.profile_side = lambda side, fn, path: SideTrace(side, [KernelRow("k", 1
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*test_b_eager*speedup*pass (no-baseline, after-trace)*"])
     assert "test_a_first" not in [line for line in result.stdout.lines if "after-trace" in line][0]
+
+
+def test_pytest_html_shows_metrics_and_trace_links_in_its_table(gate):
+    pytest.importorskip("pytest_html")
+    gate.makeconftest(CONFTEST + """
+import pytest_lowprec.recorder as recorder
+from pytest_lowprec.profiling import KernelRow, SideTrace
+
+def fake_profile(side, fn, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}")
+    return SideTrace(side, [KernelRow("k", 1, 5.0, 1.0)], 5.0, str(path), None)
+
+recorder.profile_side = fake_profile
+""")
+    gate.runpytest("-k", "1024", "--html", "ph.html", "--self-contained-html", "--lowprec-trace", "traces")
+    page = (gate.path / "ph.html").read_text()
+    assert "lowprec" in page and "sqnr_db=28" in page and "speedup.optimized" in page
