@@ -58,6 +58,7 @@ class TestRecord:
     timer_wall_s: float = 0.0
     outcome: str = ""
     traces: dict[str, dict[str, SideTrace]] = field(default_factory=dict)  # speedup name -> side -> trace
+    device: dict = field(default_factory=dict)  # where it ran: under xdist, the worker's GPU
 
     @property
     def failed_verdicts(self) -> list[Verdict]:
@@ -79,6 +80,7 @@ class TestRecord:
             "timer_wall_s": self.timer_wall_s,
             "outcome": self.outcome,
             "traces": {n: {s: t.to_dict() for s, t in sides.items()} for n, sides in self.traces.items()},
+            "device": self.device,
         }
 
     @classmethod
@@ -93,6 +95,7 @@ class TestRecord:
             timer_wall_s=d["timer_wall_s"],
             outcome=d["outcome"],
             traces={n: {s: SideTrace.from_dict(t) for s, t in sides.items()} for n, sides in d["traces"].items()},
+            device=d["device"],
         )
 
 
@@ -334,7 +337,8 @@ class Recorder:
     def finish(self) -> TestRecord:
         """Judge every observation against the (now complete) signature's baseline."""
         record = TestRecord(self.nodeid, self.precision, dict(self._signature),
-                            timed_s=self._timed_s, timer_wall_s=self._timer_wall_s, traces=self._traces)
+                            timed_s=self._timed_s, timer_wall_s=self._timer_wall_s, traces=self._traces,
+                            device=self._device.to_dict())
         for obs in self._observations:
             verdict = obs.judge(self._view(obs.metric))
             record.verdicts.append(verdict)

@@ -70,7 +70,7 @@ class LowprecRun:
         return {
             "recorded": now,
             "commit": commit,
-            "device": self.device.to_dict(),
+            "device": record.device or self.device.to_dict(),
             "software": software,
             "signature": record.signature,
             "precision": list(record.precision),
