@@ -19,6 +19,7 @@ from .baselines import BaselineError, BaselineStore
 from .config import GateConfig, parse_fraction, parse_gpu, parse_positive, parse_precisions
 from .gate import SpeedupTolerance
 from .hardware import DeviceInfo, gpu_for_worker, probe_cuda, select_device, visible_gpu_ids
+from .profiling import nvtx_range
 from .recorder import Recorder, TestRecord
 from .report.pytest_html import html_cell
 from .report.terminal import failure_message
@@ -298,7 +299,11 @@ def lowprec(request: pytest.FixtureRequest) -> Recorder:
 def pytest_runtest_call(item: pytest.Item):
     recorder = item.stash.get(RECORDER_KEY, None)
     try:
-        result = yield
+        if recorder is None:
+            result = yield
+        else:
+            with nvtx_range(item.nodeid):  # one range per gated test, around its whole body
+                result = yield
     except BaseException:
         if recorder is not None:
             item.stash[RECORD_KEY] = recorder.finish()

@@ -29,27 +29,51 @@ def _col_major(t: torch.Tensor) -> torch.Tensor:
 
 
 class _Fp8Matmul(torch.autograd.Function):
+    """FP8 in both passes; `passes` ("both", "forward", "backward") keeps the other pass in bfloat16,
+    to find which pass costs the accuracy (a diagnostic; the suite trains with "both")."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                passes: str = "both") -> torch.Tensor:
+        ctx.passes = passes
+        if passes == "backward":
+            ctx.save_for_backward(x, weight)
+            ctx.has_bias, ctx.x_shape, ctx.x_dtype = bias is not None, x.shape, x.dtype
+            return F.linear(x, weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16))
         x2 = x.reshape(-1, x.shape[-1])
         xq, xs = quantize_tensorwise(x2, E4M3)
         wq, ws = quantize_tensorwise(weight, E4M3)  # [out, in]; .t() is column-major as _scaled_mm wants
         y = scaled_mm(xq, xs, wq.t(), ws)
         if bias is not None:
             y = y + bias.to(y.dtype)
-        ctx.save_for_backward(xq, xs, wq, ws)
+        if passes == "forward":
+            ctx.save_for_backward(x, weight)
+        else:
+            ctx.save_for_backward(xq, xs, wq, ws)
         ctx.has_bias, ctx.x_shape, ctx.x_dtype = bias is not None, x.shape, x.dtype
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        xq, xs, wq, ws = ctx.saved_tensors
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
+        if ctx.passes == "forward":
+            x, weight = ctx.saved_tensors
+            x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+            grad_x = g2.to(torch.bfloat16) @ weight.to(torch.bfloat16)
+            grad_w = (g2.to(torch.bfloat16).t() @ x2).float()
+            grad_b = g2.float().sum(0) if ctx.has_bias else None
+            return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b, None
+        if ctx.passes == "backward":
+            x, weight = ctx.saved_tensors
+            xq, xs = quantize_tensorwise(x.reshape(-1, x.shape[-1]), E4M3)
+            wq, ws = quantize_tensorwise(weight, E4M3)
+        else:
+            xq, xs, wq, ws = ctx.saved_tensors
         gq, gs = quantize_tensorwise(g2, E5M2)
         grad_x = scaled_mm(gq, gs, _col_major(wq), ws)  # [M, out] @ [out, in]
         grad_w = scaled_mm(gq.t().contiguous(), gs, _col_major(xq), xs, out_dtype=torch.float32)  # [out, M] @ [M, in]
         grad_b = g2.float().sum(0) if ctx.has_bias else None
-        return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b
+        return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b, None
 
 
 class Linear(torch.nn.Module):
@@ -62,10 +86,11 @@ class Linear(torch.nn.Module):
             (torch.rand(d_out, d_in, generator=generator, device=device) * 2 - 1) * bound)
         self.bias = torch.nn.Parameter(torch.zeros(d_out, device=device))
         self.fp8 = fp8
+        self.passes = "both"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fp8:
-            return _Fp8Matmul.apply(x, self.weight, self.bias)
+            return _Fp8Matmul.apply(x, self.weight, self.bias, self.passes)
         return F.linear(x, self.weight.to(torch.bfloat16), self.bias.to(torch.bfloat16))
 
 
@@ -94,10 +119,10 @@ class Stack(torch.nn.Module):
             x = block(x)
         return x
 
-    def set_fp8(self, fp8: bool) -> Stack:
+    def set_fp8(self, fp8: bool, passes: str = "both") -> Stack:
         for module in self.modules():
             if isinstance(module, Linear):
-                module.fp8 = fp8
+                module.fp8, module.passes = fp8, passes
         return self
 
     def linears(self) -> dict[str, Linear]:

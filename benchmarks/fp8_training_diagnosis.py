@@ -1,0 +1,36 @@
+"""Which pass of the FP8 recipe costs the final loss: FP8 in both passes, forward only, backward only.
+
+    python benchmarks/fp8_training_diagnosis.py [d] [steps]
+
+Trains each variant from the suite's identical start on identical batches and prints the final-loss gap
+against BF16. A diagnostic for recipe work, not a test.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import sys
+
+sys.path.insert(0, "suites")
+
+import torch  # noqa: E402
+from fp8_training import Shape, pair, train  # noqa: E402
+
+
+def main() -> None:
+    d = int(sys.argv[1]) if len(sys.argv) > 1 else 4096
+    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 150
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shape = Shape(d=d, blocks=2, tokens=4096 if device == "cuda" else 512, steps=steps)
+    bf16, fp8, teacher = pair(shape, device)
+    ref = statistics.fmean(train(copy.deepcopy(bf16), teacher, shape, device)[0][-20:])
+    print(f"d={d} tokens={shape.tokens} steps={steps} bf16 final loss {ref:.4f}")
+    for passes in ("both", "forward", "backward"):
+        model = copy.deepcopy(bf16).set_fp8(True, passes)
+        low = statistics.fmean(train(model, teacher, shape, device)[0][-20:])
+        print(f"fp8 {passes:9} final loss {low:.4f}  gap {100 * (low - ref) / ref:+.2f}%")
+
+
+if __name__ == "__main__":
+    main()
