@@ -66,12 +66,12 @@ class LowprecRun:
     def baseline_entry(self, nodeid: str) -> dict | None:
         return self.entries.get(nodeid)
 
-    def _entry(self, record: TestRecord, software: dict, commit: str | None, now: str) -> dict:
+    def _entry(self, record: TestRecord, header: dict) -> dict:
         return {
-            "recorded": now,
-            "commit": commit,
+            "recorded": header["date"],
+            "commit": header["commit"],
             "device": record.device or self.device.to_dict(),
-            "software": software,
+            "software": header["software"],
             "signature": record.signature,
             "precision": list(record.precision),
             "metrics": record.metrics,
@@ -82,10 +82,8 @@ class LowprecRun:
         if not recordable:
             self.written = (self.store.path_for(self.device.key), 0)
             return
-        software = software_fingerprint(self.device)
-        commit = _git_commit(Path(self.pytest_config.rootpath))
-        now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-        entries = {r.nodeid: self._entry(r, software, commit, now) for r in recordable}
+        header = self.header()
+        entries = {r.nodeid: self._entry(r, header) for r in recordable}
         try:
             path = self.store.update(self.device.key, entries)
         except BaselineError as exc:
@@ -102,6 +100,7 @@ class LowprecRun:
                 self.add(TestRecord.from_dict(d))
 
     def header(self) -> dict:
+        """The run as reports and baseline entries name it: device, software stack, commit, date."""
         return {
             "gpu": self.device.key,
             "device_name": self.device.name,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ..gate import Kind, Verdict
+from ..gate import Verdict
 
 _HEADERS = ("metric", "value [interval]", "bound", "baseline", "delta", "verdict")
 
@@ -96,6 +96,3 @@ def _skip_notes(rows) -> list[str]:
     reasons = sorted({r[2][8] for r in rows if len(r[2]) > 8})
     return [f"skipped: {reason}" for reason in reasons]
 
-
-def is_speed(v: Verdict) -> bool:
-    return v.kind is Kind.SPEEDUP
