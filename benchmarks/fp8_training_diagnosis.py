@@ -1,4 +1,5 @@
-"""Which pass of the FP8 recipe costs the final loss: FP8 in both passes, forward only, backward only.
+"""Which part of the FP8 recipe costs the final loss: FP8 in both passes, forward only, backward
+only, and the gradients' format (E5M2 or E4M3).
 
     python benchmarks/fp8_training_diagnosis.py [d] [steps]
 
@@ -15,7 +16,7 @@ import sys
 sys.path.insert(0, "suites")
 
 import torch  # noqa: E402
-from fp8_training import Shape, pair, train  # noqa: E402
+from fp8_training import E4M3, E5M2, Shape, pair, train  # noqa: E402
 
 
 def main() -> None:
@@ -26,10 +27,12 @@ def main() -> None:
     bf16, fp8, teacher = pair(shape, device)
     ref = statistics.fmean(train(copy.deepcopy(bf16), teacher, shape, device)[0][-20:])
     print(f"d={d} tokens={shape.tokens} steps={steps} bf16 final loss {ref:.4f}")
-    for passes in ("both", "forward", "backward"):
-        model = copy.deepcopy(bf16).set_fp8(True, passes)
+    variants = [("both", E5M2), ("forward", E5M2), ("backward", E5M2), ("both", E4M3), ("backward", E4M3)]
+    for passes, grad_dtype in variants:
+        model = copy.deepcopy(bf16).set_fp8(True, passes, grad_dtype)
         low = statistics.fmean(train(model, teacher, shape, device)[0][-20:])
-        print(f"fp8 {passes:9} final loss {low:.4f}  gap {100 * (low - ref) / ref:+.2f}%")
+        grads = "e4m3" if grad_dtype == E4M3 else "e5m2"
+        print(f"fp8 {passes:9} grads {grads} final loss {low:.4f}  gap {100 * (low - ref) / ref:+.2f}%")
 
 
 if __name__ == "__main__":

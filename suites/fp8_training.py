@@ -1,8 +1,8 @@
 """FP8 training workload: the chapter's block stack with FP8 linears and a loss-scale manager.
 
 Each linear runs its three GEMMs through torch._scaled_mm: the forward with E4M3
-activations and weights, the two backward GEMMs with E5M2 gradients against E4M3
-operands; every operand gets a dynamic per-tensor scale. The BF16 reference is
+activations and weights, the two backward GEMMs with FP8 gradients (GRAD_DTYPE)
+against E4M3 operands; every operand gets a dynamic per-tensor scale. The BF16 reference is
 the same module with F.linear in bfloat16: the two runs differ only in the linears.
 """
 
@@ -22,6 +22,8 @@ E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 # steps on an H100 (loss ratio 1.08), too little learning for a 1% final-loss bound to mean anything.
 CLASSES = 64
 LEARNING_RATE = 1e-3
+# Gradients' FP8 format in the two backward GEMMs (E4M3 or E5M2), each with a dynamic per-tensor scale.
+GRAD_DTYPE = E5M2
 
 
 def _col_major(t: torch.Tensor) -> torch.Tensor:
@@ -34,8 +36,8 @@ class _Fp8Matmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                passes: str = "both") -> torch.Tensor:
-        ctx.passes = passes
+                passes: str = "both", grad_dtype: torch.dtype = E5M2) -> torch.Tensor:
+        ctx.passes, ctx.grad_dtype = passes, grad_dtype
         if passes == "backward":
             ctx.save_for_backward(x, weight)
             ctx.has_bias, ctx.x_shape, ctx.x_dtype = bias is not None, x.shape, x.dtype
@@ -62,18 +64,18 @@ class _Fp8Matmul(torch.autograd.Function):
             grad_x = g2.to(torch.bfloat16) @ weight.to(torch.bfloat16)
             grad_w = (g2.to(torch.bfloat16).t() @ x2).float()
             grad_b = g2.float().sum(0) if ctx.has_bias else None
-            return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b, None
+            return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b, None, None
         if ctx.passes == "backward":
             x, weight = ctx.saved_tensors
             xq, xs = quantize_tensorwise(x.reshape(-1, x.shape[-1]), E4M3)
             wq, ws = quantize_tensorwise(weight, E4M3)
         else:
             xq, xs, wq, ws = ctx.saved_tensors
-        gq, gs = quantize_tensorwise(g2, E5M2)
+        gq, gs = quantize_tensorwise(g2, ctx.grad_dtype)
         grad_x = scaled_mm(gq, gs, _col_major(wq), ws)  # [M, out] @ [out, in]
         grad_w = scaled_mm(gq.t().contiguous(), gs, _col_major(xq), xs, out_dtype=torch.float32)  # [out, M] @ [M, in]
         grad_b = g2.float().sum(0) if ctx.has_bias else None
-        return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b, None
+        return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b, None, None
 
 
 class Linear(torch.nn.Module):
@@ -87,10 +89,11 @@ class Linear(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros(d_out, device=device))
         self.fp8 = fp8
         self.passes = "both"
+        self.grad_dtype = GRAD_DTYPE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fp8:
-            return _Fp8Matmul.apply(x, self.weight, self.bias, self.passes)
+            return _Fp8Matmul.apply(x, self.weight, self.bias, self.passes, self.grad_dtype)
         return F.linear(x, self.weight.to(torch.bfloat16), self.bias.to(torch.bfloat16))
 
 
@@ -119,10 +122,10 @@ class Stack(torch.nn.Module):
             x = block(x)
         return x
 
-    def set_fp8(self, fp8: bool, passes: str = "both") -> Stack:
+    def set_fp8(self, fp8: bool, passes: str = "both", grad_dtype: torch.dtype = GRAD_DTYPE) -> Stack:
         for module in self.modules():
             if isinstance(module, Linear):
-                module.fp8, module.passes = fp8, passes
+                module.fp8, module.passes, module.grad_dtype = fp8, passes, grad_dtype
         return self
 
     def linears(self) -> dict[str, Linear]:

@@ -12,7 +12,7 @@ import statistics
 
 import pytest
 import torch
-from fp8_training import Shape, batch, objective, pair, train
+from fp8_training import E4M3, GRAD_DTYPE, Shape, batch, objective, pair, train
 
 from pytest_lowprec.formats.metrics import sqnr_db
 
@@ -21,6 +21,10 @@ GPU_SHAPE = Shape(d=4096, blocks=2, tokens=4096, steps=150)
 POISON_STEP = 40
 LAST_K = 20
 FP8_GEMM_KERNEL = r"nvjet_sm\d+_qq|e4m3|f8f8"
+
+
+def _grads() -> str:
+    return "e4m3" if GRAD_DTYPE == E4M3 else "e5m2"
 
 
 def _shape(lowprec) -> Shape:
@@ -32,6 +36,7 @@ def test_fp8_training_final_loss_matches_bf16(lowprec):
     shape = _shape(lowprec)
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, steps=shape.steps,
                       poison_step=POISON_STEP, optimizer="adamw 1e-3", scaling="dynamic per-tensor",
+                      gradients=_grads(),
                       objective="cross-entropy, 64 classes, teacher argmax")
     bf16, fp8, teacher = pair(shape, lowprec.device)
     ref, ref_scaler = train(bf16, teacher, shape, lowprec.device, POISON_STEP)
@@ -52,7 +57,7 @@ def test_fp8_training_final_loss_matches_bf16(lowprec):
 def test_fp8_weight_gradients_per_layer(lowprec):
     """One step from identical weights on one batch: each layer's FP8 weight gradient against BF16's."""
     shape = _shape(lowprec)
-    lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens)
+    lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, gradients=_grads())
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
     for model in (bf16, fp8):
@@ -65,7 +70,7 @@ def test_fp8_weight_gradients_per_layer(lowprec):
 @pytest.mark.lowprec(precision="fp8", device="cuda")
 def test_fp8_training_step_speed_and_memory(lowprec):
     shape = GPU_SHAPE
-    lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, optimizer="adamw")
+    lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, optimizer="adamw", gradients=_grads())
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
     optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (bf16, fp8)}
