@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pytest_lowprec.formats.fp8 import saturating_cast
+from pytest_lowprec.formats.fp8 import quantize_over
 from pytest_lowprec.formats.nvfp4 import NVFP4Tensor, quantize_nvfp4
 
 FORMATS = ("bf16", "fp8", "nvfp4")
@@ -60,9 +60,7 @@ def store(x: torch.Tensor, fmt: str) -> StoredKV:
     if fmt == "bf16":
         return StoredKV(fmt, x.to(torch.bfloat16))
     if fmt == "fp8":
-        amax = x.detach().abs().amax(dim=(-2, -1), keepdim=True).float()
-        scale = torch.where(amax > 0, torch.div(torch.full_like(amax, 448.0), amax), torch.ones_like(amax))
-        return StoredKV(fmt, saturating_cast(x.float() * scale, torch.float8_e4m3fn), torch.div(1.0, scale))
+        return StoredKV(fmt, *quantize_over(x, (-2, -1)))
     if fmt == "nvfp4":
         return StoredKV(fmt, quantize_nvfp4(x))
     raise ValueError(f"unknown KV cache format {fmt!r}; valid: {', '.join(FORMATS)}")

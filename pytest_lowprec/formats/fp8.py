@@ -40,10 +40,16 @@ def quantize_tensorwise(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3f
     return saturating_cast(x.float() * scale, dtype), torch.div(1.0, scale)
 
 
+def quantize_over(x: torch.Tensor, dims: tuple[int, ...], dtype: torch.dtype = torch.float8_e4m3fn):
+    """Returns (q, inv_scale) with one scale shared over `dims` (kept as size-1 dims in inv_scale):
+    dims=(-1,) is rowwise; dims=(-2, -1) of a KV cache is one scale per head."""
+    scale = _scale_from_amax(x.detach().abs().amax(dim=dims, keepdim=True), dtype)
+    return saturating_cast(x.float() * scale, dtype), torch.div(1.0, scale)
+
+
 def quantize_rowwise(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn):
     """Returns (q, inv_scale) with one scale per row: inv_scale has shape [rows, 1]."""
-    scale = _scale_from_amax(x.detach().abs().amax(dim=-1, keepdim=True), dtype)
-    return saturating_cast(x.float() * scale, dtype), torch.div(1.0, scale)
+    return quantize_over(x, (-1,), dtype)
 
 
 def quantize_blockwise(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn, block: int = 128):
