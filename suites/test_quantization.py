@@ -86,10 +86,8 @@ def test_quantize_dequantize_accuracy(lowprec, fmt, data):
 
 
 SR_FORMATS = {
-    "nvfp4": (lambda x, g: quantize_nvfp4(x, stochastic=True, generator=g),
-              lambda x: quantize_nvfp4(x), "nvfp4"),
-    "mxfp4": (lambda x, g: quantize_mx(x, "mxfp4", stochastic=True, generator=g),
-              lambda x: quantize_mx(x, "mxfp4"), "mxfp4"),
+    "nvfp4": (lambda x, g: quantize_nvfp4(x, stochastic=True, generator=g), lambda x: quantize_nvfp4(x)),
+    "mxfp4": (lambda x, g: quantize_mx(x, "mxfp4", stochastic=True, generator=g), lambda x: quantize_mx(x, "mxfp4")),
 }
 
 
@@ -97,7 +95,7 @@ SR_FORMATS = {
 @pytest.mark.parametrize("fmt", [pytest.param(n, marks=pytest.mark.lowprec(precision=n)) for n in SR_FORMATS])
 def test_stochastic_rounding_is_unbiased(lowprec, fmt):
     """Mean of 50 draws beats round-to-nearest on RMSE; every draw is one of the two adjacent E2M1 values."""
-    stochastic, nearest, _ = SR_FORMATS[fmt]
+    stochastic, nearest = SR_FORMATS[fmt]
     gen = torch.Generator(device=lowprec.device).manual_seed(7)
     x = _data("normal", lowprec.device)[:256]
     lowprec.signature(shape="256x1024", draws=50)
@@ -106,23 +104,12 @@ def test_stochastic_rounding_is_unbiased(lowprec, fmt):
     rmse = lambda y: (y - x).pow(2).mean().sqrt().item()  # noqa: E731
     lowprec.accuracy("rmse_mean50_over_nearest", rmse(mean) / rmse(nearest(x).dequantize()), max=1.0)
     # Adjacency, in units of each element's scale: |draw| is the E2M1 value just below or above |x / scale|.
-    values = torch.stack([E2M1.decode(_codes(d)) for d in draws]).abs()
-    magnitude = torch.clamp((x * torch.div(1.0, _element_scale(nearest(x), fmt))).abs(), max=6.0)
+    values = torch.stack([E2M1.decode(d.codes) for d in draws]).abs()
+    magnitude = torch.clamp((x * torch.div(1.0, nearest(x).element_scale())).abs(), max=6.0)
     grid = E2M1.table(x.device)[:8]
     lower = torch.where(magnitude[..., None] >= grid, grid, -1.0).amax(-1)
     upper = torch.where(magnitude[..., None] <= grid, grid, 99.0).amin(-1)
     lowprec.accuracy("non_adjacent_draws", int((~((values == lower) | (values == upper))).sum()), max=0)
-
-
-def _codes(q) -> torch.Tensor:
-    return q.codes() if callable(q.codes) else q.codes
-
-
-def _element_scale(q, fmt: str) -> torch.Tensor:
-    if fmt == "nvfp4":
-        return q.scale_per_element() * q.global_decode
-    exponents = q.scales.to(torch.int32) - 127
-    return torch.ldexp(torch.ones_like(exponents, dtype=torch.float32), exponents).repeat_interleave(32, dim=-1)
 
 
 QUANTIZERS = ["nvfp4", "fp8_rowwise"]

@@ -125,7 +125,7 @@ def test_nvfp4_scales_of_the_hand_worked_blocks():
 
 
 def test_nvfp4_element_codes_of_the_hand_worked_blocks():
-    codes = quantize_nvfp4(nvfp4_hand_worked()).codes()[0]
+    codes = quantize_nvfp4(nvfp4_hand_worked()).codes[0]
     # block 0: 10.5 * (256/448) = 6.0000003 -> 6 (code 7), zeros -> 0
     assert codes[:16].tolist() == [7] + [0] * 15
     # block 1, x*2: 0.25->0, 0.75->1, 1.25->1, 1.75->2, 2.5->2, 3.5->4, 5->4, 6->6;
@@ -217,12 +217,11 @@ def test_stochastic_rounding_is_adjacent_and_its_mean_beats_nearest():
     assert rmse(draws.mean(0)) < rmse(nearest)
     # Adjacent: every draw is the E2M1 value just below or just above the scaled input.
     q = quantize_nvfp4(x)
-    step = q.scale_per_element() * q.global_decode
-    scaled = torch.clamp(x * torch.div(1.0, step), -6, 6).abs()
+    scaled = torch.clamp(x * torch.div(1.0, q.element_scale()), -6, 6).abs()
     grid = E2M1.table()[:8]
     lower = torch.where(scaled[..., None] >= grid, grid, -1.0).amax(-1)
     upper = torch.where(scaled[..., None] <= grid, grid, 99.0).amin(-1)
-    codes = torch.stack([quantize_nvfp4(x, stochastic=True, generator=gen).codes() for _ in range(20)])
+    codes = torch.stack([quantize_nvfp4(x, stochastic=True, generator=gen).codes for _ in range(20)])
     mags = E2M1.decode(codes).abs()
     assert bool(((mags == lower) | (mags == upper)).all())
 

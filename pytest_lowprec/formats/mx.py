@@ -52,6 +52,11 @@ class MXTensor:
         """Packed elements (4, 6 or 8 bits each) plus one scale byte per block."""
         return self.codes.numel() * self.element.bits // 8 + self.scales.numel()
 
+    def element_scale(self) -> torch.Tensor:
+        """What one unit of an element's value stands for: its block's power of two."""
+        exponents = (self.scales.to(torch.int32) - E8M0_BIAS).repeat_interleave(BLOCK, dim=-1)
+        return torch.ldexp(torch.ones_like(exponents, dtype=torch.float32), exponents)
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         values = self.element.decode(self.codes).unflatten(-1, (-1, BLOCK))
         exponents = self.scales.to(torch.int32) - E8M0_BIAS

@@ -49,18 +49,25 @@ class NVFP4Tensor:
         """Storage a kernel reads: packed elements, block scales and the per-tensor scale."""
         return self.packed.numel() + self.block_scales.numel() + 4
 
+    @property
     def codes(self) -> torch.Tensor:
+        """E2M1 codes, one per element (unpacked)."""
         return unpack_fp4(self.packed)
 
-    def scale_per_element(self) -> torch.Tensor:
+    def _block_scale_per_element(self) -> torch.Tensor:
         s = self.block_scales.float()
         if self.tile == (16, 16):
             s = s.repeat_interleave(BLOCK, dim=0)
         return s.repeat_interleave(BLOCK, dim=1)
 
+    def element_scale(self) -> torch.Tensor:
+        """What one unit of an element's E2M1 value stands for: block scale times tensor scale,
+        the product whose reciprocal the quantizer multiplied by."""
+        return self._block_scale_per_element() * self.global_decode
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        values = E2M1.decode(self.codes())
-        out = values * self.scale_per_element() * self.global_decode
+        values = E2M1.decode(self.codes)
+        out = values * self._block_scale_per_element() * self.global_decode
         return out.reshape(self.shape).to(dtype)
 
 
