@@ -22,7 +22,7 @@ from .packing import pack_fp4, unpack_fp4
 BLOCK = 16
 FP4_MAX = 6.0
 E4M3_MAX = 448.0
-_FLT_MAX = torch.finfo(torch.float32).max
+FLT_MAX = torch.finfo(torch.float32).max
 
 
 def global_scales(amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -107,7 +107,7 @@ def quantize_nvfp4(
     blocks = x2.reshape(rows // tile[0], tile[0], cols // BLOCK, BLOCK)
     block_amax = blocks.abs().amax(dim=(1, 3), keepdim=True)
     block_decode = torch.clamp(block_amax * multiplier, max=E4M3_MAX).to(torch.float8_e4m3fn)
-    encode = torch.clamp(torch.div(1.0, block_decode.float() * decode), max=_FLT_MAX)
+    encode = torch.clamp(torch.div(1.0, block_decode.float() * decode), max=FLT_MAX)
     scaled = torch.clamp(blocks * encode, -FP4_MAX, FP4_MAX).reshape(rows, cols)
     codes = E2M1.encode(E2M1.round(scaled, stochastic=stochastic, generator=generator))
     return NVFP4Tensor(

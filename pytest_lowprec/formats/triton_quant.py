@@ -12,9 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .nvfp4 import BLOCK, NVFP4Tensor
+from .nvfp4 import BLOCK, FLT_MAX, NVFP4Tensor
 
-_FLT_MAX = 3.4028234663852886e38
 _ONE_SIXTH = 0.1666666716337204  # float32(1/6), the value torch.div(1.0, 6.0) gives
 _AMAX_BLOCK = 16384
 
@@ -114,7 +113,7 @@ def quantize_nvfp4_triton(x: torch.Tensor) -> NVFP4Tensor:
 
     # The tile shape is tuned per shape on first use (the outputs are the same bits for every tile).
     _nvfp4_kernel[grid](x.view(torch.int32), packed, scales, amax, decode, rows, cols,
-                        FLT_MAX=_FLT_MAX, ONE_SIXTH=_ONE_SIXTH)
+                        FLT_MAX=FLT_MAX, ONE_SIXTH=_ONE_SIXTH)
     return NVFP4Tensor(packed=packed, block_scales=scales.view(torch.float8_e4m3fn), global_decode=decode,
                        shape=tuple(x.shape), tile=(1, BLOCK))
 
