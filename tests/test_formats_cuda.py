@@ -63,6 +63,38 @@ def test_triton_nvfp4_gives_the_reference_bits(shape):
     assert same_bits(ref.global_decode, fast.global_decode)
 
 
+def every_finite_bfloat16() -> torch.Tensor:
+    """All finite bfloat16 values, shuffled into 64 rows of 1024 (zeros pad the rest)."""
+    bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    finite = bits[torch.isfinite(bits)]
+    finite = finite[torch.randperm(finite.numel(), generator=torch.Generator().manual_seed(6))]
+    return torch.cat([finite, torch.zeros(65536 - finite.numel(), dtype=torch.bfloat16)]).reshape(64, 1024)
+
+
+def e2m1_ties() -> torch.Tensor:
+    """Blocks of 16 holding every E2M1 tie and its neighbours, scaled by 2**k for k in -8..7."""
+    ties = torch.tensor([6.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -0.25, -0.75, -1.25, -5.0, 0.0, -0.0, 3.0, 4.5])
+    rows = [ties * 2.0**k for k in range(-8, 8)]
+    return torch.stack(rows).repeat(1, 4).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("make", [every_finite_bfloat16, e2m1_ties], ids=["every-finite-bf16", "e2m1-ties"])
+def test_triton_nvfp4_gives_the_reference_bits_on_every_value_and_tie(make):
+    triton_quant = pytest.importorskip("pytest_lowprec.formats.triton_quant")
+    x = make().cuda()
+    ref, fast = quantize_nvfp4(x), triton_quant.quantize_nvfp4_triton(x)
+    assert same_bits(ref.packed, fast.packed) and same_bits(ref.block_scales, fast.block_scales)
+
+
+def test_triton_nvfp4_with_a_given_amax_gives_the_reference_bits_for_that_amax():
+    triton_quant = pytest.importorskip("pytest_lowprec.formats.triton_quant")
+    x = data(7).cuda()
+    amax = x.float().abs().amax() * 0.5  # a stale, smaller amax: block scales and elements saturate
+    ref, fast = quantize_nvfp4(x, amax=amax), triton_quant.quantize_nvfp4_triton(x, amax=amax)
+    assert same_bits(ref.packed, fast.packed) and same_bits(ref.block_scales, fast.block_scales)
+    assert same_bits(ref.global_decode, fast.global_decode)
+
+
 @pytest.mark.parametrize("shape", [(256, 1024), (100, 3000), (8192, 8192)])
 def test_triton_fp8_rowwise_gives_the_reference_bits(shape):
     triton_quant = pytest.importorskip("pytest_lowprec.formats.triton_quant")

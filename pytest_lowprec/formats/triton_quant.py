@@ -27,13 +27,25 @@ def _absmax_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 @triton.jit
 def _e2m1_codes(scaled):
-    """E2M1 codes of values already clamped to [-6, 6]: round to nearest even as thresholds
-    (ties 0.25->0, 0.75->1, 1.25->1, 1.75->2, 2.5->2, 3.5->4, 5->4), sign from `< 0`."""
-    a = tl.abs(scaled)
-    code = ((a > 0.25).to(tl.uint8) + (a >= 0.75).to(tl.uint8) + (a > 1.25).to(tl.uint8)
-            + (a >= 1.75).to(tl.uint8) + (a > 2.5).to(tl.uint8) + (a >= 3.5).to(tl.uint8)
-            + (a > 5.0).to(tl.uint8))
-    return code | ((scaled < 0).to(tl.uint8) << 3)
+    """E2M1 codes (sign in bit 3) of float32 values, rounded to nearest even and saturated at 6.
+
+    The grid's spacing is 0.5 below 2, 1 in [2, 4) and 2 from 4 on. Adding M = spacing * 2**23
+    makes the float32 adder round to that spacing (round to nearest even, as IEEE addition
+    does), and the integer difference of the sum's bits and M's bits counts grid steps; the
+    code is that count plus 0, 2 or 4 by binade. Nine instructions an element where seven
+    threshold compares took twenty-odd; equal to TransformerEngine's thresholds (ties
+    0.25->0, 0.75->1, 1.25->1, 1.75->2, 2.5->2, 3.5->4, 5->4) for every float32 in [0, 6],
+    checked exhaustively when this was written and on a dense sweep in tests/.
+    """
+    a = tl.minimum(tl.abs(scaled), 6.0)
+    ge2 = a >= 2.0
+    ge4 = a >= 4.0
+    magic = tl.where(ge4, 16777216.0, tl.where(ge2, 8388608.0, 4194304.0))
+    # bits(M) - code offset: 0x4B800000 - 4, 0x4B000000 - 2, 0x4A800000 - 0
+    base = tl.where(ge4, 1266679804, tl.where(ge2, 1258291198, 1249902592))
+    code = (a + magic).to(tl.int32, bitcast=True) - base
+    # The sign from `< 0` as the reference takes it: -0.0 encodes as +0, a negative that rounds to 0 as -0.
+    return code | tl.where(scaled < 0, 8, 0)
 
 
 @triton.autotune(
@@ -75,9 +87,9 @@ def _nvfp4_kernel(x_ptr, packed_ptr, scales_ptr, amax_ptr, decode_ptr, n_rows, n
     decode8 = tl.minimum(block_amax * multiplier, 448.0).to(tl.float8e4nv, fp_downcast_rounding="rtne")
     encode = tl.minimum(tl.math.div_rn(tl.full(block_amax.shape, 1.0, tl.float32),
                                        decode8.to(tl.float32) * global_decode), FLT_MAX)[:, :, None]
-    lo = _e2m1_codes(tl.minimum(tl.maximum(even * encode, -6.0), 6.0))
-    hi = _e2m1_codes(tl.minimum(tl.maximum(odd * encode, -6.0), 6.0))
-    tl.store(packed_ptr + offsets, lo | (hi << 4), mask=mask)
+    lo = _e2m1_codes(even * encode)
+    hi = _e2m1_codes(odd * encode)
+    tl.store(packed_ptr + offsets, (lo | (hi << 4)).to(tl.uint8), mask=mask)
     scale_rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None]
     scale_cols = (pid_n * BLOCKS_N + tl.arange(0, BLOCKS_N))[None, :]
     tl.store(scales_ptr + scale_rows * (n_cols // 16) + scale_cols, decode8.to(tl.uint8, bitcast=True),
@@ -91,19 +103,20 @@ def absmax(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def quantize_nvfp4_triton(x: torch.Tensor) -> NVFP4Tensor:
+def quantize_nvfp4_triton(x: torch.Tensor, amax: torch.Tensor | None = None) -> NVFP4Tensor:
     """NVFP4 with 1x16 blocks of a 2D bfloat16 CUDA tensor: an amax pass, then one fused pass.
 
-    The per-tensor scales are derived inside the second kernel, so the host issues
-    three launches (zero the amax, two kernels) and no small tensor operations.
-    Other dtypes: use nvfp4.quantize_nvfp4 (the same bits, eagerly).
+    With `amax` given (delayed scaling, as quantize_nvfp4 takes it) the amax pass is skipped
+    and the tensor is read once. The per-tensor scales are derived inside the fused kernel,
+    so the host issues at most three launches (zero the amax, two kernels) and no small
+    tensor operations. Other dtypes: use nvfp4.quantize_nvfp4 (the same bits, eagerly).
     """
     if x.ndim != 2 or not x.is_cuda or x.shape[1] % BLOCK or x.dtype != torch.bfloat16:
         raise ValueError(f"expected a 2D bfloat16 CUDA tensor with columns a multiple of 16, got "
                          f"{x.dtype} {tuple(x.shape)} on {x.device}; quantize_nvfp4 takes any other")
     x = x.contiguous()
     rows, cols = x.shape
-    amax = absmax(x)
+    amax = absmax(x) if amax is None else amax.to(device=x.device, dtype=torch.float32).reshape(())
     decode = torch.empty((), dtype=torch.float32, device=x.device)
     packed = torch.empty(rows, cols // 2, dtype=torch.uint8, device=x.device)
     scales = torch.empty(rows, cols // BLOCK, dtype=torch.uint8, device=x.device)
