@@ -58,7 +58,8 @@ class StoredKV:
 
 def store(x: torch.Tensor, fmt: str) -> StoredKV:
     if fmt == "bf16":
-        return StoredKV(fmt, x.to(torch.bfloat16))
+        # A copy even when x is already bfloat16: a cache owns its storage (and the allocator test counts it).
+        return StoredKV(fmt, x.to(torch.bfloat16, copy=True))
     if fmt == "fp8":
         return StoredKV(fmt, *quantize_over(x, (-2, -1)))
     if fmt == "nvfp4":
