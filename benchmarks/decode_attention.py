@@ -25,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "suites"))
 
 from decode_attention import CACHES, DecodeShape, build_cache, make_inputs  # noqa: E402
-from decode_attention_triton import BLOCK_N, NUM_WARPS, decode_attention  # noqa: E402
+from decode_attention_triton import TILES, decode_attention  # noqa: E402
 
 from pytest_lowprec.hardware import probe_cuda  # noqa: E402
 from pytest_lowprec.timing import CudaEventTimer  # noqa: E402
@@ -57,14 +57,12 @@ def main() -> int:
         copy_ms, ms = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
         return ms, 2 * src.numel() * src.element_size() / (copy_ms * 1e-3) / 1e12
 
-    print(f"tile sweep (ms; the default is BLOCK_N={BLOCK_N}, num_warps={NUM_WARPS}):")
-    print(f"{'cache':12}" + "".join(f"{f'{b}x{w}w':>9}" for b in (32, 64, 128) for w in (4, 8)))
+    tiles = [(b, w) for b in (16, 32, 64, 128) for w in (2, 4, 8)]
+    print(f"tile sweep, ms (BLOCK_N x num_warps; decode_attention_triton.TILES holds the defaults: {TILES}):")
+    print(f"{'cache':12}" + "".join(f"{f'{b}x{w}':>7}" for b, w in tiles))
     for name, c in caches.items():
-        line = f"{name:12}"
-        for b in (32, 64, 128):
-            for w in (4, 8):
-                line += f"{time_ms(lambda c=c, b=b, w=w: decode_attention(q, c, block_n=b, num_warps=w))[0]:9.3f}"
-        print(line)
+        ms = [time_ms(lambda c=c, t=t: decode_attention(q, c, tile=t))[0] for t in tiles]
+        print(f"{name:12}" + "".join(f"{x:7.3f}" for x in ms))
     q4 = q[:, :, None]
     cases = {f"triton {name}": (lambda c=c: decode_attention(q, c), c.nbytes) for name, c in caches.items()}
     cases["torch sdpa bf16"] = (lambda: F.scaled_dot_product_attention(q4, k, v), caches["bf16"].nbytes)

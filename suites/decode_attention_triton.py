@@ -20,83 +20,73 @@ from decode_attention import Cache
 
 V_FORMATS = {"bf16": 0, "fp8": 1, "nvfp4": 2}
 _MAX_BLOCK_N = 128
-BLOCK_N = 64
-NUM_WARPS = 4
+# (BLOCK_N, num_warps) per (K, V) format: the fastest of 12 tiles swept on an H100 (2026-11-22,
+# benchmarks/decode_attention.py; docs/kv-cache-h100-2026-11-22.md). Fixed, not autotuned: a gate
+# needs the same kernel in every process, and an autotuner may pick differently in another one.
+TILES = {("bf16", "bf16"): (128, 4), ("fp8", "fp8"): (64, 4), ("fp8", "nvfp4"): (64, 4)}
 
 
-@triton.jit(do_not_specialize=["scale_row_stride", "scale_block_stride"])
+@triton.jit
 def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_block_ptr, acc_ptr, ml_ptr,
-                           seq, split_len, qk_scale, scale_row_stride, scale_block_stride,
+                           seq, split_len, qk_scale,
                            K_FP8: tl.constexpr, V_FMT: tl.constexpr, D: tl.constexpr, NUM_SPLITS: tl.constexpr,
                            BLOCK_N: tl.constexpr):
-    """Tiles are [BLOCK_N tokens, D/16 blocks, 16 elements] (NVFP4 V: 8 bytes a block), so K and V
-    tiles spread tokens over threads alike. Each of the BLOCK_N token slots keeps its own running
-    max and sum (an online softmax per slot), merged once at the end: no reduction across warps,
-    and no barrier, inside the loop."""
     bh = tl.program_id(0)
     split = tl.program_id(1)
-    blk = tl.arange(0, D // 16)[None, :, None]
-    e16 = tl.arange(0, 16)[None, None, :]
+    d = tl.arange(0, D)
     # log2(e) / sqrt(D) in q, so the softmax runs on exp2; the per-head K scale rides along.
-    q = tl.load(q_ptr + bh * D + blk * 16 + e16).to(tl.float32) * qk_scale
+    q = tl.load(q_ptr + bh * D + d).to(tl.float32) * qk_scale
     if K_FP8:
         q = q * tl.load(k_scale_ptr + bh)
     start = split * split_len
     end = tl.minimum(start + split_len, seq)
-    # A finite floor, not -inf: a slot that never sees a token keeps alpha = 1 and p = 0, never NaN.
-    m = tl.full([BLOCK_N], -1.0e30, dtype=tl.float32)
-    denom = tl.zeros([BLOCK_N], dtype=tl.float32)
+    m = -float("inf")
+    denom = 0.0
     if V_FMT == 2:
-        e8 = tl.arange(0, 8)[None, None, :]
         acc_lo = tl.zeros([BLOCK_N, D // 16, 8], dtype=tl.float32)  # even elements of each 16-block
         acc_hi = tl.zeros([BLOCK_N, D // 16, 8], dtype=tl.float32)  # odd elements
+        blk = tl.arange(0, D // 16)
+        pair = tl.arange(0, 8)
     else:
-        acc = tl.zeros([BLOCK_N, D // 16, 16], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         valid = n < end
-        rows = (bh.to(tl.int64) * seq + n)[:, None, None]
-        k = tl.load(k_ptr + rows * D + blk * 16 + e16, mask=valid[:, None, None], other=0.0).to(tl.float32)
-        s = tl.where(valid, tl.sum(tl.sum(k * q, axis=2), axis=1), -float("inf"))
-        m_new = tl.maximum(m, s)
+        rows = (bh.to(tl.int64) * seq + n)
+        k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+        s = tl.where(valid, tl.sum(k * q[None, :], axis=1), -float("inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=0))
         alpha = tl.math.exp2(m - m_new)
         p = tl.math.exp2(s - m_new)
-        denom = denom * alpha + p
+        denom = denom * alpha + tl.sum(p, axis=0)
         m = m_new
-        alpha = alpha[:, None, None]
         if V_FMT == 2:
-            byte = tl.load(v_ptr + rows * (D // 2) + blk * 8 + e8, mask=valid[:, None, None], other=0).to(tl.int16)
+            offs = rows[:, None, None] * (D // 2) + blk[None, :, None] * 8 + pair[None, None, :]
+            byte = tl.load(v_ptr + offs, mask=valid[:, None, None], other=0).to(tl.int16)
             lo = (((byte & 7) << 9) | ((byte & 8) << 12)).to(tl.float16, bitcast=True).to(tl.float32)
             hi = ((((byte >> 4) & 7) << 9) | (byte & 128) << 8).to(tl.float16, bitcast=True).to(tl.float32)
-            # Strides the compiler cannot see as contiguous: the scale load then takes the V tile's
-            # thread layout, where contiguous indices made it vectorize along blocks and cost a
-            # shared-memory layout conversion with barriers on every tile.
-            bscale = tl.load(v_block_ptr + rows * scale_row_stride + blk * scale_block_stride,
-                             mask=valid[:, None, None], other=0.0)
-            w = p[:, None, None] * bscale.to(tl.float32)
+            bscale = tl.load(v_block_ptr + rows[:, None] * (D // 16) + blk[None, :], mask=valid[:, None],
+                             other=0.0).to(tl.float32)
+            w = (p[:, None] * bscale)[:, :, None]
             acc_lo = acc_lo * alpha + w * lo
             acc_hi = acc_hi * alpha + w * hi
         else:
-            v = tl.load(v_ptr + rows * D + blk * 16 + e16, mask=valid[:, None, None], other=0.0).to(tl.float32)
-            acc = acc * alpha + p[:, None, None] * v
-    # Merge the token slots: rescale each to the split's max.
-    m_split = tl.max(m, axis=0)
-    weight = tl.math.exp2(m - m_split)
+            v = tl.load(v_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+            acc = acc * alpha + p[:, None] * v
     part = (bh * NUM_SPLITS + split).to(tl.int64)
     if V_FMT == 2:
         # 2**14 undoes the fp16 placement of the codes; the per-tensor scale is applied once here.
         v_scale = tl.load(v_scale_ptr) * 16384.0
-        col = tl.arange(0, D // 16)[:, None] * 16 + tl.arange(0, 8)[None, :] * 2
-        tl.store(acc_ptr + part * D + col, tl.sum(acc_lo * weight[:, None, None], axis=0) * v_scale)
-        tl.store(acc_ptr + part * D + col + 1, tl.sum(acc_hi * weight[:, None, None], axis=0) * v_scale)
+        col = blk[:, None] * 16 + pair[None, :] * 2
+        tl.store(acc_ptr + part * D + col, tl.sum(acc_lo, axis=0) * v_scale)
+        tl.store(acc_ptr + part * D + col + 1, tl.sum(acc_hi, axis=0) * v_scale)
     else:
-        out = tl.sum(acc * weight[:, None, None], axis=0)
+        out = tl.sum(acc, axis=0)
         if V_FMT == 1:
             out = out * tl.load(v_scale_ptr + bh)
-        col = tl.arange(0, D // 16)[:, None] * 16 + tl.arange(0, 16)[None, :]
-        tl.store(acc_ptr + part * D + col, out)
-    tl.store(ml_ptr + part * 2, m_split)
-    tl.store(ml_ptr + part * 2 + 1, tl.sum(denom * weight, axis=0))
+        tl.store(acc_ptr + part * D + d, out)
+    tl.store(ml_ptr + part * 2, m)
+    tl.store(ml_ptr + part * 2 + 1, denom)
 
 
 @triton.jit
@@ -107,7 +97,7 @@ def _decode_combine_kernel(acc_ptr, ml_ptr, out_ptr, D: tl.constexpr, NUM_SPLITS
     part = bh * NUM_SPLITS + s
     m = tl.load(ml_ptr + part * 2)
     denom = tl.load(ml_ptr + part * 2 + 1)
-    weight = tl.math.exp2(m - tl.max(m, axis=0))  # an empty split has m = -1e30 and weighs 0
+    weight = tl.math.exp2(m - tl.max(m, axis=0))  # an empty split has m = -inf and weighs 0
     acc = tl.load(acc_ptr + part[:, None] * D + d[None, :])
     out = tl.sum(acc * weight[:, None], axis=0) / tl.sum(denom * weight, axis=0)
     tl.store(out_ptr + bh * D + d, out)
@@ -119,15 +109,12 @@ def num_splits(heads_total: int, seq: int, sm_count: int) -> int:
     return triton.next_power_of_2(want)
 
 
-def decode_attention(q: torch.Tensor, cache: Cache, splits: int | None = None, block_n: int = BLOCK_N,
-                     num_warps: int = NUM_WARPS) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, cache: Cache, splits: int | None = None,
+                     tile: tuple[int, int] | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for q [batch, heads, head_dim] over `cache`; float32 [batch, heads, head_dim].
 
-    One fixed tile (no autotuning): a gate needs the same kernel in every process, and the
-    autotuner may pick differently in another process. benchmarks/decode_attention.py sweeps the tiles.
+    `tile` is (BLOCK_N, num_warps); by default the format's entry in TILES.
     """
-    if _MAX_BLOCK_N % block_n:
-        raise ValueError(f"block_n must divide {_MAX_BLOCK_N}, got {block_n}")
     k_fmt, v_fmt = cache.k.fmt, cache.v.fmt
     if k_fmt not in ("bf16", "fp8") or v_fmt not in V_FORMATS:
         raise ValueError(f"no kernel for K {k_fmt!r} with V {v_fmt!r}; K takes bf16 or fp8, V {', '.join(V_FORMATS)}")
@@ -136,6 +123,9 @@ def decode_attention(q: torch.Tensor, cache: Cache, splits: int | None = None, b
     seq = k_data.shape[2]
     if head_dim % 16 or head_dim & (head_dim - 1):
         raise ValueError(f"head_dim must be a power of two and a multiple of 16, got {head_dim}")
+    block_n, num_warps = tile or TILES.get((k_fmt, v_fmt), (64, 4))
+    if _MAX_BLOCK_N % block_n:
+        raise ValueError(f"BLOCK_N must divide {_MAX_BLOCK_N}, got {block_n}")
     bh = batch * heads
     splits = splits or num_splits(bh, seq, torch.cuda.get_device_properties(q.device).multi_processor_count)
     split_len = triton.cdiv(triton.cdiv(seq, splits), _MAX_BLOCK_N) * _MAX_BLOCK_N
@@ -153,7 +143,7 @@ def decode_attention(q: torch.Tensor, cache: Cache, splits: int | None = None, b
     out = torch.empty(batch, heads, head_dim, dtype=torch.float32, device=q.device)
     _decode_partial_kernel[(bh, splits)](
         q.contiguous(), k_data.contiguous(), k_scale, v_data.contiguous(), v_scale, v_block, acc, ml,
-        seq, split_len, math.log2(math.e) / math.sqrt(head_dim), head_dim // 16, 1,
+        seq, split_len, math.log2(math.e) / math.sqrt(head_dim),
         K_FP8=k_fmt == "fp8", V_FMT=V_FORMATS[v_fmt], D=head_dim, NUM_SPLITS=splits, BLOCK_N=block_n,
         num_warps=num_warps)
     _decode_combine_kernel[(bh,)](acc, ml, out, D=head_dim, NUM_SPLITS=splits)
