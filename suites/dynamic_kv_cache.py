@@ -101,13 +101,14 @@ def outlier_ratio(x: torch.Tensor) -> float:
 
 
 def _store_fast(x: torch.Tensor, fmt: str) -> StoredKV:
-    """store() through the Triton quantizers: the same bits (tests/test_formats_cuda.py)."""
+    """store() through the Triton quantizers: the same bits (tests/test_formats_cuda.py). The NVFP4
+    kernel reads bfloat16; a demotion re-quantizes float32 values, and those take the eager path."""
     from pytest_lowprec.formats import triton_quant
 
     if fmt == "fp8":
         q, inv = triton_quant.quantize_fp8_rowwise_triton(x.reshape(x.shape[0], -1))
         return StoredKV(fmt, q.reshape(x.shape), inv.reshape(x.shape[0], 1, 1))
-    if fmt == "nvfp4":
+    if fmt == "nvfp4" and x.dtype == torch.bfloat16:
         t = triton_quant.quantize_nvfp4_triton(x.reshape(-1, x.shape[-1]))
         return StoredKV(fmt, replace(t, shape=tuple(x.shape)))
     return store(x, fmt)
