@@ -72,7 +72,8 @@ def every_finite_bfloat16() -> torch.Tensor:
 
 
 def e2m1_ties() -> torch.Tensor:
-    """Blocks of 16 holding every E2M1 tie and its neighbours, scaled by 2**k for k in -8..7."""
+    """Blocks of 16: 6 (the block amax), every positive E2M1 tie, four negative ones, both zeros, 3 and
+    4.5; scaled by 2**k for k in -8..7."""
     ties = torch.tensor([6.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -0.25, -0.75, -1.25, -5.0, 0.0, -0.0, 3.0, 4.5])
     rows = [ties * 2.0**k for k in range(-8, 8)]
     return torch.stack(rows).repeat(1, 4).to(torch.bfloat16)
