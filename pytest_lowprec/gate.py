@@ -20,6 +20,7 @@ class Kind(str, Enum):
     SPEEDUP = "speedup"
     ACCURACY = "accuracy"
     MEMORY = "memory"
+    EFFICIENCY = "efficiency"  # a ratio of measured times (overlap efficiency, fraction of a ceiling)
     INFO = "info"
     PATH = "path"  # the kernels a side ran: proof that the low-precision path was taken
     TRACE = "trace"  # a profiler trace that could not be taken honestly
@@ -67,6 +68,9 @@ def rule_for(metric: str) -> MetricRule | None:
         return KNOWN_METRICS["sqnr_db"]
     return None
 MEMORY_MARGIN = Margin(rel=0.05)
+# A ratio of times carries timing noise in both numerator and denominator: drift is judged
+# against the baseline with a wider margin than a deterministic accuracy figure.
+EFFICIENCY_MARGIN = Margin(abs=0.05, rel=0.05)
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,23 @@ class Recorder:
             {"kind": "memory", "value": val, "unit": "B"} if math.isfinite(val) else None,
         )
 
+    def efficiency(self, metric: str, value: object, *, min: float | None = None,  # noqa: A002
+                   max: float | None = None, margin: Margin = gate.EFFICIENCY_MARGIN,  # noqa: A002
+                   unit: str = "") -> None:
+        """Gate a ratio of measured times (overlap efficiency, a fraction of a measured ceiling):
+        its bound, and drift below the baseline beyond the margin. Higher is better."""
+        where = _call_site()
+        val = _as_float(value)
+        self._add(
+            Kind.EFFICIENCY, metric, where,
+            lambda base: gate.judge_value(
+                metric, Kind.EFFICIENCY, val, minimum=min, maximum=max, higher_is_better=True,
+                margin=margin, base=base, unit=unit, update=self._config.update,
+                strict=self._config.strict, where=where,
+            ),
+            {"kind": "efficiency", "value": val, "unit": unit} if math.isfinite(val) else None,
+        )
+
     def info(self, metric: str, value: object, unit: str = "") -> None:
         """Report a number with no bound (it is stored with the baseline and shown in reports)."""
         where = _call_site()

@@ -1,0 +1,71 @@
+// Shared by every kernel library: the status convention of the extern "C" launchers, and
+// the NVFP4 element and scale decodes.
+//
+// A launcher returns 0 or a cudaError_t; Python turns a non-zero status into an exception
+// with lowprec_error_string's text. Launchers never synchronize, so they can be captured
+// into CUDA graphs on the stream they are given.
+#pragma once
+
+#include <cstdint>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+extern "C" const char* lowprec_error_string(int status) {
+    return cudaGetErrorString(static_cast<cudaError_t>(status));
+}
+
+// This library's runtime keeps its own current device: set the caller's before launching.
+#define LOWPREC_LAUNCH_PROLOGUE(device)                                  \
+    do {                                                                 \
+        cudaError_t _st = cudaSetDevice(device);                         \
+        if (_st != cudaSuccess) return static_cast<int>(_st);            \
+    } while (0)
+
+#define LOWPREC_LAUNCH_STATUS() static_cast<int>(cudaGetLastError())
+
+namespace lowprec {
+
+// E2M1 code (s e1 e0 m) -> value, by arithmetic: e > 0 is 2^(e-1) * (1 + m/2), e = 0 is m/2.
+__host__ __device__ __forceinline__ float e2m1_to_float(uint32_t code) {
+    const uint32_t e = (code >> 1) & 3u, m = code & 1u;
+    float mag;
+    if (e) {
+        union { uint32_t u; float f; } bits;
+        bits.u = ((e + 126u) << 23) | (m << 22);
+        mag = bits.f;
+    } else {
+        mag = 0.5f * static_cast<float>(m);
+    }
+    return (code & 8u) ? -mag : mag;
+}
+
+// E4M3 (OCP, finite) byte -> float through cuda_fp8.h's conversion.
+__device__ __forceinline__ float e4m3_to_float(uint8_t byte) {
+    __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(byte), __NV_E4M3);
+    return __half2float(__half(h));
+}
+
+// Eight E2M1 codes in a 32-bit word (element 2j in byte j's low nibble) -> eight E4M3 bytes
+// of the same values times 2^-6, with no table: E2M1's exponent and mantissa bits land in
+// E4M3's low exponent bits and top mantissa bit, and the exponent-bias difference (7 - 1)
+// is the 2^-6. `even` holds elements 0, 2, 4, 6 in bytes 0..3; `odd` holds 1, 3, 5, 7.
+__device__ __forceinline__ void e2m1x8_to_e4m3x8(uint32_t w, uint32_t& even, uint32_t& odd) {
+    even = ((w & 0x07070707u) << 2) | ((w & 0x08080808u) << 4);
+    odd = ((w >> 2) & 0x1C1C1C1Cu) | (w & 0x80808080u);
+}
+
+// Two E4M3 bytes (the low 16 bits of `pair`) -> two floats, one conversion instruction on sm_89+.
+__device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t pair) {
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair & 0xFFFFu), __NV_E4M3);
+    return __half22float2(__half2(h));
+}
+
+__device__ __forceinline__ float2 bf16x2_to_float2(uint32_t pair) {
+    union { uint32_t u; float f; } lo, hi;
+    lo.u = pair << 16;
+    hi.u = pair & 0xFFFF0000u;
+    return make_float2(lo.f, hi.f);
+}
+
+}  // namespace lowprec

@@ -1,0 +1,254 @@
+"""NVFP4 matrix products: the naive CUDA kernel, the tiled tensor-core kernel, the decode GEMV, and
+the path each device takes.
+
+Operands are `NVFP4Tensor`s with 1x16 blocks (packed E2M1 [rows, K/2], E4M3 scales [rows, K/16],
+a float32 tensor scale), B given as [N, K] like a linear layer's weight; out = A @ B.T in float32.
+
+Paths, chosen by compute capability (`gemm_path`):
+  sm_100 and newer  cuBLASLt's native block-scaled NVFP4 GEMM through torch._scaled_mm
+                    (float4_e2m1fn_x2 operands, E4M3 scales in cuBLAS's 128x4 swizzled layout);
+  sm_80 .. sm_90    a Triton kernel that loads packed E2M1 tiles and their scales, decodes them
+                    in registers to BF16 (exact: an E2M1 value times an E4M3 scale has at most
+                    6 significant bits) and feeds BF16 tensor cores (wgmma on Hopper).
+The decode GEMV (M <= 2 activation rows in BF16, NVFP4 weights) is CUDA C++ in kernels/nvfp4_gemm.cu;
+more rows go to the tiled kernel with BF16 activations, where tensor cores keep it memory-bound.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from pytest_lowprec import kernels
+from pytest_lowprec.formats.nvfp4 import NVFP4Tensor
+
+NATIVE = "cublaslt-nvfp4"
+TILED = "triton-bf16-tensor-cores"
+GEMV_MAX_ROWS = 2
+
+_VOID = ctypes.c_void_p
+_INT = ctypes.c_int
+SIGNATURES = {
+    "nvfp4_gemm_naive": [_INT, _VOID, _VOID, _VOID, _VOID, _VOID, _VOID, _VOID, _INT, _INT, _INT, _VOID],
+    "nvfp4_gemv": [_INT, _VOID, _VOID, _VOID, _VOID, _VOID, _INT, _INT, _INT, _VOID],
+}
+
+
+def gemm_path(capability: tuple[int, int], torch_has_fp4: bool | None = None) -> str:
+    """Which NVFP4 GEMM a device of `capability` runs. Blackwell has FP4 tensor cores; Hopper and
+    Ampere emulate with a BF16 tensor-core kernel. Older devices have no path."""
+    if torch_has_fp4 is None:
+        torch_has_fp4 = hasattr(torch, "float4_e2m1fn_x2")
+    if capability[0] >= 10 and torch_has_fp4:
+        return NATIVE
+    if capability >= (8, 0):
+        return TILED
+    raise RuntimeError(f"no NVFP4 GEMM path for compute capability {capability[0]}.{capability[1]}: "
+                       "BF16 tensor cores (sm_80) or newer are needed")
+
+
+def to_blocked(scales: torch.Tensor) -> torch.Tensor:
+    """Block scales [rows, K/16] in cuBLAS's block-scaled layout: the matrix is cut into 128x4
+    tiles (rows padded to 128, scale columns to 4, with zeros); tile after tile (row-major over
+    tiles), the scale at (r, c) of a tile sits at offset (r % 32) * 16 + (r // 32) * 4 + c."""
+    rows, cols = scales.shape
+    pr, pc = -(-rows // 128) * 128, -(-cols // 4) * 4
+    padded = torch.zeros(pr, pc, dtype=scales.dtype, device=scales.device)
+    padded[:rows, :cols] = scales
+    tiles = padded.view(pr // 128, 128, pc // 4, 4).permute(0, 2, 1, 3)  # [tr, tc, 128, 4]
+    # r = 32 * (r // 32) + r % 32: put r % 32 outermost, then r // 32, then c.
+    return tiles.reshape(pr // 128, pc // 4, 4, 32, 4).transpose(2, 3).reshape(-1)
+
+
+def _require_operands(a: NVFP4Tensor, b: NVFP4Tensor) -> None:
+    for name, t in (("a", a), ("b", b)):
+        if t.tile != (1, 16) or len(t.shape) != 2:
+            raise ValueError(f"{name} must be a 2-D NVFP4 tensor with 1x16 blocks, got shape {t.shape} tile {t.tile}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"inner dimensions differ: a is {a.shape}, b is {b.shape} (b is [N, K])")
+
+
+def gemm_native(a: NVFP4Tensor, b: NVFP4Tensor) -> torch.Tensor:
+    """sm_100+: cuBLASLt's NVFP4 GEMM. Untested here (no Blackwell GPU at hand); dispatch to it is."""
+    out = torch._scaled_mm(
+        a.packed.view(torch.float4_e2m1fn_x2), b.packed.view(torch.float4_e2m1fn_x2).t(),
+        scale_a=to_blocked(a.block_scales), scale_b=to_blocked(b.block_scales), out_dtype=torch.float32,
+    )
+    return out * (a.global_decode * b.global_decode)
+
+
+# -- the tiled kernel (sm_80 .. sm_90) ---------------------------------------------------------
+@triton.jit
+def _decode_e2m1(codes):
+    """uint8 codes (one per element) -> float32 values, by building the float's bits."""
+    c = codes.to(tl.int32)
+    mag = c & 7
+    # mag >= 2: exponent e = mag >> 1 >= 1, value 2^(e-1) * (1 + m/2) -> bits ((e + 126) << 23) | (m << 22),
+    # which is (mag << 22) + (126 << 23). mag == 1 is 0.5; mag == 0 is 0.
+    bits = tl.where(mag >= 2, (mag << 22) + (126 << 23), tl.where(mag == 1, 0x3F000000, 0))
+    bits = bits | ((c & 8) << 28)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _load_nvfp4_tile(packed_ptr, scale_ptr, rows, k0, K, n_rows, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_R, BLOCK_K] float32 values of rows `rows`, columns k0.. of an NVFP4 matrix (scales applied)."""
+    half = tl.arange(0, BLOCK_K // 2)
+    mask = (rows < n_rows)[:, None]
+    p = tl.load(packed_ptr + rows[:, None] * (K // 2) + (k0 // 2 + half)[None, :], mask=mask, other=0)
+    lo = _decode_e2m1(p & 0xF)
+    hi = _decode_e2m1(p >> 4)
+    values = tl.reshape(tl.join(lo, hi), (BLOCK_R, BLOCK_K))  # element 2i is byte i's low nibble
+    sblk = tl.arange(0, BLOCK_K // 16)
+    # Masked-off rows read nothing; their outputs are masked at the store.
+    s = tl.load(scale_ptr + rows[:, None] * (K // 16) + (k0 // 16 + sblk)[None, :], mask=mask)
+    scaled = tl.reshape(values, (BLOCK_R, BLOCK_K // 16, 16)) * s.to(tl.float32)[:, :, None]
+    return tl.reshape(scaled, (BLOCK_R, BLOCK_K))
+
+
+@triton.jit
+def _nvfp4_gemm_kernel(a_ptr, sa_ptr, ga_ptr, b_ptr, sb_ptr, gb_ptr, out_ptr, M, N, K,
+                       A_FP4: tl.constexpr, DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    # Grouped order: GROUP_M row tiles walk the columns together, so B tiles are reused from L2.
+    per_group = GROUP_M * grid_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if A_FP4:
+            a = _load_nvfp4_tile(a_ptr, sa_ptr, rm, k0, K, M, BLOCK_M, BLOCK_K)
+        else:
+            rk = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(a_ptr + rm[:, None] * K + rk[None, :], mask=(rm < M)[:, None], other=0.0)
+        b = _load_nvfp4_tile(b_ptr, sb_ptr, rn, k0, K, N, BLOCK_N, BLOCK_K)
+        acc = tl.dot(a.to(DOT_DTYPE), tl.trans(b.to(DOT_DTYPE)), acc)
+    scale = tl.load(gb_ptr)
+    if A_FP4:
+        scale = scale * tl.load(ga_ptr)
+    acc = acc * scale
+    tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc, mask=(rm < M)[:, None] & (rn < N)[None, :])
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    block_m: int = 128
+    block_n: int = 128
+    block_k: int = 64
+    group_m: int = 8
+    num_warps: int = 8
+    num_stages: int = 3
+
+
+def _tile_for(m: int) -> TileConfig:
+    # A decode batch of a few rows: a 16-row tile, more column tiles for the memory-bound shape.
+    return TileConfig(block_m=16, block_n=64, block_k=128, num_warps=4) if m <= 16 else TileConfig()
+
+
+def gemm_tiled(a: NVFP4Tensor | torch.Tensor, b: NVFP4Tensor, *, config: TileConfig | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """out = a @ b.T with B in NVFP4 and A in NVFP4 or BF16 [M, K], through the Triton kernel
+    (under TRITON_INTERPRET=1, Triton's interpreter runs it on CPU tensors)."""
+    a_fp4 = isinstance(a, NVFP4Tensor)
+    if a_fp4:
+        _require_operands(a, b)
+        m, k = a.shape
+    else:
+        if a.dtype != torch.bfloat16 or a.ndim != 2 or a.shape[1] != b.shape[1]:
+            raise ValueError(f"a must be bf16 [M, {b.shape[1]}], got {a.dtype} {tuple(a.shape)}")
+        m, k = a.shape
+    n = b.shape[0]
+    config = config or _tile_for(m)
+    if k % config.block_k:
+        raise ValueError(f"K={k} must be a multiple of the tile's BLOCK_K={config.block_k}")
+    device = b.packed.device
+    # Triton's interpreter multiplies bf16 tiles wrongly (it sees their raw bits), so there the
+    # tiles go to the dot in float32: the same values, since every decoded product is exact in bf16.
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    out = torch.empty(m, n, dtype=torch.float32, device=device) if out is None else out
+    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n),)
+    a_args = (a.packed, a.block_scales, a.global_decode) if a_fp4 else (a.contiguous(), a, a)
+    _nvfp4_gemm_kernel[grid](*a_args, b.packed, b.block_scales, b.global_decode, out, m, n, k,
+                 A_FP4=a_fp4, DOT_DTYPE=tl.float32 if interpreted else tl.bfloat16,
+                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+                 GROUP_M=config.group_m, num_warps=config.num_warps, num_stages=config.num_stages)
+    return out
+
+
+def gemm_tiled_interpreted(a: NVFP4Tensor | torch.Tensor, b: NVFP4Tensor, config: TileConfig) -> torch.Tensor:
+    """The tiled kernel run by Triton's interpreter on the CPU, in a child process: the interpreter
+    must be chosen before triton is imported (it decides what @triton.jit returns), and in the
+    gate's own process triton is already imported for the GPU kernels."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, output = os.path.join(tmp, "in.pt"), os.path.join(tmp, "out.pt")
+        torch.save({"a": a, "b": b, "config": config}, inputs)
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        done = subprocess.run([sys.executable, __file__, inputs, output], env=env, capture_output=True, text=True,
+                              check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"the interpreted NVFP4 kernel failed:\n{done.stdout}{done.stderr}")
+        return torch.load(output)
+
+
+# -- CUDA C++ kernels ----------------------------------------------------------------------------
+class CudaKernels:
+    """kernels/nvfp4_gemm.cu, built for `device` on first use."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        capability = torch.cuda.get_device_capability(self.device)
+        self._lib = kernels.load("nvfp4_gemm", capability, SIGNATURES)
+
+    def _stream(self) -> int:
+        return torch.cuda.current_stream(self.device).cuda_stream
+
+    def gemm_naive(self, a: NVFP4Tensor, b: NVFP4Tensor, out: torch.Tensor) -> torch.Tensor:
+        _require_operands(a, b)
+        (m, k), n = a.shape, b.shape[0]
+        self._lib.call("nvfp4_gemm_naive", self.device.index, a.packed.data_ptr(), a.block_scales.data_ptr(),
+                       a.global_decode.data_ptr(), b.packed.data_ptr(), b.block_scales.data_ptr(),
+                       b.global_decode.data_ptr(), out.data_ptr(), m, n, k, self._stream())
+        return out
+
+    def gemv(self, x: torch.Tensor, w: NVFP4Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out[m] = x[m] @ w.T for x bf16 [M <= 2, K], K a multiple of 32."""
+        m, k = x.shape
+        if x.dtype != torch.bfloat16 or not x.is_contiguous() or k != w.shape[1]:
+            raise ValueError(f"x must be contiguous bf16 [M, {w.shape[1]}], got {x.dtype} {tuple(x.shape)}")
+        if not 1 <= m <= GEMV_MAX_ROWS or k % 32:
+            raise ValueError(f"the GEMV takes 1..{GEMV_MAX_ROWS} rows and K a multiple of 32, got M={m}, K={k}")
+        self._lib.call("nvfp4_gemv", self.device.index, x.data_ptr(), w.packed.data_ptr(),
+                       w.block_scales.data_ptr(), w.global_decode.data_ptr(), out.data_ptr(), m, w.shape[0], k,
+                       self._stream())
+        return out
+
+
+def linear(x: torch.Tensor, w: NVFP4Tensor, cuda: CudaKernels | None, out: torch.Tensor) -> torch.Tensor:
+    """Decode-time linear layer, x bf16 [M, K] times NVFP4 weights [N, K]: the CUDA GEMV for a row or
+    two, the tiled tensor-core kernel for more."""
+    if cuda is not None and x.shape[0] <= GEMV_MAX_ROWS:
+        return cuda.gemv(x, w, out)
+    return gemm_tiled(x, w, out=out)
+
+
+if __name__ == "__main__":  # gemm_tiled_interpreted's child: python nvfp4_gemm.py IN OUT
+    import sys
+
+    job = torch.load(sys.argv[1], weights_only=False)
+    torch.save(gemm_tiled(job["a"], job["b"], config=job["config"]), sys.argv[2])

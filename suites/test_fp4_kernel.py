@@ -1,0 +1,171 @@
+"""NVFP4 GEMM kernels: the naive CUDA kernel, the tiled tensor-core kernel, the decode GEMV.
+
+Accuracy: every output element against the float64 product of the dequantized operands (never a
+checksum or a mean), with the output poisoned with NaN before the kernel runs, so an element the
+kernel never writes fails. Each product of an E2M1 value and an E4M3 scale is exact, so the only
+error is float32 accumulation order: the bound is 1e-5 relative L2, a thousand times under the
+1e-2 the format's peers quote, which would hide an indexing bug that misplaces a few blocks.
+On CPU the tiled kernel runs in Triton's interpreter at a small size; the CUDA C++ kernels need
+a GPU. Speed (GPU): tiled against naive at 4096^3 (floor 20x); the decode linear layer over
+8192x8192 NVFP4 weights against the BF16 GEMV torch runs (floor 2.5x at one row).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nvfp4_gemm import (
+    NATIVE,
+    TILED,
+    CudaKernels,
+    TileConfig,
+    gemm_path,
+    gemm_tiled,
+    gemm_tiled_interpreted,
+    linear,
+    to_blocked,
+)
+
+from pytest_lowprec.formats.metrics import rel_l2
+from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
+
+GPU_GEMM = 4096
+CPU_GEMM = (64, 96, 256)  # M, N, K for the interpreter
+CPU_TILE = TileConfig(block_m=32, block_n=32, block_k=64, group_m=2, num_warps=4, num_stages=1)
+GEMV_N = GEMV_K = 8192
+EXACT_BOUND = 1e-5
+# Floors: the issue's targets. Measured values live in the baselines.
+TILED_OVER_NAIVE = 20.0
+GEMV_OVER_BF16 = 2.5
+CUDA_ONLY = pytest.mark.lowprec(device="cuda")
+
+
+@pytest.fixture(scope="module")
+def cuda_kernels(request):
+    return {}
+
+
+def _cuda(cache: dict, device: str) -> CudaKernels:
+    if device not in cache:
+        cache[device] = CudaKernels(torch.device(device))
+    return cache[device]
+
+
+def _operands(m: int, n: int, k: int, device: str, seed: int = 5):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    a = torch.randn(m, k, generator=g).to(device)
+    b = torch.randn(n, k, generator=g).to(device)
+    return quantize_nvfp4(a), quantize_nvfp4(b)
+
+
+def _reference(a, b) -> torch.Tensor:
+    a64 = a.double() if isinstance(a, torch.Tensor) else a.dequantize(torch.float64)
+    return a64 @ b.dequantize(torch.float64).T
+
+
+def _poisoned(m: int, n: int, device: str) -> torch.Tensor:
+    return torch.full((m, n), float("nan"), dtype=torch.float32, device=device)
+
+
+def _gate_output(lowprec, out: torch.Tensor, reference: torch.Tensor) -> None:
+    lowprec.accuracy("unwritten_or_nonfinite_elements", int((~torch.isfinite(out)).sum()), max=0)
+    lowprec.accuracy("rel_l2", rel_l2(reference, out), max=EXACT_BOUND)
+
+
+@pytest.mark.lowprec(precision="nvfp4")
+@pytest.mark.parametrize("kernel", ["tiled", pytest.param("naive", marks=CUDA_ONLY)])
+def test_nvfp4_gemm_matches_float64_product(lowprec, cuda_kernels, kernel):
+    m, n, k = (GPU_GEMM,) * 3 if lowprec.on_cuda else CPU_GEMM
+    path = ("triton" if lowprec.on_cuda else "triton-interpreter") if kernel == "tiled" else "cuda-naive"
+    lowprec.signature(m=m, n=n, k=k, seed=5, path=path)
+    a, b = _operands(m, n, k, lowprec.device)
+    if kernel == "naive":
+        out = _cuda(cuda_kernels, lowprec.device).gemm_naive(a, b, _poisoned(m, n, lowprec.device))
+    elif lowprec.on_cuda:
+        out = gemm_tiled(a, b, out=_poisoned(m, n, lowprec.device))
+    else:
+        out = gemm_tiled_interpreted(a, b, CPU_TILE)
+    _gate_output(lowprec, out, _reference(a, b))
+
+
+@pytest.mark.lowprec(precision="nvfp4")
+@pytest.mark.parametrize("rows", [1, 2, 4, 16])
+def test_nvfp4_linear_matches_float64_product(lowprec, cuda_kernels, rows):
+    n, k = (GEMV_N, GEMV_K) if lowprec.on_cuda else (96, 256)
+    cuda = _cuda(cuda_kernels, lowprec.device) if lowprec.on_cuda else None
+    lowprec.signature(n=n, k=k, seed=6, path="cuda-gemv" if cuda and rows <= 2 else "triton")
+    g = torch.Generator(device="cpu").manual_seed(6)
+    x = torch.randn(rows, k, generator=g).bfloat16().to(lowprec.device)
+    w = quantize_nvfp4(torch.randn(n, k, generator=g).to(lowprec.device))
+    if lowprec.on_cuda:
+        out = linear(x, w, cuda, _poisoned(rows, n, lowprec.device))
+    else:
+        out = gemm_tiled_interpreted(x, w, TileConfig(block_m=16, block_n=32, block_k=64, group_m=1,
+                                                      num_warps=4, num_stages=1))
+    _gate_output(lowprec, out, _reference(x, w))
+
+
+@CUDA_ONLY
+@pytest.mark.lowprec(precision="nvfp4")
+def test_nvfp4_tiled_gemm_speed_over_naive(lowprec, cuda_kernels):
+    n = GPU_GEMM
+    lowprec.signature(m=n, n=n, k=n, tiled="triton bf16 tensor cores", naive="cuda one thread per output")
+    a, b = _operands(n, n, n, lowprec.device)
+    cuda = _cuda(cuda_kernels, lowprec.device)
+    out_naive, out_tiled = _poisoned(n, n, lowprec.device), _poisoned(n, n, lowprec.device)
+    gemm_tiled(a, b, out=out_tiled)
+    lowprec.speedup(baseline=lambda: cuda.gemm_naive(a, b, out_naive),
+                    optimized=lambda: gemm_tiled(a, b, out=out_tiled), min=TILED_OVER_NAIVE)
+    lowprec.expect_kernels("optimized", require=r"_nvfp4_gemm_kernel")
+    lowprec.expect_kernels("baseline", require=r"nvfp4_gemm_naive_kernel")
+    lowprec.work(flops=2.0 * n**3)
+
+
+@CUDA_ONLY
+@pytest.mark.lowprec(precision="nvfp4")
+@pytest.mark.parametrize("rows", [1, 16])
+def test_nvfp4_linear_speed_over_bf16(lowprec, cuda_kernels, rows):
+    n, k = GEMV_N, GEMV_K
+    cuda = _cuda(cuda_kernels, lowprec.device)
+    lowprec.signature(n=n, k=k, rows=rows, path="cuda-gemv" if rows <= 2 else "triton")
+    g = torch.Generator(device="cpu").manual_seed(6)
+    x = torch.randn(rows, k, generator=g).bfloat16().to(lowprec.device)
+    w_bf16 = torch.randn(n, k, generator=g).bfloat16().to(lowprec.device)
+    w = quantize_nvfp4(w_bf16)
+    out = _poisoned(rows, n, lowprec.device)
+    linear(x, w, cuda, out)
+    lowprec.memory("weight_bytes", w.nbytes)
+    lowprec.info("weight_bytes_over_bf16", w.nbytes / (w_bf16.numel() * 2))
+    lowprec.speedup(baseline=lambda: torch.nn.functional.linear(x, w_bf16),
+                    optimized=lambda: linear(x, w, cuda, out), min=GEMV_OVER_BF16 if rows == 1 else None,
+                    graphs=True)
+    lowprec.work(nbytes=w.nbytes + x.numel() * 2 + out.numel() * 4)
+
+
+@pytest.mark.parametrize(("capability", "path"), [((9, 0), TILED), ((8, 0), TILED), ((8, 9), TILED),
+                                                  ((10, 0), NATIVE), ((12, 0), NATIVE)])
+def test_nvfp4_gemm_path_follows_capability(capability, path):
+    # No Blackwell GPU is at hand: its dispatch is checked with a faked capability.
+    assert gemm_path(capability, torch_has_fp4=True) == path
+
+
+def test_nvfp4_gemm_without_torch_fp4_dtype_emulates_on_blackwell():
+    assert gemm_path((10, 0), torch_has_fp4=False) == TILED
+
+
+def test_nvfp4_gemm_refuses_devices_without_bf16_tensor_cores():
+    with pytest.raises(RuntimeError, match="compute capability 7.5"):
+        gemm_path((7, 5), torch_has_fp4=True)
+
+
+def test_block_scales_follow_cublas_128x4_layout():
+    rows, cols = 200, 12
+    scales = torch.arange(rows * cols, dtype=torch.int32).reshape(rows, cols)
+    blocked = to_blocked(scales)
+    tiles_per_row = -(-cols // 4)
+    assert blocked.numel() == 256 * 12  # rows padded to 128, columns to 4
+    for r in range(rows):
+        for c in range(cols):
+            tile = (r // 128) * tiles_per_row + c // 4
+            offset = tile * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + c % 4
+            assert blocked[offset] == scales[r, c]

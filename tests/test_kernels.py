@@ -1,0 +1,84 @@
+"""The CUDA C++ build: every kernel source compiles for Hopper and Blackwell (CI has nvcc and no GPU),
+a broken source names its file and line, builds are cached by content, and a launcher's CUDA error
+becomes an exception."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import pytest
+
+from pytest_lowprec import kernels
+
+NVCC = kernels.find_nvcc()
+needs_nvcc = pytest.mark.skipif(
+    NVCC is None and not os.environ.get("LOWPREC_REQUIRE_NVCC"),
+    reason="nvcc not installed (CI sets LOWPREC_REQUIRE_NVCC)",
+)
+
+
+def test_every_kernel_source_is_found():
+    assert {p.name for p in kernels.sources()} >= {"nvfp4_gemm.cu", "kv_prefetch.cu"}
+
+
+@pytest.mark.parametrize(("capability", "gencode"), [
+    ((9, 0), "-gencode=arch=compute_90a,code=sm_90a"),
+    ((10, 0), "-gencode=arch=compute_100a,code=sm_100a"),
+    ((8, 9), "-gencode=arch=compute_89,code=sm_89"),
+])
+def test_target_follows_capability(capability, gencode):
+    assert kernels.target_for(capability).gencode == gencode
+
+
+def test_pre_volta_devices_are_refused():
+    with pytest.raises(ValueError, match="below 7.0"):
+        kernels.target_for((6, 1))
+
+
+@needs_nvcc
+@pytest.mark.parametrize("source", kernels.sources(), ids=lambda p: p.name)
+@pytest.mark.parametrize("capability", [(9, 0), (10, 0)], ids=["sm_90a", "sm_100a"])
+def test_kernel_source_compiles(source, capability):
+    kernels.compile_check(source, kernels.target_for(capability))
+
+
+@needs_nvcc
+def test_compile_error_names_file_and_line(tmp_path):
+    bad = tmp_path / "broken.cu"
+    bad.write_text('#include <cstdint>\n__global__ void k(int* p) {\n  p[0] = undefined_name;\n}\n')
+    with pytest.raises(kernels.KernelBuildError) as err:
+        kernels.compile_check(bad, kernels.target_for((9, 0)))
+    assert f"{bad}:3:" in err.value.location
+    assert "undefined_name" in err.value.location
+
+
+@needs_nvcc
+def test_build_is_cached_by_content(tmp_path):
+    src = tmp_path / "tiny.cu"
+    src.write_text('#include "lowprec.cuh"\nextern "C" int tiny() { return 0; }\n')
+    (tmp_path / "lowprec.cuh").write_text((kernels.KERNELS_DIR / "lowprec.cuh").read_text())
+    target = kernels.target_for((9, 0))
+    first = kernels.build(src, target, cache_dir=tmp_path / "cache")
+    stamp = first.stat().st_mtime_ns
+    assert kernels.build(src, target, cache_dir=tmp_path / "cache") == first
+    assert first.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    src.write_text(src.read_text() + "// edited\n")
+    assert kernels.build(src, target, cache_dir=tmp_path / "cache") != first
+
+
+@needs_nvcc
+def test_launcher_error_becomes_an_exception(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWPREC_KERNEL_CACHE", str(tmp_path))
+    lib = kernels.load("nvfp4_gemm", (9, 0), {"nvfp4_gemv": [ctypes.c_int, *[ctypes.c_void_p] * 5,
+                                                             ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                                             ctypes.c_void_p]})
+    # K = 33 is refused before any launch; on a machine without a GPU, setting the device fails first.
+    with pytest.raises(kernels.KernelLaunchError, match="nvfp4_gemv returned CUDA error"):
+        lib.call("nvfp4_gemv", 0, None, None, None, None, None, 1, 8, 33, None)
+
+
+def test_missing_source_says_which_exist(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nvfp4_gemm.cu"):
+        kernels.build(Path(tmp_path / "nope.cu"), kernels.target_for((9, 0)), nvcc="nvcc")
