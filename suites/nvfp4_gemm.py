@@ -154,7 +154,7 @@ class TileConfig:
 
 def _tile_for(m: int) -> TileConfig:
     # A decode batch of a few rows: a 16-row tile, more column tiles for the memory-bound shape.
-    return TileConfig(block_m=16, block_n=64, block_k=128, num_warps=4) if m <= 16 else TileConfig()
+    return TileConfig(block_m=16, block_n=32, block_k=128, num_warps=4, num_stages=4) if m <= 16 else TileConfig()
 
 
 def gemm_tiled(a: NVFP4Tensor | torch.Tensor, b: NVFP4Tensor, *, config: TileConfig | None = None,

@@ -177,25 +177,29 @@ class MLP:
 
 @dataclass(frozen=True)
 class ChunkAttention:
-    """Attention partials of one query per head over a chunk of an FP8 KV cache kept on the host:
-    a chunk is [2, heads, tokens, head_dim] E4M3 bytes (K then V); the output per chunk is
-    [heads, head_dim + 2]: the unnormalized sum of p*v, the chunk's max score and sum of p."""
+    """Attention of a block of queries per head (a chunked prefill, or speculative decoding) over a
+    chunk of an FP8 KV cache kept on the host: a chunk is [2, heads, tokens, head_dim] E4M3 bytes
+    (K then V). Products in bf16 on tensor cores, softmax statistics in float32. The output per
+    chunk is [heads, queries, head_dim + 2]: the unnormalized sum of p*v, the chunk's max score
+    and its sum of p. A single query per head would be a few microseconds of launches per chunk,
+    host-bound, with nothing for a copy to overlap."""
 
-    q: torch.Tensor  # float32 [heads, head_dim]
+    q: torch.Tensor  # [heads, queries, head_dim]
     k_scale: float
     v_scale: float
 
     def __call__(self, chunk: torch.Tensor, index: int = 0) -> torch.Tensor:
-        kv = chunk.view(torch.float8_e4m3fn).float()
-        k, v = kv[0] * self.k_scale, kv[1] * self.v_scale
-        scores = torch.einsum("hd,htd->ht", self.q, k) / math.sqrt(self.q.shape[-1])
+        dtype = self.q.dtype
+        kv = chunk.view(torch.float8_e4m3fn).to(dtype)
+        scores = torch.matmul(self.q, kv[0].transpose(-1, -2)).float() * (self.k_scale / math.sqrt(self.q.shape[-1]))
         m = scores.amax(dim=-1, keepdim=True)
         p = torch.exp(scores - m)
-        return torch.cat((torch.einsum("ht,htd->hd", p, v), m, p.sum(dim=-1, keepdim=True)), dim=-1)
+        acc = torch.matmul(p.to(dtype), kv[1]).float() * self.v_scale
+        return torch.cat((acc, m, p.sum(dim=-1, keepdim=True)), dim=-1)
 
 
 def combine_chunks(partials: torch.Tensor) -> torch.Tensor:
-    """[chunks, heads, head_dim + 2] partials -> [heads, head_dim] attention output."""
+    """[chunks, ..., head_dim + 2] partials -> [..., head_dim] attention output."""
     acc, m, total = partials[..., :-2], partials[..., -2], partials[..., -1]
     weight = torch.exp(m - m.amax(dim=0, keepdim=True))
     return (acc * weight[..., None]).sum(dim=0) / (total * weight).sum(dim=0)[..., None]

@@ -34,6 +34,7 @@ GPU_ROWS, CPU_ROWS = 8192, 16
 MLP_EFFICIENCY_FLOOR = 0.90
 KV_GPU = dict(chunks=16, heads=32, tokens=2048, head_dim=128)
 KV_CPU = dict(chunks=4, heads=4, tokens=64, head_dim=128)
+QUERIES_GPU, QUERIES_CPU = 256, 4
 
 
 def _mlp_pipelines(device: str, rows: int):
@@ -52,9 +53,10 @@ def _kv_pipelines(device: str, shape: dict):
     if device != "cpu":
         stored = stored.pin_memory()
     g = torch.Generator(device="cpu").manual_seed(2)
-    q = torch.randn(shape["heads"], shape["head_dim"], generator=g)
+    queries = QUERIES_GPU if device != "cpu" else QUERIES_CPU
+    q = torch.randn(shape["heads"], queries, shape["head_dim"], generator=g).bfloat16()
     attend = ChunkAttention(q.to(device), scale, scale)
-    out_shape = (shape["heads"], shape["head_dim"] + 2)
+    out_shape = (shape["heads"], queries, shape["head_dim"] + 2)
     make = lambda buffers: Pipeline.create(stored, attend, out_shape, torch.float32, device, buffers)  # noqa: E731
     return q, values, make(1), make(2)
 
@@ -84,9 +86,10 @@ def test_host_kv_prefetch_output_equals_serial(lowprec):
     lowprec.accuracy("elements_differing_from_serial", int((a != b).sum()), max=0)
     k = values[:, 0].double().permute(1, 0, 2, 3).reshape(shape["heads"], -1, shape["head_dim"])
     v = values[:, 1].double().permute(1, 0, 2, 3).reshape(shape["heads"], -1, shape["head_dim"])
-    p = torch.softmax(torch.einsum("hd,hsd->hs", q.double(), k) / shape["head_dim"] ** 0.5, dim=-1)
-    reference = torch.einsum("hs,hsd->hd", p, v)
-    lowprec.accuracy("rel_l2", rel_l2(reference, combine_chunks(b).cpu()), max=1e-5)
+    p = torch.softmax(torch.einsum("hqd,hsd->hqs", q.double(), k) / shape["head_dim"] ** 0.5, dim=-1)
+    reference = torch.einsum("hqs,hsd->hqd", p, v)
+    # bf16 products and bf16 probabilities: about 2^-9 relative per term.
+    lowprec.accuracy("rel_l2", rel_l2(reference, combine_chunks(b).cpu()), max=1e-2)
 
 
 def _efficiency(lowprec, m, pipeline: Pipeline) -> float:
