@@ -43,7 +43,8 @@ CUDA_ONLY = pytest.mark.lowprec(device="cuda")
 
 
 @pytest.fixture(scope="module")
-def cuda_kernels(request):
+def cuda_kernels():
+    """Kernel libraries by device, loaded once for the module."""
     return {}
 
 

@@ -16,6 +16,7 @@ from kv_prefetch import KVPrefetchKernel, make_cache, reference
 from stream_overlap import cuda_median_ms
 
 from pytest_lowprec.formats.metrics import rel_l2
+from pytest_lowprec.stats import side_medians
 
 BH, SEQ = 8 * 32, 32768
 CUDA_ONLY = pytest.mark.lowprec(device="cuda", precision="fp8")
@@ -57,8 +58,6 @@ def test_prefetched_decode_speed(lowprec, workload):
         dst = torch.empty_like(src)
         copy_ms = cuda_median_ms(lambda: dst.copy_(src))
         ceiling = 2 * src.numel() / (copy_ms * 1e-3)  # bytes read and written per second
-        from pytest_lowprec.stats import side_medians
-
         _, opt_ms = side_medians(m.pairs)
         lowprec.info("copy_ceiling_tb_per_s", ceiling / 1e12, "TB/s")
         lowprec.efficiency("of_copy_ceiling", cache.nbytes / (opt_ms * 1e-3) / ceiling)
