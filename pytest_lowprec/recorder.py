@@ -170,52 +170,36 @@ class Recorder:
         margin: Margin | None = None,
     ) -> None:
         """Gate a metric against its bound and against the baseline's value (drift beyond the margin fails)."""
-        where = _call_site()
         higher = gate.resolve_direction(metric, min, max, higher_is_better)
         rule = gate.rule_for(metric)
         margin = margin or (rule.margin if rule else gate.DEFAULT_MARGIN)
-        unit = rule.unit if rule else ""
-        val = _as_float(value)
-        self._add(
-            Kind.ACCURACY, metric, where,
-            lambda base: gate.judge_value(
-                metric, Kind.ACCURACY, val, minimum=min, maximum=max, higher_is_better=higher,
-                margin=margin, base=base, unit=unit, update=self._config.update,
-                strict=self._config.strict, where=where,
-            ),
-            {"kind": "accuracy", "value": val, "unit": unit} if math.isfinite(val) else None,
-        )
+        self._bounded(Kind.ACCURACY, metric, value, min, max, higher, margin, rule.unit if rule else "")
 
     def memory(self, metric: str, nbytes: object, *, max: float | None = None,  # noqa: A002
                margin: Margin = gate.MEMORY_MARGIN) -> None:
         """Gate a byte count (peak allocated, cache size): at most `max`, and no growth past the margin."""
-        where = _call_site()
-        val = _as_float(nbytes)
-        self._add(
-            Kind.MEMORY, metric, where,
-            lambda base: gate.judge_value(
-                metric, Kind.MEMORY, val, minimum=None, maximum=max, higher_is_better=False,
-                margin=margin, base=base, unit="B", update=self._config.update,
-                strict=self._config.strict, where=where,
-            ),
-            {"kind": "memory", "value": val, "unit": "B"} if math.isfinite(val) else None,
-        )
+        self._bounded(Kind.MEMORY, metric, nbytes, None, max, False, margin, "B")
 
     def efficiency(self, metric: str, value: object, *, min: float | None = None,  # noqa: A002
                    max: float | None = None, margin: Margin = gate.EFFICIENCY_MARGIN,  # noqa: A002
                    unit: str = "") -> None:
         """Gate a ratio of measured times (overlap efficiency, a fraction of a measured ceiling):
         its bound, and drift below the baseline beyond the margin. Higher is better."""
-        where = _call_site()
+        self._bounded(Kind.EFFICIENCY, metric, value, min, max, True, margin, unit)
+
+    def _bounded(self, kind: Kind, metric: str, value: object, minimum: float | None, maximum: float | None,
+                 higher: bool, margin: Margin, unit: str) -> None:
+        """A value judged against its bounds, then against the baseline's value in the bad direction."""
+        where = _call_site(3)  # the test's line, not accuracy()/memory()/efficiency()'s
         val = _as_float(value)
         self._add(
-            Kind.EFFICIENCY, metric, where,
+            kind, metric, where,
             lambda base: gate.judge_value(
-                metric, Kind.EFFICIENCY, val, minimum=min, maximum=max, higher_is_better=True,
+                metric, kind, val, minimum=minimum, maximum=maximum, higher_is_better=higher,
                 margin=margin, base=base, unit=unit, update=self._config.update,
                 strict=self._config.strict, where=where,
             ),
-            {"kind": "efficiency", "value": val, "unit": unit} if math.isfinite(val) else None,
+            {"kind": kind.value, "value": val, "unit": unit} if math.isfinite(val) else None,
         )
 
     def info(self, metric: str, value: object, unit: str = "") -> None:

@@ -385,3 +385,20 @@ def test_a_finished_test_does_not_keep_its_tensors_alive(gate):
             assert refs[0]() is None, "test_a's inputs outlived it"
     """)
     gate.runpytest("test_release.py").assert_outcomes(passed=2)
+
+
+def test_memory_and_efficiency_failures_name_the_line_of_the_test(gate):
+    gate.makepyfile(test_bounds="""
+        import pytest
+
+        @pytest.mark.lowprec(precision="fp16")
+        def test_bounds(lowprec):
+            lowprec.memory("cache_bytes", 2048, max=1024)
+            lowprec.efficiency("overlap_efficiency", 0.5, min=0.9)
+    """)
+    result = gate.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*cache_bytes: cache_bytes 2048 > bound 1024  (at *test_bounds.py:5)*",
+        "*overlap_efficiency: overlap_efficiency 0.5 < bound 0.9  (at *test_bounds.py:6)*",
+    ])
