@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from decode_attention import attend
 
 from pytest_lowprec import kernels
 from pytest_lowprec.formats.fp8 import quantize_over
@@ -49,11 +50,11 @@ def make_cache(bh: int, seq: int, device: str, seed: int = 3) -> tuple[torch.Ten
 
 
 def reference(q: torch.Tensor, cache: FP8Cache) -> torch.Tensor:
-    """float64 attention of one query per head over the values the cache stores."""
+    """float64 attention of one query per head over the values the cache stores (dequantized in
+    float64, so exactly), through decode_attention's reference with each (batch, head) a batch."""
     k = cache.k.double() * cache.k_scale.double()[:, None, None]
     v = cache.v.double() * cache.v_scale.double()[:, None, None]
-    scores = torch.einsum("hd,hsd->hs", q.double(), k) / math.sqrt(q.shape[-1])
-    return torch.einsum("hs,hsd->hd", torch.softmax(scores, dim=-1), v)
+    return attend(q[:, None], k[:, None], v[:, None])[:, 0]
 
 
 def combine(part_acc: torch.Tensor, part_ml: torch.Tensor, v_scale: torch.Tensor) -> torch.Tensor:
