@@ -54,10 +54,20 @@ def known_keys() -> list[str]:
     return [spec.key for spec in GPU_SPECS] + [CPU_KEY]
 
 
-def spec_for(key: str) -> GpuSpec | None:
+def gpu_count(key: str) -> int:
+    """2 for '2x_h200'; 1 for a single-GPU key."""
     match = _MULTI_KEY.match(key)
-    base = match.group(2) if match else key
-    return next((s for s in GPU_SPECS if s.key == base), None)
+    return int(match.group(1)) if match else 1
+
+
+def base_key(key: str) -> str:
+    """'h200' for '2x_h200'."""
+    match = _MULTI_KEY.match(key)
+    return match.group(2) if match else key
+
+
+def spec_for(key: str) -> GpuSpec | None:
+    return next((s for s in GPU_SPECS if s.key == base_key(key)), None)
 
 
 def peak_tflops(key: str, precisions: tuple[str, ...]) -> float | None:
@@ -105,13 +115,20 @@ class DeviceInfo:
     memory_bytes: int | None = None
     l2_bytes: int | None = None
     uuid: str | None = None  # "GPU-..."; NVML and nvidia-smi number GPUs without CUDA_VISIBLE_DEVICES
+    visible: int = 1  # CUDA devices this process sees: a property of the run, not stored with baselines
 
     @property
     def is_cuda(self) -> bool:
         return self.index is not None
 
+    @property
+    def gpus(self) -> int:
+        """GPUs a test of this run may use: N for an 'Nx_<key>' run, else 1 (0 on the CPU)."""
+        return gpu_count(self.key) if self.is_cuda else 0
+
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("visible")
         d["capability"] = list(self.capability) if self.capability else None
         return d
 
@@ -137,6 +154,7 @@ def probe_cuda(torch_module=None) -> DeviceInfo | None:
         memory_bytes=props.total_memory,
         l2_bytes=getattr(props, "L2_cache_size", None),
         uuid=f"GPU-{props.uuid}" if getattr(props, "uuid", None) else None,
+        visible=torch_module.cuda.device_count(),
     )
 
 
@@ -156,6 +174,14 @@ def select_device(requested: str, detected: DeviceInfo | None) -> DeviceInfo:
         return detected
     multi = _MULTI_KEY.match(requested)
     if multi and multi.group(2) == detected.key:
+        wanted = int(multi.group(1))
+        if wanted < 2:
+            raise ValueError(f"--gpu {requested}: a multi-GPU key names 2 or more GPUs; use --gpu {detected.key}")
+        if detected.visible < wanted:
+            raise ValueError(
+                f"--gpu {requested} asks for {wanted} GPUs but this process sees {detected.visible}; run on a "
+                f"host with {wanted} {detected.key} GPUs (check CUDA_VISIBLE_DEVICES), or use --gpu {detected.key}"
+            )
         return replace(detected, key=requested)
     raise ValueError(
         f"--gpu {requested} does not match this machine's device {detected.name!r} (key {detected.key}); "
@@ -266,6 +292,22 @@ def visible_gpu_ids(environ: dict, count: int) -> list[str]:
     if outer is not None:
         return [d.strip() for d in outer.split(",") if d.strip()]
     return [str(i) for i in range(count)]
+
+
+def gpu_count_mismatch(needed: int, device: DeviceInfo) -> str | None:
+    """Why a test that uses `needed` GPUs does not run on this run's device, or None when it does.
+
+    A multi-GPU run (--gpu 2x_h200) holds only tests marked for that many GPUs, so its baseline file
+    never mixes with the single-GPU one; on the CPU every test runs (a multi-GPU workload there runs
+    its processes on the CPU, at a small size).
+    """
+    if not device.is_cuda or needed == device.gpus:
+        return None
+    base = base_key(device.key)
+    if needed > 1:
+        return (f"a {needed}-GPU test: run it with --gpu {needed}x_{base} on a host with {needed} GPUs "
+                f"(this run is --gpu {device.key})")
+    return f"a single-GPU test: a --gpu {device.key} run holds multi-GPU tests only; run --gpu {base} for it"
 
 
 def gpu_for_worker(visible: list[str], worker_id: str) -> str:

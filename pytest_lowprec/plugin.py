@@ -18,7 +18,7 @@ from . import hookspec
 from .baselines import BaselineError, BaselineStore
 from .config import GateConfig, parse_fraction, parse_gpu, parse_positive, parse_precisions
 from .gate import SpeedupTolerance
-from .hardware import DeviceInfo, gpu_for_worker, probe_cuda, select_device, visible_gpu_ids
+from .hardware import DeviceInfo, gpu_count_mismatch, gpu_for_worker, probe_cuda, select_device, visible_gpu_ids
 from .profiling import nvtx_range
 from .recorder import Recorder, TestRecord
 from .report.pytest_html import html_cell
@@ -29,7 +29,7 @@ from .timing import CudaEventTimer, HostTimer, SamplingPolicy
 RUN_KEY = pytest.StashKey[LowprecRun]()
 RECORDER_KEY = pytest.StashKey[Recorder]()
 RECORD_KEY = pytest.StashKey[TestRecord]()
-_MARKER_ARGS = {"precision", "device"}
+_MARKER_ARGS = {"precision", "device", "gpus"}
 
 
 def _usage(parser: Callable[[str], object]) -> Callable[[str], object]:
@@ -170,6 +170,11 @@ def _check_worker_count(config: pytest.Config, device: DeviceInfo) -> None:
     workers = getattr(config.option, "numprocesses", None)
     if not device.is_cuda or not isinstance(workers, int) or workers <= 1:
         return
+    if device.gpus > 1:
+        raise pytest.UsageError(
+            f"-n {workers} with --gpu {device.key}: each test of a multi-GPU run uses all {device.gpus} GPUs, "
+            "and an xdist worker is pinned to one; run it without -n"
+        )
     import torch
 
     gpus = visible_gpu_ids(dict(os.environ), torch.cuda.device_count())
@@ -183,8 +188,9 @@ def _check_worker_count(config: pytest.Config, device: DeviceInfo) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "lowprec(precision=..., device=None): a low-precision workload; precision is one name or a tuple "
-        "(fp8, nvfp4, ...); device='cuda' skips the test on a run without a GPU.",
+        "lowprec(precision=..., device=None, gpus=1): a low-precision workload; precision is one name or a "
+        "tuple (fp8, nvfp4, ...); device='cuda' skips the test on a run without a GPU; gpus=N marks a "
+        "multi-GPU test, run by --gpu Nx_<key> (its baselines live in <dir>/Nx_<key>.json).",
     )
     if hasattr(config, "workerinput"):
         _pin_worker_gpu(config)
@@ -246,6 +252,9 @@ def _marker_args(item: pytest.Item) -> dict | None:
         raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
     if merged.get("device") not in (None, "cuda"):
         raise pytest.UsageError(f"{item.nodeid}: lowprec device= must be 'cuda' or absent")
+    gpus = merged.setdefault("gpus", 1)
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
+        raise pytest.UsageError(f"{item.nodeid}: lowprec gpus= must be a whole number >= 1, got {gpus!r}")
     return merged
 
 
@@ -268,6 +277,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     run = item.config.stash[RUN_KEY]
     if args and args.get("device") == "cuda" and not run.device.is_cuda:
         pytest.skip(f"needs a CUDA device; this run is on {run.device.key}")
+    if args is None and "lowprec" not in getattr(item, "fixturenames", ()):
+        return
+    reason = gpu_count_mismatch((args or {}).get("gpus", 1), run.device)
+    if reason:
+        pytest.skip(reason)
 
 
 def _make_timer(config: pytest.Config, device: DeviceInfo) -> Callable[[str, dict], object]:

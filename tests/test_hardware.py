@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from pytest_lowprec.hardware import (
     CPU_KEY,
     DeviceInfo,
+    base_key,
     device_state,
+    gpu_count,
     gpu_for_worker,
     gpu_key_from_name,
     select_device,
@@ -65,9 +69,24 @@ def test_gpu_key_without_any_gpu_is_an_error():
 
 
 def test_multi_gpu_key_must_name_the_detected_part():
-    assert select_device("2x_h100", H100).key == "2x_h100"
+    two = replace(H100, visible=2)
+    assert select_device("2x_h100", two).key == "2x_h100"
     with pytest.raises(ValueError):
-        select_device("2x_h200", H100)
+        select_device("2x_h200", two)
+
+
+def test_multi_gpu_key_needs_that_many_visible_gpus():
+    with pytest.raises(ValueError, match="asks for 2 GPUs but this process sees 1.*--gpu h100"):
+        select_device("2x_h100", H100)
+
+
+def test_gpu_count_and_base_key_read_a_multi_gpu_key():
+    assert (gpu_count("2x_h200"), base_key("2x_h200")) == (2, "h200")
+    assert (gpu_count("h200"), base_key("h200")) == (1, "h200")
+
+
+def test_visible_count_is_not_stored_with_baselines():
+    assert "visible" not in replace(H100, visible=2).to_dict()
 
 
 def test_device_state_parses_clock_temperature_and_throttling():

@@ -10,11 +10,13 @@ import pytest
 FAKES = (Path(__file__).parent / "fakes.py").read_text()
 CONFTEST = """
 import os
+from dataclasses import replace
 from fakes import H100, ScriptedTimer
 from pytest_lowprec.hardware import cpu_device
 
 def pytest_lowprec_device(config):
-    return {"h100": H100, "none": cpu_device()}.get(os.environ.get("FAKE_GPU"))
+    devices = {"h100": H100, "2 h100": replace(H100, visible=2), "none": cpu_device()}
+    return devices.get(os.environ.get("FAKE_GPU"))
 
 def pytest_lowprec_make_timer(config, device, kind, options):
     return ScriptedTimer(speedup=float(os.environ.get("FAKE_SPEEDUP", "2.0")),
@@ -402,3 +404,58 @@ def test_memory_and_efficiency_failures_name_the_line_of_the_test(gate):
         "*cache_bytes: cache_bytes 2048 > bound 1024  (at *test_bounds.py:5)*",
         "*overlap_efficiency: overlap_efficiency 0.5 < bound 0.9  (at *test_bounds.py:6)*",
     ])
+
+
+MULTI_GPU_TESTS = """
+import pytest
+
+@pytest.mark.lowprec(precision="fp8", gpus=2)
+def test_two(lowprec):
+    lowprec.efficiency("scaling_efficiency", 0.95, min=0.9)
+
+@pytest.mark.lowprec(precision="fp8")
+def test_one(lowprec):
+    lowprec.accuracy("rel_l2", 0.01, max=0.05)
+"""
+
+
+def test_multi_gpu_run_holds_only_multi_gpu_tests_and_records_them_under_its_own_key(gate, monkeypatch):
+    monkeypatch.setenv("FAKE_GPU", "2 h100")
+    gate.makepyfile(test_multi=MULTI_GPU_TESTS)
+    result = gate.runpytest("--gpu", "2x_h100", "--lowprec-update", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*a single-GPU test: a --gpu 2x_h100 run holds multi-GPU tests only; run --gpu h100*"])
+    assert list(stored(gate, "2x_h100")) == ["test_multi.py::test_two"]
+    assert not (gate.path / "baselines" / "h100.json").exists()
+
+
+def test_multi_gpu_test_skips_on_a_single_gpu_run_saying_which_key_runs_it(gate):
+    gate.makepyfile(test_multi=MULTI_GPU_TESTS)
+    result = gate.runpytest("--gpu", "h100", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*a 2-GPU test: run it with --gpu 2x_h100 on a host with 2 GPUs*"])
+
+
+def test_multi_gpu_test_runs_on_a_cpu_run(gate):
+    gate.makepyfile(test_multi=MULTI_GPU_TESTS)
+    gate.runpytest("--gpu", "cpu").assert_outcomes(passed=2)
+
+
+def test_multi_gpu_key_with_xdist_workers_is_a_usage_error(gate, monkeypatch):
+    pytest.importorskip("xdist")
+    monkeypatch.setenv("FAKE_GPU", "2 h100")
+    gate.makepyfile(test_multi=MULTI_GPU_TESTS)
+    result = gate.runpytest_subprocess("--gpu", "2x_h100", "-n", "2", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*each test of a multi-GPU run uses all 2 GPUs*run it without -n*"])
+
+
+def test_gpus_marker_must_be_a_whole_number(gate):
+    gate.makepyfile("""
+        import pytest
+        @pytest.mark.lowprec(precision="fp8", gpus="two")
+        def test_x(lowprec): pass
+    """)
+    result = gate.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_x: lowprec gpus= must be a whole number >= 1, got 'two'*"])
