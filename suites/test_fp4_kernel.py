@@ -34,11 +34,11 @@ CPU_GEMM = (64, 96, 256)  # M, N, K for the interpreter
 CPU_TILE = TileConfig(block_m=32, block_n=32, block_k=64, group_m=2, num_warps=4, num_stages=1)
 GEMV_N = GEMV_K = 8192
 EXACT_BOUND = 1e-5
-# Floors. Tiled over naive: the target (74x measured on the H100, 2026-11-22). GEMV over
-# BF16: the benchmark target is 2.5x and the H100 measured 2.41x, so the floor sits under
-# the measurement to catch a lost FP4 read; the baseline (2.41x) gates drift. Bytes cap it near 3.5x.
+# Floors: the targets. Tiled over naive 20x (74x measured on the H100, 2026-11-22); GEMV over
+# BF16 2.5x at one row (2.59-2.63x measured; bytes cap it near 3.5x, and a kernel that only reads
+# the same 36 MiB is 3.0-3.1x). The baselines gate drift above the floors.
 TILED_OVER_NAIVE = 20.0
-GEMV_OVER_BF16 = 2.2
+GEMV_OVER_BF16 = 2.5
 CUDA_ONLY = pytest.mark.lowprec(device="cuda")
 
 
