@@ -30,21 +30,30 @@ def _col_major(t: torch.Tensor) -> torch.Tensor:
     return t.t().contiguous().t()
 
 
+def _quantize(t: torch.Tensor, dtype: torch.dtype, reduce_amax) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor FP8 with a dynamic scale; `reduce_amax` (data parallelism) turns the local amax into
+    the group's, as TransformerEngine's amax reduction does."""
+    if reduce_amax is None:
+        return quantize_tensorwise(t, dtype)
+    return quantize_tensorwise(t, dtype, amax=reduce_amax(t.detach().abs().amax()))
+
+
 class _Fp8Matmul(torch.autograd.Function):
     """FP8 in both passes; `passes` ("both", "forward", "backward") keeps the other pass in bfloat16,
     to find which pass costs the accuracy (a diagnostic; the suite trains with "both")."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                passes: str = "both", grad_dtype: torch.dtype = E5M2) -> torch.Tensor:
-        ctx.passes, ctx.grad_dtype = passes, grad_dtype
+                passes: str = "both", grad_dtype: torch.dtype = E5M2, reduce_amax=None) -> torch.Tensor:
+        ctx.passes, ctx.grad_dtype, ctx.reduce_amax = passes, grad_dtype, reduce_amax
         if passes == "backward":
             ctx.save_for_backward(x, weight)
             ctx.has_bias, ctx.x_shape, ctx.x_dtype = bias is not None, x.shape, x.dtype
             return F.linear(x, weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16))
         x2 = x.reshape(-1, x.shape[-1])
-        xq, xs = quantize_tensorwise(x2, E4M3)
-        wq, ws = quantize_tensorwise(weight, E4M3)  # [out, in]; .t() is column-major as _scaled_mm wants
+        xq, xs = _quantize(x2, E4M3, reduce_amax)
+        # [out, in]; .t() is column-major as _scaled_mm wants. Replicas hold the same weights: no reduction.
+        wq, ws = quantize_tensorwise(weight, E4M3)
         y = scaled_mm(xq, xs, wq.t(), ws)
         if bias is not None:
             y = y + bias.to(y.dtype)
@@ -64,18 +73,18 @@ class _Fp8Matmul(torch.autograd.Function):
             grad_x = g2.to(torch.bfloat16) @ weight.to(torch.bfloat16)
             grad_w = (g2.to(torch.bfloat16).t() @ x2).float()
             grad_b = g2.float().sum(0) if ctx.has_bias else None
-            return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b, None, None
+            return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b, None, None, None
         if ctx.passes == "backward":
             x, weight = ctx.saved_tensors
-            xq, xs = quantize_tensorwise(x.reshape(-1, x.shape[-1]), E4M3)
+            xq, xs = _quantize(x.reshape(-1, x.shape[-1]), E4M3, ctx.reduce_amax)
             wq, ws = quantize_tensorwise(weight, E4M3)
         else:
             xq, xs, wq, ws = ctx.saved_tensors
-        gq, gs = quantize_tensorwise(g2, ctx.grad_dtype)
+        gq, gs = _quantize(g2, ctx.grad_dtype, ctx.reduce_amax)
         grad_x = scaled_mm(gq, gs, _col_major(wq), ws)  # [M, out] @ [out, in]
         grad_w = scaled_mm(gq.t().contiguous(), gs, _col_major(xq), xs, out_dtype=torch.float32)  # [out, M] @ [M, in]
         grad_b = g2.float().sum(0) if ctx.has_bias else None
-        return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b, None, None
+        return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b, None, None, None
 
 
 class Linear(torch.nn.Module):
@@ -90,10 +99,11 @@ class Linear(torch.nn.Module):
         self.fp8 = fp8
         self.passes = "both"
         self.grad_dtype = GRAD_DTYPE
+        self.reduce_amax = None  # data parallelism: local amax -> the group's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fp8:
-            return _Fp8Matmul.apply(x, self.weight, self.bias, self.passes, self.grad_dtype)
+            return _Fp8Matmul.apply(x, self.weight, self.bias, self.passes, self.grad_dtype, self.reduce_amax)
         return F.linear(x, self.weight.to(torch.bfloat16), self.bias.to(torch.bfloat16))
 
 

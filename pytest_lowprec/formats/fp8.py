@@ -34,9 +34,12 @@ def _scale_from_amax(amax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(amax > 0, torch.div(torch.full_like(amax, fp8_max(dtype)), amax), torch.ones_like(amax))
 
 
-def quantize_tensorwise(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn):
-    """Returns (q, inv_scale): x ~= q.float() * inv_scale, inv_scale a 0-d float32 tensor."""
-    scale = _scale_from_amax(x.detach().abs().amax(), dtype)
+def quantize_tensorwise(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn, amax: torch.Tensor | None = None):
+    """Returns (q, inv_scale): x ~= q.float() * inv_scale, inv_scale a 0-d float32 tensor.
+
+    `amax` overrides x's own absolute maximum: a data-parallel rank passes the group's, so every
+    shard is quantized with the scale one process would use on the whole batch."""
+    scale = _scale_from_amax(x.detach().abs().amax() if amax is None else amax, dtype)
     return saturating_cast(x.float() * scale, dtype), torch.div(1.0, scale)
 
 
