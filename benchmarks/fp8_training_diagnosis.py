@@ -23,7 +23,7 @@ def main() -> None:
     d = int(sys.argv[1]) if len(sys.argv) > 1 else 4096
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 150
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    shape = Shape(d=d, blocks=2, tokens=4096 if device == "cuda" else 512, steps=steps)
+    shape = Shape(d=d, blocks=2, tokens=4096 if device == "cuda" else 512, steps=steps, lr=3e-4 if d >= 1024 else 1e-3)
     bf16, fp8, teacher = pair(shape, device)
     ref = statistics.fmean(train(copy.deepcopy(bf16), teacher, shape, device)[0][-20:])
     print(f"d={d} tokens={shape.tokens} steps={steps} bf16 final loss {ref:.4f}")

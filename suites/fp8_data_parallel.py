@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from fp8_training import LEARNING_RATE, LossScaler, Shape, Stack, batch, objective, train
+from fp8_training import LossScaler, Shape, Stack, batch, objective, train
 
 # The device machines (and many clusters) forbid NVLink multicast; children inherit these, and
 # setdefault keeps whatever the caller chose.
@@ -88,7 +88,7 @@ def _train(job: Job, rank: int, device: str) -> dict:
     teacher = Stack(job.shape.d, job.shape.blocks, fp8=False, seed=job.seed + 1, device=device)
     ddp = _ddp(model, job, rank)
     params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=job.shape.lr, weight_decay=0.0)
     scaler = LossScaler()
     losses = []
     for step in range(job.shape.steps):
@@ -123,7 +123,7 @@ def _time(job: Job, rank: int, device: str) -> dict:
     model = Stack(job.shape.d, job.shape.blocks, fp8=True, seed=job.seed, device=device)
     teacher = Stack(job.shape.d, job.shape.blocks, fp8=False, seed=job.seed + 1, device=device)
     ddp = _ddp(model, job, rank)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=job.shape.lr)
     x, y = batch(0, job.shape, teacher, device, None)
     x, y = _shard(x, rank, job.world), _shard(y, rank, job.world)
     del teacher

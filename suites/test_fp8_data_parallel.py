@@ -15,8 +15,9 @@ from fp8_data_parallel import Job, launch, scaling, single_process_losses
 from fp8_training import Shape
 
 WORLD = 2
-CPU_SHAPE = Shape(d=64, blocks=2, tokens=512, steps=150)  # global batch; each rank takes tokens / WORLD
-GPU_SHAPE = Shape(d=4096, blocks=2, tokens=8192, steps=150)
+# The training suite's shapes: the same global batch, each rank taking tokens / WORLD of it.
+CPU_SHAPE = Shape(d=64, blocks=2, tokens=512, steps=150)
+GPU_SHAPE = Shape(d=4096, blocks=2, tokens=4096, steps=150, lr=3e-4)
 POISON_STEP = 40
 LAST_K = 20
 # The training suite's bound on the final-loss gap; here against the same FP8 training in one process.
@@ -27,7 +28,8 @@ LOSS_GAP_BOUND = 0.01
 def test_data_parallel_fp8_training_matches_one_process(lowprec, tmp_path):
     shape = GPU_SHAPE if lowprec.on_cuda else CPU_SHAPE
     lowprec.signature(world=WORLD, d=shape.d, blocks=shape.blocks, global_tokens=shape.tokens, steps=shape.steps,
-                      poison_step=POISON_STEP, backend="nccl" if lowprec.on_cuda else "gloo", sync="ddp fp32")
+                      lr=shape.lr, poison_step=POISON_STEP, backend="nccl" if lowprec.on_cuda else "gloo",
+                      sync="ddp fp32, group amax")
     job = Job(shape, WORLD, lowprec.on_cuda, str(tmp_path / "rendezvous"), str(tmp_path / "out"), "train",
               poison_step=POISON_STEP)
     ranks = launch(job, timeout_s=900 if lowprec.on_cuda else 300)
@@ -48,7 +50,7 @@ def test_data_parallel_fp8_training_matches_one_process(lowprec, tmp_path):
 @pytest.mark.lowprec(precision="fp8", gpus=WORLD, device="cuda")
 def test_data_parallel_fp8_scaling_efficiency(lowprec, tmp_path):
     """Per-GPU batch fixed at the training suite's 4096 tokens: efficiency = t_one_gpu / t_data_parallel."""
-    shape = Shape(d=GPU_SHAPE.d, blocks=GPU_SHAPE.blocks, tokens=4096 * WORLD, steps=0)
+    shape = Shape(d=GPU_SHAPE.d, blocks=GPU_SHAPE.blocks, tokens=GPU_SHAPE.tokens * WORLD, steps=0, lr=GPU_SHAPE.lr)
     lowprec.signature(world=WORLD, d=shape.d, blocks=shape.blocks, tokens_per_gpu=shape.tokens // WORLD,
                       backend="nccl", sync="ddp fp32", timing="cuda events, 5 rounds x 10 steps")
     job = Job(shape, WORLD, True, str(tmp_path / "rendezvous"), str(tmp_path / "out"), "time")

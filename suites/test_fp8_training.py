@@ -17,7 +17,7 @@ from fp8_training import E4M3, GRAD_DTYPE, Shape, batch, objective, pair, train
 from pytest_lowprec.formats.metrics import sqnr_db
 
 CPU_SHAPE = Shape(d=64, blocks=2, tokens=512, steps=150)
-GPU_SHAPE = Shape(d=4096, blocks=2, tokens=4096, steps=150)
+GPU_SHAPE = Shape(d=4096, blocks=2, tokens=4096, steps=150, lr=3e-4)  # lr: see Shape.lr
 POISON_STEP = 40
 LAST_K = 20
 FP8_GEMM_KERNEL = r"nvjet_sm\d+_qq|e4m3|f8f8"
@@ -35,7 +35,7 @@ def _shape(lowprec) -> Shape:
 def test_fp8_training_final_loss_matches_bf16(lowprec):
     shape = _shape(lowprec)
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, steps=shape.steps,
-                      poison_step=POISON_STEP, optimizer="adamw 1e-3", scaling="dynamic per-tensor",
+                      poison_step=POISON_STEP, optimizer=f"adamw {shape.lr:g}", scaling="dynamic per-tensor",
                       gradients=_grads(),
                       objective="cross-entropy, 64 classes, teacher argmax")
     bf16, fp8, teacher = pair(shape, lowprec.device)
@@ -73,7 +73,7 @@ def test_fp8_training_step_speed_and_memory(lowprec):
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, optimizer="adamw", gradients=_grads())
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
-    optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (bf16, fp8)}
+    optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=shape.lr) for m in (bf16, fp8)}
 
     def step(model):
         objective(model, x, y).backward()
