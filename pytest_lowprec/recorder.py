@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from . import gate
 from .config import GateConfig
 from .gate import Kind, Margin, SpeedupTolerance, Verdict
-from .hardware import DeviceInfo, peak_tflops, spec_for
+from .hardware import DeviceInfo, base_key, peak_tflops, spec_for
 from .profiling import NvtxRanges, SideTrace, match_kernels, nvtx_range, profile_side, trace_path
 from .stats import side_medians, summarize_pairs
 from .timing import Measurement, Timer, measure_pairs
@@ -153,6 +153,11 @@ class Recorder:
     @property
     def on_cuda(self) -> bool:
         return self._device.is_cuda
+
+    def per_gpu(self, values: dict[str, float], default: float | None = None) -> float | None:
+        """The value for this run's GPU (a multi-GPU key counts as its part): floors measured on one
+        GPU, e.g. `min=lowprec.per_gpu({"h100": 2.5})`, leave other GPUs to their own baselines."""
+        return values.get(base_key(self._device.key), default)
 
     # -- what the test records ----------------------------------------------
     def signature(self, **fields: object) -> None:

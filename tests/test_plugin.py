@@ -459,3 +459,21 @@ def test_gpus_marker_must_be_a_whole_number(gate):
     result = gate.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*test_x: lowprec gpus= must be a whole number >= 1, got 'two'*"])
+
+
+def test_per_gpu_picks_the_value_for_this_runs_gpu_and_its_multi_gpu_key(gate, monkeypatch):
+    monkeypatch.setenv("FAKE_GPU", "2 h100")
+    gate.makepyfile("""
+        import pytest
+
+        def test_single(lowprec):
+            assert lowprec.per_gpu({"h100": 2.5, "h200": 2.2}) == 2.5
+            assert lowprec.per_gpu({"h200": 2.2}) is None
+            assert lowprec.per_gpu({"h200": 2.2}, default=1.0) == 1.0
+
+        @pytest.mark.lowprec(gpus=2)
+        def test_pair(lowprec):
+            assert lowprec.per_gpu({"h100": 0.9}) == 0.9
+    """)
+    gate.runpytest("--gpu", "h100", "-k", "single").assert_outcomes(passed=1, deselected=1)
+    gate.runpytest("--gpu", "2x_h100", "-k", "pair").assert_outcomes(passed=1, deselected=1)
