@@ -56,10 +56,19 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
         k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
         s = tl.where(valid, tl.sum(k * q[None, :], axis=1), -float("inf"))
         m_new = tl.maximum(m, tl.max(s, axis=0))
-        alpha = tl.math.exp2(m - m_new)
-        p = tl.math.exp2(s - m_new)
-        denom = denom * alpha + tl.sum(p, axis=0)
-        m = m_new
+        # Rescale the running sums only when the maximum rises: over a long context it settles within
+        # a few tiles; the multiply skipped is by exactly 1.0.
+        if m_new > m:
+            alpha = tl.math.exp2(m - m_new)
+            denom = denom * alpha
+            if V_FMT == 2:
+                acc_lo = acc_lo * alpha
+                acc_hi = acc_hi * alpha
+            else:
+                acc = acc * alpha
+            m = m_new
+        p = tl.math.exp2(s - m)
+        denom = denom + tl.sum(p, axis=0)
         if V_FMT == 2:
             offs = rows[:, None, None] * (D // 2) + blk[None, :, None] * 8 + pair[None, None, :]
             byte = tl.load(v_ptr + offs, mask=valid[:, None, None], other=0).to(tl.int16)
@@ -68,11 +77,11 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
             bscale = tl.load(v_block_ptr + rows[:, None] * (D // 16) + blk[None, :], mask=valid[:, None],
                              other=0.0).to(tl.float32)
             w = (p[:, None] * bscale)[:, :, None]
-            acc_lo = acc_lo * alpha + w * lo
-            acc_hi = acc_hi * alpha + w * hi
+            acc_lo = acc_lo + w * lo
+            acc_hi = acc_hi + w * hi
         else:
             v = tl.load(v_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
-            acc = acc * alpha + p[:, None] * v
+            acc = acc + p[:, None] * v
     part = (bh * NUM_SPLITS + split).to(tl.int64)
     if V_FMT == 2:
         # 2**14 undoes the fp16 placement of the codes; the per-tensor scale is applied once here.
