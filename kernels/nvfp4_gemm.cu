@@ -6,6 +6,7 @@
 //   tensor scale float32 scalar on the device (read in the kernel: no host sync, graph-capturable)
 // out[m, n] = sum_k a[m, k] * b[n, k], fp32 accumulation, written as float32.
 #include "lowprec.cuh"
+#include "nvfp4_gemv.cuh"
 
 namespace {
 
@@ -37,11 +38,7 @@ __global__ void nvfp4_gemm_naive_kernel(const uint8_t* __restrict__ a, const uin
     out[static_cast<size_t>(m) * N + n] = acc * (*ga * *gb);
 }
 
-// Decode GEMV: out[m, n] = x[m, :] . w[n, :] for a few activation rows (M <= 4) in bf16 and
-// NVFP4 weights. Memory-bound at M = 1, so the kernel's job is to stream the packed bytes at
-// full bandwidth: a warp owns kRows weight rows, each lane loads 16 bytes (32 elements, two scale
-// blocks) of each row per step with a streaming load, decodes E2M1 to E4M3 with bit operations
-// (no table), converts pairs with one instruction, and accumulates in fp32.
+// The decode GEMV's shipped shape (kernels/nvfp4_gemv.cuh has the kernel).
 // At M = 1: four rows a warp, two steps unrolled (eight 16-byte loads in flight a lane), and each
 // 32-element slice of x is decoded once for four rows. Measured on an H100 at 8192 x 8192
 // (2026-11-22, graph replay after an L2 flush): 22.1 us, against 25.2 us for two rows a warp at
@@ -57,96 +54,12 @@ struct GemvShape {
 };
 
 template <int M>
-__global__ void __launch_bounds__(kThreads, GemvShape<M>::kMinBlocks) nvfp4_gemv_kernel(
-        const uint32_t* __restrict__ x, const uint8_t* __restrict__ w, const uint8_t* __restrict__ ws,
-        const float* __restrict__ gw, float* __restrict__ out, int N, int K) {
-    constexpr int kRows = GemvShape<M>::kRows;
-    const int lane = threadIdx.x & 31;
-    const int n0 = (blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5)) * kRows;
-    if (n0 >= N) return;
-    const int row_bytes = K / 2, row_scales = K / 16;
-    float acc[M][kRows];
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) acc[m][r] = 0.f;
-
-#pragma unroll 2
-    for (int byte = lane * 16; byte < row_bytes; byte += 32 * 16) {
-        uint4 q[kRows];
-        float s[kRows][2];
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-            // Rows past N re-read row N-1; their sums are never written.
-            const size_t n = static_cast<size_t>(min(n0 + r, N - 1));
-            q[r] = __ldcs(reinterpret_cast<const uint4*>(w + n * row_bytes + byte));
-            const uint16_t pair = *reinterpret_cast<const uint16_t*>(ws + n * row_scales + byte / 8);
-            // 64 undoes the 2^-6 of the E2M1 -> E4M3 decode.
-            s[r][0] = e4m3_to_float(pair & 0xFF) * 64.f;
-            s[r][1] = e4m3_to_float(pair >> 8) * 64.f;
-        }
-#pragma unroll
-        for (int m = 0; m < M; ++m) {
-            // 32 bf16 activations = 16 words; x is small and reused by every warp: keep it cached.
-            const uint4* xp = reinterpret_cast<const uint4*>(x + (static_cast<size_t>(m) * K + byte * 2) / 2);
-            float xf[32];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const uint4 v = __ldg(xp + i);
-                const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-                for (int c = 0; c < 4; ++c) {
-                    const float2 f = lowprec::bf16x2_to_float2(words[c]);
-                    xf[8 * i + 2 * c] = f.x;
-                    xf[8 * i + 2 * c + 1] = f.y;
-                }
-            }
-#pragma unroll
-            for (int r = 0; r < kRows; ++r) {
-                const uint32_t words[4] = {q[r].x, q[r].y, q[r].z, q[r].w};
-                float d[2] = {0.f, 0.f};
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    uint32_t even, odd;
-                    lowprec::e2m1x8_to_e4m3x8(words[j], even, odd);
-                    const float2 e0 = lowprec::e4m3x2_to_float2(even);        // elements 0, 2
-                    const float2 e1 = lowprec::e4m3x2_to_float2(even >> 16);  // elements 4, 6
-                    const float2 o0 = lowprec::e4m3x2_to_float2(odd);         // elements 1, 3
-                    const float2 o1 = lowprec::e4m3x2_to_float2(odd >> 16);   // elements 5, 7
-                    const float* xj = xf + 8 * j;
-                    float t = d[j / 2];
-                    t = fmaf(e0.x, xj[0], t);
-                    t = fmaf(o0.x, xj[1], t);
-                    t = fmaf(e0.y, xj[2], t);
-                    t = fmaf(o0.y, xj[3], t);
-                    t = fmaf(e1.x, xj[4], t);
-                    t = fmaf(o1.x, xj[5], t);
-                    t = fmaf(e1.y, xj[6], t);
-                    t = fmaf(o1.y, xj[7], t);
-                    d[j / 2] = t;
-                }
-                acc[m][r] = fmaf(d[1], s[r][1], fmaf(d[0], s[r][0], acc[m][r]));
-            }
-        }
-    }
-    const float g = *gw;
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-            float v = acc[m][r];
-#pragma unroll
-            for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, off);
-            if (lane == 0 && n0 + r < N) out[static_cast<size_t>(m) * N + n0 + r] = v * g;
-        }
-}
-
-template <int M>
 cudaError_t launch_gemv(const void* x, const void* w, const void* ws, const void* gw, void* out, int N, int K,
                         cudaStream_t stream) {
     const int warps = (N + GemvShape<M>::kRows - 1) / GemvShape<M>::kRows;
     const int blocks = (warps + kThreads / 32 - 1) / (kThreads / 32);
-    nvfp4_gemv_kernel<M><<<blocks, kThreads, 0, stream>>>(
+    lowprec::nvfp4_gemv_kernel<M, GemvShape<M>::kRows, 2, kThreads, GemvShape<M>::kMinBlocks>
+        <<<blocks, kThreads, 0, stream>>>(
         static_cast<const uint32_t*>(x), static_cast<const uint8_t*>(w), static_cast<const uint8_t*>(ws),
         static_cast<const float*>(gw), static_cast<float*>(out), N, K);
     return cudaGetLastError();
