@@ -60,12 +60,17 @@ def _shard(t: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return t[rank * per:(rank + 1) * per]
 
 
-def _ddp(model: Stack, job: Job, rank: int) -> torch.nn.parallel.DistributedDataParallel:
-    """DDP over `model`, its FP8 scales reduced over the group. Gradients live in the all-reduce
-    buckets (no copy of 1 GiB of float32 gradients in and out of them each step)."""
-    set_amax_reduction(model, _group_amax(dist.new_group()))
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank] if job.cuda else None,
-                                                     gradient_as_bucket_view=True)
+def _replica(job: Job, rank: int, device: str):
+    """(model, its DDP wrapper, the teacher, the amax reduction): the FP8 stack with its scales reduced over
+    the group. Gradients live in the all-reduce buckets (no copy of 1 GiB of float32 gradients in and out
+    of them each step)."""
+    model = Stack(job.shape.d, job.shape.blocks, fp8=True, seed=job.seed, device=device)
+    teacher = Stack(job.shape.d, job.shape.blocks, fp8=False, seed=job.seed + 1, device=device)
+    reduce = _group_amax(dist.new_group())
+    set_amax_reduction(model, reduce)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank] if job.cuda else None,
+                                                    gradient_as_bucket_view=True)
+    return model, ddp, teacher, reduce
 
 
 def _group_amax(group):
@@ -84,9 +89,7 @@ def set_amax_reduction(model: Stack, reduce) -> None:
 
 def _train(job: Job, rank: int, device: str) -> dict:
     """The FP8 student trained on this rank's shard; the losses are the global batch's (mean over ranks)."""
-    model = Stack(job.shape.d, job.shape.blocks, fp8=True, seed=job.seed, device=device)
-    teacher = Stack(job.shape.d, job.shape.blocks, fp8=False, seed=job.seed + 1, device=device)
-    ddp = _ddp(model, job, rank)
+    model, ddp, teacher, _ = _replica(job, rank, device)
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=job.shape.lr, weight_decay=0.0)
     scaler = LossScaler()
@@ -120,15 +123,11 @@ def _time(job: Job, rank: int, device: str) -> dict:
     one-GPU step quantizes with its own amax (no collective at all). The all-reduce alone over the same
     bytes says how much communication the overlap hid.
     """
-    model = Stack(job.shape.d, job.shape.blocks, fp8=True, seed=job.seed, device=device)
-    teacher = Stack(job.shape.d, job.shape.blocks, fp8=False, seed=job.seed + 1, device=device)
-    ddp = _ddp(model, job, rank)
+    model, ddp, teacher, reduce = _replica(job, rank, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=job.shape.lr)
     x, y = batch(0, job.shape, teacher, device, None)
     x, y = _shard(x, rank, job.world), _shard(y, rank, job.world)
     del teacher
-
-    reduce = model.linears()["blocks.0.fc1"].reduce_amax
 
     def step(sync: bool) -> None:
         set_amax_reduction(model, reduce if sync else None)
