@@ -24,7 +24,7 @@ from .recorder import Recorder, TestRecord
 from .report.pytest_html import html_cell
 from .report.terminal import failure_message
 from .session import LowprecRun, publish_worker_records
-from .timing import CudaEventTimer, HostTimer, SamplingPolicy
+from .timing import SamplingPolicy, default_timer
 
 RUN_KEY = pytest.StashKey[LowprecRun]()
 RECORDER_KEY = pytest.StashKey[Recorder]()
@@ -289,9 +289,7 @@ def _make_timer(config: pytest.Config, device: DeviceInfo) -> Callable[[str, dic
         timer = config.hook.pytest_lowprec_make_timer(config=config, device=device, kind=kind, options=options)
         if timer is not None:
             return timer
-        if kind == "cpu":
-            return HostTimer()
-        return CudaEventTimer(device.index, l2_bytes=device.l2_bytes, uuid=device.uuid, **options)
+        return default_timer(kind, device.index, device.l2_bytes, device.uuid, options)
 
     return make
 

@@ -257,7 +257,7 @@ class Recorder:
         self._timer_wall_s += m.wall_s
         summary = summarize_pairs(m.pairs, conf, seed=seed)
         base_ms, opt_ms = side_medians(m.pairs)
-        extra = {"baseline_ms": base_ms, "optimized_ms": opt_ms, "timer": m.timer,
+        extra = {"baseline_ms": base_ms, "optimized_ms": opt_ms, "timer": m.timer, "samples": summary.n,
                  "state_before": m.state_before, "state_after": m.state_after}
 
         # After torch.profiler has run in this process, eager launches are slower (CUPTI stays

@@ -1,0 +1,117 @@
+"""The gate-quality benchmark: its arithmetic on made-up runs, and one study end to end on the host timer."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def analysis(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module("gate_quality_analysis")
+
+
+def row(value, low, high, status="pass", nodeid="t.py::test_a", injection=None, peers=None):
+    return {"nodeid": nodeid, "metric": "speedup", "status": status, "value": value, "interval": [low, high],
+            "samples": 30, "injection": injection, "peers": peers}
+
+
+def run(phase, rows, slowdown=0.0, outcomes=None):
+    return {"phase": phase, "slowdown": slowdown, "rows": rows, "outcomes": outcomes or {}}
+
+
+def test_a_run_is_caught_only_when_its_whole_interval_lies_below_the_tolerance_line(analysis):
+    base = (2.0, 0.001)  # tolerance 3% -> line 1.94
+    assert analysis.regressed(row(1.90, 1.89, 1.93), base, 0.03, 2.0)
+    assert not analysis.regressed(row(1.92, 1.90, 1.945), base, 0.03, 2.0)
+
+
+def test_the_tolerance_grows_with_the_stored_noise(analysis):
+    assert analysis.tolerance(0.03, 2.0, 0.001) == pytest.approx(0.03)
+    assert analysis.tolerance(0.03, 2.0, 0.05) == pytest.approx(0.10)
+
+
+def test_false_alarms_count_runs_with_any_failure_including_a_failed_test(analysis):
+    runs = [run("unchanged", [row(2.0, 1.99, 2.01)]),
+            run("unchanged", [row(1.8, 1.79, 1.81, status="fail")]),
+            run("unchanged", [row(2.0, 1.99, 2.01)], outcomes={"t.py::test_b": "failed"}),
+            run("inject", [row(1.8, 1.79, 1.81, status="fail")], slowdown=0.1)]
+    alarms = analysis.false_alarms(runs)
+    assert alarms["runs"] == 3 and alarms["runs_with_a_failure"] == 2
+    assert alarms["by_workload"] == {"t.py::test_a speedup": 1}
+
+
+def test_replay_at_a_lower_floor_trades_false_alarms_for_detections(analysis):
+    stored = {"t.py::test_a speedup": (2.0, 0.0)}
+    runs = [run("unchanged", [row(1.97, 1.96, 1.975)]),  # 1.5% low: an alarm at a 1% floor, not at 3%
+            run("inject", [row(1.93, 1.925, 1.945)], slowdown=0.05)]
+    loose, tight = analysis.replay(runs, stored, [0.03, 0.01], 2.0)
+    assert (loose["false_alarms"], loose["caught_0.05"]) == (0, (0, 1))
+    assert (tight["false_alarms"], tight["caught_0.05"]) == (1, (1, 1))
+
+
+def test_the_smallest_slowdown_caught_is_what_moves_the_interval_top_below_the_line(analysis):
+    stored = {"t.py::test_a speedup": (2.0, 0.0)}
+    runs = [run("unchanged", [row(2.0, 1.99, 2.0 * 0.97 * 1.04)])]  # needs 4% to drop below 1.94
+    (caught,) = analysis.slowdown_caught(runs, stored, 0.03, 2.0)
+    assert caught["slowdown_pct"] == pytest.approx(4.0)
+
+
+def test_spread_is_the_coefficient_of_variation_across_processes(analysis):
+    runs = [run("unchanged", [row(v, v - 0.01, v + 0.01)]) for v in (1.9, 2.0, 2.1)]
+    (spread,) = analysis.spread_table(runs, {"t.py::test_a speedup": (2.0, 0.0)})
+    assert spread["cv_pct"] == pytest.approx(5.0)
+    assert (spread["worst_delta_pct"], spread["best_delta_pct"]) == pytest.approx((-5.0, 5.0))
+
+
+def test_peers_table_sets_each_timers_spread_side_by_side(analysis):
+    peers = [{"pytest_benchmark": {"speedup": s}, "do_bench": {"speedup": 2.0}} for s in (1.0, 3.0)]
+    runs = [run("peers", [row(2.0, 1.99, 2.01, peers=p)]) for p in peers]
+    (table,) = analysis.peers_table(runs)
+    assert table["lowprec_cv_pct"] == 0 and table["do_bench_cv_pct"] == 0
+    assert table["pytest_benchmark_median"] == 2.0 and table["pytest_benchmark_cv_pct"] > 50
+
+
+HOST_TEST = """
+import time
+import pytest
+
+def spin(ms):
+    end = time.perf_counter() + ms / 1e3
+    while time.perf_counter() < end:
+        pass
+
+@pytest.mark.lowprec(precision="fp8")
+def test_host_speed(lowprec):
+    lowprec.speedup(baseline=lambda: spin(2.0), optimized=lambda: spin(1.0), device="cpu")
+"""
+
+
+def test_a_study_on_the_host_timer_records_runs_and_catches_a_large_injected_slowdown(tmp_path):
+    (tmp_path / "test_host.py").write_text(HOST_TEST)
+    (tmp_path / "conftest.py").write_text("")
+    record = subprocess.run([sys.executable, "-m", "pytest", "test_host.py", "--gpu", "cpu", "--lowprec-update",
+                             "-q", "-p", "no:cacheprovider"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert record.returncode == 0, record.stdout + record.stderr
+    out = tmp_path / "study"
+    study = subprocess.run([sys.executable, str(BENCHMARKS / "gate_quality.py"), "run", "--gpu", "cpu",
+                            "--root", str(tmp_path), "--baselines", str(tmp_path / "baselines"), "--out", str(out),
+                            "--runs", "1", "--phases", "unchanged,inject,peers", "--slowdowns", "0.5"],
+                           capture_output=True, text=True)
+    assert study.returncode == 0, study.stdout + study.stderr
+    injected = json.loads((out / "inject-0.5-00.json").read_text())["rows"]
+    (slowed,) = injected
+    assert slowed["status"] == "fail" and "regressed" in slowed["reasons"][0]
+    assert 0.3 < slowed["injection"]["reached"] < 0.8
+    peers = json.loads((out / "peers-0-00.json").read_text())["rows"][0]["peers"]
+    assert peers["pytest_benchmark"]["speedup"] > 1.5 and "do_bench" not in peers
+    assert "## False alarms" in study.stdout and "## Detection of injected slowdowns" in study.stdout
