@@ -87,12 +87,12 @@ def jobs(args: argparse.Namespace, stored: analysis.Stored) -> list[tuple[str, f
     injected = select(stored, args.exclude, args.inject_only)
     phases = set(args.phases)
     out = []
-    if "overhead" in phases:
-        out.append(("overhead", 0.0, 0, args.overhead_tests, []))
     for i in range(args.runs):
         round_ = []
+        if "overhead" in phases and i < args.overhead_runs:
+            round_.append(("overhead", 0.0, i, args.overhead_tests, []))
         if "unchanged" in phases:
-            round_.append(("unchanged", 0.0, i, tests, []))
+            round_.append(("unchanged", 0.0, i, tests if i < (args.full_runs or args.runs) else injected, []))
         if "inject" in phases:
             round_ += [("inject", s, i, injected, ["--gq-slowdown", str(s)])
                        for s, n in args.slowdowns if i < (n or args.runs)]
@@ -182,6 +182,9 @@ def main(argv: list[str]) -> int:
                      help="injected slowdowns, each FRACTION[:RUNS] (runs default to --runs), e.g. 0.02:10,0.05:20")
     run.add_argument("--exclude", nargs="*", default=[], help="leave out tests whose id holds one of these")
     run.add_argument("--inject-only", nargs="*", default=None, help="inject only into tests whose id holds one")
+    run.add_argument("--overhead-runs", type=int, default=1, help="full suite runs (wall time split, context)")
+    run.add_argument("--full-runs", type=int, default=0,
+                     help="unchanged runs over every speed test; later ones run only the injected tests (0: all)")
     run.add_argument("--overhead-tests", nargs="*", default=["suites/"], help="what the overhead run runs")
     run.add_argument("--deadline-s", type=float, default=0.0, help="start no run that could end past this")
     args = parser.parse_args(argv)

@@ -238,6 +238,7 @@ class Probe:
                 "delta_pct": verdict.delta_pct, "reasons": list(verdict.reasons), "flags": list(verdict.flags),
                 "samples": verdict.extra.get("samples"), "baseline_ms": verdict.extra.get("baseline_ms"),
                 "optimized_ms": verdict.extra.get("optimized_ms"),
+                "state": [verdict.extra.get("state_before"), verdict.extra.get("state_after")],
                 "injection": timer.injection, "peers": timer.peers,
             })
         for verdict in record.verdicts:
