@@ -134,9 +134,10 @@ def report(args: argparse.Namespace) -> str:
     k = args.noise_k
     parts = []
     alarms = analysis.false_alarms(runs)
-    parts.append(f"## False alarms (unchanged code, default settings)\n\n{alarms['runs_with_a_failure']} of "
-                 f"{alarms['runs']} runs failed anything; failed verdicts by workload: "
-                 f"{alarms['by_workload'] or 'none'}\n")
+    parts.append(f"## False alarms (unchanged code, default settings)\n\n{alarms['runs_with_a_false_alarm']} of "
+                 f"{alarms['runs']} runs failed a speed or efficiency verdict; by workload: "
+                 f"{alarms['by_workload'] or 'none'}. Accuracy bounds that failed (real failures, not alarms): "
+                 f"{alarms['accuracy_failures'] or 'none'}\n")
     parts.append("## Spread of each speedup across processes (unchanged runs)\n\n"
                  + analysis.markdown(analysis.spread_table(runs, stored)))
     parts.append("## Detection of injected slowdowns (default settings)\n\n"

@@ -93,6 +93,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("lowprec_min_pairs", "A/B pairs taken before the first verdict check", default="30")
     parser.addini("lowprec_max_pairs", "most A/B pairs one speedup takes", default="600")
     parser.addini("lowprec_record_pairs", "A/B pairs taken when recording a baseline", default="120")
+    parser.addini("lowprec_confirm", "times a failing speedup is measured again before it fails", default="1")
     parser.addini("lowprec_confidence", "confidence of the bootstrap interval", default="0.95")
 
 
@@ -137,6 +138,7 @@ def _gate_config(config: pytest.Config) -> GateConfig:
                 min_pairs=int(config.getini("lowprec_min_pairs")),
                 max_pairs=int(config.getini("lowprec_max_pairs")),
                 record_pairs=int(config.getini("lowprec_record_pairs")),
+                confirm=int(config.getini("lowprec_confirm")),
                 budget_s=_option(config, "lowprec_time_budget", parse_positive),
             ),
             confidence=float(config.getini("lowprec_confidence")),

@@ -40,6 +40,10 @@ class SamplingPolicy:
     # Recording a baseline takes more pairs: the noise stored with it sets later
     # tolerances, and a median-absolute-deviation estimate from 30 pairs is off by ~30%.
     record_pairs: int = 120
+    # A speedup that fails is measured once more, warm-up included, and fails only if that fails
+    # too: the gate-quality study (docs/gate-quality-h100-2026-11-22.md) saw one measurement in 19
+    # processes run 2.6x slow with nothing changed, while a real slowdown fails every measurement.
+    confirm: int = 1
 
     def __post_init__(self) -> None:
         if self.min_pairs < 3:
@@ -50,6 +54,8 @@ class SamplingPolicy:
             raise ValueError(f"need record_pairs >= min_pairs, got {self}")
         if self.budget_s <= 0:
             raise ValueError(f"budget_s must be positive, got {self.budget_s}")
+        if self.confirm < 0:
+            raise ValueError(f"confirm must be >= 0, got {self.confirm}")
 
 
 @dataclass(frozen=True)

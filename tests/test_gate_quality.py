@@ -39,14 +39,16 @@ def test_the_tolerance_grows_with_the_stored_noise(analysis):
     assert analysis.tolerance(0.03, 2.0, 0.05) == pytest.approx(0.10)
 
 
-def test_false_alarms_count_runs_with_any_failure_including_a_failed_test(analysis):
+def test_false_alarms_count_runs_with_a_failed_speed_verdict_and_list_accuracy_failures_apart(analysis):
+    accuracy = {"nodeid": "t.py::test_b", "metric": "loss_gap", "status": "fail", "kind": "accuracy"}
     runs = [run("unchanged", [row(2.0, 1.99, 2.01)]),
             run("unchanged", [row(1.8, 1.79, 1.81, status="fail")]),
-            run("unchanged", [row(2.0, 1.99, 2.01)], outcomes={"t.py::test_b": "failed"}),
+            run("overhead", [row(2.0, 1.99, 2.01), accuracy]),
             run("inject", [row(1.8, 1.79, 1.81, status="fail")], slowdown=0.1)]
     alarms = analysis.false_alarms(runs)
-    assert alarms["runs"] == 3 and alarms["runs_with_a_failure"] == 2
+    assert alarms["runs"] == 3 and alarms["runs_with_a_false_alarm"] == 1
     assert alarms["by_workload"] == {"t.py::test_a speedup": 1}
+    assert alarms["accuracy_failures"] == {"t.py::test_b loss_gap": 1}
 
 
 def test_replay_at_a_lower_floor_trades_false_alarms_for_detections(analysis):

@@ -21,7 +21,8 @@ def pytest_lowprec_device(config):
 def pytest_lowprec_make_timer(config, device, kind, options):
     return ScriptedTimer(speedup=float(os.environ.get("FAKE_SPEEDUP", "2.0")),
                          noise=float(os.environ.get("FAKE_NOISE", "0.01")),
-                         seed=int(os.environ.get("FAKE_SEED", "0")))
+                         seed=int(os.environ.get("FAKE_SEED", "0")),
+                         later=float(os.environ["FAKE_LATER"]) if "FAKE_LATER" in os.environ else None)
 """
 GEMM_TEST = """
 import pytest
@@ -143,9 +144,39 @@ def test_five_percent_regression_with_one_percent_noise_is_caught(gate, monkeypa
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*lowprec gate: 1 of 2 verdicts failed for test_gemm.py::test_gemm[[]1024[]] on h100 (baseline recorded 20*",
-        "*speedup*1.5*x [[]*>= 1.20x*1.6*x*-4.*%*FAIL*",
+        "*speedup*1.5*x [[]*>= 1.20x*1.6*x*-*%*FAIL (confirmed)*",
         "*speedup: regressed: interval [[]1.5*, 1.5*[]] below baseline 1.6*x - 3.0% tolerance = 1.55*x*",
     ])
+
+
+def test_a_regression_is_measured_twice_before_it_fails(gate, monkeypatch):
+    gemm(gate)
+    monkeypatch.setenv("FAKE_SPEEDUP", "1.6")
+    gate.runpytest("--lowprec-update").assert_outcomes(passed=1)
+    monkeypatch.setenv("FAKE_SPEEDUP", "1.4")
+    result = gate.runpytest("--lowprec-csv", "out.csv")
+    result.assert_outcomes(failed=1)
+    assert "confirmed" in (gate.path / "out.csv").read_text()
+
+
+def test_a_failing_measurement_that_a_second_one_refutes_passes_and_says_so(gate, monkeypatch):
+    gemm(gate)
+    monkeypatch.setenv("FAKE_SPEEDUP", "1.6")
+    gate.runpytest("--lowprec-update").assert_outcomes(passed=1)
+    monkeypatch.setenv("FAKE_SPEEDUP", "0.8")  # one transient slow measurement, then the true speed
+    monkeypatch.setenv("FAKE_LATER", "1.6")
+    result = gate.runpytest("--lowprec-csv", "out.csv")
+    result.assert_outcomes(passed=1)
+    assert "remeasured" in (gate.path / "out.csv").read_text()
+
+
+def test_without_confirmation_one_failing_measurement_fails(gate, monkeypatch):
+    gemm(gate)
+    monkeypatch.setenv("FAKE_SPEEDUP", "1.6")
+    gate.runpytest("--lowprec-update").assert_outcomes(passed=1)
+    monkeypatch.setenv("FAKE_SPEEDUP", "0.8")
+    monkeypatch.setenv("FAKE_LATER", "1.6")
+    gate.runpytest("-o", "lowprec_confirm=0").assert_outcomes(failed=1)
 
 
 def test_equal_speed_with_three_percent_noise_passes(gate, monkeypatch):
