@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import gate
+from . import gate, roofline
 from .config import GateConfig
 from .gate import Kind, Margin, SpeedupTolerance, Verdict
 from .hardware import DeviceInfo, base_key, peak_tflops, spec_for
@@ -319,9 +319,12 @@ class Recorder:
         verdict = gate.judge_kernels(metric, side, names, match_kernels(names, require, forbid), where)
         self._add(Kind.PATH, metric, where, lambda base: verdict, None)
 
-    def work(self, *, flops: float | None = None, nbytes: float | None = None, name: str = "speedup") -> None:
-        """Declare the optimized side's work, so its achieved rate and fraction of the datasheet peak
-        are reported (predictions and fractions are reported, never gated here)."""
+    def work(self, *, flops: float | None = None, nbytes: float | None = None, name: str = "speedup",
+             precision: str | tuple[str, ...] | None = None, min_fraction: float | None = None) -> None:
+        """Declare the optimized side's work: its achieved rate, its fraction of the datasheet peak,
+        the roofline's predicted time (labelled a prediction) and the measured fraction of it, which
+        `min_fraction` gates ("this kernel reaches >= 70% of its roofline"). `precision` names the
+        tensor-core unit the FLOPs run on (default: the test's precisions)."""
         ms = self._speed_ms.get(name)
         if ms is None:
             return  # no timing on this run (no CUDA): nothing to report
@@ -337,6 +340,19 @@ class Recorder:
             self.info(f"{name}.tb_per_s", tbps, "TB/s")
             if spec is not None:
                 self.info(f"{name}.of_peak_bandwidth", tbps / (spec.hbm_gbps / 1e3), "of datasheet peak")
+        ceilings = roofline.measured_ceilings(self._session.get("ceilings", {}), spec)
+        if ceilings is None:
+            return
+        precisions = (precision,) if isinstance(precision, str) else (precision or self.precision)
+        pred = roofline.predict(flops, nbytes, roofline.unit_for(precisions), ceilings)
+        self.info(f"{name}.predicted_ms", pred.seconds * 1e3, f"ms, predicted ({pred.bound}-bound)")
+        self.efficiency(f"{name}.roofline_fraction", pred.fraction(ms * 1e-3), min=min_fraction,
+                        unit=pred.label())
+
+    def ceiling(self, metric: str, value: object, unit: str) -> None:
+        """Record a measured ceiling of this GPU (`copy_tb_per_s`, `gemm_tflops.<unit>`); stored with
+        the baselines, later runs predict every declared workload's time from it."""
+        self.info(f"{roofline.CEILING_PREFIX}{metric}", value, unit)
 
     def _trace(self, name: str, side: str, *, write: bool, where: str) -> SideTrace:
         traces = self._traces.setdefault(name, {})

@@ -22,6 +22,7 @@ from .recorder import TestRecord
 from .report import html, markdown
 from .report.rows import verdict_frame, write_csv
 from .report.terminal import summary_lines
+from .roofline import ceiling_metrics
 
 _WORKEROUTPUT_KEY = "lowprec_records"
 
@@ -55,7 +56,8 @@ class LowprecRun:
         self.written: tuple[Path, int] | None = None
         self.write_error: str | None = None
         self.reports: list[str] = []
-        self.shared: dict = {}  # state the session's recorders share (whether a profiler has run)
+        # State the session's recorders share: whether a profiler has run, this GPU's measured ceilings.
+        self.shared: dict = {"ceilings": ceiling_metrics(entries)}
 
     # -- records ------------------------------------------------------------
     def add(self, record: TestRecord) -> None:
