@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from kv_compression import StoredKV, store
 
+from pytest_lowprec.adaptive import outlier_ratio
+
 FORMATS = ("bf16", "fp8", "nvfp4")
 _RANK = {f: i for i, f in enumerate(FORMATS)}  # higher rank = fewer bits
 
@@ -93,11 +95,6 @@ class Page:
     @property
     def bound(self) -> float:
         return max(e / n if n else 0.0 for e, n in zip(self.errors, self.norms, strict=True))
-
-
-def outlier_ratio(x: torch.Tensor) -> float:
-    x = x.double()
-    return float(x.abs().max() / (x.mean().abs() + 3 * x.std()).clamp_min(1e-30))
 
 
 def _store_fast(x: torch.Tensor, fmt: str) -> StoredKV:
@@ -175,7 +172,7 @@ class DynamicKVCache:
             reason = f"{bad} non-finite values: kept in 16-bit and flagged"
             self._admit(page, Transition(self.step, layer, tokens, "new", "bf16", reason, 0.0, 0.0))
             return page
-        fmt, why = self._layer_choice(layer, max(outlier_ratio(k), outlier_ratio(v)))
+        fmt, why = self._layer_choice(layer, max(float(outlier_ratio(k)), float(outlier_ratio(v))))
         previous = self.layer_format.get(layer)
         if fmt != previous:
             self.trace.append(Transition(self.step, layer, tokens, previous or "new", fmt,

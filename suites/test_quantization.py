@@ -148,4 +148,5 @@ def test_quantizer_speed(lowprec, kind, n):
     # Graph replay on both sides: the gate compares GPU work, not Python launch overhead,
     # which varied by a third between processes when timed eagerly (H100, 2026-11-22).
     lowprec.speedup(baseline=eager, optimized=lambda: fast(x), min=2.0, graphs=True)
-    lowprec.work(nbytes=moved)
+    # The FP8 quantizer streams at the copy ceiling on an H100 (97-99%, 2026-11-22): hold it near there.
+    lowprec.work(nbytes=moved, min_fraction=0.75 if (kind, n) == ("fp8_rowwise", 8192) else None)

@@ -1,0 +1,72 @@
+"""Mixed-precision strategies over a decoder stack's decode step, side by side.
+
+Each strategy (pytest_lowprec.strategies) runs the same step on the same weights, cache and
+input as the float32 reference (suites/transformer_block.py). Gated per strategy: the logits'
+SQNR and next-token KL against float32, top-1 agreement, the bytes of weights and KV cache
+(no more than the 16-bit strategy's), and on a GPU the step's speed over the 16-bit strategy's
+with its roofline fraction. The small shape runs everywhere (CPU CI); the real one on a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_block import BlockShape, DecodeStep, Weights, logit_errors
+
+from pytest_lowprec.formats.metrics import sqnr_db
+from pytest_lowprec.strategies import builtin_strategies, custom
+
+SMALL = BlockShape(d=256, heads=4, ffn=768, layers=3, vocab=1024, batch=4, context=256)
+# Llama-3-8B's widths, two layers, one sequence decoding at 8K context: the memory-bound step
+# where bytes per weight and per cached token set the time.
+LARGE = BlockShape(d=4096, heads=32, ffn=14336, layers=2, vocab=4096, batch=1, context=8192)
+SHAPES = [pytest.param(SMALL, id="small"),
+          pytest.param(LARGE, id="large", marks=pytest.mark.lowprec(device="cuda"))]
+STRATEGIES = [*builtin_strategies().values(),
+              custom("custom_fp8_ffn", {"ffn_gate": "fp8", "ffn_up": "fp8", "ffn_down": "fp8"})]
+# Bounds from the small shape on CPU (2026-11-22), about 3 dB / 2x looser than measured there:
+# SQNR 16-bit 43.8 dB, FP8 22.4, FP8 FFN only 25.4, hybrid 19.7, layerwise 19.2, w4a16 15.4,
+# NVFP4 weights and activations 12.2; KL 0.0002, 0.030, 0.021, 0.10, 0.072, 0.19, 0.58 nats.
+MIN_SQNR_DB = {"fp16_baseline": 40.0, "fp8_balanced": 19.0, "w4a16_aggressive": 12.0, "nvfp4_weights": 9.0,
+               "hybrid_long_context": 16.5, "layerwise_gradient": 16.0, "custom_fp8_ffn": 22.0}
+MAX_KL_NATS = {"fp16_baseline": 1e-3, "fp8_balanced": 0.06, "w4a16_aggressive": 0.4, "nvfp4_weights": 1.2,
+               "hybrid_long_context": 0.2, "layerwise_gradient": 0.15, "custom_fp8_ffn": 0.05}
+
+def _cuda_kernels(device: str):
+    if not device.startswith("cuda"):
+        return None
+    from nvfp4_gemm import CudaKernels
+
+    return CudaKernels(torch.device(device))
+
+
+@pytest.mark.lowprec(precision="fp8,nvfp4")
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.name)
+def test_strategy(lowprec, strategy, shape):
+    lowprec.signature(strategy=strategy.name, precisions=str(dict(strategy.precisions)),
+                      overrides=str(strategy.overrides), shape=str(shape))
+    weights = Weights.random(shape, lowprec.device, seed=11)
+    cuda = _cuda_kernels(lowprec.device)
+    reference = DecodeStep(weights, shape, None, cuda)()
+    sixteen = DecodeStep(weights, shape, builtin_strategies()["fp16_baseline"], cuda)
+    step = DecodeStep(weights, shape, strategy, cuda)
+    logits = step()
+    errors = logit_errors(reference, logits)
+    lowprec.accuracy("sqnr_db", sqnr_db(reference, logits), min=MIN_SQNR_DB[strategy.name])
+    lowprec.accuracy("kl_nats", errors["kl_nats"], max=MAX_KL_NATS[strategy.name])
+    lowprec.info("top1_agreement", errors["top1_agreement"])
+    lowprec.memory("weight_bytes", step.weight_bytes, max=sixteen.weight_bytes)
+    lowprec.memory("kv_cache_bytes", step.cache_bytes, max=sixteen.cache_bytes)
+    lowprec.info("weight_bytes_over_16bit", step.weight_bytes / sixteen.weight_bytes)
+    lowprec.info("kv_cache_bytes_over_16bit", step.cache_bytes / sixteen.cache_bytes)
+    if shape is LARGE and strategy.name != "fp16_baseline":
+        lowprec.speedup(baseline=sixteen, optimized=step, graphs=True)
+        lowprec.work(nbytes=step.weight_bytes + step.cache_bytes, precision="bf16")
+
+
+def test_an_unknown_operator_or_precision_is_an_error_listing_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown operator 'mlp_up'; valid operators: q_proj"):
+        custom("bad", {"mlp_up": "fp8"})
+    with pytest.raises(ValueError, match="kv_cache cannot run in 'w4a16'; valid for kv_cache: fp32, bf16"):
+        custom("bad", {"kv_cache": "w4a16"})

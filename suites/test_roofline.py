@@ -1,0 +1,63 @@
+"""This GPU's measured ceilings: the copy bandwidth and the GEMM rate per precision.
+
+One calibration per GPU, recorded with its baselines (`--lowprec-update`): later runs predict
+every declared workload's time from these instead of the datasheet (pytest_lowprec.roofline),
+and report each one's measured fraction of its roofline. Each ceiling is the best of several
+CUDA-event-timed repetitions, as a ceiling is the best the chip does, not its typical run.
+A ceiling above the datasheet's peak means the timing is broken, and fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
+from pytest_lowprec.hardware import spec_for
+
+CUDA_ONLY = pytest.mark.lowprec(device="cuda")
+COPY_BYTES = 1 << 30  # four times an H100's or B200's L2 on each side: the copy reads and writes HBM
+GEMM_N = 8192
+REPEATS = 20
+
+
+def best_ms(fn, repeats: int = REPEATS) -> float:
+    """The fastest of `repeats` CUDA-event-timed calls, after three warm-up calls."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return min(times)
+
+
+@CUDA_ONLY
+def test_measured_ceilings(lowprec):
+    spec = spec_for(lowprec.gpu.key)
+    lowprec.signature(copy_bytes=COPY_BYTES, gemm_n=GEMM_N)
+    buffers = [torch.empty(COPY_BYTES, dtype=torch.uint8, device=lowprec.device) for _ in range(2)]
+    copy_tbps = 2 * COPY_BYTES / (best_ms(lambda: buffers[1].copy_(buffers[0])) * 1e-3) / 1e12
+    buffers.clear()
+    lowprec.ceiling("copy_tb_per_s", copy_tbps, "TB/s")
+
+    n = GEMM_N
+    a = torch.randn(n, n, device=lowprec.device).bfloat16()
+    b = torch.randn(n, n, device=lowprec.device).bfloat16()
+    rates = {"bf16": 2 * n**3 / (best_ms(lambda: a @ b) * 1e-3) / 1e12}
+    a8, sa = quantize_tensorwise(a)
+    b8, sb = quantize_tensorwise(b)
+    b8 = b8.t().contiguous().t()
+    rates["fp8"] = 2 * n**3 / (best_ms(lambda: scaled_mm(a8, sa, b8, sb)) * 1e-3) / 1e12
+    for unit, tflops in rates.items():
+        lowprec.ceiling(f"gemm_tflops.{unit}", tflops, "TFLOP/s")
+
+    if spec is not None:  # a measured ceiling above the datasheet's peak is a broken timer
+        lowprec.efficiency("copy_of_datasheet", copy_tbps / (spec.hbm_gbps / 1e3), max=1.05)
+        lowprec.efficiency("bf16_gemm_of_datasheet", rates["bf16"] / spec.bf16_tflops, max=1.05)
+        if spec.fp8_tflops:
+            lowprec.efficiency("fp8_gemm_of_datasheet", rates["fp8"] / spec.fp8_tflops, max=1.05)

@@ -1,0 +1,222 @@
+"""A small decoder stack's decode step, run in the precisions a mixed-precision strategy names.
+
+Each layer: RMSNorm -> Q, K, V projections -> attention of the new token over the layer's
+KV cache (the context before it) -> O projection -> residual -> RMSNorm -> SwiGLU FFN
+(gate, up, down) -> residual; then a final norm and a BF16 LM head. The step computes the
+new token's K and V as decode must; appending them is the KV cache suites' work, not this one.
+
+The reference is the same step in float32 on the same weights, cache values and input.
+Each operator runs its strategy's precision with the real path where this device has one:
+- linears: 16-bit F.linear; FP8 = E4M3 tensorwise weights and activations through
+  torch._scaled_mm (rows padded to 16) on CUDA; w4a16 = NVFP4 weights through the CUDA GEMV
+  (the tiled Triton kernel above two rows); nvfp4 = the same with NVFP4 activations
+  (quantized and dequantized: Hopper has no FP4 tensor cores). On CPU the same quantized
+  operands are multiplied in float32.
+- attention over the cache: the Triton decode kernel on CUDA (dequantizing inside), float32
+  over the dequantized cache on CPU. The cache format is the strategy's kv_cache; "nvfp4" is
+  stored as FP8 keys and NVFP4 values (decode_attention's fp8k_nvfp4v: keys carry outlier
+  channels that 4 bits lose). attn_qk / attn_pv "fp8" put q / the 16-bit V in E4M3.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from decode_attention import Cache, attend_cache, build_cache
+from nvfp4_gemm import GEMV_MAX_ROWS, CudaKernels, gemm_tiled
+
+from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
+from pytest_lowprec.formats.nvfp4 import NVFP4Tensor, quantize_nvfp4
+from pytest_lowprec.strategies import LINEARS, SIXTEEN_BIT, Strategy
+
+KV_CACHE = {"bf16": "bf16", "fp16": "bf16", "fp32": "bf16", "fp8": "fp8", "nvfp4": "fp8k_nvfp4v"}
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    d: int
+    heads: int
+    ffn: int
+    layers: int
+    vocab: int
+    batch: int
+    context: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.d // self.heads
+
+
+def _fp8_roundtrip(x: torch.Tensor) -> torch.Tensor:
+    q, inv = quantize_tensorwise(x)
+    return q.float() * inv
+
+
+@dataclass
+class Linear:
+    """One weight in the form its precision stores, and how to multiply by it."""
+
+    precision: str
+    weight: torch.Tensor | None = None  # 16-bit / fp32 / FP8 (column-major for _scaled_mm)
+    inv_scale: torch.Tensor | None = None
+    nvfp4: NVFP4Tensor | None = None
+
+    @classmethod
+    def build(cls, w: torch.Tensor, precision: str) -> Linear:
+        if precision in ("w4a16", "nvfp4"):
+            return cls(precision, nvfp4=quantize_nvfp4(w.to(torch.bfloat16)))
+        if precision == "fp8":
+            q, inv = quantize_tensorwise(w)
+            return cls(precision, weight=q, inv_scale=inv)  # row-major [out, in]: its .t() is column-major
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        return cls(precision, weight=w.to(dtype))
+
+    @property
+    def nbytes(self) -> int:
+        if self.nvfp4 is not None:
+            return self.nvfp4.nbytes
+        return self.weight.numel() * self.weight.element_size() + (4 if self.inv_scale is not None else 0)
+
+    def __call__(self, x: torch.Tensor, cuda: CudaKernels | None) -> torch.Tensor:
+        if self.nvfp4 is not None:
+            if self.precision == "nvfp4":  # NVFP4 activations: quantized, then dequantized for the kernel
+                x = quantize_nvfp4(x.to(torch.bfloat16), check_finite=False).dequantize()
+            x = x.to(torch.bfloat16).contiguous()
+            if not x.is_cuda:
+                return x.float() @ self.nvfp4.dequantize().float().t()
+            out = torch.empty(x.shape[0], self.nvfp4.shape[0], device=x.device, dtype=torch.float32)
+            if cuda is not None and x.shape[0] <= GEMV_MAX_ROWS:
+                return cuda.gemv(x, self.nvfp4, out)
+            return gemm_tiled(x, self.nvfp4, out=out)
+        if self.precision == "fp8":
+            q, inv = quantize_tensorwise(x)
+            if not x.is_cuda:
+                return (q.float() * inv) @ (self.weight.float() * self.inv_scale).t()
+            rows = q.shape[0]
+            pad = (-rows) % 16  # _scaled_mm takes rows in multiples of 16
+            if pad:
+                q = torch.cat([q, torch.zeros(pad, q.shape[1], dtype=q.dtype, device=q.device)])
+            return scaled_mm(q, inv, self.weight.t(), self.inv_scale)[:rows]
+        return F.linear(x.to(self.weight.dtype), self.weight)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    x = x.to(dtype)
+    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(dtype) * weight.to(dtype)
+
+
+@dataclass
+class Weights:
+    """float32 weights of the stack, the cache's float32 context, and the step's input embedding."""
+
+    layers: list[dict[str, torch.Tensor]]
+    norm: torch.Tensor
+    head: torch.Tensor
+    keys: list[torch.Tensor]  # per layer [batch, heads, context, head_dim]
+    values: list[torch.Tensor]
+    x: torch.Tensor  # [batch, d]
+
+    @classmethod
+    def random(cls, shape: BlockShape, device: str, seed: int) -> Weights:
+        g = torch.Generator(device=device).manual_seed(seed)
+
+        def w(out: int, inp: int) -> torch.Tensor:
+            return torch.randn(out, inp, generator=g, device=device) / math.sqrt(inp)
+
+        d, f = shape.d, shape.ffn
+        layers = [{"q_proj": w(d, d), "k_proj": w(d, d), "v_proj": w(d, d), "o_proj": w(d, d),
+                   "ffn_gate": w(f, d), "ffn_up": w(f, d), "ffn_down": w(d, f),
+                   "norm1": 1 + 0.1 * torch.randn(d, generator=g, device=device),
+                   "norm2": 1 + 0.1 * torch.randn(d, generator=g, device=device)} for _ in range(shape.layers)]
+        dims = (shape.batch, shape.heads, shape.context, shape.head_dim)
+        keys, values = [], []
+        for _ in range(shape.layers):
+            k = torch.randn(dims, generator=g, device=device)
+            k[..., :4] *= 10.0  # outlier key channels, as real caches have
+            keys.append(k)
+            values.append(torch.randn(dims, generator=g, device=device))
+        return cls(layers, 1 + 0.1 * torch.randn(d, generator=g, device=device), w(shape.vocab, d) * 4.0,
+                   keys, values, torch.randn(shape.batch, d, generator=g, device=device))
+
+
+class DecodeStep:
+    """The stack's decode step in one strategy's precisions (or in float32 with strategy None)."""
+
+    def __init__(self, weights: Weights, shape: BlockShape, strategy: Strategy | None, cuda: CudaKernels | None):
+        self.shape, self.strategy, self.cuda = shape, strategy, cuda
+        n = shape.layers
+
+        def prec(op: str, layer: int = 0) -> str:
+            return "fp32" if strategy is None else strategy.precision(op, layer, n)
+
+        self.dtype = torch.float32 if strategy is None else {
+            "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec("norm")]
+        self.linears = [{op: Linear.build(lw[op], prec(op, i)) for op in LINEARS} for i, lw in enumerate(weights.layers)]
+        self.norms = [(lw["norm1"], lw["norm2"]) for lw in weights.layers]
+        self.final_norm = weights.norm
+        self.head = weights.head.to(self.dtype)
+        self.qk_fp8 = [prec("attn_qk", i) == "fp8" for i in range(n)]
+        self.caches: list[Cache | tuple[torch.Tensor, torch.Tensor]] = []
+        for i, (k, v) in enumerate(zip(weights.keys, weights.values, strict=True)):
+            if strategy is None:
+                self.caches.append((k, v))
+                continue
+            kv = prec("kv_cache", i)
+            if kv in SIXTEEN_BIT and prec("attn_pv", i) == "fp8":
+                v = _fp8_roundtrip(v)  # PV on E4M3 values
+            if kv in SIXTEEN_BIT and prec("attn_qk", i) == "fp8":
+                k = _fp8_roundtrip(k)
+            self.caches.append(build_cache(k.to(torch.bfloat16), v.to(torch.bfloat16), KV_CACHE[kv]))
+        self.x = weights.x
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(lin.nbytes for layer in self.linears for lin in layer.values())
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(c.nbytes if isinstance(c, Cache) else 0 for c in self.caches)
+
+    def _attend(self, q: torch.Tensor, layer: int) -> torch.Tensor:
+        cache = self.caches[layer]
+        if isinstance(cache, tuple):  # the float32 reference
+            k, v = cache
+            scores = torch.einsum("bhd,bhsd->bhs", q, k) / math.sqrt(q.shape[-1])
+            return torch.einsum("bhs,bhsd->bhd", torch.softmax(scores, dim=-1), v)
+        if self.qk_fp8[layer]:
+            q = _fp8_roundtrip(q)
+        if q.is_cuda:
+            from decode_attention_triton import decode_attention
+
+            return decode_attention(q.to(torch.bfloat16).contiguous(), cache).float()
+        return attend_cache(q, cache, torch.float32)
+
+    def __call__(self) -> torch.Tensor:
+        """Logits [batch, vocab] of the next token."""
+        s = self.shape
+        h = self.x.to(self.dtype)
+        for i, lin in enumerate(self.linears):
+            a = rms_norm(h, self.norms[i][0], self.dtype)
+            q = lin["q_proj"](a, self.cuda).float().view(s.batch, s.heads, s.head_dim)
+            lin["k_proj"](a, self.cuda)  # the new token's K and V, for the caller to append
+            lin["v_proj"](a, self.cuda)
+            att = self._attend(q, i).reshape(s.batch, s.d).to(self.dtype)
+            h = h + lin["o_proj"](att, self.cuda).to(self.dtype)
+            a = rms_norm(h, self.norms[i][1], self.dtype)
+            gate = lin["ffn_gate"](a, self.cuda).float()
+            up = lin["ffn_up"](a, self.cuda).float()
+            h = h + lin["ffn_down"]((F.silu(gate) * up).to(self.dtype), self.cuda).to(self.dtype)
+        return F.linear(rms_norm(h, self.final_norm, self.dtype), self.head).float()
+
+
+def logit_errors(reference: torch.Tensor, got: torch.Tensor) -> dict[str, float]:
+    """KL(reference || got) of the next-token distributions (nats, mean over the batch), and the share
+    of sequences whose most likely next token agrees: a perplexity-style view of the logits' error."""
+    ref_log, got_log = F.log_softmax(reference.double(), -1), F.log_softmax(got.double(), -1)
+    kl = (ref_log.exp() * (ref_log - got_log)).sum(-1).mean()
+    agree = (reference.argmax(-1) == got.argmax(-1)).double().mean()
+    return {"kl_nats": float(kl), "top1_agreement": float(agree)}
+
