@@ -11,6 +11,7 @@ decode loop between FP8 and 16-bit on the model's confidence.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -116,9 +117,15 @@ class EmaScale:
 class ConfidenceSwitch:
     """Hysteresis on the top-2 logit margin, read on the host only every `check_every` steps.
 
-    The margin's EMA and its minimum over the current window stay on the device. At a check the
-    loop moves to FP8 when the EMA is above `upper` and no step of the window fell below `lower`,
-    and back to 16-bit when the EMA or any step of the window fell below `lower`."""
+    The margin's EMA, its minimum over the window and the first doubtful step stay on the
+    device. A step run in FP8 is doubtful when its own margin is below `lower`: set `lower` to
+    twice the largest FP8 logit error and only a doubtful step can hold a different token than
+    16-bit would. At a check (one host read) the loop:
+    - rolls back to the first doubtful step of the window, if any, and goes on in 16-bit from there
+      (at most `check_every` steps are recomputed; FP8 steps act as drafts checked late);
+    - moves to FP8 when the EMA is above `upper` and no step of the window fell below `lower`;
+    - moves back to 16-bit when the EMA or any step of the window fell below `lower`.
+    `observe` returns (mode for the next step, step to roll back to or None)."""
 
     upper: float
     lower: float
@@ -126,9 +133,11 @@ class ConfidenceSwitch:
     check_every: int = 4
     mode: str = SIXTEEN_BIT
     transitions: list[tuple[int, str, str, float]] = field(default_factory=list)
+    rollbacks: list[tuple[int, int]] = field(default_factory=list)  # (at step, back to step)
     steps_in: dict[str, int] = field(default_factory=lambda: {SIXTEEN_BIT: 0, FP8: 0})
     _ema: torch.Tensor | None = None
     _window_min: torch.Tensor | None = None
+    _first_doubt: torch.Tensor | None = None
     _step: int = 0
 
     def __post_init__(self) -> None:
@@ -137,22 +146,36 @@ class ConfidenceSwitch:
         if self.check_every < 1:
             raise ValueError(f"check_every must be >= 1, got {self.check_every}")
 
-    def observe(self, logits: torch.Tensor) -> str:
-        """Feed one step's logits [batch, vocab], computed in `mode`; returns the next step's mode."""
+    def observe(self, logits: torch.Tensor) -> tuple[str, int | None]:
+        """Feed the logits [batch, vocab] of the step just run in `mode` (steps count from 0)."""
+        step = self._step
         self.steps_in[self.mode] += 1
         top2 = logits.float().topk(2, dim=-1).values
         margin = (top2[..., 0] - top2[..., 1]).min()  # the least confident sequence decides
         self._ema = margin if self._ema is None else self.decay * self._ema + (1 - self.decay) * margin
         self._window_min = margin if self._window_min is None else torch.minimum(self._window_min, margin)
+        if self.mode == FP8:
+            doubt = torch.where(margin < self.lower, float(step), math.inf)
+            self._first_doubt = doubt if self._first_doubt is None else torch.minimum(self._first_doubt, doubt)
         self._step += 1
-        if self._step % self.check_every == 0:
-            ema, low = (float(v) for v in torch.stack([self._ema, self._window_min]).cpu())  # one sync
-            self._window_min = None
-            if self.mode == SIXTEEN_BIT and ema > self.upper and low >= self.lower:
-                self._move(FP8, ema)
-            elif self.mode == FP8 and min(ema, low) < self.lower:
-                self._move(SIXTEEN_BIT, ema)
-        return self.mode
+        if self._step % self.check_every:
+            return self.mode, None
+        doubt = self._first_doubt if self._first_doubt is not None else torch.tensor(math.inf, device=margin.device)
+        ema, low, first = (float(v) for v in torch.stack([self._ema, self._window_min, doubt]).cpu())  # one sync
+        self._window_min = self._first_doubt = None
+        if math.isfinite(first):
+            back = int(first)
+            self.rollbacks.append((self._step, back))
+            self._move(SIXTEEN_BIT, ema)
+            self._step = back + 1  # the caller recomputes step `back` in 16-bit, unobserved
+            self.steps_in[SIXTEEN_BIT] += 1
+            self._ema = None
+            return self.mode, back
+        if self.mode == SIXTEEN_BIT and ema > self.upper and low >= self.lower:
+            self._move(FP8, ema)
+        elif self.mode == FP8 and min(ema, low) < self.lower:
+            self._move(SIXTEEN_BIT, ema)
+        return self.mode, None
 
     @property
     def low_precision_share(self) -> float:
@@ -160,5 +183,6 @@ class ConfidenceSwitch:
         return self.steps_in[FP8] / total if total else 0.0
 
     def _move(self, to: str, ema: float) -> None:
-        self.transitions.append((self._step, self.mode, to, ema))
+        if to != self.mode:
+            self.transitions.append((self._step, self.mode, to, ema))
         self.mode = to

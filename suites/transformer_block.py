@@ -154,7 +154,8 @@ class DecodeStep:
 
         self.dtype = torch.float32 if strategy is None else {
             "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec("norm")]
-        self.linears = [{op: Linear.build(lw[op], prec(op, i)) for op in LINEARS} for i, lw in enumerate(weights.layers)]
+        self.linears = [{op: Linear.build(lw[op], prec(op, i)) for op in LINEARS}
+                        for i, lw in enumerate(weights.layers)]
         self.norms = [(lw["norm1"], lw["norm2"]) for lw in weights.layers]
         self.final_norm = weights.norm
         self.head = weights.head.to(self.dtype)
