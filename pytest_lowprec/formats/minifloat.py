@@ -74,14 +74,15 @@ class MiniFloat:
         return (sign << (self.ebits + self.mbits)) | (exp_field.to(torch.uint8) << self.mbits) | mant.to(torch.uint8)
 
     def table(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Value of every code, float32, indexed by code (FP6/FP4 formats, which have no NaN or Inf)."""
-        codes = torch.arange(2 ** self.bits)
+        """Value of every code, float32, indexed by code (FP6/FP4 formats, which have no NaN or Inf).
+        Built on `device` itself: a host-to-device copy cannot be captured in a CUDA graph."""
+        codes = torch.arange(2 ** self.bits, device=device)
         sign = torch.where(codes >> (self.ebits + self.mbits) == 1, -1.0, 1.0)
         exp_field = (codes >> self.mbits) & ((1 << self.ebits) - 1)
         mant = (codes & ((1 << self.mbits) - 1)).float()
         normal = torch.ldexp(1.0 + mant / 2 ** self.mbits, exp_field - self.bias)
         sub = mant * self.smallest_subnormal
-        return (sign * torch.where(exp_field == 0, sub, normal)).to(device)
+        return sign * torch.where(exp_field == 0, sub, normal)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         if self.torch_dtype is not None:
