@@ -40,13 +40,21 @@ def _cuda_kernels(device: str):
     return CudaKernels(torch.device(device))
 
 
+@pytest.fixture(scope="module")
+def drawn() -> dict:
+    """Weights drawn once per shape and device for the module's strategies (the large one is 2 GB)."""
+    return {}
+
+
 @pytest.mark.lowprec(precision="fp8,nvfp4")
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.name)
-def test_strategy(lowprec, strategy, shape):
+def test_strategy(lowprec, strategy, shape, drawn):
     lowprec.signature(strategy=strategy.name, precisions=str(dict(strategy.precisions)),
                       overrides=str(strategy.overrides), shape=str(shape))
-    weights = Weights.random(shape, lowprec.device, seed=11)
+    if (shape, lowprec.device) not in drawn:
+        drawn[(shape, lowprec.device)] = Weights.random(shape, lowprec.device, seed=11)
+    weights = drawn[(shape, lowprec.device)]
     cuda = _cuda_kernels(lowprec.device)
     reference = DecodeStep(weights, shape, None, cuda)()
     sixteen = DecodeStep(weights, shape, builtin_strategies()["fp16_baseline"], cuda)

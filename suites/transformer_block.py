@@ -121,25 +121,29 @@ class Weights:
 
     @classmethod
     def random(cls, shape: BlockShape, device: str, seed: int) -> Weights:
-        g = torch.Generator(device=device).manual_seed(seed)
+        """Drawn on the CPU and moved: the same values on every device, so a bound set on one holds
+        on another (a CUDA generator draws other numbers, and the small shape's FP8 error moved by
+        up to 4 dB between draws)."""
+        g = torch.Generator().manual_seed(seed)
 
         def w(out: int, inp: int) -> torch.Tensor:
-            return torch.randn(out, inp, generator=g, device=device) / math.sqrt(inp)
+            return torch.randn(out, inp, generator=g) / math.sqrt(inp)
 
         d, f = shape.d, shape.ffn
         layers = [{"q_proj": w(d, d), "k_proj": w(d, d), "v_proj": w(d, d), "o_proj": w(d, d),
                    "ffn_gate": w(f, d), "ffn_up": w(f, d), "ffn_down": w(d, f),
-                   "norm1": 1 + 0.1 * torch.randn(d, generator=g, device=device),
-                   "norm2": 1 + 0.1 * torch.randn(d, generator=g, device=device)} for _ in range(shape.layers)]
+                   "norm1": 1 + 0.1 * torch.randn(d, generator=g),
+                   "norm2": 1 + 0.1 * torch.randn(d, generator=g)} for _ in range(shape.layers)]
         dims = (shape.batch, shape.heads, shape.context, shape.head_dim)
         keys, values = [], []
         for _ in range(shape.layers):
-            k = torch.randn(dims, generator=g, device=device)
+            k = torch.randn(dims, generator=g)
             k[..., :4] *= 10.0  # outlier key channels, as real caches have
-            keys.append(k)
-            values.append(torch.randn(dims, generator=g, device=device))
-        return cls(layers, 1 + 0.1 * torch.randn(d, generator=g, device=device), w(shape.vocab, d) * 4.0,
-                   keys, values, torch.randn(shape.batch, d, generator=g, device=device))
+            keys.append(k.to(device))
+            values.append(torch.randn(dims, generator=g).to(device))
+        layers = [{name: t.to(device) for name, t in layer.items()} for layer in layers]
+        return cls(layers, (1 + 0.1 * torch.randn(d, generator=g)).to(device), (w(shape.vocab, d) * 4.0).to(device),
+                   keys, values, torch.randn(shape.batch, d, generator=g).to(device))
 
 
 class DecodeStep:
