@@ -150,7 +150,8 @@ def report(args: argparse.Namespace) -> str:
                  + analysis.markdown(analysis.peers_table(runs)))
     over = [r for r in runs if r["phase"] == "overhead"]
     if over:
-        parts.append("## Where a full suite run's wall time goes\n\n" + analysis.markdown([analysis.overhead(over[0])]))
+        parts.append("## Where a full suite run's wall time goes\n\n"
+                     + analysis.markdown([analysis.overhead(r) for r in over]))
     walls = {}
     for r in runs:
         walls.setdefault(r["phase"], []).append(r["wall_s"])

@@ -160,20 +160,24 @@ def peers_table(runs: list[dict]) -> list[dict]:
 
 
 def overhead(run: dict) -> dict:
-    """Where a suite run's wall time went: measured samples, the timer's warm-up / flushes / syncs /
-    interval checks around them, test bodies outside the timer, and pytest and the plugin outside tests."""
+    """Where a suite run's wall time went: measured samples; the timer's warm-up, flushes, syncs and
+    interval checks around them; test bodies outside the timer; the process's start before pytest
+    configures (interpreter, imports); and pytest and the plugin outside tests within the session
+    (collection, the gate's session start, baselines and reports). The plugin's own share is the timer
+    overhead and the session's time outside tests."""
     wall = run["wall_s"]
     body = run["phases_s"].get("call", 0.0)
     in_timer = run["timer_wall_s"]
     timed = run["timed_s"]
-    outside_tests = wall - sum(run["phases_s"].values())
+    session = run.get("session_wall_s", wall)
+    in_session_outside = session - sum(run["phases_s"].values())
+    plugin = (in_timer - timed) + in_session_outside
     return {
         "wall_s": wall, "timed_s": timed, "timer_overhead_s": in_timer - timed,
         "bodies_outside_timer_s": body - in_timer,
         "setup_teardown_s": run["phases_s"].get("setup", 0.0) + run["phases_s"].get("teardown", 0.0),
-        "outside_tests_s": outside_tests,
-        "timer_overhead_pct_of_timer": 100.0 * (in_timer - timed) / in_timer if in_timer else math.nan,
-        "plugin_overhead_pct_of_wall": 100.0 * ((in_timer - timed) + outside_tests) / wall,
+        "process_start_s": wall - session, "session_outside_tests_s": in_session_outside,
+        "plugin_overhead_pct_of_wall": 100.0 * plugin / wall,
     }
 
 
