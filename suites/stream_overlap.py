@@ -133,9 +133,10 @@ class CudaRunner:
         return p.outputs
 
 
-def cuda_median_ms(fn: Callable[[], object], reps: int = 15) -> float:
-    """Median time of `fn` on the current stream, by CUDA events, after two warm-up calls."""
-    fn(), fn()
+def cuda_event_times_ms(fn: Callable[[], object], reps: int, warmup: int = 2) -> list[float]:
+    """Times of `reps` calls of `fn` on the current stream, by CUDA events, after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -144,7 +145,12 @@ def cuda_median_ms(fn: Callable[[], object], reps: int = 15) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return times
+
+
+def cuda_median_ms(fn: Callable[[], object], reps: int = 15) -> float:
+    """Median time of `fn` on the current stream, by CUDA events, after two warm-up calls."""
+    return statistics.median(cuda_event_times_ms(fn, reps))
 
 
 def overlap_efficiency(serial_ms: float, pipelined_ms: float, copy_ms: float, compute_ms: float) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from stream_overlap import cuda_event_times_ms
 
 from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
 from pytest_lowprec.hardware import spec_for
@@ -23,17 +24,7 @@ REPEATS = 20
 
 def best_ms(fn, repeats: int = REPEATS) -> float:
     """The fastest of `repeats` CUDA-event-timed calls, after three warm-up calls."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return min(times)
+    return min(cuda_event_times_ms(fn, repeats, warmup=3))
 
 
 @CUDA_ONLY
