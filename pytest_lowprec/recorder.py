@@ -265,7 +265,7 @@ class Recorder:
             failed.append([summary.low, summary.high])
             if len(failed) > self._config.sampling.confirm:
                 break
-        passed_last = len(failed) == 0 or len(failed) <= self._config.sampling.confirm
+        passed_last = len(failed) <= self._config.sampling.confirm  # the loop ended on a passing measurement
         refuted = failed if failed and passed_last else []
         confirmed = len(failed) > 1 and not passed_last
         base_ms, opt_ms = side_medians(m.pairs)

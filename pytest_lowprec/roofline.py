@@ -17,7 +17,6 @@ from .hardware import GpuSpec
 CEILING_PREFIX = "ceiling."
 COPY_METRIC = "ceiling.copy_tb_per_s"
 GEMM_METRIC = "ceiling.gemm_tflops."
-UNITS = ("bf16", "fp8", "fp4")
 
 
 def unit_for(precisions: Iterable[str]) -> str:

@@ -25,7 +25,7 @@ VALID: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "norm": ("fp32", "bf16", "fp16"),
     "embedding": ("fp32", "bf16", "fp16", "fp8"),
 })
-SIXTEEN_BIT = ("bf16", "fp16", "fp32")
+UNQUANTIZED = ("bf16", "fp16", "fp32")  # precisions that store values as they are
 
 
 def _validated(mapping: Mapping[str, str], where: str) -> dict[str, str]:

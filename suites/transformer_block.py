@@ -30,7 +30,7 @@ from nvfp4_gemm import GEMV_MAX_ROWS, CudaKernels, gemm_tiled
 
 from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
 from pytest_lowprec.formats.nvfp4 import NVFP4Tensor, quantize_nvfp4
-from pytest_lowprec.strategies import LINEARS, SIXTEEN_BIT, Strategy
+from pytest_lowprec.strategies import LINEARS, UNQUANTIZED, Strategy
 
 KV_CACHE = {"bf16": "bf16", "fp16": "bf16", "fp32": "bf16", "fp8": "fp8", "nvfp4": "fp8k_nvfp4v"}
 
@@ -170,9 +170,9 @@ class DecodeStep:
                 self.caches.append((k, v))
                 continue
             kv = prec("kv_cache", i)
-            if kv in SIXTEEN_BIT and prec("attn_pv", i) == "fp8":
+            if kv in UNQUANTIZED and prec("attn_pv", i) == "fp8":
                 v = _fp8_roundtrip(v)  # PV on E4M3 values
-            if kv in SIXTEEN_BIT and prec("attn_qk", i) == "fp8":
+            if kv in UNQUANTIZED and prec("attn_qk", i) == "fp8":
                 k = _fp8_roundtrip(k)
             self.caches.append(build_cache(k.to(torch.bfloat16), v.to(torch.bfloat16), KV_CACHE[kv]))
         self.x = weights.x
