@@ -6,12 +6,18 @@ once in its stored format: FP8 elements are widened in registers and their per-h
 scale is folded into q (for K) and into the final sum (for V); NVFP4 V codes become
 fp16 by placing the code's three magnitude bits under the fp16 exponent and mantissa
 (worth 2**-14 of their E2M1 value), its block scales weight each token's contribution,
-and 2**14 times the per-tensor scale is applied once at the end. CUDA and Triton only.
+and 2**14 times the per-tensor scale is applied once at the end. On a GPU that placement
+runs in inline PTX on 32-bit words, two codes per shift-and-mask (E2M1_DECODES "packed":
+684 SASS instructions a thread per 64-token tile against 828 one element at a time);
+Triton's interpreter, which runs no PTX, takes the same bits one element at a time
+("bitwise"). A tensor-core variant (q repeated over an MMA's 16 rows, p split into two
+16-bit halves) was no faster on an H100 and is not kept. CUDA and Triton only.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -19,18 +25,68 @@ import triton.language as tl
 from decode_attention import Cache
 
 V_FORMATS = {"bf16": 0, "fp8": 1, "nvfp4": 2}
+E2M1_DECODES = {"bitwise": 0, "packed": 1}
 _MAX_BLOCK_N = 128
-# (BLOCK_N, num_warps) per (K, V) format: the fastest of 12 tiles swept on an H100 (2026-11-22,
-# benchmarks/decode_attention.py; docs/kv-cache-h100-2026-11-22.md). Fixed, not autotuned: a gate
-# needs the same kernel in every process, and an autotuner may pick differently in another one.
-TILES = {("bf16", "bf16"): (128, 4), ("fp8", "fp8"): (64, 4), ("fp8", "nvfp4"): (64, 4)}
+# (BLOCK_N, num_warps, pipeline stages) per (K, V) format: the fastest of a sweep on an H100
+# (2026-11-22, `benchmarks/decode_attention.py --sweep`; docs/kv-cache-h100-2026-11-22.md). Stages
+# are tl.range's software pipelining: the next tiles' loads are in flight (cp.async) while one is
+# reduced, which a latency-bound loop needs (NVFP4 V 0.823 ms without, 0.641 ms with two stages).
+# Fixed, not autotuned: a gate needs the same kernel in every process.
+TILES = {("bf16", "bf16"): (64, 8, 2), ("fp8", "fp8"): (128, 4, 2), ("fp8", "nvfp4"): (64, 4, 2)}
+
+
+@triton.jit
+def _e2m1_pairs_bitwise(byte):
+    """Low and high nibble of each byte as float16 worth 2**-14 of their E2M1 value."""
+    b = byte.to(tl.int16)
+    lo = (((b & 7) << 9) | ((b & 8) << 12)).to(tl.float16, bitcast=True)
+    hi = ((((b >> 4) & 7) << 9) | (b & 128) << 8).to(tl.float16, bitcast=True)
+    return lo, hi
+
+
+@triton.jit
+def _e2m1_pairs_packed(byte):
+    """The same bits as _e2m1_pairs_bitwise, four bytes per call on 32-bit words: prmt spreads two
+    bytes into the low byte of each 16-bit half, then one shift and mask places both halves'
+    magnitude bits under the float16 exponent and another their sign bits."""
+    return tl.inline_asm_elementwise(
+        asm="""
+        {
+        .reg .b32 t, u, a, b, z;
+        mov.b32 z, 0;
+        prmt.b32 t, $4, z, 0x4140;
+        prmt.b32 u, $4, z, 0x4342;
+        shl.b32 a, t, 9;
+        shl.b32 b, t, 12;
+        and.b32 a, a, 0x0E000E00;
+        and.b32 b, b, 0x80008000;
+        or.b32 $0, a, b;
+        shl.b32 a, u, 9;
+        shl.b32 b, u, 12;
+        and.b32 a, a, 0x0E000E00;
+        and.b32 b, b, 0x80008000;
+        or.b32 $1, a, b;
+        shl.b32 a, t, 5;
+        shl.b32 b, t, 8;
+        and.b32 a, a, 0x0E000E00;
+        and.b32 b, b, 0x80008000;
+        or.b32 $2, a, b;
+        shl.b32 a, u, 5;
+        shl.b32 b, u, 8;
+        and.b32 a, a, 0x0E000E00;
+        and.b32 b, b, 0x80008000;
+        or.b32 $3, a, b;
+        }
+        """,
+        constraints="=r,=r,=r,=r,r",
+        args=[byte], dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
 
 
 @triton.jit
 def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_block_ptr, acc_ptr, ml_ptr,
                            seq, split_len, qk_scale,
                            K_FP8: tl.constexpr, V_FMT: tl.constexpr, D: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                           BLOCK_N: tl.constexpr):
+                           BLOCK_N: tl.constexpr, E2M1_DECODE: tl.constexpr, STAGES: tl.constexpr):
     bh = tl.program_id(0)
     split = tl.program_id(1)
     d = tl.arange(0, D)
@@ -49,7 +105,7 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
         pair = tl.arange(0, 8)
     else:
         acc = tl.zeros([BLOCK_N, D], dtype=tl.float32)
-    for n0 in range(start, end, BLOCK_N):
+    for n0 in tl.range(start, end, BLOCK_N, num_stages=STAGES):
         n = n0 + tl.arange(0, BLOCK_N)
         valid = n < end
         rows = (bh.to(tl.int64) * seq + n)
@@ -71,14 +127,16 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
         denom = denom + tl.sum(p, axis=0)
         if V_FMT == 2:
             offs = rows[:, None, None] * (D // 2) + blk[None, :, None] * 8 + pair[None, None, :]
-            byte = tl.load(v_ptr + offs, mask=valid[:, None, None], other=0).to(tl.int16)
-            lo = (((byte & 7) << 9) | ((byte & 8) << 12)).to(tl.float16, bitcast=True).to(tl.float32)
-            hi = ((((byte >> 4) & 7) << 9) | (byte & 128) << 8).to(tl.float16, bitcast=True).to(tl.float32)
+            byte = tl.load(v_ptr + offs, mask=valid[:, None, None], other=0)
+            if E2M1_DECODE == 1:
+                lo, hi = _e2m1_pairs_packed(byte)
+            else:
+                lo, hi = _e2m1_pairs_bitwise(byte)
             bscale = tl.load(v_block_ptr + rows[:, None] * (D // 16) + blk[None, :], mask=valid[:, None],
                              other=0.0).to(tl.float32)
             w = (p[:, None] * bscale)[:, :, None]
-            acc_lo = acc_lo + w * lo
-            acc_hi = acc_hi + w * hi
+            acc_lo = acc_lo + w * lo.to(tl.float32)
+            acc_hi = acc_hi + w * hi.to(tl.float32)
         else:
             v = tl.load(v_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
             acc = acc + p[:, None] * v
@@ -119,10 +177,11 @@ def num_splits(heads_total: int, seq: int, sm_count: int) -> int:
 
 
 def decode_attention(q: torch.Tensor, cache: Cache, splits: int | None = None,
-                     tile: tuple[int, int] | None = None) -> torch.Tensor:
+                     tile: tuple[int, int, int] | None = None, e2m1: str | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for q [batch, heads, head_dim] over `cache`; float32 [batch, heads, head_dim].
 
-    `tile` is (BLOCK_N, num_warps); by default the format's entry in TILES.
+    `tile` is (BLOCK_N, num_warps, stages); by default the format's entry in TILES. `e2m1` is one of
+    E2M1_DECODES: by default "packed", or "bitwise" under Triton's interpreter (TRITON_INTERPRET=1).
     """
     k_fmt, v_fmt = cache.k.fmt, cache.v.fmt
     if k_fmt not in ("bf16", "fp8") or v_fmt not in V_FORMATS:
@@ -132,9 +191,14 @@ def decode_attention(q: torch.Tensor, cache: Cache, splits: int | None = None,
     seq = k_data.shape[2]
     if head_dim % 16 or head_dim & (head_dim - 1):
         raise ValueError(f"head_dim must be a power of two and a multiple of 16, got {head_dim}")
-    block_n, num_warps = tile or TILES.get((k_fmt, v_fmt), (64, 4))
+    block_n, num_warps, stages = tile or TILES.get((k_fmt, v_fmt), (64, 4, 2))
     if _MAX_BLOCK_N % block_n:
         raise ValueError(f"BLOCK_N must divide {_MAX_BLOCK_N}, got {block_n}")
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    e2m1 = e2m1 or ("bitwise" if interpreted else "packed")
+    if e2m1 not in E2M1_DECODES or (interpreted and e2m1 == "packed"):
+        raise ValueError(f"e2m1 decode {e2m1!r} cannot run here; choose from "
+                         f"{['bitwise'] if interpreted else list(E2M1_DECODES)} (the interpreter runs no PTX)")
     bh = batch * heads
     splits = splits or num_splits(bh, seq, torch.cuda.get_device_properties(q.device).multi_processor_count)
     split_len = triton.cdiv(triton.cdiv(seq, splits), _MAX_BLOCK_N) * _MAX_BLOCK_N
@@ -154,6 +218,6 @@ def decode_attention(q: torch.Tensor, cache: Cache, splits: int | None = None,
         q.contiguous(), k_data.contiguous(), k_scale, v_data.contiguous(), v_scale, v_block, acc, ml,
         seq, split_len, math.log2(math.e) / math.sqrt(head_dim),
         K_FP8=k_fmt == "fp8", V_FMT=V_FORMATS[v_fmt], D=head_dim, NUM_SPLITS=splits, BLOCK_N=block_n,
-        num_warps=num_warps)
+        E2M1_DECODE=E2M1_DECODES[e2m1], STAGES=stages, num_warps=num_warps)
     _decode_combine_kernel[(bh,)](acc, ml, out, D=head_dim, NUM_SPLITS=splits)
     return out

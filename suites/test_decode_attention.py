@@ -27,11 +27,13 @@ CPU_SHAPE = DecodeShape(batch=2, heads=4, seq=1024, head_dim=128)
 GPU_SHAPE = DecodeShape(batch=8, heads=32, seq=32768, head_dim=128)
 OUTLIER_CHANNELS = {"normal": 0, "outlier_keys": 4}
 PRECISION = {"bf16": "bf16", "fp8": "fp8", "fp8k_nvfp4v": "nvfp4"}
-# H100 floors under what it measured in the tile sweep (1.76x and 1.56x, 2026-11-22; baselines/h100.json
-# holds the gate's own measurements); they catch a lost low-precision read. Bytes cap them near 2.0x and 2.56x.
-# Other GPUs are gated by their own baselines (an H200 measured 1.16-1.19x for FP8 K / NVFP4 V: with
-# 1.4x the bandwidth, the E2M1 decode weighs more).
-FLOOR = {"fp8": {"h100": 1.5}, "fp8k_nvfp4v": {"h100": 1.35}}
+# H100 floors under what it measured in the sweep (1.94x and 2.16x, 2026-11-22; baselines/h100.json holds
+# the gate's own measurements): FP8 at the issue's 1.7x, FP8 K / NVFP4 V above FP8's measured 1.94x, since
+# the issue asks it to be faster still. Bytes cap them near 2.0x and 2.56x. Other GPUs are gated by their
+# own baselines (an H200 measured 1.16-1.19x for FP8 K / NVFP4 V with the earlier kernel).
+FLOOR = {"fp8": {"h100": 1.7}, "fp8k_nvfp4v": {"h100": 1.9}}
+# NVFP4 V against FP8 V, both with FP8 K: 1.11x on the H100 (0.711 -> 0.641 ms).
+NVFP4_OVER_FP8_FLOOR = {"h100": 1.05}
 KERNEL = r"_decode_partial_kernel"
 # A dequantize-then-attend path would launch elementwise conversion kernels on the optimized side.
 ELEMENTWISE = r"elementwise_kernel"
@@ -92,3 +94,19 @@ def test_decode_attention_speed(lowprec, name):
                     min=lowprec.per_gpu(FLOOR[name]), graphs=True)
     lowprec.expect_kernels("optimized", require=KERNEL, forbid=ELEMENTWISE)
     lowprec.work(nbytes=low.nbytes + q.numel() * q.element_size())
+
+
+@pytest.mark.lowprec(device="cuda", precision="nvfp4")
+def test_nvfp4_values_decode_faster_than_fp8(lowprec):
+    """The cache a quarter smaller than FP8's must also be read faster, not just stored smaller."""
+    from decode_attention_triton import decode_attention
+
+    shape = GPU_SHAPE
+    lowprec.signature(dims=str(shape.cache_dims), kernel="triton split-k")
+    q, k, v = make_inputs(shape, lowprec.device, seed=11, outlier_channels=4)
+    fp8, nvfp4 = build_cache(k, v, "fp8"), build_cache(k, v, "fp8k_nvfp4v")
+    del k, v
+    decode_attention(q, fp8), decode_attention(q, nvfp4)
+    lowprec.info("bytes_over_fp8", nvfp4.nbytes / fp8.nbytes)
+    lowprec.speedup(baseline=lambda: decode_attention(q, fp8), optimized=lambda: decode_attention(q, nvfp4),
+                    min=lowprec.per_gpu(NVFP4_OVER_FP8_FLOOR), graphs=True)

@@ -12,7 +12,7 @@ import statistics
 
 import pytest
 import torch
-from fp8_training import E4M3, GRAD_DTYPE, Shape, batch, objective, pair, train
+from fp8_training import E4M3, RECIPE, Shape, batch, objective, pair, train
 
 from pytest_lowprec.formats.metrics import sqnr_db
 
@@ -24,7 +24,7 @@ FP8_GEMM_KERNEL = r"nvjet_sm\d+_qq|e4m3|f8f8"
 
 
 def _grads() -> str:
-    return "e4m3" if GRAD_DTYPE == E4M3 else "e5m2"
+    return "e4m3" if RECIPE.grad_dtype == E4M3 else "e5m2"
 
 
 def _shape(lowprec) -> Shape:
@@ -36,7 +36,7 @@ def test_fp8_training_final_loss_matches_bf16(lowprec):
     shape = _shape(lowprec)
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, steps=shape.steps,
                       poison_step=POISON_STEP, optimizer=f"adamw {shape.lr:g}", scaling="dynamic per-tensor",
-                      gradients=_grads(),
+                      gradients=_grads(), fast_accumulation="+".join(RECIPE.fast_accum),
                       objective="cross-entropy, 64 classes, teacher argmax")
     bf16, fp8, teacher = pair(shape, lowprec.device)
     ref, ref_scaler = train(bf16, teacher, shape, lowprec.device, POISON_STEP)
@@ -57,7 +57,8 @@ def test_fp8_training_final_loss_matches_bf16(lowprec):
 def test_fp8_weight_gradients_per_layer(lowprec):
     """One step from identical weights on one batch: each layer's FP8 weight gradient against BF16's."""
     shape = _shape(lowprec)
-    lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, gradients=_grads())
+    lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, gradients=_grads(),
+                      fast_accumulation="+".join(RECIPE.fast_accum))
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
     for model in (bf16, fp8):
@@ -70,7 +71,8 @@ def test_fp8_weight_gradients_per_layer(lowprec):
 @pytest.mark.lowprec(precision="fp8", device="cuda")
 def test_fp8_training_step_speed_and_memory(lowprec):
     shape = GPU_SHAPE
-    lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, optimizer="adamw", gradients=_grads())
+    lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, optimizer="adamw", gradients=_grads(),
+                      fast_accumulation="+".join(RECIPE.fast_accum))
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
     optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=shape.lr) for m in (bf16, fp8)}

@@ -65,6 +65,32 @@ class NVFP4Tensor:
         the product whose reciprocal the quantizer multiplied by."""
         return self._block_scale_per_element() * self.global_decode
 
+    def block_values(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        """E2M1 values times their block scales, without the per-tensor scale, as a 2-D [rows, cols]
+        tensor: what a block-scaled GEMM multiplies. Exact in bfloat16 (at most six significant bits,
+        magnitudes between 2**-10 and 2688)."""
+        values = E2M1.decode(self.codes) * self._block_scale_per_element()
+        return values.reshape(-1, self.shape[-1]).to(dtype)
+
+    def transposed(self) -> NVFP4Tensor:
+        """The 2-D tensor's transpose in the same format: exact for 16x16 tiles, whose scale covers a
+        square (so W and W.T hold the same values); 1x16 blocks run along the other dimension after a
+        transpose and must be quantized again."""
+        if self.tile != (BLOCK, BLOCK) or len(self.shape) != 2:
+            raise ValueError(f"only a 2-D NVFP4 tensor with 16x16 tiles transposes exactly; this one has shape "
+                             f"{self.shape} and tile {self.tile}: quantize the transpose instead")
+        codes = self.codes.reshape(self.shape).t().contiguous()
+        return NVFP4Tensor(packed=pack_fp4(codes), block_scales=self.block_scales.t().contiguous(),
+                           global_decode=self.global_decode, shape=(self.shape[1], self.shape[0]), tile=self.tile)
+
+    def row_blocks(self) -> NVFP4Tensor:
+        """The same values with one scale per 1x16 block (a 16x16 tile's scale repeated over its 16
+        rows): the layout a 1D block-scaled GEMM reads."""
+        if self.tile == (1, BLOCK):
+            return self
+        return NVFP4Tensor(packed=self.packed, block_scales=self.block_scales.repeat_interleave(BLOCK, dim=0),
+                           global_decode=self.global_decode, shape=self.shape, tile=(1, BLOCK))
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         values = E2M1.decode(self.codes)
         out = values * self._block_scale_per_element() * self.global_decode
