@@ -12,7 +12,7 @@ import statistics
 
 import pytest
 import torch
-from fp8_training import E4M3, RECIPE, Shape, batch, objective, pair, train
+from fp8_training import E4M3, RECIPE, Fp8Recipe, Shape, batch, objective, pair, train
 
 from pytest_lowprec.formats.metrics import sqnr_db
 
@@ -96,3 +96,11 @@ def test_fp8_training_step_speed_and_memory(lowprec):
         peaks[name] = torch.cuda.max_memory_allocated() - resident
     lowprec.memory("fp8_step_peak_above_resident_bytes", peaks["fp8"])
     lowprec.info("bf16_step_peak_above_resident_bytes", peaks["bf16"], "B")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"gemms": ("fprop", "bwd")}, "unknown GEMM"), ({"fast_accum": ("dgrad", "x")}, "unknown GEMM"),
+    ({"grad_dtype": torch.bfloat16}, "E4M3 or E5M2"), ({"scaling": "block"}, "is not one of tensor, row")])
+def test_fp8_recipe_rejects_what_it_cannot_run(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Fp8Recipe(**kwargs)

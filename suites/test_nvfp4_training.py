@@ -30,6 +30,7 @@ from nvfp4_training import (
     NAIVE,
     RECIPE,
     Calibration,
+    Nvfp4Recipe,
     Quantizer,
     _Nvfp4Matmul,
     convert,
@@ -190,3 +191,23 @@ def test_native_path_computes_what_the_emulation_computes(monkeypatch, recipe):
     for emulated, native in zip(results[EMULATED], results[NATIVE], strict=True):
         # The same products summed in another order, then rounded to bfloat16 at different points.
         assert torch.allclose(native, emulated, rtol=2e-2, atol=1e-2 * emulated.abs().max().item())
+
+
+def test_calibration_switches_once_every_amax_has_settled():
+    calibration = Calibration(min_steps=2, max_steps=50, window=3, settle=1.5)
+    amaxes = [[8.0, 1.0], [4.0, 1.0], [2.0, 1.1], [1.9, 1.0], [1.8, 1.2], [1.7, 1.1]]
+    switched = [calibration.observe(step, a) for step, a in enumerate(amaxes)]
+    # Steps 2-4 are the first window whose every column stays within 1.5x: NVFP4 from step 5 on.
+    assert switched == [False, False, False, False, True, False]
+    assert calibration.switch_step == 5
+
+
+def test_calibration_switches_at_max_steps_if_never_settled():
+    calibration = Calibration(min_steps=1, max_steps=4, window=2, settle=1.1)
+    switched = [calibration.observe(step, [2.0 ** -step]) for step in range(6)]
+    assert switched == [False, False, False, True, False, False] and calibration.switch_step == 4
+
+
+def test_recipe_rejects_a_weight_tile_it_has_no_path_for():
+    with pytest.raises(ValueError, match=r"weight_tile is \(1, 16\) or \(16, 16\)"):
+        Nvfp4Recipe("bad", weight_tile=(8, 8), hadamard_wgrad=True, stochastic_gradients=True)

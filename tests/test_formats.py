@@ -148,6 +148,31 @@ def test_nvfp4_2d_tiles_share_one_scale_per_16x16():
     assert sqnr_db(x, q.dequantize()) > bounds.qdq_floor("nvfp4")
 
 
+def test_nvfp4_16x16_tiles_transpose_to_the_same_values():
+    q = quantize_nvfp4(torch.randn(32, 48), tile=(16, 16))
+    t = q.transposed()
+    assert t.shape == (48, 32) and t.block_scales.shape == (3, 2)
+    assert torch.equal(t.dequantize(), q.dequantize().t())
+
+
+def test_nvfp4_1x16_blocks_refuse_a_transpose():
+    with pytest.raises(ValueError, match="quantize the transpose instead"):
+        quantize_nvfp4(torch.randn(32, 48)).transposed()
+
+
+def test_nvfp4_row_blocks_repeat_a_tiles_scale_over_its_rows():
+    q = quantize_nvfp4(torch.randn(32, 48), tile=(16, 16))
+    rows = q.row_blocks()
+    assert rows.tile == (1, 16) and rows.block_scales.shape == (32, 3)
+    assert torch.equal(rows.dequantize(), q.dequantize())
+
+
+def test_nvfp4_block_values_are_exact_in_bfloat16_and_omit_the_tensor_scale():
+    q = quantize_nvfp4(torch.randn(16, 64) * 1000)
+    assert torch.equal(q.block_values(torch.bfloat16).float(), q.block_values(torch.float32))
+    assert torch.equal(q.block_values(torch.float32) * q.global_decode, q.dequantize())
+
+
 def test_nvfp4_nbytes_counts_elements_scales_and_the_tensor_scale():
     q = quantize_nvfp4(torch.randn(64, 256))
     assert q.nbytes == 64 * 256 // 2 + 64 * 256 // 16 + 4
