@@ -296,6 +296,19 @@ def train(model: Stack, teacher: Stack, shape: Shape, device: str, poison_step: 
     return losses, scaler
 
 
+def step_function(models, x: torch.Tensor, labels: torch.Tensor, lr: float):
+    """step(model): forward, backward and an AdamW update of one of `models` on (x, labels), each
+    model with its own optimizer; for timing a training step."""
+    optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=lr) for m in models}
+
+    def step(model) -> None:
+        objective(model, x, labels).backward()
+        optimizers[id(model)].step()
+        optimizers[id(model)].zero_grad(set_to_none=True)
+
+    return step
+
+
 def pair(shape: Shape, device: str, seed: int = 0) -> tuple[Stack, Stack, Stack]:
     """(bf16 model, fp8 model, teacher): the two students start from identical weights."""
     bf16 = Stack(shape.d, shape.blocks, fp8=False, seed=seed, device=device)

@@ -12,7 +12,7 @@ import statistics
 
 import pytest
 import torch
-from fp8_training import E4M3, RECIPE, Fp8Recipe, Shape, batch, objective, pair, train
+from fp8_training import E4M3, RECIPE, Fp8Recipe, Shape, batch, objective, pair, step_function, train
 
 from pytest_lowprec.formats.metrics import sqnr_db
 
@@ -75,13 +75,7 @@ def test_fp8_training_step_speed_and_memory(lowprec):
                       fast_accumulation="+".join(RECIPE.fast_accum))
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
-    optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=shape.lr) for m in (bf16, fp8)}
-
-    def step(model):
-        objective(model, x, y).backward()
-        optimizers[id(model)].step()
-        optimizers[id(model)].zero_grad(set_to_none=True)
-
+    step = step_function((bf16, fp8), x, y, shape.lr)
     lowprec.speedup(baseline=lambda: step(bf16), optimized=lambda: step(fp8))
     lowprec.expect_kernels("optimized", require=FP8_GEMM_KERNEL)
     # A step's peak above what was resident before it (weights, optimizer state, inputs): the

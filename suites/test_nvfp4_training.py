@@ -23,7 +23,7 @@ import copy
 
 import pytest
 import torch
-from fp8_training import Shape, batch, objective
+from fp8_training import Shape, batch, step_function
 from nvfp4_gemm import NATIVE
 from nvfp4_training import (
     EMULATED,
@@ -131,13 +131,7 @@ def test_nvfp4_training_step_cost(lowprec):
     for linear in convert(nvfp4, RECIPE, _path(lowprec), lowprec.device):
         linear.phase = "nvfp4"
     x, y = batch(0, shape, teacher, lowprec.device, None)
-    optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=shape.lr) for m in (student, nvfp4)}
-
-    def step(model):
-        objective(model, x, y).backward()
-        optimizers[id(model)].step()
-        optimizers[id(model)].zero_grad(set_to_none=True)
-
+    step = step_function((student, nvfp4), x, y, shape.lr)
     lowprec.speedup(baseline=lambda: step(student), optimized=lambda: step(nvfp4))
 
 
