@@ -17,8 +17,9 @@ Both start in FP8 (fp8_training's recipe) and switch once the weight gradients' 
 
 GEMM paths (`training_path`): sm_100 runs cuBLASLt's NVFP4 GEMM through torch._scaled_mm
 (nvfp4_gemm.gemm_native); everywhere else the GEMM is emulated: each operand's E2M1 values times
-its block scales (exact in bfloat16) through a bfloat16 GEMM with float32 accumulation, times the
-two per-tensor scales. The same products as the native GEMM, in another summation order.
+its block scales (exact in bfloat16) through a bfloat16 GEMM with float32 accumulation, its output
+rounded to bfloat16 (as a native GEMM with a bfloat16 output would round it), times the two
+per-tensor scales. The same products as the native GEMM, in another summation order.
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ class Quantizer:
 
 
 def gemm(a: NVFP4Tensor, b: NVFP4Tensor, path: str, b_transposed: bool = False) -> torch.Tensor:
-    """a @ b.T in float32 for a [M, K] and b [N, K], both blocked along K; `b_transposed` takes b as
-    [K, N] in 16x16 tiles (a weight in the data gradient), which hold the same values either way."""
+    """a @ b.T as float32 for a [M, K] and b [N, K], both blocked along K (the emulation's product
+    passes through bfloat16 first); `b_transposed` takes b as [K, N] in 16x16 tiles (a weight in the
+    data gradient), which hold the same values either way."""
     if path == NATIVE:
         b = b.transposed() if b_transposed else b
         return gemm_native(a.row_blocks(), b.row_blocks())
