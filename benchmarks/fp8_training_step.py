@@ -20,28 +20,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "suites"))
 
 import fp8_training  # noqa: E402
-from fp8_training import Shape, batch, objective, pair  # noqa: E402
+from fp8_training import Shape, batch, pair  # noqa: E402
+from stream_overlap import cuda_event_times_ms  # noqa: E402
 
 from pytest_lowprec.formats import fp8 as fp8_format  # noqa: E402
 
 
-def step_ms(model, x, y, optimizer, steps: int = 20) -> float:
-    def step():
-        objective(model, x, y).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(5):
-        step()
-    times = []
-    for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def step_ms(model, step) -> float:
+    return statistics.median(cuda_event_times_ms(lambda: step(model), reps=20, warmup=5))
 
 
 def main() -> int:
@@ -57,8 +43,8 @@ def main() -> int:
         for fused in (False, True):
             bf16, fp8, teacher = pair(shape, "cuda")
             x, y = batch(0, shape, teacher, "cuda", None)
-            ms = {name: step_ms(model, x, y, torch.optim.AdamW(model.parameters(), lr=shape.lr, fused=fused))
-                  for name, model in (("bf16", bf16), ("fp8", fp8))}
+            step = fp8_training.step_function((bf16, fp8), x, y, shape.lr, fused=fused)
+            ms = {name: step_ms(model, step) for name, model in (("bf16", bf16), ("fp8", fp8))}
             print(f"{quantizers:10} {'fused' if fused else 'foreach':8} {ms['bf16']:8.2f} {ms['fp8']:8.2f} "
                   f"{ms['bf16'] / ms['fp8']:7.3f}x", flush=True)
             del bf16, fp8, teacher

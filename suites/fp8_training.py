@@ -296,10 +296,10 @@ def train(model: Stack, teacher: Stack, shape: Shape, device: str, poison_step: 
     return losses, scaler
 
 
-def step_function(models, x: torch.Tensor, labels: torch.Tensor, lr: float):
-    """step(model): forward, backward and an AdamW update of one of `models` on (x, labels), each
-    model with its own optimizer; for timing a training step."""
-    optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=lr) for m in models}
+def step_function(models, x: torch.Tensor, labels: torch.Tensor, lr: float, fused: bool | None = None):
+    """step(model): forward, backward and an AdamW update (`fused` as AdamW takes it) of one of
+    `models` on (x, labels), each model with its own optimizer; for timing a training step."""
+    optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=lr, fused=fused) for m in models}
 
     def step(model) -> None:
         objective(model, x, labels).backward()
