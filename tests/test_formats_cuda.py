@@ -108,3 +108,34 @@ def test_triton_nvfp4_takes_only_bfloat16_and_says_what_takes_the_rest():
     triton_quant = pytest.importorskip("pytest_lowprec.formats.triton_quant")
     with pytest.raises(ValueError, match="expected a 2D bfloat16 CUDA tensor.*quantize_nvfp4 takes any other"):
         triton_quant.quantize_nvfp4_triton(torch.randn(16, 64, device="cuda"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3", "e5m2"])
+@pytest.mark.parametrize("source", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("shape", [(256, 1024), (100, 3000), (4096, 16384)])
+def test_triton_fp8_tensorwise_gives_the_reference_bits_in_both_layouts(dtype, source, shape):
+    triton_quant = pytest.importorskip("pytest_lowprec.formats.triton_quant")
+    x = data(8, *shape).to(source).cuda()
+    q, inv = quantize_tensorwise(x, dtype)
+    fq, fqt, finv = triton_quant.quantize_fp8_tensorwise_triton(x, dtype, transpose=True)
+    assert same_bits(q, fq) and same_bits(q.t().contiguous(), fqt) and same_bits(inv, finv)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3", "e5m2"])
+def test_triton_fp8_tensorwise_gives_the_reference_bits_on_every_finite_bfloat16(dtype):
+    triton_quant = pytest.importorskip("pytest_lowprec.formats.triton_quant")
+    x = every_finite_bfloat16().cuda()
+    amax = torch.tensor(1.0, device="cuda")  # most values saturate, the smallest underflow to subnormals and 0
+    q, inv = quantize_tensorwise(x, dtype, amax=amax)
+    fq, finv = triton_quant.quantize_fp8_tensorwise_triton(x, dtype, amax=amax)
+    assert same_bits(q, fq) and same_bits(inv, finv)
+
+
+def test_triton_fp8_tensorwise_turns_an_overflowed_tensor_into_nan_as_the_reference_does():
+    """An inf in a gradient must reach the loss scaler as NaN, not as a saturated finite value."""
+    triton_quant = pytest.importorskip("pytest_lowprec.formats.triton_quant")
+    x = data(9).cuda()
+    x[3, 5] = float("inf")
+    q, _ = quantize_tensorwise(x, torch.float8_e5m2)
+    fq, _ = triton_quant.quantize_fp8_tensorwise_triton(x, torch.float8_e5m2)
+    assert same_bits(q, fq) and bool(torch.isnan(fq.float()).any())

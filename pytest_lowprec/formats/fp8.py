@@ -74,9 +74,11 @@ def dequantize(q: torch.Tensor, inv_scale: torch.Tensor, dtype: torch.dtype = to
 
 
 def scaled_mm(a_q: torch.Tensor, a_inv: torch.Tensor, b_q: torch.Tensor, b_inv: torch.Tensor,
-              out_dtype: torch.dtype = torch.bfloat16, fast_accum: bool = True) -> torch.Tensor:
-    """a @ b on FP8 operands through torch._scaled_mm; b must be column-major (b.t() contiguous)."""
+              out_dtype: torch.dtype = torch.bfloat16, fast_accum: bool = True,
+              bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b (+ bias, added in the GEMM's epilogue) on FP8 operands through torch._scaled_mm;
+    b must be column-major (b.t() contiguous)."""
     if b_q.stride(0) != 1:
         raise ValueError("b must be column-major for _scaled_mm: pass b.t().contiguous().t()")
-    return torch._scaled_mm(a_q, b_q, scale_a=a_inv, scale_b=b_inv, out_dtype=out_dtype,
+    return torch._scaled_mm(a_q, b_q, scale_a=a_inv, scale_b=b_inv, bias=bias, out_dtype=out_dtype,
                             use_fast_accum=fast_accum)

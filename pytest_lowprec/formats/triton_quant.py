@@ -1,4 +1,5 @@
-"""Triton fast paths for the two quantizers on every training step: NVFP4 (1x16) and FP8 rowwise.
+"""Triton fast paths for the quantizers on every training step: NVFP4 (1x16), FP8 rowwise, and FP8
+tensorwise with its transpose (the layout both backward GEMMs of an FP8 linear read).
 
 Each reproduces its reference in nvfp4.py / fp8.py bit for bit: the same float32
 operations in the same order, IEEE division (div_rn), round-to-nearest-even
@@ -157,3 +158,60 @@ def quantize_fp8_rowwise_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     _fp8_rowwise_kernel[(rows,)](x, q, inv, cols, BLOCK_N=block_n, FP8_MAX=448.0,
                                  num_warps=min(32, max(4, block_n // 1024)))
     return q, inv
+
+
+@triton.autotune(
+    configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w)
+             for m, n, w in ((64, 64, 4), (64, 128, 4), (128, 64, 4), (128, 128, 8), (32, 128, 4))],
+    key=["n_rows", "n_cols", "TRANSPOSE"],
+)
+@triton.jit
+def _fp8_tensorwise_kernel(x_ptr, q_ptr, qt_ptr, amax_ptr, inv_ptr, n_rows, n_cols,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP8_MAX: tl.constexpr,
+                           E5M2: tl.constexpr, TRANSPOSE: tl.constexpr):
+    amax = tl.load(amax_ptr)
+    scale = tl.where(amax > 0, tl.math.div_rn(FP8_MAX, amax), 1.0)
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    x = tl.load(x_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    # clamp as torch.clamp does: NaN stays NaN (an overflowed step must reach the loss scaler as NaN)
+    y = tl.minimum(tl.maximum(x * scale, -FP8_MAX, propagate_nan=tl.PropagateNan.ALL), FP8_MAX,
+                   propagate_nan=tl.PropagateNan.ALL)
+    if E5M2:
+        q = y.to(tl.float8e5, fp_downcast_rounding="rtne")
+    else:
+        q = y.to(tl.float8e4nv, fp_downcast_rounding="rtne")
+    tl.store(q_ptr + rows[:, None] * n_cols + cols[None, :], q, mask=mask)
+    if TRANSPOSE:
+        tl.store(qt_ptr + cols[:, None] * n_rows + rows[None, :], tl.trans(q), mask=tl.trans(mask))
+    if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
+        tl.store(inv_ptr, tl.math.div_rn(1.0, scale))
+
+
+def quantize_fp8_tensorwise_triton(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn,
+                                   amax: torch.Tensor | None = None, transpose: bool = False):
+    """fp8.quantize_tensorwise's bits, (q, inv_scale), in an amax pass and one cast pass; with
+    `transpose`, (q, q.t().contiguous(), inv_scale) from that same pass: an FP8 linear's backward
+    reads its saved input and its gradient transposed, and _scaled_mm takes only K-major FP8
+    operands on Hopper, so the transpose would otherwise be a second read and write of each.
+    `amax` overrides x's own (a data-parallel group's amax). x: a 2D CUDA tensor of any float dtype.
+    """
+    if x.ndim != 2 or not x.is_cuda:
+        raise ValueError(f"expected a 2D CUDA tensor, got {tuple(x.shape)} on {x.device}; "
+                         f"fp8.quantize_tensorwise takes any other")
+    if dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
+        raise ValueError(f"FP8 dtype is float8_e4m3fn or float8_e5m2, got {dtype}")
+    x = x.contiguous()
+    rows, cols = x.shape
+    amax = absmax(x) if amax is None else amax.to(device=x.device, dtype=torch.float32).reshape(())
+    q = torch.empty(rows, cols, dtype=dtype, device=x.device)
+    qt = torch.empty(cols, rows, dtype=dtype, device=x.device) if transpose else q
+    inv = torch.empty((), dtype=torch.float32, device=x.device)
+
+    def grid(meta):
+        return (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]))
+
+    _fp8_tensorwise_kernel[grid](x, q, qt, amax, inv, rows, cols, FP8_MAX=float(torch.finfo(dtype).max),
+                                 E5M2=dtype == torch.float8_e5m2, TRANSPOSE=transpose)
+    return (q, qt, inv) if transpose else (q, inv)
