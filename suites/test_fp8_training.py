@@ -21,6 +21,9 @@ GPU_SHAPE = Shape(d=4096, blocks=2, tokens=4096, steps=150, lr=3e-4)  # lr: see 
 POISON_STEP = 40
 LAST_K = 20
 FP8_GEMM_KERNEL = r"nvjet_sm\d+_qq|e4m3|f8f8"
+# The step's H100 floor, under the 1.345x benchmarks/fp8_training_step.py measured with the Triton
+# quantizer (BF16 14.34 ms, FP8 10.66 ms, fused AdamW, 2026-11-22); the gate also holds it to its baseline.
+STEP_FLOOR = {"h100": 1.25}
 
 
 def _grads() -> str:
@@ -71,12 +74,12 @@ def test_fp8_weight_gradients_per_layer(lowprec):
 @pytest.mark.lowprec(precision="fp8", device="cuda")
 def test_fp8_training_step_speed_and_memory(lowprec):
     shape = GPU_SHAPE
-    lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, optimizer="adamw", gradients=_grads(),
-                      fast_accumulation="+".join(RECIPE.fast_accum))
+    lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, optimizer="adamw fused", gradients=_grads(),
+                      fast_accumulation="+".join(RECIPE.fast_accum), quantizer="triton, both layouts")
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
-    step = step_function((bf16, fp8), x, y, shape.lr)
-    lowprec.speedup(baseline=lambda: step(bf16), optimized=lambda: step(fp8))
+    step = step_function((bf16, fp8), x, y, shape.lr, fused=True)
+    lowprec.speedup(baseline=lambda: step(bf16), optimized=lambda: step(fp8), min=lowprec.per_gpu(STEP_FLOOR))
     lowprec.expect_kernels("optimized", require=FP8_GEMM_KERNEL)
     # A step's peak above what was resident before it (weights, optimizer state, inputs): the
     # absolute peak would also count whatever else the process holds.

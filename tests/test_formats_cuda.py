@@ -110,15 +110,31 @@ def test_triton_nvfp4_takes_only_bfloat16_and_says_what_takes_the_rest():
         triton_quant.quantize_nvfp4_triton(torch.randn(16, 64, device="cuda"))
 
 
+def _check_fp8_tensorwise(triton_quant, x: torch.Tensor, dtype: torch.dtype, config=None) -> None:
+    q, inv = quantize_tensorwise(x, dtype)
+    fq, fqt, finv = triton_quant.quantize_fp8_tensorwise_triton(x, dtype, transpose=True, config=config)
+    assert same_bits(q, fq), "row-major output differs from quantize_tensorwise"
+    assert same_bits(q.t().contiguous(), fqt), "transposed output differs from quantize_tensorwise's transpose"
+    assert same_bits(inv, finv), "inverse scale differs"
+
+
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3", "e5m2"])
 @pytest.mark.parametrize("source", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("shape", [(256, 1024), (100, 3000), (4096, 16384)])
 def test_triton_fp8_tensorwise_gives_the_reference_bits_in_both_layouts(dtype, source, shape):
     triton_quant = pytest.importorskip("pytest_lowprec.formats.triton_quant")
-    x = data(8, *shape).to(source).cuda()
-    q, inv = quantize_tensorwise(x, dtype)
-    fq, fqt, finv = triton_quant.quantize_fp8_tensorwise_triton(x, dtype, transpose=True)
-    assert same_bits(q, fq) and same_bits(q.t().contiguous(), fqt) and same_bits(inv, finv)
+    _check_fp8_tensorwise(triton_quant, data(8, *shape).to(source).cuda(), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3", "e5m2"])
+@pytest.mark.parametrize("source", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("config", range(5))
+def test_triton_fp8_tensorwise_gives_the_reference_bits_for_every_tile_config(dtype, source, config):
+    """The autotuner may pick any of them on another GPU or shape."""
+    triton_quant = pytest.importorskip("pytest_lowprec.formats.triton_quant")
+    assert len(triton_quant.FP8_TENSORWISE_CONFIGS) == 5, "parametrize over every config"
+    _check_fp8_tensorwise(triton_quant, data(10, 300, 1000).to(source).cuda(), dtype,
+                          triton_quant.FP8_TENSORWISE_CONFIGS[config])
 
 
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3", "e5m2"])

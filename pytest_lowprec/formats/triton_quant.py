@@ -160,9 +160,19 @@ def quantize_fp8_rowwise_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return q, inv
 
 
+@triton.jit
+def _to_fp8(y, E5M2: tl.constexpr):
+    if E5M2:
+        return y.to(tl.float8e5, fp_downcast_rounding="rtne")
+    return y.to(tl.float8e4nv, fp_downcast_rounding="rtne")
+
+
+FP8_TENSORWISE_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w)
+                          for m, n, w in ((64, 64, 4), (64, 128, 4), (128, 64, 4), (128, 128, 8), (32, 128, 4))]
+
+
 @triton.autotune(
-    configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w)
-             for m, n, w in ((64, 64, 4), (64, 128, 4), (128, 64, 4), (128, 128, 8), (32, 128, 4))],
+    configs=FP8_TENSORWISE_CONFIGS,
     key=["n_rows", "n_cols", "TRANSPOSE"],
 )
 @triton.jit
@@ -178,24 +188,25 @@ def _fp8_tensorwise_kernel(x_ptr, q_ptr, qt_ptr, amax_ptr, inv_ptr, n_rows, n_co
     # clamp as torch.clamp does: NaN stays NaN (an overflowed step must reach the loss scaler as NaN)
     y = tl.minimum(tl.maximum(x * scale, -FP8_MAX, propagate_nan=tl.PropagateNan.ALL), FP8_MAX,
                    propagate_nan=tl.PropagateNan.ALL)
-    if E5M2:
-        q = y.to(tl.float8e5, fp_downcast_rounding="rtne")
-    else:
-        q = y.to(tl.float8e4nv, fp_downcast_rounding="rtne")
-    tl.store(q_ptr + rows[:, None] * n_cols + cols[None, :], q, mask=mask)
+    tl.store(q_ptr + rows[:, None] * n_cols + cols[None, :], _to_fp8(y, E5M2), mask=mask)
     if TRANSPOSE:
-        tl.store(qt_ptr + cols[:, None] * n_rows + rows[None, :], tl.trans(q), mask=tl.trans(mask))
+        # Transposed in float32, then cast: tl.trans of the FP8 tile itself wrote a quarter of the
+        # bytes to the wrong places for float32 inputs on an H100 (Triton 3.x, 2026-11-22).
+        tl.store(qt_ptr + cols[:, None] * n_rows + rows[None, :], _to_fp8(tl.trans(y), E5M2),
+                 mask=tl.trans(mask))
     if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
         tl.store(inv_ptr, tl.math.div_rn(1.0, scale))
 
 
 def quantize_fp8_tensorwise_triton(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn,
-                                   amax: torch.Tensor | None = None, transpose: bool = False):
+                                   amax: torch.Tensor | None = None, transpose: bool = False,
+                                   config: triton.Config | None = None):
     """fp8.quantize_tensorwise's bits, (q, inv_scale), in an amax pass and one cast pass; with
     `transpose`, (q, q.t().contiguous(), inv_scale) from that same pass: an FP8 linear's backward
     reads its saved input and its gradient transposed, and _scaled_mm takes only K-major FP8
     operands on Hopper, so the transpose would otherwise be a second read and write of each.
     `amax` overrides x's own (a data-parallel group's amax). x: a 2D CUDA tensor of any float dtype.
+    `config`, one of FP8_TENSORWISE_CONFIGS, replaces the autotuned tile (tests check every one).
     """
     if x.ndim != 2 or not x.is_cuda:
         raise ValueError(f"expected a 2D CUDA tensor, got {tuple(x.shape)} on {x.device}; "
@@ -212,6 +223,10 @@ def quantize_fp8_tensorwise_triton(x: torch.Tensor, dtype: torch.dtype = torch.f
     def grid(meta):
         return (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]))
 
-    _fp8_tensorwise_kernel[grid](x, q, qt, amax, inv, rows, cols, FP8_MAX=float(torch.finfo(dtype).max),
-                                 E5M2=dtype == torch.float8_e5m2, TRANSPOSE=transpose)
+    args = (x, q, qt, amax, inv, rows, cols)
+    consts = {"FP8_MAX": float(torch.finfo(dtype).max), "E5M2": dtype == torch.float8_e5m2, "TRANSPOSE": transpose}
+    if config is None:
+        _fp8_tensorwise_kernel[grid](*args, **consts)
+    else:
+        _fp8_tensorwise_kernel.fn[grid(config.kwargs)](*args, **consts, **config.kwargs, num_warps=config.num_warps)
     return (q, qt, inv) if transpose else (q, inv)
