@@ -136,12 +136,13 @@ class Nvfp4Linear(torch.nn.Module):
     def __init__(self, linear: Linear, quantizer: Quantizer):
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias
+        self.weight_amax = linear.weight_amax  # the FP8 phase casts the weights as fp8_training's Linear does
         self.quantizer = quantizer
         self.phase = "fp8"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.phase == "fp8":
-            return _Fp8Matmul.apply(x, self.weight, self.bias, FP8_RECIPE, None)
+            return _Fp8Matmul.apply(x, self.weight, self.bias, FP8_RECIPE, None, self.weight_amax)
         if self.phase == "bf16":
             return F.linear(x, self.weight.to(torch.bfloat16), self.bias.to(torch.bfloat16))
         return _Nvfp4Matmul.apply(x, self.weight, self.bias, self.quantizer)
@@ -238,10 +239,11 @@ def _finish(model: Stack, teacher: Stack, shape: Shape, device: str, losses, swi
 
 
 def train_nvfp4(student: Stack, teacher: Stack, shape: Shape, device: str, recipe: Nvfp4Recipe, path: str,
-                calibration: Calibration) -> Run:
-    """Train a copy of `student` under `recipe`: FP8 until `calibration` switches, NVFP4 after."""
+                calibration: Calibration, seed: int = 0) -> Run:
+    """Train a copy of `student` under `recipe`: FP8 until `calibration` switches, NVFP4 after.
+    `seed` seeds the stochastic rounding and the RHT's signs."""
     model = copy.deepcopy(student)
-    converted = convert(model, recipe, path, device)
+    converted = convert(model, recipe, path, device, seed)
 
     def on_gradients(step: int) -> None:
         if calibration.switch_step is not None:

@@ -12,8 +12,21 @@ import statistics
 
 import pytest
 import torch
-from fp8_training import E4M3, RECIPE, Fp8Recipe, Shape, batch, objective, pair, step_function, train
+from fp8_training import (
+    E4M3,
+    RECIPE,
+    Fp8Recipe,
+    Shape,
+    WeightAmax,
+    _quantize_weight,
+    batch,
+    objective,
+    pair,
+    step_function,
+    train,
+)
 
+from pytest_lowprec.formats.fp8 import quantize_tensorwise
 from pytest_lowprec.formats.metrics import sqnr_db
 
 CPU_SHAPE = Shape(d=64, blocks=2, tokens=512, steps=150)
@@ -38,7 +51,8 @@ def _shape(lowprec) -> Shape:
 def test_fp8_training_final_loss_matches_bf16(lowprec):
     shape = _shape(lowprec)
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, steps=shape.steps,
-                      poison_step=POISON_STEP, optimizer=f"adamw {shape.lr:g}", scaling="dynamic per-tensor",
+                      poison_step=POISON_STEP, optimizer=f"adamw {shape.lr:g}",
+                      scaling=f"dynamic per-tensor, weight amax {RECIPE.weight_amax}",
                       gradients=_grads(), fast_accumulation="+".join(RECIPE.fast_accum),
                       objective="cross-entropy, 64 classes, teacher argmax")
     bf16, fp8, teacher = pair(shape, lowprec.device)
@@ -61,7 +75,7 @@ def test_fp8_weight_gradients_per_layer(lowprec):
     """One step from identical weights on one batch: each layer's FP8 weight gradient against BF16's."""
     shape = _shape(lowprec)
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, gradients=_grads(),
-                      fast_accumulation="+".join(RECIPE.fast_accum))
+                      fast_accumulation="+".join(RECIPE.fast_accum), weight_amax=RECIPE.weight_amax)
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
     for model in (bf16, fp8):
@@ -75,7 +89,8 @@ def test_fp8_weight_gradients_per_layer(lowprec):
 def test_fp8_training_step_speed_and_memory(lowprec):
     shape = GPU_SHAPE
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, optimizer="adamw fused", gradients=_grads(),
-                      fast_accumulation="+".join(RECIPE.fast_accum), quantizer="triton, both layouts")
+                      fast_accumulation="+".join(RECIPE.fast_accum), quantizer="triton, both layouts",
+                      weight_amax=RECIPE.weight_amax)
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
     step = step_function((bf16, fp8), x, y, shape.lr, fused=True)
@@ -97,7 +112,30 @@ def test_fp8_training_step_speed_and_memory(lowprec):
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"gemms": ("fprop", "bwd")}, "unknown GEMM"), ({"fast_accum": ("dgrad", "x")}, "unknown GEMM"),
-    ({"grad_dtype": torch.bfloat16}, "E4M3 or E5M2"), ({"scaling": "block"}, "is not one of tensor, row")])
+    ({"grad_dtype": torch.bfloat16}, "E4M3 or E5M2"), ({"scaling": "block"}, "is not one of tensor, row"),
+    ({"weight_amax": "history"}, "is not one of current, previous")])
 def test_fp8_recipe_rejects_what_it_cannot_run(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Fp8Recipe(**kwargs)
+
+
+def test_weights_are_cast_with_the_amax_their_previous_cast_saw():
+    """Delayed scaling for the weights: the first cast uses the current amax, each later one the amax
+    the cast before it recorded, and every cast records the weights' amax as it found them."""
+    state = WeightAmax()
+    w = torch.randn(64, 32)
+    q1, _, inv1 = _quantize_weight(w, RECIPE, state)
+    assert torch.equal(inv1, quantize_tensorwise(w, E4M3)[1]) and float(state.value) == float(w.abs().amax())
+    grown = w * 1.5  # an update that raised the amax: this cast still uses the old one, and saturates
+    q2, q2t, inv2 = _quantize_weight(grown, RECIPE, state)
+    old_q, old_inv = quantize_tensorwise(grown, E4M3, amax=w.abs().amax())
+    assert torch.equal(inv2, old_inv) and torch.equal(q2.float(), old_q.float()) and torch.equal(q2t, q2.t())
+    assert float(state.value) == float(grown.abs().amax())
+    assert float(q2.float().abs().max()) == float(torch.finfo(E4M3).max)
+
+
+def test_a_recipe_with_the_current_weight_amax_keeps_no_state():
+    state = WeightAmax()
+    w = torch.randn(64, 32)
+    _, _, inv = _quantize_weight(w, Fp8Recipe(weight_amax="current"), state)
+    assert state.value is None and torch.equal(inv, quantize_tensorwise(w, E4M3)[1])

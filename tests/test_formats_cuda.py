@@ -155,3 +155,15 @@ def test_triton_fp8_tensorwise_turns_an_overflowed_tensor_into_nan_as_the_refere
     q, _ = quantize_tensorwise(x, torch.float8_e5m2)
     fq, _ = triton_quant.quantize_fp8_tensorwise_triton(x, torch.float8_e5m2)
     assert same_bits(q, fq) and bool(torch.isnan(fq.float()).any())
+
+
+def test_triton_fp8_tensorwise_records_the_amax_it_saw_while_casting_with_a_given_one():
+    """Delayed scaling: the cast uses an earlier amax and reports this tensor's for the next one."""
+    triton_quant = pytest.importorskip("pytest_lowprec.formats.triton_quant")
+    x = data(11, 300, 1000).float().cuda()
+    stale = x.abs().amax() * 0.9  # the weights grew since: the largest saturate
+    seen = torch.zeros((), dtype=torch.float32, device="cuda")
+    q, inv = quantize_tensorwise(x, torch.float8_e4m3fn, amax=stale)
+    fq, fqt, finv = triton_quant.quantize_fp8_tensorwise_triton(x, amax=stale, transpose=True, seen_amax=seen)
+    assert same_bits(q, fq) and same_bits(q.t().contiguous(), fqt) and same_bits(inv, finv)
+    assert float(seen) == float(x.abs().amax())

@@ -179,12 +179,12 @@ FP8_TENSORWISE_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=
 
 @triton.autotune(
     configs=FP8_TENSORWISE_CONFIGS,
-    key=["n_rows", "n_cols", "TRANSPOSE"],
+    key=["n_rows", "n_cols", "TRANSPOSE", "SEEN"],
 )
 @triton.jit
-def _fp8_tensorwise_kernel(x_ptr, q_ptr, qt_ptr, amax_ptr, inv_ptr, n_rows, n_cols,
+def _fp8_tensorwise_kernel(x_ptr, q_ptr, qt_ptr, amax_ptr, inv_ptr, seen_ptr, n_rows, n_cols,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP8_MAX: tl.constexpr,
-                           E5M2: tl.constexpr, TRANSPOSE: tl.constexpr):
+                           E5M2: tl.constexpr, TRANSPOSE: tl.constexpr, SEEN: tl.constexpr):
     amax = tl.load(amax_ptr)
     scale = tl.where(amax > 0, tl.math.div_rn(FP8_MAX, amax), 1.0)
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
@@ -192,6 +192,8 @@ def _fp8_tensorwise_kernel(x_ptr, q_ptr, qt_ptr, amax_ptr, inv_ptr, n_rows, n_co
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     x = tl.load(x_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
     tl.store(q_ptr + rows[:, None] * n_cols + cols[None, :], _fp8_scaled(x, scale, FP8_MAX, E5M2), mask=mask)
+    if SEEN:
+        tl.atomic_max(seen_ptr, tl.max(tl.max(tl.abs(x.to(tl.float32)), axis=1), axis=0))
     if TRANSPOSE:
         # The tile again, read in the transposed orientation (from L2: DRAM traffic is unchanged), and
         # stored along the output's rows. tl.trans of the loaded tile put up to half of the bytes in the
@@ -206,13 +208,15 @@ def _fp8_tensorwise_kernel(x_ptr, q_ptr, qt_ptr, amax_ptr, inv_ptr, n_rows, n_co
 
 def quantize_fp8_tensorwise_triton(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn,
                                    amax: torch.Tensor | None = None, transpose: bool = False,
-                                   config: triton.Config | None = None):
+                                   config: triton.Config | None = None, seen_amax: torch.Tensor | None = None):
     """fp8.quantize_tensorwise's bits, (q, inv_scale), in an amax pass and one cast pass; with
     `transpose`, (q, q.t().contiguous(), inv_scale) from that same pass: an FP8 linear's backward
     reads its saved input and its gradient transposed, and _scaled_mm takes only K-major FP8
     operands on Hopper, so the transpose would otherwise be a second read and write of each.
     `amax` overrides x's own (a data-parallel group's amax). x: a 2D CUDA tensor of any float dtype.
     `config`, one of FP8_TENSORWISE_CONFIGS, replaces the autotuned tile (tests check every one).
+    `seen_amax`, a float32 scalar tensor holding 0, receives max |x| from the cast pass itself: with
+    `amax` from an earlier step (delayed scaling) the tensor is read once, and this is the next amax.
     """
     if x.ndim != 2 or not x.is_cuda:
         raise ValueError(f"expected a 2D CUDA tensor, got {tuple(x.shape)} on {x.device}; "
@@ -229,8 +233,11 @@ def quantize_fp8_tensorwise_triton(x: torch.Tensor, dtype: torch.dtype = torch.f
     def grid(meta):
         return (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]))
 
-    args = (x, q, qt, amax, inv, rows, cols)
-    consts = {"FP8_MAX": float(torch.finfo(dtype).max), "E5M2": dtype == torch.float8_e5m2, "TRANSPOSE": transpose}
+    if seen_amax is not None and (seen_amax.dtype != torch.float32 or seen_amax.numel() != 1):
+        raise ValueError(f"seen_amax must be a float32 scalar tensor, got {seen_amax.dtype} {tuple(seen_amax.shape)}")
+    args = (x, q, qt, amax, inv, inv if seen_amax is None else seen_amax, rows, cols)
+    consts = {"FP8_MAX": float(torch.finfo(dtype).max), "E5M2": dtype == torch.float8_e5m2, "TRANSPOSE": transpose,
+              "SEEN": seen_amax is not None}
     if config is None:
         _fp8_tensorwise_kernel[grid](*args, **consts)
     else:
