@@ -37,6 +37,7 @@ VARIANTS = {
     "recipe, 1x16 weights": (dataclasses.replace(RECIPE, weight_tile=(1, 16)), Calibration()),
     "recipe, last linear nvfp4": (dataclasses.replace(RECIPE, bf16_last=0), Calibration()),
     "recipe, last 2 linears bf16": (dataclasses.replace(RECIPE, bf16_last=2), Calibration()),
+    "naive, last 2 linears bf16": (dataclasses.replace(NAIVE, bf16_last=2), Calibration()),
 }
 
 
