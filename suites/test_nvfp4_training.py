@@ -2,19 +2,21 @@
 
 Every run trains a copy of one student on the same batches (suites/nvfp4_training.py): BF16,
 the NVFP4 recipe (16x16 weight tiles, RHT on the weight gradient's inputs, stochastic rounding
-of gradients, the last linear in BF16) and the naive control (1x16 weights, no RHT, round to
-nearest), both after the same FP8 warm-up. Two losses per run:
+of gradients, the last block in BF16) and the naive control (1x16 weights, no RHT, round to
+nearest, the same layers in BF16), both after the same FP8 warm-up. Two losses per run:
   - the training loss (mean of the last 20 steps), which for NVFP4 includes its own forward's
     rounding noise at each step;
   - the held-out loss: the trained weights evaluated with every linear in BF16 on batches no run
     trained on, what training produced, gated within the NVFP4 paper's 1.5% of BF16.
-On an H100 (2026-11-22) the training-loss gap measured 2.05% and grew to 5.0% over 300 steps, while
-the recipe's held-out gap is the gated quantity; both are in the report.
+The recipe trains SEEDS times, each with its own draws of stochastic rounding and RHT signs (the
+weights, data and steps stay identical), and the gate holds the mean of their held-out gaps: one
+draw's gap moved by up to 0.2 points from another's on an H100 (1.28%, 1.07%, 1.41%, 2026-11-22),
+as much as the margin to the bound.
 
 The control shows the recipe matters where it was made for: at the real shape the naive run's
-training loss ended 4.75% above BF16 against the recipe's 2.05%, and that ordering is gated. At
-the CPU's d=64 it reverses (naive 1.27%, recipe 1.87%: stochastic rounding's variance costs
-more than the bias it removes in so small a model), so there the control is reported, not gated.
+training loss ended 3.62% above BF16 against the recipe's 1.89-1.96%, and that ordering is gated.
+At the CPU's d=64 it reverses (stochastic rounding's variance costs more than the bias it removes in
+so small a model), so there the control is reported, not gated.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from pytest_lowprec.formats.packing import unpack_fp4
 CPU_SHAPE = Shape(d=64, blocks=2, tokens=512, steps=150)
 GPU_SHAPE = Shape(d=4096, blocks=2, tokens=4096, steps=150, lr=3e-4)  # lr: see fp8_training.Shape.lr
 BOUND = 0.015  # the NVFP4 paper's final-loss gap at scale
+SEEDS = (0, 1, 2)  # the recipe's draws of stochastic rounding and RHT signs
 # At the real shape the naive control must end at least a point of training loss behind the recipe.
 CONTROL_MARGIN = 0.01
 
@@ -61,8 +64,9 @@ def _path(lowprec) -> str:
 def _signature(lowprec, shape: Shape, calibration: Calibration) -> None:
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, steps=shape.steps,
                       optimizer=f"adamw {shape.lr:g}", path=_path(lowprec),
-                      recipe="16x16 weights, rht wgrad, stochastic gradients, last linear bf16",
-                      control="1x16 weights, no rht, round to nearest, last linear bf16",
+                      recipe=f"16x16 weights, rht wgrad, stochastic gradients, last {RECIPE.bf16_last} linears bf16",
+                      control=f"1x16 weights, no rht, round to nearest, last {NAIVE.bf16_last} linears bf16",
+                      recipe_seeds=len(SEEDS),
                       warmup=f"fp8 {calibration.min_steps}-{calibration.max_steps} steps, settle "
                              f"{calibration.settle:g} over {calibration.window}")
 
@@ -83,10 +87,15 @@ def _runs(lowprec, runs: dict, names: tuple[str, ...]):
     have = runs[key]
     for name in names:
         if name not in have:
-            recipe = {"recipe": RECIPE, "naive": NAIVE}[name]
-            have[name] = train_nvfp4(have["student"], have["teacher"], shape, lowprec.device, recipe,
-                                     _path(lowprec), Calibration())
+            recipe, seeds = {"recipe": (RECIPE, SEEDS), "naive": (NAIVE, (0,))}[name]
+            have[name] = [train_nvfp4(have["student"], have["teacher"], shape, lowprec.device, recipe,
+                                      _path(lowprec), Calibration(), seed) for seed in seeds]
     return have
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
 
 
 @pytest.mark.lowprec(precision="nvfp4")
@@ -94,15 +103,18 @@ def test_nvfp4_training_matches_bf16(lowprec, runs):
     shape = _shape(lowprec)
     _signature(lowprec, shape, Calibration())
     have = _runs(lowprec, runs, ("recipe",))
-    ref, run = have["bf16"], have["recipe"]
-    gap = run.held_out_gap(ref)
+    ref, recipe_runs = have["bf16"], have["recipe"]
+    gaps = [run.held_out_gap(ref) for run in recipe_runs]
+    gap = _mean(gaps)
     lowprec.accuracy("held_out_loss_gap", gap, max=BOUND)
     lowprec.info("margin_to_bound", BOUND - gap)
-    lowprec.info("training_loss_gap", run.gap(ref))
-    lowprec.info("fp8_warmup_steps", run.switch_step)  # the step NVFP4 took over
+    for seed, one in zip(SEEDS, gaps, strict=True):
+        lowprec.info(f"held_out_loss_gap.seed{seed}", one)
+    lowprec.info("training_loss_gap", _mean(run.gap(ref) for run in recipe_runs))
+    lowprec.info("fp8_warmup_steps", max(run.switch_step for run in recipe_runs))  # the step NVFP4 took over
     lowprec.info("bf16_loss_first_over_last", ref.losses[0] / ref.final)
-    lowprec.accuracy("skipped_steps", len(run.skipped) + len(ref.skipped), max=0)
-    lowprec.accuracy("nonfinite_weights", run.nonfinite_weights, max=0)
+    lowprec.accuracy("skipped_steps", sum(len(run.skipped) for run in recipe_runs) + len(ref.skipped), max=0)
+    lowprec.accuracy("nonfinite_weights", sum(run.nonfinite_weights for run in recipe_runs), max=0)
 
 
 @pytest.mark.lowprec(precision="nvfp4")
@@ -110,11 +122,13 @@ def test_naive_nvfp4_control_ends_further_from_bf16(lowprec, runs):
     shape = _shape(lowprec)
     _signature(lowprec, shape, Calibration())
     have = _runs(lowprec, runs, ("recipe", "naive"))
-    ref, recipe, naive = have["bf16"], have["recipe"], have["naive"]
+    ref, recipe_runs, (naive,) = have["bf16"], have["recipe"], have["naive"]  # naive draws nothing: one run
+    recipe_gap = _mean(run.gap(ref) for run in recipe_runs)
+    recipe_held_out = _mean(run.held_out_gap(ref) for run in recipe_runs)
     lowprec.info("naive_training_loss_gap", naive.gap(ref))
     lowprec.info("naive_held_out_loss_gap", naive.held_out_gap(ref))
-    lowprec.info("naive_minus_recipe_held_out_gap", naive.held_out_gap(ref) - recipe.held_out_gap(ref))
-    lead = naive.gap(ref) - recipe.gap(ref)
+    lowprec.info("naive_minus_recipe_held_out_gap", naive.held_out_gap(ref) - recipe_held_out)
+    lead = naive.gap(ref) - recipe_gap
     if shape == GPU_SHAPE:
         lowprec.accuracy("naive_minus_recipe_training_gap", lead, min=CONTROL_MARGIN)
     else:
