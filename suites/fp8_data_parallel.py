@@ -32,7 +32,6 @@ from fp8_training import LossScaler, Shape, Stack, batch, objective, train
 
 # The device machines (and many clusters) forbid NVLink multicast; children inherit these, and
 # setdefault keeps whatever the caller chose.
-GRAD_SYNCS = ("fp32", "bf16")
 _NCCL_SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
@@ -50,15 +49,6 @@ class Job:
     seed: int = 0
     timing_rounds: int = 5
     timing_steps: int = 10
-    # The gradients' all-reduce: "bf16" casts each bucket to bfloat16 for the wire and back
-    # (_bf16_allreduce), "fp32" sends the float32 gradients. With the Triton quantizer the FP8 step
-    # is 1.36x faster and hides less: fp32 sync scaled 0.846 on 2 H200s (3.30 ms all-reduce, 28% of
-    # it hidden; 2026-11-22), under the 0.90 target.
-    grad_sync: str = "bf16"
-
-    def __post_init__(self):
-        if self.grad_sync not in GRAD_SYNCS:
-            raise ValueError(f"grad_sync {self.grad_sync!r} is not one of {', '.join(GRAD_SYNCS)}")
 
 
 class DistributedError(RuntimeError):
@@ -80,21 +70,7 @@ def _replica(job: Job, rank: int, device: str):
     set_amax_reduction(model, reduce)
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank] if job.cuda else None,
                                                     gradient_as_bucket_view=True)
-    if job.grad_sync == "bf16":
-        ddp.register_comm_hook(job.world, _bf16_allreduce)
     return model, ddp, teacher, reduce
-
-
-def _bf16_allreduce(world: int, bucket):
-    """DDP comm hook: the bucket's mean over the ranks, sent as bfloat16 (divided by the world size
-    first, as DDP's bf16_compress_hook does; that hook takes NCCL only, this one gloo too)."""
-    buffer = bucket.buffer()
-    wire = buffer.to(torch.bfloat16).div_(world)
-
-    def unpack(future):
-        return buffer.copy_(future.value()[0])
-
-    return dist.all_reduce(wire, async_op=True).get_future().then(unpack)
 
 
 def _group_amax(group):
@@ -153,8 +129,8 @@ def _time(job: Job, rank: int, device: str) -> dict:
     x, y = _shard(x, rank, job.world), _shard(y, rank, job.world)
     del teacher
 
-    def step(sync: bool, group_amax: bool = True) -> None:
-        set_amax_reduction(model, reduce if sync and group_amax else None)
+    def step(sync: bool) -> None:
+        set_amax_reduction(model, reduce if sync else None)
         with contextlib.nullcontext() if sync else ddp.no_sync():
             objective(ddp, x, y).backward()
         optimizer.step()
@@ -173,20 +149,16 @@ def _time(job: Job, rank: int, device: str) -> dict:
 
     for sync in (False, True, False, True):
         step(sync)  # warm-up: kernels chosen, DDP buckets rebuilt after the first synced step
-    single, synced, local_amax = [], [], []
+    single, synced = [], []
     for r in range(job.timing_rounds):
         order = (False, True) if r % 2 == 0 else (True, False)
         for sync in order:
             (synced if sync else single).append(timed(lambda s=sync: step(s), job.timing_steps))
-        # The gradient sync with each rank's own amax: what the amax all-reduces add is the difference.
-        local_amax.append(timed(lambda: step(True, group_amax=False), job.timing_steps))
-    wire = torch.bfloat16 if job.grad_sync == "bf16" else torch.float32
-    flat = torch.empty(sum(p.numel() for p in model.parameters()), dtype=wire, device=device)
-    grad_bytes = flat.numel() * flat.element_size()
+    grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    flat = torch.empty(grad_bytes // 4, dtype=torch.float32, device=device)
     dist.all_reduce(flat)
     allreduce = [timed(lambda: dist.all_reduce(flat), 3) for _ in range(3)]
-    return {"single_ms": single, "synced_ms": synced, "local_amax_ms": local_amax, "allreduce_ms": allreduce,
-            "grad_bytes": grad_bytes}
+    return {"single_ms": single, "synced_ms": synced, "allreduce_ms": allreduce, "grad_bytes": grad_bytes}
 
 
 def _worker(rank: int, job: Job) -> None:
@@ -244,8 +216,7 @@ class Scaling:
     single_ms: float  # one rank's step with no gradient sync (slowest rank's median)
     synced_ms: float  # the data-parallel step (slowest rank's median)
     allreduce_ms: float  # the gradients' all-reduce alone, not overlapped
-    grad_bytes: int  # on the wire
-    local_amax_ms: float  # the data-parallel step with each rank's own amax (no amax all-reduces)
+    grad_bytes: int
 
     @property
     def efficiency(self) -> float:
@@ -265,5 +236,4 @@ def scaling(results: list[dict]) -> Scaling:
     def slowest(key: str) -> float:
         return max(statistics.median(r[key]) for r in results)
 
-    return Scaling(slowest("single_ms"), slowest("synced_ms"), slowest("allreduce_ms"), results[0]["grad_bytes"],
-                   slowest("local_amax_ms"))
+    return Scaling(slowest("single_ms"), slowest("synced_ms"), slowest("allreduce_ms"), results[0]["grad_bytes"])
