@@ -49,34 +49,10 @@ class Job:
     seed: int = 0
     timing_rounds: int = 5
     timing_steps: int = 10
-    # Multiprocessors cuBLAS leaves free in a synchronized step, for NCCL's kernels. Hopper's GEMMs fill
-    # every multiprocessor until they finish, so the gradient all-reduce, queued on its own stream, ran
-    # mostly between them: with the FP8 step 1.36x faster after the Triton quantizer, 28% of the 3.3 ms
-    # all-reduce was hidden and 2 H200s scaled 0.846 (2026-11-22). CUDA only; 0 leaves them all to cuBLAS.
-    sm_carveout: int = 16
-    carveout_sweep: tuple[int, ...] = (0, 8, 16, 32)  # "time" mode also reports the step at these
-
-    def __post_init__(self):
-        if self.sm_carveout < 0 or any(c < 0 for c in self.carveout_sweep):
-            raise ValueError(f"an SM carveout counts multiprocessors; got {self.sm_carveout}, {self.carveout_sweep}")
 
 
 class DistributedError(RuntimeError):
     """A rank failed or the group did not finish in time."""
-
-
-@contextlib.contextmanager
-def sm_carveout(count: int, cuda: bool):
-    """cuBLAS(Lt) GEMMs, _scaled_mm's included, target all multiprocessors but `count` inside."""
-    if not cuda:
-        yield
-        return
-    before = torch._C._get_sm_carveout_experimental()
-    torch._C._set_sm_carveout_experimental(count or None)
-    try:
-        yield
-    finally:
-        torch._C._set_sm_carveout_experimental(before)
 
 
 def _shard(t: torch.Tensor, rank: int, world: int) -> torch.Tensor:
@@ -120,9 +96,8 @@ def _train(job: Job, rank: int, device: str) -> dict:
     losses = []
     for step in range(job.shape.steps):
         x, y = batch(step, job.shape, teacher, device, job.poison_step)  # the global batch, as one process sees it
-        with sm_carveout(job.sm_carveout, job.cuda):
-            loss = objective(ddp, _shard(x, rank, job.world), _shard(y, rank, job.world))
-            scaler.step(loss, params, optimizer, step)
+        loss = objective(ddp, _shard(x, rank, job.world), _shard(y, rank, job.world))
+        scaler.step(loss, params, optimizer, step)
         total = loss.detach().float().reshape(1).clone()
         dist.all_reduce(total)  # equal shards: the global mean loss is the mean of the ranks' means
         losses.append(total.item() / job.world)
@@ -154,13 +129,11 @@ def _time(job: Job, rank: int, device: str) -> dict:
     x, y = _shard(x, rank, job.world), _shard(y, rank, job.world)
     del teacher
 
-    def step(sync: bool, carveout: int | None = None, group_amax: bool = True) -> None:
-        """One GPU's step (no sync, every multiprocessor to cuBLAS) or the data-parallel step."""
-        set_amax_reduction(model, reduce if sync and group_amax else None)
-        carve = (job.sm_carveout if carveout is None else carveout) if sync else 0
-        with sm_carveout(carve, True), contextlib.nullcontext() if sync else ddp.no_sync():
+    def step(sync: bool) -> None:
+        set_amax_reduction(model, reduce if sync else None)
+        with contextlib.nullcontext() if sync else ddp.no_sync():
             objective(ddp, x, y).backward()
-            optimizer.step()
+        optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     def timed(fn, n: int) -> float:
@@ -176,22 +149,16 @@ def _time(job: Job, rank: int, device: str) -> dict:
 
     for sync in (False, True, False, True):
         step(sync)  # warm-up: kernels chosen, DDP buckets rebuilt after the first synced step
-    single, synced, local_amax = [], [], []
-    by_carveout = {str(c): [] for c in job.carveout_sweep}
+    single, synced = [], []
     for r in range(job.timing_rounds):
         order = (False, True) if r % 2 == 0 else (True, False)
         for sync in order:
             (synced if sync else single).append(timed(lambda s=sync: step(s), job.timing_steps))
-        # Each rank's own amax: what the amax all-reduces add is the difference.
-        local_amax.append(timed(lambda: step(True, group_amax=False), job.timing_steps))
-        for c in job.carveout_sweep:
-            by_carveout[str(c)].append(timed(lambda c=c: step(True, carveout=c), job.timing_steps))
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     flat = torch.empty(grad_bytes // 4, dtype=torch.float32, device=device)
     dist.all_reduce(flat)
     allreduce = [timed(lambda: dist.all_reduce(flat), 3) for _ in range(3)]
-    return {"single_ms": single, "synced_ms": synced, "allreduce_ms": allreduce, "grad_bytes": grad_bytes,
-            "local_amax_ms": local_amax, "synced_ms_by_carveout": by_carveout}
+    return {"single_ms": single, "synced_ms": synced, "allreduce_ms": allreduce, "grad_bytes": grad_bytes}
 
 
 def _worker(rank: int, job: Job) -> None:
@@ -250,8 +217,6 @@ class Scaling:
     synced_ms: float  # the data-parallel step (slowest rank's median)
     allreduce_ms: float  # the gradients' all-reduce alone, not overlapped
     grad_bytes: int
-    local_amax_ms: float  # the data-parallel step with each rank's own amax (no amax all-reduces)
-    synced_ms_by_carveout: dict[str, float]  # the data-parallel step at other SM carveouts
 
     @property
     def efficiency(self) -> float:
@@ -271,7 +236,4 @@ def scaling(results: list[dict]) -> Scaling:
     def slowest(key: str) -> float:
         return max(statistics.median(r[key]) for r in results)
 
-    sweep = {c: max(statistics.median(r["synced_ms_by_carveout"][c]) for r in results)
-             for c in results[0]["synced_ms_by_carveout"]}
-    return Scaling(slowest("single_ms"), slowest("synced_ms"), slowest("allreduce_ms"), results[0]["grad_bytes"],
-                   slowest("local_amax_ms"), sweep)
+    return Scaling(slowest("single_ms"), slowest("synced_ms"), slowest("allreduce_ms"), results[0]["grad_bytes"])

@@ -29,7 +29,7 @@ def test_data_parallel_fp8_training_matches_one_process(lowprec, tmp_path):
     shape = GPU_SHAPE if lowprec.on_cuda else CPU_SHAPE
     lowprec.signature(world=WORLD, d=shape.d, blocks=shape.blocks, global_tokens=shape.tokens, steps=shape.steps,
                       lr=shape.lr, poison_step=POISON_STEP, backend="nccl" if lowprec.on_cuda else "gloo",
-                      sync="ddp fp32, group amax", sm_carveout=Job.sm_carveout if lowprec.on_cuda else 0)
+                      sync="ddp fp32, group amax")
     job = Job(shape, WORLD, lowprec.on_cuda, str(tmp_path / "rendezvous"), str(tmp_path / "out"), "train",
               poison_step=POISON_STEP)
     ranks = launch(job, timeout_s=900 if lowprec.on_cuda else 300)
@@ -52,21 +52,12 @@ def test_data_parallel_fp8_scaling_efficiency(lowprec, tmp_path):
     """Per-GPU batch fixed at the training suite's 4096 tokens: efficiency = t_one_gpu / t_data_parallel."""
     shape = Shape(d=GPU_SHAPE.d, blocks=GPU_SHAPE.blocks, tokens=GPU_SHAPE.tokens * WORLD, steps=0, lr=GPU_SHAPE.lr)
     lowprec.signature(world=WORLD, d=shape.d, blocks=shape.blocks, tokens_per_gpu=shape.tokens // WORLD,
-                      backend="nccl", sync="ddp fp32", timing="cuda events, 5 rounds x 10 steps",
-                      sm_carveout=Job.sm_carveout)
+                      backend="nccl", sync="ddp fp32", timing="cuda events, 5 rounds x 10 steps")
     job = Job(shape, WORLD, True, str(tmp_path / "rendezvous"), str(tmp_path / "out"), "time")
     result = scaling(launch(job, timeout_s=600))
     lowprec.efficiency("scaling_efficiency", result.efficiency, min=0.90)
     lowprec.info("one_gpu_step_ms", result.single_ms, "ms")
     lowprec.info("data_parallel_step_ms", result.synced_ms, "ms")
     lowprec.info("allreduce_alone_ms", result.allreduce_ms, "ms")
-    lowprec.info("amax_allreduces_ms", result.synced_ms - result.local_amax_ms, "ms")
-    for carveout, ms in result.synced_ms_by_carveout.items():
-        lowprec.info(f"data_parallel_step_ms.carveout{carveout}", ms, "ms")
     lowprec.info("allreduce_hidden_fraction", result.hidden_fraction)
     lowprec.info("tokens_per_s", WORLD * (shape.tokens // WORLD) / (result.synced_ms / 1e3), "tok/s")
-
-
-def test_a_job_rejects_a_negative_sm_carveout(tmp_path):
-    with pytest.raises(ValueError, match="an SM carveout counts multiprocessors"):
-        Job(CPU_SHAPE, WORLD, False, str(tmp_path / "r"), str(tmp_path / "o"), "train", sm_carveout=-1)
