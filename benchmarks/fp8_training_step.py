@@ -37,15 +37,6 @@ from pytest_lowprec.timing import CudaEventTimer  # noqa: E402
 SHAPE = Shape(d=4096, blocks=2, tokens=4096, steps=1, lr=3e-4)
 
 
-def _eager_quantize(t, dtype, reduce_amax=None, transpose=False, amax=None, seen_amax=None):
-    """The suite's quantizer as it was before the Triton path: torch operations, then a transpose copy
-    (and, for the weights' delayed scale, one more amax pass)."""
-    if seen_amax is not None:
-        seen_amax.copy_(t.detach().abs().amax().float())
-    q, inv = quantize_tensorwise(t, dtype, amax=amax)
-    return (q, q.t().contiguous(), inv) if transpose else (q, inv)
-
-
 def _times(timer: CudaEventTimer, step, bf16, fp8) -> dict[str, tuple[float, float]]:
     """(bf16 ms, fp8 ms) three ways: "steady", the gate's own timing (alternating pairs, L2 flushed,
     queued back to back with one synchronize per batch, so the host runs ahead as in training without
@@ -75,7 +66,7 @@ def steps() -> None:
     timer = CudaEventTimer(device.index, l2_bytes=device.l2_bytes, uuid=device.uuid)
     triton_quantize = fp8_training._quantize
     variants = [  # name, quantizer, recipe, compiled
-        ("eager quantizers", _eager_quantize, RECIPE, False),
+        ("eager quantizers", fp8_training._quantize_eager, RECIPE, False),
         ("triton quantizer (suite)", triton_quantize, RECIPE, False),
         ("weights by current amax", triton_quantize, dataclasses.replace(RECIPE, weight_amax="current"), False),
         ("+ fast accum wgrad", triton_quantize, dataclasses.replace(RECIPE, fast_accum=("fprop", "wgrad")), False),

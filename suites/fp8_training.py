@@ -95,6 +95,12 @@ def _quantize(t: torch.Tensor, dtype: torch.dtype, reduce_amax=None, transpose: 
             if amax is None:
                 amax = absmax(t) if reduce_amax is None else reduce_amax(absmax(t))
             return quantize_fp8_tensorwise_triton(t, dtype, amax=amax, transpose=transpose, seen_amax=seen_amax)
+    return _quantize_eager(t, dtype, reduce_amax, transpose, amax, seen_amax)
+
+
+def _quantize_eager(t: torch.Tensor, dtype: torch.dtype, reduce_amax=None, transpose: bool = False,
+                    amax: torch.Tensor | None = None, seen_amax: torch.Tensor | None = None):
+    """_quantize in torch operations (the CPU's path; benchmarks time it on the GPU)."""
     own = t.detach().abs().amax().float()
     if seen_amax is not None:
         seen_amax.copy_(own)

@@ -22,6 +22,7 @@ so small a model), so there the control is reported, not gated.
 from __future__ import annotations
 
 import copy
+import statistics
 
 import pytest
 import torch
@@ -93,10 +94,6 @@ def _runs(lowprec, runs: dict, names: tuple[str, ...]):
     return have
 
 
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
-
 
 @pytest.mark.lowprec(precision="nvfp4")
 def test_nvfp4_training_matches_bf16(lowprec, runs):
@@ -105,12 +102,12 @@ def test_nvfp4_training_matches_bf16(lowprec, runs):
     have = _runs(lowprec, runs, ("recipe",))
     ref, recipe_runs = have["bf16"], have["recipe"]
     gaps = [run.held_out_gap(ref) for run in recipe_runs]
-    gap = _mean(gaps)
+    gap = statistics.fmean(gaps)
     lowprec.accuracy("held_out_loss_gap", gap, max=BOUND)
     lowprec.info("margin_to_bound", BOUND - gap)
     for seed, one in zip(SEEDS, gaps, strict=True):
         lowprec.info(f"held_out_loss_gap.seed{seed}", one)
-    lowprec.info("training_loss_gap", _mean(run.gap(ref) for run in recipe_runs))
+    lowprec.info("training_loss_gap", statistics.fmean(run.gap(ref) for run in recipe_runs))
     lowprec.info("fp8_warmup_steps", max(run.switch_step for run in recipe_runs))  # the step NVFP4 took over
     lowprec.info("bf16_loss_first_over_last", ref.losses[0] / ref.final)
     lowprec.accuracy("skipped_steps", sum(len(run.skipped) for run in recipe_runs) + len(ref.skipped), max=0)
@@ -123,8 +120,8 @@ def test_naive_nvfp4_control_ends_further_from_bf16(lowprec, runs):
     _signature(lowprec, shape, Calibration())
     have = _runs(lowprec, runs, ("recipe", "naive"))
     ref, recipe_runs, (naive,) = have["bf16"], have["recipe"], have["naive"]  # naive draws nothing: one run
-    recipe_gap = _mean(run.gap(ref) for run in recipe_runs)
-    recipe_held_out = _mean(run.held_out_gap(ref) for run in recipe_runs)
+    recipe_gap = statistics.fmean(run.gap(ref) for run in recipe_runs)
+    recipe_held_out = statistics.fmean(run.held_out_gap(ref) for run in recipe_runs)
     lowprec.info("naive_training_loss_gap", naive.gap(ref))
     lowprec.info("naive_held_out_loss_gap", naive.held_out_gap(ref))
     lowprec.info("naive_minus_recipe_held_out_gap", naive.held_out_gap(ref) - recipe_held_out)
