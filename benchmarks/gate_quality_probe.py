@@ -52,7 +52,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 class Spinner:
     """Extra work of a chosen length: a GPU spin kernel (torch.cuda._sleep, in clock cycles) on the
-    current stream, or a host busy-wait (in seconds). `units_per_ms` converts a time into an amount."""
+    current stream, or a counted host loop (in iterations: the host timer times CPU work, and a loop
+    that spins to a wall-clock deadline does less work the more the machine is loaded).
+    `units_per_ms` converts a time into an amount."""
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -62,7 +64,7 @@ class Spinner:
             self._torch = torch
             self.units_per_ms = self._cycles_per_ms()
         else:
-            self.units_per_ms = 1e-3
+            self.units_per_ms = self._iterations_per_ms()
 
     def _cycles_per_ms(self) -> float:
         torch = self._torch
@@ -77,13 +79,27 @@ class Spinner:
             times.append(start.elapsed_time(end))
         return cycles / statistics.median(times[1:])
 
+    @staticmethod
+    def _iterations_per_ms() -> float:
+        iterations, times = 200_000, []
+        for _ in range(5):
+            start = time.process_time_ns()
+            _count(iterations)
+            times.append((time.process_time_ns() - start) / 1e6)
+        return iterations / statistics.median(times[1:])
+
     def run(self, amount: float) -> None:
         if self.kind == "cuda":
             self._torch.cuda._sleep(int(amount))
         else:
-            deadline = time.perf_counter() + amount
-            while time.perf_counter() < deadline:
-                pass
+            _count(int(amount))
+
+
+def _count(iterations: int) -> int:
+    total = 0
+    for i in range(iterations):
+        total += i
+    return total
 
 
 def realized_slowdown(timer, clean: Callable[[], object], slowed: Callable[[], object], n: int) -> float:

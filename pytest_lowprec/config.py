@@ -39,6 +39,16 @@ def parse_fraction(text: str) -> float:
     return value
 
 
+def parse_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def parse_positive(text: str) -> float:
     value = float(text)
     if not (value > 0 and math.isfinite(value)):
@@ -61,9 +71,22 @@ class GateConfig:
     sampling: SamplingPolicy = field(default_factory=SamplingPolicy)
     confidence: float = 0.95
     seed: int = 0
+    # Recording: how many measurements (rounds) make a new baseline, and the most pair noise (and spread
+    # of the rounds' medians) a recorded speedup may carry: a noisier one would widen its own tolerance.
+    record_rounds: int = 1
+    max_record_noise: float = 0.05
+    # Intra-op threads of torch on the CPU for the whole run: host-timed work and CPU accuracy values
+    # (a reduction's order depends on the thread count) do not depend on the machine's core count.
+    cpu_threads: int = 2
 
     def __post_init__(self) -> None:
         validate_key(self.gpu)
+        if isinstance(self.record_rounds, bool) or not isinstance(self.record_rounds, int) or self.record_rounds < 1:
+            raise ValueError(f"record rounds must be a whole number >= 1, got {self.record_rounds!r}")
+        if not 0.0 < self.max_record_noise < 1.0:
+            raise ValueError(f"the recording noise cap must lie in (0, 1), got {self.max_record_noise}")
+        if isinstance(self.cpu_threads, bool) or not isinstance(self.cpu_threads, int) or self.cpu_threads < 1:
+            raise ValueError(f"cpu threads must be a whole number >= 1, got {self.cpu_threads!r}")
         if self.precisions is not None:
             unknown = set(self.precisions) - set(PRECISIONS)
             if unknown:

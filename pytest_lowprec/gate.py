@@ -13,7 +13,19 @@ from enum import Enum
 
 from .stats import RatioSummary
 
-PASS, FAIL, SKIP = "pass", "fail", "skip"
+
+class Status(str, Enum):
+    """A verdict's outcome. Only FAIL fails a test by itself; UNGATED and INCONCLUSIVE are visible
+    everywhere and fail under --lowprec-strict (the reason is then added and the status is FAIL)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"
+    UNGATED = "ungated"  # neither a bound nor a usable baseline: nothing was asserted
+    INCONCLUSIVE = "inconclusive"  # the interval still straddled a decision line when sampling ended
+
+
+PASS, FAIL, SKIP, UNGATED, INCONCLUSIVE = Status.PASS, Status.FAIL, Status.SKIP, Status.UNGATED, Status.INCONCLUSIVE
 
 
 class Kind(str, Enum):
@@ -75,20 +87,24 @@ EFFICIENCY_MARGIN = Margin(abs=0.05, rel=0.05)
 
 @dataclass(frozen=True)
 class SpeedupTolerance:
-    """Allowed relative drop below the baseline median: max(floor, k * noise at recording)."""
+    """Allowed relative drop below the baseline median: max(floor, k * the noise and the spread stored
+    at recording), never above `cap`: one noisy recording must not switch the speed gate off."""
 
     floor: float = 0.03
     noise_k: float = 2.0
+    cap: float = 0.10
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.floor < 1.0:
             raise ValueError(f"tolerance floor must lie in [0, 1), got {self.floor}")
         if self.noise_k < 0:
             raise ValueError(f"noise multiplier must be >= 0, got {self.noise_k}")
+        if not self.floor <= self.cap < 1.0:
+            raise ValueError(f"tolerance cap must lie in [floor={self.floor}, 1), got {self.cap}")
 
-    def relative(self, stored_noise: float | None) -> float:
-        noise = stored_noise if stored_noise is not None and math.isfinite(stored_noise) else 0.0
-        return min(max(self.floor, self.noise_k * noise), 0.95)
+    def relative(self, stored_noise: float | None, stored_spread: float | None = None) -> float:
+        spread = max((x for x in (stored_noise, stored_spread) if x is not None and math.isfinite(x)), default=0.0)
+        return min(max(self.floor, self.noise_k * spread), self.cap)
 
 
 @dataclass(frozen=True)
@@ -101,6 +117,8 @@ class BaselineView:
     noise: float | None = None
     recorded: str | None = None
     detail: str = ""
+    spread: float | None = None  # relative range of the rounds' medians, when recorded in rounds
+    sides_ms: tuple[float, float] | None = None  # the baseline's (baseline side, optimized side) median ms
 
     @property
     def usable(self) -> bool:
@@ -111,7 +129,7 @@ class BaselineView:
 class Verdict:
     metric: str
     kind: Kind
-    status: str
+    status: Status
     value: float | None = None
     interval: tuple[float, float] | None = None
     unit: str = ""
@@ -132,7 +150,7 @@ class Verdict:
         return {
             "metric": self.metric,
             "kind": self.kind.value,
-            "status": self.status,
+            "status": self.status.value,
             "value": self.value,
             "interval": list(self.interval) if self.interval else None,
             "unit": self.unit,
@@ -151,7 +169,7 @@ class Verdict:
         return cls(
             metric=d["metric"],
             kind=Kind(d["kind"]),
-            status=d["status"],
+            status=Status(d["status"]),
             value=d["value"],
             interval=tuple(d["interval"]) if d["interval"] else None,
             unit=d["unit"],
@@ -177,7 +195,9 @@ def baseline_view(entry: dict | None, metric: str, signature: dict, gpu: str) ->
     stored = entry.get("metrics", {}).get(metric)
     if stored is None:
         return BaselineView("missing", gpu, recorded=recorded, detail=f"no baseline for {metric} on {gpu}")
-    return BaselineView("ok", gpu, value=stored.get("value"), noise=stored.get("noise"), recorded=recorded)
+    sides = (stored.get("baseline_ms"), stored.get("optimized_ms"))
+    return BaselineView("ok", gpu, value=stored.get("value"), noise=stored.get("noise"), recorded=recorded,
+                        spread=stored.get("spread"), sides_ms=sides if all(_finite(x) for x in sides) else None)
 
 
 def _signature_change(old: dict, new: dict) -> str:
@@ -218,17 +238,46 @@ def _baseline_presence(base: BaselineView, update: bool, strict: bool) -> tuple[
     return [], [flag]
 
 
+def _open_status(reasons: list[str], *, gated: bool, settled: bool, strict: bool) -> Status:
+    """FAIL with reasons; else INCONCLUSIVE or UNGATED when so (both FAIL under strict, saying why); else PASS."""
+    if not reasons and not settled:
+        if not strict:
+            return INCONCLUSIVE
+        reasons.append("inconclusive: the interval still straddles a decision line after the time budget "
+                       "(--lowprec-strict); raise --lowprec-time-budget or reduce the workload's noise")
+    if not gated:
+        if not strict and not reasons:
+            return UNGATED
+        if strict:
+            reasons.append("ungated: neither a bound nor a usable baseline (--lowprec-strict); declare a floor "
+                           "(min=, or lowprec.expect(...) for a speedup) or record a baseline with --lowprec-update")
+    return FAIL if reasons else PASS
+
+
 def speedup_decision_lines(floor: float | None, base: BaselineView, tol: SpeedupTolerance, update: bool) -> list[float]:
     """The ratios at which the speedup verdict flips; sampling goes on while the interval holds one."""
     lines = [floor] if floor is not None else []
     if base.usable and not update:
-        rel = tol.relative(base.noise)
+        rel = tol.relative(base.noise, base.spread)
         lines += [base.value * (1.0 - rel), base.value * (1.0 + rel)]
     return lines
 
 
 def is_settled(summary: RatioSummary, lines: list[float]) -> bool:
     return not any(summary.low <= line <= summary.high for line in lines)
+
+
+def side_changes(sides_ms: tuple[float, float] | None, base: BaselineView) -> dict:
+    """Each side's median ms and its change against the baseline's: did the reference get faster,
+    or the optimized side slower?"""
+    if sides_ms is None:
+        return {}
+    out = {"baseline_ms": sides_ms[0], "optimized_ms": sides_ms[1]}
+    if base.usable and base.sides_ms is not None:
+        for side, now, then in zip(("baseline", "optimized"), sides_ms, base.sides_ms, strict=True):
+            out[f"{side}_ms_stored"] = then
+            out[f"{side}_ms_delta_pct"] = 100.0 * (now - then) / then if then else None
+    return out
 
 
 def judge_speedup(
@@ -241,27 +290,32 @@ def judge_speedup(
     update: bool = False,
     strict: bool = False,
     settled: bool = True,
+    noise_cap: float | None = None,
+    floor_note: str = "",
+    sides_ms: tuple[float, float] | None = None,
     where: str = "",
     extra: dict | None = None,
 ) -> Verdict:
-    """Fail when the interval lies wholly below the floor, or below the baseline by more than the tolerance."""
+    """Fail when the interval lies wholly below the floor, or below the baseline by more than the tolerance;
+    when recording, also when the pairs are noisier than `noise_cap` (such a baseline would gate nothing)."""
     reasons: list[str] = []
     flags: list[str] = []
     value = summary.median
     interval = (summary.low, summary.high)
-    bound = f">= {floor:.2f}x" if floor is not None else ""
+    bound = (f">= {floor:.2f}x" + (f" ({floor_note})" if floor_note else "")) if floor is not None else ""
     if not (_finite(value) and _finite(summary.low) and _finite(summary.high)):
         reasons.append(f"speedup is {_nonfinite_word(value if not _finite(value) else summary.low)}")
     else:
         if floor is not None and summary.high < floor:
             reasons.append(
                 f"below floor: {summary.confidence:.0%} interval [{summary.low:.3f}, {summary.high:.3f}] < {floor:.2f}x"
+                + (f" ({floor_note})" if floor_note else "")
             )
         more_reasons, more_flags = _baseline_presence(base, update, strict)
         reasons += more_reasons
         flags += more_flags
         if base.usable and not update:
-            rel = tol.relative(base.noise)
+            rel = tol.relative(base.noise, base.spread)
             low_line, high_line = base.value * (1.0 - rel), base.value * (1.0 + rel)
             if summary.high < low_line:
                 reasons.append(
@@ -270,12 +324,18 @@ def judge_speedup(
                 )
             elif summary.low > high_line:
                 flags.append("improved")
-        if not settled:
-            flags.append("inconclusive")
+        if update and noise_cap is not None and not summary.noise <= noise_cap:
+            reasons.append(
+                f"not recorded: the pairs' noise is {summary.noise:.1%}, over the recording cap {noise_cap:.0%}; "
+                "record on an idle machine (nothing else on this GPU or these cores), time a larger or "
+                "graph-replayed workload, or raise the ini option lowprec_max_record_noise"
+            )
+    gated = floor is not None or (base.usable and not update)
+    status = _open_status(reasons, gated=gated, settled=settled, strict=strict)
     return Verdict(
         metric=metric,
         kind=Kind.SPEEDUP,
-        status=FAIL if reasons else PASS,
+        status=status,
         value=value,
         interval=interval,
         unit="x",
@@ -286,7 +346,7 @@ def judge_speedup(
         reasons=tuple(reasons),
         flags=tuple(flags),
         where=where,
-        extra=dict(extra or {}),
+        extra={**(extra or {}), **side_changes(sides_ms, base)},
     )
 
 
@@ -348,10 +408,11 @@ def judge_value(
                 reasons.append(f"drifted: {value:.6g} > baseline {base.value:.6g} + margin {allowed:.3g}")
             elif (value - base.value) * (1 if higher_is_better else -1) > allowed:
                 flags.append("improved")
+    gated = minimum is not None or maximum is not None or (base.usable and not update)
     return Verdict(
         metric=metric,
         kind=kind,
-        status=FAIL if reasons else PASS,
+        status=_open_status(reasons, gated=gated, settled=True, strict=strict),
         value=float(value) if value is not None else None,
         unit=unit,
         bound=" and ".join(bound_parts),

@@ -10,12 +10,15 @@ import ctypes
 import platform
 import re
 import subprocess
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 
 
 @dataclass(frozen=True)
 class GpuSpec:
-    """Dense datasheet peaks, for roofline fractions; None where the chip has no such unit."""
+    """A GPU in the registry: dense datasheet peaks (TFLOP/s per math unit, None where the chip has no
+    such unit; HBM and host-link GB/s), and what this project measured on it (`measured`: ceiling
+    metric names as suites/test_roofline.py records them, `measured_on`: device, stack and date)."""
 
     key: str
     pattern: str  # regex over the lower-cased device name
@@ -23,28 +26,66 @@ class GpuSpec:
     fp8_tflops: float | None
     fp4_tflops: float | None
     hbm_gbps: float
+    fp32_tflops: float | None = None  # CUDA cores, no tensor cores
+    link_gbps: float = 64.0  # host link per direction: PCIe Gen5 x16 unless said
+    measured: Mapping[str, float] = field(default_factory=dict)
+    measured_on: str = ""
 
+    def tflops(self, unit: str) -> float | None:
+        """Dense rate of a math unit; FP6 runs at FP8's rate where the chip has FP4 units (Blackwell)."""
+        if unit == "fp6":
+            return self.fp8_tflops if self.fp4_tflops else None
+        return {"bf16": self.bf16_tflops, "fp8": self.fp8_tflops, "fp4": self.fp4_tflops,
+                "fp32": self.fp32_tflops}.get(unit)
+
+
+# Measured by suites/test_roofline.py (best of 20 CUDA-event timings; copy counts bytes read and
+# written; GEMMs at 8192^3 on N(0,1) data): the H100's from baselines/h100.json.
+_H100_MEASURED = {"ceiling.copy_tb_per_s": 3.008, "ceiling.gemm_tflops.bf16": 794.3, "ceiling.gemm_tflops.fp8": 1494.0}
+_H100_ON = "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, cuBLAS 13.1.0, 2026-11-22"
+# The H200's, by the same test (../shared/REFERENCE.md, 2026-11-30).
+_H200_MEASURED = {"ceiling.copy_tb_per_s": 4.25, "ceiling.gemm_tflops.bf16": 798.0, "ceiling.gemm_tflops.fp8": 1376.0}
+_H200_ON = "NVIDIA H200, torch 2.11.0+cu130, driver 580.159.04, 2026-11-30"
 
 # Ordered: the first pattern that matches a device name wins, so variants come
 # before the plain part (an "H100 PCIe" must not become an "h100").
 GPU_SPECS: tuple[GpuSpec, ...] = (
-    GpuSpec("gb300", r"gb300", 2500.0, 5000.0, 15000.0, 8000.0),
-    GpuSpec("b300", r"\bb300\b", 2250.0, 4500.0, 13500.0, 8000.0),
-    GpuSpec("gb200", r"gb200", 2500.0, 5000.0, 10000.0, 8000.0),
-    GpuSpec("b200", r"\bb200\b", 2250.0, 4500.0, 9000.0, 8000.0),
-    GpuSpec("gh200", r"gh200", 989.0, 1979.0, None, 4000.0),
-    GpuSpec("h200", r"\bh200\b", 989.0, 1979.0, None, 4800.0),
-    GpuSpec("h100-pcie", r"\bh100\b.*pcie", 756.0, 1513.0, None, 2000.0),
-    GpuSpec("h100-nvl", r"\bh100\b.*nvl", 835.0, 1671.0, None, 3900.0),
-    GpuSpec("h100", r"\bh100\b", 989.0, 1979.0, None, 3350.0),
-    GpuSpec("h20", r"\bh20\b", 148.0, 296.0, None, 4000.0),
-    GpuSpec("l40s", r"\bl40s\b", 362.0, 733.0, None, 864.0),
-    GpuSpec("l4", r"\bl4\b", 121.0, 242.0, None, 300.0),
-    GpuSpec("a100", r"\ba100\b", 312.0, None, None, 2039.0),
-    GpuSpec("a10g", r"\ba10g\b", 70.0, None, None, 600.0),
-    GpuSpec("rtx5090", r"rtx 5090", 209.5, 419.0, 838.0, 1792.0),
-    GpuSpec("rtx4090", r"rtx 4090", 165.2, 330.3, None, 1008.0),
+    GpuSpec("gb300", r"gb300", 2500.0, 5000.0, 15000.0, 8000.0, fp32_tflops=80.0, link_gbps=450.0),
+    GpuSpec("b300", r"\bb300\b", 2250.0, 4500.0, 13500.0, 8000.0, fp32_tflops=75.0, link_gbps=128.0),
+    GpuSpec("gb200", r"gb200", 2500.0, 5000.0, 10000.0, 8000.0, fp32_tflops=80.0, link_gbps=450.0),
+    GpuSpec("b200", r"\bb200\b", 2250.0, 4500.0, 9000.0, 8000.0, fp32_tflops=75.0, link_gbps=64.0),
+    GpuSpec("gh200", r"gh200", 989.0, 1979.0, None, 4000.0, fp32_tflops=67.0, link_gbps=450.0),
+    GpuSpec("h200", r"\bh200\b", 989.0, 1979.0, None, 4800.0, fp32_tflops=67.0,
+            measured=_H200_MEASURED, measured_on=_H200_ON),
+    GpuSpec("h100-pcie", r"\bh100\b.*pcie", 756.0, 1513.0, None, 2000.0, fp32_tflops=51.0),
+    GpuSpec("h100-nvl", r"\bh100\b.*nvl", 835.0, 1671.0, None, 3900.0, fp32_tflops=60.0),
+    GpuSpec("h100", r"\bh100\b", 989.0, 1979.0, None, 3350.0, fp32_tflops=67.0,
+            measured=_H100_MEASURED, measured_on=_H100_ON),
+    GpuSpec("h20", r"\bh20\b", 148.0, 296.0, None, 4000.0, fp32_tflops=44.0),
+    GpuSpec("l40s", r"\bl40s\b", 362.0, 733.0, None, 864.0, fp32_tflops=91.6, link_gbps=32.0),
+    GpuSpec("l4", r"\bl4\b", 121.0, 242.0, None, 300.0, fp32_tflops=30.3, link_gbps=32.0),
+    GpuSpec("a100", r"\ba100\b", 312.0, None, None, 2039.0, fp32_tflops=19.5, link_gbps=32.0),
+    GpuSpec("a10g", r"\ba10g\b", 70.0, None, None, 600.0, fp32_tflops=31.2, link_gbps=32.0),
+    GpuSpec("rtx5090", r"rtx 5090", 209.5, 419.0, 838.0, 1792.0, fp32_tflops=104.8),
+    GpuSpec("rtx4090", r"rtx 4090", 165.2, 330.3, None, 1008.0, fp32_tflops=82.6, link_gbps=32.0),
 )
+
+# Dense tensor-core FLOPs per clock per SM by compute capability (bf16, fp8, fp4), the generation's
+# figure that its datasheets imply (rate / SMs / boost clock): A100 312 T / 108 / 1.41 GHz = 2048;
+# H100 989 T / 132 / 1.83 GHz = 4096; B200 2250 T / 148 / 1.86 GHz = 8192; consumer parts (8.9, 12.x)
+# at their float32-accumulate rate. For a GPU that is not in GPU_SPECS, with its SM count and clock.
+_PER_SM_CLOCK: dict[tuple[int, int], tuple[float, float | None, float | None]] = {
+    (8, 0): (2048.0, None, None),
+    (8, 6): (512.0, None, None),
+    (8, 9): (1024.0, 2048.0, None),
+    (9, 0): (4096.0, 8192.0, None),
+    (10, 0): (8192.0, 16384.0, 32768.0),
+    (10, 3): (8192.0, 16384.0, 49152.0),
+    (12, 0): (512.0, 1024.0, 2048.0),
+}
+# CUDA-core float32 FLOPs per clock per SM: 256 (128 FMA lanes; H100 67 T / 132 / 1.98 GHz) on every
+# generation since GA10x and Hopper, 128 on the A100 (19.5 T / 108 / 1.41 GHz).
+_FP32_PER_SM_CLOCK = {(8, 0): 128.0}
 CPU_KEY = "cpu"
 AUTO_KEY = "auto"
 _MULTI_KEY = re.compile(r"^(\d+)x_([a-z0-9][a-z0-9-]*)$")
@@ -70,16 +111,21 @@ def spec_for(key: str) -> GpuSpec | None:
     return next((s for s in GPU_SPECS if s.key == base_key(key)), None)
 
 
-def peak_tflops(key: str, precisions: tuple[str, ...]) -> float | None:
-    """Dense datasheet peak of the narrowest unit the precisions use; None where the chip has none."""
-    spec = spec_for(key)
-    if spec is None:
+def derived_spec(device: DeviceInfo, sm_clock_mhz: float | None, memory_gbps: float | None) -> GpuSpec | None:
+    """A registry entry for a GPU the registry does not name, from its compute capability, SM count and
+    clock (the generation's per-SM rates); None where the capability is unknown to the table. A memory
+    bandwidth that could not be read leaves memory-bound predictions to the measured ceilings."""
+    if device.capability is None or device.sm_count is None or sm_clock_mhz is None:
         return None
-    if any(p in ("nvfp4", "fp4", "mxfp4", "mxfp6", "fp6") for p in precisions):
-        return spec.fp4_tflops
-    if any(p in ("fp8", "mxfp8", "int8") for p in precisions):
-        return spec.fp8_tflops
-    return spec.bf16_tflops
+    per_clock = _PER_SM_CLOCK.get(tuple(device.capability))
+    if per_clock is None:
+        return None
+    scale = device.sm_count * sm_clock_mhz * 1e6 / 1e12
+    bf16, fp8, fp4 = (r * scale if r else None for r in per_clock)
+    fp32 = _FP32_PER_SM_CLOCK.get(tuple(device.capability), 256.0) * scale
+    major, minor = device.capability
+    return GpuSpec(device.key, "", bf16, fp8, fp4, memory_gbps or 0.0, fp32_tflops=fp32,
+                   measured_on=f"derived from sm_{major}{minor} x {device.sm_count} SMs x {sm_clock_mhz:.0f} MHz")
 
 
 def gpu_key_from_name(name: str) -> str:
@@ -249,6 +295,31 @@ def device_state(device: str | None, run=_run, nvml=_nvml_state) -> dict | None:
         return _state(int(parts[0]), int(parts[1]), int(parts[2], 16))
     except (IndexError, ValueError):
         return None
+
+
+def _nvml_bus_width(uuid: str | None) -> int | None:
+    if uuid is None:
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetMemoryBusWidth(pynvml.nvmlDeviceGetHandleByUUID(uuid.encode())))
+    except Exception:  # no pynvml, or NVML without the query: no bandwidth, said by the caller
+        return None
+
+
+def probe_rates(device: DeviceInfo, run=_run, bus_width=_nvml_bus_width) -> tuple[float | None, float | None]:
+    """Max SM clock (MHz) and memory bandwidth (GB/s: two transfers a memory clock over the bus) of a GPU
+    the registry does not name, for `derived_spec`; None for what could not be read."""
+    out = run(["nvidia-smi", f"--id={device.uuid or device.index}", "--query-gpu=clocks.max.sm,clocks.max.memory",
+               "--format=csv,noheader,nounits"])
+    try:
+        sm_mhz, mem_mhz = (float(p) for p in out.splitlines()[0].split(","))
+    except (AttributeError, IndexError, ValueError):
+        return None, None
+    bits = bus_width(device.uuid)
+    return sm_mhz, (2 * mem_mhz * 1e6 * bits / 8 / 1e9 if bits else None)
 
 
 def _cublas_version() -> str | None:

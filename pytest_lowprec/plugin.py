@@ -16,8 +16,8 @@ import pytest
 
 from . import hookspec
 from .baselines import BaselineError, BaselineStore
-from .config import GateConfig, parse_fraction, parse_gpu, parse_positive, parse_precisions
-from .gate import SpeedupTolerance
+from .config import GateConfig, parse_count, parse_fraction, parse_gpu, parse_positive, parse_precisions
+from .gate import SpeedupTolerance, Status
 from .hardware import DeviceInfo, gpu_count_mismatch, gpu_for_worker, probe_cuda, select_device, visible_gpu_ids
 from .profiling import nvtx_range
 from .recorder import Recorder, TestRecord
@@ -29,6 +29,7 @@ from .timing import SamplingPolicy, default_timer
 RUN_KEY = pytest.StashKey[LowprecRun]()
 RECORDER_KEY = pytest.StashKey[Recorder]()
 RECORD_KEY = pytest.StashKey[TestRecord]()
+THREADS_KEY = pytest.StashKey[int]()
 _MARKER_ARGS = {"precision", "device", "gpus"}
 
 
@@ -82,7 +83,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lowprec-time-budget", dest="lowprec_time_budget", default=None,
                     type=_usage(parse_positive), metavar="SECONDS",
                     help="most seconds one speedup may spend sampling while its interval straddles "
-                         "a decision line (default 8).")
+                         "a decision line (default 8); a verdict still straddling one then is inconclusive.")
+    group.addoption("--lowprec-rounds", dest="lowprec_record_rounds", default=None,
+                    type=_usage(parse_count), metavar="N",
+                    help="with --lowprec-update: measure each speedup N times (warm-up included) and record "
+                         "the pooled pairs with the spread of the N medians; a spread or pair noise over "
+                         "lowprec_max_record_noise is refused (default 1; 3 for a GPU's first baseline).")
     parser.addini("lowprec_gpu", "default for --gpu", default="auto")
     parser.addini("lowprec_baselines", "default for --lowprec-baselines", default="baselines")
     parser.addini("lowprec_strict", "default for --lowprec-strict", type="bool", default=False)
@@ -95,6 +101,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("lowprec_record_pairs", "A/B pairs taken when recording a baseline", default="120")
     parser.addini("lowprec_confirm", "times a failing speedup is measured again before it fails", default="1")
     parser.addini("lowprec_confidence", "confidence of the bootstrap interval", default="0.95")
+    parser.addini("lowprec_max_tolerance", "largest tolerance below a baseline, whatever noise it stored",
+                  default="0.10")
+    parser.addini("lowprec_max_record_noise", "most pair noise (and spread of rounds) a recorded speedup may "
+                  "carry; a noisier one is refused", default="0.05")
+    parser.addini("lowprec_record_rounds", "default for --lowprec-rounds", default="1")
+    parser.addini("lowprec_cpu_threads", "torch's intra-op threads for the run: host timings and CPU accuracy "
+                  "values then do not depend on the machine's core count", default="2")
 
 
 def _option(config: pytest.Config, name: str, parse: Callable[[str], object] = str) -> object:
@@ -133,6 +146,7 @@ def _gate_config(config: pytest.Config) -> GateConfig:
             tolerance=SpeedupTolerance(
                 floor=_option(config, "lowprec_tolerance", parse_fraction),
                 noise_k=float(config.getini("lowprec_noise_k")),
+                cap=parse_fraction(config.getini("lowprec_max_tolerance")),
             ),
             sampling=SamplingPolicy(
                 min_pairs=int(config.getini("lowprec_min_pairs")),
@@ -142,6 +156,9 @@ def _gate_config(config: pytest.Config) -> GateConfig:
                 budget_s=_option(config, "lowprec_time_budget", parse_positive),
             ),
             confidence=float(config.getini("lowprec_confidence")),
+            record_rounds=_option(config, "lowprec_record_rounds", parse_count),
+            max_record_noise=parse_fraction(config.getini("lowprec_max_record_noise")),
+            cpu_threads=parse_count(config.getini("lowprec_cpu_threads")),
         )
     except ValueError as exc:
         raise pytest.UsageError(f"pytest-lowprec: {exc}") from None
@@ -207,8 +224,26 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"pytest-lowprec: {exc}") from None
     run = LowprecRun(config, gate, device, store, entries)
     config.stash[RUN_KEY] = run
+    config.stash[THREADS_KEY] = _fix_cpu_threads(gate.cpu_threads)
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(run, "lowprec-run")
+
+
+def _fix_cpu_threads(threads: int) -> int:
+    """Run torch's CPU work on a fixed number of threads; returns the number it had, to restore."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return before
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    before = config.stash.get(THREADS_KEY, None)
+    if before is not None:
+        import torch
+
+        torch.set_num_threads(before)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -331,6 +366,8 @@ def pytest_runtest_call(item: pytest.Item):
     for v in record.verdicts:
         if v.value is not None:
             item.user_properties.append((f"lowprec.{v.metric}", v.value))
+        if v.status != Status.PASS:  # JUnit readers see what was not gated or not decided, not only failures
+            item.user_properties.append((f"lowprec.{v.metric}.status", v.status.value))
     for name, sides in record.traces.items():
         for side, trace in sides.items():
             if trace.file:
@@ -338,7 +375,7 @@ def pytest_runtest_call(item: pytest.Item):
     if record.failed_verdicts:
         pytest.fail(failure_message(item.nodeid, item.config.stash[RUN_KEY].device.key, record.verdicts),
                     pytrace=False)
-    if record.verdicts and all(v.status == "skip" for v in record.verdicts):
+    if record.verdicts and all(v.status == Status.SKIP for v in record.verdicts):
         pytest.skip("; ".join(sorted({r for v in record.verdicts for r in v.reasons})))
     return result
 

@@ -7,6 +7,7 @@ plugin hands in the timer factory and the stored baseline entry.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -16,10 +17,12 @@ from dataclasses import dataclass, field
 from . import gate, roofline
 from .config import GateConfig
 from .gate import Kind, Margin, SpeedupTolerance, Verdict
-from .hardware import DeviceInfo, base_key, peak_tflops, spec_for
+from .hardware import DeviceInfo, GpuSpec, base_key
+from .measure import SpeedResult, measure_speedup
 from .profiling import NvtxRanges, SideTrace, match_kernels, nvtx_range, profile_side, trace_path
-from .stats import side_medians, summarize_pairs
-from .timing import Measurement, Timer, measure_pairs
+from .roofline import Expectation, Work
+from .stats import summarize_pairs
+from .timing import Timer
 
 TimerFactory = Callable[[str, dict], Timer]
 
@@ -38,11 +41,28 @@ def _call_site(depth: int = 2) -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
+def _floor(minimum: float | Expectation | None) -> tuple[float | None, str, Expectation | None]:
+    """A speedup's floor as a number, how it was reached, and the expectation it came from (if any)."""
+    if isinstance(minimum, Expectation):
+        return minimum.floor, minimum.note(), minimum
+    return (None if minimum is None else float(minimum)), "", None
+
+
 def _as_float(value: object) -> float:
     """Metrics may arrive as 0-d tensors or numpy scalars; the gate works in Python floats."""
     if hasattr(value, "item"):
         value = value.item()
     return float(value)
+
+
+@dataclass
+class SharedState:
+    """What every recorder of a run shares: this GPU's registry entry and ceilings, and whether a
+    profiler has run in this process yet (see Recorder.speedup)."""
+
+    spec: GpuSpec | None = None
+    ceilings: roofline.Ceilings | None = None
+    traced: bool = False
 
 
 @dataclass
@@ -120,7 +140,7 @@ class Recorder:
         config: GateConfig,
         baseline_entry: dict | None,
         make_timer: TimerFactory,
-        session_state: dict | None = None,
+        shared: SharedState | None = None,
     ):
         self.nodeid = nodeid
         self.precision = precision
@@ -137,8 +157,7 @@ class Recorder:
         self._speed_ms: dict[str, float] = {}
         self._traces: dict[str, dict[str, SideTrace]] = {}
         self._nvtx = NvtxRanges()
-        # Shared by every test of the session: whether torch.profiler has run yet (see speedup()).
-        self._session = session_state if session_state is not None else {}
+        self._shared = shared if shared is not None else SharedState()
 
     # -- what the test reads ------------------------------------------------
     @property
@@ -214,19 +233,29 @@ class Recorder:
         self._add(Kind.INFO, metric, where, lambda base: gate.judge_info(metric, val, unit, where),
                   {"kind": "info", "value": val, "unit": unit} if math.isfinite(val) else None)
 
+    def expect(self, baseline: Work | tuple[Work, ...], optimized: Work | tuple[Work, ...], *,
+               fraction: float, faster: bool = False, why: str = "") -> Expectation:
+        """A speedup floor from the hardware model: `fraction` of the speedup this GPU's ceilings predict
+        for the declared work of each side (never under 1.0 when `faster`). Pass it as `speedup(min=...)`.
+        `why` says where the fraction comes from (what the H100 and H200 measured against the model)."""
+        unavailable = "" if self._device.is_cuda else f"no hardware model for {self._device.key}"
+        return roofline.expect_speedup(baseline, optimized, self._shared.ceilings if self._device.is_cuda else None,
+                                       fraction=fraction, faster=faster, why=why, unavailable=unavailable)
+
     def speedup(
         self,
         baseline: Callable[[], object],
         optimized: Callable[[], object],
         *,
-        min: float | None = None,  # noqa: A002
+        min: float | Expectation | None = None,  # noqa: A002
         name: str = "speedup",
         device: str = "cuda",
         tolerance: SpeedupTolerance | None = None,
         graphs: bool = False,
         flush_l2: bool = True,
-    ) -> Measurement | None:
-        """Time `baseline` and `optimized` alternately and gate optimized's speedup.
+    ) -> SpeedResult | None:
+        """Time `baseline` and `optimized` alternately and gate optimized's speedup against `min` (a number,
+        or an Expectation from `lowprec.expect`) and the stored baseline.
 
         `device` says where the work runs: "cuda" work is timed with CUDA events and
         skips (with a reason) on a run without a GPU; "cpu" work is timed on the host.
@@ -234,67 +263,72 @@ class Recorder:
         where = _call_site()
         if device not in ("cuda", "cpu"):
             raise ValueError(f"speedup device must be 'cuda' or 'cpu', got {device!r}")
+        floor, floor_note, expectation = _floor(min)
         if device == "cuda" and not self._device.is_cuda:
             reason = f"speed gate over CUDA work skipped: no CUDA device (gpu key {self._device.key})"
             skipped = gate.judge_skipped(name, Kind.SPEEDUP, reason, where)
             self._add(Kind.SPEEDUP, name, where, lambda base: skipped, None)
             return None
-        tol = tolerance or self._config.tolerance
+        config = self._config
+        tol = tolerance or config.tolerance
         timer = self._make_timer(device, {"graphs": graphs, "flush_l2": flush_l2})
         baseline = self._nvtx.wrap(f"{name}:baseline", baseline)
         optimized = self._nvtx.wrap(f"{name}:optimized", optimized)
         view = self._view(name)
-        lines = gate.speedup_decision_lines(min, view, tol, self._config.update)
-        seed, conf = self._config.seed, self._config.confidence
-
-        def settled(pairs):
-            return gate.is_settled(summarize_pairs(pairs, conf, seed=seed), lines)
-
-        # A failing measurement is taken again (sampling.confirm times) and the test fails only when
-        # every one fails: a transient state of the machine fails one measurement, a slowdown all.
-        failed: list[list[float]] = []
-        while True:
-            with nvtx_range(f"{self.nodeid}:{name}"):
-                m = measure_pairs(timer, baseline, optimized, self._config.sampling, settled,
-                                  recording=self._config.update)
-            self._timed_s += m.timed_s
-            self._timer_wall_s += m.wall_s
-            summary = summarize_pairs(m.pairs, conf, seed=seed)
-            if self._config.update or not gate.judge_speedup(name, summary, min, view, tol).failed:
-                break
-            failed.append([summary.low, summary.high])
-            if len(failed) > self._config.sampling.confirm:
-                break
-        passed_last = len(failed) <= self._config.sampling.confirm  # the loop ended on a passing measurement
-        refuted = failed if failed and passed_last else []
-        confirmed = len(failed) > 1 and not passed_last
-        base_ms, opt_ms = side_medians(m.pairs)
-        extra = {"baseline_ms": base_ms, "optimized_ms": opt_ms, "timer": m.timer, "samples": summary.n,
-                 "state_before": m.state_before, "state_after": m.state_after,
-                 "measurements": len(failed) + (1 if passed_last else 0), "refuted": refuted}
-
+        lines = gate.speedup_decision_lines(floor, view, tol, config.update)
+        seed, conf = config.seed, config.confidence
+        result = measure_speedup(
+            timer, baseline, optimized, config.sampling,
+            settled=lambda pairs: gate.is_settled(summarize_pairs(pairs, conf, seed=seed), lines),
+            fails=lambda summary: gate.judge_speedup(name, summary, floor, view, tol).failed,
+            recording=config.update, rounds=config.record_rounds if config.update else 1,
+            confidence=conf, seed=seed, bracket=lambda: nvtx_range(f"{self.nodeid}:{name}"),
+        )
+        self._timed_s += result.timed_s
+        self._timer_wall_s += result.wall_s
+        summary, m = result.summary, result.last
+        extra = {"timer": m.timer, "samples": summary.n, "state_before": m.state_before,
+                 "state_after": m.state_after, "measurements": result.measurements,
+                 "refuted": [list(r) for r in result.refuted], "rounds": list(result.rounds),
+                 "spread": result.spread}
+        if expectation is not None:
+            extra["expectation"] = expectation.as_dict()
+        if m.timer == "host":
+            extra["cpu_threads"] = config.cpu_threads
         # After torch.profiler has run in this process, eager launches are slower (CUPTI stays
         # attached): an eager, launch-bound measurement taken then is flagged, never silently trusted.
-        after_trace = self._session.get("traced", False) and not graphs
+        after_trace = self._shared.traced and not graphs
+        flags = (("throttled",) if m.throttled else ()) + (("after-trace",) if after_trace else ())
+        flags += (("remeasured",) if result.refuted else ()) + (("confirmed",) if result.confirmed else ())
+        noise_cap = config.max_record_noise
 
         def judge(base: gate.BaselineView) -> Verdict:
-            v = gate.judge_speedup(name, summary, min, base, tol, update=self._config.update,
-                                   strict=self._config.strict, settled=m.settled, where=where, extra=extra)
-            flags = v.flags + (("throttled",) if m.throttled else ()) + (("after-trace",) if after_trace else ())
-            flags += (("remeasured",) if refuted else ()) + (("confirmed",) if confirmed else ())
-            return Verdict(**{**v.__dict__, "flags": flags}) if flags != v.flags else v
+            v = gate.judge_speedup(name, summary, floor, base, tol, update=config.update, strict=config.strict,
+                                   settled=result.settled, noise_cap=noise_cap, floor_note=floor_note,
+                                   sides_ms=result.sides_ms, where=where, extra=extra)
+            spread = result.spread
+            if config.update and spread is not None and spread > noise_cap:
+                v = dataclasses.replace(v, status=gate.FAIL, reasons=v.reasons + (
+                    f"not recorded: the {len(result.rounds)} rounds' medians spread {spread:.1%}, over the "
+                    f"recording cap {noise_cap:.0%}; record on an idle machine or raise lowprec_max_record_noise",))
+            return dataclasses.replace(v, flags=v.flags + flags) if flags else v
 
         stored = None
         if math.isfinite(summary.median):
             stored = {"kind": "speedup", "value": summary.median, "unit": "x", **summary.as_dict(),
-                      "baseline_ms": base_ms, "optimized_ms": opt_ms, "timer": m.timer, "throttled": m.throttled}
+                      "baseline_ms": result.sides_ms[0], "optimized_ms": result.sides_ms[1], "timer": m.timer,
+                      "throttled": m.throttled}
+            if result.rounds:
+                stored.update(rounds=list(result.rounds), spread=result.spread)
+            if expectation is not None and expectation.predicted is not None:
+                stored["predicted"] = expectation.predicted
         self._add(Kind.SPEEDUP, name, where, judge, stored)
         self._speed_sides[name] = {"baseline": baseline, "optimized": optimized}
-        self._speed_ms[name] = opt_ms
-        if self._config.trace_dir is not None and device == "cuda":
+        self._speed_ms[name] = result.sides_ms[1]
+        if config.trace_dir is not None and device == "cuda":
             for side in ("baseline", "optimized"):
                 self._trace(name, side, write=True, where=where)
-        return m
+        return result
 
     def expect_kernels(self, side: str = "optimized", *, require: tuple[str, ...] | list[str] | str = (),
                        forbid: tuple[str, ...] | list[str] | str = (), name: str = "speedup") -> None:
@@ -328,23 +362,23 @@ class Recorder:
         ms = self._speed_ms.get(name)
         if ms is None:
             return  # no timing on this run (no CUDA): nothing to report
-        spec = spec_for(self._device.key)
+        spec, ceilings = self._shared.spec, self._shared.ceilings
+        precisions = (precision,) if isinstance(precision, str) else (precision or self.precision)
+        unit = roofline.unit_for(precisions)
         if flops is not None:
             tflops = flops / (ms * 1e-3) / 1e12
             self.info(f"{name}.tflops", tflops, "TFLOP/s")
-            peak = peak_tflops(self._device.key, self.precision)
+            peak = spec.tflops(unit) if spec is not None else None
             if peak:
                 self.info(f"{name}.of_peak_flops", tflops / peak, "of datasheet peak")
         if nbytes is not None:
             tbps = nbytes / (ms * 1e-3) / 1e12
             self.info(f"{name}.tb_per_s", tbps, "TB/s")
-            if spec is not None:
+            if spec is not None and spec.hbm_gbps:
                 self.info(f"{name}.of_peak_bandwidth", tbps / (spec.hbm_gbps / 1e3), "of datasheet peak")
-        ceilings = roofline.measured_ceilings(self._session.get("ceilings", {}), spec)
-        if ceilings is None:
+        pred = roofline.predict(flops, nbytes, unit, ceilings) if ceilings is not None else None
+        if pred is None:
             return
-        precisions = (precision,) if isinstance(precision, str) else (precision or self.precision)
-        pred = roofline.predict(flops, nbytes, roofline.unit_for(precisions), ceilings)
         self.info(f"{name}.predicted_ms", pred.seconds * 1e3, f"ms, predicted ({pred.bound}-bound)")
         fraction = pred.fraction(ms * 1e-3)
         if min_fraction is None:
@@ -366,7 +400,7 @@ class Recorder:
             return traces[side]
         path = trace_path(self._config.trace_dir, self.nodeid, name, side) if write else None
         trace = profile_side(side, self._speed_sides[name][side], path)
-        self._session["traced"] = True
+        self._shared.traced = True
         traces[side] = trace
         if trace.error:
             metric = f"trace:{name}.{side}"

@@ -1,29 +1,42 @@
-"""Roofline expectations: how fast a workload of given FLOPs and bytes should run on this GPU.
+"""The hardware model: how long a declared amount of work should take on this GPU, and so what speedup
+one side should have over the other.
 
-Pure. The ceilings are measured ones where the GPU's baseline file holds them (metrics named
-`ceiling.copy_tb_per_s` and `ceiling.gemm_tflops.<unit>`, recorded by suites/test_roofline.py
-on that GPU), else the datasheet's dense peaks. A prediction is labelled as one: only
-measurements gate speed, and a test may gate its measured fraction of the prediction.
+Pure. A side's work is one or more phases (`Work`): each phase takes the longest of moving its bytes
+through device memory, its host-link bytes over the link, and its FLOPs on its math unit, plus one
+launch latency per kernel; phases run one after another. The ceilings come, field by field, from this
+GPU's baseline file (metrics `ceiling.*`, recorded by suites/test_roofline.py on the machine that
+gates), else the registry's measurements of that GPU (hardware.GPU_SPECS), else its datasheet (or,
+for a GPU the registry does not name, its capability's per-SM rates). A prediction is labelled as
+one; the gate turns it into a speedup floor only through a stated fraction (`Expectation`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from .hardware import GpuSpec
 
 CEILING_PREFIX = "ceiling."
 COPY_METRIC = "ceiling.copy_tb_per_s"
 GEMM_METRIC = "ceiling.gemm_tflops."
+LAUNCH_METRIC = "ceiling.launch_us"
+LINK_METRIC = "ceiling.h2d_gb_per_s"
+UNITS = ("fp4", "fp6", "fp8", "bf16", "fp32")
+# One kernel's cost beyond its bytes and FLOPs (launch, ramp-up, tail) where no GPU-specific
+# measurement exists: the H100 and H200 measured 2-3 us for an empty kernel replayed from a CUDA graph
+# (suites/test_roofline.py, docs/gate-expectations-h200-2026-11-30.md).
+DEFAULT_LAUNCH_US = 2.5
 
 
 def unit_for(precisions: Iterable[str]) -> str:
-    """The tensor-core unit the narrowest of these precisions uses: fp4, fp8 or bf16."""
+    """The math unit the narrowest of these precisions uses: fp4, fp6, fp8 or bf16."""
     names = set(precisions)
-    if names & {"nvfp4", "fp4", "mxfp4", "mxfp6", "fp6"}:
+    if names & {"nvfp4", "fp4", "mxfp4"}:
         return "fp4"
+    if names & {"mxfp6", "fp6"}:
+        return "fp6"
     if names & {"fp8", "mxfp8", "int8"}:
         return "fp8"
     return "bf16"
@@ -31,12 +44,27 @@ def unit_for(precisions: Iterable[str]) -> str:
 
 @dataclass(frozen=True)
 class Ceilings:
-    bytes_per_s: float
+    bytes_per_s: float | None  # device-memory copy rate; None when neither measured nor known
     flops_per_s: Mapping[str, float]  # by unit; a unit the chip lacks is absent
-    source: str  # "measured" or "datasheet"
+    link_bytes_per_s: float
+    launch_s: float
+    sources: Mapping[str, str] = field(default_factory=dict)  # ceiling -> where its value came from
+
+    def describe(self, used: Iterable[str]) -> str:
+        """Where the ceilings a prediction used came from, in a few words: 'measured', 'datasheet',
+        'derived' (from the capability), with a default launch latency named apart."""
+        words = {self.sources.get(key, "datasheet").split(" ")[0] for key in used if key != "launch"}
+        text = next((w for w in ("derived", "datasheet") if w in words), "measured")
+        if "launch" in used and self.sources.get("launch") == "default":
+            text += ", default launch"
+        return text
+
+    @property
+    def source(self) -> str:
+        return self.describe(self.sources)
 
     def flops_for(self, unit: str) -> tuple[float, str]:
-        """The rate of `unit`, or the BF16 rate where the chip lacks that unit: emulated FP4/FP8
+        """The rate of `unit`, or the BF16 rate where the chip lacks that unit: emulated FP4/FP6/FP8
         GEMMs dequantize to BF16 tensor cores (as the NVFP4 GEMM does on Hopper)."""
         for candidate in (unit, "bf16"):
             if candidate in self.flops_per_s:
@@ -44,22 +72,34 @@ class Ceilings:
         raise ValueError(f"no GEMM rate for {unit} or bf16 in {dict(self.flops_per_s)}")
 
 
-def datasheet_ceilings(spec: GpuSpec) -> Ceilings:
-    rates = {"bf16": spec.bf16_tflops, "fp8": spec.fp8_tflops, "fp4": spec.fp4_tflops}
-    return Ceilings(spec.hbm_gbps * 1e9, {u: r * 1e12 for u, r in rates.items() if r}, "datasheet")
+def _finite_positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
-def measured_ceilings(metrics: Mapping[str, float], spec: GpuSpec | None) -> Ceilings | None:
-    """Ceilings from `ceiling.*` metrics, a missing GEMM rate filled from the datasheet; None when
-    no copy bandwidth was measured (then the datasheet's ceilings apply, if the GPU is known)."""
-    copy = metrics.get(COPY_METRIC)
-    if copy is None or not math.isfinite(copy) or copy <= 0:
-        return datasheet_ceilings(spec) if spec is not None else None
-    rates = dict(datasheet_ceilings(spec).flops_per_s) if spec is not None else {}
-    for name, value in metrics.items():
-        if name.startswith(GEMM_METRIC) and math.isfinite(value) and value > 0:
-            rates[name[len(GEMM_METRIC):]] = value * 1e12
-    return Ceilings(copy * 1e12, rates, "measured")
+def ceilings_for(spec: GpuSpec | None, measured_here: Mapping[str, float]) -> Ceilings | None:
+    """This GPU's ceilings: each from the baseline file where measured here, else the registry's lab
+    measurement, else the datasheet; None for a device with no registry entry (the CPU)."""
+    if spec is None:
+        return None
+    datasheet_word = "derived" if spec.measured_on.startswith("derived") else "datasheet"
+    layers = [(measured_here, "measured here"), (spec.measured, f"measured in the lab ({spec.measured_on})")]
+
+    def pick(metric: str, fallback: float | None, fallback_source: str) -> tuple[float | None, str]:
+        for values, source in layers:
+            if _finite_positive(values.get(metric)):
+                return float(values[metric]), source
+        return fallback, fallback_source
+
+    sources: dict[str, str] = {}
+    copy, sources["copy"] = pick(COPY_METRIC, spec.hbm_gbps / 1e3 if spec.hbm_gbps else None, datasheet_word)
+    flops = {}
+    for unit in UNITS:
+        rate, source = pick(GEMM_METRIC + unit, spec.tflops(unit), datasheet_word)
+        if rate:
+            flops[unit], sources[unit] = rate * 1e12, source
+    link, sources["link"] = pick(LINK_METRIC, spec.link_gbps, datasheet_word)
+    launch, sources["launch"] = pick(LAUNCH_METRIC, DEFAULT_LAUNCH_US, "default")
+    return Ceilings(copy * 1e12 if copy else None, flops, link * 1e9, launch * 1e-6, sources)
 
 
 def ceiling_metrics(entries: Mapping[str, dict]) -> dict[str, float]:
@@ -67,18 +107,153 @@ def ceiling_metrics(entries: Mapping[str, dict]) -> dict[str, float]:
     found = {}
     for entry in entries.values():
         for name, metric in entry.get("metrics", {}).items():
-            if name.startswith(CEILING_PREFIX) and isinstance(metric.get("value"), (int, float)):
+            if name.startswith(CEILING_PREFIX) and _finite_positive(metric.get("value")):
                 found[name] = float(metric["value"])
     return found
 
 
 @dataclass(frozen=True)
-class Prediction:
+class Work:
+    """What one phase of a side asks of the chip: FLOPs on a math unit, bytes through device memory,
+    bytes over the host link, and how many kernels it launches. Its terms overlap (a roofline);
+    `a + b` runs two phases one after the other."""
+
+    flops: float = 0.0
+    nbytes: float = 0.0
+    unit: str = "bf16"
+    link_bytes: float = 0.0
+    kernels: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("flops", "nbytes", "link_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value)
+                                                                                    and value >= 0):
+                raise ValueError(f"Work.{name} must be a finite number >= 0, got {value!r}")
+        if self.unit not in UNITS:
+            raise ValueError(f"Work.unit {self.unit!r} is not a math unit; use one of {', '.join(UNITS)}")
+        if isinstance(self.kernels, bool) or not isinstance(self.kernels, int) or self.kernels < 0:
+            raise ValueError(f"Work.kernels must be a whole number >= 0, got {self.kernels!r}")
+        if not (self.flops or self.nbytes or self.link_bytes or self.kernels):
+            raise ValueError("a Work with no FLOPs, bytes or kernels takes no time; declare what the side does")
+
+    def __add__(self, other: Work | Sequence[Work]) -> tuple[Work, ...]:
+        return (self, *phases(other))
+
+    def __radd__(self, other: Sequence[Work]) -> tuple[Work, ...]:
+        return (*phases(other), self)
+
+
+def phases(side: Work | Sequence[Work]) -> tuple[Work, ...]:
+    if isinstance(side, Work):
+        return (side,)
+    out = tuple(side)
+    if not out or not all(isinstance(w, Work) for w in out):
+        raise ValueError(f"a side's work is a Work or a non-empty sequence of Work, got {side!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class SidePrediction:
     seconds: float
-    bound: str  # "memory" or "compute"
-    memory_s: float
-    compute_s: float
-    unit: str  # the tensor-core unit whose rate was used
+    bound: str  # what dominates the side's time: memory, compute, link or launch
+    unit: str  # the math unit whose rate its largest compute term used (after any emulation fallback)
+    used: frozenset[str] = frozenset()  # the ceilings it used: copy, link, launch and math units
+
+    def as_dict(self) -> dict:
+        return {"ms": self.seconds * 1e3, "bound": self.bound, "unit": self.unit}
+
+
+def predict_side(side: Work | Sequence[Work], ceilings: Ceilings) -> SidePrediction | None:
+    """The side's predicted time, or None when it moves device-memory bytes and no bandwidth is known."""
+    totals = {"memory": 0.0, "compute": 0.0, "link": 0.0, "launch": 0.0}
+    seconds, unit, heaviest = 0.0, "bf16", -1.0
+    used_ceilings: set[str] = set()
+    for work in phases(side):
+        if work.nbytes and ceilings.bytes_per_s is None:
+            return None
+        rate, used = ceilings.flops_for(work.unit)
+        used_ceilings |= {name for name, amount in (("copy", work.nbytes), (used, work.flops),
+                                                    ("link", work.link_bytes), ("launch", work.kernels)) if amount}
+        terms = {"memory": work.nbytes / ceilings.bytes_per_s if work.nbytes else 0.0,
+                 "compute": work.flops / rate, "link": work.link_bytes / ceilings.link_bytes_per_s}
+        longest = max(terms, key=terms.get)
+        totals[longest] += terms[longest]
+        totals["launch"] += work.kernels * ceilings.launch_s
+        seconds += terms[longest] + work.kernels * ceilings.launch_s
+        if terms["compute"] > heaviest:
+            heaviest, unit = terms["compute"], used
+    return SidePrediction(seconds, max(totals, key=totals.get), unit, frozenset(used_ceilings))
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """A speedup floor that travels: `fraction` of the speedup the hardware model predicts on this GPU,
+    and never under 1.0 for a side claimed `faster`. `why` says where the fraction comes from."""
+
+    fraction: float
+    faster: bool
+    why: str
+    baseline: SidePrediction | None = None
+    optimized: SidePrediction | None = None
+    source: str = ""  # the ceilings' provenance, or why there is no prediction
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.fraction, (int, float)) and 0.0 < self.fraction <= 1.0):
+            raise ValueError(f"an expectation's fraction of the predicted speedup lies in (0, 1], got "
+                             f"{self.fraction!r}")
+
+    @property
+    def predicted(self) -> float | None:
+        if self.baseline is None or self.optimized is None:
+            return None
+        return self.baseline.seconds / self.optimized.seconds
+
+    @property
+    def floor(self) -> float | None:
+        predicted = self.predicted
+        if predicted is None:
+            return 1.0 if self.faster else None
+        return max(self.fraction * predicted, 1.0 if self.faster else 0.0)
+
+    def note(self) -> str:
+        """How the floor was reached, for the verdict's bound column."""
+        predicted = self.predicted
+        if predicted is None:
+            return f"claimed faster; no prediction: {self.source}" if self.faster else ""
+        text = (f"{self.fraction:g} x predicted {predicted:.2f}x, {self.baseline.bound}/{self.optimized.bound}"
+                f"-bound, {self.source} ceilings")
+        if self.faster and self.fraction * predicted < 1.0:
+            text = f"claimed faster; {text}"
+        return text
+
+    def as_dict(self) -> dict:
+        return {"predicted": self.predicted, "fraction": self.fraction, "faster": self.faster,
+                "floor": self.floor, "source": self.source, "why": self.why,
+                "baseline": self.baseline.as_dict() if self.baseline else None,
+                "optimized": self.optimized.as_dict() if self.optimized else None}
+
+
+def expect_speedup(baseline: Work | Sequence[Work], optimized: Work | Sequence[Work], ceilings: Ceilings | None,
+                   *, fraction: float, faster: bool = False, why: str = "", unavailable: str = "") -> Expectation:
+    """The expectation of `optimized` over `baseline` on the GPU whose ceilings these are."""
+    phases(baseline), phases(optimized)  # validate both even where nothing can be predicted
+    if ceilings is None:
+        return Expectation(fraction, faster, why, source=unavailable or "no hardware model for this device")
+    base, opt = predict_side(baseline, ceilings), predict_side(optimized, ceilings)
+    if base is None or opt is None:
+        return Expectation(fraction, faster, why, source="no memory bandwidth known for this GPU: record "
+                                                          "suites/test_roofline.py's ceilings")
+    return Expectation(fraction, faster, why, base, opt, ceilings.describe(base.used | opt.used))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One side's roofline, for `lowprec.work`: its predicted time and what bounds it."""
+
+    seconds: float
+    bound: str
+    unit: str
     source: str
 
     def fraction(self, measured_s: float) -> float:
@@ -89,12 +264,12 @@ class Prediction:
         return f"of {self.bound} roofline ({self.source} ceilings, {self.unit} rate)"
 
 
-def predict(flops: float | None, nbytes: float | None, unit: str, ceilings: Ceilings) -> Prediction:
-    """The roofline's time: the larger of moving the bytes and doing the FLOPs at the ceilings."""
+def predict(flops: float | None, nbytes: float | None, unit: str, ceilings: Ceilings) -> Prediction | None:
+    """The roofline's time of one kernel's work, launch excluded: the larger of moving the bytes and
+    doing the FLOPs at the ceilings (None when bytes are declared and no bandwidth is known)."""
     if not flops and not nbytes:
         raise ValueError("a roofline prediction needs flops or nbytes (or both)")
-    rate, used = ceilings.flops_for(unit)
-    memory_s = (nbytes or 0.0) / ceilings.bytes_per_s
-    compute_s = (flops or 0.0) / rate
-    bound = "memory" if memory_s >= compute_s else "compute"
-    return Prediction(max(memory_s, compute_s), bound, memory_s, compute_s, used, ceilings.source)
+    side = predict_side(Work(flops=flops or 0.0, nbytes=nbytes or 0.0, unit=unit, kernels=0), ceilings)
+    if side is None:
+        return None
+    return Prediction(side.seconds, side.bound, side.unit, ceilings.describe(side.used))

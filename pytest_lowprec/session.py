@@ -17,12 +17,12 @@ import pytest
 
 from .baselines import BaselineError, BaselineStore
 from .config import GateConfig
-from .hardware import DeviceInfo, software_fingerprint
-from .recorder import TestRecord
+from .hardware import DeviceInfo, derived_spec, probe_rates, software_fingerprint, spec_for
+from .recorder import SharedState, TestRecord
 from .report import html, markdown
 from .report.rows import verdict_frame, write_csv
 from .report.terminal import summary_lines
-from .roofline import ceiling_metrics
+from .roofline import ceiling_metrics, ceilings_for
 
 _WORKEROUTPUT_KEY = "lowprec_records"
 
@@ -56,8 +56,10 @@ class LowprecRun:
         self.written: tuple[Path, int] | None = None
         self.write_error: str | None = None
         self.reports: list[str] = []
-        # State the session's recorders share: whether a profiler has run, this GPU's measured ceilings.
-        self.shared: dict = {"ceilings": ceiling_metrics(entries)}
+        spec = spec_for(device.key)
+        if spec is None and device.is_cuda:  # a GPU the registry does not name: its capability's rates
+            spec = derived_spec(device, *probe_rates(device))
+        self.shared = SharedState(spec=spec, ceilings=ceilings_for(spec, ceiling_metrics(entries)))
 
     # -- records ------------------------------------------------------------
     def add(self, record: TestRecord) -> None:
@@ -110,6 +112,7 @@ class LowprecRun:
             "commit": _git_commit(Path(self.pytest_config.rootpath)),
             "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
             "baselines": str(self.store.path_for(self.device.key)),
+            "cpu_threads": self.gate.cpu_threads,
         }
 
     def write_reports(self) -> None:

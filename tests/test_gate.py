@@ -25,9 +25,81 @@ def test_speedup_interval_wholly_below_floor_fails():
     assert v.failed and "below floor" in v.reasons[0]
 
 
-def test_speedup_interval_straddling_floor_passes_as_inconclusive():
+def test_speedup_interval_straddling_floor_when_sampling_ends_is_inconclusive_not_passed():
     v = speed(RatioSummary(1.5, 1.45, 1.55, 40, 0.01, 0.95), floor=1.5, settled=False, base=MISSING)
-    assert not v.failed and "inconclusive" in v.flags
+    assert v.status == gate.INCONCLUSIVE and not v.failed
+
+
+def test_an_inconclusive_speedup_fails_under_strict_saying_why():
+    level = BaselineView("ok", "h100", value=1.50, noise=0.01, recorded="d")
+    v = speed(RatioSummary(1.5, 1.45, 1.55, 40, 0.01, 0.95), floor=1.5, settled=False, base=level, strict=True)
+    assert v.failed and v.reasons[0].startswith("inconclusive")
+
+
+def test_a_failing_speedup_is_failed_even_when_unsettled():
+    assert speed(summary(1.2), floor=1.5, settled=False).status == gate.FAIL
+
+
+def test_a_speedup_with_neither_floor_nor_baseline_is_ungated():
+    v = speed(summary(1.6), base=MISSING)
+    assert v.status == gate.UNGATED and not v.failed
+
+
+def test_a_speedup_being_recorded_without_a_floor_is_ungated_in_that_run():
+    assert speed(summary(1.6), update=True).status == gate.UNGATED
+
+
+def test_an_ungated_speedup_fails_under_strict_and_says_how_to_gate_it():
+    v = speed(summary(1.6), base=MISSING, strict=True)
+    assert v.failed and any(r.startswith("ungated") and "lowprec.expect" in r for r in v.reasons)
+
+
+def test_a_floor_alone_gates_a_speedup():
+    assert speed(summary(1.6), floor=1.2, base=MISSING).status == gate.PASS
+
+
+def test_the_tolerance_never_exceeds_its_cap_whatever_noise_was_stored():
+    assert SpeedupTolerance().relative(0.71) == 0.10
+    noisy = BaselineView("ok", "h100", value=1.60, noise=0.71, recorded="d")
+    assert speed(summary(0.80), base=noisy).failed  # a 50% slowdown against a noisy recording
+
+
+def test_the_spread_of_recorded_rounds_widens_the_tolerance_like_noise():
+    assert SpeedupTolerance(floor=0.03, noise_k=2.0).relative(0.005, 0.03) == pytest.approx(0.06)
+
+
+def test_a_tolerance_cap_under_its_floor_is_refused():
+    with pytest.raises(ValueError, match="tolerance cap"):
+        SpeedupTolerance(floor=0.05, cap=0.04)
+
+
+def test_recording_refuses_a_speedup_noisier_than_the_cap_and_says_what_to_do():
+    v = speed(summary(1.6, noise=0.072), update=True, noise_cap=0.05)
+    assert v.failed and "not recorded: the pairs' noise is 7.2%, over the recording cap 5%" in v.reasons[0]
+    assert "idle machine" in v.reasons[0]
+    assert not speed(summary(1.6, noise=0.04), floor=1.2, update=True, noise_cap=0.05).failed
+
+
+def test_the_noise_cap_applies_only_when_recording():
+    assert not speed(summary(1.6, noise=0.2), noise_cap=0.05).failed
+
+
+def test_both_sides_ms_and_their_change_against_the_baseline_ride_with_the_verdict():
+    base = BaselineView("ok", "h100", value=1.60, noise=0.01, recorded="d", sides_ms=(1.0, 0.625))
+    v = speed(summary(1.60), base=base, sides_ms=(1.1, 0.6875))
+    assert v.extra["baseline_ms"] == 1.1 and v.extra["optimized_ms"] == 0.6875
+    assert v.extra["baseline_ms_delta_pct"] == pytest.approx(10.0)
+    assert v.extra["optimized_ms_delta_pct"] == pytest.approx(10.0)
+
+
+def test_without_stored_sides_only_this_runs_ms_are_shown():
+    v = speed(summary(1.60), base=MISSING, sides_ms=(1.0, 0.6))
+    assert v.extra == {"baseline_ms": 1.0, "optimized_ms": 0.6}
+
+
+def test_the_floor_note_says_how_the_floor_was_reached():
+    v = speed(summary(1.2), floor=1.5, floor_note="0.85 x predicted 1.76x", base=MISSING)
+    assert v.bound == ">= 1.50x (0.85 x predicted 1.76x)" and "predicted 1.76x" in v.reasons[0]
 
 
 def test_speedup_below_baseline_by_more_than_tolerance_fails_as_regressed():
@@ -138,3 +210,22 @@ def test_verdict_survives_a_round_trip_through_a_dict():
 def test_margin_rejects_negative_values():
     with pytest.raises(ValueError, match="non-negative"):
         Margin(abs=-1.0)
+
+
+def test_an_accuracy_metric_with_neither_bound_nor_baseline_is_ungated():
+    assert value(30.0).status == gate.UNGATED
+
+
+def test_an_accuracy_metric_with_only_a_baseline_is_gated_by_its_drift():
+    assert value(28.4, base=BaselineView("ok", "h100", value=28.5, recorded="d")).status == gate.PASS
+
+
+def test_an_ungated_accuracy_metric_fails_under_strict():
+    assert value(30.0, strict=True).failed
+
+
+def test_baseline_view_carries_the_stored_sides_and_spread():
+    entry = {"signature": {}, "recorded": "d", "metrics": {"speedup": {
+        "value": 1.6, "noise": 0.01, "spread": 0.02, "baseline_ms": 1.0, "optimized_ms": 0.625}}}
+    view = gate.baseline_view(entry, "speedup", {}, "h200")
+    assert view.sides_ms == (1.0, 0.625) and view.spread == 0.02

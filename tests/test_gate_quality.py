@@ -83,25 +83,27 @@ def test_peers_table_sets_each_timers_spread_side_by_side(analysis):
 
 
 HOST_TEST = """
-import time
 import pytest
 
-def spin(ms):
-    end = time.perf_counter() + ms / 1e3
-    while time.perf_counter() < end:
-        pass
+def count(n):
+    total = 0
+    for i in range(n):
+        total += i
+    return total
 
 @pytest.mark.lowprec(precision="fp8")
 def test_host_speed(lowprec):
-    lowprec.speedup(baseline=lambda: spin(2.0), optimized=lambda: spin(1.0), device="cpu")
+    lowprec.speedup(baseline=lambda: count(40_000), optimized=lambda: count(20_000), device="cpu")
 """
 
 
 def test_a_study_on_the_host_timer_records_runs_and_catches_a_large_injected_slowdown(tmp_path):
     (tmp_path / "test_host.py").write_text(HOST_TEST)
     (tmp_path / "conftest.py").write_text("")
+    # A loaded 2-core CI machine gives these host pairs 2-6% noise (measured, 2026-11-30): over the
+    # recording's 5% cap at times. The cap has its own tests; this one is about the study.
     record = subprocess.run([sys.executable, "-m", "pytest", "test_host.py", "--gpu", "cpu", "--lowprec-update",
-                             "-q", "-p", "no:cacheprovider"],
+                             "-o", "lowprec_max_record_noise=0.25", "-q", "-p", "no:cacheprovider"],
                             cwd=tmp_path, capture_output=True, text=True)
     assert record.returncode == 0, record.stdout + record.stderr
     out = tmp_path / "study"

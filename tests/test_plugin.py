@@ -241,7 +241,7 @@ def test_changed_workload_signature_is_reported_stale_and_fails_under_strict(gat
     gate.makepyfile(test_sig=source.replace("K", "4096"))
     gate.runpytest("--lowprec-update").assert_outcomes(passed=1)
     gate.makepyfile(test_sig=source.replace("K", "8192"))
-    gate.runpytest().stdout.fnmatch_lines(["*speedup*pass (stale)*"])
+    gate.runpytest().stdout.fnmatch_lines(["*speedup*UNGATED (stale)*"])
     result = gate.runpytest("--lowprec-strict")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*stale baseline, workload changed (k: 4096 -> 8192) (--lowprec-strict)*"])
@@ -291,10 +291,11 @@ def test_cpu_work_is_gated_end_to_end_with_the_host_timer(pytester):
             return s
 
         def test_cpu_speed(lowprec):
-            # 40x less work on the optimized side: the ratio is far from the 2x floor.
-            lowprec.speedup(baseline=lambda: spin(40_000), optimized=lambda: spin(1_000), min=2.0, device="cpu")
+            # 10x less work on the optimized side: the ratio is far from the 2x floor.
+            lowprec.speedup(baseline=lambda: spin(400_000), optimized=lambda: spin(40_000), min=2.0, device="cpu")
     """)
-    result = pytester.runpytest("--gpu", "cpu", "--lowprec-update")
+    # A loaded 2-core CI machine gives host pairs 2-6% noise (measured): the recording cap is tested apart.
+    result = pytester.runpytest("--gpu", "cpu", "--lowprec-update", "-o", "lowprec_max_record_noise=0.25")
     result.assert_outcomes(passed=1)
     entry = stored(pytester, "cpu")["test_cpu_work_is_gated_end_to_end_with_the_host_timer.py::test_cpu_speed"]
     assert entry["metrics"]["speedup"]["timer"] == "host" and entry["metrics"]["speedup"]["value"] > 2.0

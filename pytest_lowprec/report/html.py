@@ -7,10 +7,10 @@ from pathlib import Path
 
 import jinja2
 
-from ..gate import Verdict
+from ..gate import Status, Verdict
 from .rows import counts, verdict_frame
 from .svg import accuracy_vs_speedup, speedup_chart
-from .terminal import format_baseline, format_delta, format_value, format_verdict
+from .terminal import ORDER, format_baseline, format_delta, format_sides, format_value, format_verdict
 
 
 def _environment() -> jinja2.Environment:
@@ -25,15 +25,15 @@ def _rows(records) -> list[dict]:
     for rec in sorted(records, key=lambda r: r.nodeid):
         for v in rec.verdicts:
             rows.append(_row(rec, v))
-    rows.sort(key=lambda r: ({"fail": 0, "pass": 1, "skip": 2}[r["status"]], r["test"]))
+    rows.sort(key=lambda r: (ORDER[Status(r["status"])], r["test"]))
     return rows
 
 
 def _row(rec, v: Verdict) -> dict:
-    return {"test": rec.nodeid, "precision": ",".join(rec.precision), "metric": v.metric, "status": v.status,
-            "bound": v.bound, "value_text": format_value(v), "baseline_text": format_baseline(v),
-            "delta_text": format_delta(v), "verdict_text": format_verdict(v),
-            "reasons": "; ".join(v.reasons) if v.status != "pass" else ""}
+    return {"test": rec.nodeid, "precision": ",".join(rec.precision), "metric": v.metric,
+            "status": v.status.value, "bound": v.bound, "value_text": format_value(v),
+            "baseline_text": format_baseline(v), "delta_text": format_delta(v), "sides_text": format_sides(v),
+            "verdict_text": format_verdict(v), "reasons": "; ".join(v.reasons) if v.status != Status.PASS else ""}
 
 
 def _traces(records, report_dir: Path) -> list[dict]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .rows import counts, verdict_frame
-from .terminal import format_baseline, format_delta, format_value, format_verdict
+from ..gate import Status
+from .terminal import format_baseline, format_delta, format_sides, format_value, format_verdict
 
 
 def _cell(text: str) -> str:
@@ -15,11 +16,12 @@ def _cell(text: str) -> str:
 
 
 def _table(rows) -> list[str]:
-    lines = ["| test | metric | value [interval] | bound | baseline | delta | verdict |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| test | metric | value [interval] | bound | baseline | delta | ms base / opt (vs stored) | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
     for rec, v in rows:
-        verdict = format_verdict(v) + (f": {'; '.join(v.reasons)}" if v.status == "fail" else "")
-        cells = (rec.nodeid, v.metric, format_value(v), v.bound or "-", format_baseline(v), format_delta(v), verdict)
+        verdict = format_verdict(v) + (f": {'; '.join(v.reasons)}" if v.status == Status.FAIL else "")
+        cells = (rec.nodeid, v.metric, format_value(v), v.bound or "-", format_baseline(v), format_delta(v),
+                 format_sides(v), verdict)
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return lines
 
@@ -27,15 +29,23 @@ def _table(rows) -> list[str]:
 def render(path: Path, header: dict, records) -> None:
     records = sorted(records, key=lambda r: r.nodeid)
     pairs = [(r, v) for r in records for v in r.verdicts]
-    failed = [(r, v) for r, v in pairs if v.status == "fail"]
-    improved = [(r, v) for r, v in pairs if v.status == "pass" and "improved" in v.flags]
-    rest = [(r, v) for r, v in pairs if (r, v) not in failed and (r, v) not in improved]
+    failed = [(r, v) for r, v in pairs if v.status == Status.FAIL]
+    inconclusive = [(r, v) for r, v in pairs if v.status == Status.INCONCLUSIVE]
+    ungated = [(r, v) for r, v in pairs if v.status == Status.UNGATED]
+    improved = [(r, v) for r, v in pairs if v.status == Status.PASS and "improved" in v.flags]
+    shown = failed + inconclusive + ungated + improved
+    rest = [(r, v) for r, v in pairs if (r, v) not in shown]
     c = counts(verdict_frame(records))
     lines = [f"## lowprec gate on {header['gpu']} ({header['device_name']})", "",
              f"{c['tests']} tests: **{c['failed']} failed**, {c['passed']} passed, {c['skipped']} skipped, "
-             f"{c['improved']} improved. Commit {header.get('commit') or 'unknown'}, {header['date']}.", ""]
+             f"{c['improved']} improved; verdicts {c['inconclusive']} inconclusive, {c['ungated']} ungated. "
+             f"Commit {header.get('commit') or 'unknown'}, {header['date']}.", ""]
     if failed:
         lines += ["### Regressions and failures", ""] + _table(failed) + [""]
+    if inconclusive:
+        lines += ["### Inconclusive (the interval still straddled a decision line)", ""] + _table(inconclusive) + [""]
+    if ungated:
+        lines += ["### Ungated (neither a bound nor a usable baseline)", ""] + _table(ungated) + [""]
     if improved:
         lines += ["### Improvements", ""] + _table(improved) + [""]
     if rest:

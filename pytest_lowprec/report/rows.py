@@ -7,7 +7,8 @@ from collections.abc import Iterable
 import pandas as pd
 
 COLUMNS = ["test", "precision", "metric", "kind", "value", "low", "high", "unit", "bound", "baseline",
-           "baseline_date", "delta_pct", "status", "flags", "reasons", "where"]
+           "baseline_date", "delta_pct", "baseline_ms", "optimized_ms", "baseline_ms_delta_pct",
+           "optimized_ms_delta_pct", "predicted", "status", "flags", "reasons", "where"]
 
 
 def verdict_frame(records: Iterable) -> pd.DataFrame:
@@ -27,7 +28,12 @@ def verdict_frame(records: Iterable) -> pd.DataFrame:
                 "baseline": v.baseline,
                 "baseline_date": v.baseline_date,
                 "delta_pct": v.delta_pct,
-                "status": v.status,
+                "baseline_ms": v.extra.get("baseline_ms"),
+                "optimized_ms": v.extra.get("optimized_ms"),
+                "baseline_ms_delta_pct": v.extra.get("baseline_ms_delta_pct"),
+                "optimized_ms_delta_pct": v.extra.get("optimized_ms_delta_pct"),
+                "predicted": (v.extra.get("expectation") or {}).get("predicted"),
+                "status": v.status.value,
                 "flags": ",".join(v.flags),
                 "reasons": "; ".join(v.reasons),
                 "where": v.where,
@@ -36,15 +42,17 @@ def verdict_frame(records: Iterable) -> pd.DataFrame:
 
 
 def counts(frame: pd.DataFrame) -> dict[str, int]:
-    """Tests by outcome: a test fails if any verdict fails; it is skipped if every verdict is."""
+    """Tests by outcome: a test fails if any verdict fails; it is skipped if every verdict is. Verdicts
+    the gate could not decide (inconclusive) or had nothing to decide by (ungated) are counted apart."""
     if frame.empty:
-        return {"tests": 0, "failed": 0, "passed": 0, "skipped": 0, "improved": 0}
+        return {"tests": 0, "failed": 0, "passed": 0, "skipped": 0, "improved": 0, "inconclusive": 0, "ungated": 0}
     by_test = frame.groupby("test")["status"].agg(list)
     failed = sum("fail" in s for s in by_test)
     skipped = sum(all(x == "skip" for x in s) for s in by_test)
     improved = int(frame["flags"].str.contains("improved").groupby(frame["test"]).any().sum())
     return {"tests": len(by_test), "failed": failed, "passed": len(by_test) - failed - skipped,
-            "skipped": skipped, "improved": improved}
+            "skipped": skipped, "improved": improved, "inconclusive": int((frame["status"] == "inconclusive").sum()),
+            "ungated": int((frame["status"] == "ungated").sum())}
 
 
 def write_csv(frame: pd.DataFrame, path) -> None:

@@ -28,7 +28,8 @@ def speedup_chart(frame: pd.DataFrame) -> str:
              f'<text x="{x(1):.1f}" y="9" font-size="9" text-anchor="middle">1x</text>']
     for i, row in enumerate(rows.itertuples()):
         y = 20 + i * _ROW
-        colour = {"fail": "#c0392b", "pass": "#2e86c1"}.get(row.status, "#999")
+        colour = {"fail": "#c0392b", "pass": "#2e86c1", "inconclusive": "#e67e22", "ungated": "#e67e22"}.get(
+            row.status, "#999")
         name = row.test.split("::", 1)[-1]  # the file is in the table; the chart has room for the test
         label = escape(f"{name} {row.metric}"[-48:])
         parts.append(f'<text x="{_LEFT - 6}" y="{y + 10}" font-size="10" text-anchor="end">{label}</text>')

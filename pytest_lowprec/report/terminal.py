@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ..gate import Verdict
+from ..gate import Status, Verdict
 
-_HEADERS = ("metric", "value [interval]", "bound", "baseline", "delta", "verdict")
+_HEADERS = ("metric", "value [interval]", "bound", "baseline", "delta", "ms base / opt (vs stored)", "verdict")
+# Failures first, then what the gate could not decide or had nothing to decide by, then the rest.
+ORDER = {Status.FAIL: 0, Status.INCONCLUSIVE: 1, Status.UNGATED: 2, Status.PASS: 3, Status.SKIP: 4}
 
 
 def format_bytes(n: float) -> str:
@@ -29,7 +31,7 @@ def format_number(value: float | None, unit: str) -> str:
 
 
 def format_value(v: Verdict) -> str:
-    if v.status == "skip" and v.value is None:
+    if v.status == Status.SKIP and v.value is None:
         return "-"
     text = format_number(v.value, v.unit)
     if v.interval is not None:
@@ -48,8 +50,20 @@ def format_delta(v: Verdict) -> str:
     return "-" if v.delta_pct is None else f"{v.delta_pct:+.1f}%"
 
 
+def format_sides(v: Verdict) -> str:
+    """Both sides' median ms of a speedup and each one's change against the stored baseline's: a lower
+    speedup from a faster reference reads differently from one with a slower optimized side."""
+    if "baseline_ms" not in v.extra:
+        return "-"
+    text = f"{v.extra['baseline_ms']:.4g} / {v.extra['optimized_ms']:.4g}"
+    deltas = [v.extra.get(f"{side}_ms_delta_pct") for side in ("baseline", "optimized")]
+    if all(d is not None for d in deltas):
+        text += f" ({deltas[0]:+.1f}% / {deltas[1]:+.1f}%)"
+    return text
+
+
 def format_verdict(v: Verdict) -> str:
-    word = v.status.upper() if v.status != "pass" else "pass"
+    word = v.status.value.upper() if v.status != Status.PASS else "pass"
     return word + (f" ({', '.join(v.flags)})" if v.flags else "")
 
 
@@ -62,7 +76,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 
 
 def verdict_row(v: Verdict) -> list[str]:
-    return [v.metric, format_value(v), v.bound or "-", format_baseline(v), format_delta(v), format_verdict(v)]
+    return [v.metric, format_value(v), v.bound or "-", format_baseline(v), format_delta(v), format_sides(v),
+            format_verdict(v)]
 
 
 def failure_message(nodeid: str, gpu: str, verdicts: Sequence[Verdict]) -> str:
@@ -84,15 +99,14 @@ def summary_lines(records: Iterable) -> list[str]:
     rows = []
     for rec in records:
         for v in rec.verdicts:
-            order = {"fail": 0, "skip": 2}.get(v.status, 1)
-            rows.append((order, rec.nodeid, [rec.nodeid, ",".join(rec.precision)] + verdict_row(v)
-                         + ([v.reasons[0]] if v.status == "skip" and v.reasons else [])))
+            rows.append((ORDER[v.status], rec.nodeid, [rec.nodeid, ",".join(rec.precision)] + verdict_row(v),
+                         v.reasons[0] if v.status == Status.SKIP and v.reasons else None))
     rows.sort(key=lambda r: (r[0], r[1]))
     headers = ("test", "precision") + _HEADERS
-    return table(headers, ([*r[2][:8]] for r in rows)) + _skip_notes(rows)
+    return table(headers, (r[2] for r in rows)) + _skip_notes(rows)
 
 
 def _skip_notes(rows) -> list[str]:
-    reasons = sorted({r[2][8] for r in rows if len(r[2]) > 8})
+    reasons = sorted({r[3] for r in rows if r[3]})
     return [f"skipped: {reason}" for reason in reasons]
 
