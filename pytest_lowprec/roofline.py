@@ -144,11 +144,27 @@ class Work:
         return (*phases(other), self)
 
 
-def phases(side: Work | Sequence[Work]) -> tuple[Work, ...]:
-    if isinstance(side, Work):
+@dataclass(frozen=True)
+class Overlapped:
+    """Streams of work that run at the same time (copies on one CUDA stream, compute on another): the
+    phase takes as long as its longest stream. Each stream is a Work or a sequence of phases."""
+
+    streams: tuple
+
+    def __init__(self, *streams: Work | Sequence[Work]):
+        if len(streams) < 2:
+            raise ValueError("Overlapped takes two or more streams of work")
+        object.__setattr__(self, "streams", tuple(phases(s) for s in streams))
+
+
+Phase = Work | Overlapped
+
+
+def phases(side: Phase | Sequence[Phase]) -> tuple[Phase, ...]:
+    if isinstance(side, (Work, Overlapped)):
         return (side,)
     out = tuple(side)
-    if not out or not all(isinstance(w, Work) for w in out):
+    if not out or not all(isinstance(w, (Work, Overlapped)) for w in out):
         raise ValueError(f"a side's work is a Work or a non-empty sequence of Work, got {side!r}")
     return out
 
@@ -164,12 +180,21 @@ class SidePrediction:
         return {"ms": self.seconds * 1e3, "bound": self.bound, "unit": self.unit}
 
 
-def predict_side(side: Work | Sequence[Work], ceilings: Ceilings) -> SidePrediction | None:
+def predict_side(side: Phase | Sequence[Phase], ceilings: Ceilings) -> SidePrediction | None:
     """The side's predicted time, or None when it moves device-memory bytes and no bandwidth is known."""
     totals = {"memory": 0.0, "compute": 0.0, "link": 0.0, "launch": 0.0}
     seconds, unit, heaviest = 0.0, "bf16", -1.0
     used_ceilings: set[str] = set()
     for work in phases(side):
+        if isinstance(work, Overlapped):
+            streams = [predict_side(stream, ceilings) for stream in work.streams]
+            if any(p is None for p in streams):
+                return None
+            longest = max(streams, key=lambda p: p.seconds)
+            totals[longest.bound] += longest.seconds
+            seconds += longest.seconds
+            used_ceilings |= frozenset().union(*(p.used for p in streams))
+            continue
         if work.nbytes and ceilings.bytes_per_s is None:
             return None
         rate, used = ceilings.flops_for(work.unit)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from kv_compression import StoredKV, store
 
+from pytest_lowprec.roofline import Work
+
 # (K format, V format) pairs the suite runs: the BF16 cache, FP8 K and V, FP8 K with NVFP4 V.
 CACHES = {"bf16": ("bf16", "bf16"), "fp8": ("fp8", "fp8"), "fp8k_nvfp4v": ("fp8", "nvfp4")}
 
@@ -73,3 +75,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype
 def attend_cache(q: torch.Tensor, cache: Cache, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Dequantize, then attend: the eager path, and the reference a kernel over `cache` must match."""
     return attend(q, cache.k.dequantize(), cache.v.dequantize(), dtype)
+
+
+def decode_work(q: torch.Tensor, cache: Cache) -> Work:
+    """What the split-K decode kernel must move: the cache once, q, and the float32 output, in two
+    launches (the partial softmax-weighted sums, then the merge); its FLOPs are few next to its bytes."""
+    out_bytes = q.numel() * 4
+    return Work(nbytes=cache.nbytes + q.numel() * q.element_size() + out_bytes, kernels=2)

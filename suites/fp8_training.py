@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pytest_lowprec.formats.fp8 import quantize_over, quantize_tensorwise, scaled_mm
+from pytest_lowprec.roofline import Work
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 # The first CLASSES outputs are the logits: a 4096-way argmax of a random teacher barely moved in 150
@@ -365,6 +366,23 @@ def step_function(models, x: torch.Tensor, labels: torch.Tensor, lr: float, fuse
         optimizers[id(model)].zero_grad(set_to_none=True)
 
     return step
+
+
+def triton_quantizer_work(shape: Shape) -> tuple[Work, ...]:
+    """The Triton quantizer kernels of one FP8 training step (steady state), which traffic.eager_work
+    cannot see: per linear, its input and its output gradient (bfloat16) each take an amax pass and a
+    cast pass writing both layouts; its float32 master weight, scaled by the previous step's amax, one
+    cast pass that also finds the next amax."""
+    work = []
+    for _ in range(shape.blocks):
+        for d_in, d_out in ((shape.d, 4 * shape.d), (4 * shape.d, shape.d)):
+            for elements in (shape.tokens * d_in, shape.tokens * d_out):  # input, output gradient
+                work += [Work(nbytes=2 * elements), Work(nbytes=2 * elements + 2 * elements)]
+            if RECIPE.weight_amax == "previous":
+                work.append(Work(nbytes=4 * d_in * d_out + 2 * d_in * d_out))
+            else:
+                work += [Work(nbytes=4 * d_in * d_out), Work(nbytes=4 * d_in * d_out + 2 * d_in * d_out)]
+    return tuple(work)
 
 
 def pair(shape: Shape, device: str, seed: int = 0) -> tuple[Stack, Stack, Stack]:

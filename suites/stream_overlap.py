@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
+from pytest_lowprec.roofline import Overlapped, Phase, Work
+from pytest_lowprec.traffic import eager_work
+
 Op = tuple[str, int, int]
 
 
@@ -131,6 +134,21 @@ class CudaRunner:
                 used.add(buf)
         compute_stream.wait_stream(copy_stream)
         return p.outputs
+
+
+def pipeline_work(p: Pipeline) -> tuple[tuple[Phase, ...], tuple[Phase, ...]]:
+    """(serial, pipelined) work of the pipeline for the hardware model: every chunk's host-to-device copy
+    over the link and its compute (read off the operators it dispatches, run once on device copies of
+    the chunks); serial runs them one after the other, the pipeline overlaps all copies but the first
+    with the computes."""
+    chunks = p.host.shape[0]
+    device_chunks = p.host.to(p.outputs.device)
+    computes = eager_work(lambda: [p.outputs[i].copy_(p.compute(device_chunks[i], i)) for i in range(chunks)])
+    chunk_bytes = p.host[0].numel() * p.host.element_size()
+    copy = Work(link_bytes=chunk_bytes, kernels=1)
+    copies = Work(link_bytes=chunk_bytes * (chunks - 1), kernels=chunks - 1)
+    serial = (Work(link_bytes=chunk_bytes * chunks, kernels=chunks), *computes)
+    return serial, (copy, Overlapped(copies, computes))
 
 
 def cuda_event_times_ms(fn: Callable[[], object], reps: int, warmup: int = 2) -> list[float]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from decode_attention import CACHES, DecodeShape, attend, attend_cache, build_cache, make_inputs
+from decode_attention import CACHES, DecodeShape, attend, attend_cache, build_cache, decode_work, make_inputs
 
 from pytest_lowprec.formats.metrics import cosine, rel_l2
 
@@ -27,13 +27,14 @@ CPU_SHAPE = DecodeShape(batch=2, heads=4, seq=1024, head_dim=128)
 GPU_SHAPE = DecodeShape(batch=8, heads=32, seq=32768, head_dim=128)
 OUTLIER_CHANNELS = {"normal": 0, "outlier_keys": 4}
 PRECISION = {"bf16": "bf16", "fp8": "fp8", "fp8k_nvfp4v": "nvfp4"}
-# H100 floors under what it measured in the sweep (1.94x and 2.16x, 2026-11-22; baselines/h100.json holds
-# the gate's own measurements): FP8 at the issue's 1.7x, FP8 K / NVFP4 V at 1.9x; that NVFP4 V beats FP8 V
-# is gated directly below. Bytes cap them near 2.0x and 2.56x. Other GPUs are gated by their own baselines
-# (an H200 measured 1.16-1.19x for FP8 K / NVFP4 V with the earlier kernel).
-FLOOR = {"fp8": {"h100": 1.7}, "fp8k_nvfp4v": {"h100": 1.9}}
-# NVFP4 V against FP8 V, both with FP8 K: 1.11x on the H100 (0.711 -> 0.641 ms).
-NVFP4_OVER_FP8_FLOOR = {"h100": 1.05}
+# Fractions of the bytes model's speedup (about 2.0x for FP8, 2.56x for FP8 K / NVFP4 V; which the kernel
+# reaches on each GPU is in docs/gate-expectations-h200-2026-11-30.md): FP8 reached 0.97 of it on the H100
+# and 0.89 on the H200; FP8 K / NVFP4 V 0.84 and 0.62 (its E2M1 decode is compute-bound at the H200's
+# bandwidth: the decode-kernel issue owns that).
+FRACTION = {"fp8": 0.8, "fp8k_nvfp4v": 0.55}
+# NVFP4 V over FP8 V is claimed faster: at least 1.0, and 0.85 of the bytes model (1.28x), which the H100
+# met (0.87) and the H200 does not (0.75): that test fails there, honestly, until the decode kernel is faster.
+NVFP4_OVER_FP8_FRACTION = 0.85
 KERNEL = r"_decode_partial_kernel"
 # A dequantize-then-attend path would launch elementwise conversion kernels on the optimized side.
 ELEMENTWISE = r"elementwise_kernel"
@@ -78,7 +79,7 @@ def test_decode_attention_accuracy(lowprec, name, keys):
 
 
 @pytest.mark.lowprec(device="cuda")
-@pytest.mark.parametrize("name", [_cache_param(n) for n in FLOOR])
+@pytest.mark.parametrize("name", [_cache_param(n) for n in FRACTION])
 def test_decode_attention_speed(lowprec, name):
     from decode_attention_triton import decode_attention
 
@@ -90,8 +91,10 @@ def test_decode_attention_speed(lowprec, name):
     decode_attention(q, bf16), decode_attention(q, low)  # tune both before timing
     lowprec.memory("cache_bytes", low.nbytes)
     lowprec.info("bytes_over_bf16", low.nbytes / bf16.nbytes)
-    lowprec.speedup(baseline=lambda: decode_attention(q, bf16), optimized=lambda: decode_attention(q, low),
-                    min=lowprec.per_gpu(FLOOR[name]), graphs=True)
+    floor = lowprec.expect(decode_work(q, bf16), decode_work(q, low), fraction=FRACTION[name],
+                           why="docs/gate-expectations-h200-2026-11-30.md")
+    lowprec.speedup(baseline=lambda: decode_attention(q, bf16), optimized=lambda: decode_attention(q, low), min=floor,
+                    graphs=True)
     lowprec.expect_kernels("optimized", require=KERNEL, forbid=ELEMENTWISE)
     lowprec.work(nbytes=low.nbytes + q.numel() * q.element_size())
 
@@ -108,5 +111,7 @@ def test_nvfp4_values_decode_faster_than_fp8(lowprec):
     del k, v
     decode_attention(q, fp8), decode_attention(q, nvfp4)
     lowprec.info("bytes_over_fp8", nvfp4.nbytes / fp8.nbytes)
-    lowprec.speedup(baseline=lambda: decode_attention(q, fp8), optimized=lambda: decode_attention(q, nvfp4),
-                    min=lowprec.per_gpu(NVFP4_OVER_FP8_FLOOR), graphs=True)
+    floor = lowprec.expect(decode_work(q, fp8), decode_work(q, nvfp4), fraction=NVFP4_OVER_FP8_FRACTION,
+                           faster=True, why="docs/gate-expectations-h200-2026-11-30.md")
+    lowprec.speedup(baseline=lambda: decode_attention(q, fp8), optimized=lambda: decode_attention(q, nvfp4), min=floor,
+                    graphs=True)

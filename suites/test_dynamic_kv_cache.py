@@ -170,4 +170,6 @@ def test_append_and_switch_speed(lowprec):
                      for a, b in zip(eager.pages, fast.pages, strict=True))
     lowprec.accuracy("mismatched_pages", mismatched, max=0)
     lowprec.info("transitions", len(fast.trace))
-    lowprec.speedup(baseline=lambda: run(False), optimized=lambda: run(True))
+    # Claimed faster, and only that: the path is host-bound (Python per page), and the hardware model
+    # predicts device time, so it has no prediction to offer here.
+    lowprec.speedup(baseline=lambda: run(False), optimized=lambda: run(True), min=1.0)

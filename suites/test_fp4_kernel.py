@@ -6,8 +6,9 @@ kernel never writes fails. Each product of an E2M1 value and an E4M3 scale is ex
 error is float32 accumulation order: the bound is 1e-5 relative L2, a thousand times under the
 1e-2 the format's peers quote, which would hide an indexing bug that misplaces a few blocks.
 On CPU the tiled kernel runs in Triton's interpreter at a small size; the CUDA C++ kernels need
-a GPU. Speed (GPU): tiled against naive at 4096^3 (floor 20x); the decode linear layer over
-8192x8192 NVFP4 weights against the BF16 GEMV torch runs (floor 2.2x at one row).
+a GPU. Speed (GPU): tiled against naive at 4096^3 (floor 20x: the naive kernel is a labelled naive
+reference, one thread per output, whose time no roofline predicts); the decode linear layer over
+8192x8192 NVFP4 weights against the BF16 GEMV torch runs, floored at a fraction of the bytes model.
 """
 
 from __future__ import annotations
@@ -28,18 +29,20 @@ from nvfp4_gemm import (
 
 from pytest_lowprec.formats.metrics import rel_l2
 from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
+from pytest_lowprec.roofline import Work
 
 GPU_GEMM = 4096
 CPU_GEMM = (64, 96, 256)  # M, N, K for the interpreter
 CPU_TILE = TileConfig(block_m=32, block_n=32, block_k=64, group_m=2, num_warps=4, num_stages=1)
 GEMV_N = GEMV_K = 8192
 EXACT_BOUND = 1e-5
-# Floors: the issue's targets. Tiled over naive 20x (74x measured on the H100, 2026-11-22); GEMV over
-# BF16 2.5x at one row on the H100, whose target it is (2.59-2.63x measured; bytes cap it near 3.5x,
-# and a kernel that only reads the same 36 MiB is 3.0-3.1x). An H200 measured 2.22-2.27x: its faster
-# memory shortens both sides and the launch does not shrink, so there its baseline alone gates.
+# Tiled over naive: the target, 20x (74x measured on the H100 and 73x on the H200, 2026-11-22); an absolute
+# floor because the naive kernel is a naive reference whose time no roofline predicts.
 TILED_OVER_NAIVE = 20.0
-GEMV_OVER_BF16 = {"h100": 2.5}
+# The decode linear over BF16 is memory-bound: the bytes model (weights read once, plus a launch) predicts
+# about 2.8x on an H200. One row reached 0.83 of it there and 0.89 on the H100; 16 rows, through the tiled
+# GEMM, 0.23 on the H200 (the decode-kernel issue owns that). Fractions: docs/gate-expectations-h200-2026-11-30.md.
+LINEAR_FRACTION = {1: 0.7, 16: 0.19}
 CUDA_ONLY = pytest.mark.lowprec(device="cuda")
 
 
@@ -118,8 +121,8 @@ def test_nvfp4_tiled_gemm_speed_over_naive(lowprec, cuda_kernels):
     cuda = _cuda(cuda_kernels, lowprec.device)
     out_naive, out_tiled = _poisoned(n, n, lowprec.device), _poisoned(n, n, lowprec.device)
     gemm_tiled(a, b, out=out_tiled)
-    lowprec.speedup(baseline=lambda: cuda.gemm_naive(a, b, out_naive),
-                    optimized=lambda: gemm_tiled(a, b, out=out_tiled), min=TILED_OVER_NAIVE)
+    lowprec.speedup(baseline=lambda: cuda.gemm_naive(a, b, out_naive), min=TILED_OVER_NAIVE,
+                    optimized=lambda: gemm_tiled(a, b, out=out_tiled))
     lowprec.expect_kernels("optimized", require=r"_nvfp4_gemm_kernel")
     lowprec.expect_kernels("baseline", require=r"nvfp4_gemm_naive_kernel")
     lowprec.work(flops=2.0 * n**3)
@@ -140,10 +143,12 @@ def test_nvfp4_linear_speed_over_bf16(lowprec, cuda_kernels, rows):
     linear(x, w, cuda, out)
     lowprec.memory("weight_bytes", w.nbytes)
     lowprec.info("weight_bytes_over_bf16", w.nbytes / (w_bf16.numel() * 2))
-    lowprec.speedup(baseline=lambda: torch.nn.functional.linear(x, w_bf16),
-                    optimized=lambda: linear(x, w, cuda, out),
-                    min=lowprec.per_gpu(GEMV_OVER_BF16) if rows == 1 else None,
-                    graphs=True)
+    bf16_bytes = w_bf16.numel() * 2 + x.numel() * 2 + rows * n * 2
+    nvfp4_bytes = w.nbytes + x.numel() * 2 + out.numel() * 4
+    floor = lowprec.expect(Work(nbytes=bf16_bytes, flops=2.0 * rows * n * k), Work(nbytes=nvfp4_bytes),
+                           fraction=LINEAR_FRACTION[rows], why="docs/gate-expectations-h200-2026-11-30.md")
+    lowprec.speedup(baseline=lambda: torch.nn.functional.linear(x, w_bf16), min=floor,
+                    optimized=lambda: linear(x, w, cuda, out), graphs=True)
     lowprec.work(nbytes=w.nbytes + x.numel() * 2 + out.numel() * 4)
 
 

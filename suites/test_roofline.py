@@ -1,4 +1,5 @@
-"""This GPU's measured ceilings: the copy bandwidth and the GEMM rate per precision.
+"""This GPU's measured ceilings: the copy bandwidth, the GEMM rate per precision, the pinned host-to-device
+link, and the cost of one kernel launch inside a CUDA graph.
 
 One calibration per GPU, recorded with its baselines (`--lowprec-update`): later runs predict
 every declared workload's time from these instead of the datasheet (pytest_lowprec.roofline),
@@ -18,13 +19,30 @@ from pytest_lowprec.hardware import spec_for
 
 CUDA_ONLY = pytest.mark.lowprec(device="cuda")
 COPY_BYTES = 1 << 30  # four times an H100's or B200's L2 on each side: the copy reads and writes HBM
+LINK_BYTES = 1 << 28  # pinned host memory to the device
 GEMM_N = 8192
 REPEATS = 20
+LAUNCHES = 200  # tiny kernels replayed back to back from one CUDA graph
 
 
 def best_ms(fn, repeats: int = REPEATS) -> float:
     """The fastest of `repeats` CUDA-event-timed calls, after three warm-up calls."""
     return min(cuda_event_times_ms(fn, repeats, warmup=3))
+
+
+def _launch_us(device: str) -> float:
+    """What one kernel costs beyond its work: a CUDA graph of LAUNCHES one-element kernels, replayed."""
+    x = torch.zeros(1, device=device)
+    stream = torch.cuda.Stream(device=device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        x.add_(1.0)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(LAUNCHES):
+            x.add_(1.0)
+    return best_ms(graph.replay) * 1e3 / LAUNCHES
 
 
 @CUDA_ONLY
@@ -46,6 +64,12 @@ def test_measured_ceilings(lowprec):
     rates["fp8"] = 2 * n**3 / (best_ms(lambda: scaled_mm(a8, sa, b8, sb)) * 1e-3) / 1e12
     for unit, tflops in rates.items():
         lowprec.ceiling(f"gemm_tflops.{unit}", tflops, "TFLOP/s")
+
+    host = torch.empty(LINK_BYTES, dtype=torch.uint8).pin_memory()
+    device_copy = torch.empty(LINK_BYTES, dtype=torch.uint8, device=lowprec.device)
+    link_gbps = LINK_BYTES / (best_ms(lambda: device_copy.copy_(host, non_blocking=True)) * 1e-3) / 1e9
+    lowprec.ceiling("h2d_gb_per_s", link_gbps, "GB/s")
+    lowprec.ceiling("launch_us", _launch_us(lowprec.device), "us per kernel")
 
     if spec is not None:  # a measured ceiling above the datasheet's peak is a broken timer
         lowprec.efficiency("copy_of_datasheet", copy_tbps / (spec.hbm_gbps / 1e3), max=1.05)

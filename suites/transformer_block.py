@@ -25,12 +25,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from decode_attention import Cache, attend_cache, build_cache
+from decode_attention import Cache, attend_cache, build_cache, decode_work
 from nvfp4_gemm import GEMV_MAX_ROWS, CudaKernels, gemm_tiled
 
 from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
 from pytest_lowprec.formats.nvfp4 import NVFP4Tensor, quantize_nvfp4
+from pytest_lowprec.roofline import Work
 from pytest_lowprec.strategies import LINEARS, UNQUANTIZED, Strategy
+from pytest_lowprec.traffic import eager_work
 
 KV_CACHE = {"bf16": "bf16", "fp16": "bf16", "fp32": "bf16", "fp8": "fp8", "nvfp4": "fp8k_nvfp4v"}
 
@@ -176,6 +178,20 @@ class DecodeStep:
                 k = _fp8_roundtrip(k)
             self.caches.append(build_cache(k.to(torch.bfloat16), v.to(torch.bfloat16), KV_CACHE[kv]))
         self.x = weights.x
+
+    def work(self) -> tuple[Work, ...]:
+        """The step's work for the hardware model (CUDA): torch's operators read off what the step
+        dispatches, plus its kernels torch does not see: the Triton decode attention over each layer's
+        cache and the CUDA GEMV (or tiled GEMM) over each NVFP4 weight."""
+        s = self.shape
+        q = torch.empty(s.batch, s.heads, s.head_dim, dtype=torch.bfloat16)  # shape and size only
+        custom = [decode_work(q, cache) for cache in self.caches if isinstance(cache, Cache)]
+        for layer in self.linears:
+            for lin in layer.values():
+                if lin.nvfp4 is not None:
+                    rows_bytes = s.batch * lin.nvfp4.shape[1] * 2 + s.batch * lin.nvfp4.shape[0] * 4
+                    custom.append(Work(nbytes=lin.nvfp4.nbytes + rows_bytes, kernels=1))
+        return eager_work(self) + tuple(custom)
 
     @property
     def weight_bytes(self) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .rows import counts, verdict_frame
 from ..gate import Status
+from .rows import counts, verdict_frame
 from .terminal import format_baseline, format_delta, format_sides, format_value, format_verdict
 
 
