@@ -17,12 +17,15 @@ from pytest_lowprec.formats.fp8 import (
 )
 from pytest_lowprec.formats.hadamard import hadamard_matrix, inverse_rht, random_signs, rht
 from pytest_lowprec.formats.metrics import cosine, max_abs, rel_l2, sqnr_db
-from pytest_lowprec.formats.minifloat import E2M1, E2M3, E3M2, E4M3, E5M2
-from pytest_lowprec.formats.mx import quantize_mx
+from pytest_lowprec.formats.minifloat import E2M1, E2M3, E3M2, E4M3, E5M2, ELEMENTS
+from pytest_lowprec.formats.mx import MX_ELEMENTS, quantize_mx
 from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
 from pytest_lowprec.formats.packing import pack_fp4, pack_fp6, unpack_fp4, unpack_fp6
 
 FP8 = [(torch.float8_e4m3fn, E4M3), (torch.float8_e5m2, E5M2)]
+# One scale per tensor, per row, per 1x128 block: the FP8 scaling units.
+FP8_QUANTIZERS = [quantize_tensorwise, quantize_rowwise, quantize_blockwise]
+FP8_UNITS = ["tensorwise", "rowwise", "1x128"]
 
 
 def dense_sweep(dtype: torch.dtype) -> torch.Tensor:
@@ -83,6 +86,47 @@ def test_e2m1_decoding_matches_torch_float4_e2m1fn_x2_where_torch_can_decode():
 def test_e2m1_rounds_ties_to_even():
     x = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -0.25, -5.0])
     assert E2M1.round(x).tolist() == [0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0, -0.0, -4.0]
+
+
+SIGN_BIT = {fmt.name: 1 << (fmt.bits - 1) for fmt in ELEMENTS.values()}
+
+
+@pytest.mark.parametrize("fmt", list(ELEMENTS.values()), ids=list(ELEMENTS))
+def test_element_rounding_keeps_the_sign_of_zero_as_ieee_does(fmt):
+    """-0.0 stays -0, and a negative value that rounds to zero is -0 (every element format has a -0 code)."""
+    x = torch.tensor([-0.0, 0.0, -fmt.smallest_subnormal / 4])
+    codes = fmt.encode(fmt.round(x)).tolist()
+    assert codes == [SIGN_BIT[fmt.name], 0, SIGN_BIT[fmt.name]]
+
+
+@pytest.mark.parametrize("dtype, fmt", FP8, ids=["e4m3", "e5m2"])
+def test_fp8_saturating_cast_and_element_rounding_agree_on_negative_zero(dtype, fmt):
+    x = torch.tensor([-0.0, -fmt.smallest_subnormal / 4])
+    assert saturating_cast(x, dtype).view(torch.uint8).tolist() == fmt.encode(fmt.round(x)).tolist() == [0x80, 0x80]
+
+
+@pytest.mark.parametrize("quantize", FP8_QUANTIZERS, ids=FP8_UNITS)
+def test_fp8_quantizers_keep_the_sign_of_zero(quantize):
+    x = torch.zeros(2, 128)
+    x[0, 0], x[0, 1], x[0, 2] = 1.0, -0.0, -1e-9  # -1e-9 * 448 rounds to zero in E4M3
+    q, _ = quantize(x)
+    assert q.view(torch.uint8)[0, :4].tolist() == [0x7E, 0x80, 0x80, 0x00]
+
+
+@pytest.mark.parametrize("fmt", sorted(MX_ELEMENTS))
+def test_mx_elements_keep_the_sign_of_zero(fmt):
+    x = torch.zeros(1, 32)
+    x[0, 0], x[0, 1], x[0, 2] = 1.0, -0.0, -1e-12
+    sign = SIGN_BIT[MX_ELEMENTS[fmt]]
+    assert quantize_mx(x, fmt).codes[0, 1:4].tolist() == [sign, sign, 0]
+
+
+def test_nvfp4_writes_negative_zero_input_as_positive_zero_as_transformer_engine_does():
+    """TE's reference takes the sign from x < 0: an input -0.0 is +0 (code 0), a negative value that
+    rounds to zero is -0 (code 8)."""
+    x = torch.zeros(1, 16)
+    x[0, 0], x[0, 1], x[0, 2] = 6.0, -0.0, -0.1
+    assert quantize_nvfp4(x).codes[0, :4].tolist() == [7, 0, 8, 0]
 
 
 def test_fp6_maxima_and_every_code_round_trips():

@@ -8,6 +8,9 @@ custom_recipes) step by step, in float32:
     encode        = min(1 / (float(block_decode) * (1/global_encode)), FLT_MAX)
     element       = e2m1(clamp(x * encode, -6, 6))   ties to even
 and dequantizes as element * block_decode * (1/global_encode).
+
+The sign of a zero follows TE (minifloat's docstring): -0.0 encodes as +0, a
+negative value that rounds to zero as -0.
 """
 
 from __future__ import annotations
@@ -135,7 +138,7 @@ def quantize_nvfp4(
     block_decode = torch.clamp(block_amax * multiplier, max=E4M3_MAX).to(torch.float8_e4m3fn)
     encode = torch.clamp(torch.div(1.0, block_decode.float() * decode), max=FLT_MAX)
     scaled = torch.clamp(blocks * encode, -FP4_MAX, FP4_MAX).reshape(rows, cols)
-    codes = E2M1.encode(E2M1.round(scaled, stochastic=stochastic, generator=generator))
+    codes = E2M1.encode(E2M1.round(scaled, stochastic=stochastic, generator=generator, keep_zero_sign=False))
     return NVFP4Tensor(
         packed=pack_fp4(codes),
         block_scales=block_decode.reshape(rows // tile[0], cols // BLOCK),
