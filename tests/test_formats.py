@@ -58,6 +58,26 @@ def test_fp8_cast_saturates_past_max(dtype, fmt):
     assert saturating_cast(x, dtype).float().tolist() == [mx, -mx, mx]
 
 
+@pytest.mark.parametrize("dtype, codes", [
+    (torch.float8_e4m3fn, [0x7E, 0xFE, 0x7E, 0x7E, 0xFE]),  # +-448
+    (torch.float8_e5m2, [0x7B, 0xFB, 0x7B, 0x7B, 0xFB]),  # +-57344
+], ids=["e4m3", "e5m2"])
+def test_fp8_cast_clamps_values_past_max_and_inf_to_the_max_code_whatever_torch_casts(dtype, codes):
+    """The expected codes come from the formats, not from torch's cast: torch 2.13's eager E4M3 cast
+    saturates and E5M2's overflows to Inf, earlier E4M3 casts gave NaN; the clamp before the cast is
+    what makes the result the same on every torch."""
+    mx = torch.finfo(dtype).max
+    x = torch.tensor([mx * 1.0001, -mx * 1.0001, 1e30, math.inf, -math.inf])
+    assert saturating_cast(x, dtype).view(torch.uint8).tolist() == codes
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3", "e5m2"])
+def test_fp8_with_a_given_amax_saturates_an_inf_input_like_any_value_past_max(dtype):
+    q, inv = quantize_tensorwise(torch.tensor([1.0, math.inf, -math.inf]), dtype, amax=torch.tensor(1.0))
+    mx = torch.finfo(dtype).max
+    assert q.float().tolist() == [mx, mx, -mx] and math.isfinite(inv.item())
+
+
 def test_nan_into_e4m3_stays_nan():
     assert torch.isnan(saturating_cast(torch.tensor([math.nan]), torch.float8_e4m3fn).float()).all()
 
@@ -248,6 +268,64 @@ def test_fp8_rowwise_scale_maps_each_row_amax_to_448():
     x = torch.tensor([[1.0, -2.0], [0.5, 0.25], [0.0, 0.0]])
     q, inv = quantize_rowwise(x)
     assert q.float()[:, 0].tolist() == [224.0, 448.0, 0.0] and inv[2].item() == 1.0
+
+
+def fp8_unit(values: list[float]) -> torch.Tensor:
+    """Two rows of 128: `values` then zeros in row 0 (one tensor, one row, one 1x128 block), ones in row 1."""
+    x = torch.zeros(2, 128)
+    x[0, :len(values)] = torch.tensor(values)
+    x[1] = 1.0
+    return x
+
+
+def test_fp8_tiny_tensor_quantizes_to_codes_instead_of_nan():
+    """448 / 1e-37 overflows float32; the scale clamped to FLT_MAX maps 1e-37 to 34.03 -> 36 (0x61) and 0
+    to 0, where an Inf scale gave [0x7e, 0x7f, ...] and dequantized to [0, NaN, ...]."""
+    q, inv = quantize_tensorwise(torch.tensor([1e-37, 0.0, 0.0, 0.0]))
+    assert q.view(torch.uint8).tolist() == [0x61, 0, 0, 0] and inv.item() == 2.0**-128
+
+
+@pytest.mark.parametrize("dtype, fmt", FP8, ids=["e4m3", "e5m2"])
+@pytest.mark.parametrize("quantize", FP8_QUANTIZERS, ids=FP8_UNITS)
+def test_fp8_tiny_amax_scale_is_clamped_to_flt_max(quantize, dtype, fmt):
+    x = fp8_unit([1e-37])[:1]
+    _, inv = quantize(x, dtype)
+    assert inv.flatten().tolist() == [2.0**-128]  # float32(1 / FLT_MAX)
+
+
+@pytest.mark.parametrize("dtype, fmt", FP8, ids=["e4m3", "e5m2"])
+@pytest.mark.parametrize("quantize", FP8_QUANTIZERS, ids=FP8_UNITS)
+def test_fp8_tiny_values_round_trip_within_half_an_ulp_and_zeros_stay_zero(quantize, dtype, fmt):
+    x = fp8_unit([1e-37, -3e-38, 7e-39])[:1]  # 7e-39 is a float32 subnormal
+    y = dequantize(*quantize(x, dtype))
+    assert torch.equal(y[0, 3:], torch.zeros(125))
+    half_ulp = 2.0 ** -(fmt.mbits + 1)
+    assert all(math.isclose(a, b, rel_tol=half_ulp) for a, b in zip(y[0, :3].tolist(), x[0, :3].tolist(), strict=True))
+
+
+@pytest.mark.parametrize("dtype, fmt", FP8, ids=["e4m3", "e5m2"])
+@pytest.mark.parametrize("quantize", FP8_QUANTIZERS, ids=FP8_UNITS)
+def test_fp8_nan_makes_its_scaling_unit_nan_instead_of_clipping_its_neighbours(quantize, dtype, fmt):
+    """[1000, 3, -2, 0, NaN] gave [448, 3, -2, 0, NaN]: a NaN amax fell back to scale 1. Now the unit's scale
+    and inverse scale are NaN and so is every code of it; the other units (row 1, for rowwise and 1x128)
+    are untouched."""
+    x = fp8_unit([1000.0, 3.0, -2.0, 0.0, math.nan])
+    q, inv = quantize(x, dtype)
+    y = dequantize(q, inv)
+    assert bool(q.float()[0].isnan().all()) and bool(inv.flatten()[0].isnan())
+    if quantize is quantize_tensorwise:
+        assert bool(y.isnan().all())
+    else:
+        assert bool(y[0].isnan().all()) and y[1].tolist() == [1.0] * 128
+
+
+@pytest.mark.parametrize("dtype, fmt", FP8, ids=["e4m3", "e5m2"])
+@pytest.mark.parametrize("quantize", FP8_QUANTIZERS, ids=FP8_UNITS)
+def test_fp8_inf_makes_its_scaling_unit_dequantize_to_nan(quantize, dtype, fmt):
+    """An Inf amax gives scale 0: the Inf's code is NaN (Inf * 0), the rest 0, the inverse scale Inf."""
+    q, inv = quantize(fp8_unit([1.0, math.inf]), dtype)
+    assert bool(q.float()[0, 1].isnan()) and q.float()[0, [0, 2]].tolist() == [0.0, 0.0]
+    assert math.isinf(inv.flatten()[0].item()) and bool(dequantize(q, inv)[0].isnan().all())
 
 
 def test_all_zero_tensor_quantizes_to_exact_zero_in_every_format():
