@@ -242,6 +242,29 @@ def test_nvfp4_nbytes_counts_elements_scales_and_the_tensor_scale():
     assert q.nbytes == 64 * 256 // 2 + 64 * 256 // 16 + 4
 
 
+def test_nvfp4_tiny_tensor_gets_the_largest_finite_encode_scale_as_transformer_engine_does():
+    """2688 / 1e-37 overflows float32: TE clamps the encode scale to FLT_MAX, so the block scale is
+    1e-37 * FLT_MAX / 6 = 5.67 -> 5.5 in E4M3 instead of underflowing to 0 (which zeroed the tensor)."""
+    q = quantize_nvfp4(torch.full((1, 16), 1e-37))
+    assert q.global_decode.item() == 2.0**-128  # float32(1 / FLT_MAX)
+    assert q.block_scales.float().tolist() == [[5.5]]
+
+
+def test_nvfp4_tiny_tensor_dequantizes_to_the_nearest_value_its_tensor_scale_allows():
+    x = torch.full((1, 16), 1e-37)
+    q = quantize_nvfp4(x)
+    e4m3 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    e4m3 = e4m3[torch.isfinite(e4m3) & (e4m3 >= 0)]
+    grid = (E2M1.table()[:8, None] * e4m3[None, :]).flatten() * q.global_decode  # every element * block scale
+    nearest = grid[(grid - 1e-37).abs().argmin()]
+    assert torch.equal(q.dequantize(), torch.full_like(x, nearest.item()))
+
+
+def test_nvfp4_all_zero_tensor_keeps_tensor_scale_one():
+    q = quantize_nvfp4(torch.zeros(1, 16))
+    assert q.global_decode.item() == 1.0 and q.block_scales.float().tolist() == [[0.0]]
+
+
 def test_mx_nbytes_counts_packed_elements_and_scale_bytes():
     x = torch.randn(4, 64)
     assert quantize_mx(x, "mxfp4").nbytes == 4 * 64 // 2 + 4 * 2
