@@ -18,7 +18,7 @@ from pytest_lowprec.formats.fp8 import (
 from pytest_lowprec.formats.hadamard import hadamard_matrix, inverse_rht, random_signs, rht
 from pytest_lowprec.formats.metrics import cosine, max_abs, rel_l2, sqnr_db
 from pytest_lowprec.formats.minifloat import E2M1, E2M3, E3M2, E4M3, E5M2, ELEMENTS
-from pytest_lowprec.formats.mx import MX_ELEMENTS, quantize_mx
+from pytest_lowprec.formats.mx import E8M0_NAN, MX_ELEMENTS, mx_element, quantize_mx
 from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
 from pytest_lowprec.formats.packing import pack_fp4, pack_fp6, unpack_fp4, unpack_fp6
 
@@ -278,6 +278,45 @@ def test_mx_scale_puts_block_amax_in_the_elements_top_binade():
     q = quantize_mx(x, "mxfp4")
     assert q.scales.tolist() == [[127 + 4]]
     assert q.dequantize()[0, 0].item() == 96.0  # 100/16 = 6.25 -> 6, times 16
+
+
+@pytest.mark.parametrize("fmt, next_scale", [("mxfp8", 127 - 8), ("mxfp8_e5m2", 127 - 15)])
+def test_mxfp8_block_with_a_nan_gets_the_nan_scale_and_decodes_to_nan(fmt, next_scale):
+    """OCP MX: a NaN scale (E8M0 0xFF) makes the whole block NaN; its finite neighbours are not clipped
+    into a scale that ignored the NaN (1000 -> 448 before). The next block (amax 1) is untouched."""
+    x = torch.tensor([[1000.0, math.nan, 0.001] + [1000.0] * 29 + [1.0] * 32])
+    q = quantize_mx(x, fmt)
+    assert q.scales.tolist() == [[E8M0_NAN, next_scale]]
+    assert bool(q.dequantize()[0, :32].isnan().all()) and q.dequantize()[0, 32:].tolist() == [1.0] * 32
+
+
+@pytest.mark.parametrize("fmt", ["mxfp8", "mxfp8_e5m2"])
+def test_mxfp8_nan_block_writes_nan_in_every_element_code(fmt):
+    q = quantize_mx(torch.tensor([[1000.0, math.nan, 0.001] + [1000.0] * 29]), fmt)
+    assert bool(mx_element(fmt).decode(q.codes).isnan().all())
+
+
+def test_mx_nan_scale_decodes_to_nan_whatever_the_element_codes():
+    q = quantize_mx(torch.ones(1, 32), "mxfp8")
+    nan_scaled = type(q)(codes=q.codes, scales=torch.full_like(q.scales, E8M0_NAN), fmt=q.fmt, shape=q.shape)
+    assert bool(nan_scaled.dequantize().isnan().all()) and bool(nan_scaled.element_scale().isnan().all())
+
+
+@pytest.mark.parametrize("inf", [math.inf, -math.inf], ids=["+inf", "-inf"])
+def test_mxfp8_e4m3_block_with_an_inf_decodes_to_nan(inf):
+    """E4M3 has no Inf: converting one gives NaN (OCP FP8 without saturation; OCP MX clamps only normal
+    numbers to max), and a NaN makes its block a NaN block."""
+    q = quantize_mx(torch.tensor([[1.0, inf] + [1.0] * 30]), "mxfp8")
+    assert q.scales.tolist() == [[E8M0_NAN]] and bool(q.dequantize().isnan().all())
+
+
+@pytest.mark.parametrize("inf", [math.inf, -math.inf], ids=["+inf", "-inf"])
+def test_mxfp8_e5m2_block_keeps_an_inf_and_scales_by_its_finite_elements(inf):
+    """E5M2 has Inf: the Inf is its own element code and does not set the scale, so the block scales
+    as if it were absent (amax 1 -> 2**-15) and decodes to the same Inf among exact ones."""
+    q = quantize_mx(torch.tensor([[1.0, inf] + [1.0] * 30]), "mxfp8_e5m2")
+    assert q.scales.tolist() == [[127 - 15]]
+    assert q.dequantize()[0].tolist() == [1.0, inf] + [1.0] * 30
 
 
 def test_fp8_blockwise_has_one_scale_per_128_and_round_trips_shape():

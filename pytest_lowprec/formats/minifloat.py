@@ -29,6 +29,7 @@ class MiniFloat:
     max: float
     torch_dtype: torch.dtype | None = None  # FP8 formats have a torch dtype; FP6/FP4 codes are uint8
     has_nan: bool = False
+    has_inf: bool = False
 
     @property
     def bits(self) -> int:
@@ -98,7 +99,7 @@ class MiniFloat:
 
 
 E4M3 = MiniFloat("fp8_e4m3", 4, 3, 7, 448.0, torch.float8_e4m3fn, has_nan=True)
-E5M2 = MiniFloat("fp8_e5m2", 5, 2, 15, 57344.0, torch.float8_e5m2, has_nan=True)
+E5M2 = MiniFloat("fp8_e5m2", 5, 2, 15, 57344.0, torch.float8_e5m2, has_nan=True, has_inf=True)
 E3M2 = MiniFloat("fp6_e3m2", 3, 2, 3, 28.0)
 E2M3 = MiniFloat("fp6_e2m3", 2, 3, 1, 7.5)
 E2M1 = MiniFloat("fp4_e2m1", 2, 1, 1, 6.0)

@@ -4,10 +4,23 @@ The shared exponent of a block is floor(log2(amax)) minus the element format's
 largest exponent (OCP MX v1.0, section 6.3), so the block's amax lands in the
 element's top binade; elements are then rounded to nearest even and saturated.
 An all-zero block gets exponent 0 (scale 1).
+
+Non-finite input (OCP MX: a NaN scale makes the whole block NaN whatever its
+elements hold; under a finite scale an element keeps its format's own Inf/NaN):
+- MXFP8 (E4M3 / E5M2 elements): a block holding a NaN gets the NaN scale
+  (E8M0 0xFF) and NaN in every element code; it decodes to NaN. An Inf with E5M2
+  elements is encoded as the element's Inf: it does not set the scale, so its
+  finite neighbours quantize as they would without it, and it decodes to Inf.
+  E4M3 has no Inf: converting one gives NaN (OCP FP8's non-saturating rule;
+  OCP MX clamps only normal numbers to max), and the block is then a NaN block.
+- MXFP6 / MXFP4 elements have no NaN or Inf code: non-finite input is an error
+  that counts the values, so the caller cleans or masks it first.
+The sign of a zero is IEEE's: -0.0 stays -0 (minifloat's docstring).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +30,7 @@ from .packing import pack_fp4, pack_fp6
 
 BLOCK = 32
 E8M0_BIAS = 127
+E8M0_NAN = 0xFF
 MX_ELEMENTS = {"mxfp8": "fp8_e4m3", "mxfp8_e5m2": "fp8_e5m2", "mxfp6": "fp6_e2m3",
                "mxfp6_e3m2": "fp6_e3m2", "mxfp4": "fp4_e2m1"}
 
@@ -53,14 +67,19 @@ class MXTensor:
         return self.codes.numel() * self.element.bits // 8 + self.scales.numel()
 
     def element_scale(self) -> torch.Tensor:
-        """What one unit of an element's value stands for: its block's power of two."""
-        exponents = (self.scales.to(torch.int32) - E8M0_BIAS).repeat_interleave(BLOCK, dim=-1)
-        return torch.ldexp(torch.ones_like(exponents, dtype=torch.float32), exponents)
+        """What one unit of an element's value stands for: its block's power of two (NaN for a NaN block)."""
+        scales = self.scales.repeat_interleave(BLOCK, dim=-1)
+        exponents = scales.to(torch.int32) - E8M0_BIAS
+        powers = torch.ldexp(torch.ones_like(exponents, dtype=torch.float32), exponents)
+        return torch.where(scales == E8M0_NAN, torch.full_like(powers, math.nan), powers)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Element values times their block's scale; every element of a block with the NaN scale is NaN."""
         values = self.element.decode(self.codes).unflatten(-1, (-1, BLOCK))
-        exponents = self.scales.to(torch.int32) - E8M0_BIAS
-        return torch.ldexp(values, exponents.unsqueeze(-1)).flatten(-2).reshape(self.shape).to(dtype)
+        exponents = (self.scales.to(torch.int32) - E8M0_BIAS).unsqueeze(-1)
+        out = torch.ldexp(values, exponents)
+        out = torch.where((self.scales == E8M0_NAN).unsqueeze(-1), torch.full_like(out, math.nan), out)
+        return out.flatten(-2).reshape(self.shape).to(dtype)
 
 
 def quantize_mx(x: torch.Tensor, fmt: str, *, stochastic: bool = False,
@@ -70,10 +89,20 @@ def quantize_mx(x: torch.Tensor, fmt: str, *, stochastic: bool = False,
         require_finite(x, fmt)
     require_block_multiple(x.shape[-1], BLOCK, "the last dimension")
     blocks = x.float().unflatten(-1, (-1, BLOCK))
-    amax = blocks.abs().amax(dim=-1, keepdim=True)
+    magnitudes = blocks.abs()
+    if elem.has_inf:
+        # An Inf is encoded as the element's Inf, so it does not set the block's scale.
+        magnitudes = torch.where(torch.isinf(magnitudes), torch.zeros_like(magnitudes), magnitudes)
+    amax = magnitudes.amax(dim=-1, keepdim=True)  # NaN propagates; so does an Inf the element cannot encode
+    nan_block = ~torch.isfinite(amax)
     _, e = torch.frexp(amax)
-    shared = torch.where(amax > 0, e - 1 - _emax(elem), torch.zeros_like(e)).clamp(-E8M0_BIAS, E8M0_BIAS)
+    finite = (amax > 0) & ~nan_block
+    shared = torch.where(finite, e - 1 - _emax(elem), torch.zeros_like(e)).clamp(-E8M0_BIAS, E8M0_BIAS)
     scaled = torch.ldexp(blocks, -shared)
-    codes = elem.encode(elem.round(scaled, stochastic=stochastic, generator=generator))
-    return MXTensor(codes=codes.flatten(-2), scales=(shared + E8M0_BIAS).squeeze(-1).to(torch.uint8),
-                    fmt=fmt, shape=tuple(x.shape))
+    values = elem.round(scaled, stochastic=stochastic, generator=generator)
+    if elem.has_inf:
+        values = torch.where(torch.isinf(scaled), scaled, values)  # round saturates an Inf; the element keeps it
+    values = torch.where(nan_block, torch.full_like(values, math.nan), values)
+    codes = elem.encode(values)
+    scales = torch.where(nan_block, torch.full_like(shared, E8M0_NAN), shared + E8M0_BIAS)
+    return MXTensor(codes=codes.flatten(-2), scales=scales.squeeze(-1).to(torch.uint8), fmt=fmt, shape=tuple(x.shape))
