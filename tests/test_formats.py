@@ -18,7 +18,14 @@ from pytest_lowprec.formats.fp8 import (
 from pytest_lowprec.formats.hadamard import hadamard_matrix, inverse_rht, random_signs, rht
 from pytest_lowprec.formats.metrics import cosine, max_abs, rel_l2, sqnr_db
 from pytest_lowprec.formats.minifloat import E2M1, E2M3, E3M2, E4M3, E5M2, ELEMENTS
-from pytest_lowprec.formats.mx import E8M0_NAN, MX_ELEMENTS, mx_element, quantize_mx
+from pytest_lowprec.formats.mx import (
+    E8M0_NAN,
+    MX_ELEMENTS,
+    mx_element,
+    quantize_mx,
+    scaled_mm_mx_scale_mode,
+    shared_exponents,
+)
 from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
 from pytest_lowprec.formats.packing import pack_fp4, pack_fp6, unpack_fp4, unpack_fp6
 
@@ -278,6 +285,153 @@ def test_mx_scale_puts_block_amax_in_the_elements_top_binade():
     q = quantize_mx(x, "mxfp4")
     assert q.scales.tolist() == [[127 + 4]]
     assert q.dequantize()[0, 0].item() == 96.0  # 100/16 = 6.25 -> 6, times 16
+
+
+def mx_block(amax: float, fill: float = 0.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One 32-element block whose amax is `amax` (element 0), with -amax/3 and `fill` around it."""
+    x = torch.full((1, 32), fill, dtype=dtype)
+    x[0, 0], x[0, 1] = amax, -amax / 3
+    return x
+
+
+def next_up(v: float) -> float:
+    return torch.nextafter(torch.tensor(v), torch.tensor(math.inf)).item()
+
+
+def next_down(v: float) -> float:
+    return torch.nextafter(torch.tensor(v), torch.tensor(-math.inf)).item()
+
+
+# (format, block amax, E8M0 code under "floor", under "rceil"), worked from the definitions:
+# floor: floor(log2(amax)) - emax; rceil: the smallest s with amax / 2**s <= max. E4M3: max 448 =
+# 1.75 * 2**8, emax 8; E5M2: 57344 = 1.75 * 2**15, emax 15; E3M2: 28 = 1.75 * 2**4, emax 4;
+# E2M3: 7.5 = 1.875 * 2**2, emax 2; E2M1: 6 = 1.5 * 2**2, emax 2.
+CRAFTED_AMAX = [
+    ("mxfp8", 256.0, 127, 127),                 # a power of two: both modes agree
+    ("mxfp8", 2.0**-20, 99, 99),
+    ("mxfp8", 448.0, 127, 127),                 # max * 2**0: fits exactly under both
+    ("mxfp8", 448.0 * 2.0**-20, 107, 107),
+    ("mxfp8", next_up(448.0), 127, 128),         # just above max: floor saturates it, rceil rounds up
+    ("mxfp8", next_up(448.0 * 2.0**-20), 107, 108),
+    ("mxfp8", next_down(512.0), 127, 128),       # the top of floor's binade
+    ("mxfp8", 512.0, 128, 128),
+    ("mxfp8_e5m2", 57344.0, 127, 127),
+    ("mxfp8_e5m2", next_up(57344.0), 127, 128),
+    ("mxfp6_e3m2", 28.0, 127, 127),
+    ("mxfp6_e3m2", next_up(28.0), 127, 128),
+    ("mxfp6", 7.5, 127, 127),
+    ("mxfp6", next_up(7.5), 127, 128),
+    ("mxfp4", 4.0, 127, 127),
+    ("mxfp4", 6.0 * 2.0**10, 137, 137),
+    ("mxfp4", next_up(6.0 * 2.0**10), 137, 138),
+    ("mxfp4", 7.9, 127, 128),
+    ("mxfp4", torch.finfo(torch.float32).max, 252, 253),
+    ("mxfp8", 2.0**-119, 0, 0),                  # the smallest scale, 2**-127, reached exactly
+    ("mxfp8", 2.0**-130, 0, 0),                  # below it: clamped to 2**-127
+]
+
+
+@pytest.mark.parametrize("fmt, amax, floor_code, rceil_code", CRAFTED_AMAX)
+def test_mx_floor_scale_is_the_amax_exponent_minus_the_elements_largest(fmt, amax, floor_code, rceil_code):
+    assert quantize_mx(mx_block(amax), fmt, scale_mode="floor").scales.tolist() == [[floor_code]]
+
+
+@pytest.mark.parametrize("fmt, amax, floor_code, rceil_code", CRAFTED_AMAX)
+def test_mx_rceil_scale_is_the_smallest_that_holds_the_amax(fmt, amax, floor_code, rceil_code):
+    assert quantize_mx(mx_block(amax), fmt, scale_mode="rceil").scales.tolist() == [[rceil_code]]
+
+
+def test_mx_default_scale_mode_is_ocps_floor():
+    x = torch.randn(8, 256)
+    assert torch.equal(quantize_mx(x, "mxfp8").scales, quantize_mx(x, "mxfp8", scale_mode="floor").scales)
+
+
+@pytest.mark.parametrize("fmt", sorted(MX_ELEMENTS))
+def test_mx_rceil_never_saturates_and_floor_may(fmt):
+    """Over 12 binades of block amax: under rceil amax / scale <= max in every block (so the block's
+    largest element round-trips to within rounding); under floor some blocks' amax lands past max."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 32 * 64, generator=gen) * torch.logspace(-6, 6, 64, base=2.0)[:, None]
+    elem = mx_element(fmt)
+    for mode, saturates in (("rceil", False), ("floor", True)):
+        q = quantize_mx(x, fmt, scale_mode=mode)
+        amax = x.unflatten(-1, (-1, 32)).abs().amax(-1)
+        in_units = torch.ldexp(amax, -(q.scales.to(torch.int32) - 127))
+        assert bool((in_units > elem.max).any()) == saturates, mode
+
+
+def test_mx_zero_block_gets_scale_one_under_floor_and_the_smallest_scale_under_rceil():
+    """floor: OCP leaves log2(0) open; scale 1 keeps the existing rule. rceil: every scale holds a zero
+    block and the smallest is 2**-127 (E8M0 0), what cvt.rp.satfinite.ue8m0x2.f32 gives for 0."""
+    z = torch.zeros(1, 32)
+    assert quantize_mx(z, "mxfp8", scale_mode="floor").scales.tolist() == [[127]]
+    assert quantize_mx(z, "mxfp8", scale_mode="rceil").scales.tolist() == [[0]]
+    assert quantize_mx(z, "mxfp8", scale_mode="rceil").dequantize().abs().sum().item() == 0
+
+
+@pytest.mark.parametrize("mode", ["floor", "rceil"])
+@pytest.mark.parametrize("fmt", sorted(MX_ELEMENTS))
+@pytest.mark.parametrize("amax", [2.0**-149, 1e-40, 2.0**-126 * 0.75], ids=["smallest", "1e-40", "largest"])
+def test_mx_subnormal_amax_gets_the_smallest_scale(mode, fmt, amax):
+    """A float32 subnormal amax is below every element's max * 2**-127: E8M0 0 (2**-127) in both modes."""
+    assert quantize_mx(mx_block(amax), fmt, scale_mode=mode).scales.tolist() == [[0]]
+
+
+def test_mx_subnormal_amax_keeps_its_value_where_the_element_reaches_it():
+    amax = 2.0**-127 * 1.5  # 1.5 units of the smallest scale: exact in E4M3
+    assert quantize_mx(mx_block(amax), "mxfp8").dequantize()[0, 0].item() == amax
+
+
+def float_to_e8m0_round_up(q: torch.Tensor) -> torch.Tensor:
+    """E8M0 code of float32 q rounded up to a power of two and saturated: TransformerEngine's software
+    form of cvt.rp.satfinite.ue8m0x2.f32, the instruction Blackwell kernels use for RCEIL scales."""
+    bits = q.view(torch.int32)
+    exponent, mantissa = (bits >> 23) & 0xFF, bits & 0x7FFFFF
+    up = (mantissa > 0) & (exponent != 0xFE) & ~((exponent == 0) & (mantissa <= 0x400000))
+    return torch.where(q == 0, torch.zeros_like(exponent), exponent + up.to(torch.int32))
+
+
+@pytest.mark.parametrize("fmt", sorted(MX_ELEMENTS))
+def test_mx_rceil_equals_cudas_rounded_up_quotient_where_the_quotient_is_normal(fmt):
+    """cuBLAS / cuDNN compute round_up(amax / max) in float32. The one float32 amax where that differs
+    from the definition is the next one above max * 2**-127: the quotient is subnormal and rounds down
+    to 2**-127, so the instruction gives E8M0 0 and that amax saturates by one ulp; rceil gives 1."""
+    elem = mx_element(fmt)
+    gen = torch.Generator().manual_seed(4)
+    random = torch.randint(1, 0x7F800000, (200_000,), generator=gen, dtype=torch.int32).view(torch.float32)
+    anchors = torch.ldexp(torch.tensor([elem.max, 1.0]).repeat_interleave(255), torch.arange(-127, 128).repeat(2))
+    anchors = anchors[torch.isfinite(anchors)].view(torch.int32)
+    near = (anchors[:, None] + torch.arange(-8, 9, dtype=torch.int32)).flatten().view(torch.float32)
+    amax = torch.cat([random, near])
+    ours = shared_exponents(amax, elem, "rceil") + 127
+    cuda = float_to_e8m0_round_up(torch.div(amax, elem.max))
+    odd_one = next_up(elem.max * 2.0**-127)
+    assert torch.equal(ours[amax != odd_one], cuda[amax != odd_one])
+    assert shared_exponents(torch.tensor([odd_one]), elem, "rceil").tolist() == [-126]
+
+
+def test_mx_unknown_scale_mode_is_an_error_naming_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown MX scale mode 'ceil'; valid: floor, rceil"):
+        quantize_mx(torch.randn(1, 32), "mxfp8", scale_mode="ceil")
+
+
+@pytest.mark.parametrize("capability, mode", [
+    ((8, 9), "floor"), ((9, 0), "floor"), ((10, 0), "rceil"), ((10, 3), "rceil"), ((12, 0), "rceil"),
+], ids=["sm89", "sm90", "sm100", "sm103", "sm120"])
+def test_scaled_mm_mx_scale_mode_is_rceil_from_blackwell_on(capability, mode):
+    assert scaled_mm_mx_scale_mode(capability) == mode
+
+
+def test_scaled_mm_mx_scale_mode_selects_the_quantizers_scales():
+    x = mx_block(next_up(448.0))  # the two modes differ on this block
+    mode = scaled_mm_mx_scale_mode((10, 0))
+    assert quantize_mx(x, "mxfp8", scale_mode=mode).scales.tolist() == [[128]]
+
+
+@pytest.mark.parametrize("capability", [(9,), "sm_100", (10.0, 0), (-1, 0)])
+def test_scaled_mm_mx_scale_mode_rejects_what_is_not_a_capability(capability):
+    with pytest.raises(ValueError, match="capability must be \\(major, minor\\)"):
+        scaled_mm_mx_scale_mode(capability)
 
 
 @pytest.mark.parametrize("fmt, next_scale", [("mxfp8", 127 - 8), ("mxfp8_e5m2", 127 - 15)])
