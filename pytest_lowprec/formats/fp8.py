@@ -1,8 +1,36 @@
 """FP8 (E4M3 / E5M2) quantization with a float32 scale per tensor, per row, or per 1x128 block.
 
-Saturating: values are clamped to the format's finite range before the cast,
-because torch's cast maps values past the max to NaN (E4M3) or Inf (E5M2).
-NaN stays NaN. The scale maps the tensor's (or row's) amax onto the format's max.
+The scale maps the amax of its unit (tensor, row, block) onto the format's max:
+    scale     = min(max_fp8 / amax, FLT_MAX)    (1 when amax is 0)
+    q         = fp8(clamp(x * scale, -max_fp8, max_fp8))    round to nearest even
+    inv_scale = 1 / scale,   x ~= q * inv_scale
+The clamp to FLT_MAX is TransformerEngine's (compute_scale_from_amax) for an
+amax so small that the division overflows (below max_fp8/FLT_MAX: 1.3e-36 for
+E4M3, 1.7e-34 for E5M2): the scale stays finite and the inverse nonzero, so
+tiny values still quantize to the nearest code the scale allows and zeros stay
+zeros (an Inf scale made 0 * Inf = NaN). torchao bounds the scale by clamping
+amax at 1e-12 instead, which would also change amaxes far above the overflow;
+the FLT_MAX clamp changes nothing that did not overflow.
+
+Saturating: values past +-max are clamped before the cast, so the result does
+not depend on torch's own cast, which has changed between versions: torch 2.13's
+eager E4M3 cast saturates (and maps Inf to 448) while earlier builds turned
+overflow into NaN, and its E5M2 cast still overflows to Inf. With a given amax
+(delayed scaling) an Inf input is past max like any other and saturates, as
+TransformerEngine's saturating cast does. The sign of zero is IEEE's: -0.0
+stays -0.
+
+Non-finite input propagates; it is never clipped into finite codes:
+- a NaN makes its unit's amax NaN, hence its scale and inverse scale NaN and
+  every code of the unit NaN, as in torchao's float8 (torch.max propagates the
+  NaN into the scale). A NaN poisons its tensor, row or 1x128 block as it
+  poisons its block in OCP MX (mx.py), and reaches whatever reads the result
+  (a loss scaler) as NaN. TransformerEngine's current scaling falls back to
+  scale 1 for a NaN amax: that silently clips the unit's finite values, which
+  is what this module did before and does not do now.
+- an Inf makes the amax Inf and the scale 0: the Inf's code is NaN (Inf * 0,
+  whose sign is the hardware's: x86 writes -NaN, CUDA +NaN), the others 0, and
+  the inverse scale Inf, so the unit dequantizes to NaN.
 """
 
 from __future__ import annotations
@@ -12,6 +40,7 @@ import torch
 from .minifloat import require_block_multiple
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+FLT_MAX = torch.finfo(torch.float32).max
 
 
 def fp8_max(dtype: torch.dtype) -> float:
@@ -21,17 +50,19 @@ def fp8_max(dtype: torch.dtype) -> float:
 
 
 def saturating_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Round to the nearest FP8 value, clamping to +-max instead of overflowing."""
+    """Round to the nearest FP8 value, clamping to +-max (Inf too) instead of overflowing; NaN stays NaN."""
     limit = fp8_max(dtype)
     return x.float().clamp(-limit, limit).to(dtype)
 
 
 def _scale_from_amax(amax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    # An all-zero tensor or row keeps scale 1, so dequantization stays exact (0 * 1).
+    # An all-zero tensor or row keeps scale 1, so dequantization stays exact (0 * 1); a NaN amax
+    # goes through the division and the clamp as NaN (the module docstring says why).
     # A true division: `448.0 / amax` is computed by torch as amax.reciprocal() * 448,
     # which rounds twice and differs from a GPU kernel's IEEE division in the last bit.
     amax = amax.float()
-    return torch.where(amax > 0, torch.div(torch.full_like(amax, fp8_max(dtype)), amax), torch.ones_like(amax))
+    scale = torch.clamp(torch.div(torch.full_like(amax, fp8_max(dtype)), amax), max=FLT_MAX)
+    return torch.where((amax > 0) | torch.isnan(amax), scale, torch.ones_like(amax))
 
 
 def quantize_tensorwise(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn, amax: torch.Tensor | None = None):

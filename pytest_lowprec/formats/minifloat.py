@@ -3,8 +3,14 @@
 One arithmetic for every format, in float32 with only exact steps (frexp,
 ldexp, scaling by powers of two) and one rounding (`torch.round`, ties to
 even), so the CPU and the GPU give the same bits. Values past the format's
-max saturate to +-max. The sign follows TransformerEngine's reference: a
-negative value that rounds to zero keeps its sign; an input of -0.0 does not.
+max saturate to +-max.
+
+The sign of a zero: every format here has a -0 code. By default the result
+keeps the input's sign, as IEEE 754 rounding and torch's FP8 casts do: -0.0
+stays -0 and a negative value that rounds to zero is -0 (the rule of the FP8
+and MX formats). NVFP4 asks for TransformerEngine's reference rule instead
+(`keep_zero_sign=False`): the sign comes from `x < 0`, so a negative value that
+rounds to zero is -0 but an input of -0.0 becomes +0.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ class MiniFloat:
     max: float
     torch_dtype: torch.dtype | None = None  # FP8 formats have a torch dtype; FP6/FP4 codes are uint8
     has_nan: bool = False
+    has_inf: bool = False
 
     @property
     def bits(self) -> int:
@@ -38,11 +45,12 @@ class MiniFloat:
         return 2.0 ** (self.emin - self.mbits)
 
     def round(self, x: torch.Tensor, *, stochastic: bool = False,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None, keep_zero_sign: bool = True) -> torch.Tensor:
         """Nearest representable value (ties to even), or a stochastic rounding, saturated to +-max.
 
         Stochastic rounding picks one of the two neighbours with probability by distance,
-        so its expectation is the input (below max).
+        so its expectation is the input (below max). `keep_zero_sign=False` takes the sign from
+        `x < 0` (TransformerEngine's NVFP4 rule: -0.0 becomes +0); see the module docstring.
         """
         x = x.float()
         a = x.abs().clamp(max=self.max)  # NaN stays NaN through clamp
@@ -56,7 +64,7 @@ class MiniFloat:
         else:
             steps = torch.round(steps)
         v = (steps * quantum).clamp(max=self.max)
-        return torch.where(x < 0, -v, v)
+        return torch.where(torch.signbit(x) if keep_zero_sign else x < 0, -v, v)
 
     def encode(self, v: torch.Tensor) -> torch.Tensor:
         """Bit codes (uint8) of values that are already representable (the output of `round`)."""
@@ -91,7 +99,7 @@ class MiniFloat:
 
 
 E4M3 = MiniFloat("fp8_e4m3", 4, 3, 7, 448.0, torch.float8_e4m3fn, has_nan=True)
-E5M2 = MiniFloat("fp8_e5m2", 5, 2, 15, 57344.0, torch.float8_e5m2, has_nan=True)
+E5M2 = MiniFloat("fp8_e5m2", 5, 2, 15, 57344.0, torch.float8_e5m2, has_nan=True, has_inf=True)
 E3M2 = MiniFloat("fp6_e3m2", 3, 2, 3, 28.0)
 E2M3 = MiniFloat("fp6_e2m3", 2, 3, 1, 7.5)
 E2M1 = MiniFloat("fp4_e2m1", 2, 1, 1, 6.0)

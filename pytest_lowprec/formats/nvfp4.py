@@ -3,11 +3,20 @@ scale per block and a float32 scale per tensor.
 
 The arithmetic follows NVIDIA's reference quantizer (TransformerEngine
 custom_recipes) step by step, in float32:
-    global_encode = 448*6 / amax(x)             (1 when amax is 0)
+    global_encode = min(448*6 / amax(x), FLT_MAX)   (1 when amax is 0)
     block_decode  = e4m3(min(amax(block) * (global_encode * (1/6)), 448))
     encode        = min(1 / (float(block_decode) * (1/global_encode)), FLT_MAX)
     element       = e2m1(clamp(x * encode, -6, 6))   ties to even
 and dequantizes as element * block_decode * (1/global_encode).
+
+A tensor whose amax is below 2688/FLT_MAX (about 7.9e-36) gets the largest
+finite encode scale, as TransformerEngine's reference does, so its block
+scales stay in E4M3's range instead of underflowing to 0 (which would zero
+the tensor). An all-zero tensor keeps scale 1 (TE would give FLT_MAX; both
+dequantize to zeros, 1 keeps the decode scale exact). An Inf amax (reachable
+only with `check_finite=False` or a given amax) gives encode 0, which TE also
+replaces by 1. The sign of a zero follows TE (minifloat's docstring): -0.0
+encodes as +0, a negative value that rounds to zero as -0.
 """
 
 from __future__ import annotations
@@ -29,8 +38,8 @@ def global_scales(amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     """(encode, decode, encode/6) per-tensor scales from amax, float32 on amax's device."""
     # full_like, not torch.tensor(..., device=...): no host-to-device copy, so CUDA graphs can capture it.
     amax = amax.float()
-    encode = torch.div(torch.full_like(amax, E4M3_MAX * FP4_MAX), amax)
-    encode = torch.where((amax > 0) & torch.isfinite(encode), encode, torch.ones_like(encode))
+    encode = torch.clamp(torch.div(torch.full_like(amax, E4M3_MAX * FP4_MAX), amax), max=FLT_MAX)
+    encode = torch.where((amax > 0) & (encode > 0), encode, torch.ones_like(encode))
     decode = torch.div(1.0, encode)
     multiplier = encode * torch.div(1.0, torch.full_like(amax, FP4_MAX))
     return encode, decode, multiplier
@@ -135,7 +144,7 @@ def quantize_nvfp4(
     block_decode = torch.clamp(block_amax * multiplier, max=E4M3_MAX).to(torch.float8_e4m3fn)
     encode = torch.clamp(torch.div(1.0, block_decode.float() * decode), max=FLT_MAX)
     scaled = torch.clamp(blocks * encode, -FP4_MAX, FP4_MAX).reshape(rows, cols)
-    codes = E2M1.encode(E2M1.round(scaled, stochastic=stochastic, generator=generator))
+    codes = E2M1.encode(E2M1.round(scaled, stochastic=stochastic, generator=generator, keep_zero_sign=False))
     return NVFP4Tensor(
         packed=pack_fp4(codes),
         block_scales=block_decode.reshape(rows // tile[0], cols // BLOCK),

@@ -3,8 +3,12 @@ tensorwise with its transpose (the layout both backward GEMMs of an FP8 linear r
 
 Each reproduces its reference in nvfp4.py / fp8.py bit for bit: the same float32
 operations in the same order, IEEE division (div_rn), round-to-nearest-even
-E4M3 conversion, and TransformerEngine's E2M1 tie thresholds. Import only where
-CUDA and Triton exist (the CPU wheel of torch has no Triton).
+E4M3 conversion, and TransformerEngine's E2M1 tie thresholds. The edges match
+too: a scale that would overflow is clamped to FLT_MAX, and an amax is the
+integer maximum of the magnitudes' float32 bits, where NaN sorts above Inf, so a
+NaN reaches the FP8 scale as it does through the reference's torch.amax (a float
+max, tl.max or a float atomic_max, may drop it). Import only where CUDA and
+Triton exist (the CPU wheel of torch has no Triton).
 """
 
 from __future__ import annotations
@@ -20,10 +24,23 @@ _AMAX_BLOCK = 16384
 
 
 @triton.jit
-def _absmax_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+def _magnitude_bits(x):
+    """|x| as the int32 bits of a float32: ordered as the magnitudes, with NaN above Inf."""
+    return x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF
+
+
+@triton.jit
+def _absmax_kernel(x_ptr, out_bits_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
-    tl.atomic_max(out_ptr, tl.max(tl.abs(x), axis=0))
+    x = tl.load(x_ptr + offs, mask=offs < n, other=0.0)
+    tl.atomic_max(out_bits_ptr, tl.max(_magnitude_bits(x), axis=0))
+
+
+@triton.jit
+def _fp8_scale(amax, FP8_MAX: tl.constexpr, FLT_MAX: tl.constexpr):
+    """fp8._scale_from_amax: FP8_MAX / amax clamped to FLT_MAX, 1 for amax 0, NaN for a NaN amax."""
+    scale = tl.minimum(tl.math.div_rn(FP8_MAX, amax), FLT_MAX, propagate_nan=tl.PropagateNan.ALL)
+    return tl.where((amax > 0) | (amax != amax), scale, 1.0)
 
 
 @triton.jit
@@ -71,8 +88,8 @@ def _nvfp4_kernel(x_ptr, packed_ptr, scales_ptr, amax_ptr, decode_ptr, n_rows, n
     pid_n = tl.program_id(1)
     # Per-tensor scales, as nvfp4.global_scales computes them (IEEE divisions, fp32(1/6)).
     amax = tl.load(amax_ptr)
-    global_encode = tl.math.div_rn(2688.0, amax)
-    global_encode = tl.where((amax > 0) & (global_encode <= FLT_MAX), global_encode, 1.0)
+    global_encode = tl.minimum(tl.math.div_rn(2688.0, amax), FLT_MAX)
+    global_encode = tl.where((amax > 0) & (global_encode > 0), global_encode, 1.0)
     global_decode = tl.math.div_rn(1.0, global_encode)
     multiplier = global_encode * ONE_SIXTH
     if (pid_m == 0) & (pid_n == 0):
@@ -99,9 +116,11 @@ def _nvfp4_kernel(x_ptr, packed_ptr, scales_ptr, amax_ptr, decode_ptr, n_rows, n
 
 
 def absmax(x: torch.Tensor) -> torch.Tensor:
-    """max |x| of a contiguous CUDA tensor as a float32 scalar tensor: one pass, one atomic per program."""
+    """max |x| of a contiguous CUDA tensor as a float32 scalar tensor: one pass, one atomic per program.
+    NaN if x holds a NaN, as torch.amax gives."""
     out = torch.zeros((), dtype=torch.float32, device=x.device)
-    _absmax_kernel[(triton.cdiv(x.numel(), _AMAX_BLOCK),)](x, out, x.numel(), BLOCK=_AMAX_BLOCK, num_warps=8)
+    _absmax_kernel[(triton.cdiv(x.numel(), _AMAX_BLOCK),)](x, out.view(torch.int32), x.numel(), BLOCK=_AMAX_BLOCK,
+                                                          num_warps=8)
     return out
 
 
@@ -134,15 +153,15 @@ def quantize_nvfp4_triton(x: torch.Tensor, amax: torch.Tensor | None = None) -> 
 
 
 @triton.jit
-def _fp8_rowwise_kernel(x_ptr, q_ptr, inv_ptr, n_cols, BLOCK_N: tl.constexpr, FP8_MAX: tl.constexpr):
+def _fp8_rowwise_kernel(x_ptr, q_ptr, inv_ptr, n_cols, BLOCK_N: tl.constexpr, FP8_MAX: tl.constexpr,
+                        FLT_MAX: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
     mask = cols < n_cols
     x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
-    amax = tl.max(tl.abs(x), axis=0)
-    scale = tl.where(amax > 0, tl.math.div_rn(FP8_MAX, amax), 1.0)
-    q = tl.minimum(tl.maximum(x * scale, -FP8_MAX), FP8_MAX).to(tl.float8e4nv, fp_downcast_rounding="rtne")
-    tl.store(q_ptr + row * n_cols + cols, q, mask=mask)
+    amax = tl.max(_magnitude_bits(x), axis=0).to(tl.float32, bitcast=True)
+    scale = _fp8_scale(amax, FP8_MAX, FLT_MAX)
+    tl.store(q_ptr + row * n_cols + cols, _fp8_scaled(x, scale, FP8_MAX, False), mask=mask)
     tl.store(inv_ptr + row, tl.math.div_rn(1.0, scale))
 
 
@@ -155,14 +174,14 @@ def quantize_fp8_rowwise_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn, device=x.device)
     inv = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
     block_n = triton.next_power_of_2(cols)
-    _fp8_rowwise_kernel[(rows,)](x, q, inv, cols, BLOCK_N=block_n, FP8_MAX=448.0,
+    _fp8_rowwise_kernel[(rows,)](x, q, inv, cols, BLOCK_N=block_n, FP8_MAX=448.0, FLT_MAX=FLT_MAX,
                                  num_warps=min(32, max(4, block_n // 1024)))
     return q, inv
 
 
 @triton.jit
 def _fp8_scaled(x, scale, FP8_MAX: tl.constexpr, E5M2: tl.constexpr):
-    """quantize_tensorwise's cast: x * scale in float32, clamped (NaN stays NaN, as torch.clamp keeps it:
+    """fp8.saturating_cast of x * scale: the product in float32, clamped (NaN stays NaN, as torch.clamp keeps it:
     an overflowed step must reach the loss scaler as NaN), rounded to nearest even."""
     y = tl.minimum(tl.maximum(x.to(tl.float32) * scale, -FP8_MAX, propagate_nan=tl.PropagateNan.ALL), FP8_MAX,
                    propagate_nan=tl.PropagateNan.ALL)
@@ -182,18 +201,18 @@ FP8_TENSORWISE_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=
     key=["n_rows", "n_cols", "TRANSPOSE", "SEEN"],
 )
 @triton.jit
-def _fp8_tensorwise_kernel(x_ptr, q_ptr, qt_ptr, amax_ptr, inv_ptr, seen_ptr, n_rows, n_cols,
+def _fp8_tensorwise_kernel(x_ptr, q_ptr, qt_ptr, amax_ptr, inv_ptr, seen_bits_ptr, n_rows, n_cols,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP8_MAX: tl.constexpr,
-                           E5M2: tl.constexpr, TRANSPOSE: tl.constexpr, SEEN: tl.constexpr):
+                           FLT_MAX: tl.constexpr, E5M2: tl.constexpr, TRANSPOSE: tl.constexpr, SEEN: tl.constexpr):
     amax = tl.load(amax_ptr)
-    scale = tl.where(amax > 0, tl.math.div_rn(FP8_MAX, amax), 1.0)
+    scale = _fp8_scale(amax, FP8_MAX, FLT_MAX)
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     cols = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     x = tl.load(x_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
     tl.store(q_ptr + rows[:, None] * n_cols + cols[None, :], _fp8_scaled(x, scale, FP8_MAX, E5M2), mask=mask)
     if SEEN:
-        tl.atomic_max(seen_ptr, tl.max(tl.max(tl.abs(x.to(tl.float32)), axis=1), axis=0))
+        tl.atomic_max(seen_bits_ptr, tl.max(tl.max(_magnitude_bits(x), axis=1), axis=0))
     if TRANSPOSE:
         # The tile again, read in the transposed orientation (from L2: DRAM traffic is unchanged), and
         # stored along the output's rows. tl.trans of the loaded tile put up to half of the bytes in the
@@ -235,9 +254,9 @@ def quantize_fp8_tensorwise_triton(x: torch.Tensor, dtype: torch.dtype = torch.f
 
     if seen_amax is not None and (seen_amax.dtype != torch.float32 or seen_amax.numel() != 1):
         raise ValueError(f"seen_amax must be a float32 scalar tensor, got {seen_amax.dtype} {tuple(seen_amax.shape)}")
-    args = (x, q, qt, amax, inv, inv if seen_amax is None else seen_amax, rows, cols)
-    consts = {"FP8_MAX": float(torch.finfo(dtype).max), "E5M2": dtype == torch.float8_e5m2, "TRANSPOSE": transpose,
-              "SEEN": seen_amax is not None}
+    args = (x, q, qt, amax, inv, (inv if seen_amax is None else seen_amax).view(torch.int32), rows, cols)
+    consts = {"FP8_MAX": float(torch.finfo(dtype).max), "FLT_MAX": FLT_MAX, "E5M2": dtype == torch.float8_e5m2,
+              "TRANSPOSE": transpose, "SEEN": seen_amax is not None}
     if config is None:
         _fp8_tensorwise_kernel[grid](*args, **consts)
     else:
