@@ -43,8 +43,10 @@ class GpuSpec:
 # written; GEMMs at 8192^3 on N(0,1) data): the H100's from baselines/h100.json.
 _H100_MEASURED = {"ceiling.copy_tb_per_s": 3.008, "ceiling.gemm_tflops.bf16": 794.3, "ceiling.gemm_tflops.fp8": 1494.0}
 _H100_ON = "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, cuBLAS 13.1.0, 2026-11-22"
-# The H200's, by the same test (../shared/REFERENCE.md, 2026-11-30).
-_H200_MEASURED = {"ceiling.copy_tb_per_s": 4.25, "ceiling.gemm_tflops.bf16": 798.0, "ceiling.gemm_tflops.fp8": 1376.0}
+# The H200's, by the same test with the pinned host-to-device link (256 MiB) and the cost of one kernel
+# replayed from a CUDA graph (200 one-element kernels); the H100 predates those two measurements.
+_H200_MEASURED = {"ceiling.copy_tb_per_s": 4.253, "ceiling.gemm_tflops.bf16": 802.1, "ceiling.gemm_tflops.fp8": 1506.0,
+                  "ceiling.h2d_gb_per_s": 55.5, "ceiling.launch_us": 1.06}
 _H200_ON = "NVIDIA H200, torch 2.11.0+cu130, driver 580.159.04, 2026-11-30"
 
 # Ordered: the first pattern that matches a device name wins, so variants come
@@ -311,7 +313,8 @@ def _nvml_bus_width(uuid: str | None) -> int | None:
 
 def probe_rates(device: DeviceInfo, run=_run, bus_width=_nvml_bus_width) -> tuple[float | None, float | None]:
     """Max SM clock (MHz) and memory bandwidth (GB/s: two transfers a memory clock over the bus) of a GPU
-    the registry does not name, for `derived_spec`; None for what could not be read."""
+    the registry does not name, for `derived_spec`; None for what could not be read. nvidia-smi gives the
+    clocks, NVML the bus width."""
     out = run(["nvidia-smi", f"--id={device.uuid or device.index}", "--query-gpu=clocks.max.sm,clocks.max.memory",
                "--format=csv,noheader,nounits"])
     try:

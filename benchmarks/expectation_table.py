@@ -1,0 +1,68 @@
+"""Each speed gate's prediction, floor and measurement, side by side, from the gate's CSV reports.
+
+    python benchmarks/expectation_table.py h200=reports/h200.csv b200=reports/b200-dry.csv ...
+
+Each argument is LABEL=CSV (`pytest ... --lowprec-csv PATH`). Per speed verdict it prints the model's
+predicted speedup and the floor for each label, and for measured runs (any row whose timer was real)
+the measured speedup over the prediction: the fraction a suite's floor is a share of.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+
+import pandas as pd
+
+
+def _floor(bound: object) -> float | None:
+    match = re.match(r">= ([0-9.]+)x", str(bound))
+    return float(match.group(1)) if match else None
+
+
+def table(runs: dict[str, pd.DataFrame], measured: set[str]) -> list[str]:
+    speed = {label: df[df["kind"] == "speedup"].set_index(["test", "metric"]) for label, df in runs.items()}
+    keys = sorted(set().union(*(s.index for s in speed.values())))
+    head = ["test"]
+    for label in runs:
+        head += [f"{label} predicted", f"{label} floor"] + ([f"{label} measured", f"{label} of model"]
+                                                            if label in measured else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in keys:
+        cells = [f"{key[0].split('::', 1)[-1]}" + ("" if key[1] == "speedup" else f" {key[1]}")]
+        for label, rows in speed.items():
+            row = rows.loc[key] if key in rows.index else None
+            if row is None:
+                cells += ["-", "-"] + (["-", "-"] if label in measured else [])
+                continue
+            predicted, floor = row["predicted"], _floor(row["bound"])
+            cells += [_num(predicted), _num(floor) + ("" if row["status"] != "ungated" else " ungated")]
+            if label in measured:
+                value = row["value"]
+                cells += [_num(value), _num(value / predicted if _finite(predicted) and _finite(value) else None)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _finite(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def _num(x) -> str:
+    return f"{x:.3g}" if _finite(x) else "-"
+
+
+def main(argv: list[str]) -> None:
+    runs, measured = {}, set()
+    for arg in argv:
+        label, _, path = arg.partition("=")
+        frame = pd.read_csv(path)
+        runs[label] = frame
+        if not label.endswith("-dry"):
+            measured.add(label)
+    print("\n".join(table(runs, measured)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
