@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ..gate import Verdict
+from ..names import terminal_text
 
 _HEADERS = ("metric", "value [interval]", "bound", "baseline", "delta", "verdict")
 
@@ -54,7 +55,7 @@ def format_verdict(v: Verdict) -> str:
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    rows = [list(r) for r in rows]
+    rows = [[terminal_text(c) for c in r] for r in rows]  # user text: no escape sequence reaches the terminal
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     def line(cells):
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
@@ -76,7 +77,7 @@ def failure_message(nodeid: str, gpu: str, verdicts: Sequence[Verdict]) -> str:
     for v in failed:
         for reason in v.reasons:
             lines.append(f"  {v.metric}: {reason}  (at {v.where})" if v.where else f"  {v.metric}: {reason}")
-    return "\n".join(lines)
+    return "\n".join(terminal_text(line) for line in lines)
 
 
 def summary_lines(records: Iterable) -> list[str]:
@@ -94,5 +95,5 @@ def summary_lines(records: Iterable) -> list[str]:
 
 def _skip_notes(rows) -> list[str]:
     reasons = sorted({r[2][8] for r in rows if len(r[2]) > 8})
-    return [f"skipped: {reason}" for reason in reasons]
+    return [terminal_text(f"skipped: {reason}") for reason in reasons]
 
