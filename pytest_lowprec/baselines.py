@@ -1,21 +1,27 @@
 """Per-GPU baseline files: `<dir>/<gpu>.json`, schema-versioned, merged under a lock, written atomically.
 
-A file that cannot be read or has an unknown schema is an error naming the file
-and is never overwritten: an update reads the current file under the lock, merges
-only the entries that ran, and replaces the file with one rename.
+A file that cannot be read, has an unknown schema or a field of the wrong type
+(baseline_schema) is an error naming the file and is never overwritten: an
+update reads the current file under the lock, merges only the entries that ran,
+and replaces the file with one rename.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-SCHEMA_VERSION = 1
+from . import baseline_schema
+from .baseline_schema import MAX_BYTES, SCHEMA_VERSION, SchemaError
+
+__all__ = ["SCHEMA_VERSION", "BaselineError", "BaselineStore", "read_entries"]
+
 _LOCK_TIMEOUT_S = 120.0
 
 
@@ -43,7 +49,12 @@ class BaselineStore:
             with lock:
                 current = read_entries(path, gpu)
                 current.update(entries)
-                _atomic_write(path, {"schema": SCHEMA_VERSION, "gpu": gpu, "entries": current})
+                document = {"schema": SCHEMA_VERSION, "gpu": gpu, "entries": current}
+                try:  # never write a file the next run would refuse to read
+                    baseline_schema.validate(document, gpu)
+                except SchemaError as exc:
+                    raise BaselineError(f"{path}: not written: {exc}") from None
+                _atomic_write(path, document)
         except Timeout as exc:
             raise BaselineError(
                 f"{path}: another process has held {path}.lock for {_LOCK_TIMEOUT_S:.0f} s; "
@@ -53,43 +64,45 @@ class BaselineStore:
 
 
 def read_entries(path: Path, gpu: str) -> dict[str, dict]:
-    if not path.exists():
+    """The checked entries of the file at `path`; {} when there is no file."""
+    data = _read_bytes(path)
+    if data is None:
         return {}
     try:
-        text = path.read_text(encoding="utf-8")
+        return baseline_schema.validate(baseline_schema.parse(data), gpu)
+    except SchemaError as exc:
+        raise BaselineError(f"{path}: {exc}") from None
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    """The file's bytes, None when there is none. Only a regular file is read, and only up to the size
+    limit: the open does not block (a FIFO in the file's place cannot hang the run) and the type is
+    checked on the opened descriptor (a link to /dev/zero cannot fill memory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
     except OSError as exc:
         raise BaselineError(f"{path}: cannot read baseline file ({exc})") from exc
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BaselineError(
-            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-            "the file is corrupt or truncated. Restore it from version control "
-            "(git checkout -- <file>) or delete it and re-record with --lowprec-update"
-        ) from exc
-    return _validate(path, data, gpu)
-
-
-def _validate(path: Path, data: object, gpu: str) -> dict[str, dict]:
-    if not isinstance(data, dict):
-        raise BaselineError(f"{path}: expected a JSON object at top level, found {type(data).__name__}")
-    schema = data.get("schema")
-    if schema != SCHEMA_VERSION:
-        raise BaselineError(
-            f"{path}: unknown baseline schema {schema!r}; this pytest-lowprec reads schema {SCHEMA_VERSION}. "
-            "Upgrade pytest-lowprec, or re-record the file with --lowprec-update after moving it aside"
-        )
-    if data.get("gpu") != gpu:
-        raise BaselineError(
-            f"{path}: file says gpu {data.get('gpu')!r} but is named for {gpu!r}; rename or re-record it"
-        )
-    entries = data.get("entries")
-    if not isinstance(entries, dict):
-        raise BaselineError(f"{path}: 'entries' must be an object keyed by test id")
-    for node_id, entry in entries.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
-            raise BaselineError(f"{path}: entry {node_id!r} has no 'metrics' object")
-    return dict(entries)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BaselineError(f"{path}: is {_mode_kind(st.st_mode)}, not a regular file; "
+                                "a baseline file is a plain JSON file")
+        if st.st_size > MAX_BYTES:
+            raise BaselineError(f"{path}: is {st.st_size} bytes; a baseline file holds at most {MAX_BYTES} bytes")
+        chunks, size = [], 0
+        while size <= MAX_BYTES:
+            chunk = os.read(fd, min(1 << 20, MAX_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise BaselineError(f"{path}: cannot read baseline file ({exc})") from exc
+    finally:
+        os.close(fd)
 
 
 def _atomic_write(path: Path, data: dict) -> None:
@@ -106,3 +119,9 @@ def _atomic_write(path: Path, data: dict) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _mode_kind(mode: int) -> str:
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")

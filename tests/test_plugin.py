@@ -508,3 +508,33 @@ def test_per_gpu_picks_the_value_for_this_runs_gpu_and_its_multi_gpu_key(gate, m
     """)
     gate.runpytest("--gpu", "h100", "-k", "single").assert_outcomes(passed=1, deselected=1)
     gate.runpytest("--gpu", "2x_h100", "-k", "pair").assert_outcomes(passed=1, deselected=1)
+
+
+# -- baseline files and folders as the run meets them ----------------------------------------------------------
+
+
+def baseline_file(pytester, entries: dict) -> Path:
+    path = pytester.path / "baselines" / "h100.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"schema": 1, "gpu": "h100", "entries": entries}))
+    return path
+
+
+def test_a_wrongly_typed_baseline_entry_is_a_usage_error_before_any_test_runs(gate):
+    gemm(gate)
+    baseline_file(gate, {"test_gemm.py::test_gemm[1024]": {"signature": {"param.n": 1024, "precision": "fp8"},
+                                                           "metrics": {"speedup": {"value": "2.0"}}}})
+    result = gate.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*baselines/h100.json: entry 'test_gemm.py::test_gemm[[]1024[]]' metric 'speedup' "
+                                 "field 'value' must be a finite number, found the string '2.0'*"])
+    assert "test_gemm" not in result.stdout.str()
+
+
+def test_a_nan_stored_accuracy_is_a_usage_error_not_a_gate_that_passes_any_drop(gate):
+    gemm(gate)
+    baseline_file(gate, {"test_gemm.py::test_gemm[1024]": {"signature": {"param.n": 1024, "precision": "fp8"},
+                                                           "metrics": {"sqnr_db": {"value": float("nan")}}}})
+    result = gate.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*metric 'sqnr_db' field 'value' must be a finite number, found NaN*"])
