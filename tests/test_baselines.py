@@ -1,19 +1,23 @@
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from pytest_lowprec import baselines
 from pytest_lowprec.baseline_schema import MAX_BYTES
-from pytest_lowprec.baselines import SCHEMA_VERSION, BaselineError, BaselineStore
+from pytest_lowprec.baselines import SCHEMA_VERSION, BaselineError, BaselineStore, lock_holders
 
 
 def entry(value: float) -> dict:
@@ -252,3 +256,147 @@ def test_an_update_over_a_malformed_file_is_an_error_and_leaves_it_untouched(tmp
     with pytest.raises(BaselineError, match="entry 't' metric 'speedup' field 'value'"):
         BaselineStore(tmp_path).update("h100", {"u": entry(1.0)})
     assert path.read_bytes() == before
+
+
+# -- writing: the file keeps its mode and its link, the folder keeps no debris, a failure is one error -------
+
+
+def test_an_update_keeps_the_files_mode(tmp_path):
+    store = BaselineStore(tmp_path)
+    path = store.update("h100", {"a": entry(1.0)})
+    path.chmod(0o640)
+    store.update("h100", {"b": entry(1.0)})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_a_first_write_gets_the_mode_of_a_plain_new_file_not_the_temp_files_0600(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = BaselineStore(tmp_path).update("h100", {"a": entry(1.0)})
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_an_update_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "local").mkdir()
+    target = BaselineStore(tmp_path / "shared").update("h100", {"a": entry(1.0)})
+    link = tmp_path / "local" / "h100.json"
+    link.symlink_to(target)
+    written = BaselineStore(tmp_path / "local").update("h100", {"b": entry(2.0)})
+    assert written == Path(os.path.realpath(target)) and link.is_symlink()
+    assert sorted(BaselineStore(tmp_path / "shared").read("h100")) == ["a", "b"]
+
+
+def test_an_update_removes_temp_files_that_killed_updates_left_before_the_run(tmp_path):
+    orphan = tmp_path / ".h100.json.k3j_h5g6.tmp"
+    orphan.write_bytes(b"{" * 4096)
+    an_hour_ago = time.time() - 3600
+    os.utime(orphan, (an_hour_ago, an_hour_ago))
+    BaselineStore(tmp_path).update("h100", {"a": entry(1.0)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h100.json"]
+
+
+def test_an_update_spares_temp_files_newer_than_the_run_and_other_files(tmp_path):
+    store = BaselineStore(tmp_path, started=time.time() - 3600)
+    newer = tmp_path / ".h100.json.abcdefgh.tmp"
+    newer.write_text("{")
+    other_gpu = tmp_path / ".h200.json.abcdefgh.tmp"
+    other_gpu.write_text("{")
+    os.utime(other_gpu, (0, 0))
+    store.update("h100", {"a": entry(1.0)})
+    assert newer.exists() and other_gpu.exists()
+
+
+def test_an_update_leaves_no_lock_file_in_the_folder(tmp_path):
+    BaselineStore(tmp_path).update("h100", {"a": entry(1.0)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h100.json"]
+
+
+def _update_many(directory: str, prefix: str, n: int) -> None:
+    for i in range(n):
+        BaselineStore(directory).update("h100", {f"{prefix}{i}": entry(1.0)})
+
+
+def test_removing_the_lock_file_keeps_updates_from_many_processes_exclusive(tmp_path):
+    # Each update reads, merges and renames under the lock: two holders at once would lose an entry.
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_update_many, args=(str(tmp_path), f"p{k}.", 6)) for k in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert len(BaselineStore(tmp_path).read("h100")) == 36
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h100.json"]
+
+
+def _hold_lock(lock_path: Path):
+    child = textwrap.dedent(f"""
+        import time
+        from filelock import FileLock
+        lock = FileLock({str(lock_path)!r})
+        lock.acquire()
+        print("held", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_lock_timeout_says_how_to_find_the_holder_and_not_to_delete_the_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr(baselines, "_LOCK_TIMEOUT_S", 0.3)
+    holder = _hold_lock(tmp_path / "h100.json.lock")
+    try:
+        with pytest.raises(BaselineError) as info:
+            BaselineStore(tmp_path).update("h100", {"a": entry(1.0)})
+    finally:
+        holder.kill()
+        holder.wait(10)
+    message = str(info.value)
+    assert "released when the holder finishes its update or exits" in message
+    assert f"fuser -v {tmp_path}/h100.json.lock" in message and "Do not delete the lock file" in message
+    assert message.lower().count("delete the lock file") == 1  # only in "do not delete the lock file"
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="/proc/locks is Linux's")
+def test_lock_holders_names_the_process_that_holds_the_lock(tmp_path):
+    holder = _hold_lock(tmp_path / "x.lock")
+    try:
+        assert lock_holders(tmp_path / "x.lock") == [holder.pid]
+    finally:
+        holder.kill()
+        holder.wait(10)
+
+
+def _fail_with(err: int):
+    def fail(*args, **kwargs):
+        raise OSError(err, os.strerror(err), "simulated")
+    return fail
+
+
+@pytest.mark.parametrize(("where", "err", "words"), [
+    ("lock", errno.EROFS, "the file system is read-only"),  # a read-only mount: not even the lock file
+    ("mkstemp", errno.EACCES, "no permission to write there"),  # a 0555 folder, for a user who is not root
+    ("fsync", errno.ENOSPC, "no space left on the device"),  # a full disk
+    ("fsync", errno.EFBIG, "the file is larger than the file system"),
+])
+def test_a_failed_write_is_one_error_that_leaves_the_file_as_it_was(tmp_path, monkeypatch, where, err, words):
+    # Tests run as root here, where a 0555 folder or chmod stops nothing: each case's OSError is simulated.
+    path = BaselineStore(tmp_path).update("h100", {"a": entry(1.0)})
+    before = path.read_bytes()
+    patch = {"lock": (baselines, "FileLock"), "mkstemp": (baselines.tempfile, "mkstemp"),
+             "fsync": (baselines.os, "fsync")}[where]
+    monkeypatch.setattr(*patch, _fail_with(err))
+    with pytest.raises(BaselineError, match=f"h100\\.json: {words} .*; the file was left as it was"):
+        BaselineStore(tmp_path).update("h100", {"b": entry(2.0)})
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["h100.json"]
+
+
+def test_an_update_into_a_folder_that_is_a_file_is_an_error_not_a_traceback(tmp_path):
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(BaselineError, match="plain/h100.json: a file stands where a folder is needed"):
+        BaselineStore(tmp_path / "plain").update("h100", {"a": entry(1.0)})

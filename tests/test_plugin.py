@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -538,3 +540,34 @@ def test_a_nan_stored_accuracy_is_a_usage_error_not_a_gate_that_passes_any_drop(
     result = gate.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*metric 'sqnr_db' field 'value' must be a finite number, found NaN*"])
+
+
+def test_a_failed_baseline_write_is_one_error_and_every_report_is_still_written(gate, monkeypatch):
+    # A read-only mount refuses the lock file first; tests run as root here, so the OSError is simulated.
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(gate.path / "baselines" / "h100.json.lock"))
+
+    monkeypatch.setattr("pytest_lowprec.baselines.FileLock", read_only)
+    gemm(gate)
+    result = gate.runpytest("--lowprec-update", "--lowprec-report", "r.html", "--lowprec-csv", "v.csv",
+                            "--lowprec-markdown", "pr.md")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*lowprec gate on h100*", "*test_gemm[[]1024[]]*sqnr_db*",
+                                 "lowprec: baselines NOT written: *h100.json: the file system is read-only (*"])
+    assert "INTERNALERROR" not in result.stdout.str() and "Traceback" not in result.stdout.str()
+    assert all((gate.path / name).exists() for name in ("r.html", "v.csv", "pr.md"))
+
+
+def test_an_update_through_a_symlinked_baseline_file_writes_its_target_and_says_so(gate):
+    gemm(gate)
+    shared = gate.path / "shared"
+    shared.mkdir()
+    (shared / "h100.json").write_text('{"schema": 1, "gpu": "h100", "entries": {}}')
+    (gate.path / "baselines").mkdir()
+    (gate.path / "baselines" / "h100.json").symlink_to(shared / "h100.json")
+    result = gate.runpytest("--lowprec-update")
+    result.stdout.fnmatch_lines(["lowprec: */baselines/h100.json is a symbolic link: wrote the file it points to, "
+                                 "*/shared/h100.json; the link is unchanged"])
+    assert (gate.path / "baselines" / "h100.json").is_symlink()
+    assert list(json.loads((shared / "h100.json").read_text())["entries"]) == ["test_gemm.py::test_gemm[1024]"]
