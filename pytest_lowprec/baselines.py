@@ -25,7 +25,7 @@ from filelock import FileLock, Timeout
 from . import baseline_schema
 from .baseline_schema import MAX_BYTES, SCHEMA_VERSION, SchemaError
 
-__all__ = ["SCHEMA_VERSION", "BaselineError", "BaselineStore", "read_entries"]
+__all__ = ["SCHEMA_VERSION", "BaselineError", "BaselineStore", "baselines_directory", "read_entries"]
 
 _LOCK_TIMEOUT_S = 120.0
 
@@ -76,6 +76,22 @@ class BaselineStore:
         except OSError as exc:
             raise BaselineError(_write_failure(path, exc)) from exc
         return target
+
+
+def baselines_directory(text: str | None, root: Path) -> Path:
+    """The folder `--lowprec-baselines` names (relative to the rootdir); a folder that does not exist yet
+    is allowed. ValueError for what can never hold baseline files: an empty value, a file, a device."""
+    if text is None or not str(text).strip():
+        raise ValueError("--lowprec-baselines is empty; give the folder of <gpu>.json files (default: baselines)")
+    directory = Path(text)
+    if not directory.is_absolute():
+        directory = Path(root) / directory
+    existing = next((p for p in (directory, *directory.parents) if os.path.lexists(p)), None)
+    if existing is not None and not existing.is_dir():
+        so = "" if existing == directory else f", so {directory} cannot be one"
+        raise ValueError(f"--lowprec-baselines {text}: {existing} is {_file_kind(existing)}, not a folder{so}; "
+                         "give the folder that holds (or will hold) the <gpu>.json baseline files")
+    return directory
 
 
 def read_entries(path: Path, gpu: str) -> dict[str, dict]:
@@ -251,3 +267,9 @@ def _mode_kind(mode: int) -> str:
              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
+
+def _file_kind(path: Path) -> str:
+    try:
+        return _mode_kind(os.stat(path).st_mode) if not os.path.isfile(path) else "a file"
+    except OSError:
+        return "a broken symbolic link" if os.path.islink(path) else "unreadable"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from . import hookspec
-from .baselines import BaselineError, BaselineStore
+from .baselines import BaselineError, BaselineStore, baselines_directory
 from .config import GateConfig, parse_fraction, parse_gpu, parse_positive, parse_precisions
 from .gate import SpeedupTolerance
 from .hardware import DeviceInfo, gpu_count_mismatch, gpu_for_worker, probe_cuda, select_device, visible_gpu_ids
@@ -114,9 +114,7 @@ def _option(config: pytest.Config, name: str, parse: Callable[[str], object] = s
 
 def _gate_config(config: pytest.Config) -> GateConfig:
     try:
-        baselines = Path(_option(config, "lowprec_baselines"))
-        if not baselines.is_absolute():
-            baselines = Path(config.rootpath) / baselines
+        baselines = baselines_directory(_option(config, "lowprec_baselines"), Path(config.rootpath))
         def path(name: str) -> Path | None:
             value = config.getoption(name)
             return Path(value).absolute() if value else None

@@ -56,7 +56,7 @@ class LowprecRun:
         self.records: dict[str, TestRecord] = {}
         self.written: tuple[Path, int] | None = None
         self.write_error: str | None = None
-        self.notes: list[str] = []  # what the update did besides recording: a link followed
+        self.notes: list[str] = []  # what the update did besides recording: a folder created, a link followed
         self.reports: list[str] = []
         # State the session's recorders share: whether a profiler has run, this GPU's measured ceilings.
         self.shared: dict = {"ceilings": ceiling_metrics(entries)}
@@ -88,13 +88,16 @@ class LowprecRun:
             return
         header = self.header()
         entries = {r.nodeid: self._entry(r, header) for r in recordable}
-        link = self.store.path_for(self.device.key)
+        directory, link = Path(self.store.directory), self.store.path_for(self.device.key)
+        created = not directory.exists()
         try:
             path = self.store.update(self.device.key, entries)
         except BaselineError as exc:
             self.write_error = str(exc)
             return
         self.written = (path, len(entries))
+        if created:
+            self.notes.append(f"lowprec: created the baselines folder {directory}")
         if path != link:
             self.notes.append(f"lowprec: {link} is a symbolic link: wrote the file it points to, {path}; "
                               "the link is unchanged")
@@ -158,6 +161,10 @@ class LowprecRun:
         tr.write_sep("=", f"lowprec gate on {self.device.key} ({self.device.name}), baselines {path}")
         for line in summary_lines(sorted(self.records.values(), key=lambda r: r.nodeid)):
             tr.write_line(line)
+        if not self.gate.update and not Path(self.store.directory).is_dir():
+            tr.write_line(terminal_text(f"lowprec: WARNING: the baselines folder {self.store.directory} does not "
+                                        "exist (a typo in --lowprec-baselines?); no test had a stored baseline"),
+                          yellow=True, bold=True)
         if self.gate.update:
             for note in self.notes:
                 tr.write_line(terminal_text(note))

@@ -17,7 +17,7 @@ import pytest
 
 from pytest_lowprec import baselines
 from pytest_lowprec.baseline_schema import MAX_BYTES
-from pytest_lowprec.baselines import SCHEMA_VERSION, BaselineError, BaselineStore, lock_holders
+from pytest_lowprec.baselines import SCHEMA_VERSION, BaselineError, BaselineStore, baselines_directory, lock_holders
 
 
 def entry(value: float) -> dict:
@@ -400,3 +400,28 @@ def test_an_update_into_a_folder_that_is_a_file_is_an_error_not_a_traceback(tmp_
     (tmp_path / "plain").write_text("")
     with pytest.raises(BaselineError, match="plain/h100.json: a file stands where a folder is needed"):
         BaselineStore(tmp_path / "plain").update("h100", {"a": entry(1.0)})
+
+
+# -- the folder --lowprec-baselines names ----------------------------------------------------------------------
+
+
+def test_a_relative_baselines_folder_is_under_the_rootdir(tmp_path):
+    assert baselines_directory("stored/gpus", tmp_path) == tmp_path / "stored" / "gpus"
+
+
+def test_a_missing_baselines_folder_is_allowed(tmp_path):
+    assert baselines_directory(str(tmp_path / "not-yet"), tmp_path) == tmp_path / "not-yet"
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_baselines_folder_is_refused(tmp_path, value):
+    with pytest.raises(ValueError, match="--lowprec-baselines is empty"):
+        baselines_directory(value, tmp_path)
+
+
+@pytest.mark.parametrize(("value", "kind"), [("plain", "a file"), ("plain/sub", "a file"),
+                                             ("/dev/null", "a character device")])
+def test_a_baselines_folder_that_is_a_file_or_a_device_is_refused(tmp_path, value, kind):
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(ValueError, match=f"is {kind}, not a folder"):
+        baselines_directory(value, tmp_path)

@@ -559,6 +559,35 @@ def test_a_failed_baseline_write_is_one_error_and_every_report_is_still_written(
     assert all((gate.path / name).exists() for name in ("r.html", "v.csv", "pr.md"))
 
 
+def test_an_update_creates_a_missing_baselines_folder_and_says_so(gate):
+    gemm(gate)
+    result = gate.runpytest("--lowprec-update", "--lowprec-baselines", "new/gpus")
+    result.stdout.fnmatch_lines(["lowprec: created the baselines folder */new/gpus",
+                                 "lowprec: recorded 1 entry in */new/gpus/h100.json"])
+
+
+def test_a_missing_baselines_folder_without_update_is_a_warning_in_the_summary(gate):
+    gemm(gate)
+    result = gate.runpytest("--lowprec-baselines", "baselnies")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["lowprec: WARNING: the baselines folder */baselnies does not exist (a typo in "
+                                 "--lowprec-baselines?)*"])
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("pyproject.toml", "*pyproject.toml is a file, not a folder*"),
+    ("/dev/null", "*/dev/null is a character device, not a folder*"),
+    ("", "*--lowprec-baselines is empty*"),
+])
+def test_a_baselines_option_that_cannot_be_a_folder_is_a_usage_error(gate, value, message):
+    gemm(gate)
+    (gate.path / "pyproject.toml").write_text("")
+    result = gate.runpytest("--lowprec-update", "--lowprec-baselines", value)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert not list(gate.path.glob("*.json"))
+
+
 def test_an_update_through_a_symlinked_baseline_file_writes_its_target_and_says_so(gate):
     gemm(gate)
     shared = gate.path / "shared"
