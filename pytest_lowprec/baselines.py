@@ -170,13 +170,12 @@ def _atomic_write(path: Path, data: dict) -> None:
             os.close(dir_fd)
 
 
-def _remove_orphans(path: Path, started: float) -> int:
+def _remove_orphans(path: Path, started: float) -> None:
     """Delete the temp files (`.<name>.XXXXXXXX.tmp`) that killed updates left beside `path`.
 
     Runs under the lock, so no update that takes it is writing one now; the age check (older than
     this run) spares a file from a writer that does not take the lock."""
     pattern = re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]+\.tmp")
-    removed = 0
     with os.scandir(path.parent) as found:
         for entry in found:
             if not pattern.fullmatch(entry.name):
@@ -185,10 +184,8 @@ def _remove_orphans(path: Path, started: float) -> int:
                 st = entry.stat(follow_symlinks=False)
                 if stat.S_ISREG(st.st_mode) and st.st_mtime < started:
                     os.unlink(entry.path)
-                    removed += 1
             except OSError:
                 continue  # gone already, or not ours to remove: it is never read as a baseline
-    return removed
 
 
 def _remove_lock_file(lock_path: Path) -> None:

@@ -298,6 +298,26 @@ def test_an_update_removes_temp_files_that_killed_updates_left_before_the_run(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h100.json"]
 
 
+def test_the_temp_file_of_an_update_killed_mid_write_is_removed_by_the_next_runs_update(tmp_path):
+    child = textwrap.dedent(f"""
+        import os, time
+        from pytest_lowprec.baselines import BaselineStore
+        def stall(fd):
+            print("writing", flush=True)
+            time.sleep(60)
+        os.fsync = stall
+        BaselineStore({str(tmp_path)!r}).update("h100", {{"killed": {{"metrics": {{}}}}}})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert len(list(tmp_path.glob(".h100.json.*.tmp"))) == 1
+    time.sleep(0.05)  # the next run starts after the orphan was last written
+    BaselineStore(tmp_path).update("h100", {"next": entry(1.0)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h100.json"]
+
+
 def test_an_update_spares_temp_files_newer_than_the_run_and_other_files(tmp_path):
     store = BaselineStore(tmp_path, started=time.time() - 3600)
     newer = tmp_path / ".h100.json.abcdefgh.tmp"
