@@ -124,7 +124,6 @@ def validate_entry(node_id: str, entry: object) -> None:
             _check_free(value, at)
 
 
-# Known fields of a metric: what the gate and the reports read, and the type each must have.
 def _number(v: object) -> bool:
     return _is_number(v) and math.isfinite(v)
 
@@ -133,6 +132,7 @@ def _optional_number(v: object) -> bool:
     return v is None or _number(v)
 
 
+# Known fields of a metric: what the gate and the reports read, and the type each must have.
 _METRIC_FIELDS = {
     "kind": (lambda v: isinstance(v, str), "a string"),
     "unit": (lambda v: isinstance(v, str), "a string"),

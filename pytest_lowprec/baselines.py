@@ -25,8 +25,6 @@ from filelock import FileLock, Timeout
 from . import baseline_schema
 from .baseline_schema import MAX_BYTES, SCHEMA_VERSION, SchemaError
 
-__all__ = ["SCHEMA_VERSION", "BaselineError", "BaselineStore", "baselines_directory", "read_entries"]
-
 _LOCK_TIMEOUT_S = 120.0
 
 
