@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from . import hookspec
-from .baselines import BaselineError, BaselineStore
+from .baselines import BaselineError, BaselineStore, baselines_directory
 from .config import GateConfig, parse_count, parse_fraction, parse_gpu, parse_positive, parse_precisions
 from .gate import SpeedupTolerance, Status
 from .hardware import DeviceInfo, gpu_count_mismatch, gpu_for_worker, probe_cuda, select_device, visible_gpu_ids
+from .names import xml_text
 from .profiling import nvtx_range
 from .recorder import Recorder, TestRecord
 from .report.pytest_html import html_cell
@@ -126,9 +127,7 @@ def _option(config: pytest.Config, name: str, parse: Callable[[str], object] = s
 
 def _gate_config(config: pytest.Config) -> GateConfig:
     try:
-        baselines = Path(_option(config, "lowprec_baselines"))
-        if not baselines.is_absolute():
-            baselines = Path(config.rootpath) / baselines
+        baselines = baselines_directory(_option(config, "lowprec_baselines"), Path(config.rootpath))
         def path(name: str) -> Path | None:
             value = config.getoption(name)
             return Path(value).absolute() if value else None
@@ -363,15 +362,16 @@ def pytest_runtest_call(item: pytest.Item):
     record = recorder.finish()
     del item.stash[RECORDER_KEY]  # items live all session: keep the record, not the test's tensors
     item.stash[RECORD_KEY] = record
+    # JUnit XML writes property names as given: a control character in a metric name would break the file.
     for v in record.verdicts:
         if v.value is not None:
-            item.user_properties.append((f"lowprec.{v.metric}", v.value))
+            item.user_properties.append((f"lowprec.{xml_text(v.metric)}", v.value))
         if v.status != Status.PASS:  # JUnit readers see what was not gated or not decided, not only failures
-            item.user_properties.append((f"lowprec.{v.metric}.status", v.status.value))
+            item.user_properties.append((f"lowprec.{xml_text(v.metric)}.status", v.status.value))
     for name, sides in record.traces.items():
         for side, trace in sides.items():
             if trace.file:
-                item.user_properties.append((f"lowprec.trace.{name}.{side}", trace.file))
+                item.user_properties.append((f"lowprec.trace.{xml_text(name)}.{side}", trace.file))
     if record.failed_verdicts:
         pytest.fail(failure_message(item.nodeid, item.config.stash[RUN_KEY].device.key, record.verdicts),
                     pytrace=False)

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .names import file_name
+
 NVTX_DOMAIN = "lowprec"
 
 
@@ -163,9 +165,8 @@ def profile_side(side: str, fn: Callable[[], object], trace_file: Path | None) -
 
 
 def trace_path(directory: Path, nodeid: str, name: str, side: str) -> Path:
-    """A file name a shell and a browser both take: the node id with odd characters replaced."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")
-    return Path(directory) / f"{stem}.{name}.{side}.json"
+    """A file directly inside `directory` that a shell and a browser both take, one per (test, metric, side)."""
+    return Path(directory) / file_name((nodeid, name, side), ".json")
 
 
 def match_kernels(names: list[str], require: list[str], forbid: list[str]) -> list[str]:

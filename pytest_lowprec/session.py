@@ -18,6 +18,7 @@ import pytest
 from .baselines import BaselineError, BaselineStore
 from .config import GateConfig
 from .hardware import DeviceInfo, derived_spec, probe_rates, software_fingerprint, spec_for
+from .names import terminal_text
 from .recorder import SharedState, TestRecord
 from .report import html, markdown
 from .report.rows import verdict_frame, write_csv
@@ -55,6 +56,7 @@ class LowprecRun:
         self.records: dict[str, TestRecord] = {}
         self.written: tuple[Path, int] | None = None
         self.write_error: str | None = None
+        self.notes: list[str] = []  # what the update did besides recording: a folder created, a link followed
         self.reports: list[str] = []
         spec = spec_for(device.key)
         if spec is None and device.is_cuda:  # a GPU the registry does not name: its capability's rates
@@ -88,12 +90,19 @@ class LowprecRun:
             return
         header = self.header()
         entries = {r.nodeid: self._entry(r, header) for r in recordable}
+        directory, link = Path(self.store.directory), self.store.path_for(self.device.key)
+        created = not directory.exists()
         try:
             path = self.store.update(self.device.key, entries)
         except BaselineError as exc:
             self.write_error = str(exc)
             return
         self.written = (path, len(entries))
+        if created:
+            self.notes.append(f"lowprec: created the baselines folder {directory}")
+        if path != link:
+            self.notes.append(f"lowprec: {link} is a symbolic link: wrote the file it points to, {path}; "
+                              "the link is unchanged")
 
     # -- hooks on the controller --------------------------------------------
     @pytest.hookimpl(optionalhook=True)
@@ -137,11 +146,13 @@ class LowprecRun:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.gate.update:
-            self.write_baselines()
-            if self.write_error:
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        self.write_reports()
+        try:
+            if self.gate.update:
+                self.write_baselines()
+                if self.write_error:
+                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        finally:  # the reports say what was measured even when the baselines could not be written
+            self.write_reports()
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         for line in self.reports:
@@ -153,9 +164,15 @@ class LowprecRun:
         tr.write_sep("=", f"lowprec gate on {self.device.key} ({self.device.name}), baselines {path}")
         for line in summary_lines(sorted(self.records.values(), key=lambda r: r.nodeid)):
             tr.write_line(line)
+        if not self.gate.update and not Path(self.store.directory).is_dir():
+            tr.write_line(terminal_text(f"lowprec: WARNING: the baselines folder {self.store.directory} does not "
+                                        "exist (a typo in --lowprec-baselines?); no test had a stored baseline"),
+                          yellow=True, bold=True)
         if self.gate.update:
+            for note in self.notes:
+                tr.write_line(terminal_text(note))
             if self.write_error:
-                tr.write_line(f"lowprec: baselines NOT written: {self.write_error}", red=True, bold=True)
+                tr.write_line(terminal_text(f"lowprec: baselines NOT written: {self.write_error}"), red=True, bold=True)
             elif self.written:
                 written_path, count = self.written
                 skipped = len(self.records) - count

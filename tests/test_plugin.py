@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -509,3 +511,93 @@ def test_per_gpu_picks_the_value_for_this_runs_gpu_and_its_multi_gpu_key(gate, m
     """)
     gate.runpytest("--gpu", "h100", "-k", "single").assert_outcomes(passed=1, deselected=1)
     gate.runpytest("--gpu", "2x_h100", "-k", "pair").assert_outcomes(passed=1, deselected=1)
+
+
+# -- baseline files and folders as the run meets them ----------------------------------------------------------
+
+
+def baseline_file(pytester, entries: dict) -> Path:
+    path = pytester.path / "baselines" / "h100.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"schema": 1, "gpu": "h100", "entries": entries}))
+    return path
+
+
+def test_a_wrongly_typed_baseline_entry_is_a_usage_error_before_any_test_runs(gate):
+    gemm(gate)
+    baseline_file(gate, {"test_gemm.py::test_gemm[1024]": {"signature": {"param.n": 1024, "precision": "fp8"},
+                                                           "metrics": {"speedup": {"value": "2.0"}}}})
+    result = gate.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*baselines/h100.json: entry 'test_gemm.py::test_gemm[[]1024[]]' metric 'speedup' "
+                                 "field 'value' must be a finite number, found the string '2.0'*"])
+    assert "test_gemm" not in result.stdout.str()
+
+
+def test_a_nan_stored_accuracy_is_a_usage_error_not_a_gate_that_passes_any_drop(gate):
+    gemm(gate)
+    baseline_file(gate, {"test_gemm.py::test_gemm[1024]": {"signature": {"param.n": 1024, "precision": "fp8"},
+                                                           "metrics": {"sqnr_db": {"value": float("nan")}}}})
+    result = gate.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*metric 'sqnr_db' field 'value' must be a finite number, found NaN*"])
+
+
+def test_a_failed_baseline_write_is_one_error_and_every_report_is_still_written(gate, monkeypatch):
+    # A read-only mount refuses the lock file first; tests run as root here, so the OSError is simulated.
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(gate.path / "baselines" / "h100.json.lock"))
+
+    monkeypatch.setattr("pytest_lowprec.baselines.FileLock", read_only)
+    gemm(gate)
+    result = gate.runpytest("--lowprec-update", "--lowprec-report", "r.html", "--lowprec-csv", "v.csv",
+                            "--lowprec-markdown", "pr.md")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*lowprec gate on h100*", "*test_gemm[[]1024[]]*sqnr_db*",
+                                 "lowprec: baselines NOT written: *h100.json: the file system is read-only (*"])
+    assert "INTERNALERROR" not in result.stdout.str() and "Traceback" not in result.stdout.str()
+    assert all((gate.path / name).exists() for name in ("r.html", "v.csv", "pr.md"))
+
+
+def test_an_update_creates_a_missing_baselines_folder_and_says_so(gate):
+    gemm(gate)
+    result = gate.runpytest("--lowprec-update", "--lowprec-baselines", "new/gpus")
+    result.stdout.fnmatch_lines(["lowprec: created the baselines folder */new/gpus",
+                                 "lowprec: recorded 1 entry in */new/gpus/h100.json"])
+
+
+def test_a_missing_baselines_folder_without_update_is_a_warning_in_the_summary(gate):
+    gemm(gate)
+    result = gate.runpytest("--lowprec-baselines", "baselnies")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["lowprec: WARNING: the baselines folder */baselnies does not exist (a typo in "
+                                 "--lowprec-baselines?)*"])
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("pyproject.toml", "*pyproject.toml is a file, not a folder*"),
+    ("/dev/null", "*/dev/null is a character device, not a folder*"),
+    ("", "*--lowprec-baselines is empty*"),
+])
+def test_a_baselines_option_that_cannot_be_a_folder_is_a_usage_error(gate, value, message):
+    gemm(gate)
+    (gate.path / "pyproject.toml").write_text("")
+    result = gate.runpytest("--lowprec-update", "--lowprec-baselines", value)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert not list(gate.path.glob("*.json"))
+
+
+def test_an_update_through_a_symlinked_baseline_file_writes_its_target_and_says_so(gate):
+    gemm(gate)
+    shared = gate.path / "shared"
+    shared.mkdir()
+    (shared / "h100.json").write_text('{"schema": 1, "gpu": "h100", "entries": {}}')
+    (gate.path / "baselines").mkdir()
+    (gate.path / "baselines" / "h100.json").symlink_to(shared / "h100.json")
+    result = gate.runpytest("--lowprec-update")
+    result.stdout.fnmatch_lines(["lowprec: */baselines/h100.json is a symbolic link: wrote the file it points to, "
+                                 "*/shared/h100.json; the link is unchanged"])
+    assert (gate.path / "baselines" / "h100.json").is_symlink()
+    assert list(json.loads((shared / "h100.json").read_text())["entries"]) == ["test_gemm.py::test_gemm[1024]"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -152,7 +154,8 @@ def test_kernel_matching_names_what_is_missing_and_what_is_forbidden():
 
 def test_trace_file_names_are_safe_for_shells_and_browsers(tmp_path):
     path = trace_path(tmp_path, "suites/test_x.py::test_y[<a b>/c]", "speedup", "optimized")
-    assert path.parent == tmp_path and path.name == "suites_test_x.py_test_y_a_b_c.speedup.optimized.json"
+    assert path.parent == tmp_path
+    assert re.fullmatch(r"suites_test_x\.py_test_y_a_b_c\.speedup\.optimized\.[0-9a-f]{10}\.json", path.name)
 
 
 def test_an_eager_speedup_measured_after_a_trace_is_flagged(gate):
@@ -191,3 +194,82 @@ recorder.profile_side = fake_profile
     gate.runpytest("-k", "1024", "--html", "ph.html", "--self-contained-html", "--lowprec-trace", "traces")
     page = (gate.path / "ph.html").read_text()
     assert "lowprec" in page and "sqnr_db=28" in page and "speedup.optimized" in page
+
+
+HOSTILE_NAMES = r'''
+def test_hostile(lowprec):
+    lowprec.accuracy("=HYPERLINK(\"http://evil.example\")", 5.0, min=8.0)
+    lowprec.accuracy("+cmd|a\r\nb", 30.0, min=25.0)
+    lowprec.accuracy("![x](http://evil.example/x.png) @octocat", 30.0, min=25.0)
+    lowprec.accuracy("\x1b[31mred\x1b[0m\x01", 30.0, min=25.0)
+    lowprec.accuracy("-sqnr\udc80", 30.0, min=25.0)
+'''
+
+
+@pytest.fixture
+def hostile(pytester):
+    pytester.makepyfile(fakes=FAKES)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_hostile=HOSTILE_NAMES)
+    return pytester
+
+
+def test_csv_cells_from_metric_names_and_reasons_are_never_formulas(hostile):
+    hostile.runpytest("--lowprec-csv", "v.csv").assert_outcomes(failed=1)
+    rows = list(csv.DictReader((hostile.path / "v.csv").open(encoding="utf-8")))
+    cells = [row[column] for row in rows for column in ("test", "metric", "reasons")]
+    assert len(rows) == 5 and not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    assert any(row["metric"] == "'=HYPERLINK(\"http://evil.example\")" for row in rows)
+
+
+def test_markdown_rows_from_hostile_names_stay_whole_and_inert(hostile):
+    hostile.runpytest("--lowprec-markdown", "pr.md").assert_outcomes(failed=1)
+    md = (hostile.path / "pr.md").read_text(encoding="utf-8")
+    rows = [line for line in md.splitlines() if line.startswith("| test_hostile.py")]
+    assert len(rows) == 5 and {line.replace("\\|", "").count("|") for line in rows} == {9}  # 8 columns
+    assert "![x](" not in md and "@octocat" not in md and "\x1b" not in md
+
+
+def test_terminal_output_carries_no_escape_sequence_from_a_metric_name(hostile):
+    result = hostile.runpytest()
+    result.assert_outcomes(failed=1)
+    assert "\x1b" not in result.stdout.str() and "\x01" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["*red*pass*"])
+
+
+def test_junit_xml_with_control_characters_in_metric_names_parses(hostile):
+    hostile.runpytest("--junitxml=out.xml").assert_outcomes(failed=1)
+    names = [p.get("name") for p in ET.parse(hostile.path / "out.xml").iter("property")]
+    values = [n for n in names if not n.endswith(".status")]
+    assert "lowprec.[31mred[0m" in names and len(values) == 5
+    assert 'lowprec.=HYPERLINK("http://evil.example").status' in names  # the failing verdict's status
+
+
+def test_a_lone_surrogate_in_a_metric_name_still_writes_every_report(hostile):
+    result = hostile.runpytest("--lowprec-report", "r.html", "--lowprec-csv", "v.csv", "--lowprec-markdown", "pr.md")
+    result.assert_outcomes(failed=1)
+    for name in ("r.html", "v.csv", "pr.md"):
+        assert "sqnr\\udc80" in (hostile.path / name).read_text(encoding="utf-8").replace("\\\\", "\\")
+    result.stdout.fnmatch_lines(["*sqnr\\udc80*pass*"])
+
+
+def test_trace_files_of_hostile_metric_names_stay_in_the_trace_folder(gate):
+    gate.makeconftest(CONFTEST + """
+import pytest_lowprec.recorder as recorder
+from pytest_lowprec.profiling import KernelRow, SideTrace
+
+def fake_profile(side, fn, path):
+    path.write_text("{}")
+    return SideTrace(side, [KernelRow("k", 1, 5.0, 1.0)], 5.0, str(path), None)
+
+recorder.profile_side = fake_profile
+""")
+    gate.makepyfile(test_paths="""
+        def test_paths(lowprec):
+            lowprec.speedup(baseline=lambda: None, optimized=lambda: None, name="../../escaped")
+            lowprec.speedup(baseline=lambda: None, optimized=lambda: None, name="sub/folder")
+    """)
+    (gate.path / "traces").mkdir()
+    gate.runpytest("test_paths.py", "--lowprec-trace", "traces").assert_outcomes(passed=1)
+    written = sorted(p.relative_to(gate.path) for p in gate.path.rglob("*.json"))
+    assert len(written) == 4 and all(p.parent == Path("traces") for p in written)

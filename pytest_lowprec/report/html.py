@@ -59,4 +59,5 @@ def render(path: Path, header: dict, records) -> None:
         traces=_traces(records, Path(path).parent.resolve()),
     )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(html, encoding="utf-8")
+    # Jinja2 escaped the markup; a lone surrogate in user text is written as its \udcXX escape.
+    Path(path).write_text(html, encoding="utf-8", errors="backslashreplace")

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..gate import Status
+from ..names import markdown_text
 from .rows import counts, verdict_frame
 from .terminal import format_baseline, format_delta, format_sides, format_value, format_verdict
 
 
 def _cell(text: str) -> str:
-    """Test ids are user text: no table breaks, no markup."""
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("|", "\\|").replace("\n", " "))
+    """Test ids and metric names are user text: no table breaks, no markup, no mentions."""
+    return markdown_text(text)
 
 
 def _table(rows) -> list[str]:

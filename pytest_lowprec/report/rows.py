@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from ..names import csv_cell
+
 COLUMNS = ["test", "precision", "metric", "kind", "value", "low", "high", "unit", "bound", "baseline",
            "baseline_date", "delta_pct", "baseline_ms", "optimized_ms", "baseline_ms_delta_pct",
            "optimized_ms_delta_pct", "predicted", "status", "flags", "reasons", "where"]
@@ -56,4 +58,6 @@ def counts(frame: pd.DataFrame) -> dict[str, int]:
 
 
 def write_csv(frame: pd.DataFrame, path) -> None:
-    frame.to_csv(path, index=False)
+    """The table as CSV; a text cell that starts like a formula (=, +, -, @) is written as text."""
+    text_columns = [c for c in frame.columns if pd.api.types.is_string_dtype(frame[c]) or frame[c].dtype == object]
+    frame.assign(**{c: frame[c].map(csv_cell) for c in text_columns}).to_csv(path, index=False)

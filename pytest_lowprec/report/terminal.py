@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ..gate import Status, Verdict
+from ..names import terminal_text
 
 _HEADERS = ("metric", "value [interval]", "bound", "baseline", "delta", "ms base / opt (vs stored)", "verdict")
 # Failures first, then what the gate could not decide or had nothing to decide by, then the rest.
@@ -68,7 +69,7 @@ def format_verdict(v: Verdict) -> str:
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    rows = [list(r) for r in rows]
+    rows = [[terminal_text(c) for c in r] for r in rows]  # user text: no escape sequence reaches the terminal
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     def line(cells):
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
@@ -91,7 +92,7 @@ def failure_message(nodeid: str, gpu: str, verdicts: Sequence[Verdict]) -> str:
     for v in failed:
         for reason in v.reasons:
             lines.append(f"  {v.metric}: {reason}  (at {v.where})" if v.where else f"  {v.metric}: {reason}")
-    return "\n".join(lines)
+    return "\n".join(terminal_text(line) for line in lines)
 
 
 def summary_lines(records: Iterable) -> list[str]:
@@ -108,5 +109,5 @@ def summary_lines(records: Iterable) -> list[str]:
 
 def _skip_notes(rows) -> list[str]:
     reasons = sorted({r[3] for r in rows if r[3]})
-    return [f"skipped: {reason}" for reason in reasons]
+    return [terminal_text(f"skipped: {reason}") for reason in reasons]
 
