@@ -5,7 +5,10 @@ moving its input and output tensors' bytes once through device memory and doing 
 flop counter assigns it (matrix products, convolutions, attention) on the math unit of its inputs.
 Views, allocations and host reads launch nothing and are left out. Kernels that do not go through
 ATen (Triton, CUDA C++ loaded with ctypes) are invisible here: declare those sides by hand.
-The callable runs once, untimed; its side effects happen once more.
+The callable runs twice, untimed, and only the second call is read: a first call autotunes Triton
+kernels (whose benchmarking zeroes a 256 MB buffer through ATen between trials: an FP8 training step
+read 100x its own bytes that way), builds cuBLAS handles and fills caches. Its side effects happen
+twice more.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ def _unit(dtypes: set) -> str:
 
 
 def eager_work(fn: Callable[[], object], device_type: str = "cuda") -> tuple[Work, ...]:
-    """Run `fn` once and return one Work per kernel-launching ATen operator on `device_type` tensors."""
+    """Run `fn` to warm it up, then once more, returning one Work per kernel-launching ATen operator on
+    `device_type` tensors of that second call."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
@@ -69,6 +73,7 @@ def eager_work(fn: Callable[[], object], device_type: str = "cuda") -> tuple[Wor
             phases.append(Work(flops=flops, nbytes=float(nbytes), unit=_unit({t.dtype for t in inputs})))
             return out
 
+    fn()
     with Counter():
         fn()
     if not phases:

@@ -82,3 +82,12 @@ def decode_work(q: torch.Tensor, cache: Cache) -> Work:
     launches (the partial softmax-weighted sums, then the merge); its FLOPs are few next to its bytes."""
     out_bytes = q.numel() * 4
     return Work(nbytes=cache.nbytes + q.numel() * q.element_size() + out_bytes, kernels=2)
+
+
+def format_bytes(shape: DecodeShape, cache: str) -> int:
+    """What a cache of `shape` must take in its formats, from their definitions: BF16 two bytes an element;
+    FP8 one, plus a float32 scale per (batch, head); NVFP4 half a byte, plus an E4M3 scale per 16 elements
+    and a float32 scale per tensor."""
+    elements, heads = math.prod(shape.cache_dims), shape.batch * shape.heads
+    per_format = {"bf16": 2 * elements, "fp8": elements + 4 * heads, "nvfp4": elements // 2 + elements // 16 + 4}
+    return sum(per_format[fmt] for fmt in CACHES[cache])

@@ -40,9 +40,10 @@ EXACT_BOUND = 1e-5
 # floor because the naive kernel is a naive reference whose time no roofline predicts.
 TILED_OVER_NAIVE = 20.0
 # The decode linear over BF16 is memory-bound: the bytes model (weights read once, plus a launch) predicts
-# about 2.8x on an H200. One row reached 0.83 of it there and 0.89 on the H100; 16 rows, through the tiled
-# GEMM, 0.23 on the H200 (the decode-kernel issue owns that). Fractions: docs/gate-expectations-h200-2026-11-30.md.
-LINEAR_FRACTION = {1: 0.7, 16: 0.19}
+# 3.3x on an H100 or H200. One row reached 0.68-0.69 of it on the H200 and 0.79 on the H100; 16 rows,
+# through the tiled GEMM, 0.19 and 0.26 (the decode-kernel issue owns that).
+# Fractions: docs/gate-expectations-h200-2026-11-30.md.
+LINEAR_FRACTION = {1: 0.6, 16: 0.165}
 CUDA_ONLY = pytest.mark.lowprec(device="cuda")
 
 
@@ -141,7 +142,7 @@ def test_nvfp4_linear_speed_over_bf16(lowprec, cuda_kernels, rows):
     w = quantize_nvfp4(w_bf16)
     out = _poisoned(rows, n, lowprec.device)
     linear(x, w, cuda, out)
-    lowprec.memory("weight_bytes", w.nbytes)
+    lowprec.memory("weight_bytes", w.nbytes, max=n * k // 2 + n * k // 16 + 4)  # E2M1, E4M3 per 16, fp32
     lowprec.info("weight_bytes_over_bf16", w.nbytes / (w_bf16.numel() * 2))
     bf16_bytes = w_bf16.numel() * 2 + x.numel() * 2 + rows * n * 2
     nvfp4_bytes = w.nbytes + x.numel() * 2 + out.numel() * 4

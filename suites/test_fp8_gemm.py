@@ -31,9 +31,9 @@ ON_CUDA = pytest.mark.lowprec(device="cuda")
 SIZES = [256, pytest.param(4096, marks=ON_CUDA), pytest.param(8192, marks=ON_CUDA)]
 TIMED_FROM_N = 4096
 # Fractions of the predicted speedup (docs/gate-expectations-h200-2026-11-30.md): the FP8 GEMM measured
-# 0.96-1.12 of the compute-bound prediction on the H100 and H200; the linear with its eager quantizer
-# 0.85-0.94 on the H200.
-FRACTION = {"gemm": 0.85, "linear": 0.75}
+# 0.96-1.03 of the compute-bound prediction on the H100 and H200; the linear with its eager quantizer
+# 0.80-0.95.
+FRACTION = {"gemm": 0.85, "linear": 0.7}
 # GEMM of N(0,1) bf16 inputs with E4M3 operands: ~28.5 dB on an H100 at K=4096 (REFERENCE.md).
 MIN_SQNR_DB = 25.0
 # cuBLAS kernel names: FP8 GEMMs are nvjet_sm90_qq* on cuBLAS 13 (older: *gemm_e4m3*, *f8f8*);

@@ -110,8 +110,9 @@ def test_fp8_training_step_speed_and_memory(lowprec):
         step(model)
         torch.cuda.synchronize()
         peaks[name] = torch.cuda.max_memory_allocated() - resident
-    lowprec.memory("fp8_step_peak_above_resident_bytes", peaks["fp8"])
     lowprec.info("bf16_step_peak_above_resident_bytes", peaks["bf16"], "B")
+    # The FP8 step saves FP8 copies for its backward instead of BF16 activations: it peaks no higher.
+    lowprec.memory("fp8_step_peak_above_resident_bytes", peaks["fp8"], max=peaks["bf16"])
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

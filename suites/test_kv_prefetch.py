@@ -63,4 +63,8 @@ def test_prefetched_decode_speed(lowprec, workload):
         ceiling = 2 * src.numel() / (copy_ms * 1e-3)  # bytes read and written per second
         opt_ms = m.sides_ms[1]
         lowprec.info("copy_ceiling_tb_per_s", ceiling / 1e12, "TB/s")
-        lowprec.efficiency("of_copy_ceiling", cache.nbytes / (opt_ms * 1e-3) / ceiling)
+        # A fraction of this GPU's own copy ceiling travels across GPUs: the prefetching kernel reached
+        # 0.52 of it on the H200 (2026-11-30) and 0.65 on the H100 (2026-11-22). The floor catches a kernel
+        # that lost more than about a seventh of its bandwidth; the gain over the serial schedule is the
+        # speedup's gate.
+        lowprec.efficiency("of_copy_ceiling", cache.nbytes / (opt_ms * 1e-3) / ceiling, min=0.45)

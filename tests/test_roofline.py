@@ -23,8 +23,9 @@ NO_LAUNCH = {"ceiling.launch_us": 1e-9}
 
 def test_a_gpu_measured_in_the_lab_is_predicted_from_its_measurements():
     ceilings = ceilings_for(H200, {})
-    assert ceilings.bytes_per_s == pytest.approx(4.25e12)
-    assert ceilings.flops_per_s["fp8"] == pytest.approx(1376e12)
+    assert ceilings.bytes_per_s == pytest.approx(4.253e12)
+    assert ceilings.flops_per_s["fp8"] == pytest.approx(1506e12)
+    assert ceilings.launch_s == pytest.approx(1.06e-6) and ceilings.link_bytes_per_s == pytest.approx(55.5e9)
     assert ceilings.sources["copy"].startswith("measured in the lab (NVIDIA H200")
 
 
@@ -32,7 +33,7 @@ def test_a_measurement_in_the_baseline_file_wins_over_the_lab_and_the_datasheet(
     ceilings = ceilings_for(H200, {"ceiling.copy_tb_per_s": 4.1, "ceiling.gemm_tflops.bf16": 780.0})
     assert ceilings.bytes_per_s == pytest.approx(4.1e12) and ceilings.sources["copy"] == "measured here"
     assert ceilings.flops_per_s["bf16"] == pytest.approx(780e12)
-    assert ceilings.flops_per_s["fp8"] == pytest.approx(1376e12)  # not measured here: the lab's
+    assert ceilings.flops_per_s["fp8"] == pytest.approx(1506e12)  # not measured here: the lab's
 
 
 def test_a_gpu_nobody_here_measured_is_predicted_from_its_datasheet():
@@ -76,7 +77,8 @@ def test_fp6_runs_at_the_fp8_rate_where_the_chip_has_fp4_units():
 
 
 def test_phases_of_a_side_add_up_and_each_kernel_costs_a_launch():
-    ceilings = ceilings_for(H200, {"ceiling.launch_us": 3.0})
+    ceilings = ceilings_for(H200, {"ceiling.launch_us": 3.0, "ceiling.copy_tb_per_s": 4.25,
+                                   "ceiling.gemm_tflops.bf16": 798.0})
     side = Work(nbytes=4.25e9, kernels=2) + Work(flops=798e12 * 1e-3, unit="bf16")
     pred = predict_side(side, ceilings)
     assert pred.seconds == pytest.approx(1e-3 + 1e-3 + 3 * 3e-6)
@@ -84,8 +86,8 @@ def test_phases_of_a_side_add_up_and_each_kernel_costs_a_launch():
 
 
 def test_a_phase_takes_the_longest_of_its_bytes_flops_and_link_bytes():
-    ceilings = ceilings_for(H200, NO_LAUNCH)
-    overlapped = Work(flops=798e12 * 2e-3, unit="bf16", link_bytes=64e9 * 1e-3, nbytes=4.25e9)
+    ceilings = ceilings_for(B200, NO_LAUNCH)
+    overlapped = Work(flops=2250e12 * 2e-3, unit="bf16", link_bytes=64e9 * 1e-3, nbytes=8e9)
     pred = predict_side(overlapped, ceilings)
     assert pred.seconds == pytest.approx(2e-3) and pred.bound == "compute"
 
@@ -94,9 +96,9 @@ def test_an_expectation_floors_the_speedup_at_a_fraction_of_the_prediction():
     n = 8192
     exp = expect_speedup(Work(flops=2 * n**3, unit="bf16"), Work(flops=2 * n**3, unit="fp8"),
                          ceilings_for(H200, NO_LAUNCH), fraction=0.8, why="test")
-    assert exp.predicted == pytest.approx(1376 / 798, rel=1e-6)
-    assert exp.floor == pytest.approx(0.8 * 1376 / 798, rel=1e-6)
-    assert "0.8 x predicted 1.72x, compute/compute-bound, measured" in exp.note()
+    assert exp.predicted == pytest.approx(1506 / 802.1, rel=1e-6)
+    assert exp.floor == pytest.approx(0.8 * 1506 / 802.1, rel=1e-6)
+    assert "0.8 x predicted 1.88x, compute/compute-bound, measured" in exp.note()
 
 
 def test_the_prediction_moves_with_the_gpu():
