@@ -1,12 +1,13 @@
 """Decode attention over a quantized KV cache against the same attention over the BF16 cache.
 
-Accuracy, on N(0, 1) keys and values: the output over an FP8 cache stays within atol 1e-2 /
-rtol 2e-2 of float64 attention over the BF16 cache (every element); FP8 K with NVFP4 V keeps
-cosine > 0.99. With four key channels 10x larger (as real K caches have), E4M3's relative
-step (2**-4) on those channels moves scores enough that some outputs leave atol 1e-2 / rtol
-2e-2 (measured: 175 of 1024 at 1024 tokens on CPU, max error 0.053 against outputs of mean
-magnitude 0.097; a per-channel scale cannot help a floating-point format), so there the FP8
-cache is held to cosine > 0.99 and the count outside is reported, not gated.
+Accuracy is against float64 attention over the BF16 cache (the unquantized K and V the decode
+would read). On N(0, 1) keys and values the output's SQNR is gated 1 dB under what the format gives
+at each size (EXPECTED_SQNR_DB, computed by the CPU reference): an absolute tolerance cannot gate
+it, since at 32K tokens the median |output| is 0.006, under any atol a 1K-token run would use. With
+four key channels 10x larger (as real K caches have) E4M3's relative step on those channels moves
+the scores of a few heads a lot: the SQNR then varied from 15.9 to 20.0 dB between draws of the data
+at 32K tokens (CPU reference), so there the cache is held to vLLM's cosine > 0.99 and the SQNR is
+reported.
 On a GPU the output is the Triton kernel's, which dequantizes inside the kernel, and
 the kernel is also held to float64 attention over the very values its cache stores
 (relative L2 1e-5), so a kernel bug cannot hide inside the quantization error. On CPU
@@ -30,11 +31,19 @@ from decode_attention import (
     make_inputs,
 )
 
-from pytest_lowprec.formats.metrics import cosine, rel_l2
+from pytest_lowprec.formats.metrics import cosine, rel_l2, sqnr_db
 
 CPU_SHAPE = DecodeShape(batch=2, heads=4, seq=1024, head_dim=128)
 GPU_SHAPE = DecodeShape(batch=8, heads=32, seq=32768, head_dim=128)
 OUTLIER_CHANNELS = {"normal": 0, "outlier_keys": 4}
+# SQNR (dB) of attention over each quantized cache against float64 over the BF16 cache, N(0, 1) keys and
+# values, as the CPU reference (dequantize, then float32 attention) gives it: at CPU_SHAPE on its own
+# data, and at 32K tokens over 16 heads (make_inputs' draws on the CPU: two draws gave 27.97-28.16 dB
+# and 20.03-20.49 dB; the GPU draws its own data). test_expected_sqnr_is_what_the_reference_gives
+# recomputes the CPU_SHAPE entries.
+EXPECTED_SQNR_DB = {(1024, "fp8"): 28.62, (1024, "fp8k_nvfp4v"): 20.66,
+                    (32768, "fp8"): 28.16, (32768, "fp8k_nvfp4v"): 20.03}
+MARGIN_DB = 1.0
 PRECISION = {"bf16": "bf16", "fp8": "fp8", "fp8k_nvfp4v": "nvfp4"}
 # Fractions of the bytes model's speedup (about 2.0x for FP8, 2.56x for FP8 K / NVFP4 V; which the kernel
 # reaches on each GPU is in docs/gate-expectations-h200-2026-11-30.md): FP8 reached 0.97 of it on the H100
@@ -75,15 +84,14 @@ def test_decode_attention_accuracy(lowprec, name, keys):
     if lowprec.on_cuda:
         own = attend_cache(q, cache)  # float64 over the values this cache stores
         lowprec.accuracy("kernel_rel_l2_vs_its_cache", rel_l2(own, out), max=1e-5)
-    error = (out.double() - reference).abs()
-    lowprec.info("max_abs_error_vs_bf16", error.max())
+    lowprec.info("max_abs_error_vs_bf16", (out.double() - reference).abs().max())
     if name == "bf16":
         return
-    outside = int((error > 1e-2 + 2e-2 * reference.abs()).sum())
-    if name == "fp8" and keys == "normal":
-        lowprec.accuracy("elements_outside_atol_rtol", outside, max=0)
+    if keys == "normal":
+        expected = EXPECTED_SQNR_DB[shape.seq, name]
+        lowprec.accuracy("sqnr_db_vs_bf16", sqnr_db(reference, out), min=expected - MARGIN_DB)
     else:
-        lowprec.info("elements_outside_atol_rtol", outside)
+        lowprec.info("sqnr_db_vs_bf16", sqnr_db(reference, out), "dB")
         lowprec.accuracy("cosine_vs_bf16", cosine(reference, out), min=0.99)
 
 
@@ -124,3 +132,11 @@ def test_nvfp4_values_decode_faster_than_fp8(lowprec):
                            faster=True, why="docs/gate-expectations-h200-2026-11-30.md")
     lowprec.speedup(baseline=lambda: decode_attention(q, fp8), optimized=lambda: decode_attention(q, nvfp4), min=floor,
                     graphs=True)
+
+
+@pytest.mark.parametrize("name", ["fp8", "fp8k_nvfp4v"])
+def test_expected_sqnr_is_what_the_reference_gives(name):
+    """The floors' anchor, recomputed: the CPU reference on CPU_SHAPE's own data."""
+    q, k, v = make_inputs(CPU_SHAPE, "cpu", seed=11)
+    got = sqnr_db(attend(q, k, v), attend_cache(q, build_cache(k, v, name), torch.float32))
+    assert got == pytest.approx(EXPECTED_SQNR_DB[CPU_SHAPE.seq, name], abs=0.01)

@@ -1,7 +1,8 @@
 """KV cache compression: bytes saved, batch that fits a budget, and dequantization error, per format.
 
 Errors are against the BF16 cache itself (the values a BF16 decode reads). FP8 is held to
-vLLM's dequantization tolerance (|x - y| <= 1e-3 + 0.1 |x|, every element); NVFP4 by cosine and SQNR.
+vLLM's dequantization tolerance (|x - y| <= 1e-3 + 0.1 |x|, every element); NVFP4 by cosine; both by
+SQNR 1 dB under what the format gives on this data (EXPECTED_SQNR_DB).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ BUDGET_BYTES = 8 * 2**30  # a KV budget of 8 GiB for the largest-batch figure
 # Storage over BF16: FP8 halves it (scales are one float per head); NVFP4 stores 4.5 bits per element.
 MIN_SAVING = {"fp8": 1.99, "nvfp4": 3.5}
 PRECISION = {"fp8": "fp8", "nvfp4": "nvfp4"}
+# What each format gives on kv_data's keys (four channels 10x larger) and values, computed by the reference
+# quantizers on the CPU shape (kv_data seed 5); suites/test_expected_accuracy.py recomputes them.
+EXPECTED_SQNR_DB = {("fp8", "k"): 31.50, ("fp8", "v"): 31.54, ("nvfp4", "k"): 20.43, ("nvfp4", "v"): 20.43}
 
 
 def _shape(lowprec) -> CacheShape:
@@ -52,8 +56,7 @@ def test_kv_cache_dequantization_error(lowprec, fmt):
             lowprec.accuracy(f"{name}_elements_outside_atol_rtol", outside, max=0)
         else:
             lowprec.accuracy(f"{name}_cosine", cosine(ref, y), min=0.99)
-        floor = bounds.qdq_floor("nvfp4" if fmt == "nvfp4" else "fp8_e4m3")
-        lowprec.accuracy(f"{name}_sqnr_db", sqnr_db(ref, y), min=floor)
+        lowprec.accuracy(f"{name}_sqnr_db", sqnr_db(ref, y), min=EXPECTED_SQNR_DB[fmt, name] - bounds.MARGIN_DB)
 
 
 @pytest.mark.lowprec(device="cuda")
