@@ -215,7 +215,8 @@ def predict_side(side: Phase | Sequence[Phase], ceilings: Ceilings) -> SidePredi
 @dataclass(frozen=True)
 class Expectation:
     """A speedup floor that travels: `fraction` of the speedup the hardware model predicts on this GPU,
-    and never under 1.0 for a side claimed `faster`. `why` says where the fraction comes from."""
+    and never under 1.0 for a side claimed `faster`. `why` says where the fraction comes from. A fraction
+    above 1 says the model under-predicts this workload (a reference slower than its bytes): say why."""
 
     fraction: float
     faster: bool
@@ -225,8 +226,8 @@ class Expectation:
     source: str = ""  # the ceilings' provenance, or why there is no prediction
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.fraction, (int, float)) and 0.0 < self.fraction <= 1.0):
-            raise ValueError(f"an expectation's fraction of the predicted speedup lies in (0, 1], got "
+        if not (isinstance(self.fraction, (int, float)) and 0.0 < self.fraction <= 1.5):
+            raise ValueError(f"an expectation's fraction of the predicted speedup lies in (0, 1.5], got "
                              f"{self.fraction!r}")
 
     @property

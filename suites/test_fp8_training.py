@@ -37,8 +37,10 @@ POISON_STEP = 40
 LAST_K = 20
 FP8_GEMM_KERNEL = r"nvjet_sm\d+_qq|e4m3|f8f8"
 # The step's floor: a fraction of what the hardware model predicts from each step's operators (read off
-# what they dispatch, the Triton quantizers added by hand); docs/gate-expectations-h200-2026-11-30.md.
-STEP_FRACTION = 0.85
+# what they dispatch, the Triton quantizers added by hand). Measured over predicted on the H200: 0.978-0.980
+# in three processes (docs/gate-expectations-h200-2026-11-30.md); the floor sits 7% under it, so a 10%
+# slower FP8 step fails without a baseline.
+STEP_FRACTION = 0.91
 
 
 def _grads() -> str:

@@ -121,9 +121,10 @@ QUANTIZERS = ["nvfp4", "fp8_rowwise"]
 # dispatches (docs/gate-expectations-h200-2026-11-30.md). Measured over predicted on the H200 (H100):
 # NVFP4 0.59 (0.69) at 4096 and 0.71-0.73 (0.83) at 8192: a 4096^2 tensor's float32 intermediates
 # (64 MiB) partly stay in L2, so the eager side runs faster than its bytes say; FP8 rowwise 1.00 (0.95)
-# and 1.26 (1.12): at 8192 the eager side runs slower than its bytes say.
+# and 1.26 (1.12): at 8192 the eager side runs slower than its bytes say (its float32 passes reach 70%
+# of the copy ceiling), so the floor there is 1.1 of a prediction that under-predicts it.
 QUANTIZER_FRACTION = {("nvfp4", 4096): 0.5, ("nvfp4", 8192): 0.6, ("fp8_rowwise", 4096): 0.85,
-                      ("fp8_rowwise", 8192): 1.0}
+                      ("fp8_rowwise", 8192): 1.1}
 
 
 @pytest.mark.lowprec(device="cuda")

@@ -121,8 +121,8 @@ def test_without_a_hardware_model_only_a_faster_claim_floors():
     assert claim.floor == 1.0 and "no hardware model for cpu" in claim.note()
 
 
-@pytest.mark.parametrize("fraction", [0.0, 1.5, float("nan")])
-def test_a_fraction_outside_zero_to_one_is_refused(fraction):
+@pytest.mark.parametrize("fraction", [0.0, 1.6, float("nan")])
+def test_a_fraction_outside_zero_to_one_and_a_half_is_refused(fraction):
     with pytest.raises(ValueError, match="fraction of the predicted speedup"):
         expect_speedup(Work(nbytes=1.0), Work(nbytes=1.0), None, fraction=fraction)
 
