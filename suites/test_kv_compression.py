@@ -21,7 +21,7 @@ BUDGET_BYTES = 8 * 2**30  # a KV budget of 8 GiB for the largest-batch figure
 MIN_SAVING = {"fp8": 1.99, "nvfp4": 3.5}
 PRECISION = {"fp8": "fp8", "nvfp4": "nvfp4"}
 # What each format gives on kv_data's keys (four channels 10x larger) and values, computed by the reference
-# quantizers on the CPU shape (kv_data seed 5); suites/test_expected_accuracy.py recomputes them.
+# quantizers on the CPU shape (kv_data seed 5); test_expected_sqnr_is_what_the_reference_gives recomputes them.
 EXPECTED_SQNR_DB = {("fp8", "k"): 31.50, ("fp8", "v"): 31.54, ("nvfp4", "k"): 20.43, ("nvfp4", "v"): 20.43}
 
 
@@ -76,3 +76,11 @@ def test_kv_cache_allocated_bytes_on_the_gpu(lowprec, fmt):
         del kept
     lowprec.memory("allocated_cache_bytes", allocated[fmt], max=allocated["bf16"] / (MIN_SAVING[fmt] * 0.98))
     lowprec.accuracy("allocated_saving_over_bf16", allocated["bf16"] / allocated[fmt], min=MIN_SAVING[fmt] * 0.98)
+
+
+@pytest.mark.parametrize(("fmt", "name"), sorted(EXPECTED_SQNR_DB))
+def test_expected_sqnr_is_what_the_reference_gives(fmt, name):
+    """The floors' anchor, recomputed: the reference quantizers on CPU_SHAPE's own keys and values."""
+    k, v = kv_data(CPU_SHAPE, "cpu", seed=5)
+    x = {"k": k, "v": v}[name]
+    assert sqnr_db(x.float(), store(x, fmt).dequantize()) == pytest.approx(EXPECTED_SQNR_DB[fmt, name], abs=0.01)

@@ -9,7 +9,7 @@ channels). `expected_floor` sits `MARGIN_DB` under it. Measured on the same data
 blocks loses 0.6 dB on N(0,1) and 2.0 dB on the outlier data, truncation instead of round-to-nearest-even
 6.8 dB, a block scale of amax/5 instead of amax/6 3.0 dB, E5M2 elements where E4M3 is required 6.0 dB
 (tests/test_broken_quantizers.py runs the suites with each).
-tests/test_bounds.py recomputes every entry.
+tests/test_expected_accuracy.py recomputes every entry.
 """
 
 from __future__ import annotations
