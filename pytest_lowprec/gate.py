@@ -240,11 +240,12 @@ def _baseline_presence(base: BaselineView, update: bool, strict: bool) -> tuple[
 
 def _open_status(reasons: list[str], *, gated: bool, settled: bool, strict: bool) -> Status:
     """FAIL with reasons; else INCONCLUSIVE or UNGATED when so (both FAIL under strict, saying why); else PASS."""
-    if not reasons and not settled:
-        if not strict:
+    if not settled:
+        if not strict and not reasons:
             return INCONCLUSIVE
-        reasons.append("inconclusive: the interval still straddles a decision line after the time budget "
-                       "(--lowprec-strict); raise --lowprec-time-budget or reduce the workload's noise")
+        if strict:
+                reasons.append("inconclusive: the interval still straddles a decision line after the time budget "
+                           "(--lowprec-strict); raise --lowprec-time-budget or reduce the workload's noise")
     if not gated:
         if not strict and not reasons:
             return UNGATED

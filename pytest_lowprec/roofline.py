@@ -52,10 +52,10 @@ class Ceilings:
     sources: Mapping[str, str] = field(default_factory=dict)  # ceiling -> where its value came from
 
     def describe(self, used: Iterable[str]) -> str:
-        """Where the ceilings a prediction used came from, in a few words: 'measured', 'datasheet',
-        'derived' (from the capability), with a default launch latency named apart."""
+        """Where the ceilings a prediction used came from, in a few words: 'measured ceilings', 'datasheet
+        ceilings' or 'derived ceilings' (from the capability), and a default launch latency named apart."""
         words = {self.sources.get(key, "datasheet").split(" ")[0] for key in used if key != "launch"}
-        text = next((w for w in ("derived", "datasheet") if w in words), "measured")
+        text = next((w for w in ("derived", "datasheet") if w in words), "measured") + " ceilings"
         if "launch" in used and self.sources.get("launch") == "default":
             text += ", default launch"
         return text
@@ -249,7 +249,7 @@ class Expectation:
         if predicted is None:
             return f"claimed faster; no prediction: {self.source}" if self.faster else ""
         text = (f"{self.fraction:g} x predicted {predicted:.2f}x, {self.baseline.bound}/{self.optimized.bound}"
-                f"-bound, {self.source} ceilings")
+                f"-bound, {self.source}")
         if self.faster and self.fraction * predicted < 1.0:
             text = f"claimed faster; {text}"
         return text
@@ -288,7 +288,7 @@ class Prediction:
         return self.seconds / measured_s
 
     def label(self) -> str:
-        return f"of {self.bound} roofline ({self.source} ceilings, {self.unit} rate)"
+        return f"of {self.bound} roofline ({self.source}, {self.unit} rate)"
 
 
 def predict(flops: float | None, nbytes: float | None, unit: str, ceilings: Ceilings) -> Prediction | None:
