@@ -427,8 +427,11 @@ def judge_value(
 
 
 def judge_info(metric: str, value: float, unit: str = "", where: str = "") -> Verdict:
-    """A reported number with no bound: recorded with the baseline, never fails."""
-    return Verdict(metric=metric, kind=Kind.INFO, status=PASS, value=value, unit=unit, where=where)
+    """A reported number with no bound: recorded with the baseline; fails only when NaN or Inf, which
+    no report can show and no baseline can store."""
+    reasons = () if _finite(value) else (f"{metric} is {_nonfinite_word(value)}",)
+    return Verdict(metric=metric, kind=Kind.INFO, status=FAIL if reasons else PASS, value=value, unit=unit,
+                   reasons=reasons, where=where)
 
 
 def judge_kernels(metric: str, side: str, names: list[str], reasons: list[str], where: str = "") -> Verdict:

@@ -216,7 +216,7 @@ def select_device(requested: str, detected: DeviceInfo | None) -> DeviceInfo:
             return cpu_device()
         raise ValueError(
             f"--gpu {requested} asks for a GPU but no CUDA device is visible; "
-            "run with --gpu cpu (accuracy gates only) or on a machine with that GPU"
+            "run with --gpu cpu (accuracy gates and CPU-timed speedups) or on a machine with that GPU"
         )
     if requested in (AUTO_KEY, detected.key):
         return detected

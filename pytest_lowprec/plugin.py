@@ -54,8 +54,8 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lowprec", "low-precision regression gate (pytest-lowprec)")
     group.addoption("--gpu", dest="lowprec_gpu", default=None, type=_usage(parse_gpu), metavar="KEY",
-                    help="GPU key whose baselines gate this run: auto (detect, default), cpu (accuracy gates "
-                         "only; speed gates over CUDA work skip), or a key such as h100, h200, b200. "
+                    help="GPU key whose baselines gate this run: auto (detect, default), cpu (accuracy gates and "
+                         "CPU-timed speedups; speed gates over CUDA work skip), or a key such as h100, h200, b200. "
                          "A key that does not match the device is a usage error.")
     group.addoption("--lowprec-update", dest="lowprec_update", action="store_true", default=None,
                     help="record or refresh the selected GPU's baselines for the tests that ran and passed "
@@ -385,10 +385,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     record = item.stash.get(RECORD_KEY, None)
     if call.when == "call" and record is not None:
-        record.outcome = report.outcome
+        # An XPASS is reported "passed": a test expected to fail must not become a baseline.
+        record.outcome = "xpassed" if hasattr(report, "wasxfail") else report.outcome
         item.config.stash[RUN_KEY].add(record)
         if call.excinfo is not None and _is_cuda_oom(call.excinfo.value):
             _release_after_oom(call.excinfo.tb)
+    elif call.when == "teardown" and record is not None and report.failed:
+        record.outcome = "error"  # a teardown that failed: the test did not pass in every phase
     return report
 
 

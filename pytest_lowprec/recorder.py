@@ -45,13 +45,26 @@ def _floor(minimum: float | Expectation | None) -> tuple[float | None, str, Expe
     """A speedup's floor as a number, how it was reached, and the expectation it came from (if any)."""
     if isinstance(minimum, Expectation):
         return minimum.floor, minimum.note(), minimum
-    return (None if minimum is None else float(minimum)), "", None
+    return _bound(minimum, "speedup min="), "", None
 
 
-def _as_float(value: object) -> float:
-    """Metrics may arrive as 0-d tensors or numpy scalars; the gate works in Python floats."""
+def _bound(value: object, name: str) -> float | None:
+    """A bound as given (None: no bound); a NaN bound would let anything pass, text is a typo."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number or None, got {value!r}")
+    return float(value)
+
+
+def _as_float(value: object, what: str) -> float:
+    """Metrics may arrive as 0-d tensors or numpy scalars; the gate works in Python floats. Text and
+    booleans are refused: "35.0" from a log line would compare as a number nobody measured."""
     if hasattr(value, "item"):
         value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number (int, float, or a 0-d tensor), got {type(value).__name__} "
+                        f"{value!r}")
     return float(value)
 
 
@@ -215,7 +228,10 @@ class Recorder:
                  higher: bool, margin: Margin, unit: str) -> None:
         """A value judged against its bounds, then against the baseline's value in the bad direction."""
         where = _call_site(3)  # the test's line, not accuracy()/memory()/efficiency()'s
-        val = _as_float(value)
+        val = _as_float(value, f"{kind.value} {metric!r}")
+        minimum, maximum = _bound(minimum, f"{metric} min="), _bound(maximum, f"{metric} max=")
+        if kind is Kind.MEMORY and val < 0:
+            raise ValueError(f"memory {metric!r} is a byte count, >= 0; got {val:g}")
         self._add(
             kind, metric, where,
             lambda base: gate.judge_value(
@@ -229,7 +245,7 @@ class Recorder:
     def info(self, metric: str, value: object, unit: str = "") -> None:
         """Report a number with no bound (it is stored with the baseline and shown in reports)."""
         where = _call_site()
-        val = _as_float(value)
+        val = _as_float(value, f"info {metric!r}")
         self._add(Kind.INFO, metric, where, lambda base: gate.judge_info(metric, val, unit, where),
                   {"kind": "info", "value": val, "unit": unit} if math.isfinite(val) else None)
 

@@ -57,6 +57,7 @@ class LowprecRun:
         self.written: tuple[Path, int] | None = None
         self.write_error: str | None = None
         self.notes: list[str] = []  # what the update did besides recording: a folder created, a link followed
+        self.lost_workers: list[str] = []  # xdist workers that went down without handing their records over
         self.reports: list[str] = []
         spec = spec_for(device.key)
         if spec is None and device.is_cuda:  # a GPU the registry does not name: its capability's rates
@@ -90,6 +91,11 @@ class LowprecRun:
             return
         header = self.header()
         entries = {r.nodeid: self._entry(r, header) for r in recordable}
+        for nodeid, entry in entries.items():  # an entry is replaced whole: say what leaves the file
+            dropped = sorted(set(self.entries.get(nodeid, {}).get("metrics", {})) - set(entry["metrics"]))
+            if dropped:
+                self.notes.append(f"lowprec: {nodeid} no longer records {', '.join(dropped)}: "
+                                  "this update removes them from its baseline entry")
         directory, link = Path(self.store.directory), self.store.path_for(self.device.key)
         created = not directory.exists()
         try:
@@ -111,6 +117,8 @@ class LowprecRun:
         if payload:
             for d in json.loads(payload):
                 self.add(TestRecord.from_dict(d))
+        elif error is not None:
+            self.lost_workers.append(f"{node.gateway.id}: {error}")
 
     def header(self) -> dict:
         """The run as reports and baseline entries name it: device, software stack, commit, date."""
@@ -149,7 +157,7 @@ class LowprecRun:
         try:
             if self.gate.update:
                 self.write_baselines()
-                if self.write_error:
+                if self.write_error or self.lost_workers:
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
         finally:  # the reports say what was measured even when the baselines could not be written
             self.write_reports()
@@ -157,6 +165,11 @@ class LowprecRun:
     def pytest_terminal_summary(self, terminalreporter) -> None:
         for line in self.reports:
             terminalreporter.write_line(line)
+        for lost in self.lost_workers:
+            terminalreporter.write_line(terminal_text(
+                f"lowprec: worker {lost}: it went down before handing over its records; its tests' verdicts are "
+                "missing from the reports" + (" and none of them was recorded" if self.gate.update else "")),
+                red=True, bold=True)
         if not self.records:
             return
         tr = terminalreporter

@@ -255,3 +255,99 @@ def test_a_dry_run_on_a_faked_b200_floors_every_speed_gate_from_the_registry(pyt
     assert all("datasheet ceilings" in bound for bound in speed["bound"])
     assert speed.set_index("test").loc["test_claim.py::test_four_bits_faster", "bound"].startswith(">= 1.00x")
     result.stdout.fnmatch_lines(["*lowprec gate on b200 (NVIDIA B200 (faked))*"])
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ('lowprec.accuracy("sqnr_db", 30.0, min=float("nan"))', "sqnr_db min= must be a finite number or None, got nan"),
+    ('lowprec.speedup(baseline=lambda: None, optimized=lambda: None, min=float("nan"))',
+     "speedup min= must be a finite number or None, got nan"),
+    ('lowprec.accuracy("sqnr_db", "35.0", min=25.0)', "accuracy 'sqnr_db' must be a number .*got str '35.0'"),
+    ('lowprec.memory("cache_bytes", -1, max=10)', "memory 'cache_bytes' is a byte count, >= 0; got -1"),
+])
+def test_a_value_or_bound_the_gate_cannot_judge_is_an_error_at_the_call(gate, call, message):
+    gate.makepyfile(test_values=f"""
+        import pytest
+
+        @pytest.mark.lowprec(precision="fp8")
+        def test_values(lowprec):
+            {call}
+    """)
+    result = gate.runpytest("--lowprec-update")
+    result.assert_outcomes(failed=1)
+    result.stdout.re_match_lines([f".*{message}.*"])
+    assert not (gate.path / "baselines" / "b200.json").exists()
+
+
+def test_a_nan_info_value_fails_instead_of_vanishing_from_the_entry(gate):
+    gate.makepyfile(test_info="""
+        import pytest
+
+        @pytest.mark.lowprec(precision="fp8")
+        def test_info(lowprec):
+            lowprec.info("tokens_per_s", float("nan"))
+    """)
+    result = gate.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*tokens_per_s: tokens_per_s is NaN*"])
+
+
+def test_an_update_records_neither_an_xpass_nor_a_test_whose_teardown_failed(gate):
+    gate.makepyfile(test_phases="""
+        import pytest
+
+        @pytest.fixture
+        def broken_teardown():
+            yield
+            raise RuntimeError("teardown failed")
+
+        @pytest.mark.xfail(reason="expected to fail")
+        @pytest.mark.lowprec(precision="fp8")
+        def test_xpass(lowprec):
+            lowprec.accuracy("sqnr_db", 30.0, min=25.0)
+
+        @pytest.mark.lowprec(precision="fp8")
+        def test_teardown(lowprec, broken_teardown):
+            lowprec.accuracy("sqnr_db", 30.0, min=25.0)
+
+        @pytest.mark.lowprec(precision="fp8")
+        def test_fine(lowprec):
+            lowprec.accuracy("sqnr_db", 30.0, min=25.0)
+    """)
+    gate.runpytest("--lowprec-update")
+    stored = json.loads((gate.path / "baselines" / "b200.json").read_text())["entries"]
+    assert list(stored) == ["test_phases.py::test_fine"]
+
+
+def test_an_update_says_which_metrics_leave_a_renamed_entry(gate):
+    source = """
+        import pytest
+
+        @pytest.mark.lowprec(precision="fp8")
+        def test_renamed(lowprec):
+            lowprec.accuracy("NAME", 30.0, min=25.0)
+    """
+    gate.makepyfile(test_renamed=source.replace("NAME", "sqnr_db"))
+    gate.runpytest("--lowprec-update").assert_outcomes(passed=1)
+    gate.makepyfile(test_renamed=source.replace("NAME", "output_sqnr_db"))
+    result = gate.runpytest("--lowprec-update")
+    result.stdout.fnmatch_lines(["*test_renamed.py::test_renamed no longer records sqnr_db: this update removes "
+                                 "them from its baseline entry*"])
+
+
+def test_a_worker_that_crashes_during_an_update_is_named_and_the_update_fails(gate):
+    gate.makepyfile(test_crash="""
+        import os
+        import pytest
+
+        @pytest.mark.lowprec(precision="fp8")
+        def test_a_passes(lowprec):
+            lowprec.accuracy("sqnr_db", 30.0, min=25.0)
+
+        @pytest.mark.lowprec(precision="fp8")
+        def test_b_crashes(lowprec):
+            os._exit(3)
+    """)
+    result = gate.runpytest_subprocess("-n", "1", "-p", "no:randomly", "--lowprec-update")
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*lowprec: worker gw0*went down before handing over its records*none of them "
+                                 "was recorded*"])
