@@ -20,12 +20,17 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import FileLock, Timeout, UnixFileLock
 
 from . import baseline_schema
 from .baseline_schema import MAX_BYTES, SCHEMA_VERSION, SchemaError
 
 _LOCK_TIMEOUT_S = 120.0
+
+
+def _hard_lock(path: str, timeout: float):
+    """An fcntl lock on POSIX (never filelock's soft, marker-file fallback), FileLock elsewhere."""
+    return UnixFileLock(path, timeout=timeout) if os.name == "posix" else FileLock(path, timeout=timeout)
 
 
 class BaselineError(Exception):
@@ -55,8 +60,9 @@ class BaselineStore:
         lock_path = Path(f"{target}.lock")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            # A soft lock (a marker file) would break when its file is removed below: refuse it.
-            with FileLock(str(lock_path), timeout=_LOCK_TIMEOUT_S, fallback_to_soft=False):
+            # A soft lock (a marker file) would break when its file is removed below: on POSIX the fcntl
+            # lock itself, which no filelock version replaces by a soft one (GPU images pin older ones).
+            with _hard_lock(str(lock_path), timeout=_LOCK_TIMEOUT_S):
                 try:
                     _remove_orphans(target, self.started)
                     current = read_entries(path, gpu)

@@ -407,7 +407,7 @@ def test_a_failed_write_is_one_error_that_leaves_the_file_as_it_was(tmp_path, mo
     # Tests run as root here, where a 0555 folder or chmod stops nothing: each case's OSError is simulated.
     path = BaselineStore(tmp_path).update("h100", {"a": entry(1.0)})
     before = path.read_bytes()
-    patch = {"lock": (baselines, "FileLock"), "mkstemp": (baselines.tempfile, "mkstemp"),
+    patch = {"lock": (baselines, "_hard_lock"), "mkstemp": (baselines.tempfile, "mkstemp"),
              "fsync": (baselines.os, "fsync")}[where]
     monkeypatch.setattr(*patch, _fail_with(err))
     with pytest.raises(BaselineError, match=f"h100\\.json: {words} .*; the file was left as it was"):

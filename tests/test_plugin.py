@@ -548,7 +548,7 @@ def test_a_failed_baseline_write_is_one_error_and_every_report_is_still_written(
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(gate.path / "baselines" / "h100.json.lock"))
 
-    monkeypatch.setattr("pytest_lowprec.baselines.FileLock", read_only)
+    monkeypatch.setattr("pytest_lowprec.baselines._hard_lock", read_only)
     gemm(gate)
     result = gate.runpytest("--lowprec-update", "--lowprec-report", "r.html", "--lowprec-csv", "v.csv",
                             "--lowprec-markdown", "pr.md")
