@@ -273,3 +273,11 @@ recorder.profile_side = fake_profile
     gate.runpytest("test_paths.py", "--lowprec-trace", "traces").assert_outcomes(passed=1)
     written = sorted(p.relative_to(gate.path) for p in gate.path.rglob("*.json"))
     assert len(written) == 4 and all(p.parent == Path("traces") for p in written)
+
+
+def test_the_markdown_header_escapes_the_commit_and_device_name_it_was_handed(gate, monkeypatch):
+    monkeypatch.setenv("LOWPREC_COMMIT", "@octocat|![x](http://evil.example/x.png)")
+    gate.makepyfile(test_workloads=WORKLOADS)
+    gate.runpytest("--lowprec-markdown", "pr.md")
+    header = (gate.path / "pr.md").read_text(encoding="utf-8").splitlines()[2]
+    assert "![x](" not in header and "@octocat" not in header and "\\|" in header

@@ -36,10 +36,10 @@ def render(path: Path, header: dict, records) -> None:
     shown = failed + inconclusive + ungated + improved
     rest = [(r, v) for r, v in pairs if (r, v) not in shown]
     c = counts(verdict_frame(records))
-    lines = [f"## lowprec gate on {header['gpu']} ({header['device_name']})", "",
+    lines = [f"## lowprec gate on {_cell(header['gpu'])} ({_cell(header['device_name'])})", "",
              f"{c['tests']} tests: **{c['failed']} failed**, {c['passed']} passed, {c['skipped']} skipped, "
              f"{c['improved']} improved; verdicts {c['inconclusive']} inconclusive, {c['ungated']} ungated. "
-             f"Commit {header.get('commit') or 'unknown'}, {header['date']}.", ""]
+             f"Commit {_cell(header.get('commit') or 'unknown')}, {header['date']}.", ""]
     if failed:
         lines += ["### Regressions and failures", ""] + _table(failed) + [""]
     if inconclusive:
