@@ -175,7 +175,7 @@ def _atomic_write(path: Path, data: dict) -> None:
 
 
 def _remove_orphans(path: Path, started: float) -> None:
-    """Delete the temp files (`.<name>.XXXXXXXX.tmp`) that killed updates left beside `path`.
+    """Delete the temp files (`.<name>.<random>.tmp`) that killed updates left beside `path`.
 
     Runs under the lock, so no update that takes it is writing one now; the age check (older than
     this run) spares a file from a writer that does not take the lock."""
