@@ -292,13 +292,15 @@ def judge_speedup(
     strict: bool = False,
     settled: bool = True,
     noise_cap: float | None = None,
+    spread: float | None = None,
     floor_note: str = "",
     sides_ms: tuple[float, float] | None = None,
     where: str = "",
     extra: dict | None = None,
 ) -> Verdict:
     """Fail when the interval lies wholly below the floor, or below the baseline by more than the tolerance;
-    when recording, also when the pairs are noisier than `noise_cap` (such a baseline would gate nothing)."""
+    when recording, also when the pairs' noise or the rounds' `spread` exceeds `noise_cap` (such a baseline
+    would widen its own tolerance)."""
     reasons: list[str] = []
     flags: list[str] = []
     value = summary.median
@@ -330,6 +332,11 @@ def judge_speedup(
                 f"not recorded: the pairs' noise is {summary.noise:.1%}, over the recording cap {noise_cap:.0%}; "
                 "record on an idle machine (nothing else on this GPU or these cores), time a larger or "
                 "graph-replayed workload, or raise the ini option lowprec_max_record_noise"
+            )
+        if update and noise_cap is not None and spread is not None and not spread <= noise_cap:
+            reasons.append(
+                f"not recorded: the rounds' medians spread {spread:.1%}, over the recording cap {noise_cap:.0%}; "
+                "record on an idle machine or raise the ini option lowprec_max_record_noise"
             )
     gated = floor is not None or (base.usable and not update)
     status = _open_status(reasons, gated=gated, settled=settled, strict=strict)

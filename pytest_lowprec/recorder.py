@@ -316,17 +316,12 @@ class Recorder:
         after_trace = self._shared.traced and not graphs
         flags = (("throttled",) if m.throttled else ()) + (("after-trace",) if after_trace else ())
         flags += (("remeasured",) if result.refuted else ()) + (("confirmed",) if result.confirmed else ())
-        noise_cap = config.max_record_noise
 
         def judge(base: gate.BaselineView) -> Verdict:
             v = gate.judge_speedup(name, summary, floor, base, tol, update=config.update, strict=config.strict,
-                                   settled=result.settled, noise_cap=noise_cap, floor_note=floor_note,
-                                   sides_ms=result.sides_ms, where=where, extra=extra)
-            spread = result.spread
-            if config.update and spread is not None and spread > noise_cap:
-                v = dataclasses.replace(v, status=gate.FAIL, reasons=v.reasons + (
-                    f"not recorded: the {len(result.rounds)} rounds' medians spread {spread:.1%}, over the "
-                    f"recording cap {noise_cap:.0%}; record on an idle machine or raise lowprec_max_record_noise",))
+                                   settled=result.settled, noise_cap=config.max_record_noise,
+                                   spread=result.spread, floor_note=floor_note, sides_ms=result.sides_ms,
+                                   where=where, extra=extra)
             return dataclasses.replace(v, flags=v.flags + flags) if flags else v
 
         stored = None

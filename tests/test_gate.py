@@ -229,3 +229,9 @@ def test_baseline_view_carries_the_stored_sides_and_spread():
         "value": 1.6, "noise": 0.01, "spread": 0.02, "baseline_ms": 1.0, "optimized_ms": 0.625}}}
     view = gate.baseline_view(entry, "speedup", {}, "h200")
     assert view.sides_ms == (1.0, 0.625) and view.spread == 0.02
+
+
+def test_recording_refuses_rounds_whose_medians_spread_past_the_cap():
+    v = speed(summary(1.6, noise=0.01), floor=1.2, update=True, noise_cap=0.05, spread=0.08)
+    assert v.failed and "the rounds' medians spread 8.0%, over the recording cap 5%" in v.reasons[0]
+    assert not speed(summary(1.6, noise=0.01), floor=1.2, update=True, noise_cap=0.05, spread=0.02).failed
