@@ -8,10 +8,13 @@ baselines/<gpu>.json, with benchmarks/gate_quality_probe.py loaded:
 - unchanged: the code as it is, gated against the stored baselines (false alarms, spread);
 - inject: the same with every optimized side slowed by 2%, 5%, 10% (detections);
 - peers: each speedup also timed the pytest-benchmark way and with triton's do_bench (spread);
-- overhead: one `pytest suites/` run, to split its wall time into measured work and the rest.
+- overhead: full `pytest suites/` runs (--overhead-runs): false alarms of the whole suite, and its
+  wall time split into measured work and the rest.
 The phases of one run index are interleaved, in rotated order, so slow drifts of the machine
-fall on all of them alike. Each run is one JSON file in --out; a file already there is kept, so
-a study split over several invocations (a deadline per invocation) resumes where it stopped.
+fall on all of them alike. With --devices 0,1 the runs go to those GPUs, one pytest process per GPU
+at a time (CUDA_VISIBLE_DEVICES), each run's file saying which GPU it ran on.
+Each run is one JSON file in --out; a file already there is kept, so a study split over several
+invocations (a deadline per invocation) resumes where it stopped.
 `report` reads them and prints every table. A benchmark, not a test: it asserts nothing.
 """
 
@@ -22,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +48,11 @@ def stored_speedups(path: Path) -> analysis.Stored:
             for metric, m in entry.get("metrics", {}).items() if m.get("kind") == "speedup"}
 
 
+def recorded_tests(path: Path) -> set[str]:
+    """The test ids the baseline file holds an entry for (each passed when it was recorded)."""
+    return set(json.loads(path.read_text())["entries"])
+
+
 def select(stored: analysis.Stored, exclude: list[str], only: list[str] | None = None) -> list[str]:
     ids = sorted({name.split(" ")[0] for name in stored})
     ids = [i for i in ids if not any(x in i for x in exclude)]
@@ -62,8 +71,11 @@ def parse_slowdowns(text: str) -> list[tuple[float, int | None]]:
     return out
 
 
-def pytest_run(tests: list[str], out: Path, args: argparse.Namespace, extra: list[str]) -> dict:
+def pytest_run(tests: list[str], out: Path, args: argparse.Namespace, extra: list[str],
+               device: str | None = None) -> dict:
     env = dict(os.environ)
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "pytest", *tests, "--gpu", args.gpu, "--lowprec-baselines", str(args.baselines),
            "-p", "gate_quality_probe", "--gq-out", str(out), "-q", "-p", "no:cacheprovider", *extra]
@@ -78,6 +90,7 @@ def pytest_run(tests: list[str], out: Path, args: argparse.Namespace, extra: lis
     run = json.loads(out.read_text())
     run["wall_s"] = wall
     run["tail"] = proc.stdout.strip().splitlines()[-1:] if proc.stdout.strip() else []
+    run["cuda_device"] = device
     return run
 
 
@@ -107,37 +120,75 @@ def run_study(args: argparse.Namespace) -> None:
     stored = stored_speedups(args.baselines / f"{args.gpu}.json")
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    pending = [job for job in jobs(args, stored) if not job_path(args.out, job).exists()]
+    queue_lock = threading.Lock()
     longest: dict[str, float] = {}
-    for phase, slowdown, index, tests, extra in jobs(args, stored):
-        path = args.out / f"{phase}-{slowdown:g}-{index:02d}.json"
-        if path.exists():
-            continue
-        elapsed = time.perf_counter() - start
-        if args.deadline_s and elapsed + longest.get(phase, 0.0) > args.deadline_s:
-            print(f"deadline: stopped after {elapsed:.0f} s; run again to resume", flush=True)
-            break
-        run = pytest_run(tests, args.out / "current.json", args, extra)
-        run.update(phase=phase, slowdown=slowdown, index=index)
-        path.write_text(json.dumps(run, indent=1))
-        longest[phase] = max(longest.get(phase, 0.0), run["wall_s"])
-        failed = sum(r["status"] == "fail" for r in run["rows"])
-        print(f"{path.name:28} {run['wall_s']:6.1f} s  {len(run['rows']):3} rows  {failed} failed  "
-              f"{' '.join(run['tail'])}", flush=True)
-    (args.out / "current.json").unlink(missing_ok=True)
+    stop = threading.Event()
+
+    def work(device: str | None) -> None:
+        current = args.out / f"current-{device or 'default'}.json"
+        while not stop.is_set():
+            with queue_lock:
+                if not pending:
+                    return
+                elapsed = time.perf_counter() - start
+                # The next job is the first whose longest-so-far run still ends before the deadline.
+                if args.deadline_s and elapsed + longest.get(pending[0][0], 0.0) > args.deadline_s:
+                    print(f"deadline: stopped after {elapsed:.0f} s; run again to resume", flush=True)
+                    stop.set()
+                    return
+                job = pending.pop(0)
+            phase, slowdown, index, tests, extra = job
+            current.unlink(missing_ok=True)  # a run that writes nothing must not read an earlier run's file
+            run = pytest_run(tests, current, args, extra, device)
+            run.update(phase=phase, slowdown=slowdown, index=index)
+            path = job_path(args.out, job)
+            path.write_text(json.dumps(run, indent=1))
+            current.unlink(missing_ok=True)
+            with queue_lock:
+                longest[phase] = max(longest.get(phase, 0.0), run["wall_s"])
+            failed = sum(r["status"] == "fail" for r in run["rows"])
+            print(f"{path.name:28} gpu {device or '-':>2} {run['wall_s']:6.1f} s  {len(run['rows']):3} rows  "
+                  f"{failed} failed  {' '.join(run['tail'])}", flush=True)
+
+    devices = args.devices or [None]
+    errors: list[BaseException] = []
+
+    def guarded(device: str | None) -> None:
+        try:
+            work(device)
+        except BaseException as exc:  # a failed run stops the study; the other GPUs finish their run
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=guarded, args=(d,)) for d in devices]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def job_path(out: Path, job: tuple) -> Path:
+    phase, slowdown, index = job[:3]
+    return out / f"{phase}-{slowdown:g}-{index:02d}.json"
 
 
 def report(args: argparse.Namespace) -> str:
     stored = stored_speedups(args.baselines / f"{args.gpu}.json")
-    runs = [json.loads(p.read_text()) for p in sorted(args.out.glob("*.json")) if p.name != "current.json"]
+    runs = [json.loads(p.read_text()) for p in sorted(args.out.glob("*.json")) if not p.name.startswith("current")]
     if not runs:
         raise SystemExit(f"no runs in {args.out}: run `gate_quality.py run` first")
     k = args.noise_k
     parts = []
-    alarms = analysis.false_alarms(runs)
+    alarms = analysis.false_alarms(runs, recorded_tests(args.baselines / f"{args.gpu}.json"))
     parts.append(f"## False alarms (unchanged code, default settings)\n\n{alarms['runs_with_a_false_alarm']} of "
-                 f"{alarms['runs']} runs failed a speed or efficiency verdict; by workload: "
-                 f"{alarms['by_workload'] or 'none'}. Accuracy bounds that failed (real failures, not alarms): "
-                 f"{alarms['accuracy_failures'] or 'none'}\n")
+                 f"{alarms['runs']} runs failed a speed or efficiency verdict of a test the baseline file holds; "
+                 f"by workload: {alarms['by_workload'] or 'none'}. Standing failures (tests that failed when the "
+                 f"baselines were recorded, so the file holds none of their values; claims this GPU does not "
+                 f"meet, not alarms): {alarms['standing_failures'] or 'none'}. Accuracy bounds that failed (real "
+                 f"failures, not alarms): {alarms['accuracy_failures'] or 'none'}\n")
     parts.append("## Spread of each speedup across processes (unchanged runs)\n\n"
                  + analysis.markdown(analysis.spread_table(runs, stored)))
     parts.append("## Detection of injected slowdowns (default settings)\n\n"
@@ -188,6 +239,8 @@ def main(argv: list[str]) -> int:
     run.add_argument("--full-runs", type=int, default=0,
                      help="unchanged runs over every speed test; later ones run only the injected tests (0: all)")
     run.add_argument("--overhead-tests", nargs="*", default=["suites/"], help="what the overhead run runs")
+    run.add_argument("--devices", type=lambda s: s.split(","), default=None,
+                     help="CUDA devices to spread the runs over, one process per device at a time, e.g. 0,1")
     run.add_argument("--deadline-s", type=float, default=0.0, help="start no run that could end past this")
     args = parser.parse_args(argv)
     args.baselines = args.baselines.resolve()

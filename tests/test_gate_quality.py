@@ -51,6 +51,15 @@ def test_false_alarms_count_runs_with_a_failed_speed_verdict_and_list_accuracy_f
     assert alarms["accuracy_failures"] == {"t.py::test_b loss_gap": 1}
 
 
+def test_a_timing_failure_of_a_test_the_baseline_file_lacks_is_standing_not_an_alarm(analysis):
+    unrecorded = {**row(0.9, 0.89, 0.91, status="fail"), "nodeid": "t.py::test_claim"}
+    runs = [run("overhead", [row(2.0, 1.99, 2.01), unrecorded]),
+            run("unchanged", [row(1.8, 1.79, 1.81, status="fail")])]
+    alarms = analysis.false_alarms(runs, recorded={"t.py::test_a"})
+    assert alarms["runs_with_a_false_alarm"] == 1 and alarms["by_workload"] == {"t.py::test_a speedup": 1}
+    assert alarms["standing_failures"] == {"t.py::test_claim speedup": 1}
+
+
 def test_replay_at_a_lower_floor_trades_false_alarms_for_detections(analysis):
     stored = {"t.py::test_a speedup": (2.0, 0.0)}
     runs = [run("unchanged", [row(1.97, 1.96, 1.975)]),  # 1.5% low: an alarm at a 1% floor, not at 3%
@@ -119,3 +128,21 @@ def test_a_study_on_the_host_timer_records_runs_and_catches_a_large_injected_slo
     peers = json.loads((out / "peers-0-00.json").read_text())["rows"][0]["peers"]
     assert peers["pytest_benchmark"]["speedup"] > 1.5 and "do_bench" not in peers
     assert "## False alarms" in study.stdout and "## Detection of injected slowdowns" in study.stdout
+
+
+def test_a_study_spread_over_devices_runs_one_process_per_device_and_names_the_device_in_each_run(tmp_path):
+    (tmp_path / "test_host.py").write_text(HOST_TEST)
+    (tmp_path / "conftest.py").write_text("")
+    record = subprocess.run([sys.executable, "-m", "pytest", "test_host.py", "--gpu", "cpu", "--lowprec-update",
+                             "-o", "lowprec_max_record_noise=0.25", "-q", "-p", "no:cacheprovider"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert record.returncode == 0, record.stdout + record.stderr
+    out = tmp_path / "study"
+    study = subprocess.run([sys.executable, str(BENCHMARKS / "gate_quality.py"), "run", "--gpu", "cpu",
+                            "--root", str(tmp_path), "--baselines", str(tmp_path / "baselines"), "--out", str(out),
+                            "--runs", "2", "--phases", "unchanged", "--devices", "0,1"],
+                           capture_output=True, text=True)
+    assert study.returncode == 0, study.stdout + study.stderr
+    devices = {json.loads((out / f"unchanged-0-{i:02d}.json").read_text())["cuda_device"] for i in range(2)}
+    assert devices == {"0", "1"}
+    assert not list(out.glob("current*"))
