@@ -41,7 +41,7 @@ class SamplingPolicy:
     # tolerances, and a median-absolute-deviation estimate from 30 pairs is off by ~30%.
     record_pairs: int = 120
     # A speedup that fails is measured once more, warm-up included, and fails only if that fails
-    # too: the gate-quality study (docs/gate-quality-h100-2026-11-22.md) saw one measurement in 19
+    # too: the gate-quality study (docs/measurements/gate-quality-h100-2026-11-22.md) saw one measurement in 19
     # processes run 2.6x slow with nothing changed, while a real slowdown fails every measurement.
     confirm: int = 1
 

@@ -46,7 +46,7 @@ EXPECTED_SQNR_DB = {(1024, "fp8"): 28.62, (1024, "fp8k_nvfp4v"): 20.66,
 MARGIN_DB = 1.0
 PRECISION = {"bf16": "bf16", "fp8": "fp8", "fp8k_nvfp4v": "nvfp4"}
 # Fractions of the bytes model's speedup (about 2.0x for FP8, 2.56x for FP8 K / NVFP4 V; which the kernel
-# reaches on each GPU is in docs/gate-expectations-h200-2026-11-30.md): FP8 reached 0.97 of it on the H100
+# reaches on each GPU is in docs/measurements/gate-expectations-h200-2026-11-30.md): FP8 reached 0.97 of it on the H100
 # and 0.89-0.93 on the H200; FP8 K / NVFP4 V 0.85 and 0.62-0.69 (its E2M1 decode is compute-bound at the
 # H200's bandwidth: the decode-kernel issue owns that).
 FRACTION = {"fp8": 0.8, "fp8k_nvfp4v": 0.55}
@@ -109,7 +109,7 @@ def test_decode_attention_speed(lowprec, name):
     lowprec.memory("cache_bytes", low.nbytes, max=format_bytes(shape, name))
     lowprec.info("bytes_over_bf16", low.nbytes / bf16.nbytes)
     floor = lowprec.expect(decode_work(q, bf16), decode_work(q, low), fraction=FRACTION[name],
-                           why="docs/gate-expectations-h200-2026-11-30.md")
+                           why="docs/measurements/gate-expectations-h200-2026-11-30.md")
     lowprec.speedup(baseline=lambda: decode_attention(q, bf16), optimized=lambda: decode_attention(q, low), min=floor,
                     graphs=True)
     lowprec.expect_kernels("optimized", require=KERNEL, forbid=ELEMENTWISE)
@@ -129,7 +129,7 @@ def test_nvfp4_values_decode_faster_than_fp8(lowprec):
     decode_attention(q, fp8), decode_attention(q, nvfp4)
     lowprec.info("bytes_over_fp8", nvfp4.nbytes / fp8.nbytes)
     floor = lowprec.expect(decode_work(q, fp8), decode_work(q, nvfp4), fraction=NVFP4_OVER_FP8_FRACTION,
-                           faster=True, why="docs/gate-expectations-h200-2026-11-30.md")
+                           faster=True, why="docs/measurements/gate-expectations-h200-2026-11-30.md")
     lowprec.speedup(baseline=lambda: decode_attention(q, fp8), optimized=lambda: decode_attention(q, nvfp4), min=floor,
                     graphs=True)
 

@@ -42,7 +42,7 @@ TILED_OVER_NAIVE = 20.0
 # The decode linear over BF16 is memory-bound: the bytes model (weights read once, plus a launch) predicts
 # 3.3x on an H100 or H200. One row reached 0.68-0.69 of it on the H200 and 0.79 on the H100; 16 rows,
 # through the tiled GEMM, 0.19 and 0.26 (the decode-kernel issue owns that).
-# Fractions: docs/gate-expectations-h200-2026-11-30.md.
+# Fractions: docs/measurements/gate-expectations-h200-2026-11-30.md.
 LINEAR_FRACTION = {1: 0.6, 16: 0.165}
 CUDA_ONLY = pytest.mark.lowprec(device="cuda")
 
@@ -147,7 +147,7 @@ def test_nvfp4_linear_speed_over_bf16(lowprec, cuda_kernels, rows):
     bf16_bytes = w_bf16.numel() * 2 + x.numel() * 2 + rows * n * 2
     nvfp4_bytes = w.nbytes + x.numel() * 2 + out.numel() * 4
     floor = lowprec.expect(Work(nbytes=bf16_bytes, flops=2.0 * rows * n * k), Work(nbytes=nvfp4_bytes),
-                           fraction=LINEAR_FRACTION[rows], why="docs/gate-expectations-h200-2026-11-30.md")
+                           fraction=LINEAR_FRACTION[rows], why="docs/measurements/gate-expectations-h200-2026-11-30.md")
     lowprec.speedup(baseline=lambda: torch.nn.functional.linear(x, w_bf16), min=floor,
                     optimized=lambda: linear(x, w, cuda, out), graphs=True)
     lowprec.work(nbytes=w.nbytes + x.numel() * 2 + out.numel() * 4)

@@ -31,7 +31,7 @@ ON_CUDA = pytest.mark.lowprec(device="cuda")
 # it has no speed verdict. The real shapes need a GPU.
 SIZES = [256, pytest.param(4096, marks=ON_CUDA), pytest.param(8192, marks=ON_CUDA)]
 TIMED_FROM_N = 4096
-# Fractions of the predicted speedup (docs/gate-expectations-h200-2026-11-30.md). The FP8 GEMM measured
+# Fractions of the predicted speedup (docs/measurements/gate-expectations-h200-2026-11-30.md). The FP8 GEMM measured
 # 0.963-0.976 (4096) and 1.025-1.027 (8192) of the compute-bound prediction, on the H100 as on the H200
 # in three processes: the floors sit 7% under that, so a 10% slowdown fails without a baseline. The
 # linear with its eager quantizer measured 0.80-0.95.
@@ -79,7 +79,7 @@ def test_fp8_gemm(lowprec, n, scope):
         fp8 = Work(flops=2.0 * n**3, nbytes=2 * n * n + 2 * n * n, unit="fp8")  # FP8 operands, BF16 output
         if scope == "linear":
             fp8 = eager_work(lambda: quantize_tensorwise(a)) + fp8
-        floor = lowprec.expect(bf16, fp8, fraction=FRACTION[scope, n], why="docs/gate-expectations-h200-2026-11-30.md")
+        floor = lowprec.expect(bf16, fp8, fraction=FRACTION[scope, n], why="docs/measurements/gate-expectations-h200-2026-11-30.md")
         lowprec.speedup(baseline=lambda: a @ b, optimized=fp8_gemm if scope == "gemm" else fp8_linear, min=floor,
                         graphs=True)
         lowprec.expect_kernels("optimized", require=FP8_GEMM_KERNEL, forbid=BF16_GEMM_KERNEL)

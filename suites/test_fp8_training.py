@@ -38,7 +38,7 @@ LAST_K = 20
 FP8_GEMM_KERNEL = r"nvjet_sm\d+_qq|e4m3|f8f8"
 # The step's floor: a fraction of what the hardware model predicts from each step's operators (read off
 # what they dispatch, the Triton quantizers added by hand). Measured over predicted on the H200: 0.978-0.980
-# in three processes (docs/gate-expectations-h200-2026-11-30.md); the floor sits 7% under it, so a 10%
+# in three processes (docs/measurements/gate-expectations-h200-2026-11-30.md); the floor sits 7% under it, so a 10%
 # slower FP8 step fails without a baseline.
 STEP_FRACTION = 0.91
 
@@ -99,7 +99,7 @@ def test_fp8_training_step_speed_and_memory(lowprec):
     x, y = batch(0, shape, teacher, lowprec.device, None)
     step = step_function((bf16, fp8), x, y, shape.lr, fused=True)
     bf16_work, fp8_work = eager_work(lambda: step(bf16)), eager_work(lambda: step(fp8)) + triton_quantizer_work(shape)
-    floor = lowprec.expect(bf16_work, fp8_work, fraction=STEP_FRACTION, why="docs/gate-expectations-h200-2026-11-30.md")
+    floor = lowprec.expect(bf16_work, fp8_work, fraction=STEP_FRACTION, why="docs/measurements/gate-expectations-h200-2026-11-30.md")
     lowprec.speedup(baseline=lambda: step(bf16), optimized=lambda: step(fp8), min=floor)
     lowprec.expect_kernels("optimized", require=FP8_GEMM_KERNEL)
     # A step's peak above what was resident before it (weights, optimizer state, inputs): the

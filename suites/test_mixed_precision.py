@@ -35,7 +35,7 @@ MAX_KL_NATS = {"fp16_baseline": 1e-3, "fp8_balanced": 0.06, "w4a16_aggressive": 
 # Fractions of the decode step's speedup over the 16-bit step that the hardware model predicts from each
 # step's bytes and kernels. Measured over predicted on the H200, two processes a week apart: 0.90-1.01 for
 # the FP8 and NVFP4 strategies, 0.81-0.82 for w4a16 (its GEMV reaches 0.68 of its bytes model); on the
-# H100 0.91-1.11 (docs/gate-expectations-h200-2026-11-30.md).
+# H100 0.91-1.11 (docs/measurements/gate-expectations-h200-2026-11-30.md).
 STEP_FRACTION = {"fp8_balanced": 0.8, "w4a16_aggressive": 0.7, "nvfp4_weights": 0.8, "hybrid_long_context": 0.8,
                  "layerwise_gradient": 0.8, "custom_fp8_ffn": 0.8}
 
@@ -78,7 +78,7 @@ def test_strategy(lowprec, strategy, shape, drawn):
     lowprec.info("kv_cache_bytes_over_16bit", step.cache_bytes / sixteen.cache_bytes)
     if shape is LARGE and strategy.name != "fp16_baseline":
         floor = lowprec.expect(sixteen.work(), step.work(), fraction=STEP_FRACTION[strategy.name],
-                               why="docs/gate-expectations-h200-2026-11-30.md")
+                               why="docs/measurements/gate-expectations-h200-2026-11-30.md")
         lowprec.speedup(baseline=sixteen, optimized=step, min=floor, graphs=True)
         lowprec.work(nbytes=step.weight_bytes + step.cache_bytes, precision="bf16")
 

@@ -54,7 +54,7 @@ SEEDS = (0, 1, 2)  # the recipe's draws of stochastic rounding and RHT signs
 # At the real shape the naive control must end at least a point of training loss behind the recipe.
 CONTROL_MARGIN = 0.01
 # The emulated step's cost, as a fraction of what the hardware model predicts from both steps' operators:
-# 0.85 on the H200, 0.88 on the H100 (docs/gate-expectations-h200-2026-11-30.md).
+# 0.85 on the H200, 0.88 on the H100 (docs/measurements/gate-expectations-h200-2026-11-30.md).
 STEP_COST_FRACTION = 0.75
 
 
@@ -149,7 +149,7 @@ def test_nvfp4_training_step_cost(lowprec):
     step = step_function((student, nvfp4), x, y, shape.lr)
     # Every kernel of both steps is torch's on the emulated path: both sides' work is read off their operators.
     floor = lowprec.expect(eager_work(lambda: step(student)), eager_work(lambda: step(nvfp4)),
-                           fraction=STEP_COST_FRACTION, why="docs/gate-expectations-h200-2026-11-30.md")
+                           fraction=STEP_COST_FRACTION, why="docs/measurements/gate-expectations-h200-2026-11-30.md")
     lowprec.speedup(baseline=lambda: step(student), optimized=lambda: step(nvfp4), min=floor)
 
 

@@ -118,7 +118,7 @@ def test_stochastic_rounding_is_unbiased(lowprec, fmt):
 
 QUANTIZERS = ["nvfp4", "fp8_rowwise"]
 # Fractions of the bytes model's speedup, the eager side's bytes and kernels read off the operators it
-# dispatches (docs/gate-expectations-h200-2026-11-30.md). Measured over predicted on the H200 (H100):
+# dispatches (docs/measurements/gate-expectations-h200-2026-11-30.md). Measured over predicted on the H200 (H100):
 # NVFP4 0.59 (0.69) at 4096 and 0.71-0.73 (0.83) at 8192: a 4096^2 tensor's float32 intermediates
 # (64 MiB) partly stay in L2, so the eager side runs faster than its bytes say; FP8 rowwise 1.00 (0.95)
 # and 1.26 (1.12): at 8192 the eager side runs slower than its bytes say (its float32 passes reach 70%
@@ -162,7 +162,7 @@ def test_quantizer_speed(lowprec, kind, n):
     # Graph replay on both sides: the gate compares GPU work, not Python launch overhead,
     # which varied by a third between processes when timed eagerly (H100, 2026-11-22).
     floor = lowprec.expect(eager_work(eager), Work(nbytes=moved, kernels=kernels), fraction=QUANTIZER_FRACTION[kind, n],
-                           faster=True, why="docs/gate-expectations-h200-2026-11-30.md")
+                           faster=True, why="docs/measurements/gate-expectations-h200-2026-11-30.md")
     lowprec.speedup(baseline=eager, optimized=lambda: fast(x), min=floor, graphs=True)
     # The FP8 quantizer streams at the copy ceiling on an H100 (97-99%, 2026-11-22): hold it near there.
     lowprec.work(nbytes=moved, min_fraction=0.75 if (kind, n) == ("fp8_rowwise", 8192) else None)

@@ -34,7 +34,7 @@ GPU_ROWS, CPU_ROWS = 8192, 16
 MLP_EFFICIENCY_FLOOR = 0.90
 # Fractions of the speedup the hardware model predicts for overlapping the copies (host link) with the
 # computes (their operators' bytes and FLOPs): measured over predicted 1.02-1.03 (MLP) and 0.94-0.95 (KV)
-# on the H200, 0.94 and 0.97 on the H100 (docs/gate-expectations-h200-2026-11-30.md).
+# on the H200, 0.94 and 0.97 on the H100 (docs/measurements/gate-expectations-h200-2026-11-30.md).
 OVERLAP_FRACTION = {"mlp": 0.85, "kv": 0.8}
 KV_GPU = dict(chunks=16, heads=32, tokens=2048, head_dim=128)
 KV_CPU = dict(chunks=4, heads=4, tokens=64, head_dim=128)
@@ -119,7 +119,7 @@ def test_double_buffered_mlp_overlap(lowprec):
     lowprec.signature(micro_batches=MICRO_BATCHES, rows=GPU_ROWS, d_model=1024, d_ff=4096)
     _, _, serial, pipelined = _mlp_pipelines(lowprec.device, GPU_ROWS)
     floor = lowprec.expect(*pipeline_work(pipelined), fraction=OVERLAP_FRACTION["mlp"], faster=True,
-                           why="docs/gate-expectations-h200-2026-11-30.md")
+                           why="docs/measurements/gate-expectations-h200-2026-11-30.md")
     m = lowprec.speedup(baseline=CudaRunner(serial), optimized=CudaRunner(pipelined), min=floor, flush_l2=False)
     lowprec.efficiency("overlap_efficiency", _efficiency(lowprec, m, pipelined), min=MLP_EFFICIENCY_FLOOR)
 
@@ -129,7 +129,7 @@ def test_host_kv_prefetch_overlap(lowprec):
     lowprec.signature(**KV_GPU)
     _, _, serial, pipelined = _kv_pipelines(lowprec.device, KV_GPU)
     floor = lowprec.expect(*pipeline_work(pipelined), fraction=OVERLAP_FRACTION["kv"], faster=True,
-                           why="docs/gate-expectations-h200-2026-11-30.md")
+                           why="docs/measurements/gate-expectations-h200-2026-11-30.md")
     m = lowprec.speedup(baseline=CudaRunner(serial), optimized=CudaRunner(pipelined), min=floor, flush_l2=False)
     # Copy-bound (16 MiB per chunk against a few microseconds of attention): the saving is small,
     # so its efficiency is reported, not gated.
