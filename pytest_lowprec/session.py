@@ -19,11 +19,12 @@ from .baselines import BaselineError, BaselineStore
 from .config import GateConfig
 from .hardware import DeviceInfo, derived_spec, probe_rates, software_fingerprint, spec_for
 from .names import terminal_text
-from .recorder import SharedState, TestRecord
+from .record import TestRecord
 from .report import html, markdown
 from .report.rows import verdict_frame, write_csv
 from .report.terminal import summary_lines
 from .roofline import ceiling_metrics, ceilings_for
+from .state import SharedState
 
 _WORKEROUTPUT_KEY = "lowprec_records"
 
