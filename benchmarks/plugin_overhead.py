@@ -1,9 +1,9 @@
 """What pytest-lowprec costs: the startup it adds to a run that does not use it, and the wall time the gate
 adds around the work it measures.
 
-    python benchmarks/plugin_overhead.py                        # idle cost: an unrelated project, 7 runs each
+    python benchmarks/plugin_overhead.py                 # idle cost: an unrelated project, 7 runs each
     python benchmarks/plugin_overhead.py --runs 15
-    python benchmarks/plugin_overhead.py --gate suites/ --gpu h100   # the gate's cost around its timed work
+    python benchmarks/plugin_overhead.py suites/ --gpu h100   # pytest arguments: the gate's cost around its work
 
 The idle cost runs an unrelated one-test project in fresh interpreters with the plugin loaded (it is a
 pytest11 plugin: every pytest run of the environment loads it) and with `-p no:lowprec`, and prints the
@@ -89,10 +89,9 @@ def gate_cost(args: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--gate"]:
-        return gate_cost(argv[1:] or ["suites/"])
-    runs = int(argv[argv.index("--runs") + 1]) if "--runs" in argv else 7
-    idle_cost(runs)
+    if argv and argv[0] != "--runs":
+        return gate_cost(argv)
+    idle_cost(int(argv[1]) if len(argv) > 1 else 7)
     return 0
 
 

@@ -147,3 +147,16 @@ def test_the_too_many_workers_error_says_what_gpu_cpu_runs():
     message = _too_many_workers(4, 2)
     assert "accuracy only" not in message
     assert "--gpu cpu (accuracy gates and CPU-timed speedups; speed gates over CUDA work skip)" in message
+
+
+def test_an_xdist_run_that_names_no_lowprec_option_still_ends_with_the_gate_summary(pytester):
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_many(lowprec, i):
+            lowprec.accuracy("sqnr_db", 30.0, min=25.0)
+    """)
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*lowprec gate on cpu*", "lowprec: 4 verdicts in 4 tests: 4 pass"])
