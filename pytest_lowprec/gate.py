@@ -297,10 +297,11 @@ def judge_speedup(
     sides_ms: tuple[float, float] | None = None,
     where: str = "",
     extra: dict | None = None,
+    measured: tuple[str, ...] = (),
 ) -> Verdict:
     """Fail when the interval lies wholly below the floor, or below the baseline by more than the tolerance;
     when recording, also when the pairs' noise or the rounds' `spread` exceeds `noise_cap` (such a baseline
-    would widen its own tolerance)."""
+    would widen its own tolerance). `measured`: flags of how it was measured, shown after the gate's own."""
     reasons: list[str] = []
     flags: list[str] = []
     value = summary.median
@@ -352,7 +353,7 @@ def judge_speedup(
         baseline_date=base.recorded,
         delta_pct=_delta_pct(value, base) if _finite(value) else None,
         reasons=tuple(reasons),
-        flags=tuple(flags),
+        flags=tuple(flags) + measured,
         where=where,
         extra={**(extra or {}), **side_changes(sides_ms, base)},
     )

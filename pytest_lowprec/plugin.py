@@ -10,40 +10,43 @@ import gc
 import os
 import traceback
 from collections.abc import Callable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from . import hookspec
-from .baselines import BaselineError, BaselineStore, baselines_directory
-from .config import GateConfig, parse_count, parse_fraction, parse_gpu, parse_positive, parse_precisions
-from .gate import SpeedupTolerance, Status
-from .hardware import DeviceInfo, gpu_count_mismatch, gpu_for_worker, probe_cuda, select_device, visible_gpu_ids
-from .names import xml_text
-from .profiling import nvtx_range
-from .recorder import Recorder, TestRecord
 from .report.pytest_html import html_cell
-from .report.terminal import failure_message
-from .session import LowprecRun, publish_worker_records
-from .timing import SamplingPolicy, default_timer
 
-RUN_KEY = pytest.StashKey[LowprecRun]()
-RECORDER_KEY = pytest.StashKey[Recorder]()
-RECORD_KEY = pytest.StashKey[TestRecord]()
-THREADS_KEY = pytest.StashKey[int]()
+if TYPE_CHECKING:
+    from .hardware import DeviceInfo
+    from .record import TestRecord  # noqa: F401 - names a StashKey's type
+    from .recorder import Recorder
+    from .session import LowprecRun
+
+RUN_KEY = pytest.StashKey["LowprecRun"]()
+RECORDER_KEY = pytest.StashKey["Recorder"]()
+RECORD_KEY = pytest.StashKey["TestRecord"]()
+MARKER_KEY = pytest.StashKey["dict | None"]()  # the lowprec marker's arguments, parsed once per item
 _MARKER_ARGS = {"precision", "device", "gpus"}
+# Every option's dest: one given on the command line means the run uses lowprec from its start.
+_OPTIONS = ("lowprec_gpu", "lowprec_update", "lowprec_baselines", "lowprec_precision", "lowprec_strict",
+            "lowprec_report", "lowprec_trace", "lowprec_csv", "lowprec_markdown", "lowprec_tolerance",
+            "lowprec_time_budget", "lowprec_record_rounds", "lowprec_table")
 
 
-def _usage(parser: Callable[[str], object]) -> Callable[[str], object]:
-    """Wrap a parser so a bad value stops pytest with the parser's own message, not argparse's."""
+def _usage(parser: str) -> Callable[[str], object]:
+    """config.<parser>, imported when an option is given (not when pytest starts), and wrapped so a bad
+    value stops pytest with the parser's own message, not argparse's."""
 
     def parse(text: str) -> object:
+        from . import config
+
         try:
-            return parser(text)
+            return getattr(config, parser)(text)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
 
-    parse.__name__ = parser.__name__
+    parse.__name__ = parser
     return parse
 
 
@@ -53,7 +56,7 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lowprec", "low-precision regression gate (pytest-lowprec)")
-    group.addoption("--gpu", dest="lowprec_gpu", default=None, type=_usage(parse_gpu), metavar="KEY",
+    group.addoption("--gpu", dest="lowprec_gpu", default=None, type=_usage("parse_gpu"), metavar="KEY",
                     help="GPU key whose baselines gate this run: auto (detect, default), cpu (accuracy gates and "
                          "CPU-timed speedups; speed gates over CUDA work skip), or a key such as h100, h200, b200. "
                          "A key that does not match the device is a usage error.")
@@ -63,7 +66,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lowprec-baselines", dest="lowprec_baselines", default=None, metavar="DIR",
                     help="folder of <gpu>.json baseline files (default: baselines/ under the rootdir).")
     group.addoption("--lowprec-precision", dest="lowprec_precision", default=None,
-                    type=_usage(parse_precisions), metavar="LIST",
+                    type=_usage("parse_precisions"), metavar="LIST",
                     help="run only tests marked lowprec(precision=...) with one of these, e.g. fp8,nvfp4.")
     group.addoption("--lowprec-strict", dest="lowprec_strict", action="store_true", default=None,
                     help="a missing or stale baseline fails the test instead of being reported.")
@@ -78,18 +81,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lowprec-markdown", dest="lowprec_markdown", default=None, metavar="PATH",
                     help="write a pull-request summary (regressions first) in markdown to PATH.")
     group.addoption("--lowprec-tolerance", dest="lowprec_tolerance", default=None,
-                    type=_usage(parse_fraction), metavar="FRACTION",
+                    type=_usage("parse_fraction"), metavar="FRACTION",
                     help="smallest allowed speedup drop below the baseline median (default 0.03); "
                          "the tolerance grows to 2x the noise stored with the baseline when that is larger.")
     group.addoption("--lowprec-time-budget", dest="lowprec_time_budget", default=None,
-                    type=_usage(parse_positive), metavar="SECONDS",
+                    type=_usage("parse_positive"), metavar="SECONDS",
                     help="most seconds one speedup may spend sampling while its interval straddles "
                          "a decision line (default 8); a verdict still straddling one then is inconclusive.")
     group.addoption("--lowprec-rounds", dest="lowprec_record_rounds", default=None,
-                    type=_usage(parse_count), metavar="N",
+                    type=_usage("parse_count"), metavar="N",
                     help="with --lowprec-update: measure each speedup N times (warm-up included) and record "
                          "the pooled pairs with the spread of the N medians; a spread or pair noise over "
                          "lowprec_max_record_noise is refused (default 1; 3 for a GPU's first baseline).")
+    group.addoption("--lowprec-table", dest="lowprec_table", default=None, choices=("problems", "all"),
+                    help="the verdict table at the end of the run: 'problems' (default) lists failed, inconclusive "
+                         "and ungated verdicts under a one-line count of every status; 'all' lists every verdict, "
+                         "as -v does.")
     parser.addini("lowprec_gpu", "default for --gpu", default="auto")
     parser.addini("lowprec_baselines", "default for --lowprec-baselines", default="baselines")
     parser.addini("lowprec_strict", "default for --lowprec-strict", type="bool", default=False)
@@ -111,96 +118,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   "values then do not depend on the machine's core count", default="2")
 
 
-def _option(config: pytest.Config, name: str, parse: Callable[[str], object] = str) -> object:
-    """A CLI value wins over the ini value; an ini value is parsed (and rejected) like the CLI's."""
-    cli = config.getoption(name)
-    if cli is not None:
-        return cli
-    raw = config.getini(name)
-    if isinstance(raw, bool):
-        return raw
-    try:
-        return parse(raw) if raw != "" else None
-    except ValueError as exc:
-        raise pytest.UsageError(f"ini option {name}: {exc}") from None
-
-
-def _gate_config(config: pytest.Config) -> GateConfig:
-    try:
-        baselines = baselines_directory(_option(config, "lowprec_baselines"), Path(config.rootpath))
-        def path(name: str) -> Path | None:
-            value = config.getoption(name)
-            return Path(value).absolute() if value else None
-
-        return GateConfig(
-            gpu=_option(config, "lowprec_gpu", parse_gpu),
-            update=bool(config.getoption("lowprec_update")),
-            baselines_dir=baselines,
-            precisions=_option(config, "lowprec_precision", parse_precisions),
-            strict=bool(_option(config, "lowprec_strict")),
-            report_path=path("lowprec_report"),
-            trace_dir=path("lowprec_trace"),
-            csv_path=path("lowprec_csv"),
-            markdown_path=path("lowprec_markdown"),
-            tolerance=SpeedupTolerance(
-                floor=_option(config, "lowprec_tolerance", parse_fraction),
-                noise_k=float(config.getini("lowprec_noise_k")),
-                cap=parse_fraction(config.getini("lowprec_max_tolerance")),
-            ),
-            sampling=SamplingPolicy(
-                min_pairs=int(config.getini("lowprec_min_pairs")),
-                max_pairs=int(config.getini("lowprec_max_pairs")),
-                record_pairs=int(config.getini("lowprec_record_pairs")),
-                confirm=int(config.getini("lowprec_confirm")),
-                budget_s=_option(config, "lowprec_time_budget", parse_positive),
-            ),
-            confidence=float(config.getini("lowprec_confidence")),
-            record_rounds=_option(config, "lowprec_record_rounds", parse_count),
-            max_record_noise=parse_fraction(config.getini("lowprec_max_record_noise")),
-            cpu_threads=parse_count(config.getini("lowprec_cpu_threads")),
-        )
-    except ValueError as exc:
-        raise pytest.UsageError(f"pytest-lowprec: {exc}") from None
-
-
 def _pin_worker_gpu(config: pytest.Config) -> None:
     """On an xdist worker, before CUDA starts: see only the GPU the controller assigned."""
     visible = config.workerinput.get("lowprec_gpus")
     if visible:
+        from .hardware import gpu_for_worker
+
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for_worker(visible, config.workerinput["workerid"])
-
-
-def _detect(config: pytest.Config, gate: GateConfig) -> DeviceInfo:
-    if gate.gpu == "cpu":
-        return select_device("cpu", None)
-    detected = config.hook.pytest_lowprec_device(config=config)
-    if detected is None:
-        detected = probe_cuda()
-    elif not detected.is_cuda:
-        detected = None  # a conftest faking a machine without a GPU
-    try:
-        return select_device(gate.gpu, detected)
-    except ValueError as exc:
-        raise pytest.UsageError(str(exc)) from None
-
-
-def _check_worker_count(config: pytest.Config, device: DeviceInfo) -> None:
-    workers = getattr(config.option, "numprocesses", None)
-    if not device.is_cuda or not isinstance(workers, int) or workers <= 1:
-        return
-    if device.gpus > 1:
-        raise pytest.UsageError(
-            f"-n {workers} with --gpu {device.key}: each test of a multi-GPU run uses all {device.gpus} GPUs, "
-            "and an xdist worker is pinned to one; run it without -n"
-        )
-    import torch
-
-    gpus = visible_gpu_ids(dict(os.environ), torch.cuda.device_count())
-    if workers > len(gpus):
-        raise pytest.UsageError(
-            f"-n {workers} asks for {workers} workers but {len(gpus)} GPU(s) are visible; workers sharing "
-            f"a GPU disturb each other's timings. Use -n {len(gpus)} or fewer, or --gpu cpu for accuracy only."
-        )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -212,37 +136,30 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if hasattr(config, "workerinput"):
         _pin_worker_gpu(config)
-    gate = _gate_config(config)
-    device = _detect(config, gate)
-    if not hasattr(config, "workerinput"):
-        _check_worker_count(config, device)
-    store = BaselineStore(gate.baselines_dir)
-    try:
-        entries = store.read(device.key)
-    except BaselineError as exc:
-        raise pytest.UsageError(f"pytest-lowprec: {exc}") from None
-    run = LowprecRun(config, gate, device, store, entries)
-    config.stash[RUN_KEY] = run
-    config.stash[THREADS_KEY] = _fix_cpu_threads(gate.cpu_threads)
-    if not hasattr(config, "workerinput"):
-        config.pluginmanager.register(run, "lowprec-run")
+    # Free until used: a run that names no lowprec option starts the gate (torch, the device probe,
+    # the baseline file) only once collection shows a test that uses it; see _run.
+    if any(config.getoption(name) is not None for name in _OPTIONS):
+        _run(config, named=True)
 
 
-def _fix_cpu_threads(threads: int) -> int:
-    """Run torch's CPU work on a fixed number of threads; returns the number it had, to restore."""
-    import torch
+def _run(config: pytest.Config, *, named: bool = False) -> LowprecRun:
+    """The run's LowprecRun, started on first use."""
+    run = config.stash.get(RUN_KEY, None)
+    if run is None:
+        from .session import pin_worker_late, start_run
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    return before
+        if hasattr(config, "workerinput") and not named:
+            pin_worker_late(config)
+        run = config.stash[RUN_KEY] = start_run(config, named=named)
+    return run
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    before = config.stash.get(THREADS_KEY, None)
-    if before is not None:
+    run = config.stash.get(RUN_KEY, None)
+    if run is not None and run.threads_before is not None:
         import torch
 
-        torch.set_num_threads(before)
+        torch.set_num_threads(run.threads_before)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -251,6 +168,8 @@ def pytest_configure_node(node) -> None:
     run = node.config.stash.get(RUN_KEY, None)
     if run is not None and run.device.is_cuda:
         import torch
+
+        from .hardware import visible_gpu_ids
 
         node.workerinput["lowprec_gpus"] = visible_gpu_ids(dict(os.environ), torch.cuda.device_count())
 
@@ -263,11 +182,24 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
         return None
     import torch
 
+    from .hardware import visible_gpu_ids
+
     return len(visible_gpu_ids(dict(os.environ), torch.cuda.device_count()))
 
 
 def _marker_args(item: pytest.Item) -> dict | None:
-    """The lowprec marker's arguments, closest marker first (a parametrize mark overrides the function's)."""
+    """The lowprec marker's arguments (None: no marker), parsed at the item's first use and kept."""
+    if MARKER_KEY not in item.stash:
+        item.stash[MARKER_KEY] = _parse_marker(item)
+    return item.stash[MARKER_KEY]
+
+
+def _uses_lowprec(item: pytest.Item) -> bool:
+    return _marker_args(item) is not None or "lowprec" in getattr(item, "fixturenames", ())
+
+
+def _parse_marker(item: pytest.Item) -> dict | None:
+    """Closest marker first (a parametrize mark overrides the function's)."""
     marks = list(item.iter_markers("lowprec"))
     if not marks:
         return None
@@ -282,6 +214,8 @@ def _marker_args(item: pytest.Item) -> dict | None:
                                 f"valid: {sorted(_MARKER_ARGS)}")
     precision = merged.get("precision", ())
     names = (precision,) if isinstance(precision, str) else tuple(precision)
+    from .config import parse_precisions
+
     try:
         merged["precision"] = tuple(sorted(parse_precisions(",".join(names)))) if names else ()
     except ValueError as exc:
@@ -295,7 +229,13 @@ def _marker_args(item: pytest.Item) -> dict | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    wanted = config.stash[RUN_KEY].gate.precisions
+    run = config.stash.get(RUN_KEY, None)
+    if run is None:
+        # --collect-only runs nothing: nothing to start the gate for.
+        if config.option.collectonly or not any(_uses_lowprec(item) for item in items):
+            return
+        run = _run(config)
+    wanted = run.gate.precisions
     keep, drop = [], []
     for item in items:
         args = _marker_args(item)
@@ -309,18 +249,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if not _uses_lowprec(item):
+        return
     args = _marker_args(item)
-    run = item.config.stash[RUN_KEY]
+    run = _run(item.config)
     if args and args.get("device") == "cuda" and not run.device.is_cuda:
         pytest.skip(f"needs a CUDA device; this run is on {run.device.key}")
-    if args is None and "lowprec" not in getattr(item, "fixturenames", ()):
-        return
+    from .hardware import gpu_count_mismatch
+
     reason = gpu_count_mismatch((args or {}).get("gpus", 1), run.device)
     if reason:
         pytest.skip(reason)
 
 
 def _make_timer(config: pytest.Config, device: DeviceInfo) -> Callable[[str, dict], object]:
+    from .timing import default_timer
+
     def make(kind: str, options: dict):
         timer = config.hook.pytest_lowprec_make_timer(config=config, device=device, kind=kind, options=options)
         if timer is not None:
@@ -333,8 +277,10 @@ def _make_timer(config: pytest.Config, device: DeviceInfo) -> Callable[[str, dic
 @pytest.fixture
 def lowprec(request: pytest.FixtureRequest) -> Recorder:
     """Record accuracy, memory and speedup verdicts; they are judged when the test body returns."""
+    from .recorder import Recorder
+
     item = request.node
-    run = item.config.stash[RUN_KEY]
+    run = _run(item.config)
     args = _marker_args(item) or {"precision": ()}
     params = dict(item.callspec.params) if hasattr(item, "callspec") else {}
     recorder = Recorder(item.nodeid, args["precision"], params, run.device, run.gate,
@@ -350,6 +296,8 @@ def pytest_runtest_call(item: pytest.Item):
         if recorder is None:
             result = yield
         else:
+            from .profiling import nvtx_range
+
             with nvtx_range(item.nodeid):  # one range per gated test, around its whole body
                 result = yield
     except BaseException:
@@ -362,20 +310,24 @@ def pytest_runtest_call(item: pytest.Item):
     record = recorder.finish()
     del item.stash[RECORDER_KEY]  # items live all session: keep the record, not the test's tensors
     item.stash[RECORD_KEY] = record
+    from .names import xml_text
+
     # JUnit XML writes property names as given: a control character in a metric name would break the file.
     for v in record.verdicts:
         if v.value is not None:
             item.user_properties.append((f"lowprec.{xml_text(v.metric)}", v.value))
-        if v.status != Status.PASS:  # JUnit readers see what was not gated or not decided, not only failures
+        if v.status.value != "pass":  # JUnit readers see what was not gated or not decided, not only failures
             item.user_properties.append((f"lowprec.{xml_text(v.metric)}.status", v.status.value))
     for name, sides in record.traces.items():
         for side, trace in sides.items():
             if trace.file:
                 item.user_properties.append((f"lowprec.trace.{xml_text(name)}.{side}", trace.file))
     if record.failed_verdicts:
+        from .report.terminal import failure_message
+
         pytest.fail(failure_message(item.nodeid, item.config.stash[RUN_KEY].device.key, record.verdicts),
                     pytrace=False)
-    if record.verdicts and all(v.status == Status.SKIP for v in record.verdicts):
+    if record.verdicts and all(v.status.value == "skip" for v in record.verdicts):
         pytest.skip("; ".join(sorted({r for v in record.verdicts for r in v.reasons})))
     return result
 
@@ -424,5 +376,20 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     run = config.stash.get(RUN_KEY, None)
     if run is not None and hasattr(config, "workeroutput"):
+        from .session import publish_worker_records
+
         publish_worker_records(config, run)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """Controller of a run that named no lowprec option: the first worker that hands over lowprec
+    records starts the run here, which then takes these records and every later worker's itself."""
+    config = node.config
+    if RUN_KEY in config.stash:
+        return
+    from .session import WORKEROUTPUT_KEY
+
+    if getattr(node, "workeroutput", {}).get(WORKEROUTPUT_KEY):
+        _run(config).pytest_testnodedown(node, error)
 

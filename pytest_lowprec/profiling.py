@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,13 +164,46 @@ def profile_side(side: str, fn: Callable[[], object], trace_file: Path | None) -
     return trace
 
 
+class SpeedTraces:
+    """One test's profiled calls: each side of each speedup traced at most once (with a file when
+    --lowprec-trace asked for one), the trace reused by the kernel proof. Holds the sides' callables
+    until `release()`, so the test's tensors die with the test."""
+
+    def __init__(self, nodeid: str, trace_dir: Path | None):
+        self._nodeid = nodeid
+        self._dir = trace_dir
+        self._sides: dict[str, dict[str, Callable[[], object]]] = {}
+        self.taken: dict[str, dict[str, SideTrace]] = {}  # speedup name -> side -> trace
+
+    def keep(self, name: str, baseline: Callable[[], object], optimized: Callable[[], object]) -> None:
+        self._sides[name] = {"baseline": baseline, "optimized": optimized}
+
+    def kept(self, name: str) -> bool:
+        return name in self._sides
+
+    def take(self, name: str, side: str, *, write: bool) -> SideTrace:
+        """The side's trace: profiled now unless one was taken already (and written, when `write`)."""
+        traces = self.taken.setdefault(name, {})
+        if side in traces and (traces[side].file or not write):
+            return traces[side]
+        path = trace_path(self._dir, self._nodeid, name, side) if write and self._dir is not None else None
+        traces[side] = profile_side(side, self._sides[name][side], path)
+        return traces[side]
+
+    def release(self) -> None:
+        self._sides.clear()
+
+
 def trace_path(directory: Path, nodeid: str, name: str, side: str) -> Path:
     """A file directly inside `directory` that a shell and a browser both take, one per (test, metric, side)."""
     return Path(directory) / file_name((nodeid, name, side), ".json")
 
 
-def match_kernels(names: list[str], require: list[str], forbid: list[str]) -> list[str]:
-    """Reasons a kernel list fails: a required pattern that matched none, a forbidden one that matched."""
+def match_kernels(names: list[str], require: Sequence[str] | str, forbid: Sequence[str] | str) -> list[str]:
+    """Reasons a kernel list fails: a required pattern that matched none, a forbidden one that matched.
+    One pattern may be given as a string."""
+    require = [require] if isinstance(require, str) else list(require)
+    forbid = [forbid] if isinstance(forbid, str) else list(forbid)
     reasons = []
     for pattern in require:
         if not any(re.search(pattern, n) for n in names):

@@ -300,3 +300,27 @@ def predict(flops: float | None, nbytes: float | None, unit: str, ceilings: Ceil
     if side is None:
         return None
     return Prediction(side.seconds, side.bound, side.unit, ceilings.describe(side.used))
+
+
+def work_figures(ms: float, flops: float | None, nbytes: float | None, unit: str, spec: GpuSpec | None,
+                 ceilings: Ceilings | None) -> list[tuple[str, float, str]]:
+    """What declared work measured at `ms` achieved, as (name, value, unit) figures: its TFLOP/s and TB/s,
+    each as a fraction of the datasheet peak where the registry knows this GPU, then, where the ceilings
+    allow a prediction, the roofline's predicted time (labelled one) and the measured fraction of it."""
+    out = []
+    if flops is not None:
+        tflops = flops / (ms * 1e-3) / 1e12
+        out.append(("tflops", tflops, "TFLOP/s"))
+        peak = spec.tflops(unit) if spec is not None else None
+        if peak:
+            out.append(("of_peak_flops", tflops / peak, "of datasheet peak"))
+    if nbytes is not None:
+        tbps = nbytes / (ms * 1e-3) / 1e12
+        out.append(("tb_per_s", tbps, "TB/s"))
+        if spec is not None and spec.hbm_gbps:
+            out.append(("of_peak_bandwidth", tbps / (spec.hbm_gbps / 1e3), "of datasheet peak"))
+    pred = predict(flops, nbytes, unit, ceilings) if ceilings is not None else None
+    if pred is not None:
+        out.append(("predicted_ms", pred.seconds * 1e3, f"ms, predicted ({pred.bound}-bound)"))
+        out.append(("roofline_fraction", pred.fraction(ms * 1e-3), pred.label()))
+    return out

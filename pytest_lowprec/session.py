@@ -11,21 +11,33 @@ import datetime as _dt
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .baselines import BaselineError, BaselineStore
-from .config import GateConfig
-from .hardware import DeviceInfo, derived_spec, probe_rates, software_fingerprint, spec_for
+from .baselines import BaselineError, BaselineStore, baselines_directory
+from .config import GateConfig, parse_count, parse_fraction, parse_gpu, parse_positive, parse_precisions
+from .gate import SpeedupTolerance
+from .hardware import (
+    DeviceInfo,
+    derived_spec,
+    gpu_for_worker,
+    probe_cuda,
+    probe_rates,
+    select_device,
+    software_fingerprint,
+    spec_for,
+    visible_gpu_ids,
+)
 from .names import terminal_text
-from .recorder import SharedState, TestRecord
-from .report import html, markdown
-from .report.rows import verdict_frame, write_csv
+from .record import TestRecord
 from .report.terminal import summary_lines
 from .roofline import ceiling_metrics, ceilings_for
+from .state import SharedState
+from .timing import SamplingPolicy
 
-_WORKEROUTPUT_KEY = "lowprec_records"
+WORKEROUTPUT_KEY = "lowprec_records"
 
 
 def _git_commit(root: Path) -> str | None:
@@ -45,6 +57,144 @@ def _git_commit(root: Path) -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def _option(config: pytest.Config, name: str, parse: Callable[[str], object] = str) -> object:
+    """A CLI value wins over the ini value; an ini value is parsed (and rejected) like the CLI's."""
+    cli = config.getoption(name)
+    if cli is not None:
+        return cli
+    raw = config.getini(name)
+    if isinstance(raw, bool):
+        return raw
+    try:
+        return parse(raw) if raw != "" else None
+    except ValueError as exc:
+        raise pytest.UsageError(f"ini option {name}: {exc}") from None
+
+
+def _gate_config(config: pytest.Config) -> GateConfig:
+    try:
+        baselines = baselines_directory(_option(config, "lowprec_baselines"), Path(config.rootpath))
+        def path(name: str) -> Path | None:
+            value = config.getoption(name)
+            return Path(value).absolute() if value else None
+
+        return GateConfig(
+            gpu=_option(config, "lowprec_gpu", parse_gpu),
+            update=bool(config.getoption("lowprec_update")),
+            baselines_dir=baselines,
+            precisions=_option(config, "lowprec_precision", parse_precisions),
+            strict=bool(_option(config, "lowprec_strict")),
+            report_path=path("lowprec_report"),
+            trace_dir=path("lowprec_trace"),
+            csv_path=path("lowprec_csv"),
+            markdown_path=path("lowprec_markdown"),
+            tolerance=SpeedupTolerance(
+                floor=_option(config, "lowprec_tolerance", parse_fraction),
+                noise_k=float(config.getini("lowprec_noise_k")),
+                cap=parse_fraction(config.getini("lowprec_max_tolerance")),
+            ),
+            sampling=SamplingPolicy(
+                min_pairs=int(config.getini("lowprec_min_pairs")),
+                max_pairs=int(config.getini("lowprec_max_pairs")),
+                record_pairs=int(config.getini("lowprec_record_pairs")),
+                confirm=int(config.getini("lowprec_confirm")),
+                budget_s=_option(config, "lowprec_time_budget", parse_positive),
+            ),
+            confidence=float(config.getini("lowprec_confidence")),
+            record_rounds=_option(config, "lowprec_record_rounds", parse_count),
+            max_record_noise=parse_fraction(config.getini("lowprec_max_record_noise")),
+            cpu_threads=parse_count(config.getini("lowprec_cpu_threads")),
+        )
+    except ValueError as exc:
+        raise pytest.UsageError(f"pytest-lowprec: {exc}") from None
+
+
+def _detect(config: pytest.Config, gate: GateConfig) -> DeviceInfo:
+    if gate.gpu == "cpu":
+        return select_device("cpu", None)
+    detected = config.hook.pytest_lowprec_device(config=config)
+    if detected is None:
+        detected = probe_cuda()
+    elif not detected.is_cuda:
+        detected = None  # a conftest faking a machine without a GPU
+    try:
+        return select_device(gate.gpu, detected)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _check_worker_count(config: pytest.Config, device: DeviceInfo) -> None:
+    workers = getattr(config.option, "numprocesses", None)
+    if not device.is_cuda or not isinstance(workers, int) or workers <= 1:
+        return
+    if device.gpus > 1:
+        raise pytest.UsageError(
+            f"-n {workers} with --gpu {device.key}: each test of a multi-GPU run uses all {device.gpus} GPUs, "
+            "and an xdist worker is pinned to one; run it without -n"
+        )
+    import torch
+
+    gpus = visible_gpu_ids(dict(os.environ), torch.cuda.device_count())
+    if workers > len(gpus):
+        raise pytest.UsageError(_too_many_workers(workers, len(gpus)))
+
+
+def _fix_cpu_threads(threads: int) -> int:
+    """Run torch's CPU work on a fixed number of threads; returns the number it had, to restore."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return before
+
+
+def start_run(config: pytest.Config, *, named: bool) -> LowprecRun:
+    """The run's settings, device, baselines and CPU threads, once the run is known to use lowprec.
+
+    `named`: a lowprec option is on the command line, so this runs in pytest_configure, and on the
+    controller the worker count is checked against the GPUs before any worker starts."""
+    gate = _gate_config(config)
+    device = _detect(config, gate)
+    worker = hasattr(config, "workerinput")
+    if named and not worker:
+        _check_worker_count(config, device)
+    store = BaselineStore(gate.baselines_dir)
+    try:
+        entries = store.read(device.key)
+    except BaselineError as exc:
+        raise pytest.UsageError(f"pytest-lowprec: {exc}") from None
+    run = LowprecRun(config, gate, device, store, entries)
+    run.threads_before = _fix_cpu_threads(gate.cpu_threads)
+    if not worker:  # the controller (or a run without xdist) alone merges, writes and prints
+        config.pluginmanager.register(run, "lowprec-run")
+    return run
+
+
+def pin_worker_late(config: pytest.Config) -> None:
+    """An xdist worker of a run that named no lowprec option learns at collection that its tests use
+    lowprec: it takes its own GPU now, which works only while CUDA has not started in this process."""
+    import torch
+
+    visible = visible_gpu_ids(dict(os.environ), torch.cuda.device_count())
+    if not visible or "lowprec_gpus" in config.workerinput:
+        return
+    if torch.cuda.is_initialized():
+        raise pytest.UsageError(
+            "pytest-lowprec: CUDA started in this xdist worker before its tests were collected (a test module "
+            "or conftest touched a GPU at import), so the worker can no longer be pinned to a GPU of its own; "
+            "name a lowprec option (e.g. --gpu auto) to pin every worker when it starts")
+    workers = config.workerinput.get("workercount", 1)
+    if workers > len(visible):
+        raise pytest.UsageError(_too_many_workers(workers, len(visible)))
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for_worker(visible, config.workerinput["workerid"])
+
+
+def _too_many_workers(workers: int, gpus: int) -> str:
+    return (f"-n {workers} asks for {workers} workers but {gpus} GPU(s) are visible; workers sharing a GPU "
+            f"disturb each other's timings. Use -n {gpus} or fewer, or --gpu cpu (accuracy gates and CPU-timed "
+            "speedups; speed gates over CUDA work skip)")
+
+
 class LowprecRun:
     def __init__(self, pytest_config: pytest.Config, gate: GateConfig, device: DeviceInfo, store: BaselineStore,
                  entries: dict[str, dict]):
@@ -59,6 +209,7 @@ class LowprecRun:
         self.notes: list[str] = []  # what the update did besides recording: a folder created, a link followed
         self.lost_workers: list[str] = []  # xdist workers that went down without handing their records over
         self.reports: list[str] = []
+        self.threads_before: int | None = None  # torch's CPU threads before the run fixed them, to restore
         spec = spec_for(device.key)
         if spec is None and device.is_cuda:  # a GPU the registry does not name: its capability's rates
             spec = derived_spec(device, *probe_rates(device))
@@ -113,7 +264,7 @@ class LowprecRun:
     # -- hooks on the controller --------------------------------------------
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
-        payload = getattr(node, "workeroutput", {}).get(_WORKEROUTPUT_KEY)
+        payload = getattr(node, "workeroutput", {}).get(WORKEROUTPUT_KEY)
         if payload:
             for d in json.loads(payload):
                 self.add(TestRecord.from_dict(d))
@@ -132,11 +283,25 @@ class LowprecRun:
             "cpu_threads": self.gate.cpu_threads,
         }
 
+    def trace_note(self) -> str | None:
+        """What --lowprec-trace did, when it wrote nothing: traces come from CUDA speedups only."""
+        if self.gate.trace_dir is None:
+            return None
+        if any(t.file for r in self.records.values() for sides in r.traces.values() for t in sides.values()):
+            return None
+        why = (f"this run has no CUDA device (--gpu {self.device.key})" if not self.device.is_cuda
+               else "no test timed a speedup of CUDA work (device='cuda')")
+        return (f"lowprec: WARNING: --lowprec-trace {self.gate.trace_dir} did nothing: {why}; traces are taken "
+                "of CUDA speedups only")
+
     def write_reports(self) -> None:
         """Render what was decided; a report that cannot be written is said, and changes no outcome."""
-        wanted = [(self.gate.report_path, html.render), (self.gate.markdown_path, markdown.render)]
-        if not any(p for p, _ in wanted) and self.gate.csv_path is None:
+        if not (self.gate.report_path or self.gate.markdown_path or self.gate.csv_path):
             return
+        from .report import html, markdown  # jinja2 and pandas: only for a run that writes reports
+        from .report.rows import verdict_frame, write_csv
+
+        wanted = [(self.gate.report_path, html.render), (self.gate.markdown_path, markdown.render)]
         header, records = self.header(), list(self.records.values())
         for path, render in wanted:
             if path is not None:
@@ -165,6 +330,9 @@ class LowprecRun:
     def pytest_terminal_summary(self, terminalreporter) -> None:
         for line in self.reports:
             terminalreporter.write_line(line)
+        trace_note = self.trace_note()
+        if trace_note:
+            terminalreporter.write_line(terminal_text(trace_note), yellow=True, bold=True)
         for lost in self.lost_workers:
             terminalreporter.write_line(terminal_text(
                 f"lowprec: worker {lost}: it went down before handing over its records; its tests' verdicts are "
@@ -175,7 +343,9 @@ class LowprecRun:
         tr = terminalreporter
         path = self.store.path_for(self.device.key)
         tr.write_sep("=", f"lowprec gate on {self.device.key} ({self.device.name}), baselines {path}")
-        for line in summary_lines(sorted(self.records.values(), key=lambda r: r.nodeid)):
+        table = self.pytest_config.getoption("lowprec_table")
+        every = table == "all" or (table is None and self.pytest_config.get_verbosity() > 0)
+        for line in summary_lines(sorted(self.records.values(), key=lambda r: r.nodeid), every=every):
             tr.write_line(line)
         if not self.gate.update and not Path(self.store.directory).is_dir():
             tr.write_line(terminal_text(f"lowprec: WARNING: the baselines folder {self.store.directory} does not "
@@ -195,4 +365,4 @@ class LowprecRun:
 
 def publish_worker_records(config: pytest.Config, run: LowprecRun) -> None:
     """On an xdist worker: hand the records to the controller, which alone writes files."""
-    config.workeroutput[_WORKEROUTPUT_KEY] = json.dumps([r.to_dict() for r in run.records.values()])
+    config.workeroutput[WORKEROUTPUT_KEY] = json.dumps([r.to_dict() for r in run.records.values()])

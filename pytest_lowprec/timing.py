@@ -31,6 +31,10 @@ class Timer(Protocol):
     def state(self) -> dict | None: ...
 
 
+# (kind "cuda" or "cpu", the speedup call's timing options) -> the Timer for that speedup.
+TimerFactory = Callable[[str, dict], Timer]
+
+
 @dataclass(frozen=True)
 class SamplingPolicy:
     min_pairs: int = 30

@@ -4,8 +4,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch  # noqa: F401
 
+# The plugin imports numpy, torch, pandas and jinja2 only when a run uses it. pytester's inline runs drop
+# every module first imported inside them, and numpy cannot be imported twice in one process: this
+# process imports them once, up front, as a GPU user's run does when the gate starts.
 import pytest_lowprec
+import pytest_lowprec.recorder  # noqa: F401
+import pytest_lowprec.report.html  # noqa: F401
+import pytest_lowprec.session  # noqa: F401
 
 pytest_plugins = ["pytester"]
 

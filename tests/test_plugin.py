@@ -88,9 +88,9 @@ def test_gpu_key_on_a_machine_without_cuda_is_a_usage_error(gate, monkeypatch):
     result.stderr.fnmatch_lines(["*no CUDA device is visible; run with --gpu cpu*"])
 
 
-def test_passing_workload_passes_and_shows_in_the_summary_table(gate):
+def test_passing_workload_passes_and_every_verdict_shows_in_the_summary_table_under_v(gate):
     gemm(gate)
-    result = gate.runpytest()
+    result = gate.runpytest("-v")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([
         "*lowprec gate on h100 (NVIDIA H100 80GB HBM3)*",
@@ -551,7 +551,7 @@ def test_a_failed_baseline_write_is_one_error_and_every_report_is_still_written(
     monkeypatch.setattr("pytest_lowprec.baselines._hard_lock", read_only)
     gemm(gate)
     result = gate.runpytest("--lowprec-update", "--lowprec-report", "r.html", "--lowprec-csv", "v.csv",
-                            "--lowprec-markdown", "pr.md")
+                            "--lowprec-markdown", "pr.md", "--lowprec-table=all")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*lowprec gate on h100*", "*test_gemm[[]1024[]]*sqnr_db*",

@@ -103,13 +103,13 @@ def test_report_written_once_for_an_xdist_run(pytester):
 
 def test_a_trace_with_no_device_time_fails_its_test_loudly(gate):
     gate.makeconftest(CONFTEST + """
-import pytest_lowprec.recorder as recorder
+import pytest_lowprec.profiling as profiling
 from pytest_lowprec.profiling import SideTrace
 
 def no_cupti(side, fn, path):
     return SideTrace(side, [], 0.0, None, "the profiler recorded no device time for this call: CUPTI failed")
 
-recorder.profile_side = no_cupti
+profiling.profile_side = no_cupti
 """)
     result = gate.runpytest("--lowprec-trace", "traces", "-k", "1024", "--lowprec-report", "r.html")
     result.assert_outcomes(failed=1)
@@ -160,10 +160,10 @@ def test_trace_file_names_are_safe_for_shells_and_browsers(tmp_path):
 
 def test_an_eager_speedup_measured_after_a_trace_is_flagged(gate):
     gate.makeconftest(CONFTEST + """
-import pytest_lowprec.recorder as recorder
+import pytest_lowprec.profiling as profiling
 from pytest_lowprec.profiling import KernelRow, SideTrace
 
-recorder.profile_side = lambda side, fn, path: SideTrace(side, [KernelRow("k", 1, 5.0, 1.0)], 5.0, None, None)
+profiling.profile_side = lambda side, fn, path: SideTrace(side, [KernelRow("k", 1, 5.0, 1.0)], 5.0, None, None)
 """)
     gate.makepyfile(test_order="""
         def test_a_first(lowprec):
@@ -181,7 +181,7 @@ recorder.profile_side = lambda side, fn, path: SideTrace(side, [KernelRow("k", 1
 def test_pytest_html_shows_metrics_and_trace_links_in_its_table(gate):
     pytest.importorskip("pytest_html")
     gate.makeconftest(CONFTEST + """
-import pytest_lowprec.recorder as recorder
+import pytest_lowprec.profiling as profiling
 from pytest_lowprec.profiling import KernelRow, SideTrace
 
 def fake_profile(side, fn, path):
@@ -189,7 +189,7 @@ def fake_profile(side, fn, path):
     path.write_text("{}")
     return SideTrace(side, [KernelRow("k", 1, 5.0, 1.0)], 5.0, str(path), None)
 
-recorder.profile_side = fake_profile
+profiling.profile_side = fake_profile
 """)
     gate.runpytest("-k", "1024", "--html", "ph.html", "--self-contained-html", "--lowprec-trace", "traces")
     page = (gate.path / "ph.html").read_text()
@@ -255,14 +255,14 @@ def test_a_lone_surrogate_in_a_metric_name_still_writes_every_report(hostile):
 
 def test_trace_files_of_hostile_metric_names_stay_in_the_trace_folder(gate):
     gate.makeconftest(CONFTEST + """
-import pytest_lowprec.recorder as recorder
+import pytest_lowprec.profiling as profiling
 from pytest_lowprec.profiling import KernelRow, SideTrace
 
 def fake_profile(side, fn, path):
     path.write_text("{}")
     return SideTrace(side, [KernelRow("k", 1, 5.0, 1.0)], 5.0, str(path), None)
 
-recorder.profile_side = fake_profile
+profiling.profile_side = fake_profile
 """)
     gate.makepyfile(test_paths="""
         def test_paths(lowprec):

@@ -32,3 +32,18 @@ def test_more_workers_than_gpus_is_refused(pytester):
     result = pytester.runpytest_subprocess("-n", str(torch.cuda.device_count() + 1), "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*workers sharing a GPU disturb each other's timings*"])
+
+
+def test_a_run_that_names_no_lowprec_option_still_pins_each_worker_to_its_own_gpu(pytester):
+    pytest.importorskip("xdist")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.parametrize("i", range(8))
+        def test_where(lowprec, i, tmp_path_factory):
+            (tmp_path_factory.getbasetemp().parent.parent / f"where-{i}.txt").write_text(str(lowprec.gpu.uuid))
+            lowprec.accuracy("rel_l2", 0.01, max=0.05)
+    """)
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=8)
+    assert len({p.read_text() for p in pytester.path.rglob("where-*.txt")}) == 2

@@ -10,6 +10,9 @@ from ..names import terminal_text
 _HEADERS = ("metric", "value [interval]", "bound", "baseline", "delta", "ms base / opt (vs stored)", "verdict")
 # Failures first, then what the gate could not decide or had nothing to decide by, then the rest.
 ORDER = {Status.FAIL: 0, Status.INCONCLUSIVE: 1, Status.UNGATED: 2, Status.PASS: 3, Status.SKIP: 4}
+# What the session table lists by default: a verdict someone has to look at.
+PROBLEMS = (Status.FAIL, Status.INCONCLUSIVE, Status.UNGATED)
+_COUNT_ORDER = (Status.PASS, Status.FAIL, Status.INCONCLUSIVE, Status.UNGATED, Status.SKIP)
 
 
 def format_bytes(n: float) -> str:
@@ -95,19 +98,33 @@ def failure_message(nodeid: str, gpu: str, verdicts: Sequence[Verdict]) -> str:
     return "\n".join(terminal_text(line) for line in lines)
 
 
-def summary_lines(records: Iterable) -> list[str]:
-    """The session table: one row per verdict, failures first."""
-    rows = []
+def count_line(records: Sequence) -> str:
+    """'lowprec: 197 verdicts in 60 tests: 190 pass, 3 fail, 4 ungated; 2 improved': every status seen."""
+    verdicts = [v for rec in records for v in rec.verdicts]
+    counts = {status: sum(v.status == status for v in verdicts) for status in _COUNT_ORDER}
+    parts = [f"{n} {status.value}" for status, n in counts.items() if n]
+    improved = sum("improved" in v.flags for v in verdicts)
+    return (f"lowprec: {len(verdicts)} verdict{'s' if len(verdicts) != 1 else ''} in {len(records)} "
+            f"test{'s' if len(records) != 1 else ''}: {', '.join(parts) or 'none'}"
+            + (f"; {improved} improved" if improved else ""))
+
+
+def summary_lines(records: Sequence, *, every: bool = False) -> list[str]:
+    """The session table under its count line: failures first, then what the gate could not decide or had
+    nothing to decide by; passing and skipped verdicts too when `every` (-v, --lowprec-table=all)."""
+    rows, hidden = [], 0
     for rec in records:
         for v in rec.verdicts:
-            rows.append((ORDER[v.status], rec.nodeid, [rec.nodeid, ",".join(rec.precision)] + verdict_row(v),
-                         v.reasons[0] if v.status == Status.SKIP and v.reasons else None))
+            if not every and v.status not in PROBLEMS:
+                hidden += 1
+            else:
+                rows.append((ORDER[v.status], rec.nodeid, [rec.nodeid, ",".join(rec.precision)] + verdict_row(v)))
     rows.sort(key=lambda r: (r[0], r[1]))
-    headers = ("test", "precision") + _HEADERS
-    return table(headers, (r[2] for r in rows)) + _skip_notes(rows)
-
-
-def _skip_notes(rows) -> list[str]:
-    reasons = sorted({r[3] for r in rows if r[3]})
-    return [terminal_text(f"skipped: {reason}") for reason in reasons]
-
+    lines = [count_line(records)]
+    if rows:
+        lines += table(("test", "precision") + _HEADERS, (r[2] for r in rows))
+    if hidden:
+        lines.append(f"({hidden} passing or skipped verdict{'s' if hidden != 1 else ''} not listed: "
+                     "-v or --lowprec-table=all lists every verdict)")
+    reasons = sorted({v.reasons[0] for rec in records for v in rec.verdicts if v.status == Status.SKIP and v.reasons})
+    return lines + [terminal_text(f"skipped: {reason}") for reason in reasons]
