@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kv_compression import CacheShape, cache_bytes, kv_data, largest_batch, store
 
+from lowprec_workloads.kv_compression import CacheShape, cache_bytes, kv_data, largest_batch, store
 from pytest_lowprec.formats import bounds
 from pytest_lowprec.formats.metrics import cosine, sqnr_db
 
