@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pytest_lowprec import precisions
 from pytest_lowprec.formats import bounds
 from pytest_lowprec.formats.fp8 import dequantize, quantize_blockwise, quantize_rowwise, quantize_tensorwise
 from pytest_lowprec.formats.metrics import sqnr_db
@@ -48,19 +49,20 @@ def _nvfp4(tile):
     return qdq
 
 
-# name (a key of bounds.EXPECTED_QDQ_SQNR_DB) -> (precision marker, quantize-dequantize returning (y, bytes))
+# name (a key of bounds.EXPECTED_QDQ_SQNR_DB) -> quantize-dequantize returning (y, bytes); the precision
+# registry says which precision marks each.
 FORMATS = {
-    "fp8_e4m3_tensorwise": ("fp8", _fp8(quantize_tensorwise)),
-    "fp8_e4m3_rowwise": ("fp8", _fp8(quantize_rowwise)),
-    "fp8_e4m3_1x128": ("fp8", _fp8(quantize_blockwise)),
-    "fp8_e5m2_tensorwise": ("fp8", _fp8(quantize_tensorwise, torch.float8_e5m2)),
-    "mxfp8": ("mxfp8", _mx("mxfp8")),
-    "mxfp8_e5m2": ("mxfp8", _mx("mxfp8_e5m2")),
-    "mxfp6": ("mxfp6", _mx("mxfp6")),
-    "mxfp6_e3m2": ("mxfp6", _mx("mxfp6_e3m2")),
-    "mxfp4": ("mxfp4", _mx("mxfp4")),
-    "nvfp4": ("nvfp4", _nvfp4((1, 16))),
-    "nvfp4_2d": ("nvfp4", _nvfp4((16, 16))),
+    "fp8_e4m3_tensorwise": _fp8(quantize_tensorwise),
+    "fp8_e4m3_rowwise": _fp8(quantize_rowwise),
+    "fp8_e4m3_1x128": _fp8(quantize_blockwise),
+    "fp8_e5m2_tensorwise": _fp8(quantize_tensorwise, torch.float8_e5m2),
+    "mxfp8": _mx("mxfp8"),
+    "mxfp8_e5m2": _mx("mxfp8_e5m2"),
+    "mxfp6": _mx("mxfp6"),
+    "mxfp6_e3m2": _mx("mxfp6_e3m2"),
+    "mxfp4": _mx("mxfp4"),
+    "nvfp4": _nvfp4((1, 16)),
+    "nvfp4_2d": _nvfp4((16, 16)),
 }
 
 
@@ -74,10 +76,10 @@ def _data(kind: str, device: str) -> torch.Tensor:
 
 @pytest.mark.lowprec
 @pytest.mark.parametrize("data", ["normal", "outliers"])
-@pytest.mark.parametrize("fmt", [pytest.param(name, marks=pytest.mark.lowprec(precision=spec[0]))
-                                 for name, spec in FORMATS.items()])
+@pytest.mark.parametrize("fmt", [pytest.param(f, marks=pytest.mark.lowprec(precision=precisions.of_format(f).name))
+                                 for f in FORMATS])
 def test_quantize_dequantize_accuracy(lowprec, fmt, data):
-    _, qdq = FORMATS[fmt]
+    qdq = FORMATS[fmt]
     x = _data(data, lowprec.device)
     lowprec.signature(shape=f"{SIZE}x{SIZE}", data=data, seed=1234)
     y, nbytes = qdq(x)
