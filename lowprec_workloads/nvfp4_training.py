@@ -1,6 +1,6 @@
 """NVFP4 training: the FP8 suite's block stack with NVFP4 linears, after an FP8 warm-up.
 
-The recipe (NVIDIA, "Pretraining Large Language Models with NVFP4", 2025; REFERENCE.md): every
+The recipe (NVIDIA, "Pretraining Large Language Models with NVFP4", 2025): every
 operand of a linear's three GEMMs in NVFP4 (E2M1 elements, an E4M3 scale per 16 along the
 reduction, a float32 scale per tensor), and
   - weights in 16x16 tiles, so the forward's W and the data gradient's W.T hold the same values;

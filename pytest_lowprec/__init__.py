@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .gate import Margin, SpeedupTolerance, Verdict
-from .recorder import Recorder, TestRecord
+from .recorder import Recorder, WorkloadRecord
 
-__all__ = ["Margin", "Recorder", "SpeedupTolerance", "TestRecord", "Verdict"]
+__all__ = ["Margin", "Recorder", "SpeedupTolerance", "WorkloadRecord", "Verdict"]
 __version__ = "0.1.0"

@@ -21,7 +21,7 @@ from .gate import SpeedupTolerance, Status
 from .hardware import DeviceInfo, gpu_count_mismatch, gpu_for_worker, probe_cuda, select_device, visible_gpu_ids
 from .names import xml_text
 from .profiling import nvtx_range
-from .recorder import Recorder, TestRecord
+from .recorder import Recorder, WorkloadRecord
 from .report.pytest_html import html_cell
 from .report.terminal import failure_message
 from .session import LowprecRun, publish_worker_records
@@ -29,7 +29,7 @@ from .timing import SamplingPolicy, default_timer
 
 RUN_KEY = pytest.StashKey[LowprecRun]()
 RECORDER_KEY = pytest.StashKey[Recorder]()
-RECORD_KEY = pytest.StashKey[TestRecord]()
+RECORD_KEY = pytest.StashKey[WorkloadRecord]()
 THREADS_KEY = pytest.StashKey[int]()
 _MARKER_ARGS = {"precision", "device", "gpus"}
 

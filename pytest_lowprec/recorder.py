@@ -79,7 +79,7 @@ class SharedState:
 
 
 @dataclass
-class TestRecord:
+class WorkloadRecord:
     """What one test leaves behind: verdicts for the gate and report, metrics for the baseline file."""
 
     nodeid: str
@@ -117,7 +117,7 @@ class TestRecord:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> TestRecord:
+    def from_dict(cls, d: dict) -> WorkloadRecord:
         return cls(
             nodeid=d["nodeid"],
             precision=tuple(d["precision"]),
@@ -421,9 +421,9 @@ class Recorder:
         return trace
 
     # -- what the plugin calls ----------------------------------------------
-    def finish(self) -> TestRecord:
+    def finish(self) -> WorkloadRecord:
         """Judge every observation against the (now complete) signature's baseline."""
-        record = TestRecord(self.nodeid, self.precision, dict(self._signature),
+        record = WorkloadRecord(self.nodeid, self.precision, dict(self._signature),
                             timed_s=self._timed_s, timer_wall_s=self._timer_wall_s, traces=self._traces,
                             device=self._device.to_dict())
         for obs in self._observations:

@@ -19,7 +19,7 @@ from .baselines import BaselineError, BaselineStore
 from .config import GateConfig
 from .hardware import DeviceInfo, derived_spec, probe_rates, software_fingerprint, spec_for
 from .names import terminal_text
-from .recorder import SharedState, TestRecord
+from .recorder import SharedState, WorkloadRecord
 from .report import html, markdown
 from .report.rows import verdict_frame, write_csv
 from .report.terminal import summary_lines
@@ -53,7 +53,7 @@ class LowprecRun:
         self.device = device
         self.store = store
         self.entries = entries
-        self.records: dict[str, TestRecord] = {}
+        self.records: dict[str, WorkloadRecord] = {}
         self.written: tuple[Path, int] | None = None
         self.write_error: str | None = None
         self.notes: list[str] = []  # what the update did besides recording: a folder created, a link followed
@@ -65,7 +65,7 @@ class LowprecRun:
         self.shared = SharedState(spec=spec, ceilings=ceilings_for(spec, ceiling_metrics(entries)))
 
     # -- records ------------------------------------------------------------
-    def add(self, record: TestRecord) -> None:
+    def add(self, record: WorkloadRecord) -> None:
         self.records[record.nodeid] = record
         if not hasattr(self.pytest_config, "workerinput"):
             self.pytest_config.hook.pytest_lowprec_record(config=self.pytest_config, record=record)
@@ -73,7 +73,7 @@ class LowprecRun:
     def baseline_entry(self, nodeid: str) -> dict | None:
         return self.entries.get(nodeid)
 
-    def _entry(self, record: TestRecord, header: dict) -> dict:
+    def _entry(self, record: WorkloadRecord, header: dict) -> dict:
         return {
             "recorded": header["date"],
             "commit": header["commit"],
@@ -116,7 +116,7 @@ class LowprecRun:
         payload = getattr(node, "workeroutput", {}).get(_WORKEROUTPUT_KEY)
         if payload:
             for d in json.loads(payload):
-                self.add(TestRecord.from_dict(d))
+                self.add(WorkloadRecord.from_dict(d))
         elif error is not None:
             self.lost_workers.append(f"{node.gateway.id}: {error}")
 
