@@ -10,11 +10,25 @@ importable, the session installs torch==2.13.0, the CPU wheel.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import nox
 
 nox.options.sessions = ["tests", "lint"]
-# Each precision session runs the suites' tests marked with these precisions.
-PRECISIONS = {"fp8": "fp8,mxfp8", "fp6": "fp6,mxfp6", "fp4": "fp4,mxfp4", "nvfp4": "nvfp4"}
+
+
+def _registry() -> ModuleType:
+    """This checkout's precision registry, read by path: nox's interpreter need not have the package (or
+    numpy) installed, and an installed copy may be another checkout's."""
+    spec = importlib.util.spec_from_file_location("_lowprec_precisions",
+                                                  Path(__file__).parent / "pytest_lowprec" / "precisions.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
 
 
 def _install(session: nox.Session) -> None:
@@ -27,17 +41,20 @@ def _install(session: nox.Session) -> None:
 
 def _suites(session: nox.Session, precisions: str | None) -> None:
     _install(session)
-    args = ["pytest", "suites/", "-p", "no:cacheprovider"]
+    # `python -m pytest`: the venv's interpreter, which sees this checkout's install. A bare `pytest` may be a
+    # script from PATH (the venv reuses the system's site-packages and so may have no script of its own).
+    args = ["python", "-m", "pytest", "suites/", "-p", "no:cacheprovider"]
     if precisions:
         args += ["--lowprec-precision", precisions]
     session.run(*args, *session.posargs)
 
 
-for _name, _precisions in PRECISIONS.items():
-    def _session(session: nox.Session, precisions: str = _precisions) -> None:
+# One session per nox session the registry names, over the suites' tests marked with its precisions.
+for _name, _names in _registry().sessions().items():
+    def _session(session: nox.Session, precisions: str = ",".join(_names)) -> None:
         _suites(session, precisions)
 
-    _session.__doc__ = f"suites/ tests marked {_precisions} (pass --gpu KEY and other pytest options after --)"
+    _session.__doc__ = f"suites/ tests marked {','.join(_names)} (pass --gpu KEY and other pytest options after --)"
     nox.session(name=_name, venv_params=["--system-site-packages"])(_session)
 
 
@@ -51,7 +68,7 @@ def suites(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The plugin's own tests (CPU)."""
     _install(session)
-    session.run("pytest", "tests/", "-p", "no:cacheprovider", *session.posargs)
+    session.run("python", "-m", "pytest", "tests/", "-p", "no:cacheprovider", *session.posargs)
 
 
 @nox.session

@@ -14,10 +14,9 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, "suites")
+import torch
 
-import torch  # noqa: E402
-from fp8_training import E4M3, GEMMS, Fp8Recipe, Shape, pair, train  # noqa: E402
+from lowprec_workloads.fp8_training import E4M3, GEMMS, Fp8Recipe, Shape, pair, train
 
 VARIANTS = [
     Fp8Recipe(),

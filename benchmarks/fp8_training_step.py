@@ -5,7 +5,7 @@
     python benchmarks/fp8_training_step.py --profile  # device time per kernel of one BF16 and one FP8 step
 
 The chapter's shape (two blocks, d=4096, 4096 tokens), AdamW fused (both models). Step variants of
-FP8 (suites/fp8_training.py): its eager quantizers (the step before the Triton quantizer), the Triton
+FP8 (lowprec_workloads/fp8_training.py): its eager quantizers (the step before the Triton quantizer), the Triton
 quantizer that writes both layouts in one pass (the suite's path: weights scaled by the previous
 step's amax), the weights by their current amax (an extra amax pass over them), fast accumulation in
 the weight gradient too, and both models under torch.compile. Each timed three ways (see _times): as
@@ -20,19 +20,14 @@ import dataclasses
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "suites"))
-
-import fp8_training  # noqa: E402
-from fp8_training import E4M3, E5M2, RECIPE, Shape, batch, pair  # noqa: E402
-from stream_overlap import cuda_event_times_ms  # noqa: E402
-
-from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm  # noqa: E402
-from pytest_lowprec.hardware import probe_cuda  # noqa: E402
-from pytest_lowprec.timing import CudaEventTimer  # noqa: E402
+from lowprec_workloads import fp8_training
+from lowprec_workloads.fp8_training import E4M3, E5M2, RECIPE, Shape, batch, pair
+from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
+from pytest_lowprec.hardware import probe_cuda
+from pytest_lowprec.timing import CudaEventTimer, cuda_event_times_ms
 
 SHAPE = Shape(d=4096, blocks=2, tokens=4096, steps=1, lr=3e-4)
 
@@ -64,9 +59,9 @@ def _times(timer: CudaEventTimer, step, bf16, fp8) -> dict[str, tuple[float, flo
 def steps() -> None:
     device = probe_cuda()
     timer = CudaEventTimer(device.index, l2_bytes=device.l2_bytes, uuid=device.uuid)
-    triton_quantize = fp8_training._quantize
+    triton_quantize = fp8_training.quantize_operand
     variants = [  # name, quantizer, recipe, compiled
-        ("eager quantizers", fp8_training._quantize_eager, RECIPE, False),
+        ("eager quantizers", fp8_training.quantize_operand_eager, RECIPE, False),
         ("triton quantizer (suite)", triton_quantize, RECIPE, False),
         ("weights by current amax", triton_quantize, dataclasses.replace(RECIPE, weight_amax="current"), False),
         ("+ fast accum wgrad", triton_quantize, dataclasses.replace(RECIPE, fast_accum=("fprop", "wgrad")), False),
@@ -75,7 +70,7 @@ def steps() -> None:
     print(f"device: {device.name}, torch {torch.__version__}; ms per step (bf16 / fp8) and speedup")
     print(f"{'fp8 variant':28} {'steady':>22} {'synced each step':>22} {'host issue':>14}")
     for name, quantize, recipe, compiled in variants:
-        fp8_training._quantize = quantize
+        fp8_training.quantize_operand = quantize
         bf16, fp8, teacher = pair(SHAPE, "cuda")
         fp8.set_fp8(True, recipe)
         x, y = batch(0, SHAPE, teacher, "cuda", None)
@@ -87,7 +82,7 @@ def steps() -> None:
             print(f"{name:28} failed: {type(error).__name__}: {str(error)[:200]}")
             continue
         finally:
-            fp8_training._quantize = triton_quantize
+            fp8_training.quantize_operand = triton_quantize
         cells = [f"{t[k][0]:6.2f} / {t[k][1]:5.2f} {t[k][0] / t[k][1]:5.3f}x" for k in ("steady", "synced")]
         print(f"{name:28} {cells[0]:>22} {cells[1]:>22} {t['host'][0]:6.2f} / {t['host'][1]:5.2f}", flush=True)
         del bf16, fp8, teacher, models, step

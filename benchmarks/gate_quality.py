@@ -29,11 +29,11 @@ import threading
 import time
 from pathlib import Path
 
+# A script run from anywhere: python puts its own folder, benchmarks/, first on sys.path.
+import gate_quality_analysis as analysis
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(HERE), str(ROOT)]
-
-import gate_quality_analysis as analysis  # noqa: E402
 
 FLOORS = [0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05]
 

@@ -9,27 +9,24 @@ from __future__ import annotations
 import ctypes
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "suites"))
-from nvfp4_gemm import CudaKernels, linear  # noqa: E402
-
-from pytest_lowprec.formats.nvfp4 import quantize_nvfp4  # noqa: E402
-from pytest_lowprec.kernels import Target  # noqa: E402
+from lowprec_workloads.kernels import Target
+from lowprec_workloads.nvfp4_gemm import CudaKernels, linear
+from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
 
 N = K = 8192
 SAMPLES = 300
+HERE = Path(__file__).resolve().parent
 
 
 def build(capability: tuple[int, int]) -> ctypes.CDLL:
     so = Path(tempfile.mkdtemp()) / "gemv_variants.so"
     subprocess.run(["nvcc", "-O3", "-std=c++17", Target(*capability).gencode, "-shared", "-Xcompiler", "-fPIC",
-                    "-o", str(so), str(ROOT / "benchmarks" / "gemv_variants.cu")], check=True)
+                    "-o", str(so), str(HERE / "gemv_variants.cu")], check=True)
     lib = ctypes.CDLL(str(so))
     lib.variant_name.restype = ctypes.c_char_p
     return lib

@@ -4,7 +4,7 @@ with one part taken away or changed, each against the same BF16 run.
     python benchmarks/nvfp4_training_ablation.py [--d 4096] [--blocks 2] [--steps 150] [--lr 3e-4]
                                                  [--only NAME ...] [--seeds 0 1 2]
 
-Every run trains a copy of the same student on the same batches (suites/nvfp4_training.py) and
+Every run trains a copy of the same student on the same batches (lowprec_workloads/nvfp4_training.py) and
 prints its final-loss gap (training loss, mean of the last 20 steps), its held-out loss gap (every
 linear in bfloat16 on batches no run trained on), FP8 warm-up length and wall time. `--seeds` repeats
 each variant with other seeds of its stochastic rounding and RHT signs (same weights, data and steps):
@@ -17,14 +17,19 @@ import argparse
 import dataclasses
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "suites"))
-
-from fp8_training import Shape  # noqa: E402
-from nvfp4_training import NAIVE, RECIPE, Calibration, students, train_bf16, train_nvfp4, training_path  # noqa: E402
+from lowprec_workloads.fp8_training import Shape
+from lowprec_workloads.nvfp4_training import (
+    NAIVE,
+    RECIPE,
+    Calibration,
+    students,
+    train_bf16,
+    train_nvfp4,
+    training_path,
+)
 
 VARIANTS = {
     "recipe": (RECIPE, Calibration()),

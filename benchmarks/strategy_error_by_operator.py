@@ -2,7 +2,7 @@
 
     python benchmarks/strategy_error_by_operator.py [--device cuda] [--shape small|large]
 
-Runs the mixed-precision suite's decode step (suites/transformer_block.py) with one operator
+Runs the mixed-precision suite's decode step (lowprec_workloads/transformer_block.py) with one operator
 group changed at a time from the 16-bit strategy, and prints the logits' SQNR and KL against
 float32 on the same weights. A benchmark, not a test: it asserts nothing.
 """
@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "suites"), str(ROOT)]
+import torch
 
-import torch  # noqa: E402
-from test_mixed_precision import LARGE, SMALL  # noqa: E402
-from transformer_block import DecodeStep, Weights, logit_errors  # noqa: E402
-
-from pytest_lowprec.formats.metrics import sqnr_db  # noqa: E402
-from pytest_lowprec.strategies import custom, strategy  # noqa: E402
+from lowprec_workloads.strategies import custom, strategy
+from lowprec_workloads.transformer_block import LARGE, SMALL, DecodeStep, Weights, logit_errors
+from pytest_lowprec.formats.metrics import sqnr_db
 
 GROUPS = {
     "attention projections fp8": {op: "fp8" for op in ("q_proj", "k_proj", "v_proj", "o_proj")},
@@ -42,7 +37,7 @@ def main(argv: list[str]) -> int:
     shape = SMALL if args.shape == "small" else LARGE
     cuda = None
     if args.device.startswith("cuda"):
-        from nvfp4_gemm import CudaKernels
+        from lowprec_workloads.nvfp4_gemm import CudaKernels
 
         cuda = CudaKernels(torch.device(args.device))
     weights = Weights.random(shape, args.device, seed=11)

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "suites"))
-from fp8_training import LossScaler, Shape, Stack, batch, objective  # noqa: E402
+from lowprec_workloads.fp8_training import LossScaler, Shape, Stack, batch, objective
 
 
 def run(shape: Shape, fp8: bool, lr: float, shuffle: bool, device: str, seed: int = 0) -> list[float]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["Margin", "Recorder", "SpeedupTolerance", "TestRecord", "Verdict"]
+__all__ = ["Margin", "Recorder", "SpeedupTolerance", "WorkloadRecord", "Verdict"]
 __version__ = "0.1.0"
 
 # The plugin loads in every pytest run of the environment, and this package with it: the public names
 # are imported on first access (PEP 562), so a run that never uses lowprec never imports numpy or torch.
 _HOMES = {"Margin": "gate", "SpeedupTolerance": "gate", "Verdict": "gate", "Recorder": "recorder",
-          "TestRecord": "recorder"}
+          "WorkloadRecord": "recorder"}
 
 
 def __getattr__(name: str) -> object:

@@ -8,22 +8,19 @@ from pathlib import Path
 
 from .gate import SpeedupTolerance
 from .hardware import validate_key
+from .precisions import NAMES
 from .timing import SamplingPolicy
-
-PRECISIONS: tuple[str, ...] = (
-    "fp8", "fp6", "fp4", "nvfp4", "mxfp8", "mxfp6", "mxfp4", "int8", "int4", "bf16", "fp16",
-)
 
 
 def parse_precisions(text: str) -> frozenset[str]:
     """'fp8,nvfp4' -> {'fp8', 'nvfp4'}; an unknown name is a ValueError listing the valid ones."""
     names = [p.strip().lower() for p in text.split(",") if p.strip()]
     if not names:
-        raise ValueError(f"empty precision list; valid precisions: {', '.join(PRECISIONS)}")
-    unknown = [n for n in names if n not in PRECISIONS]
+        raise ValueError(f"empty precision list; valid precisions: {', '.join(NAMES)}")
+    unknown = [n for n in names if n not in NAMES]
     if unknown:
         raise ValueError(
-            f"unknown precision {', '.join(map(repr, unknown))}; valid precisions: {', '.join(PRECISIONS)}"
+            f"unknown precision {', '.join(map(repr, unknown))}; valid precisions: {', '.join(NAMES)}"
         )
     return frozenset(names)
 
@@ -88,8 +85,8 @@ class GateConfig:
         if isinstance(self.cpu_threads, bool) or not isinstance(self.cpu_threads, int) or self.cpu_threads < 1:
             raise ValueError(f"cpu threads must be a whole number >= 1, got {self.cpu_threads!r}")
         if self.precisions is not None:
-            unknown = set(self.precisions) - set(PRECISIONS)
+            unknown = set(self.precisions) - set(NAMES)
             if unknown:
-                raise ValueError(f"unknown precisions {sorted(unknown)}; valid: {', '.join(PRECISIONS)}")
+                raise ValueError(f"unknown precisions {sorted(unknown)}; valid: {', '.join(NAMES)}")
         if not 0.5 <= self.confidence < 1.0:
             raise ValueError(f"confidence must lie in [0.5, 1), got {self.confidence}")

@@ -13,6 +13,8 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
+from . import precisions
+
 
 @dataclass(frozen=True)
 class GpuSpec:
@@ -32,7 +34,8 @@ class GpuSpec:
     measured_on: str = ""
 
     def tflops(self, unit: str) -> float | None:
-        """Dense rate of a math unit; FP6 runs at FP8's rate where the chip has FP4 units (Blackwell)."""
+        """Dense rate of a math unit; FP6 runs at FP8's rate where the chip has FP4 units (Blackwell, whose
+        generation has both in precisions.GENERATIONS): no datasheet gives FP6 a figure of its own."""
         if unit == "fp6":
             return self.fp8_tflops if self.fp4_tflops else None
         return {"bf16": self.bf16_tflops, "fp8": self.fp8_tflops, "fp4": self.fp4_tflops,
@@ -72,18 +75,19 @@ GPU_SPECS: tuple[GpuSpec, ...] = (
     GpuSpec("rtx4090", r"rtx 4090", 165.2, 330.3, None, 1008.0, fp32_tflops=82.6, link_gbps=32.0),
 )
 
-# Dense tensor-core FLOPs per clock per SM by compute capability (bf16, fp8, fp4), the generation's
-# figure that its datasheets imply (rate / SMs / boost clock): A100 312 T / 108 / 1.41 GHz = 2048;
-# H100 989 T / 132 / 1.83 GHz = 4096; B200 2250 T / 148 / 1.86 GHz = 8192; consumer parts (8.9, 12.x)
-# at their float32-accumulate rate. For a GPU that is not in GPU_SPECS, with its SM count and clock.
-_PER_SM_CLOCK: dict[tuple[int, int], tuple[float, float | None, float | None]] = {
-    (8, 0): (2048.0, None, None),
-    (8, 6): (512.0, None, None),
-    (8, 9): (1024.0, 2048.0, None),
-    (9, 0): (4096.0, 8192.0, None),
-    (10, 0): (8192.0, 16384.0, 32768.0),
-    (10, 3): (8192.0, 16384.0, 49152.0),
-    (12, 0): (512.0, 1024.0, 2048.0),
+# Dense tensor-core FLOPs per clock per SM by compute capability and unit, the generation's figure that
+# its datasheets imply (rate / SMs / boost clock): A100 312 T / 108 / 1.41 GHz = 2048; H100 989 T / 132 /
+# 1.83 GHz = 4096; B200 2250 T / 148 / 1.86 GHz = 8192; consumer parts (8.9, 12.x) at their float32-accumulate
+# rate. For a GPU that is not in GPU_SPECS, with its SM count and clock. Which units a generation has is
+# the precision registry's (precisions.GENERATIONS); a unit it lacks gets no rate.
+_PER_SM_CLOCK: dict[tuple[int, int], dict[str, float]] = {
+    (8, 0): {"bf16": 2048.0},
+    (8, 6): {"bf16": 512.0},
+    (8, 9): {"bf16": 1024.0, "fp8": 2048.0},
+    (9, 0): {"bf16": 4096.0, "fp8": 8192.0},
+    (10, 0): {"bf16": 8192.0, "fp8": 16384.0, "fp4": 32768.0},
+    (10, 3): {"bf16": 8192.0, "fp8": 16384.0, "fp4": 49152.0},
+    (12, 0): {"bf16": 512.0, "fp8": 1024.0, "fp4": 2048.0},
 }
 # CUDA-core float32 FLOPs per clock per SM: 256 (128 FMA lanes; H100 67 T / 132 / 1.98 GHz) on every
 # generation since GA10x and Hopper, 128 on the A100 (19.5 T / 108 / 1.41 GHz).
@@ -120,10 +124,12 @@ def derived_spec(device: DeviceInfo, sm_clock_mhz: float | None, memory_gbps: fl
     if device.capability is None or device.sm_count is None or sm_clock_mhz is None:
         return None
     per_clock = _PER_SM_CLOCK.get(tuple(device.capability))
-    if per_clock is None:
+    generation = precisions.generation(tuple(device.capability))
+    if per_clock is None or generation is None:
         return None
     scale = device.sm_count * sm_clock_mhz * 1e6 / 1e12
-    bf16, fp8, fp4 = (r * scale if r else None for r in per_clock)
+    bf16, fp8, fp4 = (per_clock[unit] * scale if unit in generation.units and unit in per_clock else None
+                      for unit in ("bf16", "fp8", "fp4"))
     fp32 = _FP32_PER_SM_CLOCK.get(tuple(device.capability), 256.0) * scale
     major, minor = device.capability
     return GpuSpec(device.key, "", bf16, fp8, fp4, memory_gbps or 0.0, fp32_tflops=fp32,

@@ -19,13 +19,13 @@ from .report.pytest_html import html_cell
 
 if TYPE_CHECKING:
     from .hardware import DeviceInfo
-    from .record import TestRecord  # noqa: F401 - names a StashKey's type
+    from .record import WorkloadRecord  # noqa: F401 - names a StashKey's type
     from .recorder import Recorder
     from .session import LowprecRun
 
 RUN_KEY = pytest.StashKey["LowprecRun"]()
 RECORDER_KEY = pytest.StashKey["Recorder"]()
-RECORD_KEY = pytest.StashKey["TestRecord"]()
+RECORD_KEY = pytest.StashKey["WorkloadRecord"]()
 MARKER_KEY = pytest.StashKey["dict | None"]()  # the lowprec marker's arguments, parsed once per item
 _MARKER_ARGS = {"precision", "device", "gpus"}
 # Every option's dest: one given on the command line means the run uses lowprec from its start.

@@ -1,7 +1,7 @@
 """NVTX ranges around timed work, and profiler traces of one extra, untimed iteration.
 
 Profiling never runs inside the timed loop: a profiler costs 1-2 us per op and
-changed one speedup from 2.19x to 1.87x in another tool (REFERENCE.md). A trace
+changed one speedup from 2.19x to 1.87x in another tool's measurement. A trace
 comes from a separate call of each side under torch.profiler.
 """
 

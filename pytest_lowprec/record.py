@@ -10,7 +10,7 @@ from .profiling import SideTrace
 
 
 @dataclass
-class TestRecord:
+class WorkloadRecord:
     """What one test leaves behind: verdicts for the gate and report, metrics for the baseline file."""
 
     nodeid: str
@@ -48,7 +48,7 @@ class TestRecord:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> TestRecord:
+    def from_dict(cls, d: dict) -> WorkloadRecord:
         return cls(
             nodeid=d["nodeid"],
             precision=tuple(d["precision"]),

@@ -16,7 +16,7 @@ from .gate import Kind, Margin, SpeedupTolerance, Verdict
 from .hardware import DeviceInfo, base_key
 from .measure import SpeedResult, measure_gated_speedup
 from .profiling import NvtxRanges, SideTrace, SpeedTraces, match_kernels, nvtx_range
-from .record import TestRecord
+from .record import WorkloadRecord
 from .roofline import Expectation, Work
 from .state import SharedState
 from .timing import TimerFactory
@@ -221,9 +221,9 @@ class Recorder:
         return trace
 
     # -- what the plugin calls ----------------------------------------------
-    def finish(self) -> TestRecord:
+    def finish(self) -> WorkloadRecord:
         """Judge every observation against the (now complete) signature's baseline."""
-        record = TestRecord(self.nodeid, self.precision, dict(self._signature),
+        record = WorkloadRecord(self.nodeid, self.precision, dict(self._signature),
                             timed_s=self._timed_s, timer_wall_s=self._timer_wall_s, traces=self._traces.taken,
                             device=self._device.to_dict())
         for obs in self._observations:

@@ -17,30 +17,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .hardware import GpuSpec
+from .precisions import UNITS, unit_for  # noqa: F401 - unit_for: the recorder asks it here
 
 CEILING_PREFIX = "ceiling."
 COPY_METRIC = "ceiling.copy_tb_per_s"
 GEMM_METRIC = "ceiling.gemm_tflops."
 LAUNCH_METRIC = "ceiling.launch_us"
 LINK_METRIC = "ceiling.h2d_gb_per_s"
-UNITS = ("fp4", "fp6", "fp8", "bf16", "fp32")
 # One kernel's cost beyond its bytes and FLOPs (launch, ramp-up, tail) where no GPU-specific measurement
 # exists: the H200 measured 1.06 us per one-element kernel replayed back to back from a CUDA graph
 # (suites/test_roofline.py, 2026-11-30); a GPU without its own measurement is given 1.5 us and the
 # prediction says "default launch".
 DEFAULT_LAUNCH_US = 1.5
-
-
-def unit_for(precisions: Iterable[str]) -> str:
-    """The math unit the narrowest of these precisions uses: fp4, fp6, fp8 or bf16."""
-    names = set(precisions)
-    if names & {"nvfp4", "fp4", "mxfp4"}:
-        return "fp4"
-    if names & {"mxfp6", "fp6"}:
-        return "fp6"
-    if names & {"fp8", "mxfp8", "int8"}:
-        return "fp8"
-    return "bf16"
 
 
 @dataclass(frozen=True)

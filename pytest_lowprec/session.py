@@ -31,7 +31,7 @@ from .hardware import (
     visible_gpu_ids,
 )
 from .names import terminal_text
-from .record import TestRecord
+from .record import WorkloadRecord
 from .report.terminal import summary_lines
 from .roofline import ceiling_metrics, ceilings_for
 from .state import SharedState
@@ -203,7 +203,7 @@ class LowprecRun:
         self.device = device
         self.store = store
         self.entries = entries
-        self.records: dict[str, TestRecord] = {}
+        self.records: dict[str, WorkloadRecord] = {}
         self.written: tuple[Path, int] | None = None
         self.write_error: str | None = None
         self.notes: list[str] = []  # what the update did besides recording: a folder created, a link followed
@@ -216,7 +216,7 @@ class LowprecRun:
         self.shared = SharedState(spec=spec, ceilings=ceilings_for(spec, ceiling_metrics(entries)))
 
     # -- records ------------------------------------------------------------
-    def add(self, record: TestRecord) -> None:
+    def add(self, record: WorkloadRecord) -> None:
         self.records[record.nodeid] = record
         if not hasattr(self.pytest_config, "workerinput"):
             self.pytest_config.hook.pytest_lowprec_record(config=self.pytest_config, record=record)
@@ -224,7 +224,7 @@ class LowprecRun:
     def baseline_entry(self, nodeid: str) -> dict | None:
         return self.entries.get(nodeid)
 
-    def _entry(self, record: TestRecord, header: dict) -> dict:
+    def _entry(self, record: WorkloadRecord, header: dict) -> dict:
         return {
             "recorded": header["date"],
             "commit": header["commit"],
@@ -267,7 +267,7 @@ class LowprecRun:
         payload = getattr(node, "workeroutput", {}).get(WORKEROUTPUT_KEY)
         if payload:
             for d in json.loads(payload):
-                self.add(TestRecord.from_dict(d))
+                self.add(WorkloadRecord.from_dict(d))
         elif error is not None:
             self.lost_workers.append(f"{node.gateway.id}: {error}")
 

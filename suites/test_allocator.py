@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from allocator import allocate_with_retry, compact, device_free_space, fragment, free_space
+
+from lowprec_workloads.allocator import allocate_with_retry, compact, device_free_space, fragment, free_space
 
 BUDGET_BYTES = 1 << 30
 TENSOR_BYTES = 3 << 20

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from decode_attention import (
+
+from lowprec_workloads.decode_attention import (
     CACHES,
     DecodeShape,
     attend,
@@ -30,7 +31,6 @@ from decode_attention import (
     format_bytes,
     make_inputs,
 )
-
 from pytest_lowprec.formats.metrics import cosine, rel_l2, sqnr_db
 
 CPU_SHAPE = DecodeShape(batch=2, heads=4, seq=1024, head_dim=128)
@@ -65,7 +65,7 @@ def _cache_param(name: str):
 def _attend_fast(lowprec, q, cache):
     if not lowprec.on_cuda:
         return attend_cache(q, cache, torch.float32)
-    from decode_attention_triton import decode_attention
+    from lowprec_workloads.decode_attention_triton import decode_attention
 
     return decode_attention(q, cache)
 
@@ -98,7 +98,7 @@ def test_decode_attention_accuracy(lowprec, name, keys):
 @pytest.mark.lowprec(device="cuda")
 @pytest.mark.parametrize("name", [_cache_param(n) for n in FRACTION])
 def test_decode_attention_speed(lowprec, name):
-    from decode_attention_triton import decode_attention
+    from lowprec_workloads.decode_attention_triton import decode_attention
 
     shape = GPU_SHAPE
     lowprec.signature(dims=str(shape.cache_dims), kernel="triton split-k")
@@ -119,7 +119,7 @@ def test_decode_attention_speed(lowprec, name):
 @pytest.mark.lowprec(device="cuda", precision="nvfp4")
 def test_nvfp4_values_decode_faster_than_fp8(lowprec):
     """The cache a quarter smaller than FP8's must also be read faster, not just stored smaller."""
-    from decode_attention_triton import decode_attention
+    from lowprec_workloads.decode_attention_triton import decode_attention
 
     shape = GPU_SHAPE
     lowprec.signature(dims=str(shape.cache_dims), kernel="triton split-k")

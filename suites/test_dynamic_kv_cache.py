@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dynamic_kv_cache import CacheBudgetError, DynamicKVCache, Policy
+
+from lowprec_workloads.dynamic_kv_cache import CacheBudgetError, DynamicKVCache, Policy
 
 HEADS, HEAD_DIM, PAGE = 2, 64, 16
 LAYERS = 2

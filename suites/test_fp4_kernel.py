@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nvfp4_gemm import (
+
+from lowprec_workloads.nvfp4_gemm import (
     NATIVE,
     TILED,
     CudaKernels,
@@ -26,7 +27,6 @@ from nvfp4_gemm import (
     linear,
     to_blocked,
 )
-
 from pytest_lowprec.formats.metrics import rel_l2
 from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
 from pytest_lowprec.roofline import Work

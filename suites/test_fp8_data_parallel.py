@@ -11,8 +11,9 @@ from __future__ import annotations
 import statistics
 
 import pytest
-from fp8_data_parallel import Job, launch, scaling, single_process_losses
-from fp8_training import Shape
+
+from lowprec_workloads.fp8_data_parallel import Job, launch, scaling, single_process_losses
+from lowprec_workloads.fp8_training import Shape
 
 WORLD = 2
 # The training suite's shapes: the same global batch, each rank taking tokens / WORLD of it.

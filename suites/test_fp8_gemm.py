@@ -79,7 +79,8 @@ def test_fp8_gemm(lowprec, n, scope):
         fp8 = Work(flops=2.0 * n**3, nbytes=2 * n * n + 2 * n * n, unit="fp8")  # FP8 operands, BF16 output
         if scope == "linear":
             fp8 = eager_work(lambda: quantize_tensorwise(a)) + fp8
-        floor = lowprec.expect(bf16, fp8, fraction=FRACTION[scope, n], why="docs/measurements/gate-expectations-h200-2026-11-30.md")
+        floor = lowprec.expect(bf16, fp8, fraction=FRACTION[scope, n],
+                               why="docs/measurements/gate-expectations-h200-2026-11-30.md")
         lowprec.speedup(baseline=lambda: a @ b, optimized=fp8_gemm if scope == "gemm" else fp8_linear, min=floor,
                         graphs=True)
         lowprec.expect_kernels("optimized", require=FP8_GEMM_KERNEL, forbid=BF16_GEMM_KERNEL)

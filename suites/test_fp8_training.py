@@ -12,21 +12,21 @@ import statistics
 
 import pytest
 import torch
-from fp8_training import (
+
+from lowprec_workloads.fp8_training import (
     E4M3,
     RECIPE,
     Fp8Recipe,
     Shape,
     WeightAmax,
-    _quantize_weight,
     batch,
     objective,
     pair,
+    quantize_weight,
     step_function,
     train,
     triton_quantizer_work,
 )
-
 from pytest_lowprec.formats.fp8 import quantize_tensorwise
 from pytest_lowprec.formats.metrics import sqnr_db
 from pytest_lowprec.traffic import eager_work
@@ -99,7 +99,8 @@ def test_fp8_training_step_speed_and_memory(lowprec):
     x, y = batch(0, shape, teacher, lowprec.device, None)
     step = step_function((bf16, fp8), x, y, shape.lr, fused=True)
     bf16_work, fp8_work = eager_work(lambda: step(bf16)), eager_work(lambda: step(fp8)) + triton_quantizer_work(shape)
-    floor = lowprec.expect(bf16_work, fp8_work, fraction=STEP_FRACTION, why="docs/measurements/gate-expectations-h200-2026-11-30.md")
+    floor = lowprec.expect(bf16_work, fp8_work, fraction=STEP_FRACTION,
+                           why="docs/measurements/gate-expectations-h200-2026-11-30.md")
     lowprec.speedup(baseline=lambda: step(bf16), optimized=lambda: step(fp8), min=floor)
     lowprec.expect_kernels("optimized", require=FP8_GEMM_KERNEL)
     # A step's peak above what was resident before it (weights, optimizer state, inputs): the
@@ -131,10 +132,10 @@ def test_weights_are_cast_with_the_amax_their_previous_cast_saw():
     the cast before it recorded, and every cast records the weights' amax as it found them."""
     state = WeightAmax()
     w = torch.randn(64, 32)
-    q1, _, inv1 = _quantize_weight(w, RECIPE, state)
+    q1, _, inv1 = quantize_weight(w, RECIPE, state)
     assert torch.equal(inv1, quantize_tensorwise(w, E4M3)[1]) and float(state.value) == float(w.abs().amax())
     grown = w * 1.5  # an update that raised the amax: this cast still uses the old one, and saturates
-    q2, q2t, inv2 = _quantize_weight(grown, RECIPE, state)
+    q2, q2t, inv2 = quantize_weight(grown, RECIPE, state)
     old_q, old_inv = quantize_tensorwise(grown, E4M3, amax=w.abs().amax())
     assert torch.equal(inv2, old_inv) and torch.equal(q2.float(), old_q.float()) and torch.equal(q2t, q2.t())
     assert float(state.value) == float(grown.abs().amax())
@@ -144,5 +145,5 @@ def test_weights_are_cast_with_the_amax_their_previous_cast_saw():
 def test_a_recipe_with_the_current_weight_amax_keeps_no_state():
     state = WeightAmax()
     w = torch.randn(64, 32)
-    _, _, inv = _quantize_weight(w, Fp8Recipe(weight_amax="current"), state)
+    _, _, inv = quantize_weight(w, Fp8Recipe(weight_amax="current"), state)
     assert state.value is None and torch.equal(inv, quantize_tensorwise(w, E4M3)[1])

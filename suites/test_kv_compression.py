@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kv_compression import CacheShape, cache_bytes, kv_data, largest_batch, store
 
+from lowprec_workloads.kv_compression import CacheShape, cache_bytes, kv_data, largest_batch, store
+from pytest_lowprec import precisions
 from pytest_lowprec.formats import bounds
 from pytest_lowprec.formats.metrics import cosine, sqnr_db
 
@@ -19,7 +20,8 @@ GPU_SHAPE = CacheShape(batch=8, layers=4, heads=32, seq=4096, head_dim=128)
 BUDGET_BYTES = 8 * 2**30  # a KV budget of 8 GiB for the largest-batch figure
 # Storage over BF16: FP8 halves it (scales are one float per head); NVFP4 stores 4.5 bits per element.
 MIN_SAVING = {"fp8": 1.99, "nvfp4": 3.5}
-PRECISION = {"fp8": "fp8", "nvfp4": "nvfp4"}
+# Each cache format is also the name of its precision in the registry.
+KV_FORMATS = [pytest.param(f, marks=pytest.mark.lowprec(precision=precisions.get(f).name)) for f in ("fp8", "nvfp4")]
 # What each format gives on kv_data's keys (four channels 10x larger) and values, computed by the reference
 # quantizers on the CPU shape (kv_data seed 5); test_expected_sqnr_is_what_the_reference_gives recomputes them.
 EXPECTED_SQNR_DB = {("fp8", "k"): 31.50, ("fp8", "v"): 31.54, ("nvfp4", "k"): 20.43, ("nvfp4", "v"): 20.43}
@@ -30,7 +32,7 @@ def _shape(lowprec) -> CacheShape:
 
 
 @pytest.mark.lowprec
-@pytest.mark.parametrize("fmt", [pytest.param(f, marks=pytest.mark.lowprec(precision=p)) for f, p in PRECISION.items()])
+@pytest.mark.parametrize("fmt", KV_FORMATS)
 def test_kv_cache_bytes_and_batch_that_fits(lowprec, fmt):
     shape = _shape(lowprec)
     lowprec.signature(dims=str(shape.dims), budget_bytes=BUDGET_BYTES)
@@ -43,7 +45,7 @@ def test_kv_cache_bytes_and_batch_that_fits(lowprec, fmt):
 
 
 @pytest.mark.lowprec
-@pytest.mark.parametrize("fmt", [pytest.param(f, marks=pytest.mark.lowprec(precision=p)) for f, p in PRECISION.items()])
+@pytest.mark.parametrize("fmt", KV_FORMATS)
 def test_kv_cache_dequantization_error(lowprec, fmt):
     shape = _shape(lowprec)
     lowprec.signature(dims=str(shape.dims), seed=5, outlier_key_channels=4)
@@ -60,7 +62,7 @@ def test_kv_cache_dequantization_error(lowprec, fmt):
 
 
 @pytest.mark.lowprec(device="cuda")
-@pytest.mark.parametrize("fmt", [pytest.param(f, marks=pytest.mark.lowprec(precision=p)) for f, p in PRECISION.items()])
+@pytest.mark.parametrize("fmt", KV_FORMATS)
 def test_kv_cache_allocated_bytes_on_the_gpu(lowprec, fmt):
     """What the allocator hands out for the stored cache, against the BF16 cache's."""
     shape = GPU_SHAPE

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kv_prefetch import KVPrefetchKernel, make_cache, reference
-from stream_overlap import cuda_median_ms
 
+from lowprec_workloads.kv_prefetch import KVPrefetchKernel, make_cache, reference
 from pytest_lowprec.formats.metrics import rel_l2
 from pytest_lowprec.roofline import Work
+from pytest_lowprec.timing import cuda_median_ms
 
 BH, SEQ = 8 * 32, 32768
 CUDA_ONLY = pytest.mark.lowprec(device="cuda", precision="fp8")

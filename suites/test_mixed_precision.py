@@ -1,7 +1,7 @@
 """Mixed-precision strategies over a decoder stack's decode step, side by side.
 
-Each strategy (pytest_lowprec.strategies) runs the same step on the same weights, cache and
-input as the float32 reference (suites/transformer_block.py). Gated per strategy: the logits'
+Each strategy (lowprec_workloads.strategies) runs the same step on the same weights, cache and
+input as the float32 reference (lowprec_workloads/transformer_block.py). Gated per strategy: the logits'
 SQNR and next-token KL against float32, top-1 agreement, the bytes of weights and KV cache
 (no more than the 16-bit strategy's), and on a GPU the step's speed over the 16-bit strategy's
 with its roofline fraction. The small shape runs everywhere (CPU CI); the real one on a GPU.
@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformer_block import BlockShape, DecodeStep, Weights, logit_errors
 
+from lowprec_workloads.strategies import builtin_strategies, custom
+from lowprec_workloads.transformer_block import LARGE, SMALL, DecodeStep, Weights, logit_errors
 from pytest_lowprec.formats.metrics import sqnr_db
-from pytest_lowprec.strategies import builtin_strategies, custom
 
-SMALL = BlockShape(d=256, heads=4, ffn=768, layers=3, vocab=1024, batch=4, context=256)
-# Llama-3-8B's widths, two layers, one sequence decoding at 8K context: the memory-bound step
-# where bytes per weight and per cached token set the time.
-LARGE = BlockShape(d=4096, heads=32, ffn=14336, layers=2, vocab=4096, batch=1, context=8192)
 SHAPES = [pytest.param(SMALL, id="small"),
           pytest.param(LARGE, id="large", marks=pytest.mark.lowprec(device="cuda"))]
 STRATEGIES = [*builtin_strategies().values(),
@@ -43,7 +39,7 @@ STEP_FRACTION = {"fp8_balanced": 0.8, "w4a16_aggressive": 0.7, "nvfp4_weights": 
 def _cuda_kernels(device: str):
     if not device.startswith("cuda"):
         return None
-    from nvfp4_gemm import CudaKernels
+    from lowprec_workloads.nvfp4_gemm import CudaKernels
 
     return CudaKernels(torch.device(device))
 

@@ -1,6 +1,6 @@
 """NVFP4 training against BF16: identical weights, data, seeds and number of steps.
 
-Every run trains a copy of one student on the same batches (suites/nvfp4_training.py): BF16,
+Every run trains a copy of one student on the same batches (lowprec_workloads/nvfp4_training.py): BF16,
 the NVFP4 recipe (16x16 weight tiles, RHT on the weight gradient's inputs, stochastic rounding
 of gradients, the last block in BF16) and the naive control (1x16 weights, no RHT, round to
 nearest, the same layers in BF16), both after the same FP8 warm-up. Two losses per run:
@@ -26,9 +26,10 @@ import statistics
 
 import pytest
 import torch
-from fp8_training import Shape, batch, step_function
-from nvfp4_gemm import NATIVE
-from nvfp4_training import (
+
+from lowprec_workloads.fp8_training import Shape, batch, step_function
+from lowprec_workloads.nvfp4_gemm import NATIVE
+from lowprec_workloads.nvfp4_training import (
     EMULATED,
     NAIVE,
     RECIPE,
@@ -42,7 +43,6 @@ from nvfp4_training import (
     train_nvfp4,
     training_path,
 )
-
 from pytest_lowprec.formats.nvfp4 import BLOCK
 from pytest_lowprec.formats.packing import unpack_fp4
 from pytest_lowprec.traffic import eager_work

@@ -1,5 +1,5 @@
 """Adaptive precision: per-token format selection from activation statistics, and a decode loop
-that switches between FP8 and 16-bit on the model's confidence (pytest_lowprec.adaptive).
+that switches between FP8 and 16-bit on the model's confidence (lowprec_workloads.adaptive).
 
 The decode model is built here: a small recurrent language model (embedding, a recurrent
 linear, a two-layer MLP, an LM head), greedy decoding from fixed prompts. Its 16-bit run is the
@@ -20,7 +20,7 @@ import math
 import pytest
 import torch
 
-from pytest_lowprec.adaptive import (
+from lowprec_workloads.adaptive import (
     FP8,
     ActivationStats,
     ConfidenceSwitch,

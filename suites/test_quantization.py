@@ -14,8 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pytest_lowprec.formats import bounds
-from pytest_lowprec.formats.fp8 import dequantize, quantize_blockwise, quantize_rowwise, quantize_tensorwise
+from pytest_lowprec import precisions
+from pytest_lowprec.formats import bounds, reference
+from pytest_lowprec.formats.fp8 import quantize_rowwise
 from pytest_lowprec.formats.metrics import sqnr_db
 from pytest_lowprec.formats.minifloat import E2M1
 from pytest_lowprec.formats.mx import quantize_mx
@@ -25,43 +26,6 @@ from pytest_lowprec.traffic import eager_work
 
 SIZE = 1024
 OUTLIER_CHANNELS = [3, 200, 511, 900]
-
-
-def _fp8(quantize, dtype=torch.float8_e4m3fn):
-    def qdq(x):
-        q, inv = quantize(x, dtype)
-        return dequantize(q, inv), q.numel() + inv.numel() * 4
-    return qdq
-
-
-def _mx(fmt):
-    def qdq(x):
-        q = quantize_mx(x, fmt)
-        return q.dequantize(), q.nbytes
-    return qdq
-
-
-def _nvfp4(tile):
-    def qdq(x):
-        q = quantize_nvfp4(x, tile=tile)
-        return q.dequantize(), q.nbytes
-    return qdq
-
-
-# name (a key of bounds.EXPECTED_QDQ_SQNR_DB) -> (precision marker, quantize-dequantize returning (y, bytes))
-FORMATS = {
-    "fp8_e4m3_tensorwise": ("fp8", _fp8(quantize_tensorwise)),
-    "fp8_e4m3_rowwise": ("fp8", _fp8(quantize_rowwise)),
-    "fp8_e4m3_1x128": ("fp8", _fp8(quantize_blockwise)),
-    "fp8_e5m2_tensorwise": ("fp8", _fp8(quantize_tensorwise, torch.float8_e5m2)),
-    "mxfp8": ("mxfp8", _mx("mxfp8")),
-    "mxfp8_e5m2": ("mxfp8", _mx("mxfp8_e5m2")),
-    "mxfp6": ("mxfp6", _mx("mxfp6")),
-    "mxfp6_e3m2": ("mxfp6", _mx("mxfp6_e3m2")),
-    "mxfp4": ("mxfp4", _mx("mxfp4")),
-    "nvfp4": ("nvfp4", _nvfp4((1, 16))),
-    "nvfp4_2d": ("nvfp4", _nvfp4((16, 16))),
-}
 
 
 def _data(kind: str, device: str) -> torch.Tensor:
@@ -74,10 +38,10 @@ def _data(kind: str, device: str) -> torch.Tensor:
 
 @pytest.mark.lowprec
 @pytest.mark.parametrize("data", ["normal", "outliers"])
-@pytest.mark.parametrize("fmt", [pytest.param(name, marks=pytest.mark.lowprec(precision=spec[0]))
-                                 for name, spec in FORMATS.items()])
+@pytest.mark.parametrize("fmt", [pytest.param(f, marks=pytest.mark.lowprec(precision=precisions.of_format(f).name))
+                                 for f in reference.FORMATS])
 def test_quantize_dequantize_accuracy(lowprec, fmt, data):
-    _, qdq = FORMATS[fmt]
+    qdq = reference.FORMATS[fmt]
     x = _data(data, lowprec.device)
     lowprec.signature(shape=f"{SIZE}x{SIZE}", data=data, seed=1234)
     y, nbytes = qdq(x)

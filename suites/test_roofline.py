@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from stream_overlap import cuda_event_times_ms
 
 from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
 from pytest_lowprec.hardware import spec_for
+from pytest_lowprec.timing import cuda_event_times_ms
 
 CUDA_ONLY = pytest.mark.lowprec(device="cuda")
 COPY_BYTES = 1 << 30  # four times an H100's or B200's L2 on each side: the copy reads and writes HBM

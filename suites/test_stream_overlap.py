@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from stream_overlap import (
+
+from lowprec_workloads.stream_overlap import (
     MLP,
     ChunkAttention,
     CudaRunner,
     Pipeline,
     check_schedule,
     combine_chunks,
-    cuda_median_ms,
     host_kv_cache,
     overlap_efficiency,
     pipeline_work,
     run_on_cpu,
     schedule,
 )
-
 from pytest_lowprec.formats.metrics import rel_l2
+from pytest_lowprec.timing import cuda_median_ms
 
 MICRO_BATCHES = 16
 GPU_ROWS, CPU_ROWS = 8192, 16

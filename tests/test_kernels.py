@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_lowprec import kernels
+from lowprec_workloads import kernels
 
 NVCC = kernels.find_nvcc()
 needs_nvcc = pytest.mark.skipif(

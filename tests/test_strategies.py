@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from pytest_lowprec.strategies import OPERATORS, builtin_strategies, custom, strategy
+from lowprec_workloads.strategies import OPERATORS, builtin_strategies, custom, strategy
 
 NAMES = ["fp16_baseline", "fp8_balanced", "w4a16_aggressive", "nvfp4_weights", "hybrid_long_context",
          "layerwise_gradient"]
@@ -50,7 +50,7 @@ def test_a_precision_an_operator_cannot_take_is_refused_with_the_valid_ones():
 
 
 def test_a_layer_range_outside_the_stack_is_refused():
-    from pytest_lowprec.strategies import LayerOverride, Strategy
+    from lowprec_workloads.strategies import LayerOverride, Strategy
 
     with pytest.raises(ValueError, match=r"layer range \[0.5, 1.5\) must lie in \[0, 1\]"):
         Strategy("bad", strategy("fp16_baseline").precisions, (LayerOverride(0.5, 1.5, {"q_proj": "fp8"}),))

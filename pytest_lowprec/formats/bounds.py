@@ -1,5 +1,5 @@
 """Accuracy floors per format: the quantize-dequantize SQNR a correct implementation gives on the
-suites' data, and the looser floors peers' tests use (docs/ and ../shared/REFERENCE.md).
+suites' data, and the looser floors peers' tests use (QDQ_SQNR_FLOOR_DB names the source of each).
 
 A floor from a format's known error travels to every GPU: it gates without a stored baseline.
 `EXPECTED_QDQ_SQNR_DB` holds what the reference quantizers (bit-exact with TransformerEngine's and

@@ -75,8 +75,8 @@ class Fp8Recipe:
 RECIPE = Fp8Recipe()
 
 
-def _quantize(t: torch.Tensor, dtype: torch.dtype, reduce_amax=None, transpose: bool = False,
-              amax: torch.Tensor | None = None, seen_amax: torch.Tensor | None = None):
+def quantize_operand(t: torch.Tensor, dtype: torch.dtype, reduce_amax=None, transpose: bool = False,
+                     amax: torch.Tensor | None = None, seen_amax: torch.Tensor | None = None):
     """Per-tensor FP8: (q, inv) or, with `transpose`, (q, q.t().contiguous(), inv).
 
     The scale comes from t's own amax (dynamic scaling) unless `amax` is given (an earlier step's:
@@ -96,12 +96,12 @@ def _quantize(t: torch.Tensor, dtype: torch.dtype, reduce_amax=None, transpose: 
             if amax is None:
                 amax = absmax(t) if reduce_amax is None else reduce_amax(absmax(t))
             return quantize_fp8_tensorwise_triton(t, dtype, amax=amax, transpose=transpose, seen_amax=seen_amax)
-    return _quantize_eager(t, dtype, reduce_amax, transpose, amax, seen_amax)
+    return quantize_operand_eager(t, dtype, reduce_amax, transpose, amax, seen_amax)
 
 
-def _quantize_eager(t: torch.Tensor, dtype: torch.dtype, reduce_amax=None, transpose: bool = False,
-                    amax: torch.Tensor | None = None, seen_amax: torch.Tensor | None = None):
-    """_quantize in torch operations (the CPU's path; benchmarks time it on the GPU)."""
+def quantize_operand_eager(t: torch.Tensor, dtype: torch.dtype, reduce_amax=None, transpose: bool = False,
+                           amax: torch.Tensor | None = None, seen_amax: torch.Tensor | None = None):
+    """quantize_operand in torch operations (the CPU's path; benchmarks time it on the GPU)."""
     own = t.detach().abs().amax().float()
     if seen_amax is not None:
         seen_amax.copy_(own)
@@ -119,16 +119,16 @@ class WeightAmax:
         self.value: torch.Tensor | None = None
 
 
-def _quantize_weight(weight: torch.Tensor, recipe: Fp8Recipe, state: WeightAmax | None):
+def quantize_weight(weight: torch.Tensor, recipe: Fp8Recipe, state: WeightAmax | None):
     """(wq, wq transposed, inv) in E4M3. Under weight_amax "previous" the scale is the amax the last
     cast saw and the cast records this one's, so the weights are read once a step (the amax pass over
     the float32 master weights was 0.37 ms of a 10.7 ms FP8 step on an H100); the first cast and a
     linear without a state use the current amax. The optimizer moves each weight by about the learning
     rate a step, so a weight past the previous amax saturates by about that much."""
     if recipe.weight_amax == "current" or state is None:
-        return _quantize(weight, E4M3, transpose=True)
+        return quantize_operand(weight, E4M3, transpose=True)
     seen = torch.zeros((), dtype=torch.float32, device=weight.device)
-    out = _quantize(weight, E4M3, transpose=True, amax=state.value, seen_amax=seen)
+    out = quantize_operand(weight, E4M3, transpose=True, amax=state.value, seen_amax=seen)
     state.value = seen
     return out
 
@@ -141,8 +141,8 @@ def _operands(a: torch.Tensor, b_rows: torch.Tensor, a_dtype, b_dtype, recipe: F
         aq, a_inv = quantize_over(a, (-1,), a_dtype)  # [M, 1]
         bq, b_inv = quantize_over(b_rows, (-1,), b_dtype)  # [N, 1]
         return aq, a_inv, bq.t(), b_inv.t()
-    aq, a_inv = _quantize(a, a_dtype, reduce_amax)
-    bq, b_inv = _quantize(b_rows, b_dtype, reduce_amax)
+    aq, a_inv = quantize_operand(a, a_dtype, reduce_amax)
+    bq, b_inv = quantize_operand(b_rows, b_dtype, reduce_amax)
     return aq, a_inv, bq.t(), b_inv
 
 
@@ -156,7 +156,7 @@ def _gemm(name: str, a, b_rows, a_dtype, b_dtype, recipe: Fp8Recipe, reduce_amax
     return scaled_mm(aq, a_inv, bq, b_inv, out_dtype=out_dtype, fast_accum=fast)
 
 
-class _Fp8Matmul(torch.autograd.Function):
+class Fp8Matmul(torch.autograd.Function):
     """y = x @ weight.T + bias with the GEMMs `recipe` names in FP8 and the rest in bfloat16."""
 
     @staticmethod
@@ -171,8 +171,8 @@ class _Fp8Matmul(torch.autograd.Function):
         if "fprop" in recipe.gemms and tensorwise and {"dgrad", "wgrad"} <= set(recipe.gemms):
             # The plain recipe quantizes x and the weight once, and keeps for the backward only the
             # transposed copies its GEMMs read (_scaled_mm's operands are K-major on Hopper).
-            xq, xqt, xs = _quantize(x2, E4M3, reduce_amax, transpose=True)
-            wq, wqt, ws = _quantize_weight(weight, recipe, weight_amax)  # replicas hold the same weights
+            xq, xqt, xs = quantize_operand(x2, E4M3, reduce_amax, transpose=True)
+            wq, wqt, ws = quantize_weight(weight, recipe, weight_amax)  # replicas hold the same weights
             y = scaled_mm(xq, xs, wq.t(), ws, fast_accum="fprop" in recipe.fast_accum,
                           bias=None if bias is None else bias.to(torch.bfloat16))
             ctx.save_for_backward(xqt, xs, wqt, ws)
@@ -196,7 +196,7 @@ class _Fp8Matmul(torch.autograd.Function):
         grad_b = g2.sum(0, dtype=torch.float32) if ctx.has_bias else None
         if ctx.saved_fp8:
             xqt, xs, wqt, ws = ctx.saved_tensors
-            gq, gqt, gs = _quantize(g2, recipe.grad_dtype, reduce_amax, transpose=True)
+            gq, gqt, gs = quantize_operand(g2, recipe.grad_dtype, reduce_amax, transpose=True)
             # [M, out] @ [out, in], then [out, M] @ [M, in]; B's transposed copies are column-major views
             grad_x = scaled_mm(gq, gs, wqt.t(), ws, fast_accum="dgrad" in recipe.fast_accum)
             grad_w = scaled_mm(gqt, gs, xqt.t(), xs, out_dtype=torch.float32,
@@ -230,7 +230,7 @@ class Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fp8:
-            return _Fp8Matmul.apply(x, self.weight, self.bias, self.recipe, self.reduce_amax, self.weight_amax)
+            return Fp8Matmul.apply(x, self.weight, self.bias, self.recipe, self.reduce_amax, self.weight_amax)
         return F.linear(x, self.weight.to(torch.bfloat16), self.bias.to(torch.bfloat16))
 
 

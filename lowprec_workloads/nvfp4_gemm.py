@@ -24,8 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from pytest_lowprec import kernels
 from pytest_lowprec.formats.nvfp4 import NVFP4Tensor
+
+from . import kernels
 
 NATIVE = "cublaslt-nvfp4"
 TILED = "triton-bf16-tensor-cores"

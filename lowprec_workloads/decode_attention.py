@@ -12,9 +12,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from kv_compression import StoredKV, store
 
 from pytest_lowprec.roofline import Work
+
+from .kv_compression import StoredKV, store
 
 # (K format, V format) pairs the suite runs: the BF16 cache, FP8 K and V, FP8 K with NVFP4 V.
 CACHES = {"bf16": ("bf16", "bf16"), "fp8": ("fp8", "fp8"), "fp8k_nvfp4v": ("fp8", "nvfp4")}

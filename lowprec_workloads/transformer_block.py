@@ -25,14 +25,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from decode_attention import Cache, attend_cache, build_cache, decode_work
-from nvfp4_gemm import GEMV_MAX_ROWS, CudaKernels, gemm_tiled
 
 from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
 from pytest_lowprec.formats.nvfp4 import NVFP4Tensor, quantize_nvfp4
 from pytest_lowprec.roofline import Work
-from pytest_lowprec.strategies import LINEARS, UNQUANTIZED, Strategy
 from pytest_lowprec.traffic import eager_work
+
+from .decode_attention import Cache, attend_cache, build_cache, decode_work
+from .nvfp4_gemm import GEMV_MAX_ROWS, CudaKernels, gemm_tiled
+from .strategies import LINEARS, UNQUANTIZED, Strategy
 
 KV_CACHE = {"bf16": "bf16", "fp16": "bf16", "fp32": "bf16", "fp8": "fp8", "nvfp4": "fp8k_nvfp4v"}
 
@@ -51,6 +52,12 @@ class BlockShape:
     def head_dim(self) -> int:
         return self.d // self.heads
 
+
+# The mixed-precision suite's shapes: SMALL runs everywhere (CPU CI), LARGE on a GPU.
+SMALL = BlockShape(d=256, heads=4, ffn=768, layers=3, vocab=1024, batch=4, context=256)
+# Llama-3-8B's widths, two layers, one sequence decoding at 8K context: the memory-bound step
+# where bytes per weight and per cached token set the time.
+LARGE = BlockShape(d=4096, heads=32, ffn=14336, layers=2, vocab=4096, batch=1, context=8192)
 
 def _fp8_roundtrip(x: torch.Tensor) -> torch.Tensor:
     q, inv = quantize_tensorwise(x)
@@ -210,7 +217,7 @@ class DecodeStep:
         if self.qk_fp8[layer]:
             q = _fp8_roundtrip(q)
         if q.is_cuda:
-            from decode_attention_triton import decode_attention
+            from .decode_attention_triton import decode_attention
 
             return decode_attention(q.to(torch.bfloat16).contiguous(), cache).float()
         return attend_cache(q, cache, torch.float32)

@@ -22,13 +22,14 @@ import os
 import torch
 import triton
 import triton.language as tl
-from decode_attention import Cache
+
+from .decode_attention import Cache
 
 V_FORMATS = {"bf16": 0, "fp8": 1, "nvfp4": 2}
 E2M1_DECODES = {"bitwise": 0, "packed": 1}
 _MAX_BLOCK_N = 128
 # (BLOCK_N, num_warps, pipeline stages) per (K, V) format: the fastest of a sweep on an H100
-# (2026-11-22, `benchmarks/decode_attention.py --sweep`; docs/measurements/kv-cache-h100-2026-11-22.md). Stages
+# (2026-11-22, `benchmarks/decode_attention_speed.py --sweep`; docs/measurements/kv-cache-h100-2026-11-22.md). Stages
 # are tl.range's software pipelining: the next tiles' loads are in flight (cp.async) while one is
 # reduced, which a latency-bound loop needs (NVFP4 V 0.823 ms without, 0.641 ms with two stages).
 # Fixed, not autotuned: a gate needs the same kernel in every process.

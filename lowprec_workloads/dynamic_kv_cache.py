@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import torch
-from kv_compression import StoredKV, store
 
-from pytest_lowprec.adaptive import outlier_ratio
+from .adaptive import outlier_ratio
+from .kv_compression import StoredKV, store
 
 FORMATS = ("bf16", "fp8", "nvfp4")
 _RANK = {f: i for i, f in enumerate(FORMATS)}  # higher rank = fewer bits

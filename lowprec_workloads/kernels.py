@@ -1,4 +1,5 @@
-"""Build the CUDA C++ sources in `kernels/` with nvcc, cache the shared libraries, load them with ctypes.
+"""Build the CUDA C++ sources in the repository's `kernels/` with nvcc, cache the shared libraries, load
+them with ctypes.
 
 Why nvcc and ctypes rather than a torch extension: a `.cu` here is plain CUDA C++ with
 `extern "C"` launchers taking raw pointers and a stream, so it builds in seconds (no torch
@@ -23,7 +24,17 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
+
+def _kernels_dir() -> Path:
+    """The folder of the .cu sources: the package data an installed wheel carries (pyproject maps
+    `lowprec_workloads.kernel_sources` onto kernels/), else the checkout's kernels/ beside this package,
+    which a source tree on PYTHONPATH or an editable install imports this module from."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "kernel_sources"
+    return packaged if packaged.is_dir() else here.parent / "kernels"
+
+
+KERNELS_DIR = _kernels_dir()
 BASE_FLAGS = ("-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr")
 # nvcc reports "path(line): error: message"; the first such line names where a build broke.
 _NVCC_ERROR = re.compile(r"^(?P<file>[^\s(][^(]*)\((?P<line>\d+)\): (?:catastrophic )?error[^:]*: (?P<msg>.*)$",

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from fp8_training import LossScaler, Shape, Stack, batch, objective, train
+
+from .fp8_training import LossScaler, Shape, Stack, batch, objective, train
 
 # The device machines (and many clusters) forbid NVLink multicast; children inherit these, and
 # setdefault keeps whatever the caller chose.

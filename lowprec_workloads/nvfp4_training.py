@@ -1,6 +1,6 @@
 """NVFP4 training: the FP8 suite's block stack with NVFP4 linears, after an FP8 warm-up.
 
-The recipe (NVIDIA, "Pretraining Large Language Models with NVFP4", 2025; REFERENCE.md): every
+The recipe (NVIDIA, "Pretraining Large Language Models with NVFP4", 2025): every
 operand of a linear's three GEMMs in NVFP4 (E2M1 elements, an E4M3 scale per 16 along the
 reduction, a float32 scale per tensor), and
   - weights in 16x16 tiles, so the forward's W and the data gradient's W.T hold the same values;
@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from fp8_training import RECIPE as FP8_RECIPE
-from fp8_training import Linear, Shape, Stack, _Fp8Matmul, batch, objective, pair, train
-from nvfp4_gemm import NATIVE, gemm_native, gemm_path
 
 from pytest_lowprec.formats.hadamard import random_signs, rht
 from pytest_lowprec.formats.nvfp4 import BLOCK, NVFP4Tensor, quantize_nvfp4
+
+from .fp8_training import RECIPE as FP8_RECIPE
+from .fp8_training import Fp8Matmul, Linear, Shape, Stack, batch, objective, pair, train
+from .nvfp4_gemm import NATIVE, gemm_native, gemm_path
 
 EMULATED = "emulated-bf16-gemm"
 LAST_K = 20  # final loss: the mean of the last LAST_K steps
@@ -149,7 +150,7 @@ class Nvfp4Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.phase == "fp8":
-            return _Fp8Matmul.apply(x, self.weight, self.bias, FP8_RECIPE, None, self.weight_amax)
+            return Fp8Matmul.apply(x, self.weight, self.bias, FP8_RECIPE, None, self.weight_amax)
         if self.phase == "bf16":
             return F.linear(x, self.weight.to(torch.bfloat16), self.bias.to(torch.bfloat16))
         return _Nvfp4Matmul.apply(x, self.weight, self.bias, self.quantizer)

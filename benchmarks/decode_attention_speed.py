@@ -1,6 +1,6 @@
 """Decode attention over BF16, FP8 and FP8-K/NVFP4-V caches on a GPU, against the copy ceiling.
 
-    python benchmarks/decode_attention.py [--seq 32768] [--sweep] [--json PATH]
+    python benchmarks/decode_attention_speed.py [--seq 32768] [--sweep] [--json PATH]
 
 Batch 8, 32 heads, head_dim 128, one query token per sequence. Each row times one
 call with the plugin's CUDA-event timer (L2 flushed, CUDA-graph replay, median of
@@ -24,14 +24,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "suites"))
-
-from decode_attention import CACHES, DecodeShape, attend_cache, build_cache, make_inputs  # noqa: E402
-from decode_attention_triton import decode_attention  # noqa: E402
-
-from pytest_lowprec.formats.metrics import rel_l2  # noqa: E402
-from pytest_lowprec.hardware import probe_cuda  # noqa: E402
-from pytest_lowprec.timing import CudaEventTimer  # noqa: E402
+from lowprec_workloads.decode_attention import CACHES, DecodeShape, attend_cache, build_cache, make_inputs
+from lowprec_workloads.decode_attention_triton import decode_attention
+from pytest_lowprec.formats.metrics import rel_l2
+from pytest_lowprec.hardware import probe_cuda
+from pytest_lowprec.timing import CudaEventTimer
 
 
 def main() -> int:

@@ -17,7 +17,6 @@ one query per head over an FP8 KV cache offloaded to the host, chunk by chunk.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -149,26 +148,6 @@ def pipeline_work(p: Pipeline) -> tuple[tuple[Phase, ...], tuple[Phase, ...]]:
     copies = Work(link_bytes=chunk_bytes * (chunks - 1), kernels=chunks - 1)
     serial = (Work(link_bytes=chunk_bytes * chunks, kernels=chunks), *computes)
     return serial, (copy, Overlapped(copies, computes))
-
-
-def cuda_event_times_ms(fn: Callable[[], object], reps: int, warmup: int = 2) -> list[float]:
-    """Times of `reps` calls of `fn` on the current stream, by CUDA events, after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
-
-
-def cuda_median_ms(fn: Callable[[], object], reps: int = 15) -> float:
-    """Median time of `fn` on the current stream, by CUDA events, after two warm-up calls."""
-    return statistics.median(cuda_event_times_ms(fn, reps))
 
 
 def overlap_efficiency(serial_ms: float, pipelined_ms: float, copy_ms: float, compute_ms: float) -> float:

@@ -13,10 +13,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-from decode_attention import attend
 
-from pytest_lowprec import kernels
 from pytest_lowprec.formats.fp8 import quantize_over
+
+from . import kernels
+from .decode_attention import attend
 
 _VOID, _INT = ctypes.c_void_p, ctypes.c_int
 SIGNATURES = {"kv_decode_partial": [_INT, _INT, _VOID, _VOID, _VOID, _VOID, _VOID, _INT, _INT, _INT, _VOID]}

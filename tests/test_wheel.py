@@ -1,0 +1,84 @@
+"""The built wheel: it carries the CUDA sources of kernels/, and the workload package installed from it
+finds and compiles them (no checkout beside it). Builds the wheel in an isolated build (network or a
+local index for setuptools) and installs it into a fresh venv: about 30 s."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lowprec_workloads import kernels
+
+ROOT = Path(__file__).resolve().parent.parent
+# What the wheel is made of; the copy keeps the build's own build/ and *.egg-info out of the checkout.
+WHEEL_INPUTS = ("pyproject.toml", "README.md", "pytest_lowprec", "lowprec_workloads", "kernels")
+needs_nvcc = pytest.mark.skipif(
+    kernels.find_nvcc() is None and not os.environ.get("LOWPREC_REQUIRE_NVCC"),
+    reason="nvcc not installed (CI sets LOWPREC_REQUIRE_NVCC)",
+)
+# Runs inside the venv, from a folder with no checkout in it: the package's file, the sources it finds,
+# and (given a cache folder) the library it builds from one of them.
+PROBE = """
+import json, sys
+from pathlib import Path
+from lowprec_workloads import kernels
+found = {"module": kernels.__file__, "sources": [p.name for p in kernels.sources()]}
+if len(sys.argv) > 1:
+    found["library"] = str(kernels.build(kernels.KERNELS_DIR / "nvfp4_gemm.cu", kernels.target_for((9, 0)),
+                                         cache_dir=Path(sys.argv[1])))
+print(json.dumps(found))
+"""
+
+
+@pytest.fixture(scope="module")
+def venv_python(tmp_path_factory) -> Path:
+    """A fresh venv with the wheel installed; it sees this environment's packages (filelock) after its own."""
+    work = tmp_path_factory.mktemp("wheel")
+    source = work / "source"
+    source.mkdir()
+    for name in WHEEL_INPUTS:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(work / "dist"), str(source)],
+                   check=True, capture_output=True, text=True)
+    wheel = next((work / "dist").glob("*.whl"))
+    venv = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
+                   check=True, capture_output=True, text=True)
+    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    # A .pth line appends a folder without running that folder's .pth files, so an editable install of
+    # pytest-lowprec in this environment stays inactive in the venv.
+    (Path(own) / "outer-environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return python
+
+
+def probe(python: Path, cwd: Path, *args: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    out = subprocess.run([str(python), "-c", PROBE, *args], cwd=cwd, env=env, check=True, capture_output=True,
+                         text=True)
+    return json.loads(out.stdout)
+
+
+def test_the_installed_workload_package_finds_the_kernel_sources_the_wheel_carries(venv_python, tmp_path):
+    found = probe(venv_python, tmp_path)
+    assert Path(found["module"]).is_relative_to(venv_python.parent.parent)
+    assert set(found["sources"]) == {p.name for p in kernels.sources()}
+
+
+@needs_nvcc
+def test_a_kernel_compiles_from_the_installed_wheel(venv_python, tmp_path):
+    found = probe(venv_python, tmp_path, str(tmp_path / "cache"))
+    assert Path(found["module"]).is_relative_to(venv_python.parent.parent)
+    assert Path(found["library"]).is_file()
