@@ -303,6 +303,7 @@ def judge_speedup(
     would widen its own tolerance)."""
     reasons: list[str] = []
     flags: list[str] = []
+    tolerance: dict = {}
     value = summary.median
     interval = (summary.low, summary.high)
     bound = (f">= {floor:.2f}x" + (f" ({floor_note})" if floor_note else "")) if floor is not None else ""
@@ -319,6 +320,7 @@ def judge_speedup(
         flags += more_flags
         if base.usable and not update:
             rel = tol.relative(base.noise, base.spread)
+            tolerance = {"tolerance_pct": 100.0 * rel}  # the band the report draws around the baseline
             low_line, high_line = base.value * (1.0 - rel), base.value * (1.0 + rel)
             if summary.high < low_line:
                 reasons.append(
@@ -354,7 +356,7 @@ def judge_speedup(
         reasons=tuple(reasons),
         flags=tuple(flags),
         where=where,
-        extra={**(extra or {}), **side_changes(sides_ms, base)},
+        extra={**(extra or {}), **side_changes(sides_ms, base), **tolerance},
     )
 
 

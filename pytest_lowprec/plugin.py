@@ -24,6 +24,7 @@ from .profiling import nvtx_range
 from .recorder import Recorder, TestRecord
 from .report.pytest_html import html_cell
 from .report.terminal import failure_message
+from .review import Review, add_options
 from .session import LowprecRun, publish_worker_records
 from .timing import SamplingPolicy, default_timer
 
@@ -90,6 +91,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="with --lowprec-update: measure each speedup N times (warm-up included) and record "
                          "the pooled pairs with the spread of the N medians; a spread or pair noise over "
                          "lowprec_max_record_noise is refused (default 1; 3 for a GPU's first baseline).")
+    add_options(group)  # history, saved runs: review.py
     parser.addini("lowprec_gpu", "default for --gpu", default="auto")
     parser.addini("lowprec_baselines", "default for --lowprec-baselines", default="baselines")
     parser.addini("lowprec_strict", "default for --lowprec-strict", type="bool", default=False)
@@ -226,6 +228,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[THREADS_KEY] = _fix_cpu_threads(gate.cpu_threads)
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(run, "lowprec-run")
+        config.pluginmanager.register(Review.start(config, run), "lowprec-review")
 
 
 def _fix_cpu_threads(threads: int) -> int:

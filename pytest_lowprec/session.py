@@ -8,6 +8,7 @@ writes baselines and prints the summary.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from .recorder import SharedState, TestRecord
 from .report import html, markdown
 from .report.rows import verdict_frame, write_csv
 from .report.terminal import summary_lines
+from .review import REVIEW_KEY
 from .roofline import ceiling_metrics, ceilings_for
 
 _WORKEROUTPUT_KEY = "lowprec_records"
@@ -134,7 +136,10 @@ class LowprecRun:
 
     def write_reports(self) -> None:
         """Render what was decided; a report that cannot be written is said, and changes no outcome."""
-        wanted = [(self.gate.report_path, html.render), (self.gate.markdown_path, markdown.render)]
+        review = self.pytest_config.stash.get(REVIEW_KEY, None)  # pytest's outcomes and the trends: review.py
+        wanted = [(self.gate.report_path, functools.partial(html.render, review=review and review.data)),
+                  (self.gate.markdown_path, functools.partial(markdown.render, appendix=review.markdown_lines(
+                      self.gate.markdown_path, self.gate.report_path) if review else ()))]
         if not any(p for p, _ in wanted) and self.gate.csv_path is None:
             return
         header, records = self.header(), list(self.records.values())

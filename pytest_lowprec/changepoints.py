@@ -1,0 +1,123 @@
+"""Change points in a metric's history over commits: where its level moved, and whether the moves add up.
+
+Method: PELT (Killick, Fearnhead and Eckley 2012, "Optimal detection of changepoints with a linear
+computational cost") with the Gaussian change-in-mean cost, the sum of squared deviations from each
+segment's mean. A change point is kept when it lowers that cost by more than the penalty
+
+    beta = PENALTY_K * sigma**2 * ln(n),   PENALTY_K = 2  (BIC for a mean and its position)
+
+where n is the number of commits and sigma the noise of one commit's value: the larger of
+  - the median standard error that the runs' own confidence intervals give (width / (2 * 1.96)),
+  - a robust estimate from the series, 1.4826 * median(|x[i+1] - x[i]|) / sqrt(2) (a step moves one
+    difference, so the median ignores it),
+  - NOISE_FLOOR_REL (0.5%) of the series' median level: a timer cannot resolve less, and a
+    perfectly flat history must not turn every rounding into a change point.
+Segments are at least MIN_SIZE (2) commits long: one odd run is an outlier, not a new level.
+
+A summary reads the segments: no change point is "flat"; one is a "step"; two or more moving the same
+way are a "drift", reported with the total change from the first segment to the last, so several small
+steps that each stayed inside the gate's tolerance still show as one movement. Pure: no I/O, no numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import median
+
+PENALTY_K = 2.0
+NOISE_FLOOR_REL = 0.005
+MIN_SIZE = 2
+_Z95 = 1.96
+
+
+@dataclass(frozen=True)
+class Shift:
+    """The level moved at `index` (the first commit of the new segment) from `before` to `after`."""
+
+    index: int
+    before: float
+    after: float
+
+    @property
+    def change_pct(self) -> float | None:
+        return None if self.before == 0 else 100.0 * (self.after - self.before) / abs(self.before)
+
+
+@dataclass(frozen=True)
+class Trend:
+    """What a series did: its change points and their reading ("flat", "step", "drift" or "mixed")."""
+
+    shifts: tuple[Shift, ...]
+    kind: str
+    total_pct: float | None  # first segment's mean to the last one's
+    sigma: float
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        return tuple(s.index for s in self.shifts)
+
+
+def noise(values: list[float], intervals: list[tuple[float, float] | None] | None = None) -> float:
+    """The noise of one commit's value, as the module docstring defines it."""
+    level = abs(median(values)) if values else 0.0
+    candidates = [NOISE_FLOOR_REL * level]
+    widths = [(hi - lo) / (2 * _Z95) for iv in (intervals or []) if iv is not None
+              for lo, hi in [iv] if math.isfinite(lo) and math.isfinite(hi)]
+    if widths:
+        candidates.append(median(widths))
+    if len(values) >= 3:
+        candidates.append(1.4826 * median(abs(b - a) for a, b in zip(values, values[1:])) / math.sqrt(2))
+    return max(candidates) or 1e-12
+
+
+def pelt(values: list[float], penalty: float, min_size: int = MIN_SIZE) -> list[int]:
+    """The start index of every segment after the first, by PELT's exact search with pruning."""
+    n = len(values)
+    if n < 2 * min_size:
+        return []
+    cum, cum2 = [0.0], [0.0]
+    for x in values:
+        cum.append(cum[-1] + x)
+        cum2.append(cum2[-1] + x * x)
+
+    def cost(a: int, b: int) -> float:  # squared deviations of values[a:b] from their mean
+        s = cum[b] - cum[a]
+        return (cum2[b] - cum2[a]) - s * s / (b - a)
+
+    best = [-penalty] + [math.inf] * n
+    last = [0] * (n + 1)
+    candidates = [0]
+    for t in range(min_size, n + 1):
+        options = [(best[s] + cost(s, t) + penalty, s) for s in candidates if t - s >= min_size]
+        if options:
+            best[t], last[t] = min(options)
+        # PELT's pruning: a start that is already worse by more than the penalty never wins later.
+        candidates = [s for s in candidates if t - s < min_size or best[s] + cost(s, t) <= best[t]]
+        if best[t] < math.inf:  # a segment may start here once it is min_size long
+            candidates.append(t)
+    out, t = [], n
+    while t > 0:
+        s = last[t]
+        if s > 0:
+            out.append(s)
+        t = s
+    return sorted(out)
+
+
+def trend(values: list[float], intervals: list[tuple[float, float] | None] | None = None) -> Trend:
+    """Change points of a series (oldest first) and their reading."""
+    clean = [float(v) for v in values]
+    if not clean or not all(math.isfinite(v) for v in clean):
+        return Trend((), "flat", None, 0.0)
+    sigma = noise(clean, intervals)
+    starts = pelt(clean, PENALTY_K * sigma * sigma * math.log(max(len(clean), 2)))
+    bounds = [0, *starts, len(clean)]
+    means = [sum(clean[a:b]) / (b - a) for a, b in zip(bounds, bounds[1:])]
+    shifts = tuple(Shift(i, means[k], means[k + 1]) for k, i in enumerate(starts))
+    if not shifts:
+        return Trend((), "flat", 0.0, sigma)
+    total = None if means[0] == 0 else 100.0 * (means[-1] - means[0]) / abs(means[0])
+    signs = {math.copysign(1, s.after - s.before) for s in shifts}
+    kind = "step" if len(shifts) == 1 else ("drift" if len(signs) == 1 else "mixed")
+    return Trend(shifts, kind, total, sigma)
