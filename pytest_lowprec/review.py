@@ -215,6 +215,7 @@ def load_run(path: Path) -> tuple[dict, list, Outcomes]:
     if not isinstance(payload, dict) or payload.get("format") != RUN_FORMAT:
         raise ValueError(f"{path} is not a run saved by --lowprec-json (no \"format\": \"{RUN_FORMAT}\")")
     if payload.get("version", 0) > RUN_FORMAT_VERSION:
-        raise ValueError(f"{path} was saved by a newer pytest-lowprec (format {payload['version']}); upgrade to read it")
+        raise ValueError(f"{path} was saved by a newer pytest-lowprec (format {payload['version']}); "
+                         "upgrade pytest-lowprec to read it")
     return (payload["header"], [TestRecord.from_dict(r) for r in payload["records"]],
             Outcomes.from_dict(payload.get("outcomes")))
