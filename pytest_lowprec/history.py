@@ -185,16 +185,21 @@ class HistoryStore:
         store = cls(engine, sa, _tables(sa), url)
         try:
             store._migrate()
-        except sa.exc.OperationalError as exc:
-            engine.dispose()
-            raise HistoryError(f"cannot reach the history store {shown_url(url)}: {_first_line(exc)}. Check that "
-                               "the server runs and accepts this user, or give a SQLite path instead") from None
-        except sa.exc.DatabaseError as exc:
-            engine.dispose()
-            raise HistoryError(f"{shown_url(url)} is not a usable history store: {_first_line(exc)}; "
-                               "it was not changed. Give another path or URL") from None
         except HistoryError:
             engine.dispose()
+            raise
+        except Exception as exc:
+            engine.dispose()
+            # By class name: SQLAlchemy wraps the driver's errors, but a driver imported apart from the
+            # dialect (a test runner that re-imports modules) raises its own OperationalError unwrapped.
+            names = {c.__name__ for c in type(exc).__mro__}
+            if "OperationalError" in names:
+                raise HistoryError(f"cannot reach the history store {shown_url(url)}: {_first_line(exc)}. Check "
+                                   "that the server runs and accepts this user, or give a SQLite path instead"
+                                   ) from None
+            if names & {"DatabaseError", "DBAPIError"}:
+                raise HistoryError(f"{shown_url(url)} is not a usable history store: {_first_line(exc)}; "
+                                   "it was not changed. Give another path or URL") from None
             raise
         return store
 
