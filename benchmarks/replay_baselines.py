@@ -83,6 +83,44 @@ def replay(path: Path, commit: int, commits: int, rng: random.Random) -> list[Te
     return records
 
 
+def build(baselines: Path, out: Path, history: str | None = None, commits: int = 8, seed: int = 1) -> Path:
+    """Replay `commits` commits into the history store, save the last run and render its report."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    data = json.loads(baselines.read_text())
+    first = next(iter(data["entries"].values()))
+    device = first.get("device", {})
+    with HistoryStore.open(history or str(out / "history.sqlite")) as store:
+        for c in range(commits):
+            records = replay(baselines, c, commits, rng)
+            outcomes = Outcomes()
+            for r in records:
+                outcomes.add(r.outcome, r.nodeid, None)
+            header = {"gpu": data["gpu"], "device_name": f"{device.get('name', data['gpu'])} (replayed)",
+                      "software": first.get("software", {}), "commit": f"replay{c:02d}", "branch": "replay",
+                      "date": f"2026-12-01T{c:02d}:00:00+00:00", "baselines": str(baselines),
+                      "device": device, "cpu_threads": 2}
+            run_id = store.append(header, records, branch="replay", outcomes=outcomes.to_dict())
+        keys = {(r.nodeid, v.metric) for r in records for v in r.verdicts}
+        review = ReviewData(outcomes, trend_views(store.series(data["gpu"], 20, run_id, keys)),
+                            f"run #{run_id} (replayed)")
+    save_run(out / "run.json", header, records, outcomes)
+    html.render(out / "report.html", header, records, review)
+    return out / "report.html"
+
+
+def screenshot(report: Path, png: Path, width: int = 1280, height: int = 900) -> None:
+    """The report's first screen as a reviewer opens it (Playwright driving Debian's chromium)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.goto(report.resolve().as_uri())
+        page.screenshot(path=str(png))
+        browser.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("baselines", type=Path)
@@ -90,32 +128,12 @@ def main() -> None:
     parser.add_argument("--history", default=None, help="history store (default: OUT/history.sqlite)")
     parser.add_argument("--commits", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--screenshot", type=Path, default=None, help="also a PNG of the report's first screen")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(args.seed)
-    data = json.loads(args.baselines.read_text())
-    device = next(iter(data["entries"].values())).get("device", {})
-    store = HistoryStore.open(args.history or str(args.out / "history.sqlite"))
-    for c in range(args.commits):
-        records = replay(args.baselines, c, args.commits, rng)
-        outcomes = Outcomes()
-        for r in records:
-            outcomes.add(r.outcome, r.nodeid, None)
-        header = {"gpu": data["gpu"], "device_name": f"{device.get('name', data['gpu'])} (replayed)",
-                  "software": next(iter(data["entries"].values())).get("software", {}),
-                  "commit": f"replay{c:02d}", "branch": "replay",
-                  "date": f"2026-12-01T{c:02d}:00:00+00:00", "baselines": str(args.baselines),
-                  "device": device, "cpu_threads": 2}
-        run_id = store.append(header, records, branch="replay", outcomes=outcomes.to_dict())
-    keys = {(r.nodeid, v.metric) for r in records for v in r.verdicts}
-    review = ReviewData(outcomes, trend_views(store.series(data["gpu"], 20, run_id, keys)),
-                        f"run #{run_id} (replayed)")
-    store.close()
-    save_run(args.out / "run.json", header, records, outcomes)
-    html.render(args.out / "report.html", header, records, review)
-    moved = sum(1 for t in review.trends.values() if t.moved)
-    print(f"replayed {args.commits} commits of {len(records)} tests; {moved} trends moved; "
-          f"wrote {args.out / 'report.html'} and {args.out / 'run.json'}")
+    report = build(args.baselines, args.out, args.history, args.commits, args.seed)
+    if args.screenshot is not None:
+        screenshot(report, args.screenshot)
+    print(f"replayed {args.commits} commits of {args.baselines}; wrote {report} and {args.out / 'run.json'}")
 
 
 if __name__ == "__main__":
