@@ -96,6 +96,13 @@ def test_the_report_is_readable_at_1280_px_without_sideways_scrolling(page, real
     assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
 
 
+def test_an_expanded_test_still_fits_1280_px(page, realistic):
+    page.goto(realistic.as_uri())
+    for button in page.locator("#tests tr.test.fail button.expand").all():
+        button.click()
+    assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
+
+
 def test_clicking_the_fail_filter_leaves_only_failing_tests(page, realistic):
     page.goto(realistic.as_uri())
     before = len(visible_rows(page))

@@ -88,10 +88,10 @@ def _test_view(rec, verdicts: list[dict]) -> dict:
     }
 
 
-def _sparkline(view) -> str:
+def _sparkline(view, width: int = 260) -> str:
     points = view.points
     return sparkline([p.value for p in points], list(view.trend.indices), [p.status for p in points],
-                     [p.commit or f"run {p.run_id}" for p in points])
+                     [p.commit or f"run {p.run_id}" for p in points], width=width)
 
 
 def _scatter(verdicts: list[dict]) -> tuple[str, str]:
@@ -183,7 +183,8 @@ def context(header: dict, records, review=None, report_dir: Path | None = None) 
         "precisions": sorted({t["precision"] for t in tests}),
         "suites": sorted({t["suite"] for t in tests}),
         "moved": [{**v, "svg": _sparkline(v["trend"]), "text": v["trend"].describe()} for v in moved],
-        "sparklines": {(v["test"], v["metric"]): _sparkline(v["trend"]) for v in verdicts if v["trend"] is not None},
+        "sparklines": {(v["test"], v["metric"]): _sparkline(v["trend"], 130)
+                       for v in verdicts if v["trend"] is not None},
         "changepoint_method": METHOD,
         "history_note": review.history_note if review is not None else "",
         "traces": _traces(records, report_dir or Path.cwd()),
