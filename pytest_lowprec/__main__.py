@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .history import HistoryError, HistoryStore, verdict_rows
+from .history import HistoryError, HistoryStore, shown_url, verdict_rows
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,19 +119,13 @@ def _report(args) -> int:
                 found = [r for r in store.runs(header["gpu"]) if r.commit == header.get("commit")]
                 upto = found[0].id if found else None
             review.trends = trend_views(store.series(header["gpu"], args.commits, upto, keys))
-            review.history_note = shown_history(store)
+            review.history_note = shown_url(store.url)
     finally:
         if store is not None:
             store.close()
     html.render(args.output, header, records, review)
     print(f"wrote {args.output}")
     return 0
-
-
-def shown_history(store: HistoryStore) -> str:
-    from .history import shown_url
-
-    return shown_url(store.url)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from .gate import Status
 from .history import HistoryError, HistoryStore, shown_url
 from .trends import TrendView, trend_views
 
@@ -95,7 +96,7 @@ class ReviewData:
         for rec in sorted(records, key=lambda r: r.nodeid):
             for v in rec.verdicts:
                 view = self.trends.get((rec.nodeid, v.metric))
-                if v.status.value != "fail" or view is None:
+                if v.status != Status.FAIL or view is None:
                     continue
                 link = f" ([trend]({report_link}#{view.anchor}))" if report_link else ""
                 lines.append(f"- {markdown_text(rec.nodeid)} {markdown_text(v.metric)}: "
