@@ -15,7 +15,7 @@ from pytest_lowprec.recorder import TestRecord
 POSTGRES = os.environ.get("LOWPREC_TEST_POSTGRES_URL")
 
 
-def _postgres_database():
+def postgres_database():
     if not POSTGRES:
         if os.environ.get("LOWPREC_REQUIRE_POSTGRES"):
             pytest.fail("LOWPREC_REQUIRE_POSTGRES=1 but LOWPREC_TEST_POSTGRES_URL is unset (.ci/postgres start DIR)")
@@ -37,7 +37,7 @@ def store_url(request, tmp_path):
     if request.param == "sqlite":
         yield str(tmp_path / "history.sqlite")
         return
-    admin, name, url = _postgres_database()
+    admin, name, url = postgres_database()
     yield url
     sa = pytest.importorskip("sqlalchemy")
     with admin.connect() as conn:

@@ -126,3 +126,24 @@ def test_compare_names_a_run_that_is_not_stored(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pytest_lowprec", "compare", "1", "2", "--history",
                           str(tmp_path / "h.sqlite")], capture_output=True, text=True, check=False)
     assert out.returncode == 2 and "no stored run is '1'" in out.stderr
+
+
+def test_a_store_lost_mid_run_fails_the_run_and_still_writes_the_report(pytester):
+    from stores import postgres_database
+
+    admin, name, url = postgres_database()
+    pytester.makepyfile(f"""
+        import sqlalchemy as sa
+
+        def test_the_database_goes_away(lowprec):
+            lowprec.accuracy("sqnr_db", 30.0, min=25.0)
+            admin = sa.create_engine("{admin.url.render_as_string(hide_password=False)}", isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(sa.text('DROP DATABASE "{name}" WITH (FORCE)'))
+            admin.dispose()
+    """)
+    result = pytester.runpytest("--gpu", "cpu", f"--lowprec-history={url}", "--lowprec-report", "r.html")
+    admin.dispose()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*lowprec: history NOT written to postgresql+psycopg://*", "*1 passed*"])
+    assert (pytester.path / "r.html").exists()
