@@ -54,6 +54,7 @@ def test_the_reports_counts_are_pytests_with_every_skip_and_its_reason(pytester)
     assert "<span>3 tests</span>" in html and "<span>2 skipped</span>" in html and "(as pytest counted)" in html
     assert "<span class=\"\">0 failed</span>" in html  # nothing failed: not red
     skipped = html[html.index('id="skipped"'):]
+    assert "<summary>2 skipped: " in skipped
     assert "needs a B200" in skipped and "test_mixed.py::test_b200_only" in skipped
     assert "needs a CUDA device; this run is on cpu" in skipped
 
