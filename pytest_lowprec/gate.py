@@ -304,6 +304,7 @@ def judge_speedup(
     would widen its own tolerance). `measured`: flags of how it was measured, shown after the gate's own."""
     reasons: list[str] = []
     flags: list[str] = []
+    tolerance: dict = {}
     value = summary.median
     interval = (summary.low, summary.high)
     bound = (f">= {floor:.2f}x" + (f" ({floor_note})" if floor_note else "")) if floor is not None else ""
@@ -320,6 +321,7 @@ def judge_speedup(
         flags += more_flags
         if base.usable and not update:
             rel = tol.relative(base.noise, base.spread)
+            tolerance = {"tolerance_pct": 100.0 * rel}  # the band the report draws around the baseline
             low_line, high_line = base.value * (1.0 - rel), base.value * (1.0 + rel)
             if summary.high < low_line:
                 reasons.append(
@@ -355,7 +357,7 @@ def judge_speedup(
         reasons=tuple(reasons),
         flags=tuple(flags) + measured,
         where=where,
-        extra={**(extra or {}), **side_changes(sides_ms, base)},
+        extra={**(extra or {}), **side_changes(sides_ms, base), **tolerance},
     )
 
 

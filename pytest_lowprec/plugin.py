@@ -31,7 +31,8 @@ _MARKER_ARGS = {"precision", "device", "gpus"}
 # Every option's dest: one given on the command line means the run uses lowprec from its start.
 _OPTIONS = ("lowprec_gpu", "lowprec_update", "lowprec_baselines", "lowprec_precision", "lowprec_strict",
             "lowprec_report", "lowprec_trace", "lowprec_csv", "lowprec_markdown", "lowprec_tolerance",
-            "lowprec_time_budget", "lowprec_record_rounds", "lowprec_table")
+            "lowprec_time_budget", "lowprec_record_rounds", "lowprec_table", "lowprec_history",
+            "lowprec_history_commits", "lowprec_json")
 
 
 def _usage(parser: str) -> Callable[[str], object]:
@@ -97,6 +98,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="the verdict table at the end of the run: 'problems' (default) lists failed, inconclusive "
                          "and ungated verdicts under a one-line count of every status; 'all' lists every verdict, "
                          "as -v does.")
+    # History and saved runs (review.py). Declared here, with no default, so the plugin module imports
+    # nothing heavy and naming one of them starts the gate.
+    group.addoption("--lowprec-history", dest="lowprec_history", default=None, metavar="URL",
+                    help="append every verdict of the run to a history store and draw each metric's trend in the "
+                         "report: an SQLite file path (e.g. reports/history.sqlite) or a database URL "
+                         "(postgresql://user@host/db for runners that share one store).")
+    group.addoption("--lowprec-history-commits", dest="lowprec_history_commits", default=None,
+                    type=_usage("parse_count"), metavar="N",
+                    help="commits of history the report's trends show (default 20).")
+    group.addoption("--lowprec-json", dest="lowprec_json", default=None, metavar="PATH",
+                    help="save the run (header, pytest outcomes, every record) as JSON to PATH; "
+                         "`python -m pytest_lowprec report PATH` renders its HTML report again.")
     parser.addini("lowprec_gpu", "default for --gpu", default="auto")
     parser.addini("lowprec_baselines", "default for --lowprec-baselines", default="baselines")
     parser.addini("lowprec_strict", "default for --lowprec-strict", type="bool", default=False)

@@ -8,6 +8,7 @@ writes baselines and prints the summary.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import subprocess
@@ -166,7 +167,10 @@ def start_run(config: pytest.Config, *, named: bool) -> LowprecRun:
     run = LowprecRun(config, gate, device, store, entries)
     run.threads_before = _fix_cpu_threads(gate.cpu_threads)
     if not worker:  # the controller (or a run without xdist) alone merges, writes and prints
+        from .review import Review
+
         config.pluginmanager.register(run, "lowprec-run")
+        config.pluginmanager.register(Review.start(config, run), "lowprec-review")
     return run
 
 
@@ -300,8 +304,12 @@ class LowprecRun:
             return
         from .report import html, markdown  # jinja2 and pandas: only for a run that writes reports
         from .report.rows import verdict_frame, write_csv
+        from .review import REVIEW_KEY
 
-        wanted = [(self.gate.report_path, html.render), (self.gate.markdown_path, markdown.render)]
+        review = self.pytest_config.stash.get(REVIEW_KEY, None)  # pytest's outcomes and the trends: review.py
+        wanted = [(self.gate.report_path, functools.partial(html.render, review=review and review.data)),
+                  (self.gate.markdown_path, functools.partial(markdown.render, appendix=review.markdown_lines(
+                      self.gate.markdown_path, self.gate.report_path) if review else ()))]
         header, records = self.header(), list(self.records.values())
         for path, render in wanted:
             if path is not None:

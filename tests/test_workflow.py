@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -69,3 +73,72 @@ def test_the_gate_publishes_its_report_and_summary_even_when_it_fails():
     always = [s for s in steps if s.get("if") == "always()"]
     assert any("GITHUB_STEP_SUMMARY" in s.get("run", "") for s in always)
     assert any(s.get("uses", "").startswith("actions/upload-artifact") for s in always)
+
+
+FAKE_GH = """#!/usr/bin/env bash
+# gh, as the comment step uses it: list the comments (filtered by --jq through jq, as gh does), edit or post one.
+echo "$*" >> "$GH_LOG"
+if [ "$2" = "-X" ]; then
+    for arg in "$@"; do case "$arg" in body=@*) cp "${arg#body=@}" "$GH_BODY";; esac; done
+    exit 0
+fi
+while [ $# -gt 0 ]; do [ "$1" = "--jq" ] && { jq -r "$2" "$FAKE_COMMENTS"; exit 0; }; shift; done
+"""
+SUMMARY = "## lowprec gate on h200\n\n- t.py::test_gemm speedup: step -12.0% ([trend](lowprec.html#trend-0123abcd))\n"
+
+
+def comment_step() -> dict:
+    return next(s for s in workflow()["jobs"]["gate"]["steps"] if "comment" in s.get("name", "").lower())
+
+
+def run_comment_step(tmp_path, comments: list[dict]) -> tuple[list[str], str]:
+    """Run the step's script as GitHub would (bash -eo pipefail) with a fake gh; returns its calls and the body."""
+    if shutil.which("jq") is None:
+        pytest.skip("jq is needed to play gh's --jq filter (apt-get install jq; .ci/run installs it)")
+    bin_dir, work = tmp_path / "bin", tmp_path / "work"
+    bin_dir.mkdir()
+    (work / "reports").mkdir(parents=True)
+    (work / "reports" / "lowprec.md").write_text(SUMMARY)
+    gh = bin_dir / "gh"
+    gh.write_text(FAKE_GH)
+    gh.chmod(0o755)
+    (tmp_path / "comments.json").write_text(json.dumps(comments))
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "GH_LOG": str(tmp_path / "log"),
+           "GH_BODY": str(tmp_path / "body"), "FAKE_COMMENTS": str(tmp_path / "comments.json"), "GPU": "h200",
+           "PR": "7", "REPO": "o/r", "ARTIFACT_URL": "https://github.com/o/r/actions/runs/1/artifacts/2"}
+    subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", comment_step()["run"]],
+                   cwd=work, env=env, check=True, timeout=60)
+    return (tmp_path / "log").read_text().splitlines(), (tmp_path / "body").read_text()
+
+
+def test_the_gate_comments_on_every_pull_request_run_even_a_failing_one():
+    step = comment_step()
+    assert step["if"] == "always() && github.event_name == 'pull_request'"
+    assert step["env"]["GPU"] == "${{ matrix.gpu }}" and "artifact-url" in step["env"]["ARTIFACT_URL"]
+    upload = next(s for s in workflow()["jobs"]["gate"]["steps"] if s.get("uses", "").startswith("actions/upload"))
+    assert upload["id"] == "upload" and "steps.upload.outputs" in step["env"]["ARTIFACT_URL"]
+
+
+def test_the_comment_of_this_gpu_key_is_edited_not_posted_again(tmp_path):
+    comments = [{"id": 40, "body": "looks good"}, {"id": 41, "body": "<!-- lowprec-gate:h100 -->\nold h100"},
+                {"id": 42, "body": "<!-- lowprec-gate:h200 -->\nold h200"}]
+    calls, _ = run_comment_step(tmp_path, comments)
+    assert calls[-1].startswith("api -X PATCH repos/o/r/issues/comments/42 ")
+    assert not [c for c in calls if "POST" in c]
+
+
+def test_the_first_run_on_a_gpu_key_posts_its_comment(tmp_path):
+    calls, _ = run_comment_step(tmp_path, [{"id": 41, "body": "<!-- lowprec-gate:h100 -->\nh100"}])
+    assert calls[-1].startswith("api -X POST repos/o/r/issues/7/comments ")
+
+
+def test_the_comment_carries_its_marker_the_summary_and_links_into_the_report_artifact(tmp_path):
+    _, body = run_comment_step(tmp_path, [])
+    assert body.startswith("<!-- lowprec-gate:h200 -->\n## lowprec gate on h200")
+    assert "([trend](https://github.com/o/r/actions/runs/1/artifacts/2#trend-0123abcd))" in body
+    assert "[lowprec-h200](https://github.com/o/r/actions/runs/1/artifacts/2)" in body
+
+
+def test_the_gate_appends_to_the_history_and_saves_its_run():
+    options = {w.split("=")[0] for args in pytest_args() for w in args if w.startswith("--")}
+    assert {"--lowprec-history", "--lowprec-json"} <= options

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..gate import Status
@@ -26,7 +27,8 @@ def _table(rows) -> list[str]:
     return lines
 
 
-def render(path: Path, header: dict, records) -> None:
+def render(path: Path, header: dict, records, appendix: Sequence[str] = ()) -> None:
+    """`appendix`: lines placed after the regressions (review.py's trend of each regressed metric)."""
     records = sorted(records, key=lambda r: r.nodeid)
     pairs = [(r, v) for r in records for v in r.verdicts]
     failed = [(r, v) for r, v in pairs if v.status == Status.FAIL]
@@ -42,6 +44,7 @@ def render(path: Path, header: dict, records) -> None:
              f"Commit {_cell(header.get('commit') or 'unknown')}, {header['date']}.", ""]
     if failed:
         lines += ["### Regressions and failures", ""] + _table(failed) + [""]
+    lines += list(appendix)
     if inconclusive:
         lines += ["### Inconclusive (the interval still straddled a decision line)", ""] + _table(inconclusive) + [""]
     if ungated:
