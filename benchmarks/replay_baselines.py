@@ -23,7 +23,7 @@ from pathlib import Path
 from pytest_lowprec import gate
 from pytest_lowprec.gate import BaselineView, Kind, Margin, SpeedupTolerance
 from pytest_lowprec.history import HistoryStore
-from pytest_lowprec.recorder import TestRecord
+from pytest_lowprec.record import WorkloadRecord
 from pytest_lowprec.report import html
 from pytest_lowprec.review import Outcomes, ReviewData, save_run
 from pytest_lowprec.stats import RatioSummary
@@ -49,7 +49,7 @@ def _factor(speedups: list[str], nodeid: str, metric: str, commit: int, commits:
     return 1.0
 
 
-def replay(path: Path, commit: int, commits: int, rng: random.Random) -> list[TestRecord]:
+def replay(path: Path, commit: int, commits: int, rng: random.Random) -> list[WorkloadRecord]:
     data = json.loads(path.read_text())
     gpu, entries = data["gpu"], data["entries"]
     tol = SpeedupTolerance()
@@ -78,7 +78,7 @@ def replay(path: Path, commit: int, commits: int, rng: random.Random) -> list[Te
             else:
                 verdicts.append(gate.judge_info(name, m["value"], m.get("unit", "")))
         failed = any(v.failed for v in verdicts)
-        records.append(TestRecord(nodeid, tuple(entry.get("precision", [])), entry.get("signature", {}), verdicts,
+        records.append(WorkloadRecord(nodeid, tuple(entry.get("precision", [])), entry.get("signature", {}), verdicts,
                                   outcome="failed" if failed else "passed", device=entry.get("device", {})))
     return records
 

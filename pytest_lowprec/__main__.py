@@ -93,7 +93,7 @@ def _runs(args) -> int:
 
 
 def _report(args) -> int:
-    from .recorder import TestRecord
+    from .record import WorkloadRecord
     from .report import html
     from .review import Outcomes, ReviewData, load_run
     from .trends import trend_views
@@ -107,7 +107,7 @@ def _report(args) -> int:
                 raise HistoryError("--run names a stored run: give --history too")
             info = store.resolve(args.run, args.gpu)
             header, outcomes = info.header, Outcomes.from_dict(info.outcomes)
-            records = [TestRecord.from_dict(d) for d in store.records(info.id)]
+            records = [WorkloadRecord.from_dict(d) for d in store.records(info.id)]
             upto = info.id
         else:
             header, records, outcomes = load_run(args.saved)

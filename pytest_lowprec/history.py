@@ -313,7 +313,7 @@ class HistoryStore:
             return [dict(r) for r in rows]
 
     def records(self, run_id: int) -> list[dict]:
-        """The run's TestRecord dicts (TestRecord.from_dict turns them back)."""
+        """The run's WorkloadRecord dicts (WorkloadRecord.from_dict turns them back)."""
         sa, t = self._sa, self._t["records"]
         with self._engine.connect() as conn:
             rows = conn.execute(sa.select(t.c.record).where(t.c.run_id == run_id).order_by(t.c.test))

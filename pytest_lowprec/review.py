@@ -183,7 +183,7 @@ def save_run(path: Path, header: dict, records, outcomes: Outcomes) -> None:
 
 def load_run(path: Path) -> tuple[dict, list, Outcomes]:
     """A run saved by `--lowprec-json`: header, TestRecords, outcomes; a wrong file is a clear ValueError."""
-    from .recorder import TestRecord
+    from .record import WorkloadRecord
 
     try:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -194,5 +194,5 @@ def load_run(path: Path) -> tuple[dict, list, Outcomes]:
     if payload.get("version", 0) > RUN_FORMAT_VERSION:
         raise ValueError(f"{path} was saved by a newer pytest-lowprec (format {payload['version']}); "
                          "upgrade pytest-lowprec to read it")
-    return (payload["header"], [TestRecord.from_dict(r) for r in payload["records"]],
+    return (payload["header"], [WorkloadRecord.from_dict(r) for r in payload["records"]],
             Outcomes.from_dict(payload.get("outcomes")))

@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jinja2  # noqa: F401
+import pandas  # noqa: F401
 import pytest
 import torch  # noqa: F401
 
@@ -12,6 +14,7 @@ import torch  # noqa: F401
 import pytest_lowprec
 import pytest_lowprec.recorder  # noqa: F401
 import pytest_lowprec.report.html  # noqa: F401
+import pytest_lowprec.report.rows  # noqa: F401 - pandas
 import pytest_lowprec.session  # noqa: F401
 
 pytest_plugins = ["pytester"]

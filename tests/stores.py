@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from pytest_lowprec.gate import Kind, Status, Verdict
-from pytest_lowprec.recorder import TestRecord
+from pytest_lowprec.record import WorkloadRecord
 
 POSTGRES = os.environ.get("LOWPREC_TEST_POSTGRES_URL")
 
@@ -52,9 +52,9 @@ def header(commit: str, gpu: str = "h100", date: str = "2026-12-01T00:00:00+00:0
 
 
 def record(nodeid: str = "t.py::test_gemm", speedup: float = 1.6, sqnr: float = 28.0, status: str = "pass",
-           width: float = 0.01) -> TestRecord:
+           width: float = 0.01) -> WorkloadRecord:
     verdicts = [Verdict("speedup", Kind.SPEEDUP, Status(status), value=speedup,
                         interval=(speedup - width, speedup + width), unit="x", baseline=1.6,
                         delta_pct=100 * (speedup - 1.6) / 1.6, extra={"tolerance_pct": 3.0}),
                 Verdict("sqnr_db", Kind.ACCURACY, Status.PASS, value=sqnr, unit="dB")]
-    return TestRecord(nodeid, ("fp8",), {"n": 1024}, verdicts, outcome="failed" if status == "fail" else "passed")
+    return WorkloadRecord(nodeid, ("fp8",), {"n": 1024}, verdicts, outcome="failed" if status == "fail" else "passed")

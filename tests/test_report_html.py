@@ -7,7 +7,7 @@ import re
 from stores import header, record
 
 from pytest_lowprec.gate import Kind, Status, Verdict
-from pytest_lowprec.recorder import TestRecord as Record  # a Test* name would be collected
+from pytest_lowprec.record import WorkloadRecord as Record
 from pytest_lowprec.report import html, svg
 from pytest_lowprec.review import Outcomes, ReviewData
 
