@@ -200,8 +200,9 @@ def gemm_tiled_interpreted(a: NVFP4Tensor | torch.Tensor, b: NVFP4Tensor, config
         inputs, output = os.path.join(tmp, "in.pt"), os.path.join(tmp, "out.pt")
         torch.save({"a": a, "b": b, "config": config}, inputs)
         env = {**os.environ, "TRITON_INTERPRET": "1"}
-        done = subprocess.run([sys.executable, __file__, inputs, output], env=env, capture_output=True, text=True,
-                              check=False)
+        # -m, not the file: the module's relative imports need it run as part of its package.
+        done = subprocess.run([sys.executable, "-m", __name__, inputs, output], env=env, capture_output=True,
+                              text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"the interpreted NVFP4 kernel failed:\n{done.stdout}{done.stderr}")
         return torch.load(output)
@@ -248,7 +249,7 @@ def linear(x: torch.Tensor, w: NVFP4Tensor, cuda: CudaKernels | None, out: torch
     return gemm_tiled(x, w, out=out)
 
 
-if __name__ == "__main__":  # gemm_tiled_interpreted's child: python nvfp4_gemm.py IN OUT
+if __name__ == "__main__":  # gemm_tiled_interpreted's child: python -m lowprec_workloads.nvfp4_gemm IN OUT
     import sys
 
     job = torch.load(sys.argv[1], weights_only=False)

@@ -48,27 +48,29 @@ def venv_python(tmp_path_factory) -> Path:
             shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(ROOT / name, source / name)
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(work / "dist"), str(source)],
-                   check=True, capture_output=True, text=True)
+    run(sys.executable, "-m", "build", "--wheel", "--outdir", str(work / "dist"), str(source))
     wheel = next((work / "dist").glob("*.whl"))
     venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    run(sys.executable, "-m", "venv", "--without-pip", str(venv))
     python = venv / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
-                   check=True, capture_output=True, text=True)
-    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                         check=True, capture_output=True, text=True).stdout.strip()
+    run(sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel))
+    own = run(str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip()
     # A .pth line appends a folder without running that folder's .pth files, so an editable install of
     # pytest-lowprec in this environment stays inactive in the venv.
     (Path(own) / "outer-environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     return python
 
 
+def run(*command: str, cwd: Path | None = None, env: dict | None = None) -> str:
+    """The command's stdout; a failure shows what the command said."""
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
 def probe(python: Path, cwd: Path, *args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    out = subprocess.run([str(python), "-c", PROBE, *args], cwd=cwd, env=env, check=True, capture_output=True,
-                         text=True)
-    return json.loads(out.stdout)
+    return json.loads(run(str(python), "-c", PROBE, *args, cwd=cwd, env=env))
 
 
 def test_the_installed_workload_package_finds_the_kernel_sources_the_wheel_carries(venv_python, tmp_path):
