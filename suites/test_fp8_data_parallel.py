@@ -25,6 +25,7 @@ LAST_K = 20
 LOSS_GAP_BOUND = 0.01
 
 
+@pytest.mark.slow  # a CPU training of minutes: CI runs it with --slow; a GPU run always
 @pytest.mark.lowprec(precision="fp8", gpus=WORLD)
 def test_data_parallel_fp8_training_matches_one_process(lowprec, tmp_path):
     shape = GPU_SHAPE if lowprec.on_cuda else CPU_SHAPE

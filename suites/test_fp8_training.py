@@ -51,6 +51,7 @@ def _shape(lowprec) -> Shape:
     return GPU_SHAPE if lowprec.on_cuda else CPU_SHAPE
 
 
+@pytest.mark.slow  # a CPU training of minutes: CI runs it with --slow; a GPU run always
 @pytest.mark.lowprec(precision="fp8")
 def test_fp8_training_final_loss_matches_bf16(lowprec):
     shape = _shape(lowprec)

@@ -99,6 +99,7 @@ def _runs(lowprec, runs: dict, names: tuple[str, ...]):
 
 
 
+@pytest.mark.slow  # a CPU training of minutes: CI runs it with --slow; a GPU run always
 @pytest.mark.lowprec(precision="nvfp4")
 def test_nvfp4_training_matches_bf16(lowprec, runs):
     shape = _shape(lowprec)
@@ -118,6 +119,7 @@ def test_nvfp4_training_matches_bf16(lowprec, runs):
     lowprec.accuracy("nonfinite_weights", sum(run.nonfinite_weights for run in recipe_runs), max=0)
 
 
+@pytest.mark.slow  # a CPU training of minutes: CI runs it with --slow; a GPU run always
 @pytest.mark.lowprec(precision="nvfp4")
 def test_naive_nvfp4_control_ends_further_from_bf16(lowprec, runs):
     shape = _shape(lowprec)

@@ -107,6 +107,7 @@ def prompts(device: str, seed: int) -> torch.Tensor:
     return torch.randint(0, VOCAB, (PROMPTS, PROMPT_LEN), generator=g, device=device)
 
 
+@pytest.mark.slow  # a CPU training of minutes: CI runs it with --slow; a GPU run always
 @pytest.mark.lowprec(precision="fp8")
 def test_confidence_switching_keeps_the_16bit_tokens(lowprec):
     model = TinyLM(lowprec.device)

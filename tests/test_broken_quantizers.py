@@ -85,6 +85,7 @@ def _run(tmp_path: Path, broken: str) -> pd.DataFrame:
     return pd.read_csv(csv)
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 @pytest.mark.parametrize("broken", sorted(CASES))
 def test_a_broken_quantizer_fails_the_suites_accuracy_gates_without_any_baseline(tmp_path, broken):
     verdicts = _run(tmp_path, broken)

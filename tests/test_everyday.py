@@ -125,6 +125,7 @@ def test_lowprec_trace_without_cuda_warns_that_it_did_nothing(pytester):
     assert not (pytester.path / "traces").exists()
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 @pytest.mark.parametrize("args", [(), ("--lowprec-update",), ("--lowprec-update", "-n", "2")],
                          ids=["gate", "update", "update-under-xdist"])
 def test_no_lock_file_is_left_in_the_baselines_folder_after_a_run(pytester, args):
@@ -149,6 +150,7 @@ def test_the_too_many_workers_error_says_what_gpu_cpu_runs():
     assert "--gpu cpu (accuracy gates and CPU-timed speedups; speed gates over CUDA work skip)" in message
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 def test_an_xdist_run_that_names_no_lowprec_option_still_ends_with_the_gate_summary(pytester):
     pytester.makepyfile("""
         import pytest

@@ -197,12 +197,14 @@ def _cpu_values(pytester, monkeypatch, omp: str, *options: str) -> dict:
     return dict(zip(frame["metric"], frame["value"], strict=True))
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 def test_cpu_values_do_not_depend_on_the_machines_thread_count(pytester, monkeypatch):
     pytester.makepyfile(test_sum=SUM)
     one, sixteen = _cpu_values(pytester, monkeypatch, "1"), _cpu_values(pytester, monkeypatch, "16")
     assert one == sixteen and one["threads"] == 2  # the plugin's fixed count, whatever OMP_NUM_THREADS says
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 def test_the_fixed_thread_count_is_what_makes_them_equal(pytester, monkeypatch):
     pytester.makepyfile(test_sum=SUM)
     one = _cpu_values(pytester, monkeypatch, "2", "-o", "lowprec_cpu_threads=1")
@@ -235,6 +237,7 @@ def test_every_speed_gate_in_the_suites_declares_a_floor_and_faster_claims_never
                                                for k in e.keywords) for e in expects), where
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 def test_a_dry_run_on_a_faked_b200_floors_every_speed_gate_from_the_registry(pytester, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("FAKE_GPU", "b200")
@@ -334,6 +337,7 @@ def test_an_update_says_which_metrics_leave_a_renamed_entry(gate):
                                  "them from its baseline entry*"])
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 def test_a_worker_that_crashes_during_an_update_is_named_and_the_update_fails(gate):
     gate.makepyfile(test_crash="""
         import os

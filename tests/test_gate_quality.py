@@ -106,6 +106,7 @@ def test_host_speed(lowprec):
 """
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 def test_a_study_on_the_host_timer_records_runs_and_catches_a_large_injected_slowdown(tmp_path):
     (tmp_path / "test_host.py").write_text(HOST_TEST)
     (tmp_path / "conftest.py").write_text("")
@@ -130,6 +131,7 @@ def test_a_study_on_the_host_timer_records_runs_and_catches_a_large_injected_slo
     assert "## False alarms" in study.stdout and "## Detection of injected slowdowns" in study.stdout
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 def test_a_study_spread_over_devices_runs_one_process_per_device_and_names_the_device_in_each_run(tmp_path):
     (tmp_path / "test_host.py").write_text(HOST_TEST)
     (tmp_path / "conftest.py").write_text("")

@@ -37,6 +37,7 @@ def test_pre_volta_devices_are_refused():
         kernels.target_for((6, 1))
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 @needs_nvcc
 @pytest.mark.parametrize("source", kernels.sources(), ids=lambda p: p.name)
 @pytest.mark.parametrize("capability", [(9, 0), (10, 0)], ids=["sm_90a", "sm_100a"])
@@ -54,6 +55,7 @@ def test_compile_error_names_file_and_line(tmp_path):
     assert "undefined_name" in err.value.location
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 @needs_nvcc
 def test_build_is_cached_by_content(tmp_path):
     src = tmp_path / "tiny.cu"
@@ -68,6 +70,7 @@ def test_build_is_cached_by_content(tmp_path):
     assert kernels.build(src, target, cache_dir=tmp_path / "cache") != first
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 @needs_nvcc
 def test_launcher_error_becomes_an_exception(tmp_path, monkeypatch):
     monkeypatch.setenv("LOWPREC_KERNEL_CACHE", str(tmp_path))

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOX = shutil.which("nox", path=str(Path(sys.executable).parent))
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 @pytest.mark.skipif(NOX is None, reason="nox is not installed beside this interpreter (pip install -e '.[test]')")
 def test_a_precision_session_runs_its_venvs_pytest_with_the_plugin_from_a_clean_shell(tmp_path):
     venv_bin = str(Path(sys.executable).parent)

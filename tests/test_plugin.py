@@ -382,6 +382,7 @@ def test_ini_options_set_defaults(gate):
     assert (gate.path / "stored" / "cpu.json").exists()
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 def test_xdist_workers_send_records_to_the_controller_which_alone_writes(pytester):
     pytest.importorskip("xdist")
     pytester.makepyfile("""

@@ -86,6 +86,7 @@ def test_improvements_get_their_own_section(gate, monkeypatch):
     assert "### Improvements" in md and "pass (improved)" in md
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 def test_report_written_once_for_an_xdist_run(pytester):
     pytest.importorskip("xdist")
     pytester.makepyfile("""

@@ -73,12 +73,14 @@ def probe(python: Path, cwd: Path, *args: str) -> dict:
     return json.loads(run(str(python), "-c", PROBE, *args, cwd=cwd, env=env))
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 def test_the_installed_workload_package_finds_the_kernel_sources_the_wheel_carries(venv_python, tmp_path):
     found = probe(venv_python, tmp_path)
     assert Path(found["module"]).is_relative_to(venv_python.parent.parent)
     assert set(found["sources"]) == {p.name for p in kernels.sources()}
 
 
+@pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 @needs_nvcc
 def test_a_kernel_compiles_from_the_installed_wheel(venv_python, tmp_path):
     found = probe(venv_python, tmp_path, str(tmp_path / "cache"))
