@@ -108,20 +108,8 @@ def test_host_speed(lowprec):
 
 @pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 def test_a_study_on_the_host_timer_records_runs_and_catches_a_large_injected_slowdown(tmp_path):
-    (tmp_path / "test_host.py").write_text(HOST_TEST)
-    (tmp_path / "conftest.py").write_text("")
-    # A loaded 2-core CI machine gives these host pairs 2-6% noise (measured, 2026-11-30): over the
-    # recording's 5% cap at times. The cap has its own tests; this one is about the study.
-    record = subprocess.run([sys.executable, "-m", "pytest", "test_host.py", "--gpu", "cpu", "--lowprec-update",
-                             "-o", "lowprec_max_record_noise=0.25", "-q", "-p", "no:cacheprovider"],
-                            cwd=tmp_path, capture_output=True, text=True)
-    assert record.returncode == 0, record.stdout + record.stderr
-    out = tmp_path / "study"
-    study = subprocess.run([sys.executable, str(BENCHMARKS / "gate_quality.py"), "run", "--gpu", "cpu",
-                            "--root", str(tmp_path), "--baselines", str(tmp_path / "baselines"), "--out", str(out),
-                            "--runs", "1", "--phases", "unchanged,inject,peers", "--slowdowns", "0.5"],
-                           capture_output=True, text=True)
-    assert study.returncode == 0, study.stdout + study.stderr
+    out, study = _study_of_a_recorded_host_test(tmp_path, "--runs", "1", "--phases", "unchanged,inject,peers",
+                                                "--slowdowns", "0.5")
     injected = json.loads((out / "inject-0.5-00.json").read_text())["rows"]
     (slowed,) = injected
     assert slowed["status"] == "fail" and "regressed" in slowed["reasons"][0]
@@ -133,8 +121,19 @@ def test_a_study_on_the_host_timer_records_runs_and_catches_a_large_injected_slo
 
 @pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 def test_a_study_spread_over_devices_runs_one_process_per_device_and_names_the_device_in_each_run(tmp_path):
+    out, _ = _study_of_a_recorded_host_test(tmp_path, "--runs", "2", "--phases", "unchanged", "--devices", "0,1")
+    devices = {json.loads((out / f"unchanged-0-{i:02d}.json").read_text())["cuda_device"] for i in range(2)}
+    assert devices == {"0", "1"}
+    assert not list(out.glob("current*"))
+
+
+def _study_of_a_recorded_host_test(tmp_path, *study_args: str):
+    """Record HOST_TEST's baseline, run gate_quality.py over it with `study_args`; the study's folder and
+    process."""
     (tmp_path / "test_host.py").write_text(HOST_TEST)
     (tmp_path / "conftest.py").write_text("")
+    # A loaded 2-core CI machine gives these host pairs 2-6% noise (measured, 2026-11-30): over the
+    # recording's 5% cap at times. The cap has its own tests; these are about the study.
     record = subprocess.run([sys.executable, "-m", "pytest", "test_host.py", "--gpu", "cpu", "--lowprec-update",
                              "-o", "lowprec_max_record_noise=0.25", "-q", "-p", "no:cacheprovider"],
                             cwd=tmp_path, capture_output=True, text=True)
@@ -142,9 +141,6 @@ def test_a_study_spread_over_devices_runs_one_process_per_device_and_names_the_d
     out = tmp_path / "study"
     study = subprocess.run([sys.executable, str(BENCHMARKS / "gate_quality.py"), "run", "--gpu", "cpu",
                             "--root", str(tmp_path), "--baselines", str(tmp_path / "baselines"), "--out", str(out),
-                            "--runs", "2", "--phases", "unchanged", "--devices", "0,1"],
-                           capture_output=True, text=True)
+                            *study_args], capture_output=True, text=True)
     assert study.returncode == 0, study.stdout + study.stderr
-    devices = {json.loads((out / f"unchanged-0-{i:02d}.json").read_text())["cuda_device"] for i in range(2)}
-    assert devices == {"0", "1"}
-    assert not list(out.glob("current*"))
+    return out, study

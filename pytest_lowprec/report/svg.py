@@ -53,9 +53,7 @@ def delta_chart(rows: list[dict], limit_pct: float = 50.0) -> str:
     for i, r in enumerate(rows):
         y = top + i * row_h
         colour = _COLOUR.get(r["status"], "#999")
-        parts.append(f'<text x="{left - 8}" y="{y + 12}" font-size="11" text-anchor="end">'
-                     f'<title>{escape(r["test"])} {escape(r["metric"])}</title>'
-                     f'{escape(_short(r["test"], r["metric"]))}</text>')
+        parts.append(_row_label(r, left - 8, y + 12))
         tol = r.get("tolerance_pct")
         if tol:
             parts.append(f'<rect class="band" x="{x(-tol):.1f}" y="{y + 1}" width="{x(tol) - x(-tol):.1f}" '
@@ -109,9 +107,7 @@ def speedup_chart(rows: list[dict]) -> str:
     for i, r in enumerate(rows):
         y = top + i * row_h
         colour = _COLOUR.get(r["status"], "#999")
-        parts.append(f'<text x="{left - 8}" y="{y + 12}" font-size="11" text-anchor="end">'
-                     f'<title>{escape(r["test"])} {escape(r["metric"])}</title>'
-                     f'{escape(_short(r["test"], r["metric"]))}</text>')
+        parts.append(_row_label(r, left - 8, y + 12))
         parts.append(f'<rect x="{x(lo):.1f}" y="{y + 4}" width="{x(r["value"]) - x(lo):.1f}" height="{row_h - 8}" '
                      f'fill="{colour}" opacity="0.75"/>')
         if r.get("low") and r.get("high"):
@@ -210,3 +206,10 @@ def sparkline(values: list[float], shifts: list[int], statuses: list[str], label
                      f'<title>{escape(lab)}: {v:.4g}</title></circle>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _row_label(row: dict, x: float, y: float) -> str:
+    """A chart row's short name, right-aligned at (x, y), with the full test id and metric on hover."""
+    return (f'<text x="{x}" y="{y}" font-size="11" text-anchor="end">'
+            f'<title>{escape(row["test"])} {escape(row["metric"])}</title>'
+            f'{escape(_short(row["test"], row["metric"]))}</text>')
