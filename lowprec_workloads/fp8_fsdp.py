@@ -32,6 +32,7 @@ from pytest_lowprec.formats.fp8 import scaled_mm
 from .fp8_training import E4M3, Fp8Recipe, Linear, Stack, quantize_operand
 
 REDUCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+UNITS = ("block", "linear")
 
 
 @dataclass(frozen=True)
@@ -44,16 +45,22 @@ class Fsdp2Config:
     fp8_all_gather: bool = True
     reshard_after_forward: bool = False
     reduce_dtype: str = "float32"
+    # What one all-gather and one reduce-scatter hold: a block's parameters, or each linear's apart (the
+    # backward's last reduce-scatter, which nothing is left to hide, then holds one linear's gradient).
+    unit: str = "block"
 
     def __post_init__(self):
         if self.reduce_dtype not in REDUCE_DTYPES:
             raise ValueError(f"reduce_dtype {self.reduce_dtype!r} is not one of {', '.join(REDUCE_DTYPES)}")
+        if self.unit not in UNITS:
+            raise ValueError(f"unit {self.unit!r} is not one of {', '.join(UNITS)}")
 
     @property
     def label(self) -> str:
         gather = "fp8" if self.fp8_all_gather else "fp32"
         reshard = "reshard" if self.reshard_after_forward else "keep"
-        return f"fsdp2 {gather} all-gather, {reshard} after forward, {self.reduce_dtype} reduce-scatter"
+        return (f"fsdp2 {gather} all-gather, {reshard} after forward, {self.reduce_dtype} reduce-scatter"
+                + ("" if self.unit == "block" else f", per {self.unit}"))
 
 
 class WeightScale:
@@ -247,15 +254,19 @@ def fp8_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def shard(model: Stack, mesh, config: Fsdp2Config) -> Stack:
-    """fully_shard each block, then the root. The parameters stay float32 (param_dtype None): the FP8
-    recipe casts the float32 master weights, and a bfloat16 copy in between would round them twice; the
-    LayerNorm takes float32 weights. Only the gradients' reduce-scatter may be bfloat16 (reduce_dtype)."""
+    """fully_shard each block (each linear first, for unit "linear"), then the root. The parameters stay
+    float32 (param_dtype None): the FP8 recipe casts the float32 master weights, and a bfloat16 copy in
+    between would round them twice; the LayerNorm takes float32 weights. Only the gradients'
+    reduce-scatter may be bfloat16 (reduce_dtype)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if config.fp8_all_gather:
         use_fp8_all_gather(model)
     policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=REDUCE_DTYPES[config.reduce_dtype])
     for block in model.blocks:
+        if config.unit == "linear":
+            for linear in (block.fc1, block.fc2):
+                fully_shard(linear, mesh=mesh, reshard_after_forward=config.reshard_after_forward, mp_policy=policy)
         fully_shard(block, mesh=mesh, reshard_after_forward=config.reshard_after_forward, mp_policy=policy)
     fully_shard(model, mesh=mesh, reshard_after_forward=config.reshard_after_forward, mp_policy=policy)
     if config.fp8_all_gather:

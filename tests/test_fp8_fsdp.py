@@ -37,8 +37,9 @@ from lowprec_workloads.fp8_fsdp import (
 from lowprec_workloads.fp8_training import E4M3, RECIPE, Fp8Recipe, Linear, Shape, quantize_operand
 
 TINY = Shape(d=64, blocks=2, tokens=512, steps=3)
-EVERY_VARIANT = (DDP,) + tuple(Fsdp2Config(fp8, reshard, reduce) for fp8 in (True, False) for reshard in (False, True)
-                               for reduce in ("float32", "bfloat16"))
+EVERY_VARIANT = (DDP,) + tuple(Fsdp2Config(fp8, reshard, reduce, unit) for fp8 in (True, False)
+                               for reshard in (False, True) for reduce in ("float32", "bfloat16")
+                               for unit in ("block", "linear"))
 
 
 def _linear(fp8: bool = True, seed: int = 0) -> Linear:
@@ -121,8 +122,11 @@ def test_a_gathered_weight_is_only_read_by_the_fp8_linear():
 def test_fsdp2_config_names_its_choices_and_refuses_an_unknown_reduce_dtype():
     assert Fsdp2Config(True, False, "bfloat16").label == \
         "fsdp2 fp8 all-gather, keep after forward, bfloat16 reduce-scatter"
+    assert Fsdp2Config(unit="linear").label.endswith(", per linear")
     with pytest.raises(ValueError, match="float16"):
         Fsdp2Config(reduce_dtype="float16")
+    with pytest.raises(ValueError, match="unit 'layer'"):
+        Fsdp2Config(unit="layer")
 
 
 def test_fp8_all_gather_moves_a_quarter_of_the_float32_weight_bytes_and_resharding_gathers_twice():
@@ -237,6 +241,27 @@ def test_shards_cast_with_different_scales_do_not_decode_as_one_weight(tmp_path)
     """)
     assert [r[0] for r in results] == [0, 0]
     assert all(r[1] > 0 for r in results)
+
+
+@pytest.mark.slow  # 2 ranks
+def test_a_synced_scale_is_the_last_casts_amax_or_the_updated_weights_as_the_recipe_says(tmp_path):
+    results = _ranks(tmp_path, """
+        from lowprec_workloads.fp8_fsdp import Fsdp2Config, gathered_weights, shard, sync_weight_scales, whole
+        from lowprec_workloads.fp8_training import Fp8Recipe, Stack
+        result = {}
+        for weight_amax in ("previous", "current"):
+            model = Stack(64, 1, fp8=True, seed=0, device="cpu").set_fp8(True, Fp8Recipe(weight_amax=weight_amax))
+            shard(model, mesh, Fsdp2Config())
+            linear = model.blocks[0].fc1
+            first = whole(linear.weight).abs().amax().item()
+            synced_at_start = linear.scale.amax.item()
+            gathered_weights(model)  # a cast, as the forward's, records this rank's shard amax
+            with torch.no_grad():
+                linear.weight.mul_(2.0)  # an optimizer step
+            sync_weight_scales(model, mesh.get_group())
+            result[weight_amax] = [synced_at_start / first, linear.scale.amax.item() / first]
+    """)
+    assert results == [{"previous": [1.0, 1.0], "current": [1.0, 2.0]}] * 2
 
 
 @pytest.mark.slow  # 2 ranks
