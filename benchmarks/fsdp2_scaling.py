@@ -51,14 +51,14 @@ def round_efficiencies(results: list[dict], name: str) -> list[float]:
             for i in range(rounds)]
 
 
-def timing(world: int, d: int, cuda: bool, rounds: int, steps: int) -> dict:
+def timing(world: int, d: int, cuda: bool, rounds: int, steps: int, timeout_s: float) -> dict:
     shape = Shape(d=d, blocks=BLOCKS, tokens=TOKENS_PER_GPU * world, steps=0, lr=LR)
     rows = {}
     with tempfile.TemporaryDirectory() as out:
         job = Job(shape, world, cuda, out, "time", variants=VARIANTS, timing_rounds=rounds, timing_steps=steps)
         start = time.monotonic()
         try:
-            results = launch(job, timeout_s=420)
+            results = launch(job, timeout_s=timeout_s)
         except Exception as exc:  # noqa: BLE001 - say what failed, write what there is
             print(f"the timing job failed after {time.monotonic() - start:.0f} s:\n{exc}", flush=True)
             return {"error": str(exc)}
@@ -104,7 +104,7 @@ def losses(world: int, d: int, cuda: bool) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = [f"FP8 stack d={result['d']}, {BLOCKS} blocks, {TOKENS_PER_GPU} tokens a GPU, {result['world']} GPUs; "
+    lines = [f"FP8 stack d={result['d']}, {BLOCKS} blocks, {TOKENS_PER_GPU} tokens a GPU, {result['world']} ranks; "
              f"one GPU's step per rank (ms): {', '.join(f'{t:.2f}' for t in result['one_gpu_ms_per_rank'])}",
              f"{'variant':<78} {'1-GPU ms':>8} {'DP ms':>7} {'eff':>6} {'rounds':>11} {'tok/s':>9} "
              f"{'comm ms':>7} {'hidden':>6}"]
@@ -127,6 +127,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
     parser.add_argument("--loss", action="store_true", help="also train each reduce dtype and print its loss gap")
+    parser.add_argument("--timeout", type=float, default=140.0,
+                        help="seconds the timing job may take before its ranks are stopped and the failure printed")
     parser.add_argument("--cpu", action="store_true", help="2 gloo ranks at d=64: checks the script, measures nothing")
     args = parser.parse_args()
     cuda, d = not args.cpu, 64 if args.cpu else 4096
@@ -141,7 +143,7 @@ def main() -> None:
             result["loss"] = {"error": traceback.format_exc()}
         for name, row in result["loss"].items():
             print(f"loss: {name}: {row}", flush=True)
-    result.update(timing(world, d, cuda, args.rounds, args.steps))
+    result.update(timing(world, d, cuda, args.rounds, args.steps, args.timeout))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     if "variants" in result:

@@ -42,9 +42,10 @@ from .fp8_training import LossScaler, Shape, Stack, batch, objective, train
 # caller's environment sets them otherwise.
 _NCCL_SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 DDP = "ddp"
-# What the gate runs: FSDP2 with FP8 all-gather, float32 reduce-scatter, the gathered weights kept
-# from the forward to the backward (two blocks of 0.5 GiB FP8 weights fit; resharding would gather
-# them again). benchmarks/fsdp2_scaling.py measures the alternatives on the GPU.
+# What the gate runs: FSDP2 with FP8 all-gather, float32 reduce-scatter (numerics as one process's up to
+# summation order), the gathered weights kept from the forward to the backward (a block's FP8 weights
+# are 128 MiB at d=4096; resharding would all-gather them again for the backward). Not yet measured on
+# a GPU: benchmarks/fsdp2_scaling.py times it against every alternative and DDP.
 GATED = Fsdp2Config()
 
 
