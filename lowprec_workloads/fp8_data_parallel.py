@@ -1,81 +1,124 @@
 """Data-parallel FP8 training: the training suite's FP8 stack on N processes over torch.distributed.
 
-Each process owns one device (a GPU with NCCL, or the CPU with gloo) and trains a
-DistributedDataParallel copy of the FP8 stack on its shard of the same global batch
-the single-process run sees; DDP averages the gradients during the backward, so the
-step is the single-process step on the whole batch. The FP8 scales of activations and
-gradients come from the group's amax (an all-reduce of one number per quantization, on a
-process group of its own, as TransformerEngine's amax reduction does): with per-shard
-scales each rank rounds differently from the single process, and at the chapter's shape
-that alone moved the final loss 2.4% (2 H200s, 2026-11-22), more than the bound. What is
-left is summation order. The loss-scale manager needs nothing new: a non-finite gradient
-on any rank is non-finite on every rank after the all-reduce, so all ranks skip together.
+Each process owns one device (a GPU with NCCL, or the CPU with gloo) and trains on its shard of the same
+global batch the single-process run sees. The gated way is FSDP2 (`fp8_fsdp`): each rank keeps 1/N of
+the weights, gradients and optimizer state, gradients are reduce-scattered during the backward, and the
+FP8 weights are all-gathered as FP8. DistributedDataParallel (a whole replica a rank, float32 gradients
+all-reduced) stays as the comparison.
 
-Processes start with torch.multiprocessing (spawn) and meet through a file, so no port
-is needed; each writes its results as JSON, which the parent reads back.
+Either way the FP8 scales of activations and gradients come from the group's amax (an all-reduce of one
+number per quantization, on a process group of its own, as TransformerEngine's amax reduction does):
+with per-shard scales each rank rounds differently from the single process, and at the chapter's shape
+that alone moved the final loss 2.4% (2 H200s, 2026-11-22). What is left is summation order.
+
+Processes start the way torchrun starts them: `python -m lowprec_workloads.fp8_data_parallel JOB.json`
+per rank with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT in its environment, meeting in
+a TCPStore that the launcher hosts (TORCHELASTIC_USE_AGENT_STORE, torchrun's own arrangement). The store
+binds port 0, so the OS hands it a free port that it holds until the ranks finish: no port is guessed,
+none is probed and released for another process to take. `torchrun --nproc-per-node N -m
+lowprec_workloads.fp8_data_parallel JOB.json` runs the same ranks. Each rank writes its result as JSON.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from . import fp8_fsdp
+from .fp8_fsdp import REDUCE_DTYPES, Fsdp2Config
 from .fp8_training import LossScaler, Shape, Stack, batch, objective, train
 
-# The device machines (and many clusters) forbid NVLink multicast; children inherit these, and
-# setdefault keeps whatever the caller chose.
+# The device machines (and many clusters) forbid NVLink multicast; the ranks get these unless the
+# caller's environment sets them otherwise.
 _NCCL_SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+DDP = "ddp"
+# What the gate runs: FSDP2 with FP8 all-gather, float32 reduce-scatter (numerics as one process's up to
+# summation order), the gathered weights kept from the forward to the backward (a block's FP8 weights
+# are 128 MiB at d=4096; resharding would all-gather them again for the backward). Not yet measured on
+# a GPU: benchmarks/fsdp2_scaling.py times it against every alternative and DDP.
+GATED = Fsdp2Config()
 
 
 @dataclass(frozen=True)
 class Job:
-    """What every rank runs. `shape.tokens` is the global batch: each rank takes tokens / world."""
+    """What every rank runs. `shape.tokens` is the global batch: each rank takes tokens / world.
+
+    mode "train": the loss curve of `variants[0]` (FSDP2 or DDP); "time": per-step times of each variant
+    against one GPU's step without any collective, in alternating rounds."""
 
     shape: Shape
     world: int
     cuda: bool
-    rendezvous: str
     out_dir: str
-    mode: str  # "train": the loss curve; "time": step times with and without gradient sync
+    mode: str
+    variants: tuple = (GATED,)  # each an Fsdp2Config or DDP
     poison_step: int | None = None
     seed: int = 0
     timing_rounds: int = 5
     timing_steps: int = 10
+    warmup_steps: int = 3
+
+    def __post_init__(self):
+        if self.mode not in ("train", "time"):
+            raise ValueError(f"mode {self.mode!r} is not 'train' or 'time'")
+        if not self.variants or any(v != DDP and not isinstance(v, Fsdp2Config) for v in self.variants):
+            raise ValueError(f"variants are Fsdp2Config or {DDP!r}, got {self.variants!r}")
+        if self.mode == "train" and len(self.variants) != 1:
+            raise ValueError("a training job trains one variant")
+        if self.world < 1 or self.shape.tokens % self.world:
+            raise ValueError(f"global batch of {self.shape.tokens} tokens does not split over {self.world} ranks")
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["shape"] = asdict(self.shape)
+        d["variants"] = [DDP if v == DDP else asdict(v) for v in self.variants]
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        d = json.loads(text)
+        d["shape"] = Shape(**d["shape"])
+        d["variants"] = tuple(DDP if v == DDP else Fsdp2Config(**v) for v in d["variants"])
+        return cls(**d)
+
+
+def label(variant) -> str:
+    return "ddp, float32 all-reduce" if variant == DDP else variant.label
 
 
 class DistributedError(RuntimeError):
     """A rank failed or the group did not finish in time."""
 
 
-def _shard(t: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+@dataclass
+class _Rank:
+    """This process's place in the group: its rank, the world, its device, the FSDP2 mesh, and the process
+    group of its own that the amax all-reduces use."""
+
+    rank: int
+    world: int
+    device: str
+    mesh: object = None
+    amax_group: object = None
+
+
+def _shard(t, rank: int, world: int):
     per = t.shape[0] // world
     return t[rank * per:(rank + 1) * per]
 
 
-def _replica(job: Job, rank: int, device: str):
-    """(model, its DDP wrapper, the teacher, the amax reduction): the FP8 stack with its scales reduced over
-    the group. Gradients live in the all-reduce buckets (no copy of 1 GiB of float32 gradients in and out
-    of them each step)."""
-    model = Stack(job.shape.d, job.shape.blocks, fp8=True, seed=job.seed, device=device)
-    teacher = Stack(job.shape.d, job.shape.blocks, fp8=False, seed=job.seed + 1, device=device)
-    reduce = _group_amax(dist.new_group())
-    set_amax_reduction(model, reduce)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank] if job.cuda else None,
-                                                    gradient_as_bucket_view=True)
-    return model, ddp, teacher, reduce
-
-
 def _group_amax(group):
-    def reduce(local: torch.Tensor) -> torch.Tensor:
+    def reduce(local):
         amax = local.float().reshape(1).clone()
         dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=group)
         return amax.reshape(())
@@ -83,128 +126,330 @@ def _group_amax(group):
     return reduce
 
 
-def set_amax_reduction(model: Stack, reduce) -> None:
-    for linear in model.linears().values():
+def set_amax_reduction(model, reduce) -> None:
+    """Every FP8 linear of `model` (swapped for FP8 all-gather or not) quantizes with `reduce`'s amax."""
+    for linear in fp8_fsdp.fp8_linears(model):
         linear.reduce_amax = reduce
 
 
-def _train(job: Job, rank: int, device: str) -> dict:
+def _student(job: Job, me: _Rank, variant):
+    """(the module to call, its parameters): the FP8 stack with its activation and gradient scales from
+    the group's amax, sharded by FSDP2 or replicated by DDP. DDP's gradients live in its all-reduce
+    buckets (no copy of 1 GiB of float32 gradients in and out of them each step)."""
+    model = Stack(job.shape.d, job.shape.blocks, fp8=True, seed=job.seed, device=me.device)
+    set_amax_reduction(model, _group_amax(me.amax_group))
+    if variant == DDP:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[int(me.device.split(":")[1])] if job.cuda else None, gradient_as_bucket_view=True)
+        return ddp, list(model.parameters())
+    fp8_fsdp.shard(model, me.mesh, variant)
+    return model, list(model.parameters())
+
+
+def _after_step(model, variant, me: _Rank) -> None:
+    """FP8 all-gather: the next casts' scale from the group's amax (one all-reduce for all weights)."""
+    if variant != DDP and variant.fp8_all_gather:
+        fp8_fsdp.sync_weight_scales(model, me.mesh.get_group())
+
+
+class _LocalGrad:
+    """A sharded parameter as LossScaler.step reads it: `.grad` is this rank's shard of the gradient,
+    which the scaler unscales in place."""
+
+    def __init__(self, param):
+        self.param = param
+
+    @property
+    def grad(self):
+        g = self.param.grad
+        return None if g is None else getattr(g, "_local_tensor", g)
+
+
+class _GroupFinite:
+    """One more 'gradient' for LossScaler.step: 0 when every rank's loss and gradient shard are finite,
+    Inf otherwise (one all-reduce). FSDP2 leaves each rank only its shard of the reduced gradients, so a
+    non-finite value lands on one rank, and the scaler, which reads `p.grad` locally, would skip on that
+    rank and step on the others. (The stack's DTensor gradients do not help: `isfinite(g).all()` of a
+    sharded DTensor is a Partial tensor whose bool() reads the local value; on gloo, rank 0 said True
+    and rank 1 False for one Inf on rank 1.)"""
+
+    def __init__(self, params, loss, group):
+        self.params, self.loss, self.group = params, loss, group
+
+    @property
+    def grad(self):
+        flags = [~torch.isfinite(self.loss.detach()).all()]
+        flags += [~torch.isfinite(g.grad).all() for g in self.params if g.grad is not None]
+        bad = torch.stack(flags).any().float().reshape(1)
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=self.group)
+        return torch.where(bad > 0, torch.inf, 0.0)
+
+
+def _train(job: Job, me: _Rank) -> dict:
     """The FP8 student trained on this rank's shard; the losses are the global batch's (mean over ranks)."""
-    model, ddp, teacher, _ = _replica(job, rank, device)
-    params = list(model.parameters())
+    variant = job.variants[0]
+    model, params = _student(job, me, variant)
+    teacher = Stack(job.shape.d, job.shape.blocks, fp8=False, seed=job.seed + 1, device=me.device)
+    # The single-process training's optimizer (fp8_training.train): AdamW, foreach where torch picks it.
     optimizer = torch.optim.AdamW(params, lr=job.shape.lr, weight_decay=0.0)
     scaler = LossScaler()
     losses = []
     for step in range(job.shape.steps):
-        x, y = batch(step, job.shape, teacher, device, job.poison_step)  # the global batch, as one process sees it
-        loss = objective(ddp, _shard(x, rank, job.world), _shard(y, rank, job.world))
-        scaler.step(loss, params, optimizer, step)
+        x, y = batch(step, job.shape, teacher, me.device, job.poison_step)  # the global batch, as one process sees it
+        loss = objective(model, _shard(x, me.rank, me.world), _shard(y, me.rank, me.world))
+        if variant == DDP:
+            seen = params  # all-reduced: every rank holds every gradient
+        else:
+            local = [_LocalGrad(p) for p in params]
+            seen = local + [_GroupFinite(local, loss, me.mesh.get_group())]
+        scaler.step(loss, seen, optimizer, step)
+        _after_step(model, variant, me)
         total = loss.detach().float().reshape(1).clone()
         dist.all_reduce(total)  # equal shards: the global mean loss is the mean of the ranks' means
-        losses.append(total.item() / job.world)
-    bad = sum(int((~torch.isfinite(p)).sum()) for p in params)
-    return {"losses": losses, "skipped": scaler.skipped, "nonfinite_weights": bad,
-            "replica_max_abs_diff": _replica_divergence(params)}
+        losses.append(total.item() / me.world)
+    result = {"losses": losses, "skipped": scaler.skipped}
+    result.update(_replica_checks(model, params, variant, me))
+    return result
 
 
-def _replica_divergence(params: list[torch.nn.Parameter]) -> float:
-    """Largest difference between this rank's weights and rank 0's: 0 unless gradient sync broke."""
+def _replica_checks(model, params, variant, me: _Rank) -> dict:
+    """After training: non-finite weights (this rank's), and the largest difference between this rank's
+    whole weights and rank 0's (0 unless synchronisation broke). Under FSDP2 the whole weights are the
+    gathered shards; with FP8 all-gather, also the bytes each rank computes with against one cast of
+    the whole master weight with the shared scale (0 unless the ranks' scales differ)."""
+    whole = [p.detach() for p in params] if variant == DDP else [fp8_fsdp.whole(p) for p in params]
+    bad = sum(int((~torch.isfinite(w)).sum()) for w in whole) if me.rank == 0 else 0
     worst = 0.0
-    for p in params:
-        reference = p.detach().clone()
+    for w in whole:
+        reference = w.clone()
         dist.broadcast(reference, src=0)
-        worst = max(worst, float((p.detach() - reference).abs().max()))
-    return worst
+        worst = max(worst, float((w - reference).abs().max()))
+    out = {"nonfinite_weights": bad, "replica_max_abs_diff": worst}
+    if variant != DDP and variant.fp8_all_gather:
+        gathered, one_piece = fp8_fsdp.gathered_weights(model), fp8_fsdp.one_piece_fp8_weights(model)
+        out["fp8_weight_mismatches"] = sum(int((gathered[k] != one_piece[k]).sum()) for k in one_piece)
+        out["fp8_weights"] = sum(gathered[k].numel() for k in one_piece if k.endswith(".weight"))
+    return out
 
 
-def _time(job: Job, rank: int, device: str) -> dict:
-    """Per-step times of the same DDP step without (`no_sync`: one GPU's work) and with the gradient all-reduce.
-
-    Both are timed in this process on this rank's shard, alternating in rounds so drift hits both; the
-    one-GPU step quantizes with its own amax (no collective at all). The all-reduce alone over the same
-    bytes says how much communication the overlap hid.
-    """
-    model, ddp, teacher, reduce = _replica(job, rank, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=job.shape.lr)
-    x, y = batch(0, job.shape, teacher, device, None)
-    x, y = _shard(x, rank, job.world), _shard(y, rank, job.world)
-    del teacher
-
-    def step(sync: bool) -> None:
-        set_amax_reduction(model, reduce if sync else None)
-        with contextlib.nullcontext() if sync else ddp.no_sync():
-            objective(ddp, x, y).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def timed(fn, n: int) -> float:
-        dist.barrier()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+def _timed(fn, n: int, cuda: bool) -> float:
+    """Milliseconds a call of fn, over n calls queued back to back after a barrier: CUDA events on a GPU
+    (the host runs ahead, as in training), the wall clock on the CPU (where only the code path is tested)."""
+    dist.barrier()
+    if not cuda:
+        start = time.perf_counter()
         for _ in range(n):
             fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / n
+        return (time.perf_counter() - start) * 1e3 / n
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / n
 
-    for sync in (False, True, False, True):
-        step(sync)  # warm-up: kernels chosen, DDP buckets rebuilt after the first synced step
-    single, synced = [], []
+
+def step_collectives(shape: Shape, variant) -> list[tuple[str, torch.dtype, int]]:
+    """(collective, dtype, elements of the whole tensor) of one step's communication: the all-gathered
+    weights (again in the backward when resharded) and reduce-scattered gradients for FSDP2, the
+    all-reduced gradients for DDP. The FP8 weights travel as bytes, everything else as float32."""
+    fc = shape.blocks * 2 * 4 * shape.d * shape.d
+    other = shape.blocks * (2 * shape.d + 4 * shape.d + shape.d)  # LayerNorm weight and bias, fc biases
+    if variant == DDP:
+        return [("all_reduce", torch.float32, fc + other)]
+    gather = [("all_gather", torch.uint8, fc + 4 * other)] if variant.fp8_all_gather else \
+        [("all_gather", torch.float32, fc + other)]
+    if variant.reshard_after_forward:
+        gather = gather * 2
+    return gather + [("reduce_scatter", REDUCE_DTYPES[variant.reduce_dtype], fc + other)]
+
+
+def _comm_alone_ms(collectives: list[tuple[str, torch.dtype, int]], me: _Rank, cuda: bool) -> float:
+    """The step's collectives alone, back to back, on buffers of the step's sizes (nothing to overlap)."""
+    group = me.mesh.get_group()
+    calls = []
+    for kind, dtype, numel in collectives:
+        whole = torch.zeros(numel - numel % me.world, dtype=dtype, device=me.device)
+        part = whole[: whole.numel() // me.world]
+        if kind == "all_reduce":
+            calls.append(lambda w=whole: dist.all_reduce(w, group=group))
+        elif kind == "all_gather":
+            calls.append(lambda w=whole, p=part: dist.all_gather_into_tensor(w, p, group=group))
+        else:
+            out = part.clone()
+            calls.append(lambda w=whole, o=out: dist.reduce_scatter_tensor(o, w, group=group))
+
+    def run():
+        for call in calls:
+            call()
+
+    run()
+    return statistics.median(_timed(run, 3, cuda) for _ in range(3))
+
+
+def _agree(ok: bool, device: str) -> bool:
+    """True when every rank says True: a variant that failed anywhere is dropped everywhere."""
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _time(job: Job, me: _Rank) -> dict:
+    """Per-step times of one GPU's step (the FP8 stack alone on this rank's shard, its own amax, no
+    collective) and of each data-parallel variant on the same shard, in rounds whose order rotates so
+    drift hits all alike. AdamW is fused on every side (the fastest one-GPU step is the baseline)."""
+    teacher = Stack(job.shape.d, job.shape.blocks, fp8=False, seed=job.seed + 1, device=me.device)
+    x, y = batch(0, job.shape, teacher, me.device, None)
+    x, y = _shard(x, me.rank, me.world), _shard(y, me.rank, me.world)
+    del teacher
+
+    def stepper(model, params, after=None):
+        optimizer = torch.optim.AdamW(params, lr=job.shape.lr, fused=True)
+
+        def step():
+            objective(model, x, y).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if after is not None:
+                after()
+
+        return step
+
+    single = Stack(job.shape.d, job.shape.blocks, fp8=True, seed=job.seed, device=me.device)
+    sides = {"one_gpu": stepper(single, list(single.parameters()))}
+    errors = {}
+    for variant in job.variants:
+        name = label(variant)
+        try:
+            model, params = _student(job, me, variant)
+            step = stepper(model, params, lambda m=model, v=variant: _after_step(m, v, me))
+            for _ in range(job.warmup_steps):
+                step()
+            if job.cuda:
+                torch.cuda.synchronize()
+            ok = True
+        except Exception:  # noqa: BLE001 - a variant that cannot run is reported, the others still timed
+            errors[name] = traceback.format_exc(limit=8)
+            ok = False
+        if _agree(ok, me.device):
+            sides[name] = step
+        else:
+            errors.setdefault(name, "failed on another rank")
+    for _ in range(job.warmup_steps):
+        sides["one_gpu"]()
+    times = {name: [] for name in sides}
+    names = list(sides)
     for r in range(job.timing_rounds):
-        order = (False, True) if r % 2 == 0 else (True, False)
-        for sync in order:
-            (synced if sync else single).append(timed(lambda s=sync: step(s), job.timing_steps))
-    grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    flat = torch.empty(grad_bytes // 4, dtype=torch.float32, device=device)
-    dist.all_reduce(flat)
-    allreduce = [timed(lambda: dist.all_reduce(flat), 3) for _ in range(3)]
-    return {"single_ms": single, "synced_ms": synced, "allreduce_ms": allreduce, "grad_bytes": grad_bytes}
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(_timed(sides[name], job.timing_steps, job.cuda))
+    comm = {label(v): _comm_alone_ms(step_collectives(job.shape, v), me, job.cuda)
+            for v in job.variants if label(v) in sides}
+    memory = torch.cuda.max_memory_allocated(me.device) if job.cuda else 0
+    return {"times_ms": times, "comm_alone_ms": comm, "errors": errors, "peak_bytes": memory,
+            "tokens_per_rank": x.shape[0]}
 
 
-def _worker(rank: int, job: Job) -> None:
+def main(argv: list[str] | None = None) -> None:
+    """One rank, as torchrun starts it: the job file as the argument, the rank in the environment."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    argv = sys.argv[1:] if argv is None else argv
+    job = Job.from_json(Path(argv[0]).read_text())
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if world != job.world:
+        raise DistributedError(f"the job is for {job.world} ranks; WORLD_SIZE is {world}")
     for key, value in _NCCL_SAFE_ENV.items():
         os.environ.setdefault(key, value)
     if job.cuda:
-        torch.cuda.set_device(rank)
-        device = f"cuda:{rank}"
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+        dist.init_process_group("nccl", device_id=torch.device(device))
     else:
         torch.set_num_threads(1)  # CI has two cores for two ranks
         device = "cpu"
-    dist.init_process_group("nccl" if job.cuda else "gloo", init_method=f"file://{job.rendezvous}",
-                            rank=rank, world_size=job.world)
+        dist.init_process_group("gloo")
     try:
-        result = _train(job, rank, device) if job.mode == "train" else _time(job, rank, device)
+        me = _Rank(rank, world, device, mesh=init_device_mesh("cuda" if job.cuda else "cpu", (world,)),
+                   amax_group=dist.new_group())
+        result = _train(job, me) if job.mode == "train" else _time(job, me)
         Path(job.out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()
 
 
+def _rank_env(rank: int, world: int, port: int, cuda: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in _NCCL_SAFE_ENV.items():
+        env.setdefault(key, value)
+    # The ranks import this very package, wherever the launcher imported it from.
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                "LOCAL_WORLD_SIZE": str(world), "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port), "TORCHELASTIC_USE_AGENT_STORE": "True",
+                "TORCHELASTIC_RESTART_COUNT": "0"})
+    if not cuda:
+        env["OMP_NUM_THREADS"] = "1"  # CI has two cores for two ranks
+    return env
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(no output)"
+    except OSError:
+        return "(no output)"
+
+
+def run_ranks(argv: list[str], world: int, log_dir: str | Path, timeout_s: float, cuda: bool = False) -> None:
+    """Run `argv` as `world` local ranks the way torchrun does (one process a rank, the rank in its
+    environment, every rank a client of a TCPStore this process hosts on a port the OS picked), each
+    rank's output in log_dir/rank<R>.log. A DistributedError names the first rank that failed and ends
+    with its output, or says the ranks did not finish in time; no rank outlives the call."""
+    logs_at = Path(log_dir)
+    logs_at.mkdir(parents=True, exist_ok=True)
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    procs, logs = [], []
+    try:
+        for rank in range(world):
+            logs.append((logs_at / f"rank{rank}.log").open("w"))
+            procs.append(subprocess.Popen(argv, env=_rank_env(rank, world, store.port, cuda), stdout=logs[-1],
+                                          stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + timeout_s
+        while any(p.poll() is None for p in procs) and not any(p.returncode for p in procs):
+            if time.monotonic() > deadline:
+                raise DistributedError(f"{world} ranks did not finish in {timeout_s:.0f} s; rank 0 said:\n"
+                                       f"{_tail(logs_at / 'rank0.log')}")
+            time.sleep(0.1)
+        failed = [r for r, p in enumerate(procs) if p.returncode]
+        if failed:
+            first = failed[0]
+            raise DistributedError(f"rank {first} of {world} exited with {procs[first].returncode}:\n"
+                                   f"{_tail(logs_at / f'rank{first}.log')}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        for log in logs:
+            log.close()
+        del store
+
+
 def launch(job: Job, timeout_s: float) -> list[dict]:
-    """Run `job` on `job.world` processes; every rank's result, or a DistributedError naming what failed."""
-    if job.shape.tokens % job.world:
-        raise ValueError(f"global batch of {job.shape.tokens} tokens does not split over {job.world} ranks")
+    """Run `job` on `job.world` ranks (run_ranks); every rank's result."""
     if job.cuda and torch.cuda.device_count() < job.world:
         raise DistributedError(f"{job.world} ranks need {job.world} GPUs; {torch.cuda.device_count()} visible")
-    Path(job.out_dir).mkdir(parents=True, exist_ok=True)
-    for key, value in _NCCL_SAFE_ENV.items():
-        os.environ.setdefault(key, value)
-    context = mp.start_processes(_worker, args=(job,), nprocs=job.world, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                raise DistributedError(f"{job.world} ranks ({job.mode}) did not finish in {timeout_s:.0f} s")
-    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
-        raise DistributedError(f"a rank failed:\n{exc}") from None
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-    return [json.loads(Path(job.out_dir, f"rank{r}.json").read_text()) for r in range(job.world)]
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "job.json").write_text(job.to_json())
+    run_ranks([sys.executable, "-m", "lowprec_workloads.fp8_data_parallel", str(out / "job.json")], job.world, out,
+              timeout_s, job.cuda)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(job.world)]
 
 
-def single_process_losses(shape: Shape, device: str, poison_step: int | None, seed: int = 0) -> tuple[list, list]:
+def single_process_losses(shape, device: str, poison_step: int | None, seed: int = 0) -> tuple[list, list]:
     """The FP8 stack trained in one process on the whole global batch: losses per step and skipped steps."""
     model = Stack(shape.d, shape.blocks, fp8=True, seed=seed, device=device)
     teacher = Stack(shape.d, shape.blocks, fp8=False, seed=seed + 1, device=device)
@@ -214,10 +459,13 @@ def single_process_losses(shape: Shape, device: str, poison_step: int | None, se
 
 @dataclass(frozen=True)
 class Scaling:
-    single_ms: float  # one rank's step with no gradient sync (slowest rank's median)
-    synced_ms: float  # the data-parallel step (slowest rank's median)
-    allreduce_ms: float  # the gradients' all-reduce alone, not overlapped
-    grad_bytes: int
+    """One data-parallel variant's step against one GPU's, each the slowest rank's median."""
+
+    single_ms: float  # one GPU's step on the per-GPU batch, no collective
+    synced_ms: float  # the data-parallel step on the same per-GPU batch
+    comm_ms: float  # the step's collectives alone, not overlapped
+    world: int
+    tokens_per_rank: int
 
     @property
     def efficiency(self) -> float:
@@ -226,15 +474,31 @@ class Scaling:
 
     @property
     def hidden_fraction(self) -> float:
-        """Share of the all-reduce that the backward hid: 1 - exposed / standalone."""
-        return 1.0 - max(self.synced_ms - self.single_ms, 0.0) / self.allreduce_ms
+        """Share of the collectives the step hid: 1 - exposed / standalone (above 1 when sharding saved
+        more work than the collectives exposed)."""
+        return 1.0 - (self.synced_ms - self.single_ms) / self.comm_ms
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.world * self.tokens_per_rank / (self.synced_ms / 1e3)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "efficiency": self.efficiency, "hidden_fraction": self.hidden_fraction}
+        return {**asdict(self), "efficiency": self.efficiency, "hidden_fraction": self.hidden_fraction,
+                "tokens_per_s": self.tokens_per_s}
 
 
-def scaling(results: list[dict]) -> Scaling:
-    def slowest(key: str) -> float:
-        return max(statistics.median(r[key]) for r in results)
+def scaling(results: list[dict], variant) -> Scaling:
+    """`variant`'s Scaling from every rank's timing result; a DistributedError if it did not run."""
+    name = label(variant)
+    if name not in results[0]["times_ms"]:
+        raise DistributedError(f"{name} did not run: {results[0]['errors'].get(name, 'not in the job')}")
 
-    return Scaling(slowest("single_ms"), slowest("synced_ms"), slowest("allreduce_ms"), results[0]["grad_bytes"])
+    def slowest(side: str) -> float:
+        return max(statistics.median(r["times_ms"][side]) for r in results)
+
+    return Scaling(slowest("one_gpu"), slowest(name), max(r["comm_alone_ms"][name] for r in results),
+                   len(results), results[0]["tokens_per_rank"])
+
+
+if __name__ == "__main__":
+    main()

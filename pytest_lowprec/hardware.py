@@ -374,16 +374,20 @@ def visible_gpu_ids(environ: dict, count: int) -> list[str]:
     return [str(i) for i in range(count)]
 
 
-def gpu_count_mismatch(needed: int, device: DeviceInfo) -> str | None:
-    """Why a test that uses `needed` GPUs does not run on this run's device, or None when it does.
+def gpu_count_mismatch(needed: int | str, device: DeviceInfo) -> str | None:
+    """Why a test that uses `needed` GPUs ("all": every GPU of a multi-GPU run, however many) does not
+    run on this run's device, or None when it does.
 
-    A multi-GPU run (--gpu 2x_h200) holds only tests marked for that many GPUs, so its baseline file
-    never mixes with the single-GPU one; on the CPU every test runs (a multi-GPU workload there runs
-    its processes on the CPU, at a small size).
+    A multi-GPU run (--gpu 2x_h200) holds only tests marked for that many GPUs or for all of them, so
+    its baseline file never mixes with the single-GPU one; on the CPU every test runs (a multi-GPU
+    workload there runs its processes on the CPU, at a small size).
     """
-    if not device.is_cuda or needed == device.gpus:
+    if not device.is_cuda or needed == device.gpus or (needed == "all" and device.gpus > 1):
         return None
     base = base_key(device.key)
+    if needed == "all":
+        return (f"a multi-GPU test: run it with --gpu Nx_{base} (N >= 2) on a host with N GPUs "
+                f"(this run is --gpu {device.key})")
     if needed > 1:
         return (f"a {needed}-GPU test: run it with --gpu {needed}x_{base} on a host with {needed} GPUs "
                 f"(this run is --gpu {device.key})")

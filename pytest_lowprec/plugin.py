@@ -145,7 +145,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "lowprec(precision=..., device=None, gpus=1): a low-precision workload; precision is one name or a "
         "tuple (fp8, nvfp4, ...); device='cuda' skips the test on a run without a GPU; gpus=N marks a "
-        "multi-GPU test, run by --gpu Nx_<key> (its baselines live in <dir>/Nx_<key>.json).",
+        "multi-GPU test, run by --gpu Nx_<key> (its baselines live in <dir>/Nx_<key>.json); gpus='all' one "
+        "that uses every GPU of any such run (N >= 2; lowprec.gpu.gpus says how many).",
     )
     if hasattr(config, "workerinput"):
         _pin_worker_gpu(config)
@@ -236,8 +237,8 @@ def _parse_marker(item: pytest.Item) -> dict | None:
     if merged.get("device") not in (None, "cuda"):
         raise pytest.UsageError(f"{item.nodeid}: lowprec device= must be 'cuda' or absent")
     gpus = merged.setdefault("gpus", 1)
-    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
-        raise pytest.UsageError(f"{item.nodeid}: lowprec gpus= must be a whole number >= 1, got {gpus!r}")
+    if gpus != "all" and (not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1):
+        raise pytest.UsageError(f"{item.nodeid}: lowprec gpus= must be a whole number >= 1 or 'all', got {gpus!r}")
     return merged
 
 

@@ -1,9 +1,19 @@
-"""FP8 training with data parallelism on 2 processes against the same training in one process.
+"""FP8 training with data parallelism on N processes against the same training in one process.
 
-Both runs start from identical weights and see the same global batches for the same steps (one
-poisoned to overflow); the data-parallel run splits each batch over its ranks. On the CPU the two
-ranks are gloo processes at the training suite's CPU size; on GPUs (`--gpu 2x_h200`) they are NCCL
-processes, one per GPU, at the chapter's shape.
+The gated way is FSDP2 (lowprec_workloads/fp8_fsdp.py): each rank keeps 1/N of the float32 master
+weights, gradients and AdamW state, gradients are reduce-scattered while the backward runs, and each
+linear's weight is cast to E4M3 shard by shard with one scale shared by all ranks and all-gathered as
+FP8. DDP (a whole replica a rank, float32 gradients all-reduced) is timed beside it and reported.
+
+Both runs of the loss test start from identical weights and see the same global batches for the same
+steps (one poisoned to overflow); the data-parallel run splits each batch over its ranks. On the CPU
+the ranks are 2 gloo processes at the training suite's CPU size; on GPUs (`--gpu Nx_h200`, any N >= 2)
+they are N NCCL processes, one per GPU, at the chapter's shape.
+
+Numerics: the parameters stay float32 (no param_dtype: the FP8 recipe casts the float32 master weights),
+gradients are reduce-scattered in float32 (GATED.reduce_dtype), and activations and gradients are
+quantized with the group's amax, so what separates the runs is summation order; the loss bound is the
+training suite's.
 """
 
 from __future__ import annotations
@@ -12,27 +22,34 @@ import statistics
 
 import pytest
 
-from lowprec_workloads.fp8_data_parallel import Job, launch, scaling, single_process_losses
+from lowprec_workloads.fp8_data_parallel import DDP, GATED, Job, launch, scaling, single_process_losses
 from lowprec_workloads.fp8_training import Shape
 
-WORLD = 2
-# The training suite's shapes: the same global batch, each rank taking tokens / WORLD of it.
+CPU_WORLD = 2
+# The training suite's shapes: the same global batch, each rank taking tokens / world of it.
 CPU_SHAPE = Shape(d=64, blocks=2, tokens=512, steps=150)
 GPU_SHAPE = Shape(d=4096, blocks=2, tokens=4096, steps=150, lr=3e-4)
 POISON_STEP = 40
 LAST_K = 20
 # The training suite's bound on the final-loss gap; here against the same FP8 training in one process.
 LOSS_GAP_BOUND = 0.01
+# The issue's target: N GPUs give at least 95% of N times one GPU's throughput at the same per-GPU batch.
+SCALING_EFFICIENCY_FLOOR = 0.95
+
+
+def _world(lowprec) -> int:
+    return lowprec.gpu.gpus if lowprec.on_cuda else CPU_WORLD
 
 
 @pytest.mark.slow  # a CPU training of minutes: CI runs it with --slow; a GPU run always
-@pytest.mark.lowprec(precision="fp8", gpus=WORLD)
+@pytest.mark.lowprec(precision="fp8", gpus="all")
 def test_data_parallel_fp8_training_matches_one_process(lowprec, tmp_path):
+    world = _world(lowprec)
     shape = GPU_SHAPE if lowprec.on_cuda else CPU_SHAPE
-    lowprec.signature(world=WORLD, d=shape.d, blocks=shape.blocks, global_tokens=shape.tokens, steps=shape.steps,
+    lowprec.signature(world=world, d=shape.d, blocks=shape.blocks, global_tokens=shape.tokens, steps=shape.steps,
                       lr=shape.lr, poison_step=POISON_STEP, backend="nccl" if lowprec.on_cuda else "gloo",
-                      sync="ddp fp32, group amax")
-    job = Job(shape, WORLD, lowprec.on_cuda, str(tmp_path / "rendezvous"), str(tmp_path / "out"), "train",
+                      sync=GATED.label, amax="group")
+    job = Job(shape, world, lowprec.on_cuda, str(tmp_path / "out"), "train", variants=(GATED,),
               poison_step=POISON_STEP)
     ranks = launch(job, timeout_s=900 if lowprec.on_cuda else 300)
     ref, ref_skipped = single_process_losses(shape, lowprec.device, POISON_STEP)
@@ -45,21 +62,33 @@ def test_data_parallel_fp8_training_matches_one_process(lowprec, tmp_path):
     unexpected = sum(len(set(s) ^ {POISON_STEP}) for s in [ref_skipped] + [r["skipped"] for r in ranks])
     lowprec.accuracy("unhandled_or_unexpected_skips", unexpected, max=0)
     lowprec.accuracy("nonfinite_weights", sum(r["nonfinite_weights"] for r in ranks), max=0)
-    # Replicas that drift apart mean the gradients were not synchronised, whatever the loss says.
+    # Whole weights (the gathered shards) that differ between ranks mean the ranks trained apart.
     lowprec.accuracy("replica_max_abs_diff", max(r["replica_max_abs_diff"] for r in ranks), max=0.0)
+    if GATED.fp8_all_gather:
+        # The E4M3 weights each rank multiplies by, against one cast of the whole master weight with the
+        # shared scale: a shard cast with another rank's scale would decode wrong and show here byte by byte.
+        lowprec.accuracy("fp8_weight_mismatches", sum(r["fp8_weight_mismatches"] for r in ranks), max=0)
 
 
-@pytest.mark.lowprec(precision="fp8", gpus=WORLD, device="cuda")
+@pytest.mark.lowprec(precision="fp8", gpus="all", device="cuda")
 def test_data_parallel_fp8_scaling_efficiency(lowprec, tmp_path):
     """Per-GPU batch fixed at the training suite's 4096 tokens: efficiency = t_one_gpu / t_data_parallel."""
-    shape = Shape(d=GPU_SHAPE.d, blocks=GPU_SHAPE.blocks, tokens=GPU_SHAPE.tokens * WORLD, steps=0, lr=GPU_SHAPE.lr)
-    lowprec.signature(world=WORLD, d=shape.d, blocks=shape.blocks, tokens_per_gpu=shape.tokens // WORLD,
-                      backend="nccl", sync="ddp fp32", timing="cuda events, 5 rounds x 10 steps")
-    job = Job(shape, WORLD, True, str(tmp_path / "rendezvous"), str(tmp_path / "out"), "time")
-    result = scaling(launch(job, timeout_s=600))
-    lowprec.efficiency("scaling_efficiency", result.efficiency, min=0.90)
-    lowprec.info("one_gpu_step_ms", result.single_ms, "ms")
-    lowprec.info("data_parallel_step_ms", result.synced_ms, "ms")
-    lowprec.info("allreduce_alone_ms", result.allreduce_ms, "ms")
-    lowprec.info("allreduce_hidden_fraction", result.hidden_fraction)
-    lowprec.info("tokens_per_s", WORLD * (shape.tokens // WORLD) / (result.synced_ms / 1e3), "tok/s")
+    world = _world(lowprec)
+    shape = Shape(d=GPU_SHAPE.d, blocks=GPU_SHAPE.blocks, tokens=GPU_SHAPE.tokens * world, steps=0, lr=GPU_SHAPE.lr)
+    job = Job(shape, world, True, str(tmp_path / "out"), "time", variants=(GATED, DDP))
+    lowprec.signature(world=world, d=shape.d, blocks=shape.blocks, tokens_per_gpu=shape.tokens // world,
+                      backend="nccl", sync=GATED.label, optimizer="adamw fused",
+                      timing=f"cuda events, {job.timing_rounds} rounds x {job.timing_steps} steps, order rotated")
+    results = launch(job, timeout_s=600)
+    fsdp, ddp = scaling(results, GATED), scaling(results, DDP)
+    lowprec.efficiency("scaling_efficiency", fsdp.efficiency, min=SCALING_EFFICIENCY_FLOOR)
+    lowprec.info("one_gpu_step_ms", fsdp.single_ms, "ms")
+    lowprec.info("data_parallel_step_ms", fsdp.synced_ms, "ms")
+    lowprec.info("comm_alone_ms", fsdp.comm_ms, "ms")
+    lowprec.info("comm_hidden_fraction", fsdp.hidden_fraction)
+    lowprec.info("tokens_per_s", fsdp.tokens_per_s, "tok/s")
+    # DDP, the comparison (not gated): the same step with a whole replica a GPU and a float32 all-reduce.
+    lowprec.info("ddp_scaling_efficiency", ddp.efficiency)
+    lowprec.info("ddp_step_ms", ddp.synced_ms, "ms")
+    lowprec.info("ddp_allreduce_alone_ms", ddp.comm_ms, "ms")
+    lowprec.info("ddp_tokens_per_s", ddp.tokens_per_s, "tok/s")

@@ -8,8 +8,10 @@ from pytest_lowprec.hardware import (
     CPU_KEY,
     DeviceInfo,
     base_key,
+    cpu_device,
     device_state,
     gpu_count,
+    gpu_count_mismatch,
     gpu_for_worker,
     gpu_key_from_name,
     select_device,
@@ -117,3 +119,10 @@ def test_workers_get_distinct_gpus_from_the_outer_visible_list():
 
 def test_without_an_outer_setting_every_gpu_is_visible():
     assert visible_gpu_ids({}, count=2) == ["0", "1"]
+
+
+def test_a_test_for_all_gpus_runs_on_any_multi_gpu_key_and_the_cpu_only():
+    assert gpu_count_mismatch("all", replace(H100, key="2x_h100", visible=2)) is None
+    assert gpu_count_mismatch("all", replace(H100, key="8x_h100", visible=8)) is None
+    assert gpu_count_mismatch("all", cpu_device()) is None
+    assert "--gpu Nx_h100 (N >= 2)" in gpu_count_mismatch("all", H100)

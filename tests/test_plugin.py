@@ -17,7 +17,8 @@ from fakes import H100, ScriptedTimer
 from pytest_lowprec.hardware import cpu_device
 
 def pytest_lowprec_device(config):
-    devices = {"h100": H100, "2 h100": replace(H100, visible=2), "none": cpu_device()}
+    devices = {"h100": H100, "2 h100": replace(H100, visible=2), "4 h100": replace(H100, visible=4),
+               "none": cpu_device()}
     return devices.get(os.environ.get("FAKE_GPU"))
 
 def pytest_lowprec_make_timer(config, device, kind, options):
@@ -476,6 +477,40 @@ def test_multi_gpu_test_runs_on_a_cpu_run(gate):
     gate.runpytest("--gpu", "cpu").assert_outcomes(passed=2)
 
 
+ANY_GPU_COUNT_TESTS = """
+import pytest
+
+@pytest.mark.lowprec(precision="fp8", gpus="all")
+def test_all(lowprec):
+    lowprec.info("world", lowprec.gpu.gpus if lowprec.on_cuda else 2)
+
+@pytest.mark.lowprec(precision="fp8")
+def test_one(lowprec):
+    lowprec.accuracy("rel_l2", 0.01, max=0.05)
+"""
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_a_test_for_all_gpus_runs_on_every_multi_gpu_key_and_reads_its_count(gate, monkeypatch, count):
+    monkeypatch.setenv("FAKE_GPU", f"{count} h100")
+    gate.makepyfile(test_multi=ANY_GPU_COUNT_TESTS)
+    result = gate.runpytest("--gpu", f"{count}x_h100", "--lowprec-update")
+    result.assert_outcomes(passed=1, skipped=1)
+    assert stored(gate, f"{count}x_h100")["test_multi.py::test_all"]["metrics"]["world"]["value"] == count
+
+
+def test_a_test_for_all_gpus_skips_on_a_single_gpu_run_saying_which_keys_run_it(gate):
+    gate.makepyfile(test_multi=ANY_GPU_COUNT_TESTS)
+    result = gate.runpytest("--gpu", "h100", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*a multi-GPU test: run it with --gpu Nx_h100 (N >= 2)*(this run is --gpu h100)*"])
+
+
+def test_a_test_for_all_gpus_runs_on_a_cpu_run(gate):
+    gate.makepyfile(test_multi=ANY_GPU_COUNT_TESTS)
+    gate.runpytest("--gpu", "cpu").assert_outcomes(passed=2)
+
+
 def test_multi_gpu_key_with_xdist_workers_is_a_usage_error(gate, monkeypatch):
     pytest.importorskip("xdist")
     monkeypatch.setenv("FAKE_GPU", "2 h100")
@@ -493,7 +528,7 @@ def test_gpus_marker_must_be_a_whole_number(gate):
     """)
     result = gate.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*test_x: lowprec gpus= must be a whole number >= 1, got 'two'*"])
+    result.stderr.fnmatch_lines(["*test_x: lowprec gpus= must be a whole number >= 1 or 'all', got 'two'*"])
 
 
 def test_per_gpu_picks_the_value_for_this_runs_gpu_and_its_multi_gpu_key(gate, monkeypatch):

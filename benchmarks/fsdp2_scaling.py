@@ -1,0 +1,154 @@
+"""FP8 data parallelism: which FSDP2 configuration scales, against DDP, on every visible GPU.
+
+    python benchmarks/fsdp2_scaling.py OUT.json              # timing, all variants (about a minute on 2 GPUs)
+    python benchmarks/fsdp2_scaling.py OUT.json --loss       # also train the two reduce dtypes 150 steps
+    python benchmarks/fsdp2_scaling.py OUT.json --cpu        # 2 gloo ranks at d=64: checks the script only
+
+The suite's data-parallel workload (lowprec_workloads/fp8_data_parallel.py): the chapter's FP8 stack (two
+blocks, d=4096) at 4096 tokens a GPU. One group of ranks (NCCL, one per GPU, NVLink multicast off) builds
+one GPU's model and every variant, then times them in rounds whose order rotates (CUDA events over 10
+steps queued back to back after a barrier, median of the rounds, slowest rank): one GPU's step (the FP8
+stack alone on its shard, no collective), DDP with its float32 all-reduce, and FSDP2 with the weights
+all-gathered in FP8 or float32, resharded after the forward or kept, gradients reduce-scattered in
+float32 or bfloat16. AdamW is fused everywhere. Efficiency = one GPU's step / the data-parallel step
+(same per-GPU batch); "comm alone" is the step's collectives run back to back on buffers of their size,
+"hidden" 1 - (step - one GPU) / comm alone. A variant that fails to build or run is reported with its
+error and the others are still timed. With --loss, FSDP2 (FP8 all-gather, kept) trains the suite's 150
+steps with each reduce dtype and the final-loss gap to one process is printed (the suite's bound: 1%).
+A benchmark: it prints tables and asserts nothing; the last table is the one to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import replace
+
+import torch
+
+from lowprec_workloads.fp8_data_parallel import DDP, GATED, Job, label, launch, scaling, single_process_losses
+from lowprec_workloads.fp8_fsdp import Fsdp2Config
+from lowprec_workloads.fp8_training import Shape
+
+TOKENS_PER_GPU = 4096
+BLOCKS, LR = 2, 3e-4
+# DDP, the eight FSDP2 combinations the issue names, and the gated one's two reduce dtypes with each
+# linear a unit of its own (a smaller last reduce-scatter), in case a block's is what the step exposes.
+VARIANTS = (DDP,) + tuple(Fsdp2Config(fp8_all_gather=fp8, reshard_after_forward=reshard, reduce_dtype=reduce)
+                          for fp8 in (True, False) for reshard in (False, True) for reduce in ("float32", "bfloat16")) \
+    + tuple(Fsdp2Config(reduce_dtype=reduce, unit="linear") for reduce in ("float32", "bfloat16"))
+
+
+def round_efficiencies(results: list[dict], name: str) -> list[float]:
+    """Each round's efficiency on the slowest rank of that round: the spread says how much to trust a median."""
+    rounds = len(results[0]["times_ms"][name])
+    return [max(r["times_ms"]["one_gpu"][i] for r in results) / max(r["times_ms"][name][i] for r in results)
+            for i in range(rounds)]
+
+
+def timing(world: int, d: int, cuda: bool, rounds: int, steps: int, timeout_s: float) -> dict:
+    shape = Shape(d=d, blocks=BLOCKS, tokens=TOKENS_PER_GPU * world, steps=0, lr=LR)
+    rows = {}
+    with tempfile.TemporaryDirectory() as out:
+        job = Job(shape, world, cuda, out, "time", variants=VARIANTS, timing_rounds=rounds, timing_steps=steps)
+        start = time.monotonic()
+        try:
+            results = launch(job, timeout_s=timeout_s)
+        except Exception as exc:  # noqa: BLE001 - say what failed, write what there is
+            print(f"the timing job failed after {time.monotonic() - start:.0f} s:\n{exc}", flush=True)
+            return {"error": str(exc)}
+    print(f"timing job: {time.monotonic() - start:.0f} s on {world} ranks", flush=True)
+    for rank, result in enumerate(results):
+        for name, error in result["errors"].items():
+            print(f"rank {rank}: {name} failed:\n{error}", flush=True)
+    for variant in VARIANTS:
+        name = label(variant)
+        try:
+            s = scaling(results, variant)
+        except Exception as exc:  # noqa: BLE001
+            rows[name] = {"error": str(exc)}
+            continue
+        per_round = round_efficiencies(results, name)
+        rows[name] = {**s.to_dict(), "round_efficiency_min": min(per_round), "round_efficiency_max": max(per_round),
+                      "gated": variant == GATED}
+    return {"world": world, "d": d, "tokens_per_gpu": TOKENS_PER_GPU, "rounds": rounds, "steps_per_round": steps,
+            "one_gpu_ms_per_rank": [statistics.median(r["times_ms"]["one_gpu"]) for r in results],
+            "peak_bytes_per_rank": [r["peak_bytes"] for r in results], "variants": rows}
+
+
+def losses(world: int, d: int, cuda: bool) -> dict:
+    """Final-loss gap to one process of FSDP2 (FP8 all-gather, kept) with each reduce dtype, the suite's test."""
+    shape, poison, last = Shape(d=d, blocks=BLOCKS, tokens=4096, steps=150, lr=LR if cuda else 1e-3), 40, 20
+    ref, _ = single_process_losses(shape, "cuda:0" if cuda else "cpu", poison)
+    ref_final = statistics.fmean(ref[-last:])
+    out = {}
+    for reduce in ("float32", "bfloat16"):
+        variant = replace(GATED, reduce_dtype=reduce)
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                ranks = launch(Job(shape, world, cuda, tmp, "train", variants=(variant,), poison_step=poison), 600)
+            except Exception as exc:  # noqa: BLE001
+                print(f"{variant.label}: training failed:\n{exc}", flush=True)
+                out[variant.label] = {"error": str(exc)}
+                continue
+        final = statistics.fmean(ranks[0]["losses"][-last:])
+        out[variant.label] = {"loss_gap": abs(final - ref_final) / ref_final,
+                              "skipped": ranks[0]["skipped"],
+                              "fp8_weight_mismatches": sum(r["fp8_weight_mismatches"] for r in ranks)}
+    return out
+
+
+def table(result: dict) -> str:
+    lines = [f"FP8 stack d={result['d']}, {BLOCKS} blocks, {TOKENS_PER_GPU} tokens a GPU, {result['world']} ranks; "
+             f"one GPU's step per rank (ms): {', '.join(f'{t:.2f}' for t in result['one_gpu_ms_per_rank'])}",
+             f"{'variant':<78} {'1-GPU ms':>8} {'DP ms':>7} {'eff':>6} {'rounds':>11} {'tok/s':>9} "
+             f"{'comm ms':>7} {'hidden':>6}"]
+    for name, row in result["variants"].items():
+        if "error" in row:
+            lines.append(f"{name:<78} failed: {row['error'].splitlines()[0][:80]}")
+            continue
+        mark = " *" if row["gated"] else ""
+        lines.append(f"{name + mark:<78} {row['single_ms']:8.2f} {row['synced_ms']:7.2f} {row['efficiency']:6.3f} "
+                     f"{row['round_efficiency_min']:5.3f}-{row['round_efficiency_max']:5.3f} "
+                     f"{row['tokens_per_s']:9.3g} {row['comm_ms']:7.2f} {row['hidden_fraction']:6.2f}")
+    lines.append("* the suite's gated configuration (fp8_data_parallel.GATED); its floor: efficiency 0.95")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="JSON file for the results")
+    parser.add_argument("--world", type=int, default=None, help="ranks (default: every visible GPU)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    parser.add_argument("--loss", action="store_true", help="also train each reduce dtype and print its loss gap")
+    parser.add_argument("--timeout", type=float, default=140.0,
+                        help="seconds the timing job may take before its ranks are stopped and the failure printed")
+    parser.add_argument("--cpu", action="store_true", help="2 gloo ranks at d=64: checks the script, measures nothing")
+    args = parser.parse_args()
+    cuda, d = not args.cpu, 64 if args.cpu else 4096
+    world = args.world or (torch.cuda.device_count() if cuda else 2)
+    if world < 2:
+        sys.exit(f"needs 2 or more GPUs; {torch.cuda.device_count()} visible")
+    result = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
+    if args.loss:
+        try:
+            result["loss"] = losses(world, d, cuda)
+        except Exception:  # noqa: BLE001
+            result["loss"] = {"error": traceback.format_exc()}
+        for name, row in result["loss"].items():
+            print(f"loss: {name}: {row}", flush=True)
+    result.update(timing(world, d, cuda, args.rounds, args.steps, args.timeout))
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    if "variants" in result:
+        print(table(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""FSDP2 over the FP8 stack (lowprec_workloads/fp8_fsdp.py) and the torchrun-style launcher
+(lowprec_workloads/fp8_data_parallel.py), on the CPU: single-process pieces directly, distributed ones
+as 2 gloo ranks started by the launcher itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from lowprec_workloads.fp8_data_parallel import (
+    DDP,
+    GATED,
+    DistributedError,
+    Job,
+    Scaling,
+    label,
+    launch,
+    run_ranks,
+    scaling,
+    single_process_losses,
+    step_collectives,
+)
+from lowprec_workloads.fp8_fsdp import (
+    Fp8AllGatherLinear,
+    Fp8GatheredMatmul,
+    Fp8GatheredWeight,
+    Fp8ShardedWeight,
+    Fsdp2Config,
+    WeightScale,
+)
+from lowprec_workloads.fp8_training import E4M3, RECIPE, Fp8Recipe, Linear, Shape, quantize_operand
+
+TINY = Shape(d=64, blocks=2, tokens=512, steps=3)
+EVERY_VARIANT = (DDP,) + tuple(Fsdp2Config(fp8, reshard, reduce, unit) for fp8 in (True, False)
+                               for reshard in (False, True) for reduce in ("float32", "bfloat16")
+                               for unit in ("block", "linear"))
+
+
+def _linear(fp8: bool = True, seed: int = 0) -> Linear:
+    return Linear(64, 256, fp8, torch.Generator().manual_seed(seed), "cpu")
+
+
+def _ranks(tmp_path: Path, body: str, world: int = 2) -> list[dict]:
+    """Run `body` as `world` gloo ranks (rank, world, mesh and out_dir defined); each rank's `result`."""
+    script = tmp_path / "ranks.py"
+    script.write_text(textwrap.dedent("""
+        import json, os, sys
+        import torch, torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo")
+        rank, world, out_dir = dist.get_rank(), dist.get_world_size(), sys.argv[1]
+        mesh = init_device_mesh("cpu", (world,))
+    """) + textwrap.dedent(body) + textwrap.dedent("""
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(result, f)
+        dist.destroy_process_group()
+    """))
+    run_ranks([sys.executable, str(script), str(tmp_path)], world, tmp_path, timeout_s=120)
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+# -- the FP8 pieces, in one process ----------------------------------------------------------------------------
+
+
+def test_gathered_matmul_gives_the_stacks_fp8_matmul_bits_forward_and_backward():
+    linear = _linear()
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).requires_grad_()
+    grad_out = torch.randn(32, 256, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    y_ref = linear(x)
+    y_ref.backward(grad_out)
+    ref = (y_ref, x.grad.clone(), linear.weight.grad.clone(), linear.bias.grad.clone())
+
+    x.grad = None
+    wq, inv = quantize_operand(linear.weight.detach(), E4M3)  # the stack's first cast: the weight's own amax
+    weight = torch.nn.Parameter(Fp8GatheredWeight(wq, inv, torch.float32))
+    bias = torch.nn.Parameter(linear.bias.detach().clone())
+    y = Fp8GatheredMatmul.apply(x, weight, bias, RECIPE, None)
+    y.backward(grad_out)
+    for name, got, want in zip(("output", "input grad", "weight grad", "bias grad"),
+                               (y, x.grad, weight.grad, bias.grad), ref, strict=True):
+        assert torch.equal(got, want), name
+
+
+def test_fp8_all_gather_refuses_a_linear_it_cannot_gather():
+    with pytest.raises(ValueError, match="tensor scales"):
+        Fp8AllGatherLinear(_linear(fp8=False))
+    row = _linear()
+    row.recipe = Fp8Recipe(scaling="row")
+    with pytest.raises(ValueError, match="tensor scales"):
+        Fp8AllGatherLinear(row)
+
+
+def test_a_shard_keeps_its_weights_scale_through_fsdps_views_and_is_plain_to_arithmetic():
+    scale = WeightScale(RECIPE, torch.device("cpu"))
+    weight = Fp8ShardedWeight(torch.arange(12.0).reshape(4, 3), scale)
+    for piece in (weight[:2], weight.view(12), weight.detach(), weight.new_zeros(2, 3), torch.empty_like(weight)):
+        assert type(piece) is Fp8ShardedWeight and piece._scale is scale
+    total = weight * 2 + 1
+    assert type(total) is torch.Tensor and torch.equal(total, torch.arange(12.0).reshape(4, 3) * 2 + 1)
+
+
+def test_a_shard_is_not_all_gathered_before_its_scale_is_synced():
+    weight = Fp8ShardedWeight(torch.ones(4, 3), WeightScale(RECIPE, torch.device("cpu")))
+    with pytest.raises(RuntimeError, match="sync_weight_scales"):
+        weight.fsdp_pre_all_gather(None, weight.shape, weight.stride(), None, None)
+
+
+def test_a_gathered_weight_is_only_read_by_the_fp8_linear():
+    weight = Fp8GatheredWeight(torch.zeros(4, 3, dtype=E4M3), torch.ones(()), torch.float32)
+    assert weight.dtype == torch.float32 and type(weight.detach()) is Fp8GatheredWeight
+    with pytest.raises(NotImplementedError, match="only Fp8AllGatherLinear reads it"):
+        weight + 1
+
+
+def test_fsdp2_config_names_its_choices_and_refuses_an_unknown_reduce_dtype():
+    assert Fsdp2Config(True, False, "bfloat16").label == \
+        "fsdp2 fp8 all-gather, keep after forward, bfloat16 reduce-scatter"
+    assert Fsdp2Config(unit="linear").label.endswith(", per linear")
+    with pytest.raises(ValueError, match="float16"):
+        Fsdp2Config(reduce_dtype="float16")
+    with pytest.raises(ValueError, match="unit 'layer'"):
+        Fsdp2Config(unit="layer")
+
+
+def test_fp8_all_gather_moves_a_quarter_of_the_float32_weight_bytes_and_resharding_gathers_twice():
+    def gathered_bytes(variant) -> int:
+        return sum(n * torch.empty((), dtype=dtype).element_size() for kind, dtype, n in
+                   step_collectives(TINY, variant) if kind == "all_gather")
+
+    fc = TINY.blocks * 8 * TINY.d * TINY.d
+    fp8, fp32 = gathered_bytes(Fsdp2Config(True)), gathered_bytes(Fsdp2Config(False))
+    assert fp32 - fp8 == 3 * fc
+    assert gathered_bytes(Fsdp2Config(True, reshard_after_forward=True)) == 2 * fp8
+    assert [kind for kind, _, _ in step_collectives(TINY, DDP)] == ["all_reduce"]
+
+
+# -- jobs and results ------------------------------------------------------------------------------------------
+
+
+def test_a_job_round_trips_through_its_json_file_with_every_variant(tmp_path):
+    job = Job(TINY, 2, False, str(tmp_path), "time", variants=EVERY_VARIANT, poison_step=1)
+    assert Job.from_json(job.to_json()) == job
+
+
+def test_a_job_refuses_a_batch_that_does_not_split_and_a_training_of_two_variants(tmp_path):
+    with pytest.raises(ValueError, match="does not split over 3 ranks"):
+        Job(TINY, 3, False, str(tmp_path), "train")
+    with pytest.raises(ValueError, match="one variant"):
+        Job(TINY, 2, False, str(tmp_path), "train", variants=(GATED, DDP))
+
+
+def test_scaling_is_one_gpus_step_over_the_data_parallel_step_of_the_slowest_rank():
+    def rank(one_gpu, synced):
+        return {"times_ms": {"one_gpu": one_gpu, label(GATED): synced}, "comm_alone_ms": {label(GATED): 5.0},
+                "errors": {}, "tokens_per_rank": 4096}
+
+    result = scaling([rank([10.0, 10.0, 11.0], [12.0, 12.5, 13.0]), rank([10.0], [12.0])], GATED)
+    assert (result.single_ms, result.synced_ms, result.efficiency) == (10.0, 12.5, 0.8)
+    assert result.hidden_fraction == pytest.approx(0.5)
+    assert result.tokens_per_s == pytest.approx(2 * 4096 / 0.0125)
+    assert Scaling(10.0, 9.0, 2.0, 2, 1).hidden_fraction == 1.5  # sharding saved more than it exposed
+
+
+def test_scaling_of_a_variant_that_failed_says_why():
+    failed = {"times_ms": {"one_gpu": [1.0]}, "comm_alone_ms": {}, "errors": {label(DDP): "CUDA out of memory"},
+              "tokens_per_rank": 1}
+    with pytest.raises(DistributedError, match="ddp.*CUDA out of memory"):
+        scaling([failed], DDP)
+
+
+# -- the launcher (ranks that import nothing heavy) ------------------------------------------------------------
+
+
+def test_each_rank_gets_torchruns_environment_and_all_meet_at_one_store(tmp_path):
+    script = tmp_path / "env.py"
+    script.write_text("import json, os, sys\n"
+                      "out = os.path.join(sys.argv[1], os.environ['RANK'] + '.json')\n"
+                      "json.dump(dict(os.environ), open(out, 'w'))\n")
+    run_ranks([sys.executable, str(script), str(tmp_path)], 3, tmp_path, timeout_s=60)
+    envs = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(3)]
+    assert [(e["RANK"], e["LOCAL_RANK"], e["WORLD_SIZE"]) for e in envs] == [("0", "0", "3"), ("1", "1", "3"),
+                                                                             ("2", "2", "3")]
+    assert len({e["MASTER_PORT"] for e in envs}) == 1 and int(envs[0]["MASTER_PORT"]) > 0
+    assert all(e["TORCHELASTIC_USE_AGENT_STORE"] == "True" and e["NCCL_NVLS_ENABLE"] == "0" for e in envs)
+
+
+def test_a_failing_rank_is_named_with_the_end_of_its_output(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text("import os, sys\nif os.environ['RANK'] == '1':\n    sys.exit('rank one gave up')\n")
+    with pytest.raises(DistributedError, match=r"(?s)rank 1 of 2 exited with 1.*rank one gave up"):
+        run_ranks([sys.executable, str(script)], 2, tmp_path, timeout_s=60)
+
+
+def test_ranks_that_do_not_finish_in_time_are_stopped(tmp_path):
+    script = tmp_path / "hang.py"
+    script.write_text("import os, sys, time\n"
+                      "open(os.path.join(sys.argv[1], os.environ['RANK'] + '.pid'), 'w').write(str(os.getpid()))\n"
+                      "print('waiting', flush=True)\ntime.sleep(600)\n")
+    with pytest.raises(DistributedError, match=r"(?s)did not finish in 3 s.*waiting"):
+        run_ranks([sys.executable, str(script), str(tmp_path)], 2, tmp_path, timeout_s=3)
+    for pid_file in tmp_path.glob("*.pid"):
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), 0)
+
+
+# -- FSDP2 on 2 gloo ranks -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # two launches of 2 ranks and a one-process training
+def test_fsdp2_trains_the_one_process_first_step_and_fp8_all_gather_changes_no_bit(tmp_path):
+    def train(variant):
+        job = Job(TINY, 2, False, str(tmp_path / label(variant)), "train", variants=(variant,))
+        return launch(job, timeout_s=300)
+
+    fp8, fp32 = train(Fsdp2Config(fp8_all_gather=True)), train(Fsdp2Config(fp8_all_gather=False))
+    one_process, _ = single_process_losses(TINY, "cpu", None)
+    assert fp8[0]["losses"][0] == one_process[0]  # same weights, same batch: only later steps add in other orders
+    assert fp8[0]["losses"] == fp8[1]["losses"] == fp32[0]["losses"]
+    assert [r["fp8_weight_mismatches"] for r in fp8] == [0, 0] and fp8[0]["fp8_weights"] == TINY.blocks * 8 * 64 * 64
+    assert max(r["replica_max_abs_diff"] for r in fp8 + fp32) == 0.0
+
+
+@pytest.mark.slow  # 2 ranks
+def test_shards_cast_with_different_scales_do_not_decode_as_one_weight(tmp_path):
+    """The control for the training test's fp8_weight_mismatches: what a missed scale sync looks like."""
+    results = _ranks(tmp_path, """
+        from lowprec_workloads.fp8_fsdp import Fsdp2Config, gathered_weights, one_piece_fp8_weights, shard
+        from lowprec_workloads.fp8_training import Stack
+        model = shard(Stack(64, 1, fp8=True, seed=0, device="cpu"), mesh, Fsdp2Config())
+        consistent = gathered_weights(model), one_piece_fp8_weights(model)
+        model.blocks[0].fc1.scale.amax.mul_(1 + rank)  # as if each rank scaled by its own amax
+        split = gathered_weights(model), one_piece_fp8_weights(model)
+        result = [int((g[k] != o[k]).sum()) for g, o in (consistent, split) for k in o if k.endswith("fc1.weight")]
+    """)
+    assert [r[0] for r in results] == [0, 0]
+    assert all(r[1] > 0 for r in results)
+
+
+@pytest.mark.slow  # 2 ranks
+def test_a_synced_scale_is_the_last_casts_amax_or_the_updated_weights_as_the_recipe_says(tmp_path):
+    results = _ranks(tmp_path, """
+        from lowprec_workloads.fp8_fsdp import Fsdp2Config, gathered_weights, shard, sync_weight_scales, whole
+        from lowprec_workloads.fp8_training import Fp8Recipe, Stack
+        result = {}
+        for weight_amax in ("previous", "current"):
+            model = Stack(64, 1, fp8=True, seed=0, device="cpu").set_fp8(True, Fp8Recipe(weight_amax=weight_amax))
+            shard(model, mesh, Fsdp2Config())
+            linear = model.blocks[0].fc1
+            first = whole(linear.weight).abs().amax().item()
+            synced_at_start = linear.scale.amax.item()
+            gathered_weights(model)  # a cast, as the forward's, records this rank's shard amax
+            with torch.no_grad():
+                linear.weight.mul_(2.0)  # an optimizer step
+            sync_weight_scales(model, mesh.get_group())
+            result[weight_amax] = [synced_at_start / first, linear.scale.amax.item() / first]
+    """)
+    assert results == [{"previous": [1.0, 1.0], "current": [1.0, 2.0]}] * 2
+
+
+@pytest.mark.slow  # 2 ranks
+def test_a_non_finite_gradient_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    results = _ranks(tmp_path, """
+        from torch.distributed.tensor import DTensor, Shard
+        from lowprec_workloads.fp8_data_parallel import _GroupFinite, _LocalGrad
+        from lowprec_workloads.fp8_training import LossScaler
+        param = torch.nn.Parameter(DTensor.from_local(torch.zeros(2), mesh, [Shard(0)]))
+        # rank 1's shard gets an Inf gradient (d sqrt(x)/dx at 0) and a finite loss; rank 0's stays finite
+        loss = param.to_local()[1].sqrt() if rank == 1 else param.to_local().sum()
+        optimizer = torch.optim.SGD([param], lr=1.0)
+        local = [_LocalGrad(param)]
+        scaler = LossScaler()
+        stepped = scaler.step(loss, local + [_GroupFinite(local, loss, mesh.get_group())], optimizer, 0)
+        result = {"stepped": stepped, "skipped": scaler.skipped, "weights": param.to_local().tolist()}
+    """)
+    assert results == [{"stepped": False, "skipped": [0], "weights": [0.0, 0.0]}] * 2
+
+
+@pytest.mark.slow  # every timed variant built and stepped on 2 ranks
+def test_every_timing_variant_runs_and_is_timed_against_one_gpus_step(tmp_path):
+    shape = Shape(d=64, blocks=2, tokens=256, steps=0)
+    job = Job(shape, 2, False, str(tmp_path), "time", variants=EVERY_VARIANT, timing_rounds=2, timing_steps=1,
+              warmup_steps=1)
+    results = launch(job, timeout_s=300)
+    assert [r["errors"] for r in results] == [{}, {}]
+    for variant in EVERY_VARIANT:
+        result = scaling(results, variant)
+        assert result.synced_ms > 0 and result.comm_ms > 0 and result.tokens_per_rank == 128
