@@ -14,10 +14,12 @@ What changes is how the activation's quantization runs on CUDA:
   else the two-pass one of formats.triton_quant (amax pass, cast pass) for a prefill.
 
 On the CPU the eager reference runs (quantize_tensorwise, float32 product of dequantized operands).
-The kernels round to E4M3 with integer and float32 operations rather than the hardware conversion, so
-Triton's interpreter (TRITON_INTERPRET=1, which rounds some values across a binade wrongly and turns
-NaN into 384) runs the same arithmetic on the CPU that the GPU runs; the tests compare it with the
-reference bit for bit.
+On the GPU the kernels round with the hardware's E4M3 conversion (round to nearest even, as the engine's
+Triton quantizers do: five instructions an element with the scale and clamp, which the GEMV repeats in
+every program). Triton's interpreter (TRITON_INTERPRET=1) rounds some values across a binade wrongly,
+turns NaN into 384 and truncates to bfloat16, so there the kernels round with integer and float32
+operations instead (`HW=False`); the tests check that arithmetic, and everything around it (amax, scale,
+indexing, masks, accumulation), against the reference bits on the CPU, and the hardware's on a GPU.
 """
 
 from __future__ import annotations
@@ -48,41 +50,54 @@ _X_BLOCK = 4096  # elements of the activation one program reads per step of its 
 
 @dataclass(frozen=True)
 class GemvConfig:
-    """One GEMV tile: `kernel` "fma" (CUDA-core FMAs on a [block_n, block_k] weight tile, the next tile
-    requested before the current one is used) or "dot" (the row padded to 16 in registers, FP8 tensor-core
-    MMAs, the loop software-pipelined over `num_stages` shared-memory stages)."""
+    """One GEMV tile. `kernel` "fma": CUDA-core FMAs on a [block_n, block_k] weight tile, the next tile
+    requested before the current one is used (each weight byte costs about six instructions: conversion to
+    float32 and an FMA). "dot": the weight tile as an FP8 MMA's left operand against the row padded to 16
+    columns, the loop software-pipelined over `num_stages` shared-memory stages (wgmma on Hopper from
+    block_n 64: about two instructions a weight byte), `split_k` programs per output tile."""
 
     kernel: str
     block_n: int
     block_k: int
     num_warps: int = 4
     num_stages: int = 1
+    split_k: int = 1
 
     def __post_init__(self) -> None:
         if self.kernel not in ("fma", "dot"):
             raise ValueError(f"GEMV kernel is 'fma' or 'dot', got {self.kernel!r}")
-        for name in ("block_n", "block_k", "num_warps"):
+        for name in ("block_n", "block_k", "num_warps", "split_k"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"GemvConfig.{name} must be a power of two, got {value}")
         if self.kernel == "dot" and (self.block_n < 16 or self.block_k < 32):
             raise ValueError(f"the dot GEMV needs block_n >= 16 and block_k >= 32 (MMA tiles), got "
                              f"{self.block_n} x {self.block_k}")
+        if self.kernel == "fma" and self.split_k != 1:
+            raise ValueError("only the dot GEMV splits K")
         if self.num_stages < 1:
             raise ValueError(f"GemvConfig.num_stages must be >= 1, got {self.num_stages}")
 
 
-# Per weight shape (N, K); benchmarks/fp8_linear_variants.py measures the candidates on the GPU.
+# Measured tiles by weight shape (N, K) (benchmarks/fp8_linear_variants.py times the candidates on a GPU);
+# other shapes take _default_gemv's.
 GEMV_CONFIGS: dict[tuple[int, int], GemvConfig] = {}
-DEFAULT_GEMV = GemvConfig("fma", block_n=16, block_k=256, num_warps=4)
-
-
 GemvChooser = Callable[[int, int], "GemvConfig | None"]  # (N, K) -> the one-row tile, None for _scaled_mm
+# A memory-bound GEMV needs every SM streaming: enough programs for about two per SM of an H100 or H200.
+_MIN_PROGRAMS = 256
+
+
+def _default_gemv(n: int, k: int) -> GemvConfig:
+    """wgmma tiles of 64 outputs, K split until there are _MIN_PROGRAMS programs (keeping splits >= 1024)."""
+    split = 1
+    while triton.cdiv(n, 64) * split < _MIN_PROGRAMS and k // (2 * split) >= 1024:
+        split *= 2
+    return GemvConfig("dot", block_n=64, block_k=256, num_warps=4, num_stages=3, split_k=split)
 
 
 def gemv_config(n: int, k: int) -> GemvConfig:
     """The GEMV tile for a weight of N outputs and K inputs."""
-    return GEMV_CONFIGS.get((n, k), DEFAULT_GEMV)
+    return GEMV_CONFIGS.get((n, k)) or _default_gemv(n, k)
 
 
 def _interpreted() -> bool:
@@ -121,6 +136,24 @@ def _e4m3_value(y):
 
 
 @triton.jit
+def _e4m3_codes(x, scale, HW: tl.constexpr):
+    """E4M3 codes (uint8) of x * scale, saturated at +-448, rounded to nearest even (fp8.saturating_cast)."""
+    y = _saturate(x.to(tl.float32) * scale)
+    if HW:
+        return y.to(tl.float8e4nv, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True)
+    return _e4m3_code(_e4m3_value(y))
+
+
+@triton.jit
+def _e4m3_values(x, scale, HW: tl.constexpr):
+    """The float32 values of _e4m3_codes(x, scale)."""
+    y = _saturate(x.to(tl.float32) * scale)
+    if HW:
+        return y.to(tl.float8e4nv, fp_downcast_rounding="rtne").to(tl.float32)
+    return _e4m3_value(y)
+
+
+@triton.jit
 def _e4m3_code(r):
     """The E4M3 code of r, a float32 that is an E4M3 value or NaN: sign, 4 exponent bits (bias 7), 3 bits."""
     bits = r.to(tl.int32, bitcast=True)
@@ -142,39 +175,41 @@ def _bf16_value(y):
 
 
 @triton.jit
-def _activation_scale(x_ptr, numel, X_BLOCK: tl.constexpr, FLT_MAX: tl.constexpr):
-    """fp8._scale_from_amax of max |x| over x's `numel` elements (NaN above Inf, as torch.amax sees it)."""
+def _activation_scale(x_ptr, numel, X_BLOCK: tl.constexpr, X_STEPS: tl.constexpr, FLT_MAX: tl.constexpr):
+    """fp8._scale_from_amax of max |x| over x's `numel` (<= X_BLOCK * X_STEPS) elements, NaN above Inf as
+    torch.amax sees it. Unrolled: every step's loads are in flight before the first maximum."""
     bits = tl.zeros([X_BLOCK], dtype=tl.int32)
-    for start in range(0, numel, X_BLOCK):
-        offs = start + tl.arange(0, X_BLOCK)
+    for step in tl.static_range(X_STEPS):
+        offs = step * X_BLOCK + tl.arange(0, X_BLOCK)
         bits = tl.maximum(bits, _magnitude_bits(tl.load(x_ptr + offs, mask=offs < numel, other=0.0)))
     return _fp8_scale(tl.max(bits, axis=0).to(tl.float32, bitcast=True), 448.0, FLT_MAX)
 
 
 # -- kernels ------------------------------------------------------------------------------------
 @triton.jit
-def _quantize_small_kernel(x_ptr, out_ptr, inv_ptr, numel, X_BLOCK: tl.constexpr, FLT_MAX: tl.constexpr,
-                           DEQUANTIZE: tl.constexpr, BF16_OUT: tl.constexpr):
+def _quantize_small_kernel(x_ptr, out_ptr, inv_ptr, numel, X_BLOCK: tl.constexpr, X_STEPS: tl.constexpr,
+                           FLT_MAX: tl.constexpr, DEQUANTIZE: tl.constexpr, BF16_OUT: tl.constexpr,
+                           HW: tl.constexpr):
     """One program: the amax pass, then codes (or, with DEQUANTIZE, codes * inv_scale in out's dtype)."""
-    scale = _activation_scale(x_ptr, numel, X_BLOCK, FLT_MAX)
+    scale = _activation_scale(x_ptr, numel, X_BLOCK, X_STEPS, FLT_MAX)
     inv = tl.math.div_rn(1.0, scale)
     for start in range(0, numel, X_BLOCK):
         offs = start + tl.arange(0, X_BLOCK)
         mask = offs < numel
-        r = _e4m3_value(_saturate(tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) * scale))
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
         if DEQUANTIZE:
-            value = r * inv
-            if BF16_OUT:
+            value = _e4m3_values(x, scale, HW) * inv
+            if BF16_OUT and not HW:
                 value = _bf16_value(value)
             tl.store(out_ptr + offs, value.to(out_ptr.dtype.element_ty), mask=mask)
         else:
-            tl.store(out_ptr + offs, _e4m3_code(r), mask=mask)
+            tl.store(out_ptr + offs, _e4m3_codes(x, scale, HW), mask=mask)
     tl.store(inv_ptr, inv)
 
 
 @triton.jit
 def _gemv_fma_kernel(x_ptr, w_ptr, w_inv_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     X_BLOCK: tl.constexpr, FLT_MAX: tl.constexpr):
+                     X_BLOCK: tl.constexpr, X_STEPS: tl.constexpr, FLT_MAX: tl.constexpr, HW: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k = tl.arange(0, BLOCK_K)
     n_ok = (n < N)[:, None]
@@ -182,7 +217,7 @@ def _gemv_fma_kernel(x_ptr, w_ptr, w_inv_ptr, out_ptr, N, K, BLOCK_N: tl.constex
     # The first weight tile is requested before the amax pass, whose L2 reads then overlap its DRAM latency;
     # in the loop the next tile is requested before the current one is multiplied: two tiles in flight.
     w_next = tl.load(w_ptrs, mask=n_ok & (k < K)[None, :], other=0.0, eviction_policy="evict_first")
-    scale = _activation_scale(x_ptr, K, X_BLOCK, FLT_MAX)
+    scale = _activation_scale(x_ptr, K, X_BLOCK, X_STEPS, FLT_MAX)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         w = w_next
@@ -190,38 +225,65 @@ def _gemv_fma_kernel(x_ptr, w_ptr, w_inv_ptr, out_ptr, N, K, BLOCK_N: tl.constex
         w_next = tl.load(w_ptrs + (k0 + BLOCK_K), mask=n_ok & (ahead < K)[None, :], other=0.0,
                          eviction_policy="evict_first")
         here = k0 + k
-        xq = _e4m3_value(_saturate(tl.load(x_ptr + here, mask=here < K, other=0.0).to(tl.float32) * scale))
+        xq = _e4m3_values(tl.load(x_ptr + here, mask=here < K, other=0.0), scale, HW)
         acc += w.to(tl.float32) * xq[None, :]
     out = tl.sum(acc, axis=1) * (tl.math.div_rn(1.0, scale) * tl.load(w_inv_ptr))
     tl.store(out_ptr + n, out, mask=n < N)
 
 
 @triton.jit
-def _gemv_dot_kernel(x_ptr, w_ptr, w_inv_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     X_BLOCK: tl.constexpr, FLT_MAX: tl.constexpr, FP8_DOT: tl.constexpr):
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+def _gemv_dot_kernel(x_ptr, w_ptr, w_inv_ptr, out_ptr, part_ptr, count_ptr, N, K, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, X_BLOCK: tl.constexpr, X_STEPS: tl.constexpr,
+                     FLT_MAX: tl.constexpr, HW: tl.constexpr):
+    """acc[BLOCK_N, 16] = W tile [BLOCK_N, BLOCK_K] . the row as a 16-column operand (columns 1..15 zero).
+
+    W is the left operand: with BLOCK_N >= 64 Hopper runs it as wgmma with both FP8 operands read from
+    shared memory as they are (no conversion instructions per weight byte), and the padding the MMA needs
+    falls on the small operand. SPLIT_K programs share an output tile when BLOCK_N leaves too few tiles for
+    the SMs: each stores its partial sum, and the last to finish (an acq_rel counter) adds them in split
+    order (deterministic), writes the output and resets the counter for the next call."""
+    pid_n = tl.program_id(0)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     k = tl.arange(0, BLOCK_K)
-    scale = _activation_scale(x_ptr, K, X_BLOCK, FLT_MAX)
-    first_row = (tl.arange(0, 16) == 0)[:, None]  # the MMA's 16 rows: the activation, then zeros
-    acc = tl.zeros([16, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_start = tl.program_id(1) * per_split
+    k_stop = tl.minimum(k_start + per_split, K)
+    scale = _activation_scale(x_ptr, K, X_BLOCK, X_STEPS, FLT_MAX)
+    first_col = (tl.arange(0, 16) == 0)[None, :]
+    acc = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
+    for k0 in range(k_start, k_stop, BLOCK_K):
         here = k0 + k
-        # [BLOCK_K, BLOCK_N] with K contiguous: the K-major B operand FP8 MMAs take.
-        w = tl.load(w_ptr + n.to(tl.int64)[None, :] * K + here[:, None], mask=(n < N)[None, :] & (here < K)[:, None],
-                    other=0.0, eviction_policy="evict_first")
-        xq = _e4m3_value(_saturate(tl.load(x_ptr + here, mask=here < K, other=0.0).to(tl.float32) * scale))
-        a = tl.where(first_row, xq[None, :], 0.0)
-        if FP8_DOT:
-            acc = tl.dot(a.to(tl.float8e4nv), w, acc)  # exact: a holds E4M3 values
+        w = tl.load(w_ptr + n.to(tl.int64)[:, None] * K + here[None, :],
+                    mask=(n < N)[:, None] & (here < k_stop)[None, :], other=0.0, eviction_policy="evict_first")
+        x = tl.load(x_ptr + here, mask=here < k_stop, other=0.0)
+        if HW:  # [BLOCK_K, 16] codes: K-major, as an FP8 MMA's right operand must be
+            codes = tl.where(first_col, _e4m3_codes(x, scale, HW)[:, None], tl.zeros([BLOCK_K, 16], dtype=tl.uint8))
+            acc = tl.dot(w, codes.to(tl.float8e4nv, bitcast=True), acc)
         else:  # the interpreter multiplies FP8 tiles by their raw bits: the same values in float32
-            acc = tl.dot(a, w.to(tl.float32), acc, input_precision="ieee")
-    out = tl.sum(acc, axis=0) * (tl.math.div_rn(1.0, scale) * tl.load(w_inv_ptr))  # rows 1..15 are zeros
-    tl.store(out_ptr + n, out, mask=n < N)
+            b = tl.where(first_col, _e4m3_values(x, scale, HW)[:, None], 0.0)
+            acc = tl.dot(w.to(tl.float32), b, acc, input_precision="ieee")
+    partial = tl.sum(acc, axis=1)  # columns 1..15 hold zeros
+    scales = tl.math.div_rn(1.0, scale) * tl.load(w_inv_ptr)
+    if SPLIT_K == 1:
+        tl.store(out_ptr + n, partial * scales, mask=n < N)
+    else:
+        tl.store(part_ptr + tl.program_id(1) * N + n, partial, mask=n < N)
+        # Triton puts a CTA barrier before the atomic, and one thread's gpu-scope release then covers
+        # every thread's partial store; the acquire orders the reads below after the other splits' stores.
+        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for split in tl.static_range(SPLIT_K):
+                total += tl.load(part_ptr + split * N + n, mask=n < N, other=0.0, cache_modifier=".cg")
+            tl.store(out_ptr + n, total * scales, mask=n < N)
+            tl.atomic_xchg(count_ptr + pid_n, 0)
 
 
 # -- launchers ----------------------------------------------------------------------------------
-def _x_block(numel: int) -> int:
-    return min(triton.next_power_of_2(max(numel, 16)), _X_BLOCK)
+def _amax_pass(numel: int) -> dict:
+    """X_BLOCK and X_STEPS of _activation_scale for `numel` elements (a constexpr: one compile per width)."""
+    block = min(triton.next_power_of_2(max(numel, 16)), _X_BLOCK)
+    return {"X_BLOCK": block, "X_STEPS": triton.cdiv(numel, block)}
 
 
 def quantize_small(x: torch.Tensor, dequantize_to: torch.dtype | None = None):
@@ -233,9 +295,9 @@ def quantize_small(x: torch.Tensor, dequantize_to: torch.dtype | None = None):
     x = x.contiguous()
     out = torch.empty(x.shape, dtype=dequantize_to or torch.uint8, device=x.device)
     inv = torch.empty((), dtype=torch.float32, device=x.device)
-    _quantize_small_kernel[(1,)](x, out, inv, x.numel(), X_BLOCK=_x_block(x.numel()), FLT_MAX=FLT_MAX,
+    _quantize_small_kernel[(1,)](x, out, inv, x.numel(), **_amax_pass(x.numel()), FLT_MAX=FLT_MAX,
                                  DEQUANTIZE=dequantize_to is not None, BF16_OUT=dequantize_to == torch.bfloat16,
-                                 num_warps=4)
+                                 HW=not _interpreted(), num_warps=4)
     return (out if dequantize_to is not None else out.view(torch.float8_e4m3fn)), inv
 
 
@@ -275,24 +337,43 @@ def quantize_work(numel: int, element_size: int) -> tuple[Work, ...]:
     return (Work(nbytes=4, kernels=1), Work(nbytes=numel * element_size, kernels=1), Work(nbytes=codes, kernels=1))
 
 
+@dataclass(frozen=True)
+class SplitWorkspace:
+    """What split-K programs share: float32 partial sums [split_k, N] and one arrival counter per output
+    tile, zero between calls (the last program resets it). One call at a time per workspace."""
+
+    partials: torch.Tensor
+    counters: torch.Tensor
+
+    @classmethod
+    def for_layer(cls, n: int, config: GemvConfig, device: torch.device) -> SplitWorkspace:
+        return cls(torch.empty(config.split_k, n, dtype=torch.float32, device=device),
+                   torch.zeros(triton.cdiv(n, config.block_n), dtype=torch.int32, device=device))
+
+
 def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config: GemvConfig,
-         out: torch.Tensor | None = None) -> torch.Tensor:
-    """float32 [1, N] = E4M3(x) @ weight.T * scales, x [1, K] float32 or bfloat16, weight E4M3 [N, K]."""
+         out: torch.Tensor | None = None, workspace: SplitWorkspace | None = None) -> torch.Tensor:
+    """float32 [1, N] = E4M3(x) @ weight.T * scales, x [1, K] float32 or bfloat16, weight E4M3 [N, K].
+    A config with split_k > 1 needs a workspace (SplitWorkspace.for_layer), owned by the caller."""
     _require_device(x, "the FP8 GEMV")
     n, k = weight.shape
     if x.ndim != 2 or x.shape[0] != 1 or x.shape[1] != k:
         raise ValueError(f"the FP8 GEMV takes one row x [1, {k}], got {tuple(x.shape)}")
     if weight.dtype != torch.float8_e4m3fn or not weight.is_contiguous():
         raise ValueError(f"weight must be contiguous E4M3 [N, K], got {weight.dtype} with strides {weight.stride()}")
+    if config.split_k > 1 and workspace is None:
+        raise ValueError("a split-K GEMV needs its SplitWorkspace")
     x = x.contiguous()
     out = torch.empty(1, n, dtype=torch.float32, device=x.device) if out is None else out
-    common = dict(BLOCK_N=config.block_n, BLOCK_K=config.block_k, X_BLOCK=_x_block(k), FLT_MAX=FLT_MAX,
-                  num_warps=config.num_warps, num_stages=config.num_stages)
-    grid = (triton.cdiv(n, config.block_n),)
+    options = dict(BLOCK_N=config.block_n, BLOCK_K=config.block_k, **_amax_pass(k), FLT_MAX=FLT_MAX,
+                   HW=not _interpreted(), num_warps=config.num_warps, num_stages=config.num_stages)
+    tiles = triton.cdiv(n, config.block_n)
     if config.kernel == "fma":
-        _gemv_fma_kernel[grid](x, weight, inv_scale, out, n, k, **common)
+        _gemv_fma_kernel[(tiles,)](x, weight, inv_scale, out, n, k, **options)
     else:
-        _gemv_dot_kernel[grid](x, weight, inv_scale, out, n, k, FP8_DOT=not _interpreted(), **common)
+        shared = (workspace.partials, workspace.counters) if workspace is not None else (out, out)
+        _gemv_dot_kernel[(tiles, config.split_k)](x, weight, inv_scale, out, *shared, n, k, SPLIT_K=config.split_k,
+                                                  **options)
     return out
 
 
@@ -303,6 +384,7 @@ class FP8Linear:
     weight: torch.Tensor  # E4M3 [N, K] row-major: weight.t() is the column-major B _scaled_mm takes
     inv_scale: torch.Tensor  # 0-d float32
     gemv: GemvConfig | None  # the one-row kernel's tile; None sends every row count to _scaled_mm
+    workspace: SplitWorkspace | None = None  # the GEMV's, when it splits K
 
     @classmethod
     def build(cls, w: torch.Tensor, gemv: GemvChooser = gemv_config) -> FP8Linear:
@@ -313,7 +395,9 @@ class FP8Linear:
         if w.is_cuda and (n % 16 or k % 16):
             raise ValueError(f"an FP8 linear on CUDA needs N and K multiples of 16 (cuBLAS's FP8 GEMM does), "
                              f"got [{n}, {k}]")
-        return cls(q.contiguous(), inv, gemv(n, k))
+        config = gemv(n, k)
+        split = config is not None and config.split_k > 1 and (w.is_cuda or _interpreted())
+        return cls(q.contiguous(), inv, config, SplitWorkspace.for_layer(n, config, w.device) if split else None)
 
     @property
     def nbytes(self) -> int:
@@ -328,7 +412,7 @@ class FP8Linear:
             q, inv = quantize_tensorwise(x)
             return ((q.float() * inv) @ (self.weight.float() * self.inv_scale).t()).to(out_dtype)
         if self.uses_gemv(x.shape[0]):
-            return gemv(x, self.weight, self.inv_scale, self.gemv).to(out_dtype)
+            return gemv(x, self.weight, self.inv_scale, self.gemv, workspace=self.workspace).to(out_dtype)
         q, inv = quantize_activation(x)
         return scaled_mm(q, inv, self.weight.t(), self.inv_scale, out_dtype=out_dtype)
 
@@ -337,6 +421,8 @@ class FP8Linear:
         _scaled_mm of the many-row path off ATen itself)."""
         n, k = self.weight.shape
         if self.uses_gemv(rows):
-            # The weight once from DRAM, the row once (its rereads by every program hit L2), float32 out.
-            return (Work(nbytes=n * k + rows * k * x_element_size + rows * n * 4, kernels=1),)
+            # The weight once from DRAM, the row once (its rereads by every program hit L2), float32 out; split-K
+            # partials are written and read back once (from L2 mostly: counted as DRAM, an upper bound).
+            partials = 2 * self.gemv.split_k * n * 4 if self.gemv.split_k > 1 else 0
+            return (Work(nbytes=n * k + rows * k * x_element_size + rows * n * 4 + partials, kernels=1),)
         return quantize_work(rows * k, x_element_size)

@@ -31,10 +31,14 @@ from pytest_lowprec.formats.metrics import rel_l2
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# The interpreter's child process takes 5-10 s: `pytest tests/ --slow` (.ci/run) runs those tests.
+interpreter = pytest.mark.slow
 # Tiles for the interpreter: both kernels, tiles that do not divide N or K, one wider than K.
 GEMV_TILES = {"fma-16x64": GemvConfig("fma", 16, 64), "fma-32x512": GemvConfig("fma", 32, 512),
-              "dot-16x64": GemvConfig("dot", 16, 64), "dot-32x32": GemvConfig("dot", 32, 32)}
-GEMV_SHAPES = [(100, 300), (64, 256)]  # (N, K)
+              "dot-16x64": GemvConfig("dot", 16, 64), "dot-64x32": GemvConfig("dot", 64, 32),
+              "dot-16x64-split2": GemvConfig("dot", 16, 64, split_k=2),
+              "dot-32x32-split4": GemvConfig("dot", 32, 32, split_k=4)}
+GEMV_SHAPES = [(40, 300), (64, 256)]  # (N, K): tiles that do not divide them, and ones that do
 # float32 accumulation of exact E4M3 products, in another order than float64's: about 1e-7 relative. One
 # activation code off by one step (2^-4 relative) moves a K=256 product by about 4e-3.
 EXACT_BOUND = 1e-6
@@ -42,7 +46,7 @@ EXACT_BOUND = 1e-6
 CHILD = r'''
 import sys
 import torch
-from lowprec_workloads.fp8_linear import GemvConfig, gemv, quantize_small
+from lowprec_workloads.fp8_linear import GemvConfig, SplitWorkspace, gemv, quantize_small
 
 job = torch.load(sys.argv[1])
 out = {}
@@ -51,8 +55,11 @@ for name, x in job["quantize"].items():
 for name, (x, dtype) in job["roundtrip"].items():
     out[name] = quantize_small(x, dequantize_to=dtype)
 for name, (x, w, inv, tile) in job["gemv"].items():
-    poisoned = torch.full((1, w.shape[0]), float("nan"))
-    out[name] = gemv(x, w, inv, GemvConfig(*tile), out=poisoned)
+    config = GemvConfig(*tile)
+    workspace = SplitWorkspace.for_layer(w.shape[0], config, x.device) if config.split_k > 1 else None
+    calls = 2 if workspace is not None else 1  # a split-K workspace must be ready for the next call
+    out[name] = [gemv(x, w, inv, config, out=torch.full((1, w.shape[0]), float("nan")), workspace=workspace)
+                 for _ in range(calls)]
 torch.save(out, sys.argv[2])
 '''
 
@@ -92,9 +99,10 @@ def _inputs() -> dict:
         x = torch.randn(1, k, generator=g)
         for tile_name, tile in GEMV_TILES.items():
             job["gemv"][f"gemv-{tile_name}-{n}x{k}"] = (x, w8, w_inv, tuple(vars(tile).values()))
-        x_nan = x.clone()
-        x_nan[0, 7] = math.nan
-        job["gemv"][f"gemv-nan-{n}x{k}"] = (x_nan, w8, w_inv, tuple(vars(GEMV_TILES["fma-16x64"]).values()))
+        if n == GEMV_SHAPES[0][0]:
+            x_nan = x.clone()
+            x_nan[0, 7] = math.nan
+            job["gemv"]["gemv-nan"] = (x_nan, w8, w_inv, tuple(vars(GEMV_TILES["dot-16x64"]).values()))
     return job
 
 
@@ -130,6 +138,7 @@ def _float64_product(x: torch.Tensor, w8: torch.Tensor, w_inv: torch.Tensor) -> 
     return (xq.double() * x_inv.double()) @ (w8.double() * w_inv.double()).T
 
 
+@interpreter
 @pytest.mark.parametrize("case", ["normal-float32", "normal-bfloat16", "rounding"])
 def test_one_program_quantizer_gives_the_reference_bits(interpreted, case):
     job, out = interpreted
@@ -138,6 +147,7 @@ def test_one_program_quantizer_gives_the_reference_bits(interpreted, case):
     assert same_codes(q, ref_q) and same_scale(inv, ref_inv)
 
 
+@interpreter
 @pytest.mark.parametrize("edge", sorted(edge_rows()))
 def test_one_program_quantizer_gives_the_reference_bits_on_edge_inputs(interpreted, edge):
     job, out = interpreted
@@ -146,6 +156,7 @@ def test_one_program_quantizer_gives_the_reference_bits_on_edge_inputs(interpret
     assert same_codes(q, ref_q) and same_scale(inv, ref_inv)
 
 
+@interpreter
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_round_trip_gives_the_dequantized_reference_in_its_dtype(interpreted, dtype):
     job, out = interpreted
@@ -157,21 +168,31 @@ def test_round_trip_gives_the_dequantized_reference_in_its_dtype(interpreted, dt
     assert torch.equal(values.view(bits), (ref_q.float() * ref_inv).to(target).view(bits))
 
 
+@interpreter
 @pytest.mark.parametrize("shape", GEMV_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("tile", sorted(GEMV_TILES))
 def test_gemv_equals_the_float64_product_of_the_reference_quantized_operands(interpreted, tile, shape):
     job, out = interpreted
     name = f"gemv-{tile}-{shape[0]}x{shape[1]}"
     x, w8, w_inv, _ = job["gemv"][name]
-    got = out[name]
+    got = out[name][0]
     assert torch.isfinite(got).all()  # the output was NaN before the kernel: every element written
     assert rel_l2(_float64_product(x, w8, w_inv), got) < EXACT_BOUND
 
 
+@interpreter
+@pytest.mark.parametrize("tile", [t for t in sorted(GEMV_TILES) if "split" in t])
+def test_split_k_gemv_gives_the_same_bits_on_the_next_call(interpreted, tile):
+    _, out = interpreted
+    first, second = out[f"gemv-{tile}-40x300"]
+    assert torch.isfinite(first).all() and torch.equal(first, second)
+
+
+@interpreter
 def test_gemv_of_an_activation_holding_nan_is_nan_everywhere_as_the_reference(interpreted):
     job, out = interpreted
-    x, w8, w_inv, _ = job["gemv"]["gemv-nan-100x300"]
-    assert torch.isnan(_float64_product(x, w8, w_inv)).all() and torch.isnan(out["gemv-nan-100x300"]).all()
+    x, w8, w_inv, _ = job["gemv"]["gemv-nan"]
+    assert torch.isnan(_float64_product(x, w8, w_inv)).all() and torch.isnan(out["gemv-nan"][0]).all()
 
 
 def test_gemv_tiles_are_validated():
@@ -181,6 +202,8 @@ def test_gemv_tiles_are_validated():
         GemvConfig("fma", 16, 96)
     with pytest.raises(ValueError, match="block_n >= 16 and block_k >= 32"):
         GemvConfig("dot", 8, 64)
+    with pytest.raises(ValueError, match="only the dot GEMV splits K"):
+        GemvConfig("fma", 16, 64, split_k=2)
 
 
 def test_quantizer_is_eager_on_the_cpu_one_program_for_decode_rows_and_two_pass_for_a_prefill():
@@ -211,6 +234,9 @@ def test_fp8_linear_declares_one_gemv_launch_for_one_row_and_its_quantizer_for_m
     assert layer.uses_gemv(1) and not layer.uses_gemv(GEMV_MAX_ROWS + 1)
     (gemv_work,) = layer.kernel_work(1, 4)
     assert gemv_work.kernels == 1 and gemv_work.nbytes == 32 * 64 + 64 * 4 + 32 * 4
+    (split_work,) = FP8Linear.build(torch.randn(32, 64), gemv=lambda n, k: GemvConfig("dot", 16, 32, split_k=2)
+                                    ).kernel_work(1, 4)
+    assert split_work.kernels == 1 and split_work.nbytes == gemv_work.nbytes + 2 * 2 * 32 * 4
     assert layer.kernel_work(16, 4) == quantize_work(16 * 64, 4)
     assert not FP8Linear.build(torch.randn(32, 64), gemv=lambda n, k: None).uses_gemv(1)
 
@@ -238,15 +264,21 @@ def test_two_pass_quantizer_on_cuda_gives_the_reference_bits():
     assert same_codes(q.cpu(), ref_q) and same_scale(inv.cpu(), ref_inv)
 
 
+CUDA_TILES = {"fma": GemvConfig("fma", 16, 256), "mma": GemvConfig("dot", 32, 128, num_stages=3),
+              "wgmma": GemvConfig("dot", 64, 128, num_stages=4),
+              "wgmma-split4": GemvConfig("dot", 64, 256, num_stages=3, split_k=4)}
+
+
 @needs_cuda
-@pytest.mark.parametrize("kernel", ["fma", "dot"])
-def test_gemv_on_cuda_equals_the_float64_product(kernel):
+@pytest.mark.parametrize("tile", sorted(CUDA_TILES))
+def test_gemv_on_cuda_equals_the_float64_product_on_every_call(tile):
     g = torch.Generator().manual_seed(6)
     w, x = torch.randn(4096, 1024, generator=g), torch.randn(1, 1024, generator=g)
-    tile = GemvConfig(kernel, 16, 256) if kernel == "fma" else GemvConfig("dot", 32, 128, num_stages=3)
-    layer = FP8Linear.build(w.cuda(), gemv=lambda n, k: tile)
+    layer = FP8Linear.build(w.cuda(), gemv=lambda n, k: CUDA_TILES[tile])
     wq, w_inv = quantize_tensorwise(w)
-    assert rel_l2(_float64_product(x, wq, w_inv), layer(x.cuda()).cpu()) < EXACT_BOUND
+    reference = _float64_product(x, wq, w_inv)
+    for _ in range(3):  # split-K's counters are back at zero after each call
+        assert rel_l2(reference, layer(x.cuda()).cpu()) < EXACT_BOUND
 
 
 @needs_cuda
@@ -260,3 +292,11 @@ def test_scaled_mm_path_takes_any_number_of_rows_unpadded(rows):
     assert got.shape == (rows, 512) and got.dtype == torch.float32
     # cuBLAS's fast FP8 accumulation keeps fewer bits than float32: looser than the GEMV's bound.
     assert rel_l2(_float64_product(x, wq, w_inv), got.cpu()) < 1e-3
+
+
+def test_default_gemv_tile_splits_k_until_256_programs_keeping_1024_inputs_a_split():
+    from lowprec_workloads.fp8_linear import gemv_config
+
+    tile = gemv_config(2048, 8192)  # shapes no measured table names
+    assert (tile.kernel, tile.block_n, tile.split_k) == ("dot", 64, 8)  # 32 tiles x 8 splits of 1024
+    assert gemv_config(8192, 1024).split_k == 1  # 128 tiles; a split of 512 inputs would cost more than it hides
