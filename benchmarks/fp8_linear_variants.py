@@ -2,21 +2,21 @@
 
     python benchmarks/fp8_linear_variants.py OUT.json      # one H200: about 90 s; prints, asserts nothing
 
-Sections, each a table, JSON written to OUT.json after each:
+Sections, in this order, each a table, JSON written to OUT.json after each:
   bits     the Triton quantizers on this GPU against fp8.quantize_tensorwise's bits (edge inputs included);
   decode   one activation row (float32, as the decode step's) times each decode-step weight shape, the
            16-bit step's `F.linear` against: the eager quantizer with rows padded to 16 + _scaled_mm (the
            path before), the one-launch quantizer + _scaled_mm on the row as it is, and every candidate
            GEMV tile; ms of both sides, speedup, weight TB/s and its fraction of the 4.25 TB/s copy ceiling,
            rel. L2 against the float64 product of the reference-quantized operands;
+  prefill  suites/test_fp8_gemm.py's linear at 4096 and 8192 (same operands) against BF16 `a @ b`:
+           the eager quantizer (before) and the Triton two-pass one (now), with the FP8 GEMM alone
+           for its bound; predicted speedup from the work the suite declares, and "of model";
   steps    suites/test_mixed_precision.py's large decode step (same weights and seed) of fp8_balanced,
            hybrid_long_context, layerwise_gradient and custom_fp8_ffn against fp16_baseline, with the
            committed tiles (fp8_linear.gemv_config), the fastest tile per shape from `decode`, and no GEMV;
            SQNR against float32, and the hardware model's predicted speedup from each step's declared
-           work, so "of model" is what STEP_FRACTION is chosen from;
-  prefill  suites/test_fp8_gemm.py's linear at 4096 and 8192 (same operands) against BF16 `a @ b`:
-           the eager quantizer (before) and the Triton two-pass one (now), with the FP8 GEMM alone
-           for its bound; predicted speedup from the work the suite declares and "of model".
+           work, so "of model" is what STEP_FRACTION is chosen from.
 Both sides of each row are timed by the plugin's own timer: CUDA-graph replays, L2 flushed before each
 call, alternating A B / B A pairs after a warm-up, medians. A variant that fails prints its error and
 the script goes on.
@@ -237,9 +237,9 @@ def section_steps(bench: Bench, best: dict[tuple[int, int], str]) -> None:
     rows = {}
     print(f"  {'strategy':22s} {'FP8 linears':28s} {'16-bit ms':>9s} {'ms':>8s} {'speedup':>8s} {'model':>6s} "
           f"{'of model':>8s} {'SQNR dB':>8s}")
-    for name in STRATEGIES:
-        s = known.get(name) or custom(name, {"ffn_gate": "fp8", "ffn_up": "fp8", "ffn_down": "fp8"})
-        for label, chooser in choosers.items():
+    for label, chooser in choosers.items():  # every strategy's committed path first, should time run short
+        for name in STRATEGIES:
+            s = known.get(name) or custom(name, {"ffn_gate": "fp8", "ffn_up": "fp8", "ffn_down": "fp8"})
             key = f"{name} / {label}"
             if bench.elapsed() > DEADLINE_S and label != "committed tiles":
                 print(f"  {key}: skipped (past {DEADLINE_S:.0f} s)")
@@ -258,6 +258,7 @@ def section_steps(bench: Bench, best: dict[tuple[int, int], str]) -> None:
                 rows[key] = _fail(key, e)
             bench.results["steps"] = rows
             bench.save()
+    for name in STRATEGIES:
         committed = rows.get(f"{name} / committed tiles", {})
         if "speedup" in committed:
             bench.summary.append(f"step {name}: {committed['speedup']:.3f}x (committed tiles; model "
@@ -330,7 +331,7 @@ def main(argv: list[str]) -> int:
     print(f"{bench.results['device']}, torch {torch.__version__}, model ceilings: "
           f"{bench.ceilings.source if bench.ceilings else 'none'}", flush=True)
     best: dict = {}
-    for section in (section_bits, section_decode, section_steps, section_prefill):
+    for section in (section_bits, section_decode, section_prefill, section_steps):
         try:
             out = section(bench, best) if section is section_steps else section(bench)
             if section is section_decode:

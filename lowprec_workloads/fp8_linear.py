@@ -38,7 +38,6 @@ from pytest_lowprec.formats.fp8 import FLT_MAX, quantize_tensorwise, scaled_mm
 from pytest_lowprec.formats.triton_quant import _fp8_scale, _magnitude_bits, quantize_fp8_tensorwise_triton
 from pytest_lowprec.roofline import Work
 
-E4M3_MAX = 448.0
 GEMV_MAX_ROWS = 1
 # What runs on CUDA, for a workload's signature (a baseline recorded on another path is stale).
 CUDA_PATH = "triton gemv quantizing its row (1 row); one-launch or two-pass triton quantizer + _scaled_mm (more)"
@@ -51,10 +50,11 @@ _X_BLOCK = 4096  # elements of the activation one program reads per step of its 
 @dataclass(frozen=True)
 class GemvConfig:
     """One GEMV tile. `kernel` "fma": CUDA-core FMAs on a [block_n, block_k] weight tile, the next tile
-    requested before the current one is used (each weight byte costs about six instructions: conversion to
-    float32 and an FMA). "dot": the weight tile as an FP8 MMA's left operand against the row padded to 16
-    columns, the loop software-pipelined over `num_stages` shared-memory stages (wgmma on Hopper from
-    block_n 64: about two instructions a weight byte), `split_k` programs per output tile."""
+    requested before the current one is used (about six SASS instructions a weight byte for sm_90 under
+    Triton 3.9: conversion to float32, then an FMA). "dot": the weight tile as an FP8 MMA's left operand
+    against the row padded to 16 columns, the loop software-pipelined over `num_stages` shared-memory
+    stages (wgmma on Hopper from block_n 64: about two instructions a weight byte), `split_k` programs per
+    output tile."""
 
     kernel: str
     block_n: int
@@ -328,13 +328,15 @@ def fp8_roundtrip(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (q.float() * inv).to(dtype)
 
 
-def quantize_work(numel: int, element_size: int) -> tuple[Work, ...]:
-    """What quantize_activation launches on CUDA for an activation of `numel` elements (none of it ATen)."""
+def quantize_work(numel: int, element_size: int, *, aten: bool = True) -> tuple[Work, ...]:
+    """What quantize_activation launches on CUDA for an activation of `numel` elements. The two-pass
+    quantizer zeroes its amax with torch.zeros, the one ATen kernel here: `aten=False` leaves it to a
+    caller that reads the call's ATen operators itself (traffic.eager_work)."""
     codes = numel * element_size + numel + 4
     if numel <= SMALL_QUANTIZE_MAX:
         return (Work(nbytes=codes, kernels=1),)
-    # torch.zeros for the amax (a fill kernel torch sees: declared here with the rest), the amax pass, the cast.
-    return (Work(nbytes=4, kernels=1), Work(nbytes=numel * element_size, kernels=1), Work(nbytes=codes, kernels=1))
+    fill = (Work(nbytes=4, kernels=1),) if aten else ()
+    return (*fill, Work(nbytes=numel * element_size, kernels=1), Work(nbytes=codes, kernels=1))
 
 
 @dataclass(frozen=True)
@@ -418,11 +420,11 @@ class FP8Linear:
 
     def kernel_work(self, rows: int, x_element_size: int) -> tuple[Work, ...]:
         """The Triton kernels one CUDA call launches, which traffic.eager_work cannot see (it reads the
-        _scaled_mm of the many-row path off ATen itself)."""
+        many-row path's _scaled_mm, and the two-pass quantizer's fill, off ATen itself)."""
         n, k = self.weight.shape
         if self.uses_gemv(rows):
             # The weight once from DRAM, the row once (its rereads by every program hit L2), float32 out; split-K
             # partials are written and read back once (from L2 mostly: counted as DRAM, an upper bound).
             partials = 2 * self.gemv.split_k * n * 4 if self.gemv.split_k > 1 else 0
             return (Work(nbytes=n * k + rows * k * x_element_size + rows * n * 4 + partials, kernels=1),)
-        return quantize_work(rows * k, x_element_size)
+        return quantize_work(rows * k, x_element_size, aten=False)

@@ -204,7 +204,7 @@ class DecodeStep:
         for fp8 in self.qk_fp8:
             if fp8:  # q float32 in, bfloat16 out; a q too large for one program takes the quantizer, then ATen
                 custom.extend((Work(nbytes=q.numel() * (4 + 2), kernels=1),) if q.numel() <= SMALL_QUANTIZE_MAX
-                              else quantize_work(q.numel(), 4))
+                              else quantize_work(q.numel(), 4, aten=False))
         return eager_work(self) + tuple(custom)
 
     @property

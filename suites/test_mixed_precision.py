@@ -31,14 +31,15 @@ MIN_SQNR_DB = {"fp16_baseline": 40.0, "fp8_balanced": 19.0, "w4a16_aggressive": 
 MAX_KL_NATS = {"fp16_baseline": 1e-3, "fp8_balanced": 0.06, "w4a16_aggressive": 0.4, "nvfp4_weights": 1.2,
                "hybrid_long_context": 0.2, "layerwise_gradient": 0.15, "custom_fp8_ffn": 0.05}
 
-# Fractions of the decode step's speedup over the 16-bit step that the hardware model predicts from each
-# step's bytes and kernels. Measured over predicted on the H200, two processes a week apart: 0.90-1.01 for
-# the FP8 and NVFP4 strategies, 0.81-0.82 for w4a16 (its GEMV reaches 0.68 of its bytes model); on the
-# H100 0.91-1.11 (docs/measurements/gate-expectations-h200-2026-11-30.md).
 # The FP8 paths' kernels (profiler names): the one-row GEMV, the small quantizer (FP8 q), cuBLAS's FP8 GEMM.
 FP8_GEMV_KERNEL = r"_gemv_(fma|dot)_kernel"
 FP8_Q_KERNEL = r"_quantize_small_kernel"
 CUBLAS_FP8_GEMM = r"nvjet_sm\d+_qq|e4m3|f8f8"
+# Fractions of the decode step's speedup over the 16-bit step that the hardware model predicts from each
+# step's bytes and kernels. Measured over predicted on the H200, two processes a week apart: 0.90-1.01 for
+# the FP8 and NVFP4 strategies, 0.81-0.82 for w4a16 (its GEMV reaches 0.68 of its bytes model); on the
+# H100 0.91-1.11 (docs/measurements/gate-expectations-h200-2026-11-30.md). Those FP8 figures are the eager
+# quantizer's and padded _scaled_mm's; benchmarks/fp8_linear_variants.py prints the fused GEMV's "of model".
 STEP_FRACTION = {"fp8_balanced": 0.8, "w4a16_aggressive": 0.7, "nvfp4_weights": 0.8, "hybrid_long_context": 0.8,
                  "layerwise_gradient": 0.8, "custom_fp8_ffn": 0.8}
 

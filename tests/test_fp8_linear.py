@@ -238,6 +238,7 @@ def test_fp8_linear_declares_one_gemv_launch_for_one_row_and_its_quantizer_for_m
                                     ).kernel_work(1, 4)
     assert split_work.kernels == 1 and split_work.nbytes == gemv_work.nbytes + 2 * 2 * 32 * 4
     assert layer.kernel_work(16, 4) == quantize_work(16 * 64, 4)
+    assert FP8Linear.build(torch.randn(32, 65536)).kernel_work(2, 2) == quantize_work(2 * 65536, 2)[1:]
     assert not FP8Linear.build(torch.randn(32, 64), gemv=lambda n, k: None).uses_gemv(1)
 
 
