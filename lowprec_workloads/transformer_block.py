@@ -7,15 +7,17 @@ new token's K and V as decode must; appending them is the KV cache suites' work,
 
 The reference is the same step in float32 on the same weights, cache values and input.
 Each operator runs its strategy's precision with the real path where this device has one:
-- linears: 16-bit F.linear; FP8 = E4M3 tensorwise weights and activations through
-  torch._scaled_mm (rows padded to 16) on CUDA; w4a16 = NVFP4 weights through the CUDA GEMV
-  (the tiled Triton kernel above two rows); nvfp4 = the same with NVFP4 activations
+- linears: 16-bit F.linear; FP8 = E4M3 tensorwise weights and activations (fp8_linear.FP8Linear:
+  on CUDA one row goes through a Triton GEMV that quantizes the activation inside the kernel, more
+  rows through torch._scaled_mm after a one-launch Triton quantizer); w4a16 = NVFP4 weights through
+  the CUDA GEMV (the tiled Triton kernel above two rows); nvfp4 = the same with NVFP4 activations
   (quantized and dequantized: Hopper has no FP4 tensor cores). On CPU the same quantized
   operands are multiplied in float32.
 - attention over the cache: the Triton decode kernel on CUDA (dequantizing inside), float32
   over the dequantized cache on CPU. The cache format is the strategy's kv_cache; "nvfp4" is
   stored as FP8 keys and NVFP4 values (decode_attention's fp8k_nvfp4v: keys carry outlier
-  channels that 4 bits lose). attn_qk / attn_pv "fp8" put q / the 16-bit V in E4M3.
+  channels that 4 bits lose). attn_qk / attn_pv "fp8" put q / the 16-bit V in E4M3 (q at every
+  step, in one Triton launch on CUDA).
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
+from pytest_lowprec.formats.fp8 import quantize_tensorwise
 from pytest_lowprec.formats.nvfp4 import NVFP4Tensor, quantize_nvfp4
 from pytest_lowprec.roofline import Work
 from pytest_lowprec.traffic import eager_work
 
 from .decode_attention import Cache, attend_cache, build_cache, decode_work
+from .fp8_linear import SMALL_QUANTIZE_MAX, FP8Linear, GemvChooser, fp8_roundtrip, gemv_config, quantize_work
 from .nvfp4_gemm import GEMV_MAX_ROWS, CudaKernels, gemm_tiled
 from .strategies import LINEARS, UNQUANTIZED, Strategy
 
@@ -69,17 +72,17 @@ class Linear:
     """One weight in the form its precision stores, and how to multiply by it."""
 
     precision: str
-    weight: torch.Tensor | None = None  # 16-bit / fp32 / FP8 (column-major for _scaled_mm)
-    inv_scale: torch.Tensor | None = None
+    weight: torch.Tensor | None = None  # 16-bit / fp32
     nvfp4: NVFP4Tensor | None = None
+    fp8: FP8Linear | None = None
 
     @classmethod
-    def build(cls, w: torch.Tensor, precision: str) -> Linear:
+    def build(cls, w: torch.Tensor, precision: str, fp8_gemv: GemvChooser = gemv_config) -> Linear:
+        """`fp8_gemv(N, K)`: an FP8 weight's one-row GEMV tile (FP8Linear.build)."""
         if precision in ("w4a16", "nvfp4"):
             return cls(precision, nvfp4=quantize_nvfp4(w.to(torch.bfloat16)))
         if precision == "fp8":
-            q, inv = quantize_tensorwise(w)
-            return cls(precision, weight=q, inv_scale=inv)  # row-major [out, in]: its .t() is column-major
+            return cls(precision, fp8=FP8Linear.build(w, fp8_gemv))
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         return cls(precision, weight=w.to(dtype))
 
@@ -87,7 +90,9 @@ class Linear:
     def nbytes(self) -> int:
         if self.nvfp4 is not None:
             return self.nvfp4.nbytes
-        return self.weight.numel() * self.weight.element_size() + (4 if self.inv_scale is not None else 0)
+        if self.fp8 is not None:
+            return self.fp8.nbytes
+        return self.weight.numel() * self.weight.element_size()
 
     def __call__(self, x: torch.Tensor, cuda: CudaKernels | None) -> torch.Tensor:
         if self.nvfp4 is not None:
@@ -100,15 +105,8 @@ class Linear:
             if cuda is not None and x.shape[0] <= GEMV_MAX_ROWS:
                 return cuda.gemv(x, self.nvfp4, out)
             return gemm_tiled(x, self.nvfp4, out=out)
-        if self.precision == "fp8":
-            q, inv = quantize_tensorwise(x)
-            if not x.is_cuda:
-                return (q.float() * inv) @ (self.weight.float() * self.inv_scale).t()
-            rows = q.shape[0]
-            pad = (-rows) % 16  # _scaled_mm takes rows in multiples of 16
-            if pad:
-                q = torch.cat([q, torch.zeros(pad, q.shape[1], dtype=q.dtype, device=q.device)])
-            return scaled_mm(q, inv, self.weight.t(), self.inv_scale)[:rows]
+        if self.fp8 is not None:
+            return self.fp8(x)  # float32, as the callers use it
         return F.linear(x.to(self.weight.dtype), self.weight)
 
 
@@ -158,7 +156,9 @@ class Weights:
 class DecodeStep:
     """The stack's decode step in one strategy's precisions (or in float32 with strategy None)."""
 
-    def __init__(self, weights: Weights, shape: BlockShape, strategy: Strategy | None, cuda: CudaKernels | None):
+    def __init__(self, weights: Weights, shape: BlockShape, strategy: Strategy | None, cuda: CudaKernels | None,
+                 *, fp8_gemv: GemvChooser = gemv_config):
+        """`fp8_gemv(N, K)`: the one-row GEMV tile of each FP8 weight (a benchmark's choice; None: _scaled_mm)."""
         self.shape, self.strategy, self.cuda = shape, strategy, cuda
         n = shape.layers
 
@@ -167,7 +167,7 @@ class DecodeStep:
 
         self.dtype = torch.float32 if strategy is None else {
             "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec("norm")]
-        self.linears = [{op: Linear.build(lw[op], prec(op, i)) for op in LINEARS}
+        self.linears = [{op: Linear.build(lw[op], prec(op, i), fp8_gemv) for op in LINEARS}
                         for i, lw in enumerate(weights.layers)]
         self.norms = [(lw["norm1"], lw["norm2"]) for lw in weights.layers]
         self.final_norm = weights.norm
@@ -189,7 +189,8 @@ class DecodeStep:
     def work(self) -> tuple[Work, ...]:
         """The step's work for the hardware model (CUDA): torch's operators read off what the step
         dispatches, plus its kernels torch does not see: the Triton decode attention over each layer's
-        cache and the CUDA GEMV (or tiled GEMM) over each NVFP4 weight."""
+        cache, the CUDA GEMV (or tiled GEMM) over each NVFP4 weight, the FP8 linears' Triton kernels
+        (GEMV, or quantizer before _scaled_mm) and the one-launch E4M3 round trip of an FP8 q."""
         s = self.shape
         q = torch.empty(s.batch, s.heads, s.head_dim, dtype=torch.bfloat16)  # shape and size only
         custom = [decode_work(q, cache) for cache in self.caches if isinstance(cache, Cache)]
@@ -198,6 +199,12 @@ class DecodeStep:
                 if lin.nvfp4 is not None:
                     rows_bytes = s.batch * lin.nvfp4.shape[1] * 2 + s.batch * lin.nvfp4.shape[0] * 4
                     custom.append(Work(nbytes=lin.nvfp4.nbytes + rows_bytes, kernels=1))
+                if lin.fp8 is not None:
+                    custom.extend(lin.fp8.kernel_work(s.batch, self.dtype.itemsize))
+        for fp8 in self.qk_fp8:
+            if fp8:  # q float32 in, bfloat16 out; a q too large for one program takes the quantizer, then ATen
+                custom.extend((Work(nbytes=q.numel() * (4 + 2), kernels=1),) if q.numel() <= SMALL_QUANTIZE_MAX
+                              else quantize_work(q.numel(), 4, aten=False))
         return eager_work(self) + tuple(custom)
 
     @property
@@ -214,8 +221,8 @@ class DecodeStep:
             k, v = cache
             scores = torch.einsum("bhd,bhsd->bhs", q, k) / math.sqrt(q.shape[-1])
             return torch.einsum("bhs,bhsd->bhd", torch.softmax(scores, dim=-1), v)
-        if self.qk_fp8[layer]:
-            q = _fp8_roundtrip(q)
+        if self.qk_fp8[layer]:  # on CUDA one launch rounds q and hands the kernel its bfloat16 operand
+            q = fp8_roundtrip(q, torch.bfloat16 if q.is_cuda else torch.float32)
         if q.is_cuda:
             from .decode_attention_triton import decode_attention
 

@@ -4,7 +4,9 @@ Each strategy (lowprec_workloads.strategies) runs the same step on the same weig
 input as the float32 reference (lowprec_workloads/transformer_block.py). Gated per strategy: the logits'
 SQNR and next-token KL against float32, top-1 agreement, the bytes of weights and KV cache
 (no more than the 16-bit strategy's), and on a GPU the step's speed over the 16-bit strategy's
-with its roofline fraction. The small shape runs everywhere (CPU CI); the real one on a GPU.
+with its roofline fraction. The small shape runs everywhere (CPU CI); the real one on a GPU, where
+a strategy's FP8 linears must run the one-row Triton GEMV (which quantizes its activation itself)
+and no cuBLAS FP8 GEMM, and an FP8 q its one-launch quantizer (lowprec_workloads/fp8_linear.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lowprec_workloads.strategies import builtin_strategies, custom
+from lowprec_workloads.fp8_linear import CUDA_PATH
+from lowprec_workloads.strategies import LINEARS, builtin_strategies, custom
 from lowprec_workloads.transformer_block import LARGE, SMALL, DecodeStep, Weights, logit_errors
 from pytest_lowprec.formats.metrics import sqnr_db
 
@@ -28,10 +31,15 @@ MIN_SQNR_DB = {"fp16_baseline": 40.0, "fp8_balanced": 19.0, "w4a16_aggressive": 
 MAX_KL_NATS = {"fp16_baseline": 1e-3, "fp8_balanced": 0.06, "w4a16_aggressive": 0.4, "nvfp4_weights": 1.2,
                "hybrid_long_context": 0.2, "layerwise_gradient": 0.15, "custom_fp8_ffn": 0.05}
 
+# The FP8 paths' kernels (profiler names): the one-row GEMV, the small quantizer (FP8 q), cuBLAS's FP8 GEMM.
+FP8_GEMV_KERNEL = r"_gemv_(fma|dot)_kernel"
+FP8_Q_KERNEL = r"_quantize_small_kernel"
+CUBLAS_FP8_GEMM = r"nvjet_sm\d+_qq|e4m3|f8f8"
 # Fractions of the decode step's speedup over the 16-bit step that the hardware model predicts from each
 # step's bytes and kernels. Measured over predicted on the H200, two processes a week apart: 0.90-1.01 for
 # the FP8 and NVFP4 strategies, 0.81-0.82 for w4a16 (its GEMV reaches 0.68 of its bytes model); on the
-# H100 0.91-1.11 (docs/measurements/gate-expectations-h200-2026-11-30.md).
+# H100 0.91-1.11 (docs/measurements/gate-expectations-h200-2026-11-30.md). Those FP8 figures are the eager
+# quantizer's and padded _scaled_mm's; benchmarks/fp8_linear_variants.py prints the fused GEMV's "of model".
 STEP_FRACTION = {"fp8_balanced": 0.8, "w4a16_aggressive": 0.7, "nvfp4_weights": 0.8, "hybrid_long_context": 0.8,
                  "layerwise_gradient": 0.8, "custom_fp8_ffn": 0.8}
 
@@ -56,6 +64,10 @@ def drawn() -> dict:
 def test_strategy(lowprec, strategy, shape, drawn):
     lowprec.signature(strategy=strategy.name, precisions=str(dict(strategy.precisions)),
                       overrides=str(strategy.overrides), shape=str(shape))
+    fp8_ops = {op for layer in range(shape.layers) for op in (*LINEARS, "attn_qk")
+               if strategy.precision(op, layer, shape.layers) == "fp8"}
+    if fp8_ops and lowprec.on_cuda:  # the CPU runs the eager path its baseline recorded
+        lowprec.signature(fp8_kernels=CUDA_PATH)
     if (shape, lowprec.device) not in drawn:
         drawn[(shape, lowprec.device)] = Weights.random(shape, lowprec.device, seed=11)
     weights = drawn[(shape, lowprec.device)]
@@ -77,6 +89,10 @@ def test_strategy(lowprec, strategy, shape, drawn):
                                why="docs/measurements/gate-expectations-h200-2026-11-30.md")
         lowprec.speedup(baseline=sixteen, optimized=step, min=floor, graphs=True)
         lowprec.work(nbytes=step.weight_bytes + step.cache_bytes, precision="bf16")
+        if fp8_ops:
+            require = [FP8_GEMV_KERNEL] if fp8_ops - {"attn_qk"} else []
+            require += [FP8_Q_KERNEL] if "attn_qk" in fp8_ops else []
+            lowprec.expect_kernels("optimized", require=require, forbid=CUBLAS_FP8_GEMM)
 
 
 def test_an_unknown_operator_or_precision_is_an_error_listing_the_valid_ones():
