@@ -32,6 +32,7 @@
 // decoded); the cache hint of those streamed loads is a template parameter.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -195,7 +196,8 @@ LOWPREC_HD uint4 load_weights(const unsigned char* p) {
                      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
     } else if constexpr (HINT == kEvictFirst) {
         uint64_t policy;
-        asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+        // Pure (not volatile): computed once, not once a load.
+        asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
         asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
                      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p), "l"(policy));
     } else {
@@ -411,9 +413,9 @@ struct ShippedConfig<1> { using type = Config<1, 1, 2, 4, 4, kLut256, kNoL1Prefe
 template <>
 struct ShippedConfig<2> { using type = Config<2, 1, 2, 4, 4, kLut256, kNoL1Prefetch256, 2>; };
 template <>
-struct ShippedConfig<4> { using type = Config<4, 2, 1, 4, 2, kShift, kNoL1Prefetch256, 2>; };
+struct ShippedConfig<4> { using type = Config<4, 1, 2, 2, 2, kLut256, kNoL1Prefetch256, 2>; };
 template <>
-struct ShippedConfig<8> { using type = Config<8, 2, 1, 4, 2, kShift, kNoL1Prefetch256, 2>; };
+struct ShippedConfig<8> { using type = Config<8, 1, 2, 2, 2, kLut256, kNoL1Prefetch256, 2>; };
 template <int MT>
 using Shipped = typename ShippedConfig<MT>::type;
 
@@ -486,18 +488,39 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     }
 }
 
+// Shared memory above 48 KB and the carveout for the tables, set once a device: the first launch is
+// eager (a CUDA graph's capture comes after one), so no capture ever sees these calls.
+template <class C>
+cudaError_t configure_once() {
+    static std::atomic<unsigned> configured{0};  // one bit a device (devices past 31: every launch)
+    int device = 0;
+    cudaError_t st = cudaGetDevice(&device);
+    if (st != cudaSuccess) return st;
+    const unsigned bit = device < 32 ? 1u << device : 0u;
+    if (bit & configured.load(std::memory_order_relaxed)) return cudaSuccess;
+    const auto kernel = nvfp4_linear_kernel<C>;
+    if constexpr (C::kSmemBytes > 48 * 1024) {
+        st = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes);
+        if (st != cudaSuccess) return st;
+    }
+    if constexpr (C::kTableBytes > 0) {
+        // Room for kMinBlocks tables a multiprocessor: shared memory over L1 (the weights bypass L1).
+        st = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+        if (st != cudaSuccess) return st;
+    }
+    configured.fetch_or(bit, std::memory_order_relaxed);
+    return cudaSuccess;
+}
+
 // Launch one configuration: M <= 8 MT activation rows, K a multiple of 128, 16-byte aligned rows.
 template <class C>
 cudaError_t launch(const void* x, const void* w, const void* ws, const void* gw, void* out, int M, int N, int K,
                    cudaStream_t stream) {
     if (M < 1 || M > 8 * C::kMT || N < 1 || K < kStepElements || K % kStepElements != 0) return cudaErrorInvalidValue;
-    const auto kernel = nvfp4_linear_kernel<C>;
-    if (C::kSmemBytes > 48 * 1024) {
-        const cudaError_t st = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes);
-        if (st != cudaSuccess) return st;
-    }
+    const cudaError_t st = configure_once<C>();
+    if (st != cudaSuccess) return st;
     const int blocks = (N + C::kRowsPerBlock - 1) / C::kRowsPerBlock;
-    kernel<<<blocks, C::kThreads, C::kSmemBytes, stream>>>(
+    nvfp4_linear_kernel<C><<<blocks, C::kThreads, C::kSmemBytes, stream>>>(
         static_cast<const uint16_t*>(x), static_cast<const unsigned char*>(w), static_cast<const unsigned char*>(ws),
         static_cast<const float*>(gw), static_cast<float*>(out), M, N, K);
     return cudaGetLastError();
