@@ -52,7 +52,13 @@ constexpr int kNotHere = -2;
     X(28, 8, 1, 1, 2, 2, kLut128, kNoL1Prefetch256, 4)          \
     X(29, 1, 1, 1, 2, 8, kShift, kNoL1Prefetch256, 4)           \
     X(30, 1, 1, 2, 4, 4, kLut128, kNoL1Prefetch256, 2)          \
-    X(31, 2, 1, 1, 4, 2, kShift, kNoL1Prefetch256, 4)
+    X(31, 2, 1, 1, 4, 2, kShift, kNoL1Prefetch256, 4)           \
+    X(32, 1, 1, 2, 4, 4, kLut256, kEvictFirstPrefetch256, 2)    \
+    X(33, 1, 1, 1, 4, 4, kShift, kEvictFirstPrefetch256, 4)     \
+    X(34, 1, 1, 1, 4, 4, kLut128, kEvictFirstPrefetch256, 4)    \
+    X(35, 2, 1, 2, 4, 4, kLut256, kEvictFirstPrefetch256, 2)    \
+    X(36, 4, 1, 2, 2, 2, kLut256, kEvictFirstPrefetch256, 2)    \
+    X(37, 8, 1, 2, 2, 2, kLut256, kEvictFirstPrefetch256, 2)
 
 template <int ID>
 struct Variant;
@@ -139,7 +145,7 @@ extern "C" int variant_launch(int id, const void* x, const void* w, const void* 
     return -1;
 }
 
-// Read-only kernels (piece 0 only): hint 0..4 as load_weights's, 4 loads in flight a thread.
+// Read-only kernels (piece 0 only): hint 0..5 as load_weights's, 4 loads in flight a thread.
 extern "C" int read_bytes(int hint, const void* a, size_t nbytes, void* sink, int blocks, void* stream) {
 #if LOWPREC_PART != 0
     return kNotHere;
@@ -154,6 +160,7 @@ extern "C" int read_bytes(int hint, const void* a, size_t nbytes, void* sink, in
         case kNoL1Prefetch256: read_only<kNoL1Prefetch256, 4><<<blocks, 256, 0, s>>>(p, n16, out); break;
         case kEvictFirst: read_only<kEvictFirst, 4><<<blocks, 256, 0, s>>>(p, n16, out); break;
         case kStreaming: read_only<kStreaming, 4><<<blocks, 256, 0, s>>>(p, n16, out); break;
+        case kEvictFirstPrefetch256: read_only<kEvictFirstPrefetch256, 4><<<blocks, 256, 0, s>>>(p, n16, out); break;
         default: return -1;
     }
     return static_cast<int>(cudaGetLastError());

@@ -42,7 +42,8 @@ WARMUP_PAIRS = 20
 BUDGET_S = 135.0  # stop timing (and say so) past this, so the command ends inside its 150 s
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "nvfp4_linear_variants.cu"
-HINTS = ("cached", "no-L1", "no-L1 + L2 256B prefetch", "no-L1 + L2 evict-first", "streaming (ld.cs)")
+HINTS = ("cached", "no-L1", "no-L1 + L2 256B prefetch", "no-L1 + L2 evict-first", "streaming (ld.cs)",
+         "no-L1 + L2 evict-first + 256B prefetch")
 NOT_HERE = -2
 _VOID = ctypes.c_void_p
 
@@ -105,6 +106,20 @@ def paired(timer: CudaEventTimer, baseline, optimized) -> dict:
     return {"baseline_ms": statistics.median(b for b, _ in pairs), "ms": statistics.median(o for _, o in pairs),
             "speedup": statistics.median(ratios), "speedup_p10_p90": [ratios[len(ratios) // 10],
                                                                         ratios[9 * len(ratios) // 10]]}
+
+
+def after_flush_ms(fn, prepare, n: int = 200) -> float:
+    """Median time of `fn` right after `prepare` (enqueued first, so `fn` waits on the GPU, not the host)."""
+    times = []
+    for _ in range(n + 10):
+        prepare()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        times.append((start, end))
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in times[10:])
 
 
 def main(out_path: str) -> None:
@@ -178,6 +193,35 @@ def main(out_path: str) -> None:
             results["read_only"][label] = m
             print(f"read only, {label:26s} {m['ms'] * 1e3:7.2f} us  {m['fraction_of_copy']:.3f} of copy", flush=True)
     best_read_ms = min((m["ms"] for m in results["read_only"].values()), default=math.nan)
+
+    # The gate's flush (zero_ of twice the L2) leaves L2 full of dirty lines, which whatever runs next
+    # writes back as it allocates: the same kernels after that flush and after a clean one (reading twice
+    # the L2), so the write-back's share of each time is known.
+    if 0 in libs:
+        dirty = torch.empty(2 * props.L2_cache_size // 4, dtype=torch.int32, device=dev)
+        clean = torch.empty(2 * props.L2_cache_size // 16 * 16, dtype=torch.uint8, device=dev)
+        states = {"dirty (the gate's zero_ flush)": dirty.zero_,
+                  "clean (a read of twice the L2)": lambda: libs[0].read_bytes(0, ptr(clean), clean.numel(), ptr(sink),
+                                                                               props.multi_processor_count * 8,
+                                                                               stream())}
+        out1 = torch.empty(1, N, device=dev)
+        subjects = {"bf16 F.linear, 1 row": lambda: torch.nn.functional.linear(x1, w_bf16),
+                    "shipped nvfp4 linear, 1 row": lambda: cuda.linear(x1, w, out1)}
+        for hint in (0, 5):
+            subjects[f"read only, {HINTS[hint]}"] = (
+                lambda hint=hint: libs[0].read_bytes(hint, ptr(read_buf), read_buf.numel(), ptr(sink),
+                                                     props.multi_processor_count * 8, stream()))
+        results["flush_state_ms"] = {}
+        for subject, fn in subjects.items():
+            try:
+                times = {state: after_flush_ms(fn, prepare) for state, prepare in states.items()}
+            except Exception as err:  # noqa: BLE001 - one failing kernel must not end the sweep
+                print(f"flush state, {subject}: {err}", flush=True)
+                continue
+            results["flush_state_ms"][subject] = times
+            shown = "  ".join(f"{state.split(' ')[0]} {ms * 1e3:7.2f} us" for state, ms in times.items())
+            print(f"{subject:50s} {shown}", flush=True)
+        del dirty, clean
 
     for rows in ROWS:
         x = x_all[:rows]

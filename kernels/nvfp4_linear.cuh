@@ -49,8 +49,16 @@ constexpr int kMaxRows = 64;        // activation rows: 8 n8 tiles
 
 enum Decode : int { kShift = 0, kLut256 = 1, kLut128 = 2 };
 // How the streamed weight bytes are loaded: L1-cached; not allocated in L1; plus a 256-byte L2
-// prefetch; not in L1 and evicted first from L2 (createpolicy); cache-streaming (ld.cs).
-enum Hint : int { kCached = 0, kNoL1 = 1, kNoL1Prefetch256 = 2, kEvictFirst = 3, kStreaming = 4 };
+// prefetch; not in L1 and evicted first from L2 (createpolicy), so reading them does not push other
+// (possibly dirty) lines out of L2; cache-streaming (ld.cs); evict-first with the 256-byte prefetch.
+enum Hint : int {
+    kCached = 0,
+    kNoL1 = 1,
+    kNoL1Prefetch256 = 2,
+    kEvictFirst = 3,
+    kStreaming = 4,
+    kEvictFirstPrefetch256 = 5
+};
 
 LOWPREC_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t selector) {
 #ifdef __CUDA_ARCH__
@@ -99,6 +107,31 @@ LOWPREC_HD uint32_t lut_entry(uint32_t byte) {
     return bf16x2_bits(__floats2bfloat162_rn(e2m1_to_float(byte & 0xFu), e2m1_to_float(byte >> 4)));
 }
 
+// Where a decode's table lives. On the device, a 32-bit shared-memory address: the base stays in a
+// uniform register and a lookup is one LDS [offset + base] (through a generic pointer it costs an add).
+// On the host (the tests' emulation), plain memory.
+struct SharedTable {
+    uint32_t base;
+    LOWPREC_HD uint32_t load(uint32_t offset) const {
+#ifdef __CUDA_ARCH__
+        uint32_t v;
+        asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(base + offset));
+        return v;
+#else
+        return 0;  // never used on the host
+#endif
+    }
+};
+
+struct HostTable {
+    const unsigned char* data;
+    LOWPREC_HD uint32_t load(uint32_t offset) const {
+        uint32_t v;
+        memcpy(&v, data + offset, sizeof(v));
+        return v;
+    }
+};
+
 template <int DEC>
 struct Decoder;
 
@@ -110,7 +143,8 @@ struct Decoder<kShift> {
 
     // Eight E2M1 codes (element i in nibble i) -> four bf16 pairs r[i] = (element i, element i+4), each
     // the value times 2^-126: sign bit 3 of a nibble -> bit 15 (31), bits 2..0 -> bits 8..6 (24..22).
-    LOWPREC_HD static void decode(uint32_t q, uint32_t r[4], const unsigned char*, uint32_t) {
+    template <class Table>
+    LOWPREC_HD static void decode(uint32_t q, uint32_t r[4], const Table&, uint32_t) {
         constexpr uint32_t kSign = 0x80008000u, kMag = 0x01C001C0u;
         r[0] = ((q << 12) & kSign) | ((q << 6) & kMag);
         r[1] = ((q << 8) & kSign) | ((q << 2) & kMag);
@@ -149,9 +183,10 @@ struct LutDecoder {
     }
 
     // Four bytes -> r[b] = (element 2b, element 2b+1), their plain values.
-    LOWPREC_HD static void decode(uint32_t q, uint32_t r[4], const unsigned char* table, uint32_t lane4) {
+    template <class Table>
+    LOWPREC_HD static void decode(uint32_t q, uint32_t r[4], const Table& table, uint32_t lane4) {
 #pragma unroll
-        for (int b = 0; b < 4; ++b) r[b] = *reinterpret_cast<const uint32_t*>(table + offset(q, b, lane4));
+        for (int b = 0; b < 4; ++b) r[b] = table.load(offset(q, b, lane4));
     }
 
     // The natural pairs: the activations' own words (e_4h, e_4h+1) and (e_4h+2, e_4h+3).
@@ -200,6 +235,11 @@ LOWPREC_HD uint4 load_weights(const unsigned char* p) {
         asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
         asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
                      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p), "l"(policy));
+    } else if constexpr (HINT == kEvictFirstPrefetch256) {
+        uint64_t policy;
+        asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+        asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p), "l"(policy));
     } else {
         static_assert(HINT == kStreaming, "unknown load hint");
         asm volatile("ld.global.cs.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
@@ -210,9 +250,20 @@ LOWPREC_HD uint4 load_weights(const unsigned char* p) {
 #endif
 }
 
+// Two scale bytes; kept in L1 (the next three steps of the quad read the rest of the sector), and with
+// the weights' L2 priority under the evict-first hints.
+template <int HINT>
 LOWPREC_HD uint32_t load_scale_pair(const unsigned char* p) {
 #ifdef __CUDA_ARCH__
-    return __ldg(reinterpret_cast<const unsigned short*>(p));  // reused by the next three steps: L1
+    if constexpr (HINT == kEvictFirst || HINT == kEvictFirstPrefetch256) {
+        uint64_t policy;
+        asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+        unsigned short v;
+        asm volatile("ld.global.nc.L2::cache_hint.u16 %0, [%1], %2;" : "=h"(v) : "l"(p), "l"(policy));
+        return v;
+    } else {
+        return __ldg(reinterpret_cast<const unsigned short*>(p));
+    }
 #else
     return *reinterpret_cast<const unsigned short*>(p);
 #endif
@@ -277,15 +328,15 @@ LOWPREC_HD void load_stage(Stage<RT>& st, const LanePointers<RT, MT>& p, int ahe
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             st.q[rt][half] = load_weights<HINT>(p.w[rt][half] + 64 * ahead);
-            st.sc[rt][half] = load_scale_pair(p.s[rt][half] + 8 * ahead);
+            st.sc[rt][half] = load_scale_pair<HINT>(p.s[rt][half] + 8 * ahead);
         }
 }
 
 // One step of one lane: decode its weights, build A and B fragments, and hand each (rt, nt) pair to
 // `mma` (the tensor core on the device; the tests' emulation on the host records them instead).
-template <int DEC, int RT, int MT, class Mma>
+template <int DEC, int RT, int MT, class Table, class Mma>
 LOWPREC_HD void compute_stage(const Stage<RT>& st, const LanePointers<RT, MT>& p, int ahead, int lane,
-                              const unsigned char* table, Mma& mma) {
+                              const Table& table, Mma& mma) {
     using D = Decoder<DEC>;
     const uint32_t lane4 = static_cast<uint32_t>(lane) * 4u;
     uint32_t scale[RT][2][2];  // [rt][row g / g+8][block of the chunk]
@@ -337,8 +388,8 @@ LOWPREC_HD void prime_ring(Stage<RT> (&ring)[U], const LanePointers<RT, MT>& p, 
 }
 
 // A warp's `count` steps after prime_ring: the register ring of U steps, then the tail.
-template <int DEC, int HINT, int RT, int MT, int U, class Mma>
-LOWPREC_HD void run_steps(LanePointers<RT, MT>& p, int count, int lane, const unsigned char* table, Mma& mma,
+template <int DEC, int HINT, int RT, int MT, int U, class Table, class Mma>
+LOWPREC_HD void run_steps(LanePointers<RT, MT>& p, int count, int lane, const Table& table, Mma& mma,
                           Stage<RT> (&ring)[U]) {
     int done = 0;
     for (; done + U <= count; done += U) {
@@ -419,11 +470,31 @@ struct ShippedConfig<8> { using type = Config<8, 1, 2, 2, 2, kLut256, kNoL1Prefe
 template <int MT>
 using Shipped = typename ShippedConfig<MT>::type;
 
-// The block's first weight row, and the first of the steps (of K / 128) that warp wk of WK takes.
+// The block's first weight row.
 template <class C>
 LOWPREC_HD int block_first_row(int block) { return block * C::kRowsPerBlock; }
-template <class C>
-LOWPREC_HD int warp_first_step(int wk, int K) { return K / kStepElements * wk / C::kWK; }
+
+// All of warp wk's work along K: every warp takes the same count of steps (K / 128 / WK), so its loops
+// are uniform (ptxas then keeps the table's base in a uniform register: one instruction less a lookup),
+// and the first K / 128 % WK warps take one step more at the end. `primed` runs once the first loads
+// are in flight (the kernel fills its table there).
+template <class C, class Table, class Mma, class Primed>
+LOWPREC_HD void warp_steps(const uint16_t* x, const unsigned char* w, const unsigned char* ws, int first_row, int wk,
+                           int lane, int M, int N, int K, const Table& table, Mma& mma, Primed&& primed) {
+    constexpr int RT = C::kRT, MT = C::kMT;
+    const int per_warp = K / kStepElements / C::kWK;
+    const int extra = K / kStepElements % C::kWK;
+    LanePointers<RT, MT> p(x, w, ws, first_row, wk * per_warp, lane, M, N, K);
+    Stage<RT> ring[C::kU];
+    prime_ring<C::kHint>(ring, p, per_warp);
+    primed();
+    run_steps<C::kDecode, C::kHint>(p, per_warp, lane, table, mma, ring);
+    if (wk < extra) {
+        const LanePointers<RT, MT> last(x, w, ws, first_row, C::kWK * per_warp + wk, lane, M, N, K);
+        load_stage<C::kHint>(ring[0], last, 0);
+        compute_stage<C::kDecode>(ring[0], last, 0, lane, table, mma);
+    }
+}
 
 #ifdef __CUDACC__
 template <class C>
@@ -432,18 +503,10 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
                         const unsigned char* __restrict__ ws, const float* __restrict__ gw,
                         float* __restrict__ out, int M, int N, int K) {
     extern __shared__ __align__(16) unsigned char smem[];
-    constexpr int RT = C::kRT, MT = C::kMT, U = C::kU;
+    constexpr int RT = C::kRT, MT = C::kMT;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wr = warp % C::kWR, wk = warp / C::kWR;
     const int first_row = block_first_row<C>(blockIdx.x) + wr * 16 * RT;
-    const int s0 = warp_first_step<C>(wk, K), s1 = warp_first_step<C>(wk + 1, K);
-    LanePointers<RT, MT> p(x, w, ws, first_row, s0, lane, M, N, K);
-
-    Stage<RT> ring[U];
-    prime_ring<C::kHint>(ring, p, s1 - s0);
-    // The table is written while the first steps' loads are in flight.
-    fill_table<C::kDecode>(smem, C::kThreads);
-    if constexpr (C::kTableBytes > 0) __syncthreads();
 
     TensorCoreMma<RT, MT> mma;
 #pragma unroll
@@ -452,7 +515,12 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
         for (int nt = 0; nt < MT; ++nt)
 #pragma unroll
             for (int i = 0; i < 4; ++i) mma.acc[rt][nt][i] = 0.f;
-    run_steps<C::kDecode, C::kHint>(p, s1 - s0, lane, smem, mma, ring);
+    const SharedTable table{static_cast<uint32_t>(__cvta_generic_to_shared(smem))};
+    warp_steps<C>(x, w, ws, first_row, wk, lane, M, N, K, table, mma, [&] {
+        // The table is written while the first steps' loads are in flight.
+        fill_table<C::kDecode>(smem, C::kThreads);
+        if constexpr (C::kTableBytes > 0) __syncthreads();
+    });
 
     const float scale = *gw * Decoder<C::kDecode>::kOutFactor;
     float* red = reinterpret_cast<float*>(smem);

@@ -120,7 +120,7 @@ std::vector<double> reference(const Problem& p) {
 // The kernel for config C, block by block and warp by warp, every lane on the host.
 template <class C>
 std::vector<float> emulate(const Problem& p) {
-    constexpr int RT = C::kRT, MT = C::kMT, U = C::kU;
+    constexpr int RT = C::kRT, MT = C::kMT;
     using D = Decoder<C::kDecode>;
     std::vector<unsigned char> table(D::kTableBytes > 0 ? D::kTableBytes : 4);
     if constexpr (D::kTableBytes > 0)
@@ -137,14 +137,11 @@ std::vector<float> emulate(const Problem& p) {
             // acc[wk][rt][nt][lane][i], summed over wk in order as the kernel's shared-memory reduction does.
             std::vector<double> acc(static_cast<size_t>(C::kWK) * RT * MT * 32 * 4, 0.0);
             for (int wk = 0; wk < C::kWK; ++wk) {
-                const int s0 = warp_first_step<C>(wk, p.K), s1 = warp_first_step<C>(wk + 1, p.K);
                 std::vector<MmaCall> calls[32];
                 for (int lane = 0; lane < 32; ++lane) {
-                    LanePointers<RT, MT> ptr(p.x.data(), p.w.data(), p.ws.data(), first_row, s0, lane, p.M, p.N, p.K);
-                    Stage<RT> ring[U];
-                    prime_ring<C::kHint>(ring, ptr, s1 - s0);
                     Recorder rec{&calls[lane]};
-                    run_steps<C::kDecode, C::kHint>(ptr, s1 - s0, lane, table.data(), rec, ring);
+                    warp_steps<C>(p.x.data(), p.w.data(), p.ws.data(), first_row, wk, lane, p.M, p.N, p.K,
+                                  HostTable{table.data()}, rec, [] {});
                 }
                 for (size_t c = 0; c < calls[0].size(); ++c) {
                     const MmaCall* lanes[32];
