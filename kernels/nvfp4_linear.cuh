@@ -32,6 +32,7 @@
 // decoded); the cache hint of those streamed loads is a template parameter.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -572,8 +573,14 @@ cudaError_t configure_once() {
         if (st != cudaSuccess) return st;
     }
     if constexpr (C::kTableBytes > 0) {
-        // Room for kMinBlocks tables a multiprocessor: shared memory over L1 (the weights bypass L1).
-        st = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+        // Shared memory for kMinBlocks blocks a multiprocessor (each with the 1 KB the system reserves),
+        // the rest left to L1, where the activations are reused.
+        int per_sm = 0;
+        st = cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+        if (st != cudaSuccess) return st;
+        const long need = static_cast<long>(C::kMinBlocks) * (C::kSmemBytes + 1024);
+        const int percent = per_sm > 0 ? static_cast<int>(std::min<long>(100, (100 * need + per_sm - 1) / per_sm)) : 100;
+        st = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, percent);
         if (st != cudaSuccess) return st;
     }
     configured.fetch_or(bit, std::memory_order_relaxed);
