@@ -1,4 +1,5 @@
-// NVFP4 matrix products on CUDA cores: the naive GEMM baseline and the decode GEMV.
+// NVFP4 matrix products: the naive GEMM baseline and the decode GEMV on CUDA cores, and the decode
+// linear on tensor cores (kernels/nvfp4_linear.cuh) for 1..64 activation rows.
 //
 // Layouts (those of pytest_lowprec.formats.nvfp4 with 1x16 blocks):
 //   packed E2M1  uint8 [rows, K/2], element 2i in the low nibble of byte i
@@ -7,6 +8,7 @@
 // out[m, n] = sum_k a[m, k] * b[n, k], fp32 accumulation, written as float32.
 #include "lowprec.cuh"
 #include "nvfp4_gemv.cuh"
+#include "nvfp4_linear.cuh"
 
 namespace {
 
@@ -93,4 +95,20 @@ extern "C" int nvfp4_gemv(int device, const void* x, const void* w, const void* 
 #undef LOWPREC_GEMV_CASE
         default: return static_cast<int>(cudaErrorInvalidValue);
     }
+}
+
+// out[m, n] = x[m] . w[n] for M = 1..64 bf16 rows on tensor cores, in the shape shipped for ceil(M / 8) n8 tiles.
+extern "C" int nvfp4_linear(int device, const void* x, const void* w, const void* ws, const void* gw, void* out,
+                            int M, int N, int K, void* stream) {
+    LOWPREC_LAUNCH_PROLOGUE(device);
+    namespace lin = lowprec::linear;
+    // 16-byte loads of weights and activations, 2-byte loads of scale pairs.
+    const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
+                         reinterpret_cast<uintptr_t>(ws) % 2 == 0;
+    if (!aligned || M < 1 || M > lin::kMaxRows) return static_cast<int>(cudaErrorInvalidValue);
+    const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    if (M <= 8) return static_cast<int>(lin::launch<lin::Shipped<1>>(x, w, ws, gw, out, M, N, K, s));
+    if (M <= 16) return static_cast<int>(lin::launch<lin::Shipped<2>>(x, w, ws, gw, out, M, N, K, s));
+    if (M <= 32) return static_cast<int>(lin::launch<lin::Shipped<4>>(x, w, ws, gw, out, M, N, K, s));
+    return static_cast<int>(lin::launch<lin::Shipped<8>>(x, w, ws, gw, out, M, N, K, s));
 }

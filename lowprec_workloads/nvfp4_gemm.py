@@ -1,4 +1,4 @@
-"""NVFP4 matrix products: the naive CUDA kernel, the tiled tensor-core kernel, the decode GEMV, and
+"""NVFP4 matrix products: the naive CUDA kernel, the tiled tensor-core kernel, the decode kernels, and
 the path each device takes.
 
 Operands are `NVFP4Tensor`s with 1x16 blocks (packed E2M1 [rows, K/2], E4M3 scales [rows, K/16],
@@ -10,8 +10,11 @@ Paths, chosen by compute capability (`gemm_path`):
   sm_80 .. sm_90    a Triton kernel that loads packed E2M1 tiles and their scales, decodes them
                     in registers to BF16 (exact: an E2M1 value times an E4M3 scale has at most
                     6 significant bits) and feeds BF16 tensor cores (wgmma on Hopper).
-The decode GEMV (M <= 2 activation rows in BF16, NVFP4 weights) is CUDA C++ in kernels/nvfp4_gemm.cu;
-more rows go to the tiled kernel with BF16 activations, where tensor cores keep it memory-bound.
+Decode (`linear`: 1..64 activation rows in BF16 times NVFP4 weights) is CUDA C++ in kernels/: the
+tensor-core decode linear (kernels/nvfp4_linear.cuh) streams the packed weights once for all rows,
+decodes them to BF16 in registers and feeds mma.m16n8k16 with the weights as the A operand, split-K
+across the warps of a block; the CUDA-core GEMV (kernels/nvfp4_gemv.cuh, 1..2 rows) stays for callers
+that ask for it. More rows, or a K the decode kernel does not take, go to the tiled kernel.
 """
 
 from __future__ import annotations
@@ -31,12 +34,17 @@ from . import kernels
 NATIVE = "cublaslt-nvfp4"
 TILED = "triton-bf16-tensor-cores"
 GEMV_MAX_ROWS = 2
+# The tensor-core decode linear: activation rows it takes (in n8 tiles of 8), and the K it needs (its
+# warps step through K 128 elements at a time).
+MMA_ROWS = (1, 64)
+MMA_K_MULTIPLE = 128
 
 _VOID = ctypes.c_void_p
 _INT = ctypes.c_int
 SIGNATURES = {
     "nvfp4_gemm_naive": [_INT, _VOID, _VOID, _VOID, _VOID, _VOID, _VOID, _VOID, _INT, _INT, _INT, _VOID],
     "nvfp4_gemv": [_INT, _VOID, _VOID, _VOID, _VOID, _VOID, _INT, _INT, _INT, _VOID],
+    "nvfp4_linear": [_INT, _VOID, _VOID, _VOID, _VOID, _VOID, _INT, _INT, _INT, _VOID],
 }
 
 
@@ -240,11 +248,40 @@ class CudaKernels:
                        self._stream())
         return out
 
+    def linear(self, x: torch.Tensor, w: NVFP4Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out[m] = x[m] @ w.T on tensor cores for x bf16 [M, K], M in MMA_ROWS, K a multiple of 128."""
+        m, k = x.shape
+        if x.dtype != torch.bfloat16 or not x.is_contiguous() or k != w.shape[1]:
+            raise ValueError(f"x must be contiguous bf16 [M, {w.shape[1]}], got {x.dtype} {tuple(x.shape)}")
+        if not MMA_ROWS[0] <= m <= MMA_ROWS[1] or k % MMA_K_MULTIPLE:
+            raise ValueError(f"the decode linear takes {MMA_ROWS[0]}..{MMA_ROWS[1]} rows and K a multiple of "
+                             f"{MMA_K_MULTIPLE}, got M={m}, K={k}")
+        if out.dtype != torch.float32 or out.shape != (m, w.shape[0]) or not out.is_contiguous():
+            raise ValueError(f"out must be contiguous float32 [{m}, {w.shape[0]}], got {out.dtype} {tuple(out.shape)}")
+        # 16-byte loads: the launcher refuses (invalid value) operands that are not aligned for them.
+        self._lib.call("nvfp4_linear", self.device.index, x.data_ptr(), w.packed.data_ptr(),
+                       w.block_scales.data_ptr(), w.global_decode.data_ptr(), out.data_ptr(), m, w.shape[0], k,
+                       self._stream())
+        return out
+
+
+def decode_path(rows: int, k: int, cuda: bool) -> str:
+    """Which kernel `linear` runs for `rows` activation rows and inner dimension `k` ("cuda-mma",
+    "cuda-gemv" or "triton"); the suites put it in their signatures."""
+    if cuda and MMA_ROWS[0] <= rows <= MMA_ROWS[1] and k % MMA_K_MULTIPLE == 0:
+        return "cuda-mma"
+    if cuda and rows <= GEMV_MAX_ROWS:
+        return "cuda-gemv"
+    return "triton"
+
 
 def linear(x: torch.Tensor, w: NVFP4Tensor, cuda: CudaKernels | None, out: torch.Tensor) -> torch.Tensor:
-    """Decode-time linear layer, x bf16 [M, K] times NVFP4 weights [N, K]: the CUDA GEMV for a row or
-    two, the tiled tensor-core kernel for more."""
-    if cuda is not None and x.shape[0] <= GEMV_MAX_ROWS:
+    """Decode-time linear layer, x bf16 [M, K] times NVFP4 weights [N, K], out float32 [M, N]: the
+    tensor-core decode kernel for 1..64 rows, the tiled tensor-core kernel for more (and on CPU)."""
+    path = decode_path(x.shape[0], w.shape[1], cuda is not None)
+    if path == "cuda-mma":
+        return cuda.linear(x, w, out)
+    if path == "cuda-gemv":
         return cuda.gemv(x, w, out)
     return gemm_tiled(x, w, out=out)
 

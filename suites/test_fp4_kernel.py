@@ -1,4 +1,4 @@
-"""NVFP4 GEMM kernels: the naive CUDA kernel, the tiled tensor-core kernel, the decode GEMV.
+"""NVFP4 GEMM kernels: the naive CUDA kernel, the tiled tensor-core kernel, the decode linear.
 
 Accuracy: every output element against the float64 product of the dequantized operands (never a
 checksum or a mean), with the output poisoned with NaN before the kernel runs, so an element the
@@ -6,9 +6,10 @@ kernel never writes fails. Each product of an E2M1 value and an E4M3 scale is ex
 error is float32 accumulation order: the bound is 1e-5 relative L2, a thousand times under the
 1e-2 the format's peers quote, which would hide an indexing bug that misplaces a few blocks.
 On CPU the tiled kernel runs in Triton's interpreter at a small size; the CUDA C++ kernels need
-a GPU. Speed (GPU): tiled against naive at 4096^3 (floor 20x: the naive kernel is a labelled naive
-reference, one thread per output, whose time no roofline predicts); the decode linear layer over
-8192x8192 NVFP4 weights against the BF16 GEMV torch runs, floored at a fraction of the bytes model.
+a GPU (tests/test_nvfp4_linear_emulation.py runs the decode linear's lanes on the CPU). Speed (GPU):
+tiled against naive at 4096^3 (floor 20x: the naive kernel is a labelled naive reference, one thread
+per output, whose time no roofline predicts); the decode linear layer over 8192x8192 NVFP4 weights
+against the BF16 GEMV torch runs, floored at a fraction of the bytes model.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from lowprec_workloads.nvfp4_gemm import (
     TILED,
     CudaKernels,
     TileConfig,
+    decode_path,
     gemm_path,
     gemm_tiled,
     gemm_tiled_interpreted,
@@ -97,11 +99,12 @@ def test_nvfp4_gemm_matches_float64_product(lowprec, cuda_kernels, kernel):
 
 
 @pytest.mark.lowprec(precision="nvfp4")
-@pytest.mark.parametrize("rows", [1, 2, 4, 16])
+# 3 and 64: a batch that leaves an n8 tile part empty, and the largest the tensor-core decode kernel takes.
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 16, 64])
 def test_nvfp4_linear_matches_float64_product(lowprec, cuda_kernels, rows):
     n, k = (GEMV_N, GEMV_K) if lowprec.on_cuda else (96, 256)
     cuda = _cuda(cuda_kernels, lowprec.device) if lowprec.on_cuda else None
-    lowprec.signature(n=n, k=k, seed=6, path="cuda-gemv" if cuda and rows <= 2 else "triton")
+    lowprec.signature(n=n, k=k, seed=6, path=decode_path(rows, k, cuda is not None))
     g = torch.Generator(device="cpu").manual_seed(6)
     x = torch.randn(rows, k, generator=g).bfloat16().to(lowprec.device)
     w = quantize_nvfp4(torch.randn(n, k, generator=g).to(lowprec.device))
@@ -135,7 +138,8 @@ def test_nvfp4_tiled_gemm_speed_over_naive(lowprec, cuda_kernels):
 def test_nvfp4_linear_speed_over_bf16(lowprec, cuda_kernels, rows):
     n, k = GEMV_N, GEMV_K
     cuda = _cuda(cuda_kernels, lowprec.device)
-    lowprec.signature(n=n, k=k, rows=rows, path="cuda-gemv" if rows <= 2 else "triton")
+    path = decode_path(rows, k, cuda=True)
+    lowprec.signature(n=n, k=k, rows=rows, path=path)
     g = torch.Generator(device="cpu").manual_seed(6)
     x = torch.randn(rows, k, generator=g).bfloat16().to(lowprec.device)
     w_bf16 = torch.randn(n, k, generator=g).bfloat16().to(lowprec.device)
@@ -150,6 +154,8 @@ def test_nvfp4_linear_speed_over_bf16(lowprec, cuda_kernels, rows):
                            fraction=LINEAR_FRACTION[rows], why="docs/measurements/gate-expectations-h200-2026-11-30.md")
     lowprec.speedup(baseline=lambda: torch.nn.functional.linear(x, w_bf16), min=floor,
                     optimized=lambda: linear(x, w, cuda, out), graphs=True)
+    if path == "cuda-mma":
+        lowprec.expect_kernels("optimized", require=r"nvfp4_linear_kernel")
     lowprec.work(nbytes=w.nbytes + x.numel() * 2 + out.numel() * 4)
 
 

@@ -1,0 +1,610 @@
+// The NVFP4 decode linear on tensor cores: out[m, n] = sum_k x[m, k] * w[n, k] for 1..64 activation
+// rows x (bf16, [M, K]) and NVFP4 weights w (packed E2M1 [N, K/2], E4M3 scales [N, K/16], a float32
+// tensor scale), every weight byte read from memory once for all rows. kernels/nvfp4_gemm.cu
+// instantiates the shapes it ships; benchmarks/nvfp4_linear_variants.cu the ones it compares.
+//
+// Swap-AB: the weights are the A operand of mma.m16n8k16 (16 weight rows a tile), the activations its
+// B operand (8 activation rows a tile), so a decode batch of 1..8 rows is one n8 tile and 64 rows are 8.
+// A weight value is decoded in registers to bf16 and multiplied by its block scale there: E2M1 times
+// E4M3 has at most 6 significant bits and magnitudes 2^-10..2688, so it is exact in bf16, and so is
+// every product with a bf16 activation; the only rounding is the tensor core's fp32 accumulation.
+//
+// The k order inside an mma is free (a dot product does not care), as long as A and B agree. So each
+// lane feeds the mma the weights it loaded (16 contiguous bytes = 32 elements a row, for a coalesced
+// 64-byte run a row across the 4 lanes of a quad) in whatever pairs its decode makes, and builds the
+// matching activation pairs:
+//   kShift   bit placement, no table: E2M1's sign goes to bf16's sign bit and its exponent and mantissa
+//            bits to bf16's two low exponent bits and top mantissa bit, giving the value times 2^-126
+//            (code 1, 0.5, lands on a bf16 subnormal); the block scale is applied times 2^119 so a
+//            decoded weight is E2M1 * scale * 2^-7, in bf16's normal range, and the output is scaled
+//            by 2^7. Pairs are elements (i, i+4) of a 32-bit word; the activations are re-paired with
+//            two byte permutes per mma.
+//   kLut256  a byte (two elements) looked up in a table of bf16 pairs in shared memory, one copy per
+//            lane so 32 lanes hit 32 banks; the byte is placed into the address with one byte permute
+//            (entries 256 bytes apart: 64 KB). Pairs are the natural ones, so the activations' own
+//            32-bit words are the B fragments.
+//   kLut128  the same table with entries 128 bytes apart (32 KB), the address built with a shift and
+//            a three-input logic op.
+// Split-K: WK warps of a block split K and add their partial sums through shared memory, so 8192
+// output rows make 256..512 blocks that fill 132 multiprocessors in one wave; every launch runs the
+// same fixed shape (no run-time tuning) and sums in a fixed order, so results are deterministic.
+// Every warp takes the same count of steps, so its loops are uniform and the table's base stays in a
+// uniform register. Weight loads go straight to registers through a ring of U steps (U-1 steps in
+// flight while one is decoded); the cache hint of those streamed loads is a template parameter.
+// Cost, read off the SASS (nvcc 13.0, sm_90a), a warp-step of 2048 weight elements at 1..8 rows:
+// about 172 instructions with kLut256 (32 table loads, 32 bf16x2 scale multiplies, 8 mma), 227 with
+// kShift: 2.7 and 3.5 an element a lane. The CUDA-core GEMV (nvfp4_gemv.cuh) spends about 4, 1.5 of
+// them conversions (cvt e4m3x2 -> f16x2, f16 -> f32), ahead of an fp32 FMA for every element.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <cuda_bf16.h>
+
+#include "lowprec.cuh"
+
+#define LOWPREC_HD __host__ __device__ __forceinline__
+
+namespace lowprec::linear {
+
+constexpr int kStepElements = 128;  // a step: 16 weight rows x 128 elements (64 bytes a row)
+constexpr int kMaxRows = 64;        // activation rows: 8 n8 tiles
+
+enum Decode : int { kShift = 0, kLut256 = 1, kLut128 = 2 };
+// How the streamed weight bytes are loaded: L1-cached; not allocated in L1; plus a 256-byte L2
+// prefetch; not in L1 and evicted first from L2 (createpolicy), so reading them does not push other
+// (possibly dirty) lines out of L2; cache-streaming (ld.cs); evict-first with the 256-byte prefetch.
+enum Hint : int {
+    kCached = 0,
+    kNoL1 = 1,
+    kNoL1Prefetch256 = 2,
+    kEvictFirst = 3,
+    kStreaming = 4,
+    kEvictFirstPrefetch256 = 5
+};
+
+LOWPREC_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t selector) {
+#ifdef __CUDA_ARCH__
+    return __byte_perm(a, b, selector);
+#else
+    const uint64_t bytes = (static_cast<uint64_t>(b) << 32) | a;
+    uint32_t out = 0;
+    for (int i = 0; i < 4; ++i) out |= static_cast<uint32_t>((bytes >> (8 * ((selector >> (4 * i)) & 7))) & 0xFF) << (8 * i);
+    return out;
+#endif
+}
+
+// Bit casts by memcpy: the compiler drops them, where building the halves one by one costs permutes.
+LOWPREC_HD uint32_t bf16x2_bits(__nv_bfloat162 v) {
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof(bits));
+    return bits;
+}
+
+LOWPREC_HD __nv_bfloat162 bf16x2_from_bits(uint32_t bits) {
+    __nv_bfloat162 v;
+    memcpy(&v, &bits, sizeof(bits));
+    return v;
+}
+
+LOWPREC_HD uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
+    return bf16x2_bits(__hmul2(bf16x2_from_bits(a), bf16x2_from_bits(b)));
+}
+
+// Two E4M3 scales (the low 16 bits of `pair`: block 2c in the low byte) -> each times `factor`, as a
+// bf16 pair holding it twice (both elements of a decoded pair share a block). Exact: an E4M3 value has
+// 4 significant bits and `factor` is a power of two that keeps it in bf16's range.
+LOWPREC_HD void scales_to_bf16x2(uint32_t pair, float factor, uint32_t& s0, uint32_t& s1) {
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair & 0xFFFFu), __NV_E4M3);
+    const float2 f = __half22float2(__half2(h));
+    s0 = bf16x2_bits(__floats2bfloat162_rn(f.x * factor, f.x * factor));
+    s1 = bf16x2_bits(__floats2bfloat162_rn(f.y * factor, f.y * factor));
+}
+
+LOWPREC_HD uint32_t word_of(const uint4& v, int i) {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// One byte (E2M1 codes of elements 2i and 2i+1) -> their exact values as a bf16 pair: a table entry.
+LOWPREC_HD uint32_t lut_entry(uint32_t byte) {
+    return bf16x2_bits(__floats2bfloat162_rn(e2m1_to_float(byte & 0xFu), e2m1_to_float(byte >> 4)));
+}
+
+// Where a decode's table lives. On the device, a 32-bit shared-memory address: the base stays in a
+// uniform register and a lookup is one LDS [offset + base] (through a generic pointer it costs an add).
+// On the host (the tests' emulation), plain memory.
+struct SharedTable {
+    uint32_t base;
+    LOWPREC_HD uint32_t load(uint32_t offset) const {
+#ifdef __CUDA_ARCH__
+        uint32_t v;
+        asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(base + offset));
+        return v;
+#else
+        return 0;  // never used on the host
+#endif
+    }
+};
+
+struct HostTable {
+    const unsigned char* data;
+    LOWPREC_HD uint32_t load(uint32_t offset) const {
+        uint32_t v;
+        memcpy(&v, data + offset, sizeof(v));
+        return v;
+    }
+};
+
+template <int DEC>
+struct Decoder;
+
+template <>
+struct Decoder<kShift> {
+    static constexpr int kTableBytes = 0;
+    static constexpr float kScaleFactor = 0x1p119f;  // undoes 2^-126 but for 2^-7 (kept for range)
+    static constexpr float kOutFactor = 128.0f;       // the 2^7
+
+    // Eight E2M1 codes (element i in nibble i) -> four bf16 pairs r[i] = (element i, element i+4), each
+    // the value times 2^-126: sign bit 3 of a nibble -> bit 15 (31), bits 2..0 -> bits 8..6 (24..22).
+    template <class Table>
+    LOWPREC_HD static void decode(uint32_t q, uint32_t r[4], const Table&, uint32_t) {
+        constexpr uint32_t kSign = 0x80008000u, kMag = 0x01C001C0u;
+        r[0] = ((q << 12) & kSign) | ((q << 6) & kMag);
+        r[1] = ((q << 8) & kSign) | ((q << 2) & kMag);
+        r[2] = ((q << 4) & kSign) | ((q >> 2) & kMag);
+        r[3] = (q & kSign) | ((q >> 6) & kMag);
+    }
+
+    // Activations for the mma that takes r[2h] (k 0..1 of each 8) and r[2h+1] (k 8..9): eight bf16
+    // elements e0..e7 as four words (e0,e1) (e2,e3) (e4,e5) (e6,e7) -> (e_2h, e_2h+4), (e_2h+1, e_2h+5).
+    LOWPREC_HD static void b_fragment(const uint4& xw, int h, uint32_t& b0, uint32_t& b1) {
+        const uint32_t lo = h ? xw.y : xw.x, hi = h ? xw.w : xw.z;
+        b0 = byte_perm(lo, hi, 0x5410);
+        b1 = byte_perm(lo, hi, 0x7632);
+    }
+};
+
+template <int STRIDE>
+struct LutDecoder {
+    static constexpr int kStride = STRIDE;  // bytes between a table's entries (32 lanes x 4 bytes used)
+    static constexpr int kTableBytes = 256 * STRIDE;
+    static constexpr float kScaleFactor = 1.0f;
+    static constexpr float kOutFactor = 1.0f;
+
+    // Where entry `entry` of lane `lane`'s copy lives: 32 lanes' copies side by side, one bank each.
+    LOWPREC_HD static uint32_t slot(uint32_t entry, uint32_t lane) { return entry * STRIDE + 4 * lane; }
+
+    // slot(byte `byte` of q, lane), lane4 = 4 * lane, built with one or two instructions.
+    LOWPREC_HD static uint32_t offset(uint32_t q, int byte, uint32_t lane4) {
+        if constexpr (STRIDE == 256) {
+            return byte_perm(q, lane4, 0x7604u | (static_cast<uint32_t>(byte) << 4));
+        } else {
+            static_assert(STRIDE == 128, "tables are 128 or 256 bytes an entry");
+            const uint32_t placed = byte == 0 ? (q << 7) : (q >> (8 * byte - 7));
+            return (placed & 0x7F80u) | lane4;
+        }
+    }
+
+    // Four bytes -> r[b] = (element 2b, element 2b+1), their plain values.
+    template <class Table>
+    LOWPREC_HD static void decode(uint32_t q, uint32_t r[4], const Table& table, uint32_t lane4) {
+#pragma unroll
+        for (int b = 0; b < 4; ++b) r[b] = table.load(offset(q, b, lane4));
+    }
+
+    // The natural pairs: the activations' own words (e_4h, e_4h+1) and (e_4h+2, e_4h+3).
+    LOWPREC_HD static void b_fragment(const uint4& xw, int h, uint32_t& b0, uint32_t& b1) {
+        b0 = h ? xw.z : xw.x;
+        b1 = h ? xw.w : xw.y;
+    }
+};
+
+template <>
+struct Decoder<kLut256> : LutDecoder<256> {};
+template <>
+struct Decoder<kLut128> : LutDecoder<128> {};
+
+// -- per-lane addressing -----------------------------------------------------------------------------
+// Lane = 4 * g + t (g: the mma's group, t: its thread in the group). In step s, lane t of a quad owns
+// chunk c = 4s + t of its rows: bytes 16c..16c+15, elements 32c..32c+31, scale bytes 2c and 2c+1.
+// Its rows are the tile's g and g + 8; its activation row in n8 tile nt is 8 nt + g.
+LOWPREC_HD int chunk_of(int step, int lane) { return 4 * step + (lane & 3); }
+
+// Accumulator element i of tile (rt, nt) -> (weight row within the warp's 16 RT rows, activation row).
+LOWPREC_HD int acc_row(int lane, int rt, int i) { return 16 * rt + (lane >> 2) + 8 * (i >> 1); }
+LOWPREC_HD int acc_col(int lane, int nt, int i) { return 8 * nt + 2 * (lane & 3) + (i & 1); }
+
+template <int RT>
+struct Stage {
+    uint4 q[RT][2];         // 16 weight bytes of rows g and g + 8 of each m16 tile
+    uint32_t sc[RT][2];     // their two E4M3 block scales
+};
+
+template <int HINT>
+LOWPREC_HD uint4 load_weights(const unsigned char* p) {
+#ifdef __CUDA_ARCH__
+    uint4 v;
+    if constexpr (HINT == kCached) {
+        asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    } else if constexpr (HINT == kNoL1) {
+        asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    } else if constexpr (HINT == kNoL1Prefetch256) {
+        asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    } else if constexpr (HINT == kEvictFirst) {
+        uint64_t policy;
+        // Pure (not volatile): computed once, not once a load.
+        asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+        asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p), "l"(policy));
+    } else if constexpr (HINT == kEvictFirstPrefetch256) {
+        uint64_t policy;
+        asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+        asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p), "l"(policy));
+    } else {
+        static_assert(HINT == kStreaming, "unknown load hint");
+        asm volatile("ld.global.cs.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    }
+    return v;
+#else
+    return *reinterpret_cast<const uint4*>(p);
+#endif
+}
+
+// Two scale bytes; kept in L1 (the next three steps of the quad read the rest of the sector), and with
+// the weights' L2 priority under the evict-first hints.
+template <int HINT>
+LOWPREC_HD uint32_t load_scale_pair(const unsigned char* p) {
+#ifdef __CUDA_ARCH__
+    if constexpr (HINT == kEvictFirst || HINT == kEvictFirstPrefetch256) {
+        uint64_t policy;
+        asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+        unsigned short v;
+        asm volatile("ld.global.nc.L2::cache_hint.u16 %0, [%1], %2;" : "=h"(v) : "l"(p), "l"(policy));
+        return v;
+    } else {
+        return __ldg(reinterpret_cast<const unsigned short*>(p));
+    }
+#else
+    return *reinterpret_cast<const unsigned short*>(p);
+#endif
+}
+
+LOWPREC_HD uint4 load_activations(const uint16_t* p) {
+#ifdef __CUDA_ARCH__
+    return __ldg(reinterpret_cast<const uint4*>(p));  // every warp of the block reads them: L1
+#else
+    return *reinterpret_cast<const uint4*>(p);
+#endif
+}
+
+// One lane's pointers at its chunk of the current step: rows g and g + 8 of each m16 tile (rows past N
+// re-read row N - 1, their sums never stored), and its activation row in each n8 tile (rows past M
+// re-read row M - 1: an mma's output column depends on its own B column only, and those columns are
+// never stored). Steps u ahead are immediate offsets from them: 64 bytes of weights, 8 bytes of scales
+// and 128 activations a step.
+template <int RT, int MT>
+struct LanePointers {
+    const unsigned char* w[RT][2];
+    const unsigned char* s[RT][2];
+    const uint16_t* x[MT];
+
+    LOWPREC_HD LanePointers(const uint16_t* acts, const unsigned char* weights, const unsigned char* scales,
+                            int first_row, int first_step, int lane, int M, int N, int K) {
+        const int chunk = chunk_of(first_step, lane);
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                int row = first_row + 16 * rt + (lane >> 2) + 8 * half;
+                row = row < N ? row : N - 1;
+                w[rt][half] = weights + static_cast<size_t>(row) * (K / 2) + 16 * chunk;
+                s[rt][half] = scales + static_cast<size_t>(row) * (K / 16) + 2 * chunk;
+            }
+#pragma unroll
+        for (int nt = 0; nt < MT; ++nt) {
+            int m = 8 * nt + (lane >> 2);
+            m = m < M ? m : M - 1;
+            x[nt] = acts + static_cast<size_t>(m) * K + 32 * chunk;
+        }
+    }
+
+    LOWPREC_HD void advance(int steps) {
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                w[rt][half] += 64 * steps;
+                s[rt][half] += 8 * steps;
+            }
+#pragma unroll
+        for (int nt = 0; nt < MT; ++nt) x[nt] += kStepElements * steps;
+    }
+};
+
+template <int HINT, int RT, int MT>
+LOWPREC_HD void load_stage(Stage<RT>& st, const LanePointers<RT, MT>& p, int ahead) {
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            st.q[rt][half] = load_weights<HINT>(p.w[rt][half] + 64 * ahead);
+            st.sc[rt][half] = load_scale_pair<HINT>(p.s[rt][half] + 8 * ahead);
+        }
+}
+
+// One step of one lane: decode its weights, build A and B fragments, and hand each (rt, nt) pair to
+// `mma` (the tensor core on the device; the tests' emulation on the host records them instead).
+template <int DEC, int RT, int MT, class Table, class Mma>
+LOWPREC_HD void compute_stage(const Stage<RT>& st, const LanePointers<RT, MT>& p, int ahead, int lane,
+                              const Table& table, Mma& mma) {
+    using D = Decoder<DEC>;
+    const uint32_t lane4 = static_cast<uint32_t>(lane) * 4u;
+    uint32_t scale[RT][2][2];  // [rt][row g / g+8][block of the chunk]
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+            scales_to_bf16x2(st.sc[rt][half], D::kScaleFactor, scale[rt][half][0], scale[rt][half][1]);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {  // the 32-bit word of the chunk: elements 8j..8j+7
+        // A fragments of both mmas of this word (h = 0, 1), scaled: a0a1 row g, k 2t..2t+1; a2a3 row g+8;
+        // a4a5 row g, k 2t+8..2t+9; a6a7 row g+8.
+        uint32_t a[RT][2][4];
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt) {
+            uint32_t rg[4], rg8[4];
+            D::decode(word_of(st.q[rt][0], j), rg, table, lane4);
+            D::decode(word_of(st.q[rt][1], j), rg8, table, lane4);
+            const uint32_t sg = scale[rt][0][j >> 1], sg8 = scale[rt][1][j >> 1];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                a[rt][h][0] = mul_bf16x2(rg[2 * h], sg);
+                a[rt][h][1] = mul_bf16x2(rg8[2 * h], sg8);
+                a[rt][h][2] = mul_bf16x2(rg[2 * h + 1], sg);
+                a[rt][h][3] = mul_bf16x2(rg8[2 * h + 1], sg8);
+            }
+        }
+        // One n8 tile of activations at a time keeps 64 rows' fragments out of the registers.
+#pragma unroll
+        for (int nt = 0; nt < MT; ++nt) {
+            const uint4 xw = load_activations(p.x[nt] + kStepElements * ahead + 8 * j);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                uint32_t b[2];
+                D::b_fragment(xw, h, b[0], b[1]);
+#pragma unroll
+                for (int rt = 0; rt < RT; ++rt) mma(rt, nt, a[rt][h], b);
+            }
+        }
+    }
+}
+
+// The first U steps' loads (of `count`), issued before anything waits on them.
+template <int HINT, int RT, int MT, int U>
+LOWPREC_HD void prime_ring(Stage<RT> (&ring)[U], const LanePointers<RT, MT>& p, int count) {
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+        if (u < count) load_stage<HINT>(ring[u], p, u);
+}
+
+// A warp's `count` steps after prime_ring: the register ring of U steps, then the tail.
+template <int DEC, int HINT, int RT, int MT, int U, class Table, class Mma>
+LOWPREC_HD void run_steps(LanePointers<RT, MT>& p, int count, int lane, const Table& table, Mma& mma,
+                          Stage<RT> (&ring)[U]) {
+    int done = 0;
+    for (; done + U <= count; done += U) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            compute_stage<DEC>(ring[u], p, u, lane, table, mma);
+            if (done + u + U < count) load_stage<HINT>(ring[u], p, u + U);
+        }
+        p.advance(U);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+        if (done + u < count) compute_stage<DEC>(ring[u], p, u, lane, table, mma);
+}
+
+// Fill the table: entry e of lane l at byte e * stride + 4 l. Each lane computes the entries of its warp's
+// share once and broadcasts them, so every store of a warp writes 32 banks.
+template <int DEC>
+__device__ __forceinline__ void fill_table(unsigned char* table, int threads) {
+    if constexpr (Decoder<DEC>::kTableBytes > 0) {
+        const int lane = threadIdx.x & 31;
+        for (int first = threadIdx.x - lane; first < 256; first += threads) {
+            const uint32_t mine = lut_entry(static_cast<uint32_t>(first + lane));
+#pragma unroll 8
+            for (int i = 0; i < 32; ++i) {
+                const uint32_t v = __shfl_sync(0xFFFFFFFFu, mine, i);
+                *reinterpret_cast<uint32_t*>(table + Decoder<DEC>::slot(first + i, lane)) = v;
+            }
+        }
+    }
+}
+
+#ifdef __CUDACC__
+template <int RT, int MT>
+struct TensorCoreMma {
+    float acc[RT][MT][4];
+
+    __device__ __forceinline__ void operator()(int rt, int nt, const uint32_t a[4], const uint32_t b[2]) {
+        float* d = acc[rt][nt];
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+};
+#endif
+
+template <int MT_, int RT_, int WR_, int WK_, int U_, int DEC_, int HINT_, int MIN_BLOCKS_>
+struct Config {
+    static constexpr int kMT = MT_;     // n8 tiles of activation rows: M <= 8 MT
+    static constexpr int kRT = RT_;     // m16 tiles of weight rows a warp
+    static constexpr int kWR = WR_;     // warps of a block along the weight rows
+    static constexpr int kWK = WK_;     // warps of a block along K (summed through shared memory)
+    static constexpr int kU = U_;       // steps in the register ring
+    static constexpr int kDecode = DEC_;
+    static constexpr int kHint = HINT_;
+    static constexpr int kMinBlocks = MIN_BLOCKS_;
+    static constexpr int kThreads = 32 * WR_ * WK_;
+    static constexpr int kRowsPerBlock = 16 * RT_ * WR_;
+    static constexpr int kReduceBytes = WK_ > 1 ? WR_ * WK_ * RT_ * MT_ * 4 * 32 * 4 : 0;
+    static constexpr int kTableBytes = Decoder<DEC_>::kTableBytes;
+    static constexpr int kSmemBytes = kTableBytes > kReduceBytes ? kTableBytes : kReduceBytes;
+};
+
+// The shapes kernels/nvfp4_gemm.cu ships, by n8 tiles of activation rows (1..8, ..16, ..32, ..64 rows).
+// Fixed per build (no run-time tuning), so every process of a gate runs the same kernel; chosen from
+// benchmarks/nvfp4_linear_variants.py on an H200.
+template <int MT>
+struct ShippedConfig;
+template <>
+struct ShippedConfig<1> { using type = Config<1, 1, 2, 4, 4, kLut256, kNoL1Prefetch256, 2>; };
+template <>
+struct ShippedConfig<2> { using type = Config<2, 1, 2, 4, 4, kLut256, kNoL1Prefetch256, 2>; };
+template <>
+struct ShippedConfig<4> { using type = Config<4, 1, 2, 2, 2, kLut256, kNoL1Prefetch256, 2>; };
+template <>
+struct ShippedConfig<8> { using type = Config<8, 1, 2, 2, 2, kLut256, kNoL1Prefetch256, 2>; };
+template <int MT>
+using Shipped = typename ShippedConfig<MT>::type;
+
+// The block's first weight row.
+template <class C>
+LOWPREC_HD int block_first_row(int block) { return block * C::kRowsPerBlock; }
+
+// All of warp wk's work along K: every warp takes the same count of steps (K / 128 / WK), so its loops
+// are uniform (ptxas then keeps the table's base in a uniform register: one instruction less a lookup),
+// and the first K / 128 % WK warps take one step more at the end. `primed` runs once the first loads
+// are in flight (the kernel fills its table there).
+template <class C, class Table, class Mma, class Primed>
+LOWPREC_HD void warp_steps(const uint16_t* x, const unsigned char* w, const unsigned char* ws, int first_row, int wk,
+                           int lane, int M, int N, int K, const Table& table, Mma& mma, Primed&& primed) {
+    constexpr int RT = C::kRT, MT = C::kMT;
+    const int per_warp = K / kStepElements / C::kWK;
+    const int extra = K / kStepElements % C::kWK;
+    LanePointers<RT, MT> p(x, w, ws, first_row, wk * per_warp, lane, M, N, K);
+    Stage<RT> ring[C::kU];
+    prime_ring<C::kHint>(ring, p, per_warp);
+    primed();
+    run_steps<C::kDecode, C::kHint>(p, per_warp, lane, table, mma, ring);
+    if (wk < extra) {
+        const LanePointers<RT, MT> last(x, w, ws, first_row, C::kWK * per_warp + wk, lane, M, N, K);
+        load_stage<C::kHint>(ring[0], last, 0);
+        compute_stage<C::kDecode>(ring[0], last, 0, lane, table, mma);
+    }
+}
+
+#ifdef __CUDACC__
+template <class C>
+__global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
+    nvfp4_linear_kernel(const uint16_t* __restrict__ x, const unsigned char* __restrict__ w,
+                        const unsigned char* __restrict__ ws, const float* __restrict__ gw,
+                        float* __restrict__ out, int M, int N, int K) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    constexpr int RT = C::kRT, MT = C::kMT;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int wr = warp % C::kWR, wk = warp / C::kWR;
+    const int first_row = block_first_row<C>(blockIdx.x) + wr * 16 * RT;
+
+    TensorCoreMma<RT, MT> mma;
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+        for (int nt = 0; nt < MT; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) mma.acc[rt][nt][i] = 0.f;
+    const SharedTable table{static_cast<uint32_t>(__cvta_generic_to_shared(smem))};
+    warp_steps<C>(x, w, ws, first_row, wk, lane, M, N, K, table, mma, [&] {
+        // The table is written while the first steps' loads are in flight.
+        fill_table<C::kDecode>(smem, C::kThreads);
+        if constexpr (C::kTableBytes > 0) __syncthreads();
+    });
+
+    const float scale = *gw * Decoder<C::kDecode>::kOutFactor;
+    float* red = reinterpret_cast<float*>(smem);
+    constexpr int kPerLane = RT * MT * 4;
+    if constexpr (C::kWK > 1) {
+        if constexpr (C::kTableBytes > 0) __syncthreads();  // every warp is done with the table
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+            for (int nt = 0; nt < MT; ++nt)
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+                    red[((wr * C::kWK + wk) * kPerLane + (rt * MT + nt) * 4 + i) * 32 + lane] = mma.acc[rt][nt][i];
+        __syncthreads();
+        // Warp (wr, wk) stores the elements e = wk, wk + WK, ... of its row group, summed in wk order.
+        for (int e = wk; e < kPerLane; e += C::kWK) {
+            float v = 0.f;
+            for (int k = 0; k < C::kWK; ++k) v += red[((wr * C::kWK + k) * kPerLane + e) * 32 + lane];
+            const int rt = e / (MT * 4), nt = (e / 4) % MT, i = e % 4;
+            const int row = first_row + acc_row(lane, rt, i), m = acc_col(lane, nt, i);
+            if (row < N && m < M) out[static_cast<size_t>(m) * N + row] = v * scale;
+        }
+    } else {
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+            for (int nt = 0; nt < MT; ++nt)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const int row = first_row + acc_row(lane, rt, i), m = acc_col(lane, nt, i);
+                    if (row < N && m < M) out[static_cast<size_t>(m) * N + row] = mma.acc[rt][nt][i] * scale;
+                }
+    }
+}
+
+// Shared memory above 48 KB and the carveout for the tables, set once a device: the first launch is
+// eager (a CUDA graph's capture comes after one), so no capture ever sees these calls.
+template <class C>
+cudaError_t configure_once() {
+    static std::atomic<unsigned> configured{0};  // one bit a device (devices past 31: every launch)
+    int device = 0;
+    cudaError_t st = cudaGetDevice(&device);
+    if (st != cudaSuccess) return st;
+    const unsigned bit = device < 32 ? 1u << device : 0u;
+    if (bit & configured.load(std::memory_order_relaxed)) return cudaSuccess;
+    const auto kernel = nvfp4_linear_kernel<C>;
+    if constexpr (C::kSmemBytes > 48 * 1024) {
+        st = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes);
+        if (st != cudaSuccess) return st;
+    }
+    if constexpr (C::kTableBytes > 0) {
+        // Shared memory for kMinBlocks blocks a multiprocessor (each with the 1 KB the system reserves),
+        // the rest left to L1, where the activations are reused.
+        int per_sm = 0;
+        st = cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+        if (st != cudaSuccess) return st;
+        const long need = static_cast<long>(C::kMinBlocks) * (C::kSmemBytes + 1024);
+        const int percent = per_sm > 0 ? static_cast<int>(std::min<long>(100, (100 * need + per_sm - 1) / per_sm)) : 100;
+        st = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, percent);
+        if (st != cudaSuccess) return st;
+    }
+    configured.fetch_or(bit, std::memory_order_relaxed);
+    return cudaSuccess;
+}
+
+// Launch one configuration: M <= 8 MT activation rows, K a multiple of 128, 16-byte aligned rows.
+template <class C>
+cudaError_t launch(const void* x, const void* w, const void* ws, const void* gw, void* out, int M, int N, int K,
+                   cudaStream_t stream) {
+    if (M < 1 || M > 8 * C::kMT || N < 1 || K < kStepElements || K % kStepElements != 0) return cudaErrorInvalidValue;
+    const cudaError_t st = configure_once<C>();
+    if (st != cudaSuccess) return st;
+    const int blocks = (N + C::kRowsPerBlock - 1) / C::kRowsPerBlock;
+    nvfp4_linear_kernel<C><<<blocks, C::kThreads, C::kSmemBytes, stream>>>(
+        static_cast<const uint16_t*>(x), static_cast<const unsigned char*>(w), static_cast<const unsigned char*>(ws),
+        static_cast<const float*>(gw), static_cast<float*>(out), M, N, K);
+    return cudaGetLastError();
+}
+#endif
+
+}  // namespace lowprec::linear
