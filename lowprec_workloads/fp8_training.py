@@ -6,6 +6,17 @@ suite's RECIPE) against E4M3 operands; every operand gets a dynamic per-tensor s
 Fp8Recipe names other recipes (GEMMs left in bfloat16, E4M3 gradients, row scales)
 for benchmarks/fp8_training_diagnosis.py. The BF16 reference is
 the same module with F.linear in bfloat16: the two runs differ only in the linears.
+
+Under the suite's recipe the step is fused where its time went beyond the GEMMs (on CUDA,
+fp8_training_triton's kernels; elsewhere the same operations eagerly, in the same order):
+  - a block's two linears and the GELU between them run as one autograd function (Fp8Mlp): GELU's
+    output and the GELU backward's output are quantized (amax pass, then one cast pass writing both
+    layouts) from GELU's input without being written in bfloat16, and the bias gradients are the
+    column sums those amax passes take;
+  - the optimizer (Fp8AdamW, made by `adamw`) writes each FP8 linear's next forward weight, in both
+    layouts, in its own pass over the weight, as TransformerEngine's FusedAdam does for FP8
+    parameters: the forward casts no weight. The casts are the ones the forward would make (the
+    weights' amax from their previous cast), so the numbers are the recipe's.
 """
 
 from __future__ import annotations
@@ -113,10 +124,23 @@ def quantize_operand_eager(t: torch.Tensor, dtype: torch.dtype, reduce_amax=None
 
 class WeightAmax:
     """A linear's weight amax as its last FP8 cast found it: the next cast's scale when the recipe
-    takes the weights' amax from the previous step (Fp8Recipe.weight_amax == "previous")."""
+    takes the weights' amax from the previous step (Fp8Recipe.weight_amax == "previous"); and the
+    cast itself when the optimizer made it (`offer`), for the next forward to take instead of casting."""
 
     def __init__(self):
         self.value: torch.Tensor | None = None
+        self._cast: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._key: tuple[int, int] | None = None
+
+    def offer(self, weight: torch.Tensor, cast: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        """(wq, wq transposed, inv) of `weight` as it is now, cast with `value` (which the caster then updated)."""
+        self._cast, self._key = cast, (weight.data_ptr(), weight._version)
+
+    def take(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The offered cast if `weight` is still the tensor it was made from (no in-place change since: its
+        version counter), else None; taken once, so the step holds no second copy."""
+        cast, self._cast = self._cast, None
+        return cast if cast is not None and self._key == (weight.data_ptr(), weight._version) else None
 
 
 def quantize_weight(weight: torch.Tensor, recipe: Fp8Recipe, state: WeightAmax | None):
@@ -127,6 +151,9 @@ def quantize_weight(weight: torch.Tensor, recipe: Fp8Recipe, state: WeightAmax |
     rate a step, so a weight past the previous amax saturates by about that much."""
     if recipe.weight_amax == "current" or state is None:
         return quantize_operand(weight, E4M3, transpose=True)
+    offered = state.take(weight)
+    if offered is not None:  # the optimizer cast the weight as it wrote it: the same bits as casting here
+        return offered
     seen = torch.zeros((), dtype=torch.float32, device=weight.device)
     out = quantize_operand(weight, E4M3, transpose=True, amax=state.value, seen_amax=seen)
     state.value = seen
@@ -214,6 +241,107 @@ class Fp8Matmul(torch.autograd.Function):
         return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b, None, None, None
 
 
+def _kernels(t: torch.Tensor):
+    """fp8_training_triton for a CUDA tensor, None elsewhere (or without Triton): the eager operations
+    then compute the same numbers, and are the CPU's path."""
+    if not t.is_cuda:
+        return None
+    try:
+        from . import fp8_training_triton
+    except ImportError:
+        return None
+    return fp8_training_triton
+
+
+def _reduced(amax: torch.Tensor, reduce_amax) -> torch.Tensor:
+    return amax if reduce_amax is None else reduce_amax(amax)
+
+
+def quantize_gradient(g: torch.Tensor, dtype: torch.dtype, reduce_amax=None):
+    """(gq, gq transposed, inv, the column sums in float32) of a 2D output gradient: both backward GEMMs'
+    FP8 operand and the bias gradient, whose sums the amax pass takes on the way."""
+    g = g.contiguous()
+    kernels = _kernels(g)
+    if kernels is None or g.dtype != torch.bfloat16:
+        return (*quantize_operand(g, dtype, reduce_amax, transpose=True), g.sum(0, dtype=torch.float32))
+    from pytest_lowprec.formats.triton_quant import quantize_fp8_tensorwise_triton
+
+    amax, bias_grad = kernels.amax_of(g, colsum=True)
+    return (*quantize_fp8_tensorwise_triton(g, dtype, amax=_reduced(amax, reduce_amax), transpose=True), bias_grad)
+
+
+def gelu_quantize(pre: torch.Tensor, reduce_amax=None):
+    """(aq, aq transposed, inv) of F.gelu(pre) in E4M3 for a 2D bfloat16 `pre`: on CUDA an amax pass and a
+    cast pass over `pre`, GELU's output never written in bfloat16."""
+    pre = pre.contiguous()
+    kernels = _kernels(pre)
+    if kernels is None or pre.dtype != torch.bfloat16:
+        return quantize_operand(F.gelu(pre), E4M3, reduce_amax, transpose=True)
+    amax, _ = kernels.amax_of(pre, op=kernels.GELU)
+    return kernels.quantize_transposed(pre, _reduced(amax, reduce_amax), E4M3, op=kernels.GELU)
+
+
+def gelu_backward_quantize(grad: torch.Tensor, pre: torch.Tensor, dtype: torch.dtype, reduce_amax=None):
+    """quantize_gradient of GELU's backward, grad * gelu'(pre), for 2D bfloat16 tensors: on CUDA the
+    backward's output is recomputed in each of the two passes instead of being written in bfloat16."""
+    grad, pre = grad.contiguous(), pre.contiguous()
+    kernels = _kernels(grad)
+    if kernels is None or grad.dtype != torch.bfloat16 or pre.dtype != torch.bfloat16:
+        return quantize_gradient(torch.ops.aten.gelu_backward(grad, pre), dtype, reduce_amax)
+    amax, bias_grad = kernels.amax_of(grad, pre, op=kernels.GELU_BACKWARD, colsum=True)
+    q, qt, inv = kernels.quantize_transposed(grad, _reduced(amax, reduce_amax), dtype, b=pre, op=kernels.GELU_BACKWARD)
+    return q, qt, inv, bias_grad
+
+
+def fusable(fc1: torch.nn.Module, fc2: torch.nn.Module) -> bool:
+    """Whether a block's fc2(gelu(fc1(h))) can run as Fp8Mlp: both are this module's FP8 Linears under one
+    tensorwise recipe with all three GEMMs in FP8 and one amax reduction, holding unsharded weights (a
+    sharded weight, e.g. FSDP2's per-linear DTensor, is gathered by the linear's own call)."""
+    linears = (fc1, fc2)
+    return (all(type(m) is Linear and m.fp8 for m in linears) and fc1.recipe == fc2.recipe
+            and fc1.recipe.scaling == "tensor" and set(fc1.recipe.gemms) == set(GEMMS)
+            and fc1.reduce_amax is fc2.reduce_amax
+            and all(type(p) in (torch.Tensor, torch.nn.Parameter) for m in linears for p in (m.weight, m.bias)))
+
+
+class Fp8Mlp(torch.autograd.Function):
+    """fc2(gelu(fc1(h))) for a block whose two linears Fp8Matmul would run under its plain recipe: the same
+    GEMMs on the same FP8 operands, with GELU and the bias gradients folded into the quantization passes
+    (gelu_quantize, gelu_backward_quantize, quantize_gradient). Saves what the two Fp8Matmuls and GELU
+    save: the transposed FP8 copies the backward's GEMMs read, and GELU's input."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                recipe: Fp8Recipe, reduce_amax, amax1: WeightAmax, amax2: WeightAmax) -> torch.Tensor:
+        ctx.recipe, ctx.reduce_amax, ctx.h_shape, ctx.h_dtype = recipe, reduce_amax, h.shape, h.dtype
+        fprop = "fprop" in recipe.fast_accum
+        hq, hqt, hs = quantize_operand(h.reshape(-1, h.shape[-1]), E4M3, reduce_amax, transpose=True)
+        w1q, w1qt, w1s = quantize_weight(w1, recipe, amax1)
+        pre = scaled_mm(hq, hs, w1q.t(), w1s, fast_accum=fprop, bias=b1.to(torch.bfloat16))
+        del hq, w1q
+        aq, aqt, as_ = gelu_quantize(pre, reduce_amax)
+        w2q, w2qt, w2s = quantize_weight(w2, recipe, amax2)
+        y = scaled_mm(aq, as_, w2q.t(), w2s, fast_accum=fprop, bias=b2.to(torch.bfloat16))
+        ctx.save_for_backward(hqt, hs, w1qt, w1s, pre, aqt, as_, w2qt, w2s)
+        return y.reshape(*h.shape[:-1], w2.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        hqt, hs, w1qt, w1s, pre, aqt, as_, w2qt, w2s = ctx.saved_tensors
+        recipe, reduce_amax = ctx.recipe, ctx.reduce_amax
+        dgrad, wgrad = "dgrad" in recipe.fast_accum, "wgrad" in recipe.fast_accum
+        gq, gqt, gs, grad_b2 = quantize_gradient(grad_y.reshape(-1, grad_y.shape[-1]), recipe.grad_dtype, reduce_amax)
+        grad_a = scaled_mm(gq, gs, w2qt.t(), w2s, fast_accum=dgrad)
+        grad_w2 = scaled_mm(gqt, gs, aqt.t(), as_, out_dtype=torch.float32, fast_accum=wgrad)
+        del gq, gqt
+        g1q, g1qt, g1s, grad_b1 = gelu_backward_quantize(grad_a, pre, recipe.grad_dtype, reduce_amax)
+        del grad_a
+        grad_h = scaled_mm(g1q, g1s, w1qt.t(), w1s, fast_accum=dgrad)
+        grad_w1 = scaled_mm(g1qt, g1s, hqt.t(), hs, out_dtype=torch.float32, fast_accum=wgrad)
+        return (grad_h.reshape(ctx.h_shape).to(ctx.h_dtype), grad_w1, grad_b1, grad_w2, grad_b2,
+                None, None, None, None)
+
+
 class Linear(torch.nn.Module):
     """float32 master weights; the matmul in FP8 (`fp8=True`, under `recipe`) or in bfloat16."""
 
@@ -245,7 +373,11 @@ class Block(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x.float()).to(torch.bfloat16)
-        return x + self.fc2(F.gelu(self.fc1(h)))
+        fc1, fc2 = self.fc1, self.fc2
+        if fusable(fc1, fc2):
+            return x + Fp8Mlp.apply(h, fc1.weight, fc1.bias, fc2.weight, fc2.bias, fc1.recipe, fc1.reduce_amax,
+                                    fc1.weight_amax, fc2.weight_amax)
+        return x + fc2(F.gelu(fc1(h)))
 
 
 class Stack(torch.nn.Module):
@@ -305,6 +437,93 @@ class LossScaler:
         return True
 
 
+def emits_weights(recipe: Fp8Recipe) -> bool:
+    """Whether a linear under `recipe` can take its FP8 weight from the optimizer: the plain recipe's forward
+    casts the weight once, with the amax its previous cast recorded, which the optimizer has at hand."""
+    return recipe.scaling == "tensor" and set(recipe.gemms) == set(GEMMS) and recipe.weight_amax == "previous"
+
+
+class Fp8AdamW:
+    """AdamW that writes each FP8 linear's next forward weight (E4M3, both layouts) as it updates it.
+
+    On CUDA an FP8 linear's float32 weight is updated by fp8_training_triton.adamw_fp8, torch's AdamW rule in
+    float32, which casts the updated tile in the same pass (the weight is read once a step instead of twice);
+    every other parameter (and every weight elsewhere) goes through torch.optim.AdamW, after which the
+    eager cast runs. Either way the cast is quantize_weight's, offered to the linear's WeightAmax, so the
+    forward's weights are the bits it would have cast itself. `step` and `zero_grad` as LossScaler uses them.
+    """
+
+    def __init__(self, model: torch.nn.Module, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, fused: bool | None = None):
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.linears = [m for m in model.modules() if isinstance(m, Linear)]
+        self._kernel = [m for m in self.linears if _adamw_kernel_takes(m.weight)]
+        own = {id(m.weight) for m in self._kernel}
+        rest = [p for p in model.parameters() if id(p) not in own]
+        self.base = torch.optim.AdamW(rest, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      fused=fused) if rest else None
+        self.state: dict[int, list] = {}  # id(weight) -> [exp_avg, exp_avg_sq, step]
+
+    def step(self) -> None:
+        if self.base is not None:
+            self.base.step()
+        for linear in self._kernel:
+            self._kernel_step(linear)
+        for linear in self.linears:
+            if linear not in self._kernel and linear.fp8 and emits_weights(linear.recipe) \
+                    and linear.weight_amax.value is not None and linear.weight.grad is not None:
+                with torch.no_grad():
+                    linear.weight_amax.offer(linear.weight, quantize_weight(linear.weight, linear.recipe,
+                                                                            linear.weight_amax))
+
+    def _kernel_step(self, linear: Linear) -> None:
+        from .fp8_training_triton import adamw_fp8
+
+        weight = linear.weight
+        if weight.grad is None:
+            return
+        state = self.state.setdefault(id(weight), [torch.zeros_like(weight), torch.zeros_like(weight), 0])
+        state[2] += 1
+        amax = linear.weight_amax
+        emit = linear.fp8 and emits_weights(linear.recipe) and amax.value is not None
+        out = adamw_fp8(weight.detach(), weight.grad, state[0], state[1], lr=self.lr, beta1=self.betas[0],
+                        beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay, step=state[2],
+                        amax=amax.value if emit else None)
+        torch.autograd.graph.increment_version(weight)  # written outside torch: a cast made before is stale
+        if emit:
+            wq, wqt, inv, seen = out
+            amax.value = seen
+            amax.offer(weight, (wq, wqt, inv))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if self.base is not None:
+            self.base.zero_grad(set_to_none=set_to_none)
+        for linear in self._kernel:
+            if set_to_none:
+                linear.weight.grad = None
+            elif linear.weight.grad is not None:
+                linear.weight.grad.zero_()
+
+
+def _adamw_kernel_takes(weight: torch.Tensor) -> bool:
+    if not (weight.is_cuda and type(weight) is torch.nn.Parameter and weight.dtype == torch.float32
+            and weight.ndim == 2 and weight.is_contiguous()):
+        return False
+    try:
+        from . import fp8_training_triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 1e-2, fused: bool | None = None):
+    """The optimizer a model trains with: Fp8AdamW where it has FP8 linears, else torch.optim.AdamW (what a
+    BF16 user runs), both with torch's defaults otherwise."""
+    if any(isinstance(m, Linear) and m.fp8 for m in model.modules()):
+        return Fp8AdamW(model, lr=lr, weight_decay=weight_decay, fused=fused)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
+
+
 @dataclass(frozen=True)
 class Shape:
     d: int
@@ -344,7 +563,7 @@ def train(model: Stack, teacher: Stack, shape: Shape, device: str, poison_step: 
     """Losses per step and the scaler, after `shape.steps` steps of AdamW on the teacher's outputs.
     `on_gradients(step)` runs after each finite step's backward, before the update."""
     params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=shape.lr, weight_decay=0.0)
+    optimizer = adamw(model, shape.lr, weight_decay=0.0)
     scaler = LossScaler()
     losses = []
     for step in range(shape.steps):
@@ -356,9 +575,9 @@ def train(model: Stack, teacher: Stack, shape: Shape, device: str, poison_step: 
 
 
 def step_function(models, x: torch.Tensor, labels: torch.Tensor, lr: float, fused: bool | None = None):
-    """step(model): forward, backward and an AdamW update (`fused` as AdamW takes it) of one of
-    `models` on (x, labels), each model with its own optimizer; for timing a training step."""
-    optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=lr, fused=fused) for m in models}
+    """step(model): forward, backward and an AdamW update (`adamw`'s optimizer, `fused` as torch's AdamW
+    takes it) of one of `models` on (x, labels), each model with its own optimizer; for timing a step."""
+    optimizers = {id(m): adamw(m, lr, fused=fused) for m in models}
 
     def step(model) -> None:
         objective(model, x, labels).backward()
@@ -368,20 +587,29 @@ def step_function(models, x: torch.Tensor, labels: torch.Tensor, lr: float, fuse
     return step
 
 
-def triton_quantizer_work(shape: Shape) -> tuple[Work, ...]:
-    """The Triton quantizer kernels of one FP8 training step (steady state), which traffic.eager_work
-    cannot see: per linear, its input and its output gradient (bfloat16) each take an amax pass and a
-    cast pass writing both layouts; its float32 master weight, scaled by the previous step's amax, one
-    cast pass that also finds the next amax."""
+def triton_quantizer_work(shape: Shape, optimizer_casts: bool = True) -> tuple[Work, ...]:
+    """The Triton kernels of one FP8 training step under RECIPE (steady state), which traffic.eager_work
+    cannot see. Per block: the normalized input and the output gradient each take an amax pass (the
+    gradient's also sums the bias gradient) and a cast pass writing both layouts; GELU's output an amax
+    pass and a cast pass over GELU's input; the GELU backward's output the same over the gradient and
+    GELU's input. Per weight, with `optimizer_casts` (Fp8AdamW on CUDA), the AdamW pass itself (torch's
+    optimizer no longer sees these weights): read weight, gradient and both moments, write weight, moments
+    and the two FP8 layouts; without, a cast pass over the float32 weight (scaled by the previous amax)."""
+    tokens, d, h = shape.tokens, shape.d, 4 * shape.d
     work = []
     for _ in range(shape.blocks):
-        for d_in, d_out in ((shape.d, 4 * shape.d), (4 * shape.d, shape.d)):
-            for elements in (shape.tokens * d_in, shape.tokens * d_out):  # input, output gradient
-                work += [Work(nbytes=2 * elements), Work(nbytes=2 * elements + 2 * elements)]
-            if RECIPE.weight_amax == "previous":
-                work.append(Work(nbytes=4 * d_in * d_out + 2 * d_in * d_out))
+        for elements in (tokens * d, tokens * d):  # the normalized input, fc2's output gradient
+            work += [Work(nbytes=2 * elements), Work(nbytes=2 * elements + 2 * elements)]
+        work += [Work(nbytes=2 * tokens * h), Work(nbytes=2 * tokens * h + 2 * tokens * h)]  # GELU
+        work += [Work(nbytes=4 * tokens * h), Work(nbytes=4 * tokens * h + 2 * tokens * h)]  # GELU backward
+        for _ in range(2):
+            weight = d * h
+            if optimizer_casts:
+                work.append(Work(nbytes=(4 * 4 + 3 * 4 + 2) * weight))
+            elif RECIPE.weight_amax == "previous":
+                work.append(Work(nbytes=4 * weight + 2 * weight))
             else:
-                work += [Work(nbytes=4 * d_in * d_out), Work(nbytes=4 * d_in * d_out + 2 * d_in * d_out)]
+                work += [Work(nbytes=4 * weight), Work(nbytes=4 * weight + 2 * weight)]
     return tuple(work)
 
 
