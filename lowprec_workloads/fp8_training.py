@@ -136,6 +136,11 @@ class WeightAmax:
         """(wq, wq transposed, inv) of `weight` as it is now, cast with `value` (which the caster then updated)."""
         self._cast, self._key = cast, (weight.data_ptr(), weight._version)
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the offered cast not yet taken (the FP8 weight a model holds between steps)."""
+        return 0 if self._cast is None else sum(t.numel() * t.element_size() for t in self._cast)
+
     def take(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The offered cast if `weight` is still the tensor it was made from (no in-place change since: its
         version counter), else None; taken once, so the step holds no second copy."""

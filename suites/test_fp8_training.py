@@ -101,8 +101,8 @@ def test_fp8_weight_gradients_per_layer(lowprec):
 def test_fp8_training_step_speed_and_memory(lowprec):
     shape = GPU_SHAPE
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, optimizer="adamw fused", gradients=_grads(),
-                      fast_accumulation="+".join(RECIPE.fast_accum), quantizer="triton, both layouts",
-                      weight_amax=RECIPE.weight_amax)
+                      fast_accumulation="+".join(RECIPE.fast_accum), quantizer="triton, both layouts, gelu fused",
+                      weight_amax=RECIPE.weight_amax, weight_cast="in the optimizer")
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
     step = step_function((bf16, fp8), x, y, shape.lr, fused=True)
@@ -112,11 +112,12 @@ def test_fp8_training_step_speed_and_memory(lowprec):
     lowprec.speedup(baseline=lambda: step(bf16), optimized=lambda: step(fp8), min=floor)
     lowprec.expect_kernels("optimized", require=FP8_GEMM_KERNEL)
     # A step's peak above what was resident before it (weights, optimizer state, inputs): the
-    # absolute peak would also count whatever else the process holds.
+    # absolute peak would also count whatever else the process holds. The FP8 weights the optimizer cast
+    # at the previous step are the FP8 step's own, held between steps: they count in its peak.
     peaks = {}
     for name, model in (("bf16", bf16), ("fp8", fp8)):
         torch.cuda.synchronize()
-        resident = torch.cuda.memory_allocated()
+        resident = torch.cuda.memory_allocated() - sum(m.weight_amax.held_bytes for m in model.linears().values())
         torch.cuda.reset_peak_memory_stats()
         step(model)
         torch.cuda.synchronize()
@@ -124,6 +125,72 @@ def test_fp8_training_step_speed_and_memory(lowprec):
     lowprec.info("bf16_step_peak_above_resident_bytes", peaks["bf16"], "B")
     # The FP8 step saves FP8 copies for its backward instead of BF16 activations: it peaks no higher.
     lowprec.memory("fp8_step_peak_above_resident_bytes", peaks["fp8"], max=peaks["bf16"])
+
+
+def _differing_codes(a: torch.Tensor, b: torch.Tensor) -> int:
+    return int((a.reshape(-1).view(torch.uint8) != b.reshape(-1).view(torch.uint8)).sum())
+
+
+def _differing(fused, eager) -> int:
+    """Differing bytes over (q, q transposed, inverse scale) of two quantizations."""
+    return sum(_differing_codes(a, b) for a, b in zip(fused[:3], eager[:3], strict=True))
+
+
+@pytest.mark.lowprec(precision="fp8", device="cuda")
+def test_fused_quantization_passes_give_the_eager_paths_bits_on_cuda(lowprec):
+    """fp8_training_triton's passes against torch's CUDA GELU, GELU backward and column sum followed by the
+    Triton cast of their bfloat16 output: the same FP8 codes and scales (libdevice's erf and exp, as
+    torch's kernels call them), the bias gradients within float32 summation order."""
+    from lowprec_workloads.fp8_training import (
+        gelu_backward_quantize,
+        gelu_quantize,
+        quantize_gradient,
+        quantize_operand,
+    )
+
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    pre = (torch.randn(1024, 4096, device="cuda", generator=gen) * 2).to(torch.bfloat16)
+    grad = (torch.randn(1024, 4096, device="cuda", generator=gen) * 1e-3).to(torch.bfloat16)
+    lowprec.signature(rows=1024, cols=4096, seed=11)
+    fused = gelu_quantize(pre)
+    eager = quantize_operand(torch.nn.functional.gelu(pre), E4M3, transpose=True)
+    lowprec.accuracy("gelu_codes_differing", _differing(fused, eager), max=0)
+    for name, fused, g in (("gelu_backward", gelu_backward_quantize(grad, pre, E5M2), None),
+                           ("gradient", quantize_gradient(grad, E5M2), grad)):
+        g = torch.ops.aten.gelu_backward(grad, pre) if g is None else g
+        eager = (*quantize_operand(g, E5M2, transpose=True), g.sum(0, dtype=torch.float32))
+        lowprec.accuracy(f"{name}_codes_differing", _differing(fused, eager), max=0)
+        lowprec.accuracy(f"{name}_bias_grad_rel_err", float((fused[3] - eager[3]).norm() / eager[3].norm()),
+                         max=1e-5)
+
+
+@pytest.mark.lowprec(precision="fp8", device="cuda")
+def test_adamw_kernel_follows_torchs_fused_adamw_on_cuda(lowprec):
+    """Five steps of adamw_fp8 (torch's rule in float32) against torch's fused AdamW from the same weight and
+    gradients: within a few units in the last place; every step's FP8 weight is exactly the cast of the
+    weight it wrote, in both layouts."""
+    from lowprec_workloads.fp8_training_triton import adamw_fp8
+
+    gen = torch.Generator(device="cuda").manual_seed(12)
+    w = torch.randn(1024, 4096, device="cuda", generator=gen) / 64
+    lowprec.signature(rows=1024, cols=4096, seed=12, steps=5)
+    param = torch.nn.Parameter(w.clone())
+    optimizer = torch.optim.AdamW([param], lr=3e-4, fused=True)
+    weight, m, v, amax = w.clone(), torch.zeros_like(w), torch.zeros_like(w), w.abs().amax()
+    worst, differing = 0.0, 0
+    for step in range(1, 6):
+        g = torch.randn(1024, 4096, device="cuda", generator=gen) / 1e3
+        param.grad = g.clone()
+        optimizer.step()
+        q, qt, inv, seen = adamw_fp8(weight, g, m, v, lr=3e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2,
+                                     step=step, amax=amax)
+        worst = max(worst, float(((weight - param.detach()).abs() / param.detach().abs().clamp(min=1e-30)).max()))
+        ref, ref_inv = quantize_tensorwise(weight, E4M3, amax=amax)
+        differing += _differing_codes(q, ref) + _differing_codes(qt, ref.t().contiguous())
+        differing += int(not torch.equal(inv, ref_inv)) + int(float(seen) != float(weight.abs().amax()))
+        amax = seen
+    lowprec.accuracy("weight_max_rel_diff_vs_torch", worst, max=1e-5)
+    lowprec.accuracy("cast_codes_differing", differing, max=0)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
