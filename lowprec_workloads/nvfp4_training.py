@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from pytest_lowprec.formats.hadamard import random_signs, rht
-from pytest_lowprec.formats.nvfp4 import BLOCK, NVFP4Tensor, quantize_nvfp4
+from pytest_lowprec.formats.minifloat import E2M1
+from pytest_lowprec.formats.nvfp4 import BLOCK, E4M3_MAX, FLT_MAX, FP4_MAX, NVFP4Tensor, global_scales, quantize_nvfp4
 
 from .fp8_training import RECIPE as FP8_RECIPE
 from .fp8_training import Fp8Matmul, Linear, Shape, Stack, batch, objective, pair, train
@@ -77,6 +78,49 @@ def training_path(capability: tuple[int, int] | None, torch_has_fp4: bool | None
     return EMULATED
 
 
+@dataclass(frozen=True)
+class Emulated:
+    """An NVFP4 operand as the emulated GEMM reads it: E2M1 values times their block scales, in bfloat16
+    (exact), and the per-tensor decode scale."""
+
+    values: torch.Tensor  # [rows, cols] bfloat16
+    global_decode: torch.Tensor
+
+
+def emulated_operand(x: torch.Tensor, tile: tuple[int, int] = (1, BLOCK), stochastic: bool = False,
+                     generator: torch.Generator | None = None) -> Emulated:
+    """quantize_nvfp4(x, tile=, stochastic=, generator=)'s block_values() and global_decode, the same bits,
+    without encoding the rounded E2M1 values into codes, packing, unpacking and decoding them again, or
+    repeating the block scales per element (decode(encode(v)) is v; the block scale broadcasts): about half
+    the passes over the tensor, and the emulated step's time is those passes."""
+    x2 = x.reshape(-1, x.shape[-1]).float()
+    rows, cols = x2.shape
+    blocks = x2.reshape(rows // tile[0], tile[0], cols // BLOCK, BLOCK)
+    block_amax = blocks.abs().amax(dim=(1, 3), keepdim=True)
+    _, decode, multiplier = global_scales(block_amax.amax())  # the largest block amax is the tensor's
+    block_decode = torch.clamp(block_amax * multiplier, max=E4M3_MAX).to(torch.float8_e4m3fn).float()
+    encode = torch.clamp(torch.div(1.0, block_decode * decode), max=FLT_MAX)
+    scaled = torch.clamp(blocks * encode, -FP4_MAX, FP4_MAX).reshape(rows, cols)
+    v = round_e2m1(scaled, stochastic=stochastic, generator=generator)
+    return Emulated((v.reshape(blocks.shape) * block_decode).reshape(rows, cols).to(torch.bfloat16), decode)
+
+
+def round_e2m1(x: torch.Tensor, stochastic: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """E2M1.round(x, keep_zero_sign=False) for float32 x already within +-6, in fewer passes: E2M1's
+    quantum is 0.5 below 2, 1 below 4 and 2 up to 6 (frexp and ldexp find the same), and a multiple of a
+    power of two is exact; stochastic rounding draws the same uniform numbers (one per element, in order)."""
+    a = x.abs()
+    quantum = torch.where(a >= 4.0, 2.0, torch.where(a >= 2.0, 1.0, 0.5))
+    steps = a / quantum
+    if stochastic:
+        steps = torch.floor(steps + torch.rand(steps.shape, generator=generator, device=steps.device,
+                                               dtype=torch.float32))
+    else:
+        steps = torch.round(steps)
+    v = torch.clamp(steps * quantum, max=E2M1.max)
+    return torch.where(x < 0, -v, v)
+
+
 class Quantizer:
     """What the NVFP4 GEMMs of one model share: the recipe, the GEMM path, the RHT's signs and the
     generator that draws stochastic rounding (seeded: two runs of one model round alike)."""
@@ -86,20 +130,26 @@ class Quantizer:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.signs = random_signs(seed)
 
-    def gradient(self, g: torch.Tensor) -> NVFP4Tensor:
-        return quantize_nvfp4(g, stochastic=self.recipe.stochastic_gradients, generator=self.generator,
-                              check_finite=False)
+    def operand(self, t: torch.Tensor, tile: tuple[int, int] = (1, BLOCK),
+                stochastic: bool = False) -> NVFP4Tensor | Emulated:
+        """t in NVFP4 as this path's GEMM reads it: packed for the native GEMM, block values for the emulation."""
+        generator = self.generator if stochastic else None
+        if self.path == NATIVE:
+            return quantize_nvfp4(t, tile=tile, stochastic=stochastic, generator=generator, check_finite=False)
+        return emulated_operand(t, tile, stochastic, generator)
+
+    def gradient(self, g: torch.Tensor) -> NVFP4Tensor | Emulated:
+        return self.operand(g, stochastic=self.recipe.stochastic_gradients)
 
 
-def gemm(a: NVFP4Tensor, b: NVFP4Tensor, path: str, b_transposed: bool = False) -> torch.Tensor:
+def gemm(a: NVFP4Tensor | Emulated, b: NVFP4Tensor | Emulated, path: str, b_transposed: bool = False) -> torch.Tensor:
     """a @ b.T as float32 for a [M, K] and b [N, K], both blocked along K (the emulation's product
     passes through bfloat16 first); `b_transposed` takes b as [K, N] in 16x16 tiles (a weight in the
     data gradient), which hold the same values either way."""
     if path == NATIVE:
         b = b.transposed() if b_transposed else b
         return gemm_native(a.row_blocks(), b.row_blocks())
-    b_values = b.block_values()
-    out = a.block_values() @ (b_values if b_transposed else b_values.t())
+    out = a.values @ (b.values if b_transposed else b.values.t())
     return out.float() * (a.global_decode * b.global_decode)
 
 
@@ -107,8 +157,8 @@ class _Nvfp4Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, q: Quantizer):
         x2 = x.reshape(-1, x.shape[-1])
-        wq = quantize_nvfp4(weight, tile=q.recipe.weight_tile, check_finite=False)
-        y = gemm(quantize_nvfp4(x2, check_finite=False), wq, q.path).to(torch.bfloat16)
+        wq = q.operand(weight, tile=q.recipe.weight_tile)
+        y = gemm(q.operand(x2), wq, q.path).to(torch.bfloat16)
         if bias is not None:
             y = y + bias.to(y.dtype)
         ctx.save_for_backward(x2, weight)
@@ -125,13 +175,13 @@ class _Nvfp4Matmul(torch.autograd.Function):
         if q.recipe.weight_tile == (BLOCK, BLOCK):
             grad_x = gemm(gq, ctx.wq, q.path, b_transposed=True)
         else:
-            grad_x = gemm(gq, quantize_nvfp4(weight.t(), check_finite=False), q.path)
+            grad_x = gemm(gq, q.operand(weight.t()), q.path)
         # Weight gradient, g.T [out, M] @ x [M, in]: blocks along the tokens, where the RHT goes
         # (orthogonal, so it cancels in the product).
         gt, xt = g2.t(), x2.t()
         if q.recipe.hadamard_wgrad:
             gt, xt = rht(gt, q.signs), rht(xt, q.signs)
-        grad_w = gemm(q.gradient(gt), quantize_nvfp4(xt, check_finite=False), q.path)
+        grad_w = gemm(q.gradient(gt), q.operand(xt), q.path)
         grad_b = g2.sum(0) if ctx.has_bias else None
         ctx.wq = None
         return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b, None

@@ -38,12 +38,14 @@ from lowprec_workloads.nvfp4_training import (
     Quantizer,
     _Nvfp4Matmul,
     convert,
+    emulated_operand,
+    round_e2m1,
     students,
     train_bf16,
     train_nvfp4,
     training_path,
 )
-from pytest_lowprec.formats.nvfp4 import BLOCK
+from pytest_lowprec.formats.nvfp4 import BLOCK, quantize_nvfp4
 from pytest_lowprec.formats.packing import unpack_fp4
 from pytest_lowprec.traffic import eager_work
 
@@ -225,3 +227,34 @@ def test_calibration_switches_at_max_steps_if_never_settled():
 def test_recipe_rejects_a_weight_tile_it_has_no_path_for():
     with pytest.raises(ValueError, match=r"weight_tile is \(1, 16\) or \(16, 16\)"):
         Nvfp4Recipe("bad", weight_tile=(8, 8), hadamard_wgrad=True, stochastic_gradients=True)
+
+
+@pytest.mark.parametrize(("tile", "stochastic"), [((1, BLOCK), False), ((1, BLOCK), True), ((BLOCK, BLOCK), False)],
+                         ids=["1x16", "1x16-stochastic", "16x16"])
+def test_emulated_operand_is_the_quantizers_block_values(tile, stochastic):
+    """The emulation's shortcut (no codes, no packing) against quantize_nvfp4's block values and tensor scale,
+    bit for bit, stochastic rounding drawing the same numbers from the same generator state; signed zeros,
+    an all-zero block and tiny values included."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(48, 64, generator=gen) * 3
+    x[0, :16] = 0.0
+    x[1, :5] = torch.tensor([-0.0, -1e-30, 1e-30, -2e-7, 5e-8])
+    x[2] *= 1e-4
+    ref = quantize_nvfp4(x, tile=tile, stochastic=stochastic, generator=torch.Generator().manual_seed(1))
+    out = emulated_operand(x, tile, stochastic, torch.Generator().manual_seed(1))
+    assert torch.equal(out.values.view(torch.int16), ref.block_values().view(torch.int16))
+    assert torch.equal(out.global_decode, ref.global_decode)
+
+
+@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+def test_round_e2m1_is_the_minifloat_rounding(stochastic):
+    """Every float32 magnitude class up to 6 (the grid, ties, binade edges, subnormals, signed zeros) and a
+    dense sweep, against E2M1.round with TransformerEngine's zero sign, from the same generator state."""
+    from pytest_lowprec.formats.minifloat import E2M1
+
+    edges = torch.tensor([0.0, -0.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 1.9999999, 2.0, 3.9999998, 4.0,
+                          1e-45, -1e-45, -0.24, -5.5, 5.9999995])
+    x = torch.cat([edges, torch.linspace(-6, 6, 200_001)])
+    out = round_e2m1(x, stochastic, torch.Generator().manual_seed(2))
+    ref = E2M1.round(x, stochastic=stochastic, generator=torch.Generator().manual_seed(2), keep_zero_sign=False)
+    assert torch.equal(out.view(torch.int32), ref.view(torch.int32))
