@@ -38,6 +38,7 @@ CLASSES = 64
 GEMMS = ("fprop", "dgrad", "wgrad")
 SCALINGS = ("tensor", "row")
 WEIGHT_AMAX = ("current", "previous")
+ACTIVATION_AMAX = ("current", "history")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ class Fp8Recipe:
     # The weights' scale from their amax at this step's cast ("current") or at the previous step's
     # ("previous", delayed scaling for the weights alone); activations and gradients always use their own.
     weight_amax: str = "previous"
+    # Activations' and gradients' scales from their own amax at this cast ("current": an amax pass, then the
+    # cast), or from the largest finite amax their earlier casts saw ("history": TransformerEngine's
+    # DelayedScaling with its default 1024-step history, longer than these runs; the cast itself adds this
+    # amax, one pass). A cast of a value past the history's amax saturates. Fused blocks (Fp8Mlp) only.
+    activation_amax: str = "current"
 
     def __post_init__(self):
         unknown = (set(self.gemms) | set(self.fast_accum)) - set(GEMMS)
@@ -71,6 +77,10 @@ class Fp8Recipe:
             raise ValueError(f"scaling {self.scaling!r} is not one of {', '.join(SCALINGS)}")
         if self.weight_amax not in WEIGHT_AMAX:
             raise ValueError(f"weight_amax {self.weight_amax!r} is not one of {', '.join(WEIGHT_AMAX)}")
+        if self.activation_amax not in ACTIVATION_AMAX:
+            raise ValueError(f"activation_amax {self.activation_amax!r} is not one of {', '.join(ACTIVATION_AMAX)}")
+        if self.activation_amax == "history" and (self.scaling != "tensor" or set(self.gemms) != set(GEMMS)):
+            raise ValueError("activation_amax 'history' runs in a fused block: tensor scales, all three GEMMs in FP8")
 
     @property
     def label(self) -> str:
@@ -78,7 +88,7 @@ class Fp8Recipe:
         gemms = "all" if set(self.gemms) == set(GEMMS) else "+".join(self.gemms) or "none"
         fast = "+".join(self.fast_accum) or "none"
         return (f"fp8 {gemms}, {grads} gradients, {self.scaling} scales, fast accumulation {fast}, "
-                f"weight amax {self.weight_amax}")
+                f"weight amax {self.weight_amax}, activation amax {self.activation_amax}")
 
 
 # The suite's recipe: FP8 in all three GEMMs, E5M2 gradients, a dynamic scale per tensor for activations
@@ -196,6 +206,9 @@ class Fp8Matmul(torch.autograd.Function):
                 recipe: Fp8Recipe = RECIPE, reduce_amax=None, weight_amax: WeightAmax | None = None) -> torch.Tensor:
         if recipe.scaling == "row" and reduce_amax is not None:
             raise ValueError("row scales are per rank; data parallelism needs tensor scales (scaling='tensor')")
+        if recipe.activation_amax != "current":
+            raise ValueError("activation_amax 'history' keeps its amaxes in a fused block (Fp8Mlp): this linear "
+                             "runs alone (a block whose linears differ, or a sharded weight)")
         ctx.recipe, ctx.reduce_amax = recipe, reduce_amax
         ctx.has_bias, ctx.x_shape, ctx.x_dtype = bias is not None, x.shape, x.dtype
         x2 = x.reshape(-1, x.shape[-1])
@@ -262,40 +275,69 @@ def _reduced(amax: torch.Tensor, reduce_amax) -> torch.Tensor:
     return amax if reduce_amax is None else reduce_amax(amax)
 
 
-def quantize_gradient(g: torch.Tensor, dtype: torch.dtype, reduce_amax=None):
-    """(gq, gq transposed, inv, the column sums in float32) of a 2D output gradient: both backward GEMMs'
-    FP8 operand and the bias gradient, whose sums the amax pass takes on the way."""
-    g = g.contiguous()
-    kernels = _kernels(g)
-    if kernels is None or g.dtype != torch.bfloat16:
-        return (*quantize_operand(g, dtype, reduce_amax, transpose=True), g.sum(0, dtype=torch.float32))
-    from pytest_lowprec.formats.triton_quant import quantize_fp8_tensorwise_triton
+class AmaxHistory:
+    """The largest finite amax one tensor's casts have seen (None before the first): its next cast's
+    scale under activation_amax "history"."""
 
-    amax, bias_grad = kernels.amax_of(g, colsum=True)
-    return (*quantize_fp8_tensorwise_triton(g, dtype, amax=_reduced(amax, reduce_amax), transpose=True), bias_grad)
+    def __init__(self):
+        self.value: torch.Tensor | None = None
 
 
-def gelu_quantize(pre: torch.Tensor, reduce_amax=None):
-    """(aq, aq transposed, inv) of F.gelu(pre) in E4M3 for a 2D bfloat16 `pre`: on CUDA an amax pass and a
-    cast pass over `pre`, GELU's output never written in bfloat16."""
-    pre = pre.contiguous()
-    kernels = _kernels(pre)
-    if kernels is None or pre.dtype != torch.bfloat16:
-        return quantize_operand(F.gelu(pre), E4M3, reduce_amax, transpose=True)
-    amax, _ = kernels.amax_of(pre, op=kernels.GELU)
-    return kernels.quantize_transposed(pre, _reduced(amax, reduce_amax), E4M3, op=kernels.GELU)
+OPS = ("identity", "gelu", "gelu_backward")
 
 
-def gelu_backward_quantize(grad: torch.Tensor, pre: torch.Tensor, dtype: torch.dtype, reduce_amax=None):
-    """quantize_gradient of GELU's backward, grad * gelu'(pre), for 2D bfloat16 tensors: on CUDA the
-    backward's output is recomputed in each of the two passes instead of being written in bfloat16."""
-    grad, pre = grad.contiguous(), pre.contiguous()
-    kernels = _kernels(grad)
-    if kernels is None or grad.dtype != torch.bfloat16 or pre.dtype != torch.bfloat16:
-        return quantize_gradient(torch.ops.aten.gelu_backward(grad, pre), dtype, reduce_amax)
-    amax, bias_grad = kernels.amax_of(grad, pre, op=kernels.GELU_BACKWARD, colsum=True)
-    q, qt, inv = kernels.quantize_transposed(grad, _reduced(amax, reduce_amax), dtype, b=pre, op=kernels.GELU_BACKWARD)
-    return q, qt, inv, bias_grad
+def _eager_op(a: torch.Tensor, b: torch.Tensor | None, op: str) -> torch.Tensor:
+    if op == "gelu":
+        return F.gelu(a)
+    if op == "gelu_backward":
+        return torch.ops.aten.gelu_backward(a, b)
+    return a
+
+
+def fused_quantize(a: torch.Tensor, dtype: torch.dtype, op: str = "identity", b: torch.Tensor | None = None,
+                   colsum: bool = False, reduce_amax=None, history: AmaxHistory | None = None):
+    """(q, q transposed, inv, column sums in float32 or None) of op(a, b) for 2D tensors: op is "identity",
+    "gelu" (F.gelu(a)) or "gelu_backward" (GELU's backward of the gradient a at GELU's input b), `colsum`
+    sums op(a, b) over its rows (a bias gradient). The scale comes from op(a, b)'s own amax (reduced by
+    `reduce_amax`), or, with `history`, from the history's amax, the cast adding this one's finite amax.
+
+    On CUDA for bfloat16 (fp8_training_triton): an amax pass that also takes the sums, then one cast pass
+    writing both layouts; with a history, the cast pass alone. op(a, b) is computed in each pass and never
+    written in bfloat16. Elsewhere the same operations eagerly: op, sums, amax, quantize_operand.
+    """
+    if op not in OPS:
+        raise ValueError(f"op {op!r} is not one of {', '.join(OPS)}")
+    a = a.contiguous()
+    b = None if b is None else b.contiguous()
+    kernels = _kernels(a)
+    if kernels is None or a.dtype != torch.bfloat16 or (b is not None and b.dtype != torch.bfloat16):
+        t = _eager_op(a, b, op)
+        sums = t.sum(0, dtype=torch.float32) if colsum else None
+        if history is None:
+            return (*quantize_operand(t, dtype, reduce_amax, transpose=True), sums)
+        finite = torch.where(torch.isfinite(t), t.detach().abs(), 0).amax().float()
+        if history.value is None:  # the first cast: its own amax
+            amax = _reduced(t.detach().abs().amax().float(), reduce_amax)
+            history.value = _reduced(finite, reduce_amax)
+        else:
+            amax = history.value
+            history.value = _reduced(torch.maximum(amax, finite), reduce_amax)
+        return (*quantize_operand(t, dtype, transpose=True, amax=amax), sums)
+    code = OPS.index(op)
+    if history is None or history.value is None:
+        amax, sums = kernels.amax_of(a, b, op=code, colsum=colsum)
+        amax = _reduced(amax, reduce_amax)
+        if history is not None:
+            history.value = torch.where(torch.isfinite(amax), amax, 0.0)
+        if op == "identity":  # the quantizer every FP8 linear's input takes (the same bits, tuned tiles)
+            from pytest_lowprec.formats.triton_quant import quantize_fp8_tensorwise_triton
+
+            return (*quantize_fp8_tensorwise_triton(a, dtype, amax=amax, transpose=True), sums)
+        return (*kernels.quantize_transposed(a, amax, dtype, b=b, op=code)[:3], sums)
+    seen = history.value.clone()
+    out = kernels.quantize_transposed(a, history.value, dtype, b=b, op=code, seen=seen, colsum=colsum)
+    history.value = _reduced(seen, reduce_amax)
+    return out
 
 
 def fusable(fc1: torch.nn.Module, fc2: torch.nn.Module) -> bool:
@@ -310,22 +352,27 @@ def fusable(fc1: torch.nn.Module, fc2: torch.nn.Module) -> bool:
 
 
 class Fp8Mlp(torch.autograd.Function):
-    """fc2(gelu(fc1(h))) for a block whose two linears Fp8Matmul would run under its plain recipe: the same
-    GEMMs on the same FP8 operands, with GELU and the bias gradients folded into the quantization passes
-    (gelu_quantize, gelu_backward_quantize, quantize_gradient). Saves what the two Fp8Matmuls and GELU
-    save: the transposed FP8 copies the backward's GEMMs read, and GELU's input."""
+    """fc2(gelu(fc1(h))) for a block whose two FP8 Linears are `fusable`: the GEMMs two Fp8Matmuls run, on
+    the same FP8 operands, with GELU, its backward and the bias gradients folded into the quantization
+    passes (fused_quantize). Saves what the two Fp8Matmuls and GELU save: the transposed FP8 copies the
+    backward's GEMMs read, and GELU's input. The linears hold the recipe, the amax reduction and the
+    amax states (their weights' and, under activation_amax "history", their inputs' and gradients')."""
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-                recipe: Fp8Recipe, reduce_amax, amax1: WeightAmax, amax2: WeightAmax) -> torch.Tensor:
-        ctx.recipe, ctx.reduce_amax, ctx.h_shape, ctx.h_dtype = recipe, reduce_amax, h.shape, h.dtype
+                fc1: Linear, fc2: Linear) -> torch.Tensor:
+        recipe, reduce_amax = fc1.recipe, fc1.reduce_amax
+        history = recipe.activation_amax == "history"
+        ctx.fc1, ctx.fc2, ctx.h_shape, ctx.h_dtype = fc1, fc2, h.shape, h.dtype
         fprop = "fprop" in recipe.fast_accum
-        hq, hqt, hs = quantize_operand(h.reshape(-1, h.shape[-1]), E4M3, reduce_amax, transpose=True)
-        w1q, w1qt, w1s = quantize_weight(w1, recipe, amax1)
+        hq, hqt, hs, _ = fused_quantize(h.reshape(-1, h.shape[-1]), E4M3, reduce_amax=reduce_amax,
+                                        history=fc1.input_amax if history else None)
+        w1q, w1qt, w1s = quantize_weight(w1, recipe, fc1.weight_amax)
         pre = scaled_mm(hq, hs, w1q.t(), w1s, fast_accum=fprop, bias=b1.to(torch.bfloat16))
         del hq, w1q
-        aq, aqt, as_ = gelu_quantize(pre, reduce_amax)
-        w2q, w2qt, w2s = quantize_weight(w2, recipe, amax2)
+        aq, aqt, as_, _ = fused_quantize(pre, E4M3, "gelu", reduce_amax=reduce_amax,
+                                         history=fc2.input_amax if history else None)
+        w2q, w2qt, w2s = quantize_weight(w2, recipe, fc2.weight_amax)
         y = scaled_mm(aq, as_, w2q.t(), w2s, fast_accum=fprop, bias=b2.to(torch.bfloat16))
         ctx.save_for_backward(hqt, hs, w1qt, w1s, pre, aqt, as_, w2qt, w2s)
         return y.reshape(*h.shape[:-1], w2.shape[0])
@@ -333,18 +380,21 @@ class Fp8Mlp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         hqt, hs, w1qt, w1s, pre, aqt, as_, w2qt, w2s = ctx.saved_tensors
-        recipe, reduce_amax = ctx.recipe, ctx.reduce_amax
+        fc1, fc2 = ctx.fc1, ctx.fc2
+        recipe, reduce_amax = fc1.recipe, fc1.reduce_amax
+        history = recipe.activation_amax == "history"
         dgrad, wgrad = "dgrad" in recipe.fast_accum, "wgrad" in recipe.fast_accum
-        gq, gqt, gs, grad_b2 = quantize_gradient(grad_y.reshape(-1, grad_y.shape[-1]), recipe.grad_dtype, reduce_amax)
+        gq, gqt, gs, grad_b2 = fused_quantize(grad_y.reshape(-1, grad_y.shape[-1]), recipe.grad_dtype, colsum=True,
+                                              reduce_amax=reduce_amax, history=fc2.grad_amax if history else None)
         grad_a = scaled_mm(gq, gs, w2qt.t(), w2s, fast_accum=dgrad)
         grad_w2 = scaled_mm(gqt, gs, aqt.t(), as_, out_dtype=torch.float32, fast_accum=wgrad)
         del gq, gqt
-        g1q, g1qt, g1s, grad_b1 = gelu_backward_quantize(grad_a, pre, recipe.grad_dtype, reduce_amax)
+        g1q, g1qt, g1s, grad_b1 = fused_quantize(grad_a, recipe.grad_dtype, "gelu_backward", b=pre, colsum=True,
+                                                 reduce_amax=reduce_amax, history=fc1.grad_amax if history else None)
         del grad_a
         grad_h = scaled_mm(g1q, g1s, w1qt.t(), w1s, fast_accum=dgrad)
         grad_w1 = scaled_mm(g1qt, g1s, hqt.t(), hs, out_dtype=torch.float32, fast_accum=wgrad)
-        return (grad_h.reshape(ctx.h_shape).to(ctx.h_dtype), grad_w1, grad_b1, grad_w2, grad_b2,
-                None, None, None, None)
+        return grad_h.reshape(ctx.h_shape).to(ctx.h_dtype), grad_w1, grad_b1, grad_w2, grad_b2, None, None
 
 
 class Linear(torch.nn.Module):
@@ -360,6 +410,8 @@ class Linear(torch.nn.Module):
         self.recipe = RECIPE
         self.reduce_amax = None  # data parallelism: local amax -> the group's
         self.weight_amax = WeightAmax()
+        # Under activation_amax "history", in a fused block: this linear's input's and output gradient's.
+        self.input_amax, self.grad_amax = AmaxHistory(), AmaxHistory()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fp8:
@@ -380,8 +432,7 @@ class Block(torch.nn.Module):
         h = self.norm(x.float()).to(torch.bfloat16)
         fc1, fc2 = self.fc1, self.fc2
         if fusable(fc1, fc2):
-            return x + Fp8Mlp.apply(h, fc1.weight, fc1.bias, fc2.weight, fc2.bias, fc1.recipe, fc1.reduce_amax,
-                                    fc1.weight_amax, fc2.weight_amax)
+            return x + Fp8Mlp.apply(h, fc1.weight, fc1.bias, fc2.weight, fc2.bias, fc1, fc2)
         return x + fc2(F.gelu(fc1(h)))
 
 

@@ -74,8 +74,9 @@ def _round_bf16(x):
 @triton.jit
 def _fp8_cast(x, scale, FP8_MAX: tl.constexpr, FLT_MAX: tl.constexpr, E5M2: tl.constexpr, INTERPRETED: tl.constexpr):
     """fp8.quantize_tensorwise's cast of x * scale: triton_quant's on a GPU. Triton's interpreter casts
-    float32 to FP8 wrongly (124.16 became 64 in E4M3), but exactly representable values rightly, so under it
-    the value is first rounded to the FP8 grid in float32 (to nearest even: the quantum is a power of two)."""
+    float32 to FP8 wrongly (124.16 became 64 in E4M3, NaN 384), but exactly representable values rightly, so
+    under it the value is first rounded to the FP8 grid in float32 (to nearest even: the quantum is a power of
+    two) and a NaN is given its code."""
     if INTERPRETED:
         y = tl.minimum(tl.maximum(x * scale, -FP8_MAX, propagate_nan=tl.PropagateNan.ALL), FP8_MAX,
                        propagate_nan=tl.PropagateNan.ALL)
@@ -85,8 +86,8 @@ def _fp8_cast(x, scale, FP8_MAX: tl.constexpr, FLT_MAX: tl.constexpr, E5M2: tl.c
         steps = tl.abs(y) / quantum
         grid = ((steps + 8388608.0) - 8388608.0) * quantum
         signed = (grid.to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)
-        y = tl.where(y != y, y, signed)
-        return y.to(tl.float8e5 if E5M2 else tl.float8e4nv)
+        codes = tl.where(y != y, 0x7F, signed.to(tl.float8e5 if E5M2 else tl.float8e4nv).to(tl.uint8, bitcast=True))
+        return codes.to(tl.uint8).to(tl.float8e5 if E5M2 else tl.float8e4nv, bitcast=True)  # NaN: code 0x7F
     return _fp8_scaled(x, scale, FP8_MAX, E5M2)
 
 
@@ -109,19 +110,29 @@ def _amax_kernel(a_ptr, b_ptr, amax_bits_ptr, colsum_ptr, n_rows, n_cols, OP: tl
 
 
 @triton.jit
-def _cast_kernel(a_ptr, b_ptr, q_ptr, qt_ptr, amax_ptr, inv_ptr, n_rows, n_cols, OP: tl.constexpr,
-                 FP8_MAX: tl.constexpr, FLT_MAX: tl.constexpr, E5M2: tl.constexpr, INTERPRETED: tl.constexpr,
+def _cast_kernel(a_ptr, b_ptr, q_ptr, qt_ptr, amax_ptr, inv_ptr, seen_bits_ptr, colsum_ptr, n_rows, n_cols,
+                 OP: tl.constexpr, FP8_MAX: tl.constexpr, FLT_MAX: tl.constexpr, E5M2: tl.constexpr,
+                 SEEN: tl.constexpr, COLSUM: tl.constexpr, INTERPRETED: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """q = fp8(op(a, b) * scale) and its transpose, the scale from amax as fp8.quantize_tensorwise takes it."""
+    """q = fp8(op(a, b) * scale) and its transpose, the scale from amax as fp8.quantize_tensorwise takes it;
+    with SEEN the running max at seen_bits_ptr takes the largest finite |op(a, b)| (a NaN or an Inf is
+    left out: an overflowed step is skipped, and must not set later steps' scales), with COLSUM each
+    tile's column sums go to row `pid_m` of colsum [tiles_m, n_cols]."""
     scale = _fp8_scale(tl.load(amax_ptr), FP8_MAX, FLT_MAX)
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    pid_m = tl.program_id(0)
+    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     cols = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     offs = rows[:, None] * n_cols + cols[None, :]
     a = tl.load(a_ptr + offs, mask=mask, other=0.0)
     b = tl.load(b_ptr + offs, mask=mask, other=0.0) if OP == 2 else a
-    q = _fp8_cast(_apply(a, b, OP, INTERPRETED), scale, FP8_MAX, FLT_MAX, E5M2, INTERPRETED)
-    tl.store(q_ptr + offs, q, mask=mask)
+    x = tl.where(mask, _apply(a, b, OP, INTERPRETED), 0.0)
+    tl.store(q_ptr + offs, _fp8_cast(x, scale, FP8_MAX, FLT_MAX, E5M2, INTERPRETED), mask=mask)
+    if SEEN:
+        bits = _magnitude_bits(x)
+        tl.atomic_max(seen_bits_ptr, tl.max(tl.max(tl.where(bits < 0x7F800000, bits, 0), axis=1), axis=0))
+    if COLSUM:
+        tl.store(colsum_ptr + pid_m * n_cols + cols, tl.sum(x, axis=0), mask=cols < n_cols)
     # The same tile read again transposed (from L2) and stored along the transposed output's rows.
     tmask = (cols[:, None] < n_cols) & (rows[None, :] < n_rows)
     toffs = rows[None, :] * n_cols + cols[:, None]
@@ -129,7 +140,7 @@ def _cast_kernel(a_ptr, b_ptr, q_ptr, qt_ptr, amax_ptr, inv_ptr, n_rows, n_cols,
     bt = tl.load(b_ptr + toffs, mask=tmask, other=0.0) if OP == 2 else at
     qt = _fp8_cast(_apply(at, bt, OP, INTERPRETED), scale, FP8_MAX, FLT_MAX, E5M2, INTERPRETED)
     tl.store(qt_ptr + cols[:, None] * n_rows + rows[None, :], qt, mask=tmask)
-    if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
+    if (pid_m == 0) & (tl.program_id(1) == 0):
         tl.store(inv_ptr, tl.math.div_rn(1.0, scale))
 
 
@@ -203,20 +214,27 @@ def amax_of(a: torch.Tensor, b: torch.Tensor | None = None, op: int = IDENTITY, 
 
 
 def quantize_transposed(a: torch.Tensor, amax: torch.Tensor, dtype: torch.dtype, b: torch.Tensor | None = None,
-                        op: int = IDENTITY, tile=CAST_TILE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(q, q.t().contiguous(), inv_scale) of op(a, b), scaled by `amax`, in one pass."""
+                        op: int = IDENTITY, seen: torch.Tensor | None = None, colsum: bool = False, tile=CAST_TILE):
+    """(q, q.t().contiguous(), inv_scale, column sums or None) of op(a, b), scaled by `amax`, in one pass.
+    `seen` (a float32 scalar, e.g. holding an amax history's max) takes the max of itself and the largest
+    finite |op(a, b)|; `colsum` sums op(a, b) over the rows in float32 (a bias gradient)."""
     _check(a, b, op)
     if dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
         raise ValueError(f"FP8 dtype is float8_e4m3fn or float8_e5m2, got {dtype}")
+    if seen is not None and (seen.dtype != torch.float32 or seen.numel() != 1):
+        raise ValueError(f"seen must be a float32 scalar tensor, got {seen.dtype} {tuple(seen.shape)}")
     rows, cols = a.shape
+    grid = _grid(rows, cols, tile)
     q = torch.empty(rows, cols, dtype=dtype, device=a.device)
     qt = torch.empty(cols, rows, dtype=dtype, device=a.device)
     inv = torch.empty((), dtype=torch.float32, device=a.device)
-    _cast_kernel[_grid(rows, cols, tile)](a, a if b is None else b, q, qt, amax.reshape(()), inv, rows, cols, OP=op,
-                                          FP8_MAX=float(torch.finfo(dtype).max), FLT_MAX=FLT_MAX,
-                                          E5M2=dtype == torch.float8_e5m2, INTERPRETED=_interpreted(),
-                                          BLOCK_M=tile[0], BLOCK_N=tile[1], num_warps=tile[2])
-    return q, qt, inv
+    partial = torch.empty(grid[0], cols, dtype=torch.float32, device=a.device) if colsum else inv
+    _cast_kernel[grid](a, a if b is None else b, q, qt, amax.reshape(()), inv,
+                       (inv if seen is None else seen).view(torch.int32), partial, rows, cols, OP=op,
+                       FP8_MAX=float(torch.finfo(dtype).max), FLT_MAX=FLT_MAX, E5M2=dtype == torch.float8_e5m2,
+                       SEEN=seen is not None, COLSUM=colsum, INTERPRETED=_interpreted(),
+                       BLOCK_M=tile[0], BLOCK_N=tile[1], num_warps=tile[2])
+    return q, qt, inv, (partial.sum(0) if colsum else None)
 
 
 def adamw_fp8(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *, lr: float, beta1: float,

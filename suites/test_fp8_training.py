@@ -17,7 +17,9 @@ from lowprec_workloads.fp8_training import (
     E4M3,
     E5M2,
     RECIPE,
+    AmaxHistory,
     Fp8AdamW,
+    Fp8Matmul,
     Fp8Mlp,
     Fp8Recipe,
     LossScaler,
@@ -27,6 +29,7 @@ from lowprec_workloads.fp8_training import (
     adamw,
     batch,
     fusable,
+    fused_quantize,
     objective,
     pair,
     quantize_weight,
@@ -138,30 +141,30 @@ def _differing(fused, eager) -> int:
 
 @pytest.mark.lowprec(precision="fp8", device="cuda")
 def test_fused_quantization_passes_give_the_eager_paths_bits_on_cuda(lowprec):
-    """fp8_training_triton's passes against torch's CUDA GELU, GELU backward and column sum followed by the
-    Triton cast of their bfloat16 output: the same FP8 codes and scales (libdevice's erf and exp, as
-    torch's kernels call them), the bias gradients within float32 summation order."""
-    from lowprec_workloads.fp8_training import (
-        gelu_backward_quantize,
-        gelu_quantize,
-        quantize_gradient,
-        quantize_operand,
-    )
+    """fused_quantize's Triton passes against torch's CUDA GELU, GELU backward and column sum followed by
+    the Triton cast of their bfloat16 output: the same FP8 codes and scales (libdevice's erf and exp, as
+    torch's kernels call them), the bias gradients within float32 summation order; with an amax history,
+    the same codes as the eager cast with the history's amax, and the same history after."""
+    from lowprec_workloads.fp8_training import AmaxHistory, fused_quantize, quantize_operand
 
     gen = torch.Generator(device="cuda").manual_seed(11)
     pre = (torch.randn(1024, 4096, device="cuda", generator=gen) * 2).to(torch.bfloat16)
     grad = (torch.randn(1024, 4096, device="cuda", generator=gen) * 1e-3).to(torch.bfloat16)
     lowprec.signature(rows=1024, cols=4096, seed=11)
-    fused = gelu_quantize(pre)
-    eager = quantize_operand(torch.nn.functional.gelu(pre), E4M3, transpose=True)
-    lowprec.accuracy("gelu_codes_differing", _differing(fused, eager), max=0)
-    for name, fused, g in (("gelu_backward", gelu_backward_quantize(grad, pre, E5M2), None),
-                           ("gradient", quantize_gradient(grad, E5M2), grad)):
-        g = torch.ops.aten.gelu_backward(grad, pre) if g is None else g
-        eager = (*quantize_operand(g, E5M2, transpose=True), g.sum(0, dtype=torch.float32))
-        lowprec.accuracy(f"{name}_codes_differing", _differing(fused, eager), max=0)
-        lowprec.accuracy(f"{name}_bias_grad_rel_err", float((fused[3] - eager[3]).norm() / eager[3].norm()),
-                         max=1e-5)
+    cases = (("identity", grad, None, E5M2), ("gelu", pre, None, E4M3), ("gelu_backward", grad, pre, E5M2))
+    for op, a, b, dtype in cases:
+        t = {"identity": a, "gelu": torch.nn.functional.gelu(a)}.get(op) if b is None else \
+            torch.ops.aten.gelu_backward(a, b)
+        eager = (*quantize_operand(t, dtype, transpose=True), t.sum(0, dtype=torch.float32))
+        fused = fused_quantize(a, dtype, op, b=b, colsum=True)
+        lowprec.accuracy(f"{op}_codes_differing", _differing(fused, eager), max=0)
+        lowprec.accuracy(f"{op}_column_sum_rel_err", float((fused[3] - eager[3]).norm() / eager[3].norm()), max=1e-5)
+        history, start = AmaxHistory(), t.float().abs().amax() / 2  # half the amax: the cast saturates
+        history.value = start.clone()
+        fused = fused_quantize(a, dtype, op, b=b, history=history)
+        eager = quantize_operand(t, dtype, transpose=True, amax=start)
+        lowprec.accuracy(f"{op}_history_codes_differing", _differing(fused, eager), max=0)
+        lowprec.accuracy(f"{op}_history_amax_differs", float(history.value != t.float().abs().amax()), max=0)
 
 
 @pytest.mark.lowprec(precision="fp8", device="cuda")
@@ -196,7 +199,9 @@ def test_adamw_kernel_follows_torchs_fused_adamw_on_cuda(lowprec):
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"gemms": ("fprop", "bwd")}, "unknown GEMM"), ({"fast_accum": ("dgrad", "x")}, "unknown GEMM"),
     ({"grad_dtype": torch.bfloat16}, "E4M3 or E5M2"), ({"scaling": "block"}, "is not one of tensor, row"),
-    ({"weight_amax": "history"}, "is not one of current, previous")])
+    ({"weight_amax": "history"}, "is not one of current, previous"),
+    ({"activation_amax": "previous"}, "is not one of current, history"),
+    ({"activation_amax": "history", "scaling": "row"}, "runs in a fused block")])
 def test_fp8_recipe_rejects_what_it_cannot_run(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Fp8Recipe(**kwargs)
@@ -245,8 +250,7 @@ def test_fused_block_computes_what_its_two_linears_and_gelu_compute():
             linear.weight.grad = linear.bias.grad = None
         x = h.clone().requires_grad_()
         if fused:
-            y = Fp8Mlp.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, fc1.recipe, None, fc1.weight_amax,
-                             fc2.weight_amax)
+            y = Fp8Mlp.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, fc1, fc2)
         else:
             y = fc2(torch.nn.functional.gelu(fc1(x)))
         y.backward(grad)
@@ -263,6 +267,32 @@ def test_a_block_runs_fused_only_under_the_plain_recipe():
     block.fc2.recipe = block.fc1.recipe = RECIPE
     block.fc2.fp8 = False
     assert not fusable(block.fc1, block.fc2)
+
+
+def test_an_amax_history_scales_each_cast_by_the_largest_finite_amax_before_it():
+    """activation_amax "history": the first cast takes its own amax; later casts the history's (a larger
+    tensor saturates), each adding its own finite amax; a tensor holding a NaN or an Inf adds only its
+    finite values (an overflowed step's NaNs never reach a later scale)."""
+    history, x = AmaxHistory(), torch.randn(64, 32).to(torch.bfloat16)
+    first = fused_quantize(x, E4M3, history=history)
+    assert torch.equal(first[2], quantize_tensorwise(x, E4M3)[1])
+    assert float(history.value) == float(x.float().abs().amax())
+    grown = x * 4
+    q, qt, inv, _ = fused_quantize(grown, E4M3, history=history)
+    old_q, old_inv = quantize_tensorwise(grown, E4M3, amax=x.float().abs().amax())
+    assert torch.equal(q.float(), old_q.float()) and torch.equal(inv, old_inv) and torch.equal(qt, q.t())
+    assert float(history.value) == float(grown.float().abs().amax())
+    poisoned = grown.clone()
+    poisoned[0, 0], poisoned[1, 1] = float("nan"), float("inf")
+    fused_quantize(poisoned * 2, E4M3, history=history)
+    finite = (poisoned * 2).float().nan_to_num(0.0, 0.0, 0.0).abs().amax()
+    assert float(history.value) == float(finite)
+
+
+def test_a_linear_alone_refuses_the_history_recipe():
+    recipe = Fp8Recipe(activation_amax="history")
+    with pytest.raises(ValueError, match="keeps its amaxes in a fused block"):
+        Fp8Matmul.apply(torch.randn(4, 16), torch.randn(8, 16), None, recipe)
 
 
 def test_an_offered_weight_cast_is_taken_once_and_only_for_the_weight_it_was_made_from():
@@ -336,6 +366,12 @@ def interpreted_kernels():
              ("amax_of", (dy, pre), {"op": GELU_BACKWARD, "colsum": True, **tile}),
              ("quantize_transposed", (dy, gelu_grad.float().abs().amax(), E5M2), {"b": pre, "op": GELU_BACKWARD,
                                                                                   **tile})]
+    # A cast scaled by an amax history (half the tensor's amax: it saturates) that adds the tensor's largest
+    # finite magnitude to the history and sums its columns; one NaN and one Inf in it.
+    poisoned = x.clone()
+    poisoned[3, 1], poisoned[60, 90] = float("nan"), float("inf")
+    history = x.float().abs().amax() / 2
+    calls += [("quantize_transposed", (poisoned, history, E4M3, None, 0, history.clone()), {"colsum": True, **tile})]
     # Three AdamW steps on one weight and its moments (shared by the three calls), each cast with the amax
     # of the weight before the first (the optimizer carries each cast's amax to the next; tested above).
     weight, m, v, amax = w.clone(), torch.zeros_like(w), torch.zeros_like(w), w.abs().amax()
@@ -345,7 +381,7 @@ def interpreted_kernels():
     done = interpreted(calls)
     steps = [(args[0], cast, amax) for cast, args in done[-len(grads):]]
     return {"x": x, "gelu": gelu, "gelu_grad": gelu_grad, "results": [r for r, _ in done], "w": w, "grads": grads,
-            "adam": adam, "steps": steps}
+            "adam": adam, "steps": steps, "poisoned": poisoned, "history": history, "seen": done[7][1][5]}
 
 
 def _gelu_float64(pre):
@@ -373,7 +409,7 @@ def test_interpreted_amax_pass_finds_the_amax_and_the_column_sums(interpreted_ke
 @pytest.mark.parametrize(("index", "dtype"), [(1, E4M3), (2, E5M2)], ids=["e4m3", "e5m2"])
 def test_interpreted_cast_gives_quantize_tensorwise_bits_in_both_layouts(interpreted_kernels, index, dtype):
     x = interpreted_kernels["x"]
-    q, qt, inv = interpreted_kernels["results"][index]
+    q, qt, inv, _ = interpreted_kernels["results"][index]
     ref, ref_inv = quantize_tensorwise(x, dtype)
     assert torch.equal(_codes(q), _codes(ref)) and torch.equal(_codes(qt), _codes(ref.t().contiguous()))
     assert torch.equal(inv, ref_inv)
@@ -391,11 +427,25 @@ def test_interpreted_gelu_passes_quantize_what_torch_gelu_computes(interpreted_k
     assert abs(float(amax) - float(reference.float().abs().amax())) <= float(reference.float().abs().amax()) * 2 ** -8
     if sums is not None:
         assert torch.allclose(sums, reference.float().sum(0), rtol=1e-2, atol=1e-6)
-    q, qt, inv = interpreted_kernels["results"][cast_index]
+    q, qt, inv, _ = interpreted_kernels["results"][cast_index]
     ref, ref_inv = quantize_tensorwise(reference, dtype)
     steps = (_codes(q).int() - _codes(ref).int()).abs()
     assert torch.equal(inv, ref_inv) and int(steps.max()) <= 1 and float((steps > 0).float().mean()) < 0.005
     assert torch.equal(_codes(qt), _codes(q.t().contiguous()))
+
+
+def test_interpreted_cast_with_a_history_adds_the_largest_finite_amax_and_sums_columns(interpreted_kernels):
+    x, history = interpreted_kernels["poisoned"], interpreted_kernels["history"]
+    q, qt, inv, sums = interpreted_kernels["results"][7]
+    ref, ref_inv = quantize_tensorwise(x, E4M3, amax=history)
+    nan = torch.isnan(ref.float())  # a NaN's code carries the arithmetic's sign (x86's -NaN): any NaN matches
+    assert torch.equal(torch.isnan(q.float()), nan) and torch.equal(_codes(q)[~nan], _codes(ref)[~nan])
+    assert torch.equal(_codes(qt), _codes(q.t().contiguous()))
+    finite = torch.where(torch.isfinite(x.float()), x.float().abs(), 0).amax()
+    assert torch.equal(inv, ref_inv) and float(interpreted_kernels["seen"]) == float(finite) > float(history)
+    clean = torch.isfinite(x.float()).all(0)
+    assert torch.allclose(sums[clean], x.float().sum(0)[clean], rtol=1e-6, atol=1e-5)
+    assert not torch.isfinite(sums[~clean]).any()
 
 
 def test_interpreted_adamw_follows_torchs_adamw_and_casts_what_it_wrote(interpreted_kernels):
