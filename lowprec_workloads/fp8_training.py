@@ -510,8 +510,9 @@ class Fp8AdamW:
     """
 
     def __init__(self, model: torch.nn.Module, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, fused: bool | None = None):
+                 eps: float = 1e-8, weight_decay: float = 1e-2, fused: bool | None = None, tile=None):
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.tile = tile  # the kernel's (BLOCK_M, BLOCK_N, warps), None for its default (benchmarks try others)
         self.linears = [m for m in model.modules() if isinstance(m, Linear)]
         self._kernel = [m for m in self.linears if _adamw_kernel_takes(m.weight)]
         own = {id(m.weight) for m in self._kernel}
@@ -544,7 +545,7 @@ class Fp8AdamW:
         emit = linear.fp8 and emits_weights(linear.recipe) and amax.value is not None
         out = adamw_fp8(weight.detach(), weight.grad, state[0], state[1], lr=self.lr, beta1=self.betas[0],
                         beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay, step=state[2],
-                        amax=amax.value if emit else None)
+                        amax=amax.value if emit else None, **({} if self.tile is None else {"tile": self.tile}))
         torch.autograd.graph.increment_version(weight)  # written outside torch: a cast made before is stale
         if emit:
             wq, wqt, inv, seen = out
