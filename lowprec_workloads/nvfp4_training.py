@@ -60,11 +60,11 @@ class Nvfp4Recipe:
             raise ValueError(f"bf16_last counts linears kept in bfloat16; it cannot be {self.bf16_last}")
 
 
-# The last block in BF16. With only the last linear kept (3 of 4 in NVFP4) the held-out gap over three
-# seeds of rounding and signs was 1.56%, 1.46%, 1.67% on an H100 (mean 1.56%, over the 1.5% bound); with
-# the last block kept, 1.28%, 1.07%, 1.41%; a 4-block stack with its last block kept, 1.46% and 1.28%
-# (2026-11-22, benchmarks/nvfp4_training_ablation.py). The paper keeps about 16% of a 62-block model's
-# linears in BF16, mostly the final ones; a 2-block stack has no finer step than a whole block.
+# The last block (two linears) in BF16: of the suite's six-block stack, 2 of 12 linears (17%), the share the
+# paper keeps (about 16% of a 62-block model's linears, mostly the final ones). On the two-block stack it
+# was half the linears: held-out gaps over three draws of rounding and signs 1.28%, 1.07%, 1.41% on an
+# H100, against 1.56%, 1.46%, 1.67% with only the last linear kept (2026-11-22,
+# benchmarks/nvfp4_training_ablation.py).
 RECIPE = Nvfp4Recipe("nvfp4", weight_tile=(BLOCK, BLOCK), hadamard_wgrad=True, stochastic_gradients=True,
                      bf16_last=2)
 NAIVE = Nvfp4Recipe("naive nvfp4", weight_tile=(1, BLOCK), hadamard_wgrad=False, stochastic_gradients=False,
@@ -252,20 +252,21 @@ class Calibration:
         return False
 
 
-def held_out_loss(model: Stack, teacher: Stack, shape: Shape, device: str) -> float:
-    """Mean loss over HELD_OUT batches no run trained on, every linear in bfloat16: what the trained
-    weights are worth, without the NVFP4 forward's own rounding noise at evaluation time."""
+def held_out_loss(model: Stack, teacher: Stack, shape: Shape, device: str, phase: str = "bf16") -> float:
+    """Mean loss over HELD_OUT batches no run trained on. By default every linear in bfloat16: what the
+    trained weights are worth, without the NVFP4 forward's own rounding at evaluation time; `phase`
+    "nvfp4" evaluates through the NVFP4 forward instead (what the training loss carries at every step)."""
     quantized = [m for m in model.modules() if isinstance(m, Nvfp4Linear)]
     phases = [m.phase for m in quantized]
     for m in quantized:
-        m.phase = "bf16"
+        m.phase = phase
     try:
         with torch.no_grad():
             losses = [objective(model, *batch(HELD_OUT_FIRST_STEP + i, shape, teacher, device, None)).item()
                       for i in range(HELD_OUT)]
     finally:
-        for m, phase in zip(quantized, phases, strict=True):
-            m.phase = phase
+        for m, phase_before in zip(quantized, phases, strict=True):
+            m.phase = phase_before
     return statistics.fmean(losses)
 
 
@@ -276,6 +277,7 @@ class Run:
     skipped: list[int]
     held_out: float
     nonfinite_weights: int
+    held_out_nvfp4: float | None = None  # the held-out loss through the NVFP4 forward (None: no NVFP4 layer)
 
     @property
     def final(self) -> float:
@@ -290,10 +292,16 @@ class Run:
         """Relative gap of the held-out loss (bfloat16 evaluation) against `reference`."""
         return (self.held_out - reference.held_out) / reference.held_out
 
+    def held_out_nvfp4_gap(self, reference: Run) -> float:
+        """Relative gap of the held-out loss through this run's NVFP4 forward against `reference`'s (bfloat16)."""
+        return (self.held_out_nvfp4 - reference.held_out) / reference.held_out
+
 
 def _finish(model: Stack, teacher: Stack, shape: Shape, device: str, losses, switch_step, skipped) -> Run:
     nonfinite = sum(int((~torch.isfinite(p)).sum()) for p in model.parameters())
-    return Run(losses, switch_step, skipped, held_out_loss(model, teacher, shape, device), nonfinite)
+    nvfp4 = any(isinstance(m, Nvfp4Linear) for m in model.modules())
+    return Run(losses, switch_step, skipped, held_out_loss(model, teacher, shape, device), nonfinite,
+               held_out_loss(model, teacher, shape, device, "nvfp4") if nvfp4 else None)
 
 
 def train_nvfp4(student: Stack, teacher: Stack, shape: Shape, device: str, recipe: Nvfp4Recipe, path: str,
