@@ -284,6 +284,11 @@ class AmaxHistory:
 
 
 OPS = ("identity", "gelu", "gelu_backward")
+# On CUDA, whether the cast of GELU's output (or its backward's) computes GELU again from its input instead of
+# reading the bfloat16 output the amax pass wrote: 128 MB less traffic a pass at the chapter's shape, but GELU
+# evaluated three times instead of once (the transposed copy is the tile read again), which erf and exp can
+# make compute-bound. The same bits either way; benchmarks/fp8_training_step.py times both.
+RECOMPUTE_OPS = False
 
 
 def _eager_op(a: torch.Tensor, b: torch.Tensor | None, op: str) -> torch.Tensor:
@@ -301,9 +306,10 @@ def fused_quantize(a: torch.Tensor, dtype: torch.dtype, op: str = "identity", b:
     sums op(a, b) over its rows (a bias gradient). The scale comes from op(a, b)'s own amax (reduced by
     `reduce_amax`), or, with `history`, from the history's amax, the cast adding this one's finite amax.
 
-    On CUDA for bfloat16 (fp8_training_triton): an amax pass that also takes the sums, then one cast pass
-    writing both layouts; with a history, the cast pass alone. op(a, b) is computed in each pass and never
-    written in bfloat16. Elsewhere the same operations eagerly: op, sums, amax, quantize_operand.
+    On CUDA for bfloat16 (fp8_training_triton): an amax pass that also takes the sums (and writes op(a, b)
+    in bfloat16 unless RECOMPUTE_OPS), then one cast pass writing both layouts; with a history and op(a, b)
+    computed in the cast (the identity, or RECOMPUTE_OPS), the cast pass alone. Elsewhere the same
+    operations eagerly: op, sums, amax, quantize_operand.
     """
     if op not in OPS:
         raise ValueError(f"op {op!r} is not one of {', '.join(OPS)}")
@@ -324,20 +330,27 @@ def fused_quantize(a: torch.Tensor, dtype: torch.dtype, op: str = "identity", b:
             history.value = _reduced(torch.maximum(amax, finite), reduce_amax)
         return (*quantize_operand(t, dtype, transpose=True, amax=amax), sums)
     code = OPS.index(op)
-    if history is None or history.value is None:
-        amax, sums = kernels.amax_of(a, b, op=code, colsum=colsum)
+    recompute = RECOMPUTE_OPS or op == "identity"  # the identity has nothing to recompute: its cast reads `a`
+    if history is not None and history.value is not None and recompute:  # one pass, the scale known
+        seen = history.value.clone()
+        out = kernels.quantize_transposed(a, history.value, dtype, b=b, op=code, seen=seen, colsum=colsum)
+        history.value = _reduced(seen, reduce_amax)
+        return out
+    amax, sums, written = kernels.amax_of(a, b, op=code, colsum=colsum, out=not recompute)
+    source, source_b, source_op = (a, b, code) if recompute else (written, None, kernels.IDENTITY)
+    if history is None:
         amax = _reduced(amax, reduce_amax)
-        if history is not None:
-            history.value = torch.where(torch.isfinite(amax), amax, 0.0)
-        if op == "identity":  # the quantizer every FP8 linear's input takes (the same bits, tuned tiles)
+        if source_op == kernels.IDENTITY:  # the quantizer every FP8 linear's input takes (the same bits)
             from pytest_lowprec.formats.triton_quant import quantize_fp8_tensorwise_triton
 
-            return (*quantize_fp8_tensorwise_triton(a, dtype, amax=amax, transpose=True), sums)
-        return (*kernels.quantize_transposed(a, amax, dtype, b=b, op=code)[:3], sums)
-    seen = history.value.clone()
-    out = kernels.quantize_transposed(a, history.value, dtype, b=b, op=code, seen=seen, colsum=colsum)
+            return (*quantize_fp8_tensorwise_triton(source, dtype, amax=amax, transpose=True), sums)
+        return (*kernels.quantize_transposed(source, amax, dtype, b=source_b, op=source_op)[:3], sums)
+    first = history.value is None  # the first cast takes its own amax; the history keeps the finite one
+    seen = torch.zeros((), dtype=torch.float32, device=a.device) if first else history.value.clone()
+    scale_amax = _reduced(amax, reduce_amax) if first else history.value
+    q, qt, inv, _ = kernels.quantize_transposed(source, scale_amax, dtype, b=source_b, op=source_op, seen=seen)
     history.value = _reduced(seen, reduce_amax)
-    return out
+    return q, qt, inv, sums
 
 
 def fusable(fc1: torch.nn.Module, fc2: torch.nn.Module) -> bool:

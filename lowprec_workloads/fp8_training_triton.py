@@ -5,8 +5,10 @@ a cast pass over its output; the GELU backward (read two, write one), a bias-gra
 and a cast pass over its output; and a cast of each float32 master weight after AdamW had just read and
 written it. Here:
   - `amax_of` / `quantize_transposed` take an elementwise op (identity, GELU, GELU backward) that they
-    apply to what they load, so GELU's output and the GELU backward's output are never written in
-    bfloat16: one pass finds the amax (and the bias gradient, a column sum), one pass casts both layouts;
+    apply to what they load: one pass finds the amax (and the bias gradient, a column sum) and may write
+    the op's output in bfloat16 for the cast (the GELU op evaluated once), or the cast pass computes the
+    op again from its inputs (less traffic, the op evaluated three times: the transposed copy is the
+    tile read again); fp8_training.RECOMPUTE_OPS picks, benchmarks/fp8_training_step.py times both;
   - `adamw_fp8` updates a weight, its moments and writes the next forward's FP8 weight in both layouts,
     scaled by the amax the previous cast recorded, recording this one's (TransformerEngine's FusedAdam
     with FP8 parameters does the same).
@@ -92,10 +94,12 @@ def _fp8_cast(x, scale, FP8_MAX: tl.constexpr, FLT_MAX: tl.constexpr, E5M2: tl.c
 
 
 @triton.jit
-def _amax_kernel(a_ptr, b_ptr, amax_bits_ptr, colsum_ptr, n_rows, n_cols, OP: tl.constexpr,
-                 COLSUM: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """max |op(a, b)| over the tensor (one atomic per tile, on the magnitudes' bits: NaN sorts above Inf),
-    and with COLSUM each tile's column sums (float32) into row `pid_m` of colsum [tiles_m, n_cols]."""
+def _amax_kernel(a_ptr, b_ptr, amax_bits_ptr, colsum_ptr, out_ptr, n_rows, n_cols, OP: tl.constexpr,
+                 COLSUM: tl.constexpr, OUT: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    """max |op(a, b)| over the tensor (one atomic per tile, on the magnitudes' bits: NaN sorts above Inf);
+    with COLSUM each tile's column sums (float32) into row `pid_m` of colsum [tiles_m, n_cols]; with OUT
+    op(a, b) itself in bfloat16 (what the eager op writes)."""
     pid_m = tl.program_id(0)
     rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     cols = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
@@ -107,6 +111,8 @@ def _amax_kernel(a_ptr, b_ptr, amax_bits_ptr, colsum_ptr, n_rows, n_cols, OP: tl
     tl.atomic_max(amax_bits_ptr, tl.max(tl.max(_magnitude_bits(x), axis=1), axis=0))
     if COLSUM:
         tl.store(colsum_ptr + pid_m * n_cols + cols, tl.sum(x, axis=0), mask=cols < n_cols)
+    if OUT:
+        tl.store(out_ptr + offs, x.to(tl.bfloat16), mask=mask)  # exact: x holds bfloat16 values
 
 
 @triton.jit
@@ -200,17 +206,20 @@ def _check(a: torch.Tensor, b: torch.Tensor | None, op: int) -> None:
 
 
 def amax_of(a: torch.Tensor, b: torch.Tensor | None = None, op: int = IDENTITY, colsum: bool = False,
-            tile=AMAX_TILE) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(max |op(a, b)| as a float32 scalar, its column sums in float32 or None) in one pass over a (and b)."""
+            out: bool = False, tile=AMAX_TILE) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(max |op(a, b)| as a float32 scalar, its column sums in float32 or None, op(a, b) in bfloat16 or None)
+    in one pass over a (and b)."""
     _check(a, b, op)
     rows, cols = a.shape
     grid = _grid(rows, cols, tile)
     amax = torch.zeros((), dtype=torch.float32, device=a.device)
     partial = torch.empty(grid[0], cols, dtype=torch.float32, device=a.device) if colsum else amax
-    _amax_kernel[grid](a, a if b is None else b, amax.view(torch.int32), partial, rows, cols, OP=op, COLSUM=colsum,
-                       INTERPRETED=_interpreted(), BLOCK_M=tile[0], BLOCK_N=tile[1], num_warps=tile[2])
+    result = torch.empty(rows, cols, dtype=torch.bfloat16, device=a.device) if out else a
+    _amax_kernel[grid](a, a if b is None else b, amax.view(torch.int32), partial, result, rows, cols, OP=op,
+                       COLSUM=colsum, OUT=out, INTERPRETED=_interpreted(), BLOCK_M=tile[0], BLOCK_N=tile[1],
+                       num_warps=tile[2])
     # Column sums from fixed per-tile partials, summed in a fixed order: the same bits every run.
-    return amax, (partial.sum(0) if colsum else None)
+    return amax, (partial.sum(0) if colsum else None), (result if out else None)
 
 
 def quantize_transposed(a: torch.Tensor, amax: torch.Tensor, dtype: torch.dtype, b: torch.Tensor | None = None,

@@ -140,13 +140,16 @@ def _differing(fused, eager) -> int:
 
 
 @pytest.mark.lowprec(precision="fp8", device="cuda")
-def test_fused_quantization_passes_give_the_eager_paths_bits_on_cuda(lowprec):
+@pytest.mark.parametrize("recompute", [False, True], ids=["op-written", "op-recomputed"])
+def test_fused_quantization_passes_give_the_eager_paths_bits_on_cuda(lowprec, monkeypatch, recompute):
     """fused_quantize's Triton passes against torch's CUDA GELU, GELU backward and column sum followed by
     the Triton cast of their bfloat16 output: the same FP8 codes and scales (libdevice's erf and exp, as
     torch's kernels call them), the bias gradients within float32 summation order; with an amax history,
     the same codes as the eager cast with the history's amax, and the same history after."""
+    from lowprec_workloads import fp8_training
     from lowprec_workloads.fp8_training import AmaxHistory, fused_quantize, quantize_operand
 
+    monkeypatch.setattr(fp8_training, "RECOMPUTE_OPS", recompute)
     gen = torch.Generator(device="cuda").manual_seed(11)
     pre = (torch.randn(1024, 4096, device="cuda", generator=gen) * 2).to(torch.bfloat16)
     grad = (torch.randn(1024, 4096, device="cuda", generator=gen) * 1e-3).to(torch.bfloat16)
@@ -371,7 +374,8 @@ def interpreted_kernels():
     poisoned = x.clone()
     poisoned[3, 1], poisoned[60, 90] = float("nan"), float("inf")
     history = x.float().abs().amax() / 2
-    calls += [("quantize_transposed", (poisoned, history, E4M3, None, 0, history.clone()), {"colsum": True, **tile})]
+    calls += [("quantize_transposed", (poisoned, history, E4M3, None, 0, history.clone()), {"colsum": True, **tile}),
+              ("amax_of", (dy, pre), {"op": GELU_BACKWARD, "out": True, **tile})]
     # Three AdamW steps on one weight and its moments (shared by the three calls), each cast with the amax
     # of the weight before the first (the optimizer carries each cast's amax to the next; tested above).
     weight, m, v, amax = w.clone(), torch.zeros_like(w), torch.zeros_like(w), w.abs().amax()
@@ -401,7 +405,7 @@ def _codes(q):
 
 def test_interpreted_amax_pass_finds_the_amax_and_the_column_sums(interpreted_kernels):
     x = interpreted_kernels["x"]
-    amax, sums = interpreted_kernels["results"][0]
+    amax, sums, _ = interpreted_kernels["results"][0]
     assert float(amax) == float(x.float().abs().amax())
     assert torch.allclose(sums, x.float().sum(0), rtol=1e-6, atol=1e-5)
 
@@ -423,7 +427,7 @@ def test_interpreted_gelu_passes_quantize_what_torch_gelu_computes(interpreted_k
     exp in float32 with numpy, a last-bit difference that moves a bfloat16 rounding, and so an FP8 code by
     one step, rarely (on the GPU the kernels call libdevice as torch's kernels do; the CUDA tests compare bits)."""
     reference = interpreted_kernels[name]
-    amax, sums = interpreted_kernels["results"][amax_index]
+    amax, sums, _ = interpreted_kernels["results"][amax_index]
     assert abs(float(amax) - float(reference.float().abs().amax())) <= float(reference.float().abs().amax()) * 2 ** -8
     if sums is not None:
         assert torch.allclose(sums, reference.float().sum(0), rtol=1e-2, atol=1e-6)
@@ -432,6 +436,17 @@ def test_interpreted_gelu_passes_quantize_what_torch_gelu_computes(interpreted_k
     steps = (_codes(q).int() - _codes(ref).int()).abs()
     assert torch.equal(inv, ref_inv) and int(steps.max()) <= 1 and float((steps > 0).float().mean()) < 0.005
     assert torch.equal(_codes(qt), _codes(q.t().contiguous()))
+
+
+def test_interpreted_amax_pass_can_write_the_ops_output(interpreted_kernels):
+    """The GELU backward written in bfloat16 by the amax pass (for a cast that reads it): the op's values
+    whose amax is the one returned. Against float64 within a bfloat16 rounding, and an absolute error far
+    below the tensor's amax where cdf + x * pdf cancels (large negative x: the interpreter's float32 erf
+    and exp, like torch's, lose relative precision there)."""
+    reference = interpreted_kernels["gelu_grad"].float()
+    amax, _, written = interpreted_kernels["results"][8]
+    assert written.dtype == torch.bfloat16 and float(amax) == float(written.float().abs().amax())
+    assert torch.allclose(written.float(), reference, rtol=2 ** -8, atol=float(reference.abs().max()) * 2 ** -12)
 
 
 def test_interpreted_cast_with_a_history_adds_the_largest_finite_amax_and_sums_columns(interpreted_kernels):
