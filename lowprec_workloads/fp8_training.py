@@ -556,7 +556,7 @@ class Fp8AdamW:
         state[2] += 1
         amax = linear.weight_amax
         emit = linear.fp8 and emits_weights(linear.recipe) and amax.value is not None
-        out = adamw_fp8(weight.detach(), weight.grad, state[0], state[1], lr=self.lr, beta1=self.betas[0],
+        out = adamw_fp8(weight.detach(), weight.grad.contiguous(), state[0], state[1], lr=self.lr, beta1=self.betas[0],
                         beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay, step=state[2],
                         amax=amax.value if emit else None, **({} if self.tile is None else {"tile": self.tile}))
         torch.autograd.graph.increment_version(weight)  # written outside torch: a cast made before is stale
@@ -657,26 +657,37 @@ def step_function(models, x: torch.Tensor, labels: torch.Tensor, lr: float, fuse
     return step
 
 
-def triton_quantizer_work(shape: Shape, optimizer_casts: bool = True) -> tuple[Work, ...]:
-    """The Triton kernels of one FP8 training step under RECIPE (steady state), which traffic.eager_work
-    cannot see. Per block: the normalized input and the output gradient each take an amax pass (the
-    gradient's also sums the bias gradient) and a cast pass writing both layouts; GELU's output an amax
-    pass and a cast pass over GELU's input; the GELU backward's output the same over the gradient and
-    GELU's input. Per weight, with `optimizer_casts` (Fp8AdamW on CUDA), the AdamW pass itself (torch's
-    optimizer no longer sees these weights): read weight, gradient and both moments, write weight, moments
-    and the two FP8 layouts; without, a cast pass over the float32 weight (scaled by the previous amax)."""
+def triton_quantizer_work(shape: Shape, optimizer_casts: bool = True, recipe: Fp8Recipe = RECIPE,
+                          recompute: bool | None = None) -> tuple[Work, ...]:
+    """The Triton kernels of one FP8 training step under `recipe` (steady state), which traffic.eager_work
+    cannot see: bytes through memory per pass (GELU's erf and exp are left out of the FLOPs, as eager_work
+    leaves out the BF16 side's GELU). Per block, as fused_quantize runs them (`recompute`: RECOMPUTE_OPS):
+    the normalized input and fc2's output gradient (whose pass also sums the bias gradient) each an amax
+    pass and a cast pass writing both layouts, or the cast alone under an amax history; GELU's output an amax
+    pass over GELU's input writing GELU's output and a cast pass over that (or, recomputed, an amax pass and
+    a cast pass over GELU's input, the cast alone under a history); the GELU backward's output the same over
+    the gradient and GELU's input. Per weight, with `optimizer_casts` (Fp8AdamW on CUDA), the AdamW pass
+    itself (torch's optimizer no longer sees these weights): read weight, gradient and both moments, write
+    weight, moments and the two FP8 layouts; without, a cast pass over the float32 weight."""
+    recompute = RECOMPUTE_OPS if recompute is None else recompute
+    history = recipe.activation_amax == "history"
     tokens, d, h = shape.tokens, shape.d, 4 * shape.d
+
+    def passes(read: int, elements: int, computed: bool) -> list[Work]:
+        """An op over `read` bytes of inputs per element, its output cast in both layouts (2 bytes)."""
+        if computed:  # the cast computes the op from its inputs: after an amax pass unless under a history
+            return ([] if history else [Work(nbytes=read * elements)]) + [Work(nbytes=(read + 2) * elements)]
+        return [Work(nbytes=(read + 2) * elements), Work(nbytes=(2 + 2) * elements)]  # op written, then cast
+
     work = []
     for _ in range(shape.blocks):
-        for elements in (tokens * d, tokens * d):  # the normalized input, fc2's output gradient
-            work += [Work(nbytes=2 * elements), Work(nbytes=2 * elements + 2 * elements)]
-        work += [Work(nbytes=2 * tokens * h), Work(nbytes=2 * tokens * h + 2 * tokens * h)]  # GELU
-        work += [Work(nbytes=4 * tokens * h), Work(nbytes=4 * tokens * h + 2 * tokens * h)]  # GELU backward
+        work += passes(2, tokens * d, True) + passes(2, tokens * d, True)  # normalized input, fc2's gradient
+        work += passes(2, tokens * h, recompute) + passes(4, tokens * h, recompute)  # GELU, GELU backward
         for _ in range(2):
             weight = d * h
             if optimizer_casts:
                 work.append(Work(nbytes=(4 * 4 + 3 * 4 + 2) * weight))
-            elif RECIPE.weight_amax == "previous":
+            elif recipe.weight_amax == "previous":
                 work.append(Work(nbytes=4 * weight + 2 * weight))
             else:
                 work += [Work(nbytes=4 * weight), Work(nbytes=4 * weight + 2 * weight)]

@@ -26,6 +26,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from pytest_lowprec.formats.nvfp4 import FLT_MAX
 from pytest_lowprec.formats.triton_quant import _fp8_scale, _fp8_scaled, _magnitude_bits
@@ -45,7 +46,7 @@ def _exp(x, INTERPRETED: tl.constexpr):
     # interpreter has no libdevice and computes tl.exp in float32 with numpy.
     if INTERPRETED:
         return tl.exp(x)
-    return tl.extra.cuda.libdevice.exp(x)
+    return libdevice.exp(x)
 
 
 @triton.jit
