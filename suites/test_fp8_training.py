@@ -1,9 +1,14 @@
 """FP8 training against BF16: identical weights, data, seeds and number of steps.
 
 The runs differ only in their linears (FP8 `_scaled_mm` against bfloat16
-F.linear). Both see one poisoned batch (inputs scaled to overflow) that the
-loss-scale manager must skip and count. CPU runs a small stack; the GPU runs
-the chapter's shape (LayerNorm -> Linear 4096->16384 -> GELU -> Linear 16384->4096).
+F.linear), and in how the FP8 weights get cast: the FP8 model's optimizer
+(fp8_training.Fp8AdamW: torch's AdamW rule) casts them as it updates them. Both
+see one poisoned batch (inputs scaled to overflow) that the loss-scale manager
+must skip and count. CPU runs a small stack; the GPU runs the chapter's shape
+(LayerNorm -> Linear 4096->16384 -> GELU -> Linear 16384->4096), each block's two
+FP8 linears and GELU fused (fp8_training.Fp8Mlp). The plain tests below check the
+fusions against the unfused path: bit for bit on the CPU's eager path, the Triton
+kernels under Triton's interpreter on the CPU and against torch's CUDA ops on a GPU.
 """
 
 from __future__ import annotations
@@ -66,8 +71,8 @@ def _shape(lowprec) -> Shape:
 def test_fp8_training_final_loss_matches_bf16(lowprec):
     shape = _shape(lowprec)
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, steps=shape.steps,
-                      poison_step=POISON_STEP, optimizer=f"adamw {shape.lr:g}",
-                      scaling=f"dynamic per-tensor, weight amax {RECIPE.weight_amax}",
+                      poison_step=POISON_STEP, optimizer=f"adamw {shape.lr:g}, fp8 weights cast in the update",
+                      scaling=f"per-tensor, weight amax {RECIPE.weight_amax}, activation amax {RECIPE.activation_amax}",
                       gradients=_grads(), fast_accumulation="+".join(RECIPE.fast_accum),
                       objective="cross-entropy, 64 classes, teacher argmax")
     bf16, fp8, teacher = pair(shape, lowprec.device)
@@ -90,7 +95,8 @@ def test_fp8_weight_gradients_per_layer(lowprec):
     """One step from identical weights on one batch: each layer's FP8 weight gradient against BF16's."""
     shape = _shape(lowprec)
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, gradients=_grads(),
-                      fast_accumulation="+".join(RECIPE.fast_accum), weight_amax=RECIPE.weight_amax)
+                      fast_accumulation="+".join(RECIPE.fast_accum), weight_amax=RECIPE.weight_amax,
+                      activation_amax=RECIPE.activation_amax, block="fused")
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
     for model in (bf16, fp8):
@@ -105,7 +111,8 @@ def test_fp8_training_step_speed_and_memory(lowprec):
     shape = GPU_SHAPE
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, optimizer="adamw fused", gradients=_grads(),
                       fast_accumulation="+".join(RECIPE.fast_accum), quantizer="triton, both layouts, gelu fused",
-                      weight_amax=RECIPE.weight_amax, weight_cast="in the optimizer")
+                      weight_amax=RECIPE.weight_amax, activation_amax=RECIPE.activation_amax,
+                      weight_cast="in the optimizer")
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
     step = step_function((bf16, fp8), x, y, shape.lr, fused=True)
