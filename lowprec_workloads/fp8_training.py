@@ -361,7 +361,7 @@ def fusable(fc1: torch.nn.Module, fc2: torch.nn.Module) -> bool:
     return (all(type(m) is Linear and m.fp8 for m in linears) and fc1.recipe == fc2.recipe
             and fc1.recipe.scaling == "tensor" and set(fc1.recipe.gemms) == set(GEMMS)
             and fc1.reduce_amax is fc2.reduce_amax
-            and all(type(p) in (torch.Tensor, torch.nn.Parameter) for m in linears for p in (m.weight, m.bias)))
+            and all(_plain(p) for m in linears for p in (m.weight, m.bias)))
 
 
 class Fp8Mlp(torch.autograd.Function):
@@ -540,7 +540,8 @@ class Fp8AdamW:
         for linear in self._kernel:
             self._kernel_step(linear)
         for linear in self.linears:
-            if linear not in self._kernel and linear.fp8 and emits_weights(linear.recipe) \
+            # A sharded weight (FSDP2's DTensor) is cast by its linear's own forward, after gathering.
+            if linear not in self._kernel and linear.fp8 and emits_weights(linear.recipe) and _plain(linear.weight) \
                     and linear.weight_amax.value is not None and linear.weight.grad is not None:
                 with torch.no_grad():
                     linear.weight_amax.offer(linear.weight, quantize_weight(linear.weight, linear.recipe,
@@ -575,8 +576,13 @@ class Fp8AdamW:
                 linear.weight.grad.zero_()
 
 
+def _plain(t: torch.Tensor) -> bool:
+    """A tensor that is its own storage (not a subclass such as a DTensor shard)."""
+    return type(t) in (torch.Tensor, torch.nn.Parameter)
+
+
 def _adamw_kernel_takes(weight: torch.Tensor) -> bool:
-    if not (weight.is_cuda and type(weight) is torch.nn.Parameter and weight.dtype == torch.float32
+    if not (weight.is_cuda and _plain(weight) and weight.dtype == torch.float32
             and weight.ndim == 2 and weight.is_contiguous()):
         return False
     try:
