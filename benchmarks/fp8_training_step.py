@@ -265,17 +265,35 @@ def steps(run: Run, pairs_n: int = 30) -> dict:
             with _fusion(fused, recompute):
                 timer.warmup(bf16_step, fp8_step)
                 measured = timer.pairs(bf16_step, fp8_step, pairs_n)
+                peak = _peak_above_resident(run, model, fp8_step)
+            if "bf16_peak_bytes" not in out:
+                out["bf16_peak_bytes"] = _peak_above_resident(run, bf16, bf16_step)
             summary = summarize_pairs(measured)
             b_ms, f_ms = side_medians(measured)
-            out[name] = {"bf16_ms": b_ms, "fp8_ms": f_ms, **summary.as_dict()}
+            out[name] = {"bf16_ms": b_ms, "fp8_ms": f_ms, "peak_bytes": peak, **summary.as_dict()}
             print(f"  {name:42} bf16 {b_ms:6.2f} ms  fp8 {f_ms:6.2f} ms  {summary.median:.3f}x "
-                  f"[{summary.low:.3f}, {summary.high:.3f}]", flush=True)
+                  f"[{summary.low:.3f}, {summary.high:.3f}]  peak {peak / 2**30:.2f} GiB "
+                  f"(bf16 {out['bf16_peak_bytes'] / 2**30:.2f})", flush=True)
             del model, optimizer, fp8_step
         except Exception as error:  # noqa: BLE001
             traceback.print_exc()
             out[name] = {"error": f"{type(error).__name__}: {error}"[:300]}
         run.empty_cache()
     return out
+
+
+def _peak_above_resident(run: Run, model, step) -> int:
+    """A step's peak memory above what was resident before it, the FP8 weights the optimizer holds between
+    steps counted in the step's (as the suite's memory gate counts them); 0 on the CPU."""
+    if run.dry:
+        return 0
+    torch.cuda.synchronize()
+    held = sum(m.weight_amax.held_bytes for m in model.linears().values())
+    resident = torch.cuda.memory_allocated() - held
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - resident
 
 
 def _category(kernel: str) -> str:
@@ -402,16 +420,20 @@ def decision(results: dict) -> None:
     losses = results.get("loss", {})
     print("\nFP8 training step on the chapter's shape against the suite's BF16 step (fused AdamW); "
           "target >= 1.5x, loss gap <= 1%")
-    print(f"{'variant':42} {'bf16 ms':>8} {'fp8 ms':>8} {'speedup [95% CI]':>24} {'loss gap':>9}")
+    print(f"{'variant':42} {'bf16 ms':>8} {'fp8 ms':>8} {'speedup [95% CI]':>24} {'loss gap':>9} {'peak GiB':>9}")
     for name in VARIANTS:
         r = timed.get(name, {})
         gap = losses.get(name, {}).get("loss_gap") if isinstance(losses.get(name), dict) else None
         gap_cell = f"{100 * gap:+.2f}%" if gap is not None else "-"
         if "median" in r:
             ci = f"{r['median']:.3f}x [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
-            print(f"{name:42} {r['bf16_ms']:8.2f} {r['fp8_ms']:8.2f} {ci:>24} {gap_cell:>9}")
+            print(f"{name:42} {r['bf16_ms']:8.2f} {r['fp8_ms']:8.2f} {ci:>24} {gap_cell:>9} "
+                  f"{r['peak_bytes'] / 2**30:9.2f}")
         else:
             print(f"{name:42} {'':>8} {'':>8} {str(r.get('error') or r.get('skipped') or 'not run')[:24]:>24}")
+    if "bf16_peak_bytes" in timed:
+        print(f"{'(bf16 step peak above resident)':42} {'':>8} {'':>8} {'':>24} {'':>9} "
+              f"{timed['bf16_peak_bytes'] / 2**30:9.2f}")
     c = results.get("bf16 compiled", {})
     if "median" in c:
         print(f"{'  against BF16 under torch.compile':42} {c['bf16_compiled_ms']:8.2f} {c['fp8_ms']:8.2f} "
