@@ -1,6 +1,6 @@
 """Which FP8 training step to keep (issue 25: >= 1.5x the BF16 step on the H200), and where its time goes.
 
-    python benchmarks/fp8_training_step.py --json out.json [--budget 85]   # the decision run (H200: about 90 s)
+    python benchmarks/fp8_training_step.py --json out.json [--budget 95]   # the decision run (H200: about 100 s)
     python benchmarks/fp8_training_step.py --gemms                         # the step's twelve GEMMs alone
 
 The chapter's shape (two blocks, d=4096, 4096 tokens). The BF16 side is the suite's: the BF16 stack with
@@ -10,12 +10,12 @@ a part that would overrun --budget is skipped and says so):
      and one fused block's forward and backward against its two Fp8Matmuls;
   2. steps: BF16 against FP8 variants, timed as the gate times them (alternating pairs, L2 flushed; median
      of per-pair ratios and its bootstrap interval): the suite before this change, each fusion alone, both,
-     both with GELU recomputed in the cast pass (fp8_training.RECOMPUTE_OPS), and both with the activations'
-     amax from a history (Fp8Recipe(activation_amax="history"));
+     both with each way of getting GELU's output to its cast (fp8_training.GELU_CAST), and both with the
+     activations' amax from a history (Fp8Recipe(activation_amax="history"));
   3. loss: the suite's final-loss gap (150 steps, a poisoned step) for each candidate recipe, bound 1%;
   4. profile: device time per kernel category of one step of BF16, of the step before, of each candidate;
-  5. kernels: the fused GELU passes against the eager operations they replace, written against recomputed,
-     the recomputing cast's tiles, and the optimizer: torch's fused AdamW with the forward's weight casts
+  5. kernels: the fused GELU passes against the eager operations they replace, each GELU_CAST, the
+     recomputing cast's tiles, and the optimizer: torch's fused AdamW with the forward's weight casts
      against Fp8AdamW's tiles (the fastest tiles are fp8_training_triton's constants to keep);
   6. BF16 under torch.compile against the fastest candidate (what a user who compiles would compare).
 Decision: the fastest candidate whose interval's low end is >= 1.5x and whose loss gap is <= 1%; if two
@@ -41,18 +41,19 @@ from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
 
 SHAPE = Shape(d=4096, blocks=2, tokens=4096, steps=150, lr=3e-4)
 HISTORY = Fp8Recipe(activation_amax="history")
-# name -> (fused block, optimizer casts the weights, recipe, GELU recomputed in the cast pass)
+# name -> (fused block, optimizer casts the weights, recipe, fp8_training.GELU_CAST)
 VARIANTS = {
-    "before (per linear, forward casts)": (False, False, RECIPE, False),
-    "fused block": (True, False, RECIPE, False),
-    "optimizer casts": (False, True, RECIPE, False),
-    "fused + optimizer casts": (True, True, RECIPE, False),
-    "fused + optimizer casts, gelu recomputed": (True, True, RECIPE, True),
-    "both + amax history, gelu recomputed": (True, True, HISTORY, True),
+    "before (per linear, forward casts)": (False, False, RECIPE, "written"),
+    "fused block": (True, False, RECIPE, "written"),
+    "optimizer casts": (False, True, RECIPE, "written"),
+    "fused + optimizer casts": (True, True, RECIPE, "written"),
+    "fused + optimizer casts, gelu recomputed": (True, True, RECIPE, "recomputed"),
+    "fused + optimizer casts, gelu registers": (True, True, RECIPE, "registers"),
+    "both + amax history, gelu recomputed": (True, True, HISTORY, "recomputed"),
+    "both + amax history, gelu registers": (True, True, HISTORY, "registers"),
 }
-CANDIDATES = ("fused + optimizer casts", "fused + optimizer casts, gelu recomputed",
-              "both + amax history, gelu recomputed")
-TILES = {"cast": [(64, 128, 4), (64, 64, 4), (128, 64, 8)], "adamw": [(64, 64, 4), (32, 64, 4), (64, 64, 8)]}
+CANDIDATES = tuple(name for name in VARIANTS if VARIANTS[name][:2] == (True, True))
+TILES = {"cast": [(64, 128, 4), (64, 64, 4)], "adamw": [(64, 64, 4), (32, 64, 4), (64, 64, 8)]}
 
 
 class Budget:
@@ -120,17 +121,17 @@ def _part(name: str, budget: Budget, needs_s: float, results: dict, fn) -> None:
 
 
 @contextlib.contextmanager
-def _fusion(enabled: bool, recompute: bool = fp8_training.RECOMPUTE_OPS):
-    """Blocks fused (fp8_training's own test) or run as two Fp8Matmuls and GELU, and GELU written by the amax
-    pass or recomputed by the cast, for the variants."""
-    original = fp8_training.fusable, fp8_training.RECOMPUTE_OPS
+def _fusion(enabled: bool, gelu_cast: str = fp8_training.GELU_CAST):
+    """Blocks fused (fp8_training's own test) or run as two Fp8Matmuls and GELU, and how the GELU casts get
+    GELU's output (fp8_training.GELU_CAST), for the variants."""
+    original = fp8_training.fusable, fp8_training.GELU_CAST
     if not enabled:
         fp8_training.fusable = lambda fc1, fc2: False
-    fp8_training.RECOMPUTE_OPS = recompute
+    fp8_training.GELU_CAST = gelu_cast
     try:
         yield
     finally:
-        fp8_training.fusable, fp8_training.RECOMPUTE_OPS = original
+        fp8_training.fusable, fp8_training.GELU_CAST = original
 
 
 def _differing(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -198,9 +199,8 @@ def kernels(run: Run) -> dict:
     history = fp8_training.AmaxHistory()
     out["gelu fwd: eager gelu, amax, cast ms"] = run.ms(eager_gelu)
     out["gelu bwd: eager gelu_bwd, sum, amax, cast ms"] = run.ms(eager_gelu_backward)
-    for recompute in (False, True):
-        how = "recomputed" if recompute else "written"
-        with _fusion(True, recompute):
+    for how in fp8_training.GELU_CASTS:
+        with _fusion(True, how):
             out[f"gelu fwd: fused, gelu {how} ms"] = run.ms(lambda: fused_quantize(pre, E4M3, "gelu"))
             out[f"gelu bwd: fused, gelu {how} ms"] = run.ms(
                 lambda: fused_quantize(grad, E5M2, "gelu_backward", b=pre, colsum=True))
@@ -256,13 +256,13 @@ def steps(run: Run, pairs_n: int = 30) -> dict:
     bf16_step = _step_fn(bf16, torch.optim.AdamW(bf16.parameters(), lr=run.shape.lr, fused=True), x, y)
     out = {"device": run.name, "torch": torch.__version__}
     print(f"  {run.name}, torch {torch.__version__}; {pairs_n} alternating pairs per variant")
-    for name, (fused, casts, recipe, recompute) in VARIANTS.items():
+    for name, (fused, casts, recipe, gelu_cast) in VARIANTS.items():
         try:
             model = pair(run.shape, run.device)[1].set_fp8(True, recipe)
             optimizer = fp8_training.adamw(model, run.shape.lr, fused=True) if casts else \
                 torch.optim.AdamW(model.parameters(), lr=run.shape.lr, fused=True)
             fp8_step = _step_fn(model, optimizer, x, y)
-            with _fusion(fused, recompute):
+            with _fusion(fused, gelu_cast):
                 timer.warmup(bf16_step, fp8_step)
                 measured = timer.pairs(bf16_step, fp8_step, pairs_n)
                 peak = _peak_above_resident(run, model, fp8_step)
@@ -312,26 +312,30 @@ def _self_ms(event, run: Run) -> float:
     return (event.self_cpu_time_total if run.dry else event.self_device_time_total) / 1e3
 
 
-def profile(run: Run) -> dict:
+def profile(run: Run, results: dict | None = None) -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     bf16, fp8, teacher = pair(run.shape, run.device)
     x, y = batch(0, run.shape, teacher, run.device, None)
     del teacher
-    sides = {"bf16": (bf16, torch.optim.AdamW(bf16.parameters(), lr=run.shape.lr, fused=True), (True, False))}
+    sides = {"bf16": (bf16, torch.optim.AdamW(bf16.parameters(), lr=run.shape.lr, fused=True), (True, "written"))}
     del fp8
     out = {}
-    for name in ("bf16", "before (per linear, forward casts)", *CANDIDATES):
+    # BF16, the step before, and the two fastest candidates of the steps part (the first two without it).
+    steps_done = (results or {}).get("steps", {})
+    timed = {n: r["median"] for n, r in steps_done.items() if isinstance(r, dict) and "median" in r}
+    kept = sorted((n for n in CANDIDATES if n in timed), key=lambda n: -timed[n])[:2] or list(CANDIDATES[:2])
+    for name in ("bf16", "before (per linear, forward casts)", *kept):
         if name in sides:
-            model, optimizer, (fused, recompute) = sides.pop(name)
+            model, optimizer, (fused, gelu_cast) = sides.pop(name)
         else:
-            fused, casts, recipe, recompute = VARIANTS[name]
+            fused, casts, recipe, gelu_cast = VARIANTS[name]
             model = pair(run.shape, run.device)[1].set_fp8(True, recipe)
             optimizer = fp8_training.adamw(model, run.shape.lr, fused=True) if casts else \
                 torch.optim.AdamW(model.parameters(), lr=run.shape.lr, fused=True)
         step = _step_fn(model, optimizer, x, y)
-        with _fusion(fused, recompute):
+        with _fusion(fused, gelu_cast):
             for _ in range(3):
                 step()
             run.sync()
@@ -366,7 +370,7 @@ def loss(run: Run, budget: Budget) -> dict:
     ref_final = statistics.fmean(ref[-20:])
     bf16_s = time.perf_counter() - start
     print(f"  bf16 final loss {ref_final:.4f} (first/last {ref[0] / ref_final:.2f}x, {bf16_s:.1f} s)")
-    by_recipe: dict = {}  # GELU written or recomputed computes the same bits: one training per recipe
+    by_recipe: dict = {}  # every GELU_CAST computes the same bits: one training per recipe
     for name in CANDIDATES:
         recipe = VARIANTS[name][2]
         if recipe not in by_recipe:
@@ -395,7 +399,7 @@ def compiled(run: Run, results: dict) -> dict:
     timer = run.timer()
     bf16, fp8, teacher = pair(run.shape, run.device)
     fp8.set_fp8(True, VARIANTS[name][2])
-    recompute = VARIANTS[name][3]
+    gelu_cast = VARIANTS[name][3]
     x, y = batch(0, run.shape, teacher, run.device, None)
     del teacher
     compiled_bf16 = torch.compile(bf16)
@@ -405,7 +409,7 @@ def compiled(run: Run, results: dict) -> dict:
     bf16_step()
     run.sync()
     compile_s = time.perf_counter() - start
-    with _fusion(True, recompute):
+    with _fusion(True, gelu_cast):
         timer.warmup(bf16_step, fp8_step)
         measured = timer.pairs(bf16_step, fp8_step, 30)
     summary, (b_ms, f_ms) = summarize_pairs(measured), side_medians(measured)
@@ -467,7 +471,7 @@ def gemms() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write every number here")
-    parser.add_argument("--budget", type=float, default=85.0, help="seconds; parts that would overrun are skipped")
+    parser.add_argument("--budget", type=float, default=95.0, help="seconds; parts that would overrun are skipped")
     parser.add_argument("--gemms", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="the CPU at a toy shape: checks this script's code")
     args = parser.parse_args()
@@ -481,7 +485,7 @@ def main() -> int:
     _part("bits", budget, 5, results, lambda: bits(run))
     _part("steps", budget, 25, results, lambda: steps(run, 4 if run.dry else 30))
     _part("loss", budget, 12, results, lambda: loss(run, budget))
-    _part("profile", budget, 6, results, lambda: profile(run))
+    _part("profile", budget, 6, results, lambda: profile(run, results))
     if run.dry:
         print("\n[kernels] and [bf16 compiled] need CUDA (the Triton kernels, a compiled GPU step)")
     else:

@@ -1,6 +1,6 @@
 """Which deeper stack the NVFP4 training suite trains, and what each part of the recipe is worth (issue 25).
 
-    python benchmarks/nvfp4_training_ablation.py --candidates --json out.json [--budget 140]   # the decision run
+    python benchmarks/nvfp4_training_ablation.py --candidates --json out.json [--budget 120]   # the decision run
     python benchmarks/nvfp4_training_ablation.py --candidates --dry-run                       # the CPU, toy shapes
     python benchmarks/nvfp4_training_ablation.py [--d 2048] [--blocks 6] [--tokens 4096] [--steps 150] [--lr 3e-4]
                                                  [--bf16-last 2] [--only NAME ...] [--seeds 0 1 2]
@@ -248,7 +248,7 @@ def main() -> int:
     parser.add_argument("--candidates", action="store_true", help="the suite's shape: candidates, then ablations")
     parser.add_argument("--dry-run", action="store_true", help="the CPU at toy shapes: checks this script's code")
     parser.add_argument("--json", help="write every number here")
-    parser.add_argument("--budget", type=float, default=140.0, help="seconds for --candidates")
+    parser.add_argument("--budget", type=float, default=120.0, help="seconds for --candidates")
     parser.add_argument("--d", type=int, default=2048)
     parser.add_argument("--tokens", type=int)
     parser.add_argument("--blocks", type=int, default=6)

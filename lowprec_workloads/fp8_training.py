@@ -284,11 +284,15 @@ class AmaxHistory:
 
 
 OPS = ("identity", "gelu", "gelu_backward")
-# On CUDA, whether the cast of GELU's output (or its backward's) computes GELU again from its input instead of
-# reading the bfloat16 output the amax pass wrote: 128 MB less traffic a pass at the chapter's shape, but GELU
-# evaluated three times instead of once (the transposed copy is the tile read again), which erf and exp can
-# make compute-bound. The same bits either way; benchmarks/fp8_training_step.py times both.
-RECOMPUTE_OPS = False
+# On CUDA, how the cast of GELU's output (or its backward's) gets it: "written", the amax pass writes it in
+# bfloat16 and the cast reads it (GELU evaluated once; one more write and read of 128 MB at the chapter's
+# shape); "recomputed", the cast computes it from GELU's input, for the transposed copy too, rereading the
+# tile (no bfloat16 copy, GELU evaluated three times, which erf and exp can make compute-bound);
+# "registers", the cast computes it once and transposes the FP8 tile with tl.trans (see fp8_training_triton).
+# With an amax history, "recomputed" and "registers" cast in one pass. The same bits every way;
+# benchmarks/fp8_training_step.py times each.
+GELU_CASTS = ("written", "recomputed", "registers")
+GELU_CAST = "written"
 
 
 def _eager_op(a: torch.Tensor, b: torch.Tensor | None, op: str) -> torch.Tensor:
@@ -307,9 +311,9 @@ def fused_quantize(a: torch.Tensor, dtype: torch.dtype, op: str = "identity", b:
     `reduce_amax`), or, with `history`, from the history's amax, the cast adding this one's finite amax.
 
     On CUDA for bfloat16 (fp8_training_triton): an amax pass that also takes the sums (and writes op(a, b)
-    in bfloat16 unless RECOMPUTE_OPS), then one cast pass writing both layouts; with a history and op(a, b)
-    computed in the cast (the identity, or RECOMPUTE_OPS), the cast pass alone. Elsewhere the same
-    operations eagerly: op, sums, amax, quantize_operand.
+    in bfloat16 when GELU_CAST is "written"), then one cast pass writing both layouts; with a history and
+    op(a, b) computed in the cast (the identity, or GELU_CAST "recomputed" or "registers"), the cast pass
+    alone. Elsewhere the same operations eagerly: op, sums, amax, quantize_operand.
     """
     if op not in OPS:
         raise ValueError(f"op {op!r} is not one of {', '.join(OPS)}")
@@ -330,25 +334,32 @@ def fused_quantize(a: torch.Tensor, dtype: torch.dtype, op: str = "identity", b:
             history.value = _reduced(torch.maximum(amax, finite), reduce_amax)
         return (*quantize_operand(t, dtype, transpose=True, amax=amax), sums)
     code = OPS.index(op)
-    recompute = RECOMPUTE_OPS or op == "identity"  # the identity has nothing to recompute: its cast reads `a`
-    if history is not None and history.value is not None and recompute:  # one pass, the scale known
+    if GELU_CAST not in GELU_CASTS:
+        raise ValueError(f"GELU_CAST {GELU_CAST!r} is not one of {', '.join(GELU_CASTS)}")
+    # The identity's cast reads `a` itself: nothing to write first, and the reread transposed tile is a load.
+    computed = op == "identity" or GELU_CAST != "written"
+    registers = op != "identity" and GELU_CAST == "registers"
+    if history is not None and history.value is not None and computed:  # one pass, the scale known
         seen = history.value.clone()
-        out = kernels.quantize_transposed(a, history.value, dtype, b=b, op=code, seen=seen, colsum=colsum)
+        out = kernels.quantize_transposed(a, history.value, dtype, b=b, op=code, seen=seen, colsum=colsum,
+                                          registers=registers)
         history.value = _reduced(seen, reduce_amax)
         return out
-    amax, sums, written = kernels.amax_of(a, b, op=code, colsum=colsum, out=not recompute)
-    source, source_b, source_op = (a, b, code) if recompute else (written, None, kernels.IDENTITY)
+    amax, sums, written = kernels.amax_of(a, b, op=code, colsum=colsum, out=not computed)
+    source, source_b, source_op = (a, b, code) if computed else (written, None, kernels.IDENTITY)
     if history is None:
         amax = _reduced(amax, reduce_amax)
         if source_op == kernels.IDENTITY:  # the quantizer every FP8 linear's input takes (the same bits)
             from pytest_lowprec.formats.triton_quant import quantize_fp8_tensorwise_triton
 
             return (*quantize_fp8_tensorwise_triton(source, dtype, amax=amax, transpose=True), sums)
-        return (*kernels.quantize_transposed(source, amax, dtype, b=source_b, op=source_op)[:3], sums)
+        return (*kernels.quantize_transposed(source, amax, dtype, b=source_b, op=source_op,
+                                             registers=registers)[:3], sums)
     first = history.value is None  # the first cast takes its own amax; the history keeps the finite one
     seen = torch.zeros((), dtype=torch.float32, device=a.device) if first else history.value.clone()
     scale_amax = _reduced(amax, reduce_amax) if first else history.value
-    q, qt, inv, _ = kernels.quantize_transposed(source, scale_amax, dtype, b=source_b, op=source_op, seen=seen)
+    q, qt, inv, _ = kernels.quantize_transposed(source, scale_amax, dtype, b=source_b, op=source_op, seen=seen,
+                                                registers=registers)
     history.value = _reduced(seen, reduce_amax)
     return q, qt, inv, sums
 
@@ -664,18 +675,18 @@ def step_function(models, x: torch.Tensor, labels: torch.Tensor, lr: float, fuse
 
 
 def triton_quantizer_work(shape: Shape, optimizer_casts: bool = True, recipe: Fp8Recipe = RECIPE,
-                          recompute: bool | None = None) -> tuple[Work, ...]:
+                          gelu_cast: str | None = None) -> tuple[Work, ...]:
     """The Triton kernels of one FP8 training step under `recipe` (steady state), which traffic.eager_work
     cannot see: bytes through memory per pass (GELU's erf and exp are left out of the FLOPs, as eager_work
-    leaves out the BF16 side's GELU). Per block, as fused_quantize runs them (`recompute`: RECOMPUTE_OPS):
+    leaves out the BF16 side's GELU). Per block, as fused_quantize runs them (`gelu_cast`: GELU_CAST):
     the normalized input and fc2's output gradient (whose pass also sums the bias gradient) each an amax
     pass and a cast pass writing both layouts, or the cast alone under an amax history; GELU's output an amax
-    pass over GELU's input writing GELU's output and a cast pass over that (or, recomputed, an amax pass and
-    a cast pass over GELU's input, the cast alone under a history); the GELU backward's output the same over
+    pass over GELU's input writing GELU's output and a cast pass over that (or, computed in the cast, an amax
+    pass and a cast pass over GELU's input, the cast alone under a history); the GELU backward's output the same over
     the gradient and GELU's input. Per weight, with `optimizer_casts` (Fp8AdamW on CUDA), the AdamW pass
     itself (torch's optimizer no longer sees these weights): read weight, gradient and both moments, write
     weight, moments and the two FP8 layouts; without, a cast pass over the float32 weight."""
-    recompute = RECOMPUTE_OPS if recompute is None else recompute
+    computed = (GELU_CAST if gelu_cast is None else gelu_cast) != "written"
     history = recipe.activation_amax == "history"
     tokens, d, h = shape.tokens, shape.d, 4 * shape.d
 
@@ -688,7 +699,7 @@ def triton_quantizer_work(shape: Shape, optimizer_casts: bool = True, recipe: Fp
     work = []
     for _ in range(shape.blocks):
         work += passes(2, tokens * d, True) + passes(2, tokens * d, True)  # normalized input, fc2's gradient
-        work += passes(2, tokens * h, recompute) + passes(4, tokens * h, recompute)  # GELU, GELU backward
+        work += passes(2, tokens * h, computed) + passes(4, tokens * h, computed)  # GELU, GELU backward
         for _ in range(2):
             weight = d * h
             if optimizer_casts:

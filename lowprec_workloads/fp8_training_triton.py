@@ -6,9 +6,9 @@ and a cast pass over its output; and a cast of each float32 master weight after 
 written it. Here:
   - `amax_of` / `quantize_transposed` take an elementwise op (identity, GELU, GELU backward) that they
     apply to what they load: one pass finds the amax (and the bias gradient, a column sum) and may write
-    the op's output in bfloat16 for the cast (the GELU op evaluated once), or the cast pass computes the
-    op again from its inputs (less traffic, the op evaluated three times: the transposed copy is the
-    tile read again); fp8_training.RECOMPUTE_OPS picks, benchmarks/fp8_training_step.py times both;
+    the op's output in bfloat16 for the cast, or the cast pass computes the op from its inputs (less
+    traffic, more evaluations of erf and exp); fp8_training.GELU_CAST picks, benchmarks/fp8_training_step.py
+    times each;
   - `adamw_fp8` updates a weight, its moments and writes the next forward's FP8 weight in both layouts,
     scaled by the amax the previous cast recorded, recording this one's (TransformerEngine's FusedAdam
     with FP8 parameters does the same).
@@ -119,12 +119,15 @@ def _amax_kernel(a_ptr, b_ptr, amax_bits_ptr, colsum_ptr, out_ptr, n_rows, n_col
 @triton.jit
 def _cast_kernel(a_ptr, b_ptr, q_ptr, qt_ptr, amax_ptr, inv_ptr, seen_bits_ptr, colsum_ptr, n_rows, n_cols,
                  OP: tl.constexpr, FP8_MAX: tl.constexpr, FLT_MAX: tl.constexpr, E5M2: tl.constexpr,
-                 SEEN: tl.constexpr, COLSUM: tl.constexpr, INTERPRETED: tl.constexpr,
+                 SEEN: tl.constexpr, COLSUM: tl.constexpr, REGISTERS: tl.constexpr, INTERPRETED: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """q = fp8(op(a, b) * scale) and its transpose, the scale from amax as fp8.quantize_tensorwise takes it;
     with SEEN the running max at seen_bits_ptr takes the largest finite |op(a, b)| (a NaN or an Inf is
     left out: an overflowed step is skipped, and must not set later steps' scales), with COLSUM each
-    tile's column sums go to row `pid_m` of colsum [tiles_m, n_cols]."""
+    tile's column sums go to row `pid_m` of colsum [tiles_m, n_cols]. The transposed copy is the tile read
+    again in the transposed orientation and op computed again, or with REGISTERS the FP8 tile transposed
+    by tl.trans (op computed once; Triton 3.6's tl.trans misplaced bytes of float32 and int32 tiles on
+    Hopper, see triton_quant: the FP8 tile's is checked against the reread on the GPU before it is kept)."""
     scale = _fp8_scale(tl.load(amax_ptr), FP8_MAX, FLT_MAX)
     pid_m = tl.program_id(0)
     rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
@@ -134,18 +137,21 @@ def _cast_kernel(a_ptr, b_ptr, q_ptr, qt_ptr, amax_ptr, inv_ptr, seen_bits_ptr, 
     a = tl.load(a_ptr + offs, mask=mask, other=0.0)
     b = tl.load(b_ptr + offs, mask=mask, other=0.0) if OP == 2 else a
     x = tl.where(mask, _apply(a, b, OP, INTERPRETED), 0.0)
-    tl.store(q_ptr + offs, _fp8_cast(x, scale, FP8_MAX, FLT_MAX, E5M2, INTERPRETED), mask=mask)
+    q = _fp8_cast(x, scale, FP8_MAX, FLT_MAX, E5M2, INTERPRETED)
+    tl.store(q_ptr + offs, q, mask=mask)
     if SEEN:
         bits = _magnitude_bits(x)
         tl.atomic_max(seen_bits_ptr, tl.max(tl.max(tl.where(bits < 0x7F800000, bits, 0), axis=1), axis=0))
     if COLSUM:
         tl.store(colsum_ptr + pid_m * n_cols + cols, tl.sum(x, axis=0), mask=cols < n_cols)
-    # The same tile read again transposed (from L2) and stored along the transposed output's rows.
     tmask = (cols[:, None] < n_cols) & (rows[None, :] < n_rows)
-    toffs = rows[None, :] * n_cols + cols[:, None]
-    at = tl.load(a_ptr + toffs, mask=tmask, other=0.0)
-    bt = tl.load(b_ptr + toffs, mask=tmask, other=0.0) if OP == 2 else at
-    qt = _fp8_cast(_apply(at, bt, OP, INTERPRETED), scale, FP8_MAX, FLT_MAX, E5M2, INTERPRETED)
+    if REGISTERS:
+        qt = tl.trans(q)
+    else:  # the same tile read again transposed (from L2), op computed again
+        toffs = rows[None, :] * n_cols + cols[:, None]
+        at = tl.load(a_ptr + toffs, mask=tmask, other=0.0)
+        bt = tl.load(b_ptr + toffs, mask=tmask, other=0.0) if OP == 2 else at
+        qt = _fp8_cast(_apply(at, bt, OP, INTERPRETED), scale, FP8_MAX, FLT_MAX, E5M2, INTERPRETED)
     tl.store(qt_ptr + cols[:, None] * n_rows + rows[None, :], qt, mask=tmask)
     if (pid_m == 0) & (tl.program_id(1) == 0):
         tl.store(inv_ptr, tl.math.div_rn(1.0, scale))
@@ -224,10 +230,12 @@ def amax_of(a: torch.Tensor, b: torch.Tensor | None = None, op: int = IDENTITY, 
 
 
 def quantize_transposed(a: torch.Tensor, amax: torch.Tensor, dtype: torch.dtype, b: torch.Tensor | None = None,
-                        op: int = IDENTITY, seen: torch.Tensor | None = None, colsum: bool = False, tile=CAST_TILE):
+                        op: int = IDENTITY, seen: torch.Tensor | None = None, colsum: bool = False,
+                        registers: bool = False, tile=CAST_TILE):
     """(q, q.t().contiguous(), inv_scale, column sums or None) of op(a, b), scaled by `amax`, in one pass.
     `seen` (a float32 scalar, e.g. holding an amax history's max) takes the max of itself and the largest
-    finite |op(a, b)|; `colsum` sums op(a, b) over the rows in float32 (a bias gradient)."""
+    finite |op(a, b)|; `colsum` sums op(a, b) over the rows in float32 (a bias gradient); `registers`
+    transposes the FP8 tile with tl.trans instead of reading and computing the tile again."""
     _check(a, b, op)
     if dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
         raise ValueError(f"FP8 dtype is float8_e4m3fn or float8_e5m2, got {dtype}")
@@ -242,7 +250,7 @@ def quantize_transposed(a: torch.Tensor, amax: torch.Tensor, dtype: torch.dtype,
     _cast_kernel[grid](a, a if b is None else b, q, qt, amax.reshape(()), inv,
                        (inv if seen is None else seen).view(torch.int32), partial, rows, cols, OP=op,
                        FP8_MAX=float(torch.finfo(dtype).max), FLT_MAX=FLT_MAX, E5M2=dtype == torch.float8_e5m2,
-                       SEEN=seen is not None, COLSUM=colsum, INTERPRETED=_interpreted(),
+                       SEEN=seen is not None, COLSUM=colsum, REGISTERS=registers, INTERPRETED=_interpreted(),
                        BLOCK_M=tile[0], BLOCK_N=tile[1], num_warps=tile[2])
     return q, qt, inv, (partial.sum(0) if colsum else None)
 

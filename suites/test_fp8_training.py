@@ -147,8 +147,8 @@ def _differing(fused, eager) -> int:
 
 
 @pytest.mark.lowprec(precision="fp8", device="cuda")
-@pytest.mark.parametrize("recompute", [False, True], ids=["op-written", "op-recomputed"])
-def test_fused_quantization_passes_give_the_eager_paths_bits_on_cuda(lowprec, monkeypatch, recompute):
+@pytest.mark.parametrize("gelu_cast", ["written", "recomputed", "registers"])
+def test_fused_quantization_passes_give_the_eager_paths_bits_on_cuda(lowprec, monkeypatch, gelu_cast):
     """fused_quantize's Triton passes against torch's CUDA GELU, GELU backward and column sum followed by
     the Triton cast of their bfloat16 output: the same FP8 codes and scales (libdevice's erf and exp, as
     torch's kernels call them), the bias gradients within float32 summation order; with an amax history,
@@ -156,7 +156,7 @@ def test_fused_quantization_passes_give_the_eager_paths_bits_on_cuda(lowprec, mo
     from lowprec_workloads import fp8_training
     from lowprec_workloads.fp8_training import AmaxHistory, fused_quantize, quantize_operand
 
-    monkeypatch.setattr(fp8_training, "RECOMPUTE_OPS", recompute)
+    monkeypatch.setattr(fp8_training, "GELU_CAST", gelu_cast)
     gen = torch.Generator(device="cuda").manual_seed(11)
     pre = (torch.randn(1024, 4096, device="cuda", generator=gen) * 2).to(torch.bfloat16)
     grad = (torch.randn(1024, 4096, device="cuda", generator=gen) * 1e-3).to(torch.bfloat16)
@@ -382,7 +382,9 @@ def interpreted_kernels():
     poisoned[3, 1], poisoned[60, 90] = float("nan"), float("inf")
     history = x.float().abs().amax() / 2
     calls += [("quantize_transposed", (poisoned, history, E4M3, None, 0, history.clone()), {"colsum": True, **tile}),
-              ("amax_of", (dy, pre), {"op": GELU_BACKWARD, "out": True, **tile})]
+              ("amax_of", (dy, pre), {"op": GELU_BACKWARD, "out": True, **tile}),
+              ("quantize_transposed", (dy, gelu_grad.float().abs().amax(), E5M2), {"b": pre, "op": GELU_BACKWARD,
+                                                                                  "registers": True, **tile})]
     # Three AdamW steps on one weight and its moments (shared by the three calls), each cast with the amax
     # of the weight before the first (the optimizer carries each cast's amax to the next; tested above).
     weight, m, v, amax = w.clone(), torch.zeros_like(w), torch.zeros_like(w), w.abs().amax()
@@ -454,6 +456,11 @@ def test_interpreted_amax_pass_can_write_the_ops_output(interpreted_kernels):
     amax, _, written = interpreted_kernels["results"][8]
     assert written.dtype == torch.bfloat16 and float(amax) == float(written.float().abs().amax())
     assert torch.allclose(written.float(), reference, rtol=2 ** -8, atol=float(reference.abs().max()) * 2 ** -12)
+
+
+def test_interpreted_cast_transposing_in_registers_gives_the_rereading_casts_bits(interpreted_kernels):
+    rereading, in_registers = interpreted_kernels["results"][6], interpreted_kernels["results"][9]
+    assert _differing(rereading, in_registers) == 0
 
 
 def test_interpreted_cast_with_a_history_adds_the_largest_finite_amax_and_sums_columns(interpreted_kernels):
