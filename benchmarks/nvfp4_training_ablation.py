@@ -157,11 +157,19 @@ class Candidate:
 
 
 def candidates(args, device: str, path: str) -> dict:
+    """The runs, in the order the docstring gives; the JSON rewritten after each training (a run cut short
+    still leaves what it measured)."""
     budget = Budget(args.budget)
     chosen = DRY_CANDIDATES if args.dry_run else CANDIDATES
     results: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "path": path,
                      "candidates": [], "ablations": None}
     built: list[Candidate] = []
+
+    def save() -> None:
+        results["candidates"] = [c.summary() for c in built]
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1, default=str)
 
     def core(label: str, shape: Shape, bf16_last: int) -> None:
         """BF16, recipe draw 0, the naive control, draws 1 and 2."""
@@ -171,9 +179,12 @@ def candidates(args, device: str, path: str) -> dict:
         candidate = Candidate(label, shape, bf16_last, device, path)
         built.append(candidate)
         candidate.nvfp4("recipe, seed 0", candidate.recipe, Calibration(), 0, budget)
+        save()
         candidate.nvfp4("naive", candidate.naive, Calibration(), 0, budget)
+        save()
         for seed in SEEDS[1:]:
             candidate.nvfp4(f"recipe, seed {seed}", candidate.recipe, Calibration(), seed, budget)
+            save()
 
     # What the decision needs first: the first two candidates, the ablations on the first, the FP8
     # references, then the rest of the candidates.
@@ -183,11 +194,13 @@ def candidates(args, device: str, path: str) -> dict:
     print(f"\n  ablations on {first.label} (one draw each)")
     for name, (change, calibration) in ABLATIONS.items():
         first.nvfp4(f"ablation: {name}", dataclasses.replace(first.recipe, **change), calibration, 0, budget)
+        save()
     for candidate in built:
         candidate.fp8(budget)
+    save()
     for candidate in chosen[2:]:
         core(*candidate)
-    results["candidates"] = [c.summary() for c in built]
+    save()
     return results
 
 
@@ -263,11 +276,7 @@ def main() -> int:
     if not args.candidates:
         manual(args, device, path)
         return 0
-    results = candidates(args, device, path)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1, default=str)
-    decision(results)
+    decision(candidates(args, device, path))
     return 0
 
 
