@@ -11,12 +11,13 @@ written it. Here:
     times each;
   - `adamw_fp8` updates a weight, its moments and writes the next forward's FP8 weight in both layouts,
     scaled by the amax the previous cast recorded, recording this one's (TransformerEngine's FusedAdam
-    with FP8 parameters does the same).
+    updates Float8Tensor parameters from float32 master weights the same way).
 Each computes what fp8_training's eager path computes: the op in float32 as torch computes it, rounded
 to bfloat16, then fp8.quantize_tensorwise's cast (triton_quant's helpers, the same bits). The
 transposed copy is the tile read again in the transposed orientation (Triton 3.6's tl.trans misplaced
-bytes on Hopper; see triton_quant). Tiles are fixed, not autotuned: a gate needs the same kernel in
-every process, and autotuning costs each fresh process its compile time. CUDA, or Triton's interpreter.
+bytes of loaded tiles on Hopper; see triton_quant), or, asked for, the FP8 tile transposed by tl.trans.
+Tiles are fixed, not autotuned: a gate needs the same kernel in every process, and autotuning costs each
+fresh process its compile time. CUDA, or Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from pytest_lowprec.formats.triton_quant import _fp8_scale, _fp8_scaled, _magnit
 
 IDENTITY, GELU, GELU_BACKWARD = 0, 1, 2
 OPS = {"identity": IDENTITY, "gelu": GELU, "gelu_backward": GELU_BACKWARD}
-# (BLOCK_M, BLOCK_N, num_warps): the cast's tile is the quantizer's most frequent autotuning pick for
-# bfloat16; `tile=` overrides it (benchmarks/fp8_training_step.py --tiles times the others).
+# (BLOCK_M, BLOCK_N, num_warps), first choices: `tile=` overrides them, and the kernels part of
+# benchmarks/fp8_training_step.py times others at the chapter's shape.
 CAST_TILE = (64, 128, 4)
 AMAX_TILE = (64, 256, 8)
 ADAMW_TILE = (64, 64, 4)
