@@ -6,6 +6,17 @@ suite's RECIPE) against E4M3 operands; every operand gets a dynamic per-tensor s
 Fp8Recipe names other recipes (GEMMs left in bfloat16, E4M3 gradients, row scales)
 for benchmarks/fp8_training_diagnosis.py. The BF16 reference is
 the same module with F.linear in bfloat16: the two runs differ only in the linears.
+
+Under the suite's recipe the step is fused where its time went beyond the GEMMs (on CUDA,
+fp8_training_triton's kernels; elsewhere the same operations eagerly, in the same order):
+  - a block's two linears and the GELU between them run as one autograd function (Fp8Mlp): GELU's
+    output and the GELU backward's output are quantized (amax pass, then one cast pass writing both
+    layouts) from GELU's input without being written in bfloat16, and the bias gradients are the
+    column sums those amax passes take;
+  - the optimizer (Fp8AdamW, made by `adamw`) writes each FP8 linear's next forward weight, in both
+    layouts, in its own pass over the weight, as TransformerEngine's FusedAdam does for FP8
+    parameters: the forward casts no weight. The casts are the ones the forward would make (the
+    weights' amax from their previous cast), so the numbers are the recipe's.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ CLASSES = 64
 GEMMS = ("fprop", "dgrad", "wgrad")
 SCALINGS = ("tensor", "row")
 WEIGHT_AMAX = ("current", "previous")
+ACTIVATION_AMAX = ("current", "history")
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,11 @@ class Fp8Recipe:
     # The weights' scale from their amax at this step's cast ("current") or at the previous step's
     # ("previous", delayed scaling for the weights alone); activations and gradients always use their own.
     weight_amax: str = "previous"
+    # Activations' and gradients' scales from their own amax at this cast ("current": an amax pass, then the
+    # cast), or from the largest finite amax their earlier casts saw ("history": TransformerEngine's
+    # DelayedScaling with its default 1024-step history, longer than these runs; the cast itself adds this
+    # amax, one pass). A cast of a value past the history's amax saturates. Fused blocks (Fp8Mlp) only.
+    activation_amax: str = "current"
 
     def __post_init__(self):
         unknown = (set(self.gemms) | set(self.fast_accum)) - set(GEMMS)
@@ -60,6 +77,10 @@ class Fp8Recipe:
             raise ValueError(f"scaling {self.scaling!r} is not one of {', '.join(SCALINGS)}")
         if self.weight_amax not in WEIGHT_AMAX:
             raise ValueError(f"weight_amax {self.weight_amax!r} is not one of {', '.join(WEIGHT_AMAX)}")
+        if self.activation_amax not in ACTIVATION_AMAX:
+            raise ValueError(f"activation_amax {self.activation_amax!r} is not one of {', '.join(ACTIVATION_AMAX)}")
+        if self.activation_amax == "history" and (self.scaling != "tensor" or set(self.gemms) != set(GEMMS)):
+            raise ValueError("activation_amax 'history' runs in a fused block: tensor scales, all three GEMMs in FP8")
 
     @property
     def label(self) -> str:
@@ -67,7 +88,7 @@ class Fp8Recipe:
         gemms = "all" if set(self.gemms) == set(GEMMS) else "+".join(self.gemms) or "none"
         fast = "+".join(self.fast_accum) or "none"
         return (f"fp8 {gemms}, {grads} gradients, {self.scaling} scales, fast accumulation {fast}, "
-                f"weight amax {self.weight_amax}")
+                f"weight amax {self.weight_amax}, activation amax {self.activation_amax}")
 
 
 # The suite's recipe: FP8 in all three GEMMs, E5M2 gradients, a dynamic scale per tensor for activations
@@ -113,10 +134,28 @@ def quantize_operand_eager(t: torch.Tensor, dtype: torch.dtype, reduce_amax=None
 
 class WeightAmax:
     """A linear's weight amax as its last FP8 cast found it: the next cast's scale when the recipe
-    takes the weights' amax from the previous step (Fp8Recipe.weight_amax == "previous")."""
+    takes the weights' amax from the previous step (Fp8Recipe.weight_amax == "previous"); and the
+    cast itself when the optimizer made it (`offer`), for the next forward to take instead of casting."""
 
     def __init__(self):
         self.value: torch.Tensor | None = None
+        self._cast: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._key: tuple[int, int] | None = None
+
+    def offer(self, weight: torch.Tensor, cast: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        """(wq, wq transposed, inv) of `weight` as it is now, cast with `value` (which the caster then updated)."""
+        self._cast, self._key = cast, (weight.data_ptr(), weight._version)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the offered cast not yet taken (the FP8 weight a model holds between steps)."""
+        return 0 if self._cast is None else sum(t.numel() * t.element_size() for t in self._cast)
+
+    def take(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The offered cast if `weight` is still the tensor it was made from (no in-place change since: its
+        version counter), else None; taken once, so the step holds no second copy."""
+        cast, self._cast = self._cast, None
+        return cast if cast is not None and self._key == (weight.data_ptr(), weight._version) else None
 
 
 def quantize_weight(weight: torch.Tensor, recipe: Fp8Recipe, state: WeightAmax | None):
@@ -127,6 +166,9 @@ def quantize_weight(weight: torch.Tensor, recipe: Fp8Recipe, state: WeightAmax |
     rate a step, so a weight past the previous amax saturates by about that much."""
     if recipe.weight_amax == "current" or state is None:
         return quantize_operand(weight, E4M3, transpose=True)
+    offered = state.take(weight)
+    if offered is not None:  # the optimizer cast the weight as it wrote it: the same bits as casting here
+        return offered
     seen = torch.zeros((), dtype=torch.float32, device=weight.device)
     out = quantize_operand(weight, E4M3, transpose=True, amax=state.value, seen_amax=seen)
     state.value = seen
@@ -164,6 +206,9 @@ class Fp8Matmul(torch.autograd.Function):
                 recipe: Fp8Recipe = RECIPE, reduce_amax=None, weight_amax: WeightAmax | None = None) -> torch.Tensor:
         if recipe.scaling == "row" and reduce_amax is not None:
             raise ValueError("row scales are per rank; data parallelism needs tensor scales (scaling='tensor')")
+        if recipe.activation_amax != "current":
+            raise ValueError("activation_amax 'history' keeps its amaxes in a fused block (Fp8Mlp): this linear "
+                             "runs alone (a block whose linears differ, or a sharded weight)")
         ctx.recipe, ctx.reduce_amax = recipe, reduce_amax
         ctx.has_bias, ctx.x_shape, ctx.x_dtype = bias is not None, x.shape, x.dtype
         x2 = x.reshape(-1, x.shape[-1])
@@ -214,6 +259,168 @@ class Fp8Matmul(torch.autograd.Function):
         return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b, None, None, None
 
 
+def _kernels(t: torch.Tensor):
+    """fp8_training_triton for a CUDA tensor, None elsewhere (or without Triton): the eager operations
+    then compute the same numbers, and are the CPU's path."""
+    if not t.is_cuda:
+        return None
+    try:
+        from . import fp8_training_triton
+    except ImportError:
+        return None
+    return fp8_training_triton
+
+
+def _reduced(amax: torch.Tensor, reduce_amax) -> torch.Tensor:
+    return amax if reduce_amax is None else reduce_amax(amax)
+
+
+class AmaxHistory:
+    """The largest finite amax one tensor's casts have seen (None before the first): its next cast's
+    scale under activation_amax "history"."""
+
+    def __init__(self):
+        self.value: torch.Tensor | None = None
+
+
+OPS = ("identity", "gelu", "gelu_backward")
+# On CUDA, how the cast of GELU's output (or its backward's) gets it: "written", the amax pass writes it in
+# bfloat16 and the cast reads it (GELU evaluated once; one more write and read of 128 MB at the chapter's
+# shape); "recomputed", the cast computes it from GELU's input, for the transposed copy too, rereading the
+# tile (no bfloat16 copy, GELU evaluated three times, which erf and exp can make compute-bound);
+# "registers", the cast computes it once and transposes the FP8 tile with tl.trans (see fp8_training_triton).
+# With an amax history, "recomputed" and "registers" cast in one pass. The same bits every way;
+# benchmarks/fp8_training_step.py times each.
+GELU_CASTS = ("written", "recomputed", "registers")
+GELU_CAST = "written"
+
+
+def _eager_op(a: torch.Tensor, b: torch.Tensor | None, op: str) -> torch.Tensor:
+    if op == "gelu":
+        return F.gelu(a)
+    if op == "gelu_backward":
+        return torch.ops.aten.gelu_backward(a, b)
+    return a
+
+
+def fused_quantize(a: torch.Tensor, dtype: torch.dtype, op: str = "identity", b: torch.Tensor | None = None,
+                   colsum: bool = False, reduce_amax=None, history: AmaxHistory | None = None):
+    """(q, q transposed, inv, column sums in float32 or None) of op(a, b) for 2D tensors: op is "identity",
+    "gelu" (F.gelu(a)) or "gelu_backward" (GELU's backward of the gradient a at GELU's input b), `colsum`
+    sums op(a, b) over its rows (a bias gradient). The scale comes from op(a, b)'s own amax (reduced by
+    `reduce_amax`), or, with `history`, from the history's amax, the cast adding this one's finite amax.
+
+    On CUDA for bfloat16 (fp8_training_triton): an amax pass that also takes the sums (and writes op(a, b)
+    in bfloat16 when GELU_CAST is "written"), then one cast pass writing both layouts; with a history and
+    op(a, b) computed in the cast (the identity, or GELU_CAST "recomputed" or "registers"), the cast pass
+    alone. Elsewhere the same operations eagerly: op, sums, amax, quantize_operand.
+    """
+    if op not in OPS:
+        raise ValueError(f"op {op!r} is not one of {', '.join(OPS)}")
+    a = a.contiguous()
+    b = None if b is None else b.contiguous()
+    kernels = _kernels(a)
+    if kernels is None or a.dtype != torch.bfloat16 or (b is not None and b.dtype != torch.bfloat16):
+        t = _eager_op(a, b, op)
+        sums = t.sum(0, dtype=torch.float32) if colsum else None
+        if history is None:
+            return (*quantize_operand(t, dtype, reduce_amax, transpose=True), sums)
+        finite = torch.where(torch.isfinite(t), t.detach().abs(), 0).amax().float()
+        if history.value is None:  # the first cast: its own amax
+            amax = _reduced(t.detach().abs().amax().float(), reduce_amax)
+            history.value = _reduced(finite, reduce_amax)
+        else:
+            amax = history.value
+            history.value = _reduced(torch.maximum(amax, finite), reduce_amax)
+        return (*quantize_operand(t, dtype, transpose=True, amax=amax), sums)
+    code = OPS.index(op)
+    if GELU_CAST not in GELU_CASTS:
+        raise ValueError(f"GELU_CAST {GELU_CAST!r} is not one of {', '.join(GELU_CASTS)}")
+    # The identity's cast reads `a` itself: nothing to write first, and the reread transposed tile is a load.
+    computed = op == "identity" or GELU_CAST != "written"
+    registers = op != "identity" and GELU_CAST == "registers"
+    if history is not None and history.value is not None and computed:  # one pass, the scale known
+        seen = history.value.clone()
+        out = kernels.quantize_transposed(a, history.value, dtype, b=b, op=code, seen=seen, colsum=colsum,
+                                          registers=registers)
+        history.value = _reduced(seen, reduce_amax)
+        return out
+    amax, sums, written = kernels.amax_of(a, b, op=code, colsum=colsum, out=not computed)
+    source, source_b, source_op = (a, b, code) if computed else (written, None, kernels.IDENTITY)
+    if history is None:
+        amax = _reduced(amax, reduce_amax)
+        if source_op == kernels.IDENTITY:  # the quantizer every FP8 linear's input takes (the same bits)
+            from pytest_lowprec.formats.triton_quant import quantize_fp8_tensorwise_triton
+
+            return (*quantize_fp8_tensorwise_triton(source, dtype, amax=amax, transpose=True), sums)
+        return (*kernels.quantize_transposed(source, amax, dtype, b=source_b, op=source_op,
+                                             registers=registers)[:3], sums)
+    first = history.value is None  # the first cast takes its own amax; the history keeps the finite one
+    seen = torch.zeros((), dtype=torch.float32, device=a.device) if first else history.value.clone()
+    scale_amax = _reduced(amax, reduce_amax) if first else history.value
+    q, qt, inv, _ = kernels.quantize_transposed(source, scale_amax, dtype, b=source_b, op=source_op, seen=seen,
+                                                registers=registers)
+    history.value = _reduced(seen, reduce_amax)
+    return q, qt, inv, sums
+
+
+def fusable(fc1: torch.nn.Module, fc2: torch.nn.Module) -> bool:
+    """Whether a block's fc2(gelu(fc1(h))) can run as Fp8Mlp: both are this module's FP8 Linears under one
+    tensorwise recipe with all three GEMMs in FP8 and one amax reduction, holding unsharded weights (a
+    sharded weight, e.g. FSDP2's per-linear DTensor, is gathered by the linear's own call)."""
+    linears = (fc1, fc2)
+    return (all(type(m) is Linear and m.fp8 for m in linears) and fc1.recipe == fc2.recipe
+            and fc1.recipe.scaling == "tensor" and set(fc1.recipe.gemms) == set(GEMMS)
+            and fc1.reduce_amax is fc2.reduce_amax
+            and all(_plain(p) for m in linears for p in (m.weight, m.bias)))
+
+
+class Fp8Mlp(torch.autograd.Function):
+    """fc2(gelu(fc1(h))) for a block whose two FP8 Linears are `fusable`: the GEMMs two Fp8Matmuls run, on
+    the same FP8 operands, with GELU, its backward and the bias gradients folded into the quantization
+    passes (fused_quantize). Saves what the two Fp8Matmuls and GELU save: the transposed FP8 copies the
+    backward's GEMMs read, and GELU's input. The linears hold the recipe, the amax reduction and the
+    amax states (their weights' and, under activation_amax "history", their inputs' and gradients')."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                fc1: Linear, fc2: Linear) -> torch.Tensor:
+        recipe, reduce_amax = fc1.recipe, fc1.reduce_amax
+        history = recipe.activation_amax == "history"
+        ctx.fc1, ctx.fc2, ctx.h_shape, ctx.h_dtype = fc1, fc2, h.shape, h.dtype
+        fprop = "fprop" in recipe.fast_accum
+        hq, hqt, hs, _ = fused_quantize(h.reshape(-1, h.shape[-1]), E4M3, reduce_amax=reduce_amax,
+                                        history=fc1.input_amax if history else None)
+        w1q, w1qt, w1s = quantize_weight(w1, recipe, fc1.weight_amax)
+        pre = scaled_mm(hq, hs, w1q.t(), w1s, fast_accum=fprop, bias=b1.to(torch.bfloat16))
+        del hq, w1q
+        aq, aqt, as_, _ = fused_quantize(pre, E4M3, "gelu", reduce_amax=reduce_amax,
+                                         history=fc2.input_amax if history else None)
+        w2q, w2qt, w2s = quantize_weight(w2, recipe, fc2.weight_amax)
+        y = scaled_mm(aq, as_, w2q.t(), w2s, fast_accum=fprop, bias=b2.to(torch.bfloat16))
+        ctx.save_for_backward(hqt, hs, w1qt, w1s, pre, aqt, as_, w2qt, w2s)
+        return y.reshape(*h.shape[:-1], w2.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        hqt, hs, w1qt, w1s, pre, aqt, as_, w2qt, w2s = ctx.saved_tensors
+        fc1, fc2 = ctx.fc1, ctx.fc2
+        recipe, reduce_amax = fc1.recipe, fc1.reduce_amax
+        history = recipe.activation_amax == "history"
+        dgrad, wgrad = "dgrad" in recipe.fast_accum, "wgrad" in recipe.fast_accum
+        gq, gqt, gs, grad_b2 = fused_quantize(grad_y.reshape(-1, grad_y.shape[-1]), recipe.grad_dtype, colsum=True,
+                                              reduce_amax=reduce_amax, history=fc2.grad_amax if history else None)
+        grad_a = scaled_mm(gq, gs, w2qt.t(), w2s, fast_accum=dgrad)
+        grad_w2 = scaled_mm(gqt, gs, aqt.t(), as_, out_dtype=torch.float32, fast_accum=wgrad)
+        del gq, gqt
+        g1q, g1qt, g1s, grad_b1 = fused_quantize(grad_a, recipe.grad_dtype, "gelu_backward", b=pre, colsum=True,
+                                                 reduce_amax=reduce_amax, history=fc1.grad_amax if history else None)
+        del grad_a
+        grad_h = scaled_mm(g1q, g1s, w1qt.t(), w1s, fast_accum=dgrad)
+        grad_w1 = scaled_mm(g1qt, g1s, hqt.t(), hs, out_dtype=torch.float32, fast_accum=wgrad)
+        return grad_h.reshape(ctx.h_shape).to(ctx.h_dtype), grad_w1, grad_b1, grad_w2, grad_b2, None, None
+
+
 class Linear(torch.nn.Module):
     """float32 master weights; the matmul in FP8 (`fp8=True`, under `recipe`) or in bfloat16."""
 
@@ -227,6 +434,8 @@ class Linear(torch.nn.Module):
         self.recipe = RECIPE
         self.reduce_amax = None  # data parallelism: local amax -> the group's
         self.weight_amax = WeightAmax()
+        # Under activation_amax "history", in a fused block: this linear's input's and output gradient's.
+        self.input_amax, self.grad_amax = AmaxHistory(), AmaxHistory()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fp8:
@@ -245,7 +454,10 @@ class Block(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x.float()).to(torch.bfloat16)
-        return x + self.fc2(F.gelu(self.fc1(h)))
+        fc1, fc2 = self.fc1, self.fc2
+        if fusable(fc1, fc2):
+            return x + Fp8Mlp.apply(h, fc1.weight, fc1.bias, fc2.weight, fc2.bias, fc1, fc2)
+        return x + fc2(F.gelu(fc1(h)))
 
 
 class Stack(torch.nn.Module):
@@ -305,6 +517,100 @@ class LossScaler:
         return True
 
 
+def emits_weights(recipe: Fp8Recipe) -> bool:
+    """Whether a linear under `recipe` can take its FP8 weight from the optimizer: the plain recipe's forward
+    casts the weight once, with the amax its previous cast recorded, which the optimizer has at hand."""
+    return recipe.scaling == "tensor" and set(recipe.gemms) == set(GEMMS) and recipe.weight_amax == "previous"
+
+
+class Fp8AdamW:
+    """AdamW that writes each FP8 linear's next forward weight (E4M3, both layouts) as it updates it.
+
+    On CUDA an FP8 linear's float32 weight is updated by fp8_training_triton.adamw_fp8, torch's AdamW rule in
+    float32, which casts the updated tile in the same pass (the weight is read once a step instead of twice);
+    every other parameter (and every weight elsewhere) goes through torch.optim.AdamW, after which the
+    eager cast runs. Either way the cast is quantize_weight's, offered to the linear's WeightAmax, so the
+    forward's weights are the bits it would have cast itself. `step` and `zero_grad` as LossScaler uses them.
+    """
+
+    def __init__(self, model: torch.nn.Module, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, fused: bool | None = None, tile=None):
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.tile = tile  # the kernel's (BLOCK_M, BLOCK_N, warps), None for its default (benchmarks try others)
+        self.linears = [m for m in model.modules() if isinstance(m, Linear)]
+        self._kernel = [m for m in self.linears if _adamw_kernel_takes(m.weight)]
+        own = {id(m.weight) for m in self._kernel}
+        rest = [p for p in model.parameters() if id(p) not in own]
+        self.base = torch.optim.AdamW(rest, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      fused=fused) if rest else None
+        self.state: dict[int, list] = {}  # id(weight) -> [exp_avg, exp_avg_sq, step]
+
+    def step(self) -> None:
+        if self.base is not None:
+            self.base.step()
+        for linear in self._kernel:
+            self._kernel_step(linear)
+        for linear in self.linears:
+            # A sharded weight (FSDP2's DTensor) is cast by its linear's own forward, after gathering.
+            if linear not in self._kernel and linear.fp8 and emits_weights(linear.recipe) and _plain(linear.weight) \
+                    and linear.weight_amax.value is not None and linear.weight.grad is not None:
+                with torch.no_grad():
+                    linear.weight_amax.offer(linear.weight, quantize_weight(linear.weight, linear.recipe,
+                                                                            linear.weight_amax))
+
+    def _kernel_step(self, linear: Linear) -> None:
+        from .fp8_training_triton import adamw_fp8
+
+        weight = linear.weight
+        if weight.grad is None:
+            return
+        state = self.state.setdefault(id(weight), [torch.zeros_like(weight), torch.zeros_like(weight), 0])
+        state[2] += 1
+        amax = linear.weight_amax
+        emit = linear.fp8 and emits_weights(linear.recipe) and amax.value is not None
+        out = adamw_fp8(weight.detach(), weight.grad.contiguous(), state[0], state[1], lr=self.lr, beta1=self.betas[0],
+                        beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay, step=state[2],
+                        amax=amax.value if emit else None, **({} if self.tile is None else {"tile": self.tile}))
+        torch.autograd.graph.increment_version(weight)  # written outside torch: a cast made before is stale
+        if emit:
+            wq, wqt, inv, seen = out
+            amax.value = seen
+            amax.offer(weight, (wq, wqt, inv))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if self.base is not None:
+            self.base.zero_grad(set_to_none=set_to_none)
+        for linear in self._kernel:
+            if set_to_none:
+                linear.weight.grad = None
+            elif linear.weight.grad is not None:
+                linear.weight.grad.zero_()
+
+
+def _plain(t: torch.Tensor) -> bool:
+    """A tensor that is its own storage (not a subclass such as a DTensor shard)."""
+    return type(t) in (torch.Tensor, torch.nn.Parameter)
+
+
+def _adamw_kernel_takes(weight: torch.Tensor) -> bool:
+    if not (weight.is_cuda and _plain(weight) and weight.dtype == torch.float32
+            and weight.ndim == 2 and weight.is_contiguous()):
+        return False
+    try:
+        from . import fp8_training_triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 1e-2, fused: bool | None = None):
+    """The optimizer a model trains with: Fp8AdamW where it has FP8 linears, else torch.optim.AdamW (what a
+    BF16 user runs), both with torch's defaults otherwise."""
+    if any(isinstance(m, Linear) and m.fp8 for m in model.modules()):
+        return Fp8AdamW(model, lr=lr, weight_decay=weight_decay, fused=fused)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
+
+
 @dataclass(frozen=True)
 class Shape:
     d: int
@@ -344,7 +650,7 @@ def train(model: Stack, teacher: Stack, shape: Shape, device: str, poison_step: 
     """Losses per step and the scaler, after `shape.steps` steps of AdamW on the teacher's outputs.
     `on_gradients(step)` runs after each finite step's backward, before the update."""
     params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=shape.lr, weight_decay=0.0)
+    optimizer = adamw(model, shape.lr, weight_decay=0.0)
     scaler = LossScaler()
     losses = []
     for step in range(shape.steps):
@@ -356,9 +662,9 @@ def train(model: Stack, teacher: Stack, shape: Shape, device: str, poison_step: 
 
 
 def step_function(models, x: torch.Tensor, labels: torch.Tensor, lr: float, fused: bool | None = None):
-    """step(model): forward, backward and an AdamW update (`fused` as AdamW takes it) of one of
-    `models` on (x, labels), each model with its own optimizer; for timing a training step."""
-    optimizers = {id(m): torch.optim.AdamW(m.parameters(), lr=lr, fused=fused) for m in models}
+    """step(model): forward, backward and an AdamW update (`adamw`'s optimizer, `fused` as torch's AdamW
+    takes it) of one of `models` on (x, labels), each model with its own optimizer; for timing a step."""
+    optimizers = {id(m): adamw(m, lr, fused=fused) for m in models}
 
     def step(model) -> None:
         objective(model, x, labels).backward()
@@ -368,20 +674,40 @@ def step_function(models, x: torch.Tensor, labels: torch.Tensor, lr: float, fuse
     return step
 
 
-def triton_quantizer_work(shape: Shape) -> tuple[Work, ...]:
-    """The Triton quantizer kernels of one FP8 training step (steady state), which traffic.eager_work
-    cannot see: per linear, its input and its output gradient (bfloat16) each take an amax pass and a
-    cast pass writing both layouts; its float32 master weight, scaled by the previous step's amax, one
-    cast pass that also finds the next amax."""
+def triton_quantizer_work(shape: Shape, optimizer_casts: bool = True, recipe: Fp8Recipe = RECIPE,
+                          gelu_cast: str | None = None) -> tuple[Work, ...]:
+    """The Triton kernels of one FP8 training step under `recipe` (steady state), which traffic.eager_work
+    cannot see: bytes through memory per pass (GELU's erf and exp are left out of the FLOPs, as eager_work
+    leaves out the BF16 side's GELU). Per block, as fused_quantize runs them (`gelu_cast`: GELU_CAST):
+    the normalized input and fc2's output gradient (whose pass also sums the bias gradient) each an amax
+    pass and a cast pass writing both layouts, or the cast alone under an amax history; GELU's output an amax
+    pass over GELU's input writing GELU's output and a cast pass over that (or, computed in the cast, an amax
+    pass and a cast pass over GELU's input, the cast alone under a history); the GELU backward's output the same over
+    the gradient and GELU's input. Per weight, with `optimizer_casts` (Fp8AdamW on CUDA), the AdamW pass
+    itself (torch's optimizer no longer sees these weights): read weight, gradient and both moments, write
+    weight, moments and the two FP8 layouts; without, a cast pass over the float32 weight."""
+    computed = (GELU_CAST if gelu_cast is None else gelu_cast) != "written"
+    history = recipe.activation_amax == "history"
+    tokens, d, h = shape.tokens, shape.d, 4 * shape.d
+
+    def passes(read: int, elements: int, computed: bool) -> list[Work]:
+        """An op over `read` bytes of inputs per element, its output cast in both layouts (2 bytes)."""
+        if computed:  # the cast computes the op from its inputs: after an amax pass unless under a history
+            return ([] if history else [Work(nbytes=read * elements)]) + [Work(nbytes=(read + 2) * elements)]
+        return [Work(nbytes=(read + 2) * elements), Work(nbytes=(2 + 2) * elements)]  # op written, then cast
+
     work = []
     for _ in range(shape.blocks):
-        for d_in, d_out in ((shape.d, 4 * shape.d), (4 * shape.d, shape.d)):
-            for elements in (shape.tokens * d_in, shape.tokens * d_out):  # input, output gradient
-                work += [Work(nbytes=2 * elements), Work(nbytes=2 * elements + 2 * elements)]
-            if RECIPE.weight_amax == "previous":
-                work.append(Work(nbytes=4 * d_in * d_out + 2 * d_in * d_out))
+        work += passes(2, tokens * d, True) + passes(2, tokens * d, True)  # normalized input, fc2's gradient
+        work += passes(2, tokens * h, computed) + passes(4, tokens * h, computed)  # GELU, GELU backward
+        for _ in range(2):
+            weight = d * h
+            if optimizer_casts:
+                work.append(Work(nbytes=(4 * 4 + 3 * 4 + 2) * weight))
+            elif recipe.weight_amax == "previous":
+                work.append(Work(nbytes=4 * weight + 2 * weight))
             else:
-                work += [Work(nbytes=4 * d_in * d_out), Work(nbytes=4 * d_in * d_out + 2 * d_in * d_out)]
+                work += [Work(nbytes=4 * weight), Work(nbytes=4 * weight + 2 * weight)]
     return tuple(work)
 
 

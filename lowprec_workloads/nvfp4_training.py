@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from pytest_lowprec.formats.hadamard import random_signs, rht
-from pytest_lowprec.formats.nvfp4 import BLOCK, NVFP4Tensor, quantize_nvfp4
+from pytest_lowprec.formats.minifloat import E2M1
+from pytest_lowprec.formats.nvfp4 import BLOCK, E4M3_MAX, FLT_MAX, FP4_MAX, NVFP4Tensor, global_scales, quantize_nvfp4
 
 from .fp8_training import RECIPE as FP8_RECIPE
 from .fp8_training import Fp8Matmul, Linear, Shape, Stack, batch, objective, pair, train
@@ -59,11 +60,11 @@ class Nvfp4Recipe:
             raise ValueError(f"bf16_last counts linears kept in bfloat16; it cannot be {self.bf16_last}")
 
 
-# The last block in BF16. With only the last linear kept (3 of 4 in NVFP4) the held-out gap over three
-# seeds of rounding and signs was 1.56%, 1.46%, 1.67% on an H100 (mean 1.56%, over the 1.5% bound); with
-# the last block kept, 1.28%, 1.07%, 1.41%; a 4-block stack with its last block kept, 1.46% and 1.28%
-# (2026-11-22, benchmarks/nvfp4_training_ablation.py). The paper keeps about 16% of a 62-block model's
-# linears in BF16, mostly the final ones; a 2-block stack has no finer step than a whole block.
+# The last block (two linears) in BF16: of the suite's six-block stack, 2 of 12 linears (17%), the share the
+# paper keeps (about 16% of a 62-block model's linears, mostly the final ones). On the two-block stack it
+# was half the linears: held-out gaps over three draws of rounding and signs 1.28%, 1.07%, 1.41% on an
+# H100, against 1.56%, 1.46%, 1.67% with only the last linear kept (2026-11-22,
+# benchmarks/nvfp4_training_ablation.py).
 RECIPE = Nvfp4Recipe("nvfp4", weight_tile=(BLOCK, BLOCK), hadamard_wgrad=True, stochastic_gradients=True,
                      bf16_last=2)
 NAIVE = Nvfp4Recipe("naive nvfp4", weight_tile=(1, BLOCK), hadamard_wgrad=False, stochastic_gradients=False,
@@ -77,6 +78,49 @@ def training_path(capability: tuple[int, int] | None, torch_has_fp4: bool | None
     return EMULATED
 
 
+@dataclass(frozen=True)
+class Emulated:
+    """An NVFP4 operand as the emulated GEMM reads it: E2M1 values times their block scales, in bfloat16
+    (exact), and the per-tensor decode scale."""
+
+    values: torch.Tensor  # [rows, cols] bfloat16
+    global_decode: torch.Tensor
+
+
+def emulated_operand(x: torch.Tensor, tile: tuple[int, int] = (1, BLOCK), stochastic: bool = False,
+                     generator: torch.Generator | None = None) -> Emulated:
+    """quantize_nvfp4(x, tile=, stochastic=, generator=)'s block_values() and global_decode, the same bits,
+    without encoding the rounded E2M1 values into codes, packing, unpacking and decoding them again, or
+    repeating the block scales per element (decode(encode(v)) is v; the block scale broadcasts): about half
+    the passes over the tensor, and the emulated step's time is those passes."""
+    x2 = x.reshape(-1, x.shape[-1]).float()
+    rows, cols = x2.shape
+    blocks = x2.reshape(rows // tile[0], tile[0], cols // BLOCK, BLOCK)
+    block_amax = blocks.abs().amax(dim=(1, 3), keepdim=True)
+    _, decode, multiplier = global_scales(block_amax.amax())  # the largest block amax is the tensor's
+    block_decode = torch.clamp(block_amax * multiplier, max=E4M3_MAX).to(torch.float8_e4m3fn).float()
+    encode = torch.clamp(torch.div(1.0, block_decode * decode), max=FLT_MAX)
+    scaled = torch.clamp(blocks * encode, -FP4_MAX, FP4_MAX).reshape(rows, cols)
+    v = round_e2m1(scaled, stochastic=stochastic, generator=generator)
+    return Emulated((v.reshape(blocks.shape) * block_decode).reshape(rows, cols).to(torch.bfloat16), decode)
+
+
+def round_e2m1(x: torch.Tensor, stochastic: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """E2M1.round(x, keep_zero_sign=False) for float32 x already within +-6, in fewer passes: E2M1's
+    quantum is 0.5 below 2, 1 below 4 and 2 up to 6 (frexp and ldexp find the same), and a multiple of a
+    power of two is exact; stochastic rounding draws the same uniform numbers (one per element, in order)."""
+    a = x.abs()
+    quantum = torch.where(a >= 4.0, 2.0, torch.where(a >= 2.0, 1.0, 0.5))
+    steps = a / quantum
+    if stochastic:
+        steps = torch.floor(steps + torch.rand(steps.shape, generator=generator, device=steps.device,
+                                               dtype=torch.float32))
+    else:
+        steps = torch.round(steps)
+    v = torch.clamp(steps * quantum, max=E2M1.max)
+    return torch.where(x < 0, -v, v)
+
+
 class Quantizer:
     """What the NVFP4 GEMMs of one model share: the recipe, the GEMM path, the RHT's signs and the
     generator that draws stochastic rounding (seeded: two runs of one model round alike)."""
@@ -86,20 +130,26 @@ class Quantizer:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.signs = random_signs(seed)
 
-    def gradient(self, g: torch.Tensor) -> NVFP4Tensor:
-        return quantize_nvfp4(g, stochastic=self.recipe.stochastic_gradients, generator=self.generator,
-                              check_finite=False)
+    def operand(self, t: torch.Tensor, tile: tuple[int, int] = (1, BLOCK),
+                stochastic: bool = False) -> NVFP4Tensor | Emulated:
+        """t in NVFP4 as this path's GEMM reads it: packed for the native GEMM, block values for the emulation."""
+        generator = self.generator if stochastic else None
+        if self.path == NATIVE:
+            return quantize_nvfp4(t, tile=tile, stochastic=stochastic, generator=generator, check_finite=False)
+        return emulated_operand(t, tile, stochastic, generator)
+
+    def gradient(self, g: torch.Tensor) -> NVFP4Tensor | Emulated:
+        return self.operand(g, stochastic=self.recipe.stochastic_gradients)
 
 
-def gemm(a: NVFP4Tensor, b: NVFP4Tensor, path: str, b_transposed: bool = False) -> torch.Tensor:
+def gemm(a: NVFP4Tensor | Emulated, b: NVFP4Tensor | Emulated, path: str, b_transposed: bool = False) -> torch.Tensor:
     """a @ b.T as float32 for a [M, K] and b [N, K], both blocked along K (the emulation's product
     passes through bfloat16 first); `b_transposed` takes b as [K, N] in 16x16 tiles (a weight in the
     data gradient), which hold the same values either way."""
     if path == NATIVE:
         b = b.transposed() if b_transposed else b
         return gemm_native(a.row_blocks(), b.row_blocks())
-    b_values = b.block_values()
-    out = a.block_values() @ (b_values if b_transposed else b_values.t())
+    out = a.values @ (b.values if b_transposed else b.values.t())
     return out.float() * (a.global_decode * b.global_decode)
 
 
@@ -107,8 +157,8 @@ class _Nvfp4Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, q: Quantizer):
         x2 = x.reshape(-1, x.shape[-1])
-        wq = quantize_nvfp4(weight, tile=q.recipe.weight_tile, check_finite=False)
-        y = gemm(quantize_nvfp4(x2, check_finite=False), wq, q.path).to(torch.bfloat16)
+        wq = q.operand(weight, tile=q.recipe.weight_tile)
+        y = gemm(q.operand(x2), wq, q.path).to(torch.bfloat16)
         if bias is not None:
             y = y + bias.to(y.dtype)
         ctx.save_for_backward(x2, weight)
@@ -125,13 +175,13 @@ class _Nvfp4Matmul(torch.autograd.Function):
         if q.recipe.weight_tile == (BLOCK, BLOCK):
             grad_x = gemm(gq, ctx.wq, q.path, b_transposed=True)
         else:
-            grad_x = gemm(gq, quantize_nvfp4(weight.t(), check_finite=False), q.path)
+            grad_x = gemm(gq, q.operand(weight.t()), q.path)
         # Weight gradient, g.T [out, M] @ x [M, in]: blocks along the tokens, where the RHT goes
         # (orthogonal, so it cancels in the product).
         gt, xt = g2.t(), x2.t()
         if q.recipe.hadamard_wgrad:
             gt, xt = rht(gt, q.signs), rht(xt, q.signs)
-        grad_w = gemm(q.gradient(gt), quantize_nvfp4(xt, check_finite=False), q.path)
+        grad_w = gemm(q.gradient(gt), q.operand(xt), q.path)
         grad_b = g2.sum(0) if ctx.has_bias else None
         ctx.wq = None
         return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b, None
@@ -202,20 +252,21 @@ class Calibration:
         return False
 
 
-def held_out_loss(model: Stack, teacher: Stack, shape: Shape, device: str) -> float:
-    """Mean loss over HELD_OUT batches no run trained on, every linear in bfloat16: what the trained
-    weights are worth, without the NVFP4 forward's own rounding noise at evaluation time."""
+def held_out_loss(model: Stack, teacher: Stack, shape: Shape, device: str, phase: str = "bf16") -> float:
+    """Mean loss over HELD_OUT batches no run trained on. By default every linear in bfloat16: what the
+    trained weights are worth, without the NVFP4 forward's own rounding at evaluation time; `phase`
+    "nvfp4" evaluates through the NVFP4 forward instead (what the training loss carries at every step)."""
     quantized = [m for m in model.modules() if isinstance(m, Nvfp4Linear)]
     phases = [m.phase for m in quantized]
     for m in quantized:
-        m.phase = "bf16"
+        m.phase = phase
     try:
         with torch.no_grad():
             losses = [objective(model, *batch(HELD_OUT_FIRST_STEP + i, shape, teacher, device, None)).item()
                       for i in range(HELD_OUT)]
     finally:
-        for m, phase in zip(quantized, phases, strict=True):
-            m.phase = phase
+        for m, phase_before in zip(quantized, phases, strict=True):
+            m.phase = phase_before
     return statistics.fmean(losses)
 
 
@@ -226,6 +277,7 @@ class Run:
     skipped: list[int]
     held_out: float
     nonfinite_weights: int
+    held_out_nvfp4: float | None = None  # the held-out loss through the NVFP4 forward (None: no NVFP4 layer)
 
     @property
     def final(self) -> float:
@@ -240,10 +292,16 @@ class Run:
         """Relative gap of the held-out loss (bfloat16 evaluation) against `reference`."""
         return (self.held_out - reference.held_out) / reference.held_out
 
+    def held_out_nvfp4_gap(self, reference: Run) -> float:
+        """Relative gap of the held-out loss through this run's NVFP4 forward against `reference`'s (bfloat16)."""
+        return (self.held_out_nvfp4 - reference.held_out) / reference.held_out
+
 
 def _finish(model: Stack, teacher: Stack, shape: Shape, device: str, losses, switch_step, skipped) -> Run:
     nonfinite = sum(int((~torch.isfinite(p)).sum()) for p in model.parameters())
-    return Run(losses, switch_step, skipped, held_out_loss(model, teacher, shape, device), nonfinite)
+    nvfp4 = any(isinstance(m, Nvfp4Linear) for m in model.modules())
+    return Run(losses, switch_step, skipped, held_out_loss(model, teacher, shape, device), nonfinite,
+               held_out_loss(model, teacher, shape, device, "nvfp4") if nvfp4 else None)
 
 
 def train_nvfp4(student: Stack, teacher: Stack, shape: Shape, device: str, recipe: Nvfp4Recipe, path: str,

@@ -3,20 +3,23 @@
 Every run trains a copy of one student on the same batches (lowprec_workloads/nvfp4_training.py): BF16,
 the NVFP4 recipe (16x16 weight tiles, RHT on the weight gradient's inputs, stochastic rounding
 of gradients, the last block in BF16) and the naive control (1x16 weights, no RHT, round to
-nearest, the same layers in BF16), both after the same FP8 warm-up. Two losses per run:
-  - the training loss (mean of the last 20 steps), which for NVFP4 includes its own forward's
-    rounding noise at each step;
+nearest, the same layers in BF16), both after the same FP8 warm-up. The stack has six blocks, so the
+BF16 block is 2 of its 12 linears (17%: the paper keeps about 16%, the last ones); on the GPU at d=2048,
+where the emulated NVFP4 GEMMs keep the four NVFP4 trainings near a minute on the H200. Losses per run:
   - the held-out loss: the trained weights evaluated with every linear in BF16 on batches no run
-    trained on, what training produced, gated within the NVFP4 paper's 1.5% of BF16.
+    trained on, what training produced, gated within the NVFP4 paper's 1.5% of BF16;
+  - the training loss (mean of the last 20 steps) and the held-out loss through the NVFP4 forward,
+    reported: test_nvfp4_training_matches_bf16 says why they do not decide.
 The recipe trains SEEDS times, each with its own draws of stochastic rounding and RHT signs (the
 weights, data and steps stay identical), and the gate holds the mean of their held-out gaps: one
 draw's gap moved by up to 0.2 points from another's on an H100 (1.28%, 1.07%, 1.41%, 2026-11-22),
 as much as the margin to the bound.
 
-The control shows the recipe matters where it was made for: at the real shape the naive run's
-training loss ended 3.62% above BF16 against the recipe's 1.89-1.96%, and that ordering is gated.
-At the CPU's d=64 it reverses (stochastic rounding's variance costs more than the bias it removes in
-so small a model), so there the control is reported, not gated.
+The control shows the recipe matters where it was made for: on the GPU the naive run's training loss
+must end at least a point further from BF16 than the recipe's (on the two-block stack at d=4096 it ended
+3.62% above BF16 against 1.89-1.96%). At the CPU's d=64 the ordering can reverse (stochastic rounding's
+variance costs more than the bias it removes in so small a model), so there the control is reported,
+not gated.
 """
 
 from __future__ import annotations
@@ -38,17 +41,21 @@ from lowprec_workloads.nvfp4_training import (
     Quantizer,
     _Nvfp4Matmul,
     convert,
+    emulated_operand,
+    round_e2m1,
     students,
     train_bf16,
     train_nvfp4,
     training_path,
 )
-from pytest_lowprec.formats.nvfp4 import BLOCK
+from pytest_lowprec.formats.nvfp4 import BLOCK, quantize_nvfp4
 from pytest_lowprec.formats.packing import unpack_fp4
 from pytest_lowprec.traffic import eager_work
 
-CPU_SHAPE = Shape(d=64, blocks=2, tokens=512, steps=150)
-GPU_SHAPE = Shape(d=4096, blocks=2, tokens=4096, steps=150, lr=3e-4)  # lr: see fp8_training.Shape.lr
+CPU_SHAPE = Shape(d=64, blocks=6, tokens=512, steps=150)
+# Chosen among the candidates of `benchmarks/nvfp4_training_ablation.py --candidates` (six blocks at d=2048
+# first; lr: see fp8_training.Shape.lr, stable at d=4096 with 3e-4).
+GPU_SHAPE = Shape(d=2048, blocks=6, tokens=4096, steps=150, lr=3e-4)
 BOUND = 0.015  # the NVFP4 paper's final-loss gap at scale
 SEEDS = (0, 1, 2)  # the recipe's draws of stochastic rounding and RHT signs
 # At the real shape the naive control must end at least a point of training loss behind the recipe.
@@ -68,6 +75,7 @@ def _path(lowprec) -> str:
 
 def _signature(lowprec, shape: Shape, calibration: Calibration) -> None:
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, steps=shape.steps,
+                      bf16_linears=f"{RECIPE.bf16_last} of {2 * shape.blocks}",
                       optimizer=f"adamw {shape.lr:g}", path=_path(lowprec),
                       recipe=f"16x16 weights, rht wgrad, stochastic gradients, last {RECIPE.bf16_last} linears bf16",
                       control=f"1x16 weights, no rht, round to nearest, last {NAIVE.bf16_last} linears bf16",
@@ -102,6 +110,11 @@ def _runs(lowprec, runs: dict, names: tuple[str, ...]):
 @pytest.mark.slow  # a CPU training of minutes: CI runs it with --slow; a GPU run always
 @pytest.mark.lowprec(precision="nvfp4")
 def test_nvfp4_training_matches_bf16(lowprec, runs):
+    """The held-out loss decides: it evaluates what training produced, the weights, through the reference's
+    own BF16 forward on batches no run trained on. An NVFP4 run's training loss is computed through its
+    NVFP4 forward on each step's batch, so it also carries the rounding of evaluating in NVFP4 (the held-out
+    loss through that forward, reported beside it, measures how much), which is the inference precision's
+    error rather than the training recipe's; both are reported, with the BF16 layers' share."""
     shape = _shape(lowprec)
     _signature(lowprec, shape, Calibration())
     have = _runs(lowprec, runs, ("recipe",))
@@ -113,6 +126,9 @@ def test_nvfp4_training_matches_bf16(lowprec, runs):
     for seed, one in zip(SEEDS, gaps, strict=True):
         lowprec.info(f"held_out_loss_gap.seed{seed}", one)
     lowprec.info("training_loss_gap", statistics.fmean(run.gap(ref) for run in recipe_runs))
+    lowprec.info("held_out_loss_gap_nvfp4_forward",
+                 statistics.fmean(run.held_out_nvfp4_gap(ref) for run in recipe_runs))
+    lowprec.info("bf16_linear_share", RECIPE.bf16_last / (2 * shape.blocks))
     lowprec.info("fp8_warmup_steps", max(run.switch_step for run in recipe_runs))  # the step NVFP4 took over
     lowprec.info("bf16_loss_first_over_last", ref.losses[0] / ref.final)
     lowprec.accuracy("skipped_steps", sum(len(run.skipped) for run in recipe_runs) + len(ref.skipped), max=0)
@@ -225,3 +241,34 @@ def test_calibration_switches_at_max_steps_if_never_settled():
 def test_recipe_rejects_a_weight_tile_it_has_no_path_for():
     with pytest.raises(ValueError, match=r"weight_tile is \(1, 16\) or \(16, 16\)"):
         Nvfp4Recipe("bad", weight_tile=(8, 8), hadamard_wgrad=True, stochastic_gradients=True)
+
+
+@pytest.mark.parametrize(("tile", "stochastic"), [((1, BLOCK), False), ((1, BLOCK), True), ((BLOCK, BLOCK), False)],
+                         ids=["1x16", "1x16-stochastic", "16x16"])
+def test_emulated_operand_is_the_quantizers_block_values(tile, stochastic):
+    """The emulation's shortcut (no codes, no packing) against quantize_nvfp4's block values and tensor scale,
+    bit for bit, stochastic rounding drawing the same numbers from the same generator state; signed zeros,
+    an all-zero block and tiny values included."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(48, 64, generator=gen) * 3
+    x[0, :16] = 0.0
+    x[1, :5] = torch.tensor([-0.0, -1e-30, 1e-30, -2e-7, 5e-8])
+    x[2] *= 1e-4
+    ref = quantize_nvfp4(x, tile=tile, stochastic=stochastic, generator=torch.Generator().manual_seed(1))
+    out = emulated_operand(x, tile, stochastic, torch.Generator().manual_seed(1))
+    assert torch.equal(out.values.view(torch.int16), ref.block_values().view(torch.int16))
+    assert torch.equal(out.global_decode, ref.global_decode)
+
+
+@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+def test_round_e2m1_is_the_minifloat_rounding(stochastic):
+    """Every float32 magnitude class up to 6 (the grid, ties, binade edges, subnormals, signed zeros) and a
+    dense sweep, against E2M1.round with TransformerEngine's zero sign, from the same generator state."""
+    from pytest_lowprec.formats.minifloat import E2M1
+
+    edges = torch.tensor([0.0, -0.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 1.9999999, 2.0, 3.9999998, 4.0,
+                          1e-45, -1e-45, -0.24, -5.5, 5.9999995])
+    x = torch.cat([edges, torch.linspace(-6, 6, 200_001)])
+    out = round_e2m1(x, stochastic, torch.Generator().manual_seed(2))
+    ref = E2M1.round(x, stochastic=stochastic, generator=torch.Generator().manual_seed(2), keep_zero_sign=False)
+    assert torch.equal(out.view(torch.int32), ref.view(torch.int32))
