@@ -1,7 +1,7 @@
 """Decode attention's kernel variants on one GPU, in one command: which tile to fix per cache, and why the
 BF16 kernel's time depends on what ran before it in a process.
 
-    PYTHONPATH=$PWD:$PWD/benchmarks python benchmarks/decode_attention_variants.py OUT.json [--budget-s 140]
+    PYTHONPATH=$PWD:$PWD/benchmarks python benchmarks/decode_attention_variants.py OUT.json [--budget-s 135]
 
 Batch 8, 32 heads, head_dim 128, 32K tokens, one query token per sequence (the suite's speed shape).
 In order, each phase bounded by `--budget-s` (what is left unmeasured is listed as skipped):
@@ -62,7 +62,7 @@ from lowprec_workloads.decode_attention_triton import (  # noqa: E402
 from lowprec_workloads.kv_compression import StoredKV  # noqa: E402
 from pytest_lowprec.formats.metrics import rel_l2  # noqa: E402
 from pytest_lowprec.hardware import gpu_key_from_name, probe_cuda  # noqa: E402
-from pytest_lowprec.timing import CudaEventTimer  # noqa: E402
+from pytest_lowprec.timing import CudaEventTimer, _StableWarmup  # noqa: E402
 
 GATE_SHAPE = DecodeShape(batch=8, heads=32, seq=32768, head_dim=128)
 SMOKE_SHAPE = DecodeShape(batch=1, heads=2, seq=512, head_dim=128)
@@ -74,10 +74,11 @@ PROBE_ORDERS = [("default", ["fp8", "fp8k_nvfp4v", "empty_cache:fp8k_nvfp4v"]), 
 
 
 def variants() -> dict[str, list[Tile]]:
-    """Per cache, the tiles to compile and time, the device's current default first. Picked from the
-    instruction counts of `benchmarks/decode_attention_sass.py` (Triton 3.6, sm_90): the tensor-core pair
-    path issues 19-26 warp-instructions per token against 31-47 on CUDA cores; one warp a program is its
-    leanest (two or four split the tokens across warps and reduce through shared memory)."""
+    """Per cache, the tiles to compile and time. Picked from the loop instruction counts of
+    `benchmarks/decode_attention_sass.py` (Triton 3.6, sm_90, warp-instructions per token and head): the
+    tensor-core pair path issues 19-20 (BF16, FP8) and 26-28 (FP8-K NVFP4-V, lut decode) against 38-45,
+    30-36 and 37-44 on CUDA cores; one warp a program is its leanest (two split the tokens across warps
+    and reduce through shared memory). None spills."""
     pairs = [(64, 1, s) for s in (1, 2, 3)] + [(32, 1, s) for s in (1, 2, 3)] + [(128, 1, 3), (64, 2, 2)]
     out = {
         "bf16": [Tile("fma", "fma", *t) for t in [(64, 8, 2), (128, 4, 2), (64, 4, 2), (128, 8, 2), (64, 8, 3)]]
@@ -203,11 +204,14 @@ class _SmokeTimer:
         return out
 
 
-def make_timer(smoke: bool):
+def make_timer(smoke: bool, warmup_s: float = 3.0):
+    """The gate's timer (CUDA events, graph replay, L2 flushed); its warm-up stops once both sides' medians
+    hold within 5% between rounds, or after `warmup_s`."""
     if smoke:
         return _SmokeTimer()
     device = probe_cuda()
-    return CudaEventTimer(device.index, l2_bytes=device.l2_bytes, uuid=device.uuid, graphs=True)
+    return CudaEventTimer(device.index, l2_bytes=device.l2_bytes, uuid=device.uuid, graphs=True,
+                          warmup=_StableWarmup(max_s=warmup_s))
 
 
 def medians(timer, a, b, n: int) -> tuple[float, float]:
@@ -228,11 +232,15 @@ def probe_round(step: str, smoke: bool) -> dict:
     bf16, low = build_cache(k, v, "bf16"), build_cache(k, v, name)
     del k, v
     launch(q, bf16), launch(q, low)  # compile or load both before timing, as the suite does
-    bf16_ms, low_ms = medians(make_timer(smoke), lambda: launch(q, bf16)[0], lambda: launch(q, low)[0],
-                              2 if smoke else 60)
+    timer, pairs = make_timer(smoke), 2 if smoke else 60
+    bf16_ms, low_ms = medians(timer, lambda: launch(q, bf16)[0], lambda: launch(q, low)[0], pairs)
+    # The same bytes read by a plain reduction, no attention kernel: slower too means where they lie.
+    read_k_ms, read_v_ms = medians(timer, lambda: torch.sum(bf16.k.data, dtype=torch.float32),
+                                   lambda: torch.sum(bf16.v.data, dtype=torch.float32), pairs // 2)
     snapshot = None if smoke else torch.cuda.memory_snapshot()
     low_v = low.v.data.packed if low.v.fmt == "nvfp4" else low.v.data
     return {"round": step, "bf16_ms": bf16_ms, "low_ms": low_ms, "speedup": bf16_ms / low_ms,
+            "sum_bf16_k_ms": read_k_ms, "sum_bf16_v_ms": read_v_ms,
             "bf16_k": placement(bf16.k.data, snapshot), "bf16_v": placement(bf16.v.data, snapshot),
             "low_k": placement(low.k.data, snapshot), "low_v": placement(low_v, snapshot),
             "tiles": {"bf16": asdict(_default_tile(q, bf16)), name: asdict(_default_tile(q, low))}}
@@ -288,7 +296,7 @@ class Bench:
         self.caches = {name: build_cache(k, v, name) for name in CACHES}
         del k, v
         self.references = {name: attend_cache(self.q, c) for name, c in self.caches.items()}
-        self.timer = make_timer(smoke)
+        self.timer = make_timer(smoke, warmup_s=0.5)  # ~150 rows: a row that will not settle costs 0.5 s
         self.pairs = 2 if smoke else 30
         elements = 2**20 if smoke else 2**29
         self.src = torch.empty(elements, dtype=torch.int16, device=self.device)
@@ -417,8 +425,8 @@ def print_report(result: dict) -> None:
     print(f"{sum(j['ok'] for j in result['compiled'])} of {len(result['compiled'])} compiled; "
           f"not compiled in time: {result['uncompiled']}")
     print("\n== history probes (fresh processes, the suite's kernels and allocations) ==")
-    print(f"{'allocator':20} {'round':26} {'bf16 ms':>8} {'low ms':>8} {'speedup':>8}  BF16 K/V mod 2 MiB, "
-          "segment offset")
+    print(f"{'allocator':20} {'round':26} {'bf16 ms':>8} {'low ms':>8} {'speedup':>8} {'sum K/V ms':>13}  "
+          "BF16 K/V: mod 2 MiB, segment offset")
     for probe in result["probes"]:
         if "rounds" not in probe:
             print(f"{probe['allocator']:20} {','.join(probe['order']):26} {probe.get('skipped') or probe.get('error')}")
@@ -426,8 +434,8 @@ def print_report(result: dict) -> None:
         for r in probe["rounds"]:
             k, v = r["bf16_k"], r["bf16_v"]
             print(f"{probe['allocator']:20} {r['round']:26} {r['bf16_ms']:8.3f} {r['low_ms']:8.3f} "
-                  f"{r['speedup']:7.3f}x  {k['ptr_mod_2MiB']}/{v['ptr_mod_2MiB']}, "
-                  f"{k.get('offset')}/{v.get('offset')}")
+                  f"{r['speedup']:7.3f}x {r['sum_bf16_k_ms']:6.3f}/{r['sum_bf16_v_ms']:6.3f}  "
+                  f"{k['ptr_mod_2MiB']}/{v['ptr_mod_2MiB']}, {k.get('offset')}/{v.get('offset')}")
     print("\n== placement (copies of the cache in one pool) ==")
     for r in result["placement"]:
         state = f"{r['ms']:.3f} ms {r['of_copy']:.2f} of copy" if r.get("ms") else r.get("skipped") or r.get("error")
@@ -463,12 +471,18 @@ def print_report(result: dict) -> None:
     print(f"\nTILES[{summary['gpu']!r}] = {summary['tiles_literal']}")
 
 
+def default_tile(gpu: str, name: str, smoke: bool) -> Tile:
+    """The tile decode_attention runs for `name` on this GPU (under the interpreter, bitwise)."""
+    tile = tile_for(gpu, *CACHES[name])
+    return replace(tile, e2m1="bitwise") if smoke else tile
+
+
 def summarize(result: dict, bench: Bench, gpu: str) -> dict:
     rows = result["sweep"] + [r for r in result["splits"] if r.get("ms")]
     best = {name: fastest(rows, name) for name in CACHES}
     defaults = {}
     for name in CACHES:
-        tile = tile_for(gpu, *CACHES[name])
+        tile = default_tile(gpu, name, bench.smoke)
         splits = num_splits(bench.shape.batch * bench.shape.heads, bench.shape.seq, bench.sm_count, tile.per_sm)
         match = [r for r in rows if r["cache"] == name and r.get("ms") and r["splits"] == splits
                  and _same_kernel(_tile(r["tile"]), tile)]
@@ -502,7 +516,7 @@ def summarize(result: dict, bench: Bench, gpu: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("json_out", nargs="?", type=Path)
-    parser.add_argument("--budget-s", type=float, default=140.0)
+    parser.add_argument("--budget-s", type=float, default=135.0)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--limit", type=int, default=None, help="only the first N variants per cache")
@@ -547,7 +561,7 @@ def main() -> int:
                   if (j["cache"], json.dumps(j["tile"], sort_keys=True)) not in done]
     ok = [j for j in compiled if j["ok"]]
     # The current default tiles first, so that the default-against-default speedups are always measured.
-    ok.sort(key=lambda j: not _same_kernel(_tile(j["tile"]), tile_for(gpu, *CACHES[j["cache"]])))
+    ok.sort(key=lambda j: not _same_kernel(_tile(j["tile"]), default_tile(gpu, j["cache"], args.smoke)))
     result = {"device": "cpu (smoke)" if args.smoke else torch.cuda.get_device_name(0),
               "torch": torch.__version__, "shape": asdict(shape),
               "tiles_now": {gpu_key: {str(f): asdict(t) for f, t in entries.items()}
