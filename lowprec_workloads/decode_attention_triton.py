@@ -2,31 +2,31 @@
 
 One program per (sequence-head, split) walks BLOCK_N tokens at a time with an online
 softmax, then a second kernel merges the splits (flash-decoding). The cache is read
-once in its stored format. Each of the two products can run on CUDA cores or tensor
-cores (`Tile.qk`, `Tile.pv`):
+once in its stored format. q.k and p.v each run on CUDA cores or tensor cores (`Tile.qk`,
+`Tile.pv`; which one a GPU runs is fixed per GPU key in TILES):
 
-- "fma": CUDA cores, float32. FP8 elements are widened in registers, the per-head K scale
-  is folded into q and the V scale into the final sum; q.k is a sum over head_dim and
-  p.v accumulates in [BLOCK_N, head_dim] registers, reduced once at the end.
+- "fma": CUDA cores, float32. FP8 elements are widened in registers, the per-head K scale is
+  folded into q and the V scale into the final sum; p.v accumulates in [BLOCK_N, head_dim]
+  registers, reduced once at the end.
 - "mma": tensor cores with q (for q.k) and p (for p.v) as a 16-row operand: scores are
-  [16, BLOCK_N] with every row equal, the output [16, head_dim].
-- "mma_t": the same products transposed, tokens (and head_dim) as the MMA's M dimension, so
-  that Hopper can issue wgmma (which needs M >= 64): scores [BLOCK_N, 16], output [head_dim, 16].
+  [16, BLOCK_N] with every row equal.
+- "mma_t": the same products transposed, tokens (and head_dim) as the MMA's M dimension, so that
+  Hopper can issue wgmma (M >= 64): scores [BLOCK_N, 16].
+- "mma_pairs" (p.v only): each pair of adjacent V elements on the MMA's contraction axis, so that
+  a packed NVFP4 byte, an FP8 pair or a BF16 pair becomes one 32-bit MMA register as it lies in
+  memory, with no shuffle through shared memory (`_pv_pairs`).
 
-The tensor cores multiply float16 or bfloat16 exactly and add in float32; every operand is
-made exact in them: FP8 K widens to float16 exactly and q (bfloat16) goes to float16 after a
-power-of-two scale; p, which needs more than 16 bits, is split into pieces
-(hi + lo in float16, three in bfloat16) that occupy separate rows (columns) of the 16-row
-operand, summed after the loop. NVFP4 V: each E2M1 code becomes float16 by placing its three
-magnitude bits under the float16 exponent and mantissa (worth 2**-14 of its E2M1 value); on
-CUDA cores its E4M3 block scale weights each token's contribution; on tensor cores the 16 rows
-are (piece, block): row r holds piece r // (D/16) of p times the scale of block r % (D/16), an
-exact float16 product of E2M1 and E4M3 values up to a power of two, and after the loop each
-output column keeps the two rows of its block. 2**14 times the per-tensor scale is applied once
-at the end. On a GPU the E2M1 placement runs in inline PTX on 32-bit words, two codes per
-shift-and-mask (E2M1_DECODES "packed"); Triton's interpreter, which runs no PTX, takes the same
-bits one element at a time ("bitwise"), and multiplies bfloat16 tiles wrongly (it sees their raw
-bits), so there tensor-core operands go to the dot in float32 (the same values). CUDA and Triton only.
+Every tensor-core operand is exact: FP8 K widens to float16 exactly, q (bfloat16) goes to float16
+after a power-of-two scale, p (which needs more than 16 bits) is split into float16 or bfloat16
+pieces on separate rows of the 16-row operand, and NVFP4 values times their E4M3 block scales are
+exact in float16 (or the rows carry the block scale: "mma", "mma_t"). Tensor cores truncate when
+they add in float32, so each tile's product joins the running sum in a round-to-nearest add.
+NVFP4 codes decode in PTX on a GPU: "packed" places the three magnitude bits of two codes under
+the float16 exponent at once (2**-14 of their E2M1 value, applied at the end); "lut" (pair path)
+looks each nibble's E4M3 code up in an 8-byte table with prmt and widens pairs with cvt.e4m3x2.
+Triton's interpreter runs no PTX: it takes the same bits in Triton integer ops ("bitwise"), and
+multiplies bfloat16 tiles wrongly (it sees their raw bits), so there tensor-core operands go to the
+dot in float32 (the same values). CUDA and Triton only.
 """
 
 from __future__ import annotations
