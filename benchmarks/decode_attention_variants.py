@@ -12,9 +12,11 @@ In order, each phase bounded by `--budget-s` (what is left unmeasured is listed 
 2. history probes, each in a fresh process that runs the suite's speed tests' allocations and kernels
    (the default tiles): the speed-only order ([fp8] then [fp8k_nvfp4v] in one process), the reverse
    order, then [fp8k_nvfp4v] again after torch.cuda.empty_cache(), and the first order with the caching
-   allocator's expandable segments. Each round prints the BF16 and low-precision kernel times and where
-   the caches sit (data_ptr, offset in its allocator segment, data_ptr mod 2 MiB).
-3. sweep: every compiled variant over the 32K caches at two split counts, checked against float64
+   allocator's expandable segments. Each round prints the BF16 and low-precision kernel times, the time of
+   a plain reduction over the BF16 K and V, and where the caches sit (data_ptr mod 2 MiB, offset in its
+   allocator segment).
+3. sweep: every compiled variant over the 32K caches at its own and two more split counts (about 16 and 32
+   warps' worth of programs per SM), checked against float64
    attention over its cache (relative L2 under 1e-5, the suite's bound) and timed with CUDA events
    (graph replay, L2 flushed, warm-up, median of 30 pairs alternating with a 1 GiB device copy, which
    gives the copy ceiling beside each kernel). Every row reports its registers, spills, TB/s and
