@@ -1,6 +1,6 @@
 """Decode attention over BF16, FP8 and FP8-K/NVFP4-V caches on a GPU, against the copy ceiling.
 
-    python benchmarks/decode_attention_speed.py [--seq 32768] [--sweep] [--json PATH]
+    python benchmarks/decode_attention_speed.py [--seq 32768] [--json PATH]
 
 Batch 8, 32 heads, head_dim 128, one query token per sequence. Each row times one
 call with the plugin's CUDA-event timer (L2 flushed, CUDA-graph replay, median of
@@ -8,9 +8,9 @@ call with the plugin's CUDA-event timer (L2 flushed, CUDA-graph replay, median o
 gives the copy ceiling beside it; a read-only kernel may pass it, since a copy also
 writes). "TB/s" counts the cache bytes the kernel must read (elements and
 scales); torch's scaled_dot_product_attention over the BF16 cache is the outside
-reference for the BF16 kernel. The issue's targets: FP8 >= 1.7x the BF16 cache, NVFP4 V
-faster still. `--sweep` times each E2M1 decode, tile and pipeline depth per cache, each checked
-against float64 attention over its cache. A benchmark: it prints tables and asserts nothing.
+reference for the BF16 kernel. Each kernel runs its device's tile (decode_attention_triton.TILES);
+`benchmarks/decode_attention_variants.py` sweeps the tiles. A benchmark: it prints a table and asserts
+nothing.
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lowprec_workloads.decode_attention import CACHES, DecodeShape, attend_cache, build_cache, make_inputs
+from lowprec_workloads.decode_attention import CACHES, DecodeShape, build_cache, make_inputs
 from lowprec_workloads.decode_attention_triton import decode_attention
-from pytest_lowprec.formats.metrics import rel_l2
 from pytest_lowprec.hardware import probe_cuda
 from pytest_lowprec.timing import CudaEventTimer
 
@@ -34,7 +33,6 @@ from pytest_lowprec.timing import CudaEventTimer
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seq", type=int, default=32768)
-    parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = probe_cuda()
@@ -59,8 +57,6 @@ def main() -> int:
         copy_ms, ms = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
         return ms, 2 * src.numel() * src.element_size() / (copy_ms * 1e-3) / 1e12
 
-    if args.sweep:
-        return sweep(q, caches, time_ms, args.json)
     q4 = q[:, :, None]
     cases = {f"triton {name}": (lambda c=c: decode_attention(q, c), c.nbytes) for name, c in caches.items()}
     cases["torch sdpa bf16"] = (lambda: F.scaled_dot_product_attention(q4, k, v), caches["bf16"].nbytes)
@@ -74,49 +70,9 @@ def main() -> int:
     for name, nbytes, ms, tbps, ceiling in rows:
         print(f"{name:20} {nbytes / 2**20:10.0f} {ms:8.3f} {tbps:6.2f} {ceiling:10.2f} {tbps / ceiling:8.0%} "
               f"{bf16_ms / ms:7.2f}x")
-    return 0
-
-
-def sweep_configs(cache: str) -> list[dict]:
-    """Tiles (BLOCK_N, num_warps) and pipeline depths per cache; for NVFP4 V both E2M1 decodes."""
-    configs = []
-    for e2m1 in ("packed", "bitwise") if cache == "fp8k_nvfp4v" else ("packed",):
-        tiles = [(32, 4), (64, 4), (64, 8), (128, 4), (128, 8)] if e2m1 == "packed" else [(64, 4)]
-        for block_n, warps in tiles:
-            for stages in (1, 2, 3):
-                configs.append({"e2m1": e2m1, "tile": (block_n, warps, stages)})
-    return configs
-
-
-def sweep(q, caches, time_ms, json_path: Path | None) -> int:
-    rows = []
-    for name, cache in caches.items():
-        reference = attend_cache(q, cache)
-        for config in sweep_configs(name):
-            try:
-                error = rel_l2(reference, decode_attention(q, cache, **config))
-                ms = time_ms(lambda c=config, k=cache: decode_attention(q, k, **c))[0]
-            except Exception as exc:  # a config Triton cannot compile (registers, shared memory) is reported
-                rows.append({"cache": name, **config, "ms": None, "rel_l2": None, "error": str(exc)[:120]})
-                continue
-            rows.append({"cache": name, **config, "ms": ms, "rel_l2": error})
-        del reference
-    best = {}
-    print(f"{'cache':12} {'e2m1':8} {'BLOCK_N x warps x stages':>24} {'ms':>8} {'rel_l2':>9}")
-    for row in rows:
-        tile = "x".join(map(str, row["tile"]))
-        if row["ms"] is None:
-            print(f"{row['cache']:12} {row['e2m1']:8} {tile:>24} failed: {row['error']}")
-            continue
-        print(f"{row['cache']:12} {row['e2m1']:8} {tile:>24} {row['ms']:8.3f} {row['rel_l2']:9.1e}")
-        if row["rel_l2"] < 1e-5 and (row["cache"] not in best or row["ms"] < best[row["cache"]]["ms"]):
-            best[row["cache"]] = row
-    print("fastest correct (rel_l2 < 1e-5) per cache:")
-    for name, row in best.items():
-        print(f"  {name:12} {row['ms']:.3f} ms  {row['e2m1']} {row['tile']}"
-              f"  {best['bf16']['ms'] / row['ms']:.2f}x the fastest BF16")
-    if json_path:
-        json_path.write_text(json.dumps(rows, indent=1))
+    if args.json:
+        keys = ("kernel", "cache_bytes", "ms", "tbps", "copy_tbps")
+        args.json.write_text(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=1))
     return 0
 
 

@@ -2,56 +2,111 @@
 
 One program per (sequence-head, split) walks BLOCK_N tokens at a time with an online
 softmax, then a second kernel merges the splits (flash-decoding). The cache is read
-once in its stored format: FP8 elements are widened in registers and their per-head
-scale is folded into q (for K) and into the final sum (for V); NVFP4 V codes become
-fp16 by placing the code's three magnitude bits under the fp16 exponent and mantissa
-(worth 2**-14 of their E2M1 value), its block scales weight each token's contribution,
-and 2**14 times the per-tensor scale is applied once at the end. On a GPU that placement
-runs in inline PTX on 32-bit words, two codes per shift-and-mask (E2M1_DECODES "packed":
-684 SASS instructions a thread per 64-token tile against 828 one element at a time);
-Triton's interpreter, which runs no PTX, takes the same bits one element at a time
-("bitwise"). A tensor-core variant (q repeated over an MMA's 16 rows, p split into two
-16-bit halves) was no faster on an H100 and is not kept. CUDA and Triton only.
+once in its stored format. q.k and p.v each run on CUDA cores or tensor cores (`Tile.qk`,
+`Tile.pv`; which one a GPU runs is fixed per GPU key in TILES):
+
+- "fma": CUDA cores, float32. FP8 elements are widened in registers, the per-head K scale is
+  folded into q and the V scale into the final sum; p.v accumulates in [BLOCK_N, head_dim]
+  registers, reduced once at the end.
+- "mma": tensor cores with q (for q.k) and p (for p.v) as a 16-row operand: scores are
+  [16, BLOCK_N] with every row equal.
+- "mma_t": the same products transposed, tokens (and head_dim) as the MMA's M dimension, so that
+  Hopper can issue wgmma (M >= 64): scores [BLOCK_N, 16].
+- "mma_pairs" (p.v only): each pair of adjacent V elements on the MMA's contraction axis, so that
+  a packed NVFP4 byte, an FP8 pair or a BF16 pair becomes one 32-bit MMA register as it lies in
+  memory, with no shuffle through shared memory (`_pv_pairs`).
+
+Every tensor-core operand is exact: FP8 K widens to float16 exactly, q (bfloat16) goes to float16
+after a power-of-two scale, p (which needs more than 16 bits) is split into float16 or bfloat16
+pieces on separate rows of the 16-row operand, and NVFP4 values times their E4M3 block scales are
+exact in float16 (or the rows carry the block scale: "mma", "mma_t"). Tensor cores truncate when
+they add in float32, so each tile's product joins the running sum in a round-to-nearest add.
+NVFP4 codes decode in PTX on a GPU: "packed" places the three magnitude bits of two codes under
+the float16 exponent at once (2**-14 of their E2M1 value, applied at the end); "lut" (pair path)
+looks each nibble's E4M3 code up in an 8-byte table with prmt and widens pairs with cvt.e4m3x2.
+Triton's interpreter runs no PTX: it takes the same bits in Triton integer ops ("bitwise"), and
+multiplies bfloat16 tiles wrongly (it sees their raw bits), so there tensor-core operands go to the
+dot in float32 (the same values). CUDA and Triton only.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, replace
 
 import torch
 import triton
 import triton.language as tl
 
+from pytest_lowprec.hardware import gpu_key_from_name
+
 from .decode_attention import Cache
 
 V_FORMATS = {"bf16": 0, "fp8": 1, "nvfp4": 2}
-E2M1_DECODES = {"bitwise": 0, "packed": 1}
+E2M1_DECODES = {"bitwise": 0, "packed": 1, "lut": 2}
+PRODUCTS = {"fma": 0, "mma": 1, "mma_t": 2, "mma_pairs": 3}
+QK_PRODUCTS = ("fma", "mma", "mma_t")
 _MAX_BLOCK_N = 128
-# (BLOCK_N, num_warps, pipeline stages) per (K, V) format: the fastest of a sweep on an H100
-# (2026-11-22, `benchmarks/decode_attention_speed.py --sweep`; docs/measurements/kv-cache-h100-2026-11-22.md). Stages
-# are tl.range's software pipelining: the next tiles' loads are in flight (cp.async) while one is
-# reduced, which a latency-bound loop needs (NVFP4 V 0.823 ms without, 0.641 ms with two stages).
-# Fixed, not autotuned: a gate needs the same kernel in every process.
-TILES = {("bf16", "bf16"): (64, 8, 2), ("fp8", "fp8"): (128, 4, 2), ("fp8", "nvfp4"): (64, 4, 2)}
+_MIN_SPLIT_TOKENS = 256
 
 
-@triton.jit
-def _e2m1_pairs_bitwise(byte):
-    """Low and high nibble of each byte as float16 worth 2**-14 of their E2M1 value."""
-    b = byte.to(tl.int16)
-    lo = (((b & 7) << 9) | ((b & 8) << 12)).to(tl.float16, bitcast=True)
-    hi = ((((b >> 4) & 7) << 9) | (b & 128) << 8).to(tl.float16, bitcast=True)
-    return lo, hi
+@dataclass(frozen=True)
+class Tile:
+    """How the partial kernel runs: q.k on CUDA cores or tensor cores (QK_PRODUCTS), p.v likewise
+    (PRODUCTS), BLOCK_N tokens a step, `warps` warps, `stages` tiles of loads in flight (tl.range's
+    software pipelining, cp.async), about `per_sm` programs per SM (the split count, a power of
+    two), and the E2M1 decode of NVFP4 values (E2M1_DECODES; "lut" only on the pair path)."""
+
+    qk: str = "fma"
+    pv: str = "fma"
+    block_n: int = 64
+    warps: int = 4
+    stages: int = 2
+    per_sm: int = 4
+    e2m1: str = "packed"
+
+    def __post_init__(self) -> None:
+        if self.qk not in QK_PRODUCTS or self.pv not in PRODUCTS:
+            raise ValueError(f"qk takes {', '.join(QK_PRODUCTS)} and pv {', '.join(PRODUCTS)}; "
+                             f"got qk={self.qk!r}, pv={self.pv!r}")
+        if self.block_n < 16 or self.block_n & (self.block_n - 1) or _MAX_BLOCK_N % self.block_n:
+            raise ValueError(f"block_n must be a power of two from 16 to {_MAX_BLOCK_N}, got {self.block_n}")
+        if self.warps not in (1, 2, 4, 8, 16) or self.stages < 1 or self.per_sm < 1:
+            raise ValueError(f"warps must be 1, 2, 4, 8 or 16 and stages, per_sm >= 1; got {self}")
+        if self.e2m1 not in E2M1_DECODES or (self.e2m1 == "lut" and self.pv != "mma_pairs"):
+            raise ValueError(f"e2m1 takes {', '.join(E2M1_DECODES)} ('lut' with pv='mma_pairs'), got {self.e2m1!r}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.qk}/{self.pv} {self.block_n}x{self.warps}x{self.stages} {self.e2m1} per_sm={self.per_sm}"
 
 
-@triton.jit
-def _e2m1_pairs_packed(byte):
-    """The same bits as _e2m1_pairs_bitwise, four bytes per call on 32-bit words: prmt spreads two
-    bytes into the low byte of each 16-bit half, then one shift and mask places both halves'
-    magnitude bits under the float16 exponent and another their sign bits."""
-    return tl.inline_asm_elementwise(
-        asm="""
+# The partial kernel's Tile per GPU key and (K, V) format. Fixed, never autotuned: a gate needs the
+# same kernel in every process. The H100's are the fastest of a sweep there (2026-11-22,
+# docs/measurements/kv-cache-h100-2026-11-22.md), all on CUDA cores. A GPU without an entry runs
+# DEFAULT_GPU's tiles.
+TILES = {
+    "h100": {
+        ("bf16", "bf16"): Tile(block_n=64, warps=8, stages=2),
+        ("fp8", "fp8"): Tile(block_n=128, warps=4, stages=2),
+        ("fp8", "nvfp4"): Tile(block_n=64, warps=4, stages=2),
+    },
+}
+DEFAULT_GPU = "h100"
+
+
+def tile_for(gpu: str, k_fmt: str, v_fmt: str) -> Tile:
+    """The fixed Tile for a GPU key (hardware.gpu_key_from_name) and cache formats."""
+    return TILES.get(gpu, TILES[DEFAULT_GPU]).get((k_fmt, v_fmt), Tile())
+
+
+# The E2M1 decodes in PTX, module constants so that tests/test_decode_attention_ptx.py can run them on
+# the CPU (a small emulator of the instructions they use) for every byte.
+PACKED_PTX = """
         {
         .reg .b32 t, u, a, b, z;
         mov.b32 z, 0;
@@ -78,112 +133,436 @@ def _e2m1_pairs_packed(byte):
         and.b32 b, b, 0x80008000;
         or.b32 $3, a, b;
         }
-        """,
-        constraints="=r,=r,=r,=r,r",
-        args=[byte], dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+        """
+LUT_PTX = """
+        {
+        .reg .b32 w, m, mh, u, p0, p1, s0, s1, t0, t1;
+        .reg .b16 h0, h1, h2, h3;
+        prmt.b32 w, $4, $5, 0x6420;
+        mov.b32 t0, 0x3C383000;
+        mov.b32 t1, 0x4C484440;
+        and.b32 m, w, 0x77777777;
+        shr.b32 mh, m, 16;
+        prmt.b32 p0, t0, t1, m;
+        prmt.b32 p1, t0, t1, mh;
+        shl.b32 u, w, 4;
+        prmt.b32 s0, w, u, 0x9D8C;
+        prmt.b32 s1, w, u, 0xBFAE;
+        and.b32 s0, s0, 0x80808080;
+        and.b32 s1, s1, 0x80808080;
+        or.b32 p0, p0, s0;
+        or.b32 p1, p1, s1;
+        mov.b32 {h0, h1}, p0;
+        mov.b32 {h2, h3}, p1;
+        cvt.rn.f16x2.e4m3x2 $0, h0;
+        cvt.rn.f16x2.e4m3x2 $1, h1;
+        cvt.rn.f16x2.e4m3x2 $2, h2;
+        cvt.rn.f16x2.e4m3x2 $3, h3;
+        }
+        """
+_PACKED_PTX = tl.constexpr(PACKED_PTX)
+_LUT_PTX = tl.constexpr(LUT_PTX)
 
 
 @triton.jit
+def _e2m1_pairs_bitwise(byte):
+    """Low and high nibble of each byte as float16 worth 2**-14 of their E2M1 value."""
+    b = byte.to(tl.int16)
+    lo = (((b & 7) << 9) | ((b & 8) << 12)).to(tl.float16, bitcast=True)
+    hi = ((((b >> 4) & 7) << 9) | (b & 128) << 8).to(tl.float16, bitcast=True)
+    return lo, hi
+
+
+@triton.jit
+def _e2m1_pairs_packed(byte):
+    """The same bits as _e2m1_pairs_bitwise, four bytes per call on 32-bit words (PACKED_PTX): prmt
+    spreads two bytes into the low byte of each 16-bit half, then one shift and mask places both
+    halves' magnitude bits under the float16 exponent and another their sign bits."""
+    return tl.inline_asm_elementwise(asm=_PACKED_PTX, constraints="=r,=r,=r,=r,r", args=[byte],
+                                     dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+
+
+@triton.jit
+def _e2m1_byte_pairs(byte):
+    """Both codes of each byte as float16 worth 2**-14 of their E2M1 value, [..., 2] (low nibble first),
+    in Triton integer ops. One 32-bit word per byte: two copies of the byte 12 bits apart (a multiply)
+    line up both nibbles' magnitude bits under the two float16 exponents for one shift, and both sign
+    bits for another."""
+    b = byte.to(tl.uint32)
+    x = ((b * 0x00200200) & 0x0E000E00) | ((b * 0x01001000) & 0x80008000)
+    return tl.join((x & 0xFFFF).to(tl.uint16), (x >> 16).to(tl.uint16)).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _e2m1_pairs_lut(byte2):
+    """byte2 [..., 2] holds each byte twice (t = 0, 1); element t becomes the float16 value of the
+    byte's nibble t (the low nibble first), exactly (LUT_PTX). Eight elements per call, on the
+    assumption that each thread holds a byte's two copies as adjacent elements (Triton's layout for
+    the pair path does; the sweep's accuracy check would catch one that did not): prmt looks up the
+    E4M3 encoding of each nibble's magnitude in an 8-byte table held in two registers, a second
+    prmt spreads each nibble's sign bit over a byte, and cvt.e4m3x2 widens the byte pairs to float16."""
+    return tl.inline_asm_elementwise(asm=_LUT_PTX, constraints="=r,=r,=r,=r,r,r", args=[byte2],
+                                     dtype=tl.float16, is_pure=True, pack=8)
+
+
+@triton.jit
+def _e2m1_pairs(byte, E2M1_DECODE: tl.constexpr):
+    if E2M1_DECODE == 1:
+        lo, hi = _e2m1_pairs_packed(byte)
+    else:
+        lo, hi = _e2m1_pairs_bitwise(byte)
+    return lo, hi
+
+
+@triton.jit
+def _split3_bf16(x):
+    """x (float32) as three bfloat16 pieces whose float32 sum is x to within 2**-24 of it."""
+    h = x.to(tl.bfloat16)
+    rest = x - h.to(tl.float32)
+    mid = rest.to(tl.bfloat16)
+    return h, mid, (rest - mid.to(tl.float32)).to(tl.bfloat16)
+
+
+@triton.jit
+def _split2_fp16(x):
+    """x (float32, under 65504) as two float16 pieces: 22 significant bits."""
+    h = x.to(tl.float16)
+    return h, (x - h.to(tl.float32)).to(tl.float16)
+
+
+@triton.jit
+def _dot(a, b, DOT_F32: tl.constexpr):
+    """a @ b in float32. Tensor cores add in float32 but truncate (round toward zero): a sum carried
+    through thousands of MMAs would drift by up to about 1e-5 relative, the suite's bound on the kernel,
+    so each tile's product starts from zero and joins the running sum in a round-to-nearest add."""
+    if DOT_F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _pv_pairs(p, rows, valid, j, v_ptr, v_block_ptr, acc, V_FMT: tl.constexpr, D: tl.constexpr,
+              BLOCK_N: tl.constexpr, E2M1_DECODE: tl.constexpr, DOT_F32: tl.constexpr):
+    """acc [16, D/2] += the tile's p.v, with each pair of adjacent V elements (2c, 2c + 1) on the MMA's
+    contraction axis: k = 2 * slot + t holds element 2c + t of the slot's token, so a packed byte (two
+    E2M1 codes), an FP8 pair or a BF16 pair becomes exactly one 32-bit B register, as it lies in memory.
+    Row 2 * piece + t of the 16-row operand holds that piece of p for the elements t (zero for the other
+    t), so column c of that row sums the piece's share of output element 2c + t (_store_pairs adds the
+    pieces). Tokens n take slot 8 (n // 8) + 4 (n % 2) + (n % 8) // 2 and the MMA's column m holds pair
+    c = (D / 16) (m % 8) + m // 8: the permutations that give each thread (lane l holds MMA columns
+    l // 4 + 8i) adjacent elements of one token, and the token pairs its scores sit on."""
+    NC: tl.constexpr = D // 2
+    if V_FMT == 2:
+        byte = tl.load(v_ptr + rows[:, None] * NC + j[None, :], mask=valid[:, None], other=0)
+        if E2M1_DECODE == 2:
+            pair = _e2m1_pairs_lut(tl.broadcast_to(byte[:, :, None], (BLOCK_N, NC, 2)))
+        else:
+            pair = _e2m1_byte_pairs(byte) * 16384.0  # 2**14: the E2M1 value itself, as the lut gives
+        # The block scale (E4M3) multiplies the values exactly in float16: an E2M1 value times an E4M3
+        # scale has at most 6 significant bits and lies between 2**-10 and 6 * 448.
+        blk = tl.arange(0, D // 16)
+        bscale = tl.load(v_block_ptr + rows[:, None] * (D // 16) + blk[None, :], mask=valid[:, None],
+                         other=0.0).to(tl.float16)
+        pair = tl.reshape(tl.reshape(pair, (BLOCK_N, D // 16, 8, 2)) * bscale[:, :, None, None], (BLOCK_N, NC, 2))
+    else:
+        v = tl.load(v_ptr + rows[:, None] * D + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0)
+        if V_FMT == 1:
+            v = v.to(tl.float16)
+        pair = tl.reshape(v, (BLOCK_N, NC, 2))
+    # (token 8 kt + 2 i + h, pair c = (NC / 8) g + u, t) -> k = 16 kt + 8 h + 2 i + t, column 8 u + g
+    b = tl.permute(tl.reshape(pair, (BLOCK_N // 8, 4, 2, 8, NC // 8, 2)), (0, 2, 1, 5, 4, 3))
+    b = tl.reshape(b, (2 * BLOCK_N, NC))
+    r = tl.arange(0, 16)[:, None]
+    ps = tl.reshape(tl.permute(tl.reshape(p, (BLOCK_N // 8, 4, 2)), (0, 2, 1)), (BLOCK_N,))  # slot order
+    if V_FMT == 0:
+        ph, pm, pl = _split3_bf16(ps)
+        w = tl.where(r // 2 == 0, ph[None, :],
+                     tl.where(r // 2 == 1, pm[None, :], tl.where(r // 2 == 2, pl[None, :], 0.0)))
+    else:
+        ph, pl = _split2_fp16(ps * 32768.0)  # p <= 1; 2**15 keeps the low piece off float16 subnormals
+        w = tl.where(r // 2 == 0, ph[None, :], tl.where(r // 2 == 1, pl[None, :], 0.0))
+    w = tl.reshape(tl.join(tl.where(r % 2 == 0, w, 0.0), tl.where(r % 2 == 1, w, 0.0)), (16, 2 * BLOCK_N))
+    return acc + _dot(w, b, DOT_F32)
+
+
+@triton.jit
+def _store_pairs(acc, out_ptr, v_scale_ptr, bh, V_FMT: tl.constexpr, D: tl.constexpr):
+    """_pv_pairs' accumulator to the split's output: element 2c + t sums the rows t, t + 2, t + 4 (p's pieces)
+    of the MMA column that holds pair c, undoing p's 2**15 and applying V's scale."""
+    NC: tl.constexpr = D // 2
+    r = tl.arange(0, 16)[:, None]
+    m = tl.arange(0, NC)
+    c = (NC // 8) * (m % 8) + m // 8
+    even = tl.sum(tl.where(r % 2 == 0, acc, 0.0), axis=0)
+    odd = tl.sum(tl.where(r % 2 == 1, acc, 0.0), axis=0)
+    if V_FMT == 2:
+        scale = tl.load(v_scale_ptr) / 32768.0
+    elif V_FMT == 1:
+        scale = tl.load(v_scale_ptr + bh) / 32768.0
+    else:
+        scale = 1.0
+    tl.store(out_ptr + 2 * c, even * scale)
+    tl.store(out_ptr + 2 * c + 1, odd * scale)
+
+
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_block_ptr, acc_ptr, ml_ptr,
-                           seq, split_len, qk_scale,
-                           K_FP8: tl.constexpr, V_FMT: tl.constexpr, D: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                           BLOCK_N: tl.constexpr, E2M1_DECODE: tl.constexpr, STAGES: tl.constexpr):
+                           seq, split_len, num_splits, qk_scale,
+                           K_FP8: tl.constexpr, V_FMT: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
+                           BLOCK_N: tl.constexpr, QK: tl.constexpr, PV: tl.constexpr, E2M1_DECODE: tl.constexpr,
+                           STAGES: tl.constexpr, DOT_F32: tl.constexpr):
     bh = tl.program_id(0)
     split = tl.program_id(1)
     d = tl.arange(0, D)
-    # log2(e) / sqrt(D) in q, so the softmax runs on exp2; the per-head K scale rides along.
-    q = tl.load(q_ptr + bh * D + d).to(tl.float32) * qk_scale
+    r = tl.arange(0, ROWS)
+    NB: tl.constexpr = D // 16
+    # log2(e) / sqrt(D) scales the scores, so the softmax runs on exp2; the per-head K scale rides along.
+    q = tl.load(q_ptr + bh * D + d)
+    s_scale = qk_scale
     if K_FP8:
-        q = q * tl.load(k_scale_ptr + bh)
+        s_scale = s_scale * tl.load(k_scale_ptr + bh)
+    if QK == 0:
+        qf = q.to(tl.float32) * s_scale
+    else:
+        if K_FP8:
+            # FP8 K widens to float16 exactly; q does too once a power of two puts its largest element
+            # under 2**15 (float16 holds every bfloat16 value from 2**-17 to 65504 exactly).
+            qw = q.to(tl.float32)
+            e = tl.maximum(((tl.max(tl.abs(qw), axis=0).to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -100)
+            pow2 = ((141 - e) << 23).to(tl.float32, bitcast=True)  # 2**(14 - floor(log2(max |q|)))
+            qd = (qw * pow2).to(tl.float16)
+            s_scale = s_scale / pow2
+        else:
+            qd = q
+        if QK == 1:
+            q_op = tl.broadcast_to(qd[None, :], (ROWS, D))
+        else:
+            q_op = tl.broadcast_to(qd[:, None], (D, ROWS))
     start = split * split_len
     end = tl.minimum(start + split_len, seq)
     m = -float("inf")
-    denom = 0.0
-    if V_FMT == 2:
-        acc_lo = tl.zeros([BLOCK_N, D // 16, 8], dtype=tl.float32)  # even elements of each 16-block
-        acc_hi = tl.zeros([BLOCK_N, D // 16, 8], dtype=tl.float32)  # odd elements
-        blk = tl.arange(0, D // 16)
-        pair = tl.arange(0, 8)
+    if QK == 0:
+        den = 0.0
+    elif QK == 1:
+        den = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
     else:
-        acc = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+        den = tl.zeros([BLOCK_N, ROWS], dtype=tl.float32)
+    j = tl.arange(0, D // 2)
+    if PV == 0:
+        if V_FMT == 2:
+            acc_lo = tl.zeros([BLOCK_N, NB, 8], dtype=tl.float32)  # even elements of each 16-block
+            acc_hi = tl.zeros([BLOCK_N, NB, 8], dtype=tl.float32)  # odd elements
+        else:
+            acc = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    elif PV == 1:
+        if V_FMT == 2:
+            acc_lo = tl.zeros([ROWS, D // 2], dtype=tl.float32)
+            acc_hi = tl.zeros([ROWS, D // 2], dtype=tl.float32)
+        else:
+            acc = tl.zeros([ROWS, D], dtype=tl.float32)
+    elif PV == 2:
+        if V_FMT == 2:
+            acc_lo = tl.zeros([D // 2, ROWS], dtype=tl.float32)
+            acc_hi = tl.zeros([D // 2, ROWS], dtype=tl.float32)
+        else:
+            acc = tl.zeros([D, ROWS], dtype=tl.float32)
+    else:
+        acc = tl.zeros([16, D // 2], dtype=tl.float32)
     for n0 in tl.range(start, end, BLOCK_N, num_stages=STAGES):
         n = n0 + tl.arange(0, BLOCK_N)
         valid = n < end
         rows = (bh.to(tl.int64) * seq + n)
-        k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
-        s = tl.where(valid, tl.sum(k * q[None, :], axis=1), -float("inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=0))
+        if QK == 0:
+            k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+            s = tl.where(valid, tl.sum(k * qf[None, :], axis=1), -float("inf"))
+            m_tile = tl.max(s, axis=0)
+        elif QK == 1:
+            kt = tl.load(k_ptr + rows[None, :] * D + d[:, None], mask=valid[None, :], other=0.0)
+            if K_FP8:
+                kt = kt.to(tl.float16)
+            s = _dot(q_op, kt, DOT_F32) * s_scale
+            s = tl.where(valid[None, :], s, -float("inf"))
+            m_tile = tl.max(tl.max(s, axis=1), axis=0)
+        else:
+            k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
+            if K_FP8:
+                k = k.to(tl.float16)
+            s = _dot(k, q_op, DOT_F32) * s_scale
+            s = tl.where(valid[:, None], s, -float("inf"))
+            m_tile = tl.max(tl.max(s, axis=1), axis=0)
+        m_new = tl.maximum(m, m_tile)
         # Rescale the running sums only when the maximum rises: over a long context it settles within
         # a few tiles; the multiply skipped is by exactly 1.0.
         if m_new > m:
             alpha = tl.math.exp2(m - m_new)
-            denom = denom * alpha
-            if V_FMT == 2:
+            den = den * alpha
+            if V_FMT == 2 and PV != 3:
                 acc_lo = acc_lo * alpha
                 acc_hi = acc_hi * alpha
             else:
                 acc = acc * alpha
             m = m_new
         p = tl.math.exp2(s - m)
-        denom = denom + tl.sum(p, axis=0)
-        if V_FMT == 2:
-            offs = rows[:, None, None] * (D // 2) + blk[None, :, None] * 8 + pair[None, None, :]
-            byte = tl.load(v_ptr + offs, mask=valid[:, None, None], other=0)
-            if E2M1_DECODE == 1:
-                lo, hi = _e2m1_pairs_packed(byte)
-            else:
-                lo, hi = _e2m1_pairs_bitwise(byte)
-            bscale = tl.load(v_block_ptr + rows[:, None] * (D // 16) + blk[None, :], mask=valid[:, None],
-                             other=0.0).to(tl.float32)
-            w = (p[:, None] * bscale)[:, :, None]
-            acc_lo = acc_lo + w * lo.to(tl.float32)
-            acc_hi = acc_hi + w * hi.to(tl.float32)
+        if QK == 0:
+            den = den + tl.sum(p, axis=0)
         else:
-            v = tl.load(v_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
-            acc = acc + p[:, None] * v
-    part = (bh * NUM_SPLITS + split).to(tl.int64)
-    if V_FMT == 2:
-        # 2**14 undoes the fp16 placement of the codes; the per-tensor scale is applied once here.
-        v_scale = tl.load(v_scale_ptr) * 16384.0
-        col = blk[:, None] * 16 + pair[None, :] * 2
-        tl.store(acc_ptr + part * D + col, tl.sum(acc_lo, axis=0) * v_scale)
-        tl.store(acc_ptr + part * D + col + 1, tl.sum(acc_hi, axis=0) * v_scale)
+            den = den + p
+        if PV == 3:
+            if QK == 1:
+                p = tl.max(p, axis=0)
+            elif QK == 2:
+                p = tl.max(p, axis=1)
+            acc = _pv_pairs(p, rows, valid, j, v_ptr, v_block_ptr, acc, V_FMT, D, BLOCK_N, E2M1_DECODE, DOT_F32)
+        elif PV == 0:
+            if QK == 1:
+                p = tl.max(p, axis=0)  # every row holds the same p
+            elif QK == 2:
+                p = tl.max(p, axis=1)
+            if V_FMT == 2:
+                blk = tl.arange(0, NB)
+                pair = tl.arange(0, 8)
+                offs = rows[:, None, None] * (D // 2) + blk[None, :, None] * 8 + pair[None, None, :]
+                byte = tl.load(v_ptr + offs, mask=valid[:, None, None], other=0)
+                lo, hi = _e2m1_pairs(byte, E2M1_DECODE)
+                bscale = tl.load(v_block_ptr + rows[:, None] * NB + blk[None, :], mask=valid[:, None],
+                                 other=0.0).to(tl.float32)
+                w = (p[:, None] * bscale)[:, :, None]
+                acc_lo = acc_lo + w * lo.to(tl.float32)
+                acc_hi = acc_hi + w * hi.to(tl.float32)
+            else:
+                v = tl.load(v_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+                acc = acc + p[:, None] * v
+        else:
+            # p as the MMA's 16-row operand: [ROWS, BLOCK_N] ("mma") or [BLOCK_N, ROWS] ("mma_t").
+            if PV == 1:
+                if QK == 0:
+                    p = tl.broadcast_to(p[None, :], (ROWS, BLOCK_N))
+                elif QK == 2:
+                    p = tl.trans(p)
+                row = r[:, None]
+            else:
+                if QK == 0:
+                    p = tl.broadcast_to(p[:, None], (BLOCK_N, ROWS))
+                elif QK == 1:
+                    p = tl.trans(p)
+                row = r[None, :]
+            if V_FMT == 2:
+                byte = tl.load(v_ptr + rows[:, None] * (D // 2) + j[None, :], mask=valid[:, None], other=0)
+                lo, hi = _e2m1_pairs(byte, E2M1_DECODE)
+                if PV == 1:
+                    bscale = tl.load(v_block_ptr + rows[None, :] * NB + row % NB, mask=valid[None, :], other=0.0)
+                else:
+                    bscale = tl.load(v_block_ptr + rows[:, None] * NB + row % NB, mask=valid[:, None], other=0.0)
+                # p times the block scale, times 2**7: the float16 pieces stay under 65504 (448 * 128)
+                # and their products with the codes (2**-14 of E2M1) stay in float16's exact range.
+                wh, wl = _split2_fp16(p * bscale.to(tl.float32) * 128.0)
+                piece = row // NB
+                w = tl.where(piece == 0, wh, tl.where(piece == 1, wl, 0.0))
+                if PV == 1:
+                    acc_lo = acc_lo + _dot(w, lo, DOT_F32)
+                    acc_hi = acc_hi + _dot(w, hi, DOT_F32)
+                else:
+                    acc_lo = acc_lo + _dot(tl.trans(lo), w, DOT_F32)
+                    acc_hi = acc_hi + _dot(tl.trans(hi), w, DOT_F32)
+            else:
+                v = tl.load(v_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
+                if V_FMT == 1:
+                    v = v.to(tl.float16)
+                    wh, wl = _split2_fp16(p * 32768.0)  # p <= 1: 2**15 keeps the low piece off subnormals
+                    w = tl.where(row == 0, wh, tl.where(row == 1, wl, 0.0))
+                else:
+                    wh, wm, wl = _split3_bf16(p)
+                    w = tl.where(row == 0, wh, tl.where(row == 1, wm, tl.where(row == 2, wl, 0.0)))
+                if PV == 1:
+                    acc = acc + _dot(w, v, DOT_F32)
+                else:
+                    acc = acc + _dot(tl.trans(v), w, DOT_F32)
+    part = (bh * num_splits + split).to(tl.int64)
+    if QK == 0:
+        denom = den
+    elif QK == 1:
+        denom = tl.sum(tl.sum(tl.where(r[:, None] == 0, den, 0.0), axis=1), axis=0)
     else:
-        out = tl.sum(acc, axis=0)
+        denom = tl.sum(tl.sum(tl.where(r[None, :] == 0, den, 0.0), axis=1), axis=0)
+    if PV == 3:
+        _store_pairs(acc, acc_ptr + part * D, v_scale_ptr, bh, V_FMT, D)
+    elif V_FMT == 2:
+        # 2**14 undoes the float16 placement of the codes; the per-tensor scale is applied once here.
+        v_scale = tl.load(v_scale_ptr) * 16384.0
+        if PV == 0:
+            blk = tl.arange(0, NB)
+            pair = tl.arange(0, 8)
+            col = blk[:, None] * 16 + pair[None, :] * 2
+            tl.store(acc_ptr + part * D + col, tl.sum(acc_lo, axis=0) * v_scale)
+            tl.store(acc_ptr + part * D + col + 1, tl.sum(acc_hi, axis=0) * v_scale)
+        else:
+            v_scale = v_scale / 128.0
+            # Column 2j and 2j+1 of the output are in block j // 8: keep its hi and lo rows.
+            if PV == 1:
+                keep = ((r % NB)[:, None] == (j // 8)[None, :]) & (r < 2 * NB)[:, None]
+                out_lo = tl.sum(tl.where(keep, acc_lo, 0.0), axis=0)
+                out_hi = tl.sum(tl.where(keep, acc_hi, 0.0), axis=0)
+            else:
+                keep = ((r % NB)[None, :] == (j // 8)[:, None]) & (r < 2 * NB)[None, :]
+                out_lo = tl.sum(tl.where(keep, acc_lo, 0.0), axis=1)
+                out_hi = tl.sum(tl.where(keep, acc_hi, 0.0), axis=1)
+            tl.store(acc_ptr + part * D + 2 * j, out_lo * v_scale)
+            tl.store(acc_ptr + part * D + 2 * j + 1, out_hi * v_scale)
+    else:
+        if PV == 0:
+            out = tl.sum(acc, axis=0)
+        elif PV == 1:
+            out = tl.sum(acc, axis=0)  # rows past the pieces of p hold zeros
+        else:
+            out = tl.sum(acc, axis=1)
         if V_FMT == 1:
             out = out * tl.load(v_scale_ptr + bh)
+            if PV != 0:
+                out = out / 32768.0
         tl.store(acc_ptr + part * D + d, out)
     tl.store(ml_ptr + part * 2, m)
     tl.store(ml_ptr + part * 2 + 1, denom)
 
 
-@triton.jit
-def _decode_combine_kernel(acc_ptr, ml_ptr, out_ptr, D: tl.constexpr, NUM_SPLITS: tl.constexpr):
+@triton.jit(do_not_specialize=["num_splits"])
+def _decode_combine_kernel(acc_ptr, ml_ptr, out_ptr, num_splits, D: tl.constexpr, SPLITS: tl.constexpr):
     bh = tl.program_id(0)
-    s = tl.arange(0, NUM_SPLITS)
+    s = tl.arange(0, SPLITS)
     d = tl.arange(0, D)
-    part = bh * NUM_SPLITS + s
-    m = tl.load(ml_ptr + part * 2)
-    denom = tl.load(ml_ptr + part * 2 + 1)
-    weight = tl.math.exp2(m - tl.max(m, axis=0))  # an empty split has m = -inf and weighs 0
-    acc = tl.load(acc_ptr + part[:, None] * D + d[None, :])
+    live = s < num_splits
+    part = bh * num_splits + s
+    m = tl.load(ml_ptr + part * 2, mask=live, other=-float("inf"))
+    denom = tl.load(ml_ptr + part * 2 + 1, mask=live, other=0.0)
+    weight = tl.math.exp2(m - tl.max(m, axis=0))  # an empty or absent split has m = -inf and weighs 0
+    acc = tl.load(acc_ptr + part[:, None] * D + d[None, :], mask=live[:, None], other=0.0)
     out = tl.sum(acc * weight[:, None], axis=0) / tl.sum(denom * weight, axis=0)
     tl.store(out_ptr + bh * D + d, out)
 
 
-def num_splits(heads_total: int, seq: int, sm_count: int) -> int:
-    """Enough programs for four per SM, never a split shorter than 256 tokens; a power of two."""
-    want = max(1, min(triton.cdiv(4 * sm_count, heads_total), triton.cdiv(seq, 256)))
+def num_splits(heads_total: int, seq: int, sm_count: int, per_sm: int = 4) -> int:
+    """About `per_sm` programs per SM, never a split shorter than 256 tokens; a power of two."""
+    want = max(1, min(triton.cdiv(per_sm * sm_count, heads_total), triton.cdiv(seq, _MIN_SPLIT_TOKENS)))
     return triton.next_power_of_2(want)
 
 
+def _device_tile(q: torch.Tensor, k_fmt: str, v_fmt: str) -> Tile:
+    gpu = gpu_key_from_name(torch.cuda.get_device_name(q.device)) if q.is_cuda else DEFAULT_GPU
+    return tile_for(gpu, k_fmt, v_fmt)
+
+
 def decode_attention(q: torch.Tensor, cache: Cache, splits: int | None = None,
-                     tile: tuple[int, int, int] | None = None, e2m1: str | None = None) -> torch.Tensor:
+                     tile: Tile | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for q [batch, heads, head_dim] over `cache`; float32 [batch, heads, head_dim].
 
-    `tile` is (BLOCK_N, num_warps, stages); by default the format's entry in TILES. `e2m1` is one of
-    E2M1_DECODES: by default "packed", or "bitwise" under Triton's interpreter (TRITON_INTERPRET=1).
+    `tile` by default is the device's entry in TILES. `splits` by default follows the tile's `per_sm`.
+    Under Triton's interpreter (TRITON_INTERPRET=1) the default tile decodes E2M1 "bitwise".
     """
+    return launch(q, cache, splits, tile)[0]
+
+
+def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile | None = None):
+    """decode_attention's output and the partial kernel Triton launched (its registers, spills and shared
+    memory; None under the interpreter)."""
     k_fmt, v_fmt = cache.k.fmt, cache.v.fmt
     if k_fmt not in ("bf16", "fp8") or v_fmt not in V_FORMATS:
         raise ValueError(f"no kernel for K {k_fmt!r} with V {v_fmt!r}; K takes bf16 or fp8, V {', '.join(V_FORMATS)}")
@@ -192,16 +571,20 @@ def decode_attention(q: torch.Tensor, cache: Cache, splits: int | None = None,
     seq = k_data.shape[2]
     if head_dim % 16 or head_dim & (head_dim - 1):
         raise ValueError(f"head_dim must be a power of two and a multiple of 16, got {head_dim}")
-    block_n, num_warps, stages = tile or TILES.get((k_fmt, v_fmt), (64, 4, 2))
-    if _MAX_BLOCK_N % block_n:
-        raise ValueError(f"BLOCK_N must divide {_MAX_BLOCK_N}, got {block_n}")
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    e2m1 = e2m1 or ("bitwise" if interpreted else "packed")
-    if e2m1 not in E2M1_DECODES or (interpreted and e2m1 == "packed"):
-        raise ValueError(f"e2m1 decode {e2m1!r} cannot run here; choose from "
-                         f"{['bitwise'] if interpreted else list(E2M1_DECODES)} (the interpreter runs no PTX)")
+    if tile is None:
+        tile = _device_tile(q, k_fmt, v_fmt)
+        if interpreted:
+            tile = replace(tile, e2m1="bitwise")
+    if interpreted and tile.e2m1 != "bitwise":
+        raise ValueError(f"e2m1 decode {tile.e2m1!r} cannot run under Triton's interpreter (it runs no PTX); "
+                         "choose 'bitwise'")
+    if head_dim < 32 and tile.pv == "mma_pairs":
+        raise ValueError(f"the pair path needs head_dim >= 32 (the MMA's 16 columns are element pairs), got {head_dim}")
     bh = batch * heads
-    splits = splits or num_splits(bh, seq, torch.cuda.get_device_properties(q.device).multi_processor_count)
+    if splits is None:
+        sm_count = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
+        splits = num_splits(bh, seq, sm_count, tile.per_sm)
     split_len = triton.cdiv(triton.cdiv(seq, splits), _MAX_BLOCK_N) * _MAX_BLOCK_N
     dummy = torch.empty(1, dtype=torch.float32, device=q.device)  # never read; empty launches no fill kernel
     k_scale = cache.k.scales.reshape(bh).float().contiguous() if k_fmt == "fp8" else dummy
@@ -215,10 +598,33 @@ def decode_attention(q: torch.Tensor, cache: Cache, splits: int | None = None,
     acc = torch.empty(bh * splits, head_dim, dtype=torch.float32, device=q.device)
     ml = torch.empty(bh * splits, 2, dtype=torch.float32, device=q.device)
     out = torch.empty(batch, heads, head_dim, dtype=torch.float32, device=q.device)
-    _decode_partial_kernel[(bh, splits)](
+    kernel = _decode_partial_kernel[(bh, splits)](
         q.contiguous(), k_data.contiguous(), k_scale, v_data.contiguous(), v_scale, v_block, acc, ml,
-        seq, split_len, math.log2(math.e) / math.sqrt(head_dim),
-        K_FP8=k_fmt == "fp8", V_FMT=V_FORMATS[v_fmt], D=head_dim, NUM_SPLITS=splits, BLOCK_N=block_n,
-        E2M1_DECODE=E2M1_DECODES[e2m1], STAGES=stages, num_warps=num_warps)
-    _decode_combine_kernel[(bh,)](acc, ml, out, D=head_dim, NUM_SPLITS=splits)
-    return out
+        seq, split_len, splits, math.log2(math.e) / math.sqrt(head_dim),
+        K_FP8=k_fmt == "fp8", V_FMT=V_FORMATS[v_fmt], D=head_dim, ROWS=max(16, head_dim // 8),
+        BLOCK_N=tile.block_n, QK=PRODUCTS[tile.qk], PV=PRODUCTS[tile.pv], E2M1_DECODE=E2M1_DECODES[tile.e2m1],
+        STAGES=tile.stages, DOT_F32=interpreted, num_warps=tile.warps)
+    _decode_combine_kernel[(bh,)](acc, ml, out, splits, D=head_dim, SPLITS=triton.next_power_of_2(splits))
+    return out, None if interpreted else kernel
+
+
+def decode_attention_interpreted(q: torch.Tensor, cache: Cache,
+                                 runs: list[tuple[Tile | None, int | None]]) -> list[torch.Tensor]:
+    """decode_attention on CPU tensors, run by Triton's interpreter in a child process, once per
+    (tile, splits) of `runs`: the interpreter must be chosen before triton is imported (it decides what
+    @triton.jit returns), and in a process that runs GPU kernels triton is already imported."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, output = os.path.join(tmp, "in.pt"), os.path.join(tmp, "out.pt")
+        torch.save({"q": q, "cache": cache, "runs": runs}, inputs)
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        # -m, not the file: the module's relative imports need it run as part of its package.
+        done = subprocess.run([sys.executable, "-m", __name__, inputs, output], env=env, capture_output=True,
+                              text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"the interpreted decode-attention kernel failed:\n{done.stdout}{done.stderr}")
+        return torch.load(output)
+
+
+if __name__ == "__main__":  # decode_attention_interpreted's child: python -m ... IN OUT
+    job = torch.load(sys.argv[1], weights_only=False)
+    torch.save([decode_attention(job["q"], job["cache"], splits, tile) for tile, splits in job["runs"]], sys.argv[2])

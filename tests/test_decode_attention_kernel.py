@@ -1,0 +1,123 @@
+"""The split-K decode-attention kernel (lowprec_workloads.decode_attention_triton) on the CPU: every way of
+computing q.k and p.v, run by Triton's interpreter, against float64 attention over the values each cache
+holds; the tile table's rules; and the variants benchmark, end to end on the CPU."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lowprec_workloads.decode_attention import CACHES, DecodeShape, attend_cache, build_cache, make_inputs
+from pytest_lowprec.formats.metrics import rel_l2
+
+# The suite's bound on the kernel against float64 attention over its own cache.
+MAX_REL_L2 = 1e-5
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    from lowprec_workloads import decode_attention_triton
+
+    return decode_attention_triton
+
+
+def _inputs(seq: int, seed: int = 3):
+    q, k, v = make_inputs(DecodeShape(batch=1, heads=2, seq=seq, head_dim=128), "cpu", seed=seed, outlier_channels=2)
+    return q, {name: build_cache(k, v, name) for name in CACHES}
+
+
+def _check(kernel, q, caches, runs):
+    for name, cache in caches.items():
+        outs = kernel.decode_attention_interpreted(q, cache, runs)
+        reference = attend_cache(q, cache)
+        for (tile, splits), out in zip(runs, outs, strict=True):
+            label = tile.name if tile else "default tile"
+            assert rel_l2(reference, out) < MAX_REL_L2, f"{name} {label} splits={splits}"
+
+
+def test_the_default_tiles_and_the_pair_path_match_float64_attention_over_each_cache(kernel):
+    """300 tokens: a ragged last tile; 8 splits: some empty; 3: not a power of two."""
+    q, caches = _inputs(300)
+    runs = [(None, None), (None, 8), (None, 3),
+            (kernel.Tile("mma_t", "mma_pairs", 32, 1, 2, e2m1="bitwise"), 3)]
+    _check(kernel, q, caches, runs)
+
+
+@pytest.mark.slow
+def test_every_product_matches_float64_attention_over_each_cache(kernel):
+    q, caches = _inputs(200, seed=4)
+    runs = [(kernel.Tile(qk, pv, block_n, 4, 1, e2m1="bitwise"), 2)
+            for qk, pv in itertools.product(kernel.QK_PRODUCTS, kernel.PRODUCTS) for block_n in (16, 64)]
+    _check(kernel, q, caches, runs)
+
+
+def test_a_tile_rejects_what_the_kernel_cannot_run(kernel):
+    with pytest.raises(ValueError, match="qk takes"):
+        kernel.Tile(qk="mma_pairs")
+    with pytest.raises(ValueError, match="block_n"):
+        kernel.Tile(block_n=48)
+    with pytest.raises(ValueError, match="warps"):
+        kernel.Tile(warps=3)
+    with pytest.raises(ValueError, match="'lut' with pv='mma_pairs'"):
+        kernel.Tile(pv="fma", e2m1="lut")
+
+
+def test_a_gpu_without_its_own_tiles_runs_the_default_gpus(kernel):
+    for formats in CACHES.values():
+        assert kernel.tile_for("some-future-gpu", *formats) == kernel.TILES[kernel.DEFAULT_GPU][formats]
+
+
+def test_split_counts_are_powers_of_two_near_per_sm_programs_per_sm_and_never_split_under_256_tokens(kernel):
+    assert kernel.num_splits(256, 32768, 132, 4) == 4  # the suite's shape on an H100 or H200
+    assert kernel.num_splits(256, 32768, 132, 16) == 16
+    assert kernel.num_splits(256, 32768, 132, 1) == 1
+    assert kernel.num_splits(8, 512, 132, 4) == 2  # 512 tokens: at most two splits of 256
+    assert kernel.num_splits(256, 32768, 132, 6) == 4
+
+
+def test_the_interpreter_refuses_a_ptx_decode(kernel):
+    q, caches = _inputs(64)
+    with pytest.raises(RuntimeError, match="cannot run under Triton's interpreter"):
+        kernel.decode_attention_interpreted(q, caches["fp8k_nvfp4v"], [(kernel.Tile(e2m1="packed"), None)])
+
+
+@pytest.mark.slow
+def test_the_variants_benchmark_runs_every_phase_on_the_cpu(tmp_path):
+    """The GPU run is one shot: its script must not fail on a typo. Two variants per cache, the
+    interpreter, a tiny cache: compile workers, fresh-process probes, sweep, splits, placement, report."""
+    out = tmp_path / "variants.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode_attention_variants.py"), str(out),
+                           "--smoke", "--limit", "2", "--workers", "1", "--budget-s", "900"],
+                          env=env, capture_output=True, text=True, timeout=1200, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["phase_errors"] == {}
+    assert {r["cache"] for r in result["sweep"] if r.get("ms")} == set(CACHES)
+    assert all("rounds" in probe for probe in result["probes"]), result["probes"]
+    assert {r["layout"] for r in result["placement"] if r.get("ms")} >= {"as allocated", "V then K"}
+    assert "TILES[" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", list(CACHES))
+def test_the_tensor_core_pair_path_compiles_for_hopper(cache):
+    """Offline, with Triton's own ptxas: the PTX decodes and the pair path's layouts compile for sm_90
+    without spilling (the interpreter runs neither)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from decode_attention_sass import profile
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from lowprec_workloads.decode_attention_triton import Tile
+
+    e2m1 = "lut" if CACHES[cache][1] == "nvfp4" else "packed"
+    row = profile(cache, Tile("mma_t", "mma_pairs", 64, 1, 2, e2m1=e2m1), arch=90)
+    assert row["spill_bytes"] == 0 and row["loop_per_thread"] > 0, row

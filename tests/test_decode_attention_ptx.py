@@ -1,0 +1,129 @@
+"""The decode-attention kernel's inline PTX (E2M1 decodes), run on the CPU by a small emulator of the
+instructions it uses, for every byte at every position: a wrong shift, mask or prmt selector shows here,
+not on a GPU run."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from pytest_lowprec.formats.minifloat import E2M1
+
+MASK = 0xFFFFFFFF
+
+
+def _prmt(a: int, b: int, selector: int) -> int:
+    """prmt.b32 (default mode): result byte i is byte (selector nibble i & 7) of {b, a}; with the nibble's
+    bit 3 set, that byte's sign bit repeated over the byte."""
+    source = (b << 32) | a
+    out = 0
+    for i in range(4):
+        nibble = (selector >> (4 * i)) & 0xF
+        byte = (source >> (8 * (nibble & 7))) & 0xFF
+        if nibble & 8:
+            byte = 0xFF if byte & 0x80 else 0
+        out |= byte << (8 * i)
+    return out
+
+
+def _e4m3x2_to_f16x2(h: int) -> int:
+    """cvt.rn.f16x2.e4m3x2: the low byte to the low half, the high byte to the high half (exact)."""
+    codes = torch.tensor([h & 0xFF, (h >> 8) & 0xFF], dtype=torch.uint8).view(torch.float8_e4m3fn)
+    lo, hi = (int(x) for x in codes.to(torch.float16).view(torch.int16).tolist())
+    return (lo & 0xFFFF) | ((hi & 0xFFFF) << 16)
+
+
+def run_ptx(asm: str, inputs: list[int], outputs: int) -> list[int]:
+    """Execute `asm` (the subset the kernel's decodes use) with $0..$(outputs-1) as outputs and the
+    following operands bound to `inputs`; returns the outputs as unsigned 32-bit integers."""
+    regs = {f"${outputs + i}": value & MASK for i, value in enumerate(inputs)}
+
+    def val(operand: str) -> int:
+        operand = operand.strip()
+        if operand in regs:
+            return regs[operand]
+        return int(operand, 0) & MASK
+
+    for raw in asm.split(";"):
+        line = raw.strip().strip("{}").strip()
+        if not line or line.startswith(".reg"):
+            continue
+        op, rest = line.split(None, 1)
+        unpack = re.fullmatch(r"\{\s*(\S+),\s*(\S+)\s*\},\s*(\S+)", rest)
+        if op == "mov.b32" and unpack:
+            word = val(unpack.group(3))
+            regs[unpack.group(1)], regs[unpack.group(2)] = word & 0xFFFF, word >> 16
+            continue
+        dst, *srcs = (x.strip() for x in rest.split(","))
+        if op == "mov.b32":
+            regs[dst] = val(srcs[0])
+        elif op == "prmt.b32":
+            regs[dst] = _prmt(val(srcs[0]), val(srcs[1]), val(srcs[2]))
+        elif op == "shl.b32":
+            regs[dst] = (val(srcs[0]) << val(srcs[1])) & MASK
+        elif op == "shr.b32":
+            regs[dst] = val(srcs[0]) >> val(srcs[1])
+        elif op == "and.b32":
+            regs[dst] = val(srcs[0]) & val(srcs[1])
+        elif op == "or.b32":
+            regs[dst] = val(srcs[0]) | val(srcs[1])
+        elif op == "cvt.rn.f16x2.e4m3x2":
+            regs[dst] = _e4m3x2_to_f16x2(val(srcs[0]))
+        else:
+            raise NotImplementedError(f"the emulator has no {op!r} (line: {line!r})")
+    return [regs[f"${i}"] for i in range(outputs)]
+
+
+def _f16_bits(values: torch.Tensor) -> list[int]:
+    return [x & 0xFFFF for x in values.to(torch.float16).view(torch.int16).tolist()]
+
+
+def _e2m1(code: int) -> torch.Tensor:
+    return E2M1.decode(torch.tensor([code]))
+
+
+@pytest.fixture(scope="module")
+def kernel_module():
+    from lowprec_workloads import decode_attention_triton
+
+    return decode_attention_triton
+
+
+def _words():
+    """Every byte value at every position of a 32-bit word."""
+    for v in range(256):
+        yield [v, (v + 85) % 256, (v + 170) % 256, (v + 255) % 256]
+
+
+def test_packed_decode_places_each_nibble_at_2_to_the_minus_14_of_its_e2m1_value(kernel_module):
+    for b in _words():
+        word = b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24
+        lo01, lo23, hi01, hi23 = run_ptx(kernel_module.PACKED_PTX, [word], 4)
+        got = [lo01 & 0xFFFF, lo01 >> 16, lo23 & 0xFFFF, lo23 >> 16, hi01 & 0xFFFF, hi01 >> 16, hi23 & 0xFFFF,
+               hi23 >> 16]
+        codes = [x & 0xF for x in b] + [x >> 4 for x in b]
+        want = _f16_bits(torch.cat([_e2m1(c) for c in codes]) * 2.0**-14)
+        assert got == want, f"bytes {[hex(x) for x in b]}"
+
+
+def test_lut_decode_widens_both_nibbles_of_a_byte_to_their_exact_e2m1_values(kernel_module):
+    for b in _words():
+        # The kernel hands the asm each byte twice (its two nibbles' elements), low nibble first.
+        first = b[0] | b[0] << 8 | b[1] << 16 | b[1] << 24
+        second = b[2] | b[2] << 8 | b[3] << 16 | b[3] << 24
+        out = run_ptx(kernel_module.LUT_PTX, [first, second], 4)
+        got = [half for word in out for half in (word & 0xFFFF, word >> 16)]
+        want = _f16_bits(torch.cat([_e2m1(c) for x in b for c in (x & 0xF, x >> 4)]))
+        assert got == want, f"bytes {[hex(x) for x in b]}"
+
+
+def test_the_emulator_refuses_an_instruction_it_does_not_model():
+    with pytest.raises(NotImplementedError, match="xor.b32"):
+        run_ptx("xor.b32 $0, $1, 1;", [0], 1)
+
+
+def test_the_emulators_prmt_replicates_the_selected_bytes_sign_when_the_selector_asks():
+    assert _prmt(0x00008000, 0, 0x0009) == 0x000000FF  # byte 1 of a (0x80): sign set, repeated
+    assert _prmt(0x44332211, 0x88776655, 0x7654) == 0x88776655
