@@ -24,6 +24,9 @@ they add in float32, so each tile's product joins the running sum in a round-to-
 NVFP4 codes decode in PTX on a GPU: "packed" places the three magnitude bits of two codes under
 the float16 exponent at once (2**-14 of their E2M1 value, applied at the end); "lut" (pair path)
 looks each nibble's E4M3 code up in an 8-byte table with prmt and widens pairs with cvt.e4m3x2.
+"lut" passes the CPU emulation of its PTX but gave wrong attention on an H200 in every variant
+(2026-12-01, benchmarks/decode_attention_variants.py: relative L2 1.2 against float64), so no TILES
+entry may name it (tested) until that is understood; the sweep keeps it, where it shows as WRONG.
 Triton's interpreter runs no PTX: it takes the same bits in Triton integer ops ("bitwise"), and
 multiplies bfloat16 tiles wrongly (it sees their raw bits), so there tensor-core operands go to the
 dot in float32 (the same values). CUDA and Triton only.
@@ -87,13 +90,20 @@ class Tile:
 
 # The partial kernel's Tile per GPU key and (K, V) format. Fixed, never autotuned: a gate needs the
 # same kernel in every process. The H100's are the fastest of a sweep there (2026-11-22,
-# docs/measurements/kv-cache-h100-2026-11-22.md), all on CUDA cores. A GPU without an entry runs
-# DEFAULT_GPU's tiles.
+# docs/measurements/kv-cache-h100-2026-11-22.md), all on CUDA cores. The H200's are the fastest
+# correct variants of benchmarks/decode_attention_variants.py on an H200 (2026-12-01; 8x32 heads, 32K
+# tokens: BF16 0.939 ms, FP8 0.496 ms, FP8-K NVFP4-V 0.460 ms, against 0.972 / 0.542 / 0.616 ms with the
+# H100's tiles). A GPU without an entry runs DEFAULT_GPU's tiles.
 TILES = {
     "h100": {
         ("bf16", "bf16"): Tile(block_n=64, warps=8, stages=2),
         ("fp8", "fp8"): Tile(block_n=128, warps=4, stages=2),
         ("fp8", "nvfp4"): Tile(block_n=64, warps=4, stages=2),
+    },
+    "h200": {
+        ("bf16", "bf16"): Tile(qk="mma_t", pv="mma_t", block_n=64, warps=4, stages=3, per_sm=8, e2m1="packed"),
+        ("fp8", "fp8"): Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=2, per_sm=16, e2m1="packed"),
+        ("fp8", "nvfp4"): Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=3, per_sm=32, e2m1="packed"),
     },
 }
 DEFAULT_GPU = "h100"

@@ -69,6 +69,24 @@ def test_a_tile_rejects_what_the_kernel_cannot_run(kernel):
         kernel.Tile(pv="fma", e2m1="lut")
 
 
+def test_no_gpus_tiles_name_the_lut_decode_that_was_wrong_on_an_h200(kernel):
+    assert [(gpu, formats) for gpu, tiles in kernel.TILES.items() for formats, tile in tiles.items()
+            if tile.e2m1 == "lut"] == []
+
+
+def test_every_gpus_fixed_tiles_match_float64_attention_over_their_cache(kernel):
+    """Each shipped tile as the interpreter can run it (its PTX decode taken bit by bit), 300 tokens."""
+    from dataclasses import replace
+
+    q, caches = _inputs(300, seed=5)
+    for gpu, tiles in kernel.TILES.items():
+        for name, formats in CACHES.items():
+            tile = replace(tiles[formats], e2m1="bitwise")
+            for splits in (3, None):
+                out = kernel.decode_attention_interpreted(q, caches[name], [(tile, splits)])[0]
+                assert rel_l2(attend_cache(q, caches[name]), out) < MAX_REL_L2, f"{gpu} {name} {tile.name}"
+
+
 def test_a_gpu_without_its_own_tiles_runs_the_default_gpus(kernel):
     for formats in CACHES.values():
         assert kernel.tile_for("some-future-gpu", *formats) == kernel.TILES[kernel.DEFAULT_GPU][formats]
