@@ -7,8 +7,11 @@ Fp8Recipe names other recipes (GEMMs left in bfloat16, E4M3 gradients, row scale
 for benchmarks/fp8_training_diagnosis.py. The BF16 reference is
 the same module with F.linear in bfloat16: the two runs differ only in the linears.
 
-Under the suite's recipe the step is fused where its time went beyond the GEMMs (on CUDA,
-fp8_training_triton's kernels; elsewhere the same operations eagerly, in the same order):
+By default each linear runs alone (Fp8Matmul: per linear, its input and its output gradient each an amax
+pass and a cast pass writing both layouts, its weight one cast pass) and torch's AdamW updates the
+weights. Two fusions are options (FUSE_BLOCKS, OPTIMIZER_CASTS, off: both made the H200's step slower),
+each computing the same numbers (on CUDA, fp8_training_triton's kernels; elsewhere the same operations
+eagerly, in the same order):
   - a block's two linears and the GELU between them run as one autograd function (Fp8Mlp): GELU's
     output and the GELU backward's output are quantized (amax pass, then one cast pass writing both
     layouts) from GELU's input without being written in bfloat16, and the bias gradients are the
@@ -90,6 +93,15 @@ class Fp8Recipe:
         return (f"fp8 {gemms}, {grads} gradients, {self.scaling} scales, fast accumulation {fast}, "
                 f"weight amax {self.weight_amax}, activation amax {self.activation_amax}")
 
+
+# The two fusions, off: on an NVIDIA H200 at the chapter's shape (2026-12-01, benchmarks/fp8_training_step.py,
+# docs/measurements/fp8-training-step-h200-2026-12-01.md) the FP8 step per linear with the forward's weight
+# casts was 1.425x BF16 [1.424, 1.427]; the fused block 1.377x, the optimizer's casts 1.290x, both 1.254x.
+# Fp8AdamW's pass took 3.2-3.5 ms against 2.9 ms for torch's fused AdamW and the four weight casts, and the
+# fused block's amax and cast passes were no cheaper than the separate ones. The benchmark sets them to time
+# each option; fusable() and adamw() read them.
+FUSE_BLOCKS = False
+OPTIMIZER_CASTS = False
 
 # The suite's recipe: FP8 in all three GEMMs, E5M2 gradients, a dynamic scale per tensor for activations
 # and gradients, the weights' from their amax at the previous step's cast.
@@ -365,11 +377,12 @@ def fused_quantize(a: torch.Tensor, dtype: torch.dtype, op: str = "identity", b:
 
 
 def fusable(fc1: torch.nn.Module, fc2: torch.nn.Module) -> bool:
-    """Whether a block's fc2(gelu(fc1(h))) can run as Fp8Mlp: both are this module's FP8 Linears under one
-    tensorwise recipe with all three GEMMs in FP8 and one amax reduction, holding unsharded weights (a
-    sharded weight, e.g. FSDP2's per-linear DTensor, is gathered by the linear's own call)."""
+    """Whether a block's fc2(gelu(fc1(h))) runs as Fp8Mlp: FUSE_BLOCKS is on and both are this module's FP8
+    Linears under one tensorwise recipe with all three GEMMs in FP8 and one amax reduction, holding
+    unsharded weights (a sharded weight, e.g. FSDP2's per-linear DTensor, is gathered by the linear's own
+    call)."""
     linears = (fc1, fc2)
-    return (all(type(m) is Linear and m.fp8 for m in linears) and fc1.recipe == fc2.recipe
+    return (FUSE_BLOCKS and all(type(m) is Linear and m.fp8 for m in linears) and fc1.recipe == fc2.recipe
             and fc1.recipe.scaling == "tensor" and set(fc1.recipe.gemms) == set(GEMMS)
             and fc1.reduce_amax is fc2.reduce_amax
             and all(_plain(p) for m in linears for p in (m.weight, m.bias)))
@@ -604,9 +617,9 @@ def _adamw_kernel_takes(weight: torch.Tensor) -> bool:
 
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 1e-2, fused: bool | None = None):
-    """The optimizer a model trains with: Fp8AdamW where it has FP8 linears, else torch.optim.AdamW (what a
-    BF16 user runs), both with torch's defaults otherwise."""
-    if any(isinstance(m, Linear) and m.fp8 for m in model.modules()):
+    """The optimizer a model trains with: torch.optim.AdamW (what a BF16 user runs), or Fp8AdamW where
+    OPTIMIZER_CASTS is on and the model has FP8 linears, both with torch's defaults otherwise."""
+    if OPTIMIZER_CASTS and any(isinstance(m, Linear) and m.fp8 for m in model.modules()):
         return Fp8AdamW(model, lr=lr, weight_decay=weight_decay, fused=fused)
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
 
@@ -674,18 +687,25 @@ def step_function(models, x: torch.Tensor, labels: torch.Tensor, lr: float, fuse
     return step
 
 
-def triton_quantizer_work(shape: Shape, optimizer_casts: bool = True, recipe: Fp8Recipe = RECIPE,
-                          gelu_cast: str | None = None) -> tuple[Work, ...]:
+def triton_quantizer_work(shape: Shape, recipe: Fp8Recipe = RECIPE, fuse_blocks: bool | None = None,
+                          optimizer_casts: bool | None = None, gelu_cast: str | None = None) -> tuple[Work, ...]:
     """The Triton kernels of one FP8 training step under `recipe` (steady state), which traffic.eager_work
     cannot see: bytes through memory per pass (GELU's erf and exp are left out of the FLOPs, as eager_work
-    leaves out the BF16 side's GELU). Per block, as fused_quantize runs them (`gelu_cast`: GELU_CAST):
-    the normalized input and fc2's output gradient (whose pass also sums the bias gradient) each an amax
-    pass and a cast pass writing both layouts, or the cast alone under an amax history; GELU's output an amax
-    pass over GELU's input writing GELU's output and a cast pass over that (or, computed in the cast, an amax
-    pass and a cast pass over GELU's input, the cast alone under a history); the GELU backward's output the same over
-    the gradient and GELU's input. Per weight, with `optimizer_casts` (Fp8AdamW on CUDA), the AdamW pass
-    itself (torch's optimizer no longer sees these weights): read weight, gradient and both moments, write
-    weight, moments and the two FP8 layouts; without, a cast pass over the float32 weight."""
+    leaves out the BF16 side's GELU). `fuse_blocks` and `optimizer_casts` default to FUSE_BLOCKS and
+    OPTIMIZER_CASTS, the path that runs.
+
+    Per linear alone (Fp8Matmul): its input and its output gradient (bfloat16) each an amax pass and a cast
+    pass writing both layouts. Per fused block, as fused_quantize runs them (`gelu_cast`: GELU_CAST): the
+    normalized input and fc2's output gradient (whose pass also sums the bias gradient) each an amax pass and
+    a cast pass writing both layouts, or the cast alone under an amax history; GELU's output an amax pass
+    over GELU's input writing GELU's output and a cast pass over that (or, computed in the cast, an amax
+    pass and a cast pass over GELU's input, the cast alone under a history); the GELU backward's output the
+    same over the gradient and GELU's input. Per weight, with `optimizer_casts` (Fp8AdamW on CUDA), the
+    AdamW pass itself (torch's optimizer no longer sees these weights): read weight, gradient and both
+    moments, write weight, moments and the two FP8 layouts; without, a cast pass over the float32 weight
+    (after an amax pass under weight_amax "current")."""
+    fuse_blocks = FUSE_BLOCKS if fuse_blocks is None else fuse_blocks
+    optimizer_casts = OPTIMIZER_CASTS if optimizer_casts is None else optimizer_casts
     computed = (GELU_CAST if gelu_cast is None else gelu_cast) != "written"
     history = recipe.activation_amax == "history"
     tokens, d, h = shape.tokens, shape.d, 4 * shape.d
@@ -698,8 +718,13 @@ def triton_quantizer_work(shape: Shape, optimizer_casts: bool = True, recipe: Fp
 
     work = []
     for _ in range(shape.blocks):
-        work += passes(2, tokens * d, True) + passes(2, tokens * d, True)  # normalized input, fc2's gradient
-        work += passes(2, tokens * h, computed) + passes(4, tokens * h, computed)  # GELU, GELU backward
+        if fuse_blocks:
+            work += passes(2, tokens * d, True) + passes(2, tokens * d, True)  # normalized input, fc2's gradient
+            work += passes(2, tokens * h, computed) + passes(4, tokens * h, computed)  # GELU, GELU backward
+        else:
+            for d_in, d_out in ((d, h), (h, d)):
+                for elements in (tokens * d_in, tokens * d_out):  # input, output gradient
+                    work += [Work(nbytes=2 * elements), Work(nbytes=(2 + 2) * elements)]
         for _ in range(2):
             weight = d * h
             if optimizer_casts:

@@ -1,14 +1,17 @@
 """FP8 training against BF16: identical weights, data, seeds and number of steps.
 
 The runs differ only in their linears (FP8 `_scaled_mm` against bfloat16
-F.linear), and in how the FP8 weights get cast: the FP8 model's optimizer
-(fp8_training.Fp8AdamW: torch's AdamW rule) casts them as it updates them. Both
-see one poisoned batch (inputs scaled to overflow) that the loss-scale manager
-must skip and count. CPU runs a small stack; the GPU runs the chapter's shape
-(LayerNorm -> Linear 4096->16384 -> GELU -> Linear 16384->4096), each block's two
-FP8 linears and GELU fused (fp8_training.Fp8Mlp). The plain tests below check the
-fusions against the unfused path: bit for bit on the CPU's eager path, the Triton
-kernels under Triton's interpreter on the CPU and against torch's CUDA ops on a GPU.
+F.linear); both train with torch's AdamW. Both see one poisoned batch (inputs
+scaled to overflow) that the loss-scale manager must skip and count. CPU runs a
+small stack; the GPU runs the chapter's shape (LayerNorm -> Linear 4096->16384 ->
+GELU -> Linear 16384->4096), each FP8 linear alone (fp8_training.Fp8Matmul). The
+two fusions, each block's linears and GELU as one function (fp8_training.Fp8Mlp,
+FUSE_BLOCKS) and the FP8 weights cast in the optimizer's update (Fp8AdamW,
+OPTIMIZER_CASTS), are options, off because they made the H200's step slower
+(docs/measurements/fp8-training-step-h200-2026-12-01.md); the signatures name the
+path that runs. The plain tests below check the fusions against the unfused path:
+bit for bit on the CPU's eager path, the Triton kernels under Triton's interpreter
+on the CPU and against torch's CUDA ops on a GPU.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import statistics
 import pytest
 import torch
 
+from lowprec_workloads import fp8_training
 from lowprec_workloads.fp8_training import (
     E4M3,
     E5M2,
@@ -51,6 +55,9 @@ GPU_SHAPE = Shape(d=4096, blocks=2, tokens=4096, steps=150, lr=3e-4)  # lr: see 
 POISON_STEP = 40
 LAST_K = 20
 FP8_GEMM_KERNEL = r"nvjet_sm\d+_qq|e4m3|f8f8"
+TENSORWISE_CAST_KERNEL = r"_fp8_tensorwise_kernel"  # pytest_lowprec.formats.triton_quant's cast
+BLOCK_KERNELS = r"_amax_kernel|_cast_kernel"  # fp8_training_triton's fused block passes
+ADAMW_KERNEL = r"_adamw_fp8_kernel"
 # The step's floor: a fraction of what the hardware model predicts from each step's operators (read off
 # what they dispatch, the Triton quantizers added by hand). Measured over predicted on the H200: 0.978-0.980
 # in three processes (docs/measurements/gate-expectations-h200-2026-11-30.md); the floor sits 7% under it, so a 10%
@@ -62,6 +69,14 @@ def _grads() -> str:
     return "e4m3" if RECIPE.grad_dtype == E4M3 else "e5m2"
 
 
+def _block() -> str:
+    return "fused" if fp8_training.FUSE_BLOCKS else "per linear"
+
+
+def _weight_cast() -> str:
+    return "in the optimizer" if fp8_training.OPTIMIZER_CASTS else "in the forward"
+
+
 def _shape(lowprec) -> Shape:
     return GPU_SHAPE if lowprec.on_cuda else CPU_SHAPE
 
@@ -71,10 +86,10 @@ def _shape(lowprec) -> Shape:
 def test_fp8_training_final_loss_matches_bf16(lowprec):
     shape = _shape(lowprec)
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, steps=shape.steps,
-                      poison_step=POISON_STEP, optimizer=f"adamw {shape.lr:g}, fp8 weights cast in the update",
+                      poison_step=POISON_STEP, optimizer=f"adamw {shape.lr:g}, fp8 weights cast {_weight_cast()}",
                       scaling=f"per-tensor, weight amax {RECIPE.weight_amax}, activation amax {RECIPE.activation_amax}",
                       gradients=_grads(), fast_accumulation="+".join(RECIPE.fast_accum),
-                      objective="cross-entropy, 64 classes, teacher argmax")
+                      objective="cross-entropy, 64 classes, teacher argmax", block=_block())
     bf16, fp8, teacher = pair(shape, lowprec.device)
     ref, ref_scaler = train(bf16, teacher, shape, lowprec.device, POISON_STEP)
     low, low_scaler = train(fp8, teacher, shape, lowprec.device, POISON_STEP)
@@ -96,7 +111,7 @@ def test_fp8_weight_gradients_per_layer(lowprec):
     shape = _shape(lowprec)
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, gradients=_grads(),
                       fast_accumulation="+".join(RECIPE.fast_accum), weight_amax=RECIPE.weight_amax,
-                      activation_amax=RECIPE.activation_amax, block="fused")
+                      activation_amax=RECIPE.activation_amax, block=_block())
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
     for model in (bf16, fp8):
@@ -110,9 +125,9 @@ def test_fp8_weight_gradients_per_layer(lowprec):
 def test_fp8_training_step_speed_and_memory(lowprec):
     shape = GPU_SHAPE
     lowprec.signature(d=shape.d, blocks=shape.blocks, tokens=shape.tokens, optimizer="adamw fused", gradients=_grads(),
-                      fast_accumulation="+".join(RECIPE.fast_accum), quantizer="triton, both layouts, gelu fused",
+                      fast_accumulation="+".join(RECIPE.fast_accum), quantizer=f"triton, both layouts, {_block()}",
                       weight_amax=RECIPE.weight_amax, activation_amax=RECIPE.activation_amax,
-                      weight_cast="in the optimizer")
+                      weight_cast=_weight_cast())
     bf16, fp8, teacher = pair(shape, lowprec.device)
     x, y = batch(0, shape, teacher, lowprec.device, None)
     step = step_function((bf16, fp8), x, y, shape.lr, fused=True)
@@ -120,7 +135,12 @@ def test_fp8_training_step_speed_and_memory(lowprec):
     floor = lowprec.expect(bf16_work, fp8_work, fraction=STEP_FRACTION,
                            why="docs/measurements/gate-expectations-h200-2026-11-30.md")
     lowprec.speedup(baseline=lambda: step(bf16), optimized=lambda: step(fp8), min=floor)
-    lowprec.expect_kernels("optimized", require=FP8_GEMM_KERNEL)
+    # The FP8 GEMMs and the Triton quantizer run; fp8_training_triton's block passes and AdamW kernel run
+    # only where their option is on, so the step timed is the path the signature names.
+    require, forbid = [FP8_GEMM_KERNEL, TENSORWISE_CAST_KERNEL], []
+    (require if fp8_training.FUSE_BLOCKS else forbid).append(BLOCK_KERNELS)
+    (require if fp8_training.OPTIMIZER_CASTS else forbid).append(ADAMW_KERNEL)
+    lowprec.expect_kernels("optimized", require=require, forbid=forbid)
     # A step's peak above what was resident before it (weights, optimizer state, inputs): the
     # absolute peak would also count whatever else the process holds. The FP8 weights the optimizer cast
     # at the previous step are the FP8 step's own, held between steps: they count in its peak.
@@ -247,9 +267,15 @@ def _block_inputs(seed: int = 4):
     return stack.blocks[0], h, grad
 
 
-def test_fused_block_computes_what_its_two_linears_and_gelu_compute():
+def test_blocks_run_their_linears_one_by_one_by_default():
+    block, _, _ = _block_inputs()
+    assert not fp8_training.FUSE_BLOCKS and not fusable(block.fc1, block.fc2)
+
+
+def test_fused_block_computes_what_its_two_linears_and_gelu_compute(monkeypatch):
     """Fp8Mlp (GELU and the bias gradients folded into the quantization) against fc2(gelu(fc1(h))) through
     two Fp8Matmuls, on the CPU's eager path: the same output and every gradient, bit for bit."""
+    monkeypatch.setattr(fp8_training, "FUSE_BLOCKS", True)
     block, h, grad = _block_inputs()
     assert fusable(block.fc1, block.fc2)
     results = []
@@ -269,8 +295,10 @@ def test_fused_block_computes_what_its_two_linears_and_gelu_compute():
         assert torch.equal(fused, unfused)
 
 
-def test_a_block_runs_fused_only_under_the_plain_recipe():
+def test_a_block_runs_fused_only_under_the_plain_recipe(monkeypatch):
+    monkeypatch.setattr(fp8_training, "FUSE_BLOCKS", True)
     block, _, _ = _block_inputs()
+    assert fusable(block.fc1, block.fc2)
     for linear in (block.fc1, block.fc2):
         linear.recipe = Fp8Recipe(scaling="row")
     assert not fusable(block.fc1, block.fc2)
@@ -331,25 +359,56 @@ def _trained(make_optimizer, steps: int = 4):
 def test_fp8_weights_from_the_optimizer_are_the_forwards_own_casts():
     """Training with Fp8AdamW (which casts each FP8 weight as it updates it, for the next forward to take)
     ends where training with torch's AdamW and the forward's own casts ends: the same losses and weights."""
-    with_casts, losses = _trained(lambda m: adamw(m, 1e-3))
+    with_casts, losses = _trained(lambda m: Fp8AdamW(m, lr=1e-3))
     plain, plain_losses = _trained(lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3))
-    assert isinstance(adamw(with_casts, 1e-3), Fp8AdamW) and losses == plain_losses
+    assert losses == plain_losses
     for a, b in zip(with_casts.parameters(), plain.parameters(), strict=True):
         assert torch.equal(a, b)
     offered = [linear.weight_amax._cast is not None for linear in with_casts.linears().values()]
     assert all(offered)  # the last step's casts wait for a forward
 
 
-def test_a_bf16_model_trains_with_torchs_adamw():
+def test_an_fp8_model_trains_with_torchs_adamw_by_default():
+    _, fp8, _ = pair(Shape(d=64, blocks=1, tokens=16, steps=1), "cpu")
+    assert not fp8_training.OPTIMIZER_CASTS and type(adamw(fp8, 1e-3)) is torch.optim.AdamW
+
+
+def test_an_fp8_model_trains_with_fp8_adamw_when_optimizer_casts_are_on(monkeypatch):
+    monkeypatch.setattr(fp8_training, "OPTIMIZER_CASTS", True)
+    _, fp8, _ = pair(Shape(d=64, blocks=1, tokens=16, steps=1), "cpu")
+    assert isinstance(adamw(fp8, 1e-3), Fp8AdamW)
+
+
+def test_a_bf16_model_trains_with_torchs_adamw_even_with_optimizer_casts_on(monkeypatch):
+    monkeypatch.setattr(fp8_training, "OPTIMIZER_CASTS", True)
     bf16, _, _ = pair(Shape(d=64, blocks=1, tokens=16, steps=1), "cpu")
-    assert isinstance(adamw(bf16, 1e-3), torch.optim.AdamW)
+    assert type(adamw(bf16, 1e-3)) is torch.optim.AdamW
+
+
+def test_triton_quantizer_work_by_default_counts_each_linears_own_passes():
+    """Per linear: its input and output gradient (bfloat16) an amax pass (2 bytes an element) and a cast
+    writing both layouts (2 + 2); its float32 weight one cast pass (4 + 2) under weight amax "previous"."""
+    shape = Shape(d=64, blocks=2, tokens=128, steps=1)
+    d, h, tokens = shape.d, 4 * shape.d, shape.tokens
+    work = triton_quantizer_work(shape)
+    activations = 2 * (tokens * d + tokens * h)  # per block: fc1's input and gradient, fc2's
+    assert len(work) == shape.blocks * (2 * 2 * 2 + 2)
+    assert sum(w.nbytes for w in work) == shape.blocks * ((2 + 4) * activations + 2 * (4 + 2) * d * h)
+
+
+def test_triton_quantizer_work_declares_the_fused_passes_when_the_options_are_on(monkeypatch):
+    shape = Shape(d=64, blocks=2, tokens=128, steps=1)
+    monkeypatch.setattr(fp8_training, "FUSE_BLOCKS", True)
+    monkeypatch.setattr(fp8_training, "OPTIMIZER_CASTS", True)
+    assert triton_quantizer_work(shape) == triton_quantizer_work(shape, fuse_blocks=True, optimizer_casts=True)
+    assert triton_quantizer_work(shape) != triton_quantizer_work(shape, fuse_blocks=False, optimizer_casts=False)
 
 
 def test_triton_quantizer_work_counts_the_optimizers_weight_pass_instead_of_the_forwards_cast():
     shape = Shape(d=64, blocks=2, tokens=128, steps=1)
     weights = sum(m.weight.numel() for m in Stack(64, 2, fp8=True, seed=0, device="cpu").linears().values())
-    with_casts = sum(w.nbytes for w in triton_quantizer_work(shape))
-    without = sum(w.nbytes for w in triton_quantizer_work(shape, optimizer_casts=False))
+    with_casts = sum(w.nbytes for w in triton_quantizer_work(shape, fuse_blocks=True, optimizer_casts=True))
+    without = sum(w.nbytes for w in triton_quantizer_work(shape, fuse_blocks=True, optimizer_casts=False))
     assert with_casts - without == (4 * 4 + 3 * 4 + 2) * weights - (4 + 2) * weights
 
 
