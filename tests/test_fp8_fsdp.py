@@ -60,7 +60,10 @@ def _ranks(tmp_path: Path, body: str, world: int = 2) -> list[dict]:
     """) + textwrap.dedent(body) + textwrap.dedent("""
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
+        dist.barrier()  # ranks tear down together, then skip the interpreter's teardown (fp8_data_parallel.main)
         dist.destroy_process_group()
+        sys.stdout.flush()
+        os._exit(0)
     """))
     run_ranks([sys.executable, str(script), str(tmp_path)], world, tmp_path, timeout_s=120)
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
