@@ -309,7 +309,8 @@ class LowprecRun:
         review = self.pytest_config.stash.get(REVIEW_KEY, None)  # pytest's outcomes and the trends: review.py
         wanted = [(self.gate.report_path, functools.partial(html.render, review=review and review.data)),
                   (self.gate.markdown_path, functools.partial(markdown.render, appendix=review.markdown_lines(
-                      self.gate.markdown_path, self.gate.report_path) if review else ()))]
+                      self.gate.markdown_path, self.gate.report_path) if review else (),
+                      outcomes=review and review.outcomes))]
         header, records = self.header(), list(self.records.values())
         for path, render in wanted:
             if path is not None:

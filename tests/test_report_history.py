@@ -46,6 +46,14 @@ def run_at(gate, monkeypatch, commit: str, speedup: str, *args: str):
     return gate.runpytest(*args)
 
 
+def test_the_pr_summarys_counts_are_pytests_skipped_tests_included(pytester):
+    pytester.makepyfile(test_mixed=SKIPS)
+    pytester.runpytest("--gpu", "cpu", "--lowprec-markdown", "pr.md", "-p", "no:randomly").assert_outcomes(
+        passed=1, skipped=2)
+    summary = (pytester.path / "pr.md").read_text()
+    assert "3 tests (as pytest counted): **0 failed**, 1 passed, 2 skipped" in summary
+
+
 def test_the_reports_counts_are_pytests_with_every_skip_and_its_reason(pytester):
     pytester.makepyfile(test_mixed=SKIPS)
     pytester.runpytest("--gpu", "cpu", "--lowprec-report", "r.html", "-p", "no:randomly").assert_outcomes(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..changepoints import METHOD
 from ..gate import Status
+from .counts import run_counts
 from .svg import accuracy_vs_speedup, delta_chart, sparkline, speedup_chart
 from .terminal import ORDER, format_baseline, format_delta, format_number, format_sides, format_value, format_verdict
 
@@ -110,19 +111,6 @@ def _scatter(verdicts: list[dict]) -> tuple[str, str]:
     return accuracy_vs_speedup(points, metric), metric
 
 
-def _counts(records, outcomes) -> dict:
-    """pytest's counts when the run was watched by review.py; else the records' own outcomes."""
-    if outcomes is not None:
-        c = dict(outcomes.counts)
-        return {"source": "pytest", "tests": outcomes.tests, "passed": c.get("passed", 0),
-                "failed": c.get("failed", 0), "skipped": c.get("skipped", 0), "xfailed": c.get("xfailed", 0),
-                "xpassed": c.get("xpassed", 0), "errors": c.get("error", 0), "deselected": outcomes.deselected}
-    c = Counter(r.outcome for r in records)
-    return {"source": "records", "tests": len(records), "passed": c.get("passed", 0), "failed": c.get("failed", 0),
-            "skipped": c.get("skipped", 0), "xfailed": c.get("xfailed", 0), "xpassed": c.get("xpassed", 0),
-            "errors": c.get("error", 0), "deselected": 0}
-
-
 def _skipped(outcomes) -> list[dict]:
     """Skipped tests grouped by reason, most common first."""
     if outcomes is None:
@@ -168,7 +156,7 @@ def context(header: dict, records, review=None, report_dir: Path | None = None) 
     speedups = sorted((v for v in verdicts if v["kind"] == "speedup" and v["value"]), key=lambda v: -v["value"])
     return {
         "header": header,
-        "counts": _counts(records, outcomes),
+        "counts": run_counts(records, outcomes),
         "gate": {key: len(rows) for key, rows in changed.items()},
         "sections": [{"key": key, "title": title, "rows": changed[key]} for key, title in _SECTIONS if changed[key]],
         "skipped": _skipped(outcomes),

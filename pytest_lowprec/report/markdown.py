@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..gate import Status
 from ..names import markdown_text
+from .counts import run_counts
 from .rows import counts, verdict_frame
 from .terminal import format_baseline, format_delta, format_sides, format_value, format_verdict
 
@@ -27,8 +28,9 @@ def _table(rows) -> list[str]:
     return lines
 
 
-def render(path: Path, header: dict, records, appendix: Sequence[str] = ()) -> None:
-    """`appendix`: lines placed after the regressions (review.py's trend of each regressed metric)."""
+def render(path: Path, header: dict, records, appendix: Sequence[str] = (), outcomes=None) -> None:
+    """`appendix`: lines placed after the regressions (review.py's trend of each regressed metric);
+    `outcomes`: pytest's own (review.Outcomes), so the counts are pytest's, skipped tests included."""
     records = sorted(records, key=lambda r: r.nodeid)
     pairs = [(r, v) for r in records for v in r.verdicts]
     failed = [(r, v) for r, v in pairs if v.status == Status.FAIL]
@@ -37,11 +39,13 @@ def render(path: Path, header: dict, records, appendix: Sequence[str] = ()) -> N
     improved = [(r, v) for r, v in pairs if v.status == Status.PASS and "improved" in v.flags]
     shown = failed + inconclusive + ungated + improved
     rest = [(r, v) for r, v in pairs if (r, v) not in shown]
-    c = counts(verdict_frame(records))
+    c, p = counts(verdict_frame(records)), run_counts(records, outcomes)
+    said = " (as pytest counted)" if p["source"] == "pytest" else ""
     lines = [f"## lowprec gate on {_cell(header['gpu'])} ({_cell(header['device_name'])})", "",
-             f"{c['tests']} tests: **{c['failed']} failed**, {c['passed']} passed, {c['skipped']} skipped, "
-             f"{c['improved']} improved; verdicts {c['inconclusive']} inconclusive, {c['ungated']} ungated. "
-             f"Commit {_cell(header.get('commit') or 'unknown')}, {header['date']}.", ""]
+             f"{p['tests']} tests{said}: **{p['failed']} failed**, {p['passed']} passed, {p['skipped']} skipped; "
+             f"{c['tests']} with lowprec verdicts, {c['improved']} improved; verdicts {c['inconclusive']} "
+             f"inconclusive, {c['ungated']} ungated. Commit {_cell(header.get('commit') or 'unknown')}, "
+             f"{header['date']}.", ""]
     if failed:
         lines += ["### Regressions and failures", ""] + _table(failed) + [""]
     lines += list(appendix)
