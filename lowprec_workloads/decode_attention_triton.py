@@ -24,9 +24,11 @@ they add in float32, so each tile's product joins the running sum in a round-to-
 NVFP4 codes decode in PTX on a GPU: "packed" places the three magnitude bits of two codes under
 the float16 exponent at once (2**-14 of their E2M1 value, applied at the end); "lut" (pair path)
 looks each nibble's E4M3 code up in an 8-byte table with prmt and widens pairs with cvt.e4m3x2.
-"lut" passes the CPU emulation of its PTX but gave wrong attention on an H200 in every variant
-(2026-12-01, benchmarks/decode_attention_variants.py: relative L2 1.2 against float64), so no TILES
-entry may name it (tested) until that is understood; the sweep keeps it, where it shows as WRONG.
+The first "lut" read each byte twice from a broadcast tensor and gave wrong attention on an H200 in
+every variant (2026-12-01, relative L2 1.2 against float64) while its PTX passed the CPU emulation:
+Triton had moved the pure asm before the broadcast (the compiled TTGIR shows it), so the asm saw eight
+different bytes. It now decodes one byte per element into two outputs; until an H200 sweep has
+measured it, no TILES entry may name it (tested); the sweep keeps it.
 Triton's interpreter runs no PTX: it takes the same bits in Triton integer ops ("bitwise"), and
 multiplies bfloat16 tiles wrongly (it sees their raw bits), so there tensor-core operands go to the
 dot in float32 (the same values). CUDA and Triton only.
@@ -146,24 +148,25 @@ PACKED_PTX = """
         """
 LUT_PTX = """
         {
-        .reg .b32 w, m, mh, u, p0, p1, s0, s1, t0, t1;
+        .reg .b32 m, mh, u, p0, p1, s0, s1, t0, t1, ql, qh;
         .reg .b16 h0, h1, h2, h3;
-        prmt.b32 w, $4, $5, 0x6420;
         mov.b32 t0, 0x3C383000;
         mov.b32 t1, 0x4C484440;
-        and.b32 m, w, 0x77777777;
+        and.b32 m, $4, 0x77777777;
         shr.b32 mh, m, 16;
         prmt.b32 p0, t0, t1, m;
         prmt.b32 p1, t0, t1, mh;
-        shl.b32 u, w, 4;
-        prmt.b32 s0, w, u, 0x9D8C;
-        prmt.b32 s1, w, u, 0xBFAE;
+        shl.b32 u, $4, 4;
+        prmt.b32 s0, $4, u, 0x9D8C;
+        prmt.b32 s1, $4, u, 0xBFAE;
         and.b32 s0, s0, 0x80808080;
         and.b32 s1, s1, 0x80808080;
         or.b32 p0, p0, s0;
         or.b32 p1, p1, s1;
-        mov.b32 {h0, h1}, p0;
-        mov.b32 {h2, h3}, p1;
+        prmt.b32 ql, p0, p1, 0x6420;
+        prmt.b32 qh, p0, p1, 0x7531;
+        mov.b32 {h0, h1}, ql;
+        mov.b32 {h2, h3}, qh;
         cvt.rn.f16x2.e4m3x2 $0, h0;
         cvt.rn.f16x2.e4m3x2 $1, h1;
         cvt.rn.f16x2.e4m3x2 $2, h2;
@@ -204,15 +207,18 @@ def _e2m1_byte_pairs(byte):
 
 
 @triton.jit
-def _e2m1_pairs_lut(byte2):
-    """byte2 [..., 2] holds each byte twice (t = 0, 1); element t becomes the float16 value of the
-    byte's nibble t (the low nibble first), exactly (LUT_PTX). Eight elements per call, on the
-    assumption that each thread holds a byte's two copies as adjacent elements (Triton's layout for
-    the pair path does; the sweep's accuracy check would catch one that did not): prmt looks up the
-    E4M3 encoding of each nibble's magnitude in an 8-byte table held in two registers, a second
-    prmt spreads each nibble's sign bit over a byte, and cvt.e4m3x2 widens the byte pairs to float16."""
-    return tl.inline_asm_elementwise(asm=_LUT_PTX, constraints="=r,=r,=r,=r,r,r", args=[byte2],
-                                     dtype=tl.float16, is_pure=True, pack=8)
+def _e2m1_byte_pairs_lut(byte):
+    """Both codes of each byte as their exact float16 E2M1 values, [..., 2] (low nibble first), four
+    bytes per call (LUT_PTX): prmt looks up the E4M3 encoding of each nibble's magnitude in an 8-byte
+    table held in two registers, a second prmt spreads each nibble's sign bit over a byte, a third
+    gathers the low nibbles' codes and the high nibbles' codes into a word each, and cvt.e4m3x2 widens
+    them to float16. Each output depends on its own byte alone, as an elementwise op must: Triton may
+    move a pure elementwise op across a broadcast (it did, moving the first version, which read each
+    byte twice from a broadcast [..., 2] tensor, before the broadcast, so the asm got eight different
+    bytes where it expected four pairs: wrong attention on an H200, 2026-12-01)."""
+    lo, hi = tl.inline_asm_elementwise(asm=_LUT_PTX, constraints="=r,=r,=r,=r,r", args=[byte],
+                                       dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+    return tl.join(lo, hi)
 
 
 @triton.jit
@@ -265,7 +271,7 @@ def _pv_pairs(p, rows, valid, j, v_ptr, v_block_ptr, acc, V_FMT: tl.constexpr, D
     if V_FMT == 2:
         byte = tl.load(v_ptr + rows[:, None] * NC + j[None, :], mask=valid[:, None], other=0)
         if E2M1_DECODE == 2:
-            pair = _e2m1_pairs_lut(tl.broadcast_to(byte[:, :, None], (BLOCK_N, NC, 2)))
+            pair = _e2m1_byte_pairs_lut(byte)
         else:
             pair = _e2m1_byte_pairs(byte) * 16384.0  # 2**14: the E2M1 value itself, as the lut gives
         # The block scale (E4M3) multiplies the values exactly in float16: an E2M1 value times an E4M3

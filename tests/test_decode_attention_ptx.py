@@ -108,15 +108,34 @@ def test_packed_decode_places_each_nibble_at_2_to_the_minus_14_of_its_e2m1_value
         assert got == want, f"bytes {[hex(x) for x in b]}"
 
 
-def test_lut_decode_widens_both_nibbles_of_a_byte_to_their_exact_e2m1_values(kernel_module):
+def _words_and_halves(asm: str, word: int) -> tuple[list[int], list[int]]:
+    """The four bytes' low-nibble outputs and high-nibble outputs of `asm` on one 32-bit word."""
+    lo01, lo23, hi01, hi23 = run_ptx(asm, [word], 4)
+    return ([lo01 & 0xFFFF, lo01 >> 16, lo23 & 0xFFFF, lo23 >> 16],
+            [hi01 & 0xFFFF, hi01 >> 16, hi23 & 0xFFFF, hi23 >> 16])
+
+
+def test_lut_decode_widens_both_nibbles_of_each_byte_to_their_exact_e2m1_values(kernel_module):
     for b in _words():
-        # The kernel hands the asm each byte twice (its two nibbles' elements), low nibble first.
-        first = b[0] | b[0] << 8 | b[1] << 16 | b[1] << 24
-        second = b[2] | b[2] << 8 | b[3] << 16 | b[3] << 24
-        out = run_ptx(kernel_module.LUT_PTX, [first, second], 4)
-        got = [half for word in out for half in (word & 0xFFFF, word >> 16)]
-        want = _f16_bits(torch.cat([_e2m1(c) for x in b for c in (x & 0xF, x >> 4)]))
-        assert got == want, f"bytes {[hex(x) for x in b]}"
+        lo, hi = _words_and_halves(kernel_module.LUT_PTX, b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24)
+        assert lo == _f16_bits(torch.cat([_e2m1(x & 0xF) for x in b])), f"bytes {[hex(x) for x in b]}"
+        assert hi == _f16_bits(torch.cat([_e2m1(x >> 4) for x in b])), f"bytes {[hex(x) for x in b]}"
+
+
+@pytest.mark.parametrize("name", ["PACKED_PTX", "LUT_PTX"])
+def test_each_decodes_outputs_depend_on_their_own_byte_alone(kernel_module, name):
+    """Triton may move a pure elementwise asm across a broadcast or a reshape; an asm whose output i read
+    any byte but byte i would then decode other bytes (the first lut decode did, on an H200)."""
+    asm = getattr(kernel_module, name)
+    for position in range(4):
+        others = [0x5A, 0xC3, 0x7E, 0x18]
+        first = _words_and_halves(asm, sum(x << 8 * i for i, x in enumerate(others)))
+        for v in range(256):
+            word = sum((v if i == position else x) << 8 * i for i, x in enumerate(others))
+            lo, hi = _words_and_halves(asm, word)
+            unchanged = [i for i in range(4) if i != position]
+            assert [lo[i] for i in unchanged] == [first[0][i] for i in unchanged], (name, position, v)
+            assert [hi[i] for i in unchanged] == [first[1][i] for i in unchanged], (name, position, v)
 
 
 def test_the_emulator_refuses_an_instruction_it_does_not_model():
