@@ -96,6 +96,24 @@ def _fp8_cast(x, scale, FP8_MAX: tl.constexpr, FLT_MAX: tl.constexpr, E5M2: tl.c
 
 
 @triton.jit
+def _tile(pid_m, n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's tile of a row-major [n_rows, n_cols] tensor: its rows, columns, in-bounds mask and
+    element offsets (int64)."""
+    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    return rows, cols, mask, rows[:, None] * n_cols + cols[None, :]
+
+
+@triton.jit
+def _op_over_tile(a_ptr, b_ptr, offs, mask, OP: tl.constexpr, INTERPRETED: tl.constexpr):
+    """op(a, b) over the tile in float32, zero outside the tensor."""
+    a = tl.load(a_ptr + offs, mask=mask, other=0.0)
+    b = tl.load(b_ptr + offs, mask=mask, other=0.0) if OP == 2 else a
+    return tl.where(mask, _apply(a, b, OP, INTERPRETED), 0.0)
+
+
+@triton.jit
 def _amax_kernel(a_ptr, b_ptr, amax_bits_ptr, colsum_ptr, out_ptr, n_rows, n_cols, OP: tl.constexpr,
                  COLSUM: tl.constexpr, OUT: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr):
@@ -103,13 +121,8 @@ def _amax_kernel(a_ptr, b_ptr, amax_bits_ptr, colsum_ptr, out_ptr, n_rows, n_col
     with COLSUM each tile's column sums (float32) into row `pid_m` of colsum [tiles_m, n_cols]; with OUT
     op(a, b) itself in bfloat16 (what the eager op writes)."""
     pid_m = tl.program_id(0)
-    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    cols = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    offs = rows[:, None] * n_cols + cols[None, :]
-    a = tl.load(a_ptr + offs, mask=mask, other=0.0)
-    b = tl.load(b_ptr + offs, mask=mask, other=0.0) if OP == 2 else a
-    x = tl.where(mask, _apply(a, b, OP, INTERPRETED), 0.0)
+    rows, cols, mask, offs = _tile(pid_m, n_rows, n_cols, BLOCK_M, BLOCK_N)
+    x = _op_over_tile(a_ptr, b_ptr, offs, mask, OP, INTERPRETED)
     tl.atomic_max(amax_bits_ptr, tl.max(tl.max(_magnitude_bits(x), axis=1), axis=0))
     if COLSUM:
         tl.store(colsum_ptr + pid_m * n_cols + cols, tl.sum(x, axis=0), mask=cols < n_cols)
@@ -131,13 +144,8 @@ def _cast_kernel(a_ptr, b_ptr, q_ptr, qt_ptr, amax_ptr, inv_ptr, seen_bits_ptr, 
     Hopper, see triton_quant: the FP8 tile's is checked against the reread on the GPU before it is kept)."""
     scale = _fp8_scale(tl.load(amax_ptr), FP8_MAX, FLT_MAX)
     pid_m = tl.program_id(0)
-    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    cols = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    offs = rows[:, None] * n_cols + cols[None, :]
-    a = tl.load(a_ptr + offs, mask=mask, other=0.0)
-    b = tl.load(b_ptr + offs, mask=mask, other=0.0) if OP == 2 else a
-    x = tl.where(mask, _apply(a, b, OP, INTERPRETED), 0.0)
+    rows, cols, mask, offs = _tile(pid_m, n_rows, n_cols, BLOCK_M, BLOCK_N)
+    x = _op_over_tile(a_ptr, b_ptr, offs, mask, OP, INTERPRETED)
     q = _fp8_cast(x, scale, FP8_MAX, FLT_MAX, E5M2, INTERPRETED)
     tl.store(q_ptr + offs, q, mask=mask)
     if SEEN:
@@ -165,10 +173,7 @@ def _adamw_fp8_kernel(p_ptr, g_ptr, m_ptr, v_ptr, q_ptr, qt_ptr, amax_ptr, inv_p
                       INTERPRETED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One AdamW step of a float32 weight tile in the order torch's fused kernel computes it; with EMIT the
     updated tile cast to E4M3 (scaled by the amax at amax_ptr) in both layouts and its amax recorded."""
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    cols = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    offs = rows[:, None] * n_cols + cols[None, :]
+    rows, cols, mask, offs = _tile(tl.program_id(0), n_rows, n_cols, BLOCK_M, BLOCK_N)
     p = tl.load(p_ptr + offs, mask=mask, other=0.0)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0)
     m = tl.load(m_ptr + offs, mask=mask, other=0.0)
