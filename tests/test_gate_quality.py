@@ -102,8 +102,11 @@ def count(n):
 
 @pytest.mark.lowprec(precision="fp8")
 def test_host_speed(lowprec):
-    lowprec.speedup(baseline=lambda: count(40_000), optimized=lambda: count(20_000), device="cpu")
+    lowprec.speedup(baseline=lambda: count(80_000), optimized=lambda: count(10_000), device="cpu")
 """
+# 8x apart: the pytest-benchmark-style peer times one side after the other on the wall clock, and on an
+# idle 2-core VM it read a 2x pair as 1.28x and 2.95x (2026-12-01); at 8x its reading still tells which
+# side is which (a swap reads 0.125x) with room for that spread.
 
 
 @pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
@@ -115,7 +118,7 @@ def test_a_study_on_the_host_timer_records_runs_and_catches_a_large_injected_slo
     assert slowed["status"] == "fail" and "regressed" in slowed["reasons"][0]
     assert 0.3 < slowed["injection"]["reached"] < 0.8
     peers = json.loads((out / "peers-0-00.json").read_text())["rows"][0]["peers"]
-    assert peers["pytest_benchmark"]["speedup"] > 1.5 and "do_bench" not in peers
+    assert peers["pytest_benchmark"]["speedup"] > 3.0 and "do_bench" not in peers
     assert "## False alarms" in study.stdout and "## Detection of injected slowdowns" in study.stdout
 
 
