@@ -124,14 +124,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="JSON file for the results")
     parser.add_argument("--world", type=int, default=None, help="ranks (default: every visible GPU)")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; 1 with --cpu)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per timed round (default 10; 1 with --cpu)")
     parser.add_argument("--loss", action="store_true", help="also train each reduce dtype and print its loss gap")
     parser.add_argument("--timeout", type=float, default=140.0,
                         help="seconds the timing job may take before its ranks are stopped and the failure printed")
     parser.add_argument("--cpu", action="store_true", help="2 gloo ranks at d=64: checks the script, measures nothing")
     args = parser.parse_args()
     cuda, d = not args.cpu, 64 if args.cpu else 4096
+    # A CPU step at 4096 tokens a rank takes about half a second: the GPU's 7 x 10 steps of twelve variants
+    # would take minutes to check the script.
+    rounds = args.rounds or (1 if args.cpu else 7)
+    steps = args.steps or (1 if args.cpu else 10)
     world = args.world or (torch.cuda.device_count() if cuda else 2)
     if world < 2:
         sys.exit(f"needs 2 or more GPUs; {torch.cuda.device_count()} visible")
@@ -143,7 +147,7 @@ def main() -> None:
             result["loss"] = {"error": traceback.format_exc()}
         for name, row in result["loss"].items():
             print(f"loss: {name}: {row}", flush=True)
-    result.update(timing(world, d, cuda, args.rounds, args.steps, args.timeout))
+    result.update(timing(world, d, cuda, rounds, steps, args.timeout))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     if "variants" in result:

@@ -295,3 +295,22 @@ def test_every_timing_variant_runs_and_is_timed_against_one_gpus_step(tmp_path):
     for variant in EVERY_VARIANT:
         result = scaling(results, variant)
         assert result.synced_ms > 0 and result.comm_ms > 0 and result.tokens_per_rank == 128
+
+
+@pytest.mark.slow  # the benchmark's own CPU check: 2 gloo ranks, every variant once, about a minute
+def test_the_scaling_benchmarks_cpu_check_times_every_variant_and_marks_the_gated_one(tmp_path):
+    """benchmarks/fsdp2_scaling.py is the first command of a two-GPU session: its --cpu check must run
+    as documented (it once ran past its own 140 s timeout on a 2-core machine with the GPU's 7 x 10 steps)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "scaling.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "fsdp2_scaling.py"), str(out), "--cpu"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    variants = json.loads(out.read_text())["variants"]
+    assert {label(DDP), label(GATED)} <= set(variants) and len(variants) == 11  # DDP, 8 FSDP2, 2 per linear
+    assert all(row["efficiency"] > 0 for row in variants.values()), variants
+    assert [name for name, row in variants.items() if row["gated"]] == [label(GATED)]
+    assert all(name in done.stdout for name in variants)
