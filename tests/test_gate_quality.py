@@ -104,8 +104,8 @@ def count(n):
 def test_host_speed(lowprec):
     lowprec.speedup(baseline=lambda: count(80_000), optimized=lambda: count(10_000), device="cpu")
 """
-# 8x apart: the pytest-benchmark-style peer times one side after the other on the wall clock, and on an
-# idle 2-core VM it read a 2x pair as 1.28x and 2.95x (2026-12-01); at 8x its reading still tells which
+# 8x apart: the pytest-benchmark-style peer times one side after the other on the wall clock, and on the
+# 2-core CI machine it read a 2x pair as 1.28x to 2.95x (2026-12-01); at 8x its reading still tells which
 # side is which (a swap reads 0.125x) with room for that spread.
 
 
