@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, replace
 
 import torch
@@ -50,6 +48,7 @@ import triton.language as tl
 from pytest_lowprec.hardware import gpu_key_from_name
 
 from .decode_attention import Cache
+from .interpreted import run_interpreted
 
 V_FORMATS = {"bf16": 0, "fp8": 1, "nvfp4": 2}
 E2M1_DECODES = {"bitwise": 0, "packed": 1, "lut": 2}
@@ -626,19 +625,9 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
 
 def decode_attention_interpreted(q: torch.Tensor, cache: Cache,
                                  runs: list[tuple[Tile | None, int | None]]) -> list[torch.Tensor]:
-    """decode_attention on CPU tensors, run by Triton's interpreter in a child process, once per
-    (tile, splits) of `runs`: the interpreter must be chosen before triton is imported (it decides what
-    @triton.jit returns), and in a process that runs GPU kernels triton is already imported."""
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs, output = os.path.join(tmp, "in.pt"), os.path.join(tmp, "out.pt")
-        torch.save({"q": q, "cache": cache, "runs": runs}, inputs)
-        env = {**os.environ, "TRITON_INTERPRET": "1"}
-        # -m, not the file: the module's relative imports need it run as part of its package.
-        done = subprocess.run([sys.executable, "-m", __name__, inputs, output], env=env, capture_output=True,
-                              text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"the interpreted decode-attention kernel failed:\n{done.stdout}{done.stderr}")
-        return torch.load(output)
+    """decode_attention on CPU tensors, run by Triton's interpreter in a child process
+    (interpreted.run_interpreted), once per (tile, splits) of `runs`."""
+    return run_interpreted(__name__, {"q": q, "cache": cache, "runs": runs}, "the decode-attention kernel")
 
 
 if __name__ == "__main__":  # decode_attention_interpreted's child: python -m ... IN OUT

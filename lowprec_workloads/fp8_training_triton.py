@@ -32,6 +32,8 @@ from triton.language.extra import libdevice
 from pytest_lowprec.formats.nvfp4 import FLT_MAX
 from pytest_lowprec.formats.triton_quant import _fp8_scale, _fp8_scaled, _magnitude_bits
 
+from .interpreted import run_interpreted
+
 IDENTITY, GELU, GELU_BACKWARD = 0, 1, 2
 OPS = {"identity": IDENTITY, "gelu": GELU, "gelu_backward": GELU_BACKWARD}
 # (BLOCK_M, BLOCK_N, num_warps), first choices: `tile=` overrides them, and the kernels part of
@@ -290,21 +292,8 @@ def adamw_fp8(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor
 def interpreted(calls: list[tuple[str, tuple, dict]]) -> list[tuple[object, tuple]]:
     """Each (function name, args, kwargs) of this module run by Triton's interpreter on the CPU, in one
     child process, in order, as (its result, a copy of its args after the call: adamw_fp8 writes some in
-    place; a tensor passed to several calls is one tensor there too). The interpreter must be chosen
-    before the kernels are defined, and a test process has them compiled for the GPU or not at all."""
-    import subprocess
-    import sys
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs, output = os.path.join(tmp, "in.pt"), os.path.join(tmp, "out.pt")
-        torch.save(calls, inputs)
-        env = {**os.environ, "TRITON_INTERPRET": "1"}
-        done = subprocess.run([sys.executable, "-m", __name__, inputs, output], env=env, capture_output=True,
-                              text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"the interpreted kernels failed:\n{done.stdout}{done.stderr}")
-        return torch.load(output)
+    place; a tensor passed to several calls is one tensor there too): interpreted.run_interpreted."""
+    return run_interpreted(__name__, calls, "the FP8 training kernels")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import triton.language as tl
 from pytest_lowprec.formats.nvfp4 import NVFP4Tensor
 
 from . import kernels
+from .interpreted import run_interpreted
 
 NATIVE = "cublaslt-nvfp4"
 TILED = "triton-bf16-tensor-cores"
@@ -197,23 +198,9 @@ def gemm_tiled(a: NVFP4Tensor | torch.Tensor, b: NVFP4Tensor, *, config: TileCon
 
 
 def gemm_tiled_interpreted(a: NVFP4Tensor | torch.Tensor, b: NVFP4Tensor, config: TileConfig) -> torch.Tensor:
-    """The tiled kernel run by Triton's interpreter on the CPU, in a child process: the interpreter
-    must be chosen before triton is imported (it decides what @triton.jit returns), and in the
-    gate's own process triton is already imported for the GPU kernels."""
-    import subprocess
-    import sys
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs, output = os.path.join(tmp, "in.pt"), os.path.join(tmp, "out.pt")
-        torch.save({"a": a, "b": b, "config": config}, inputs)
-        env = {**os.environ, "TRITON_INTERPRET": "1"}
-        # -m, not the file: the module's relative imports need it run as part of its package.
-        done = subprocess.run([sys.executable, "-m", __name__, inputs, output], env=env, capture_output=True,
-                              text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"the interpreted NVFP4 kernel failed:\n{done.stdout}{done.stderr}")
-        return torch.load(output)
+    """The tiled kernel run by Triton's interpreter on the CPU, in a child process
+    (interpreted.run_interpreted)."""
+    return run_interpreted(__name__, {"a": a, "b": b, "config": config}, "the tiled NVFP4 kernel")
 
 
 # -- CUDA C++ kernels ----------------------------------------------------------------------------
