@@ -78,10 +78,12 @@ PROBE_ORDERS = [("default", ["fp8", "fp8k_nvfp4v", "empty_cache:fp8k_nvfp4v"]), 
 def variants() -> dict[str, list[Tile]]:
     """Per cache, the tiles to compile and time. Picked from the loop instruction counts of
     `benchmarks/decode_attention_sass.py` (Triton 3.6, sm_90, warp-instructions per token and head): the
-    tensor-core pair path issues 19-20 (BF16, FP8) and, for FP8-K NVFP4-V, 28.6-29.8 with the integer-op
-    E2M1 decode and 28.7-30.3 with the lut decode (26-28 with the first lut, which read the wrong bytes),
-    against 38-45, 30-36 and 37-44 on CUDA cores; one warp a program is its leanest (two split the tokens across warps
-    and reduce through shared memory). None spills."""
+    tensor-core pair path issues 19-20 (BF16, FP8) and 26-28 (FP8-K NVFP4-V, with the first lut decode,
+    which read the wrong bytes) against 38-45, 30-36 and 37-44 on CUDA cores. Offline on 2026-12-01, at
+    the 1-warp tiles of 32-64 tokens and 2-3 stages: 28.6-29.8 with the integer-op E2M1 decode and
+    28.7-30.3 with the fixed lut under Triton 3.9, 32.5 with either at 32x1x3 under Triton 3.6. One warp
+    a program is its leanest (two split the tokens across warps and reduce through shared memory). None
+    spills."""
     pairs = [(64, 1, s) for s in (1, 2, 3)] + [(32, 1, s) for s in (1, 2, 3)] + [(128, 1, 3), (64, 2, 2)]
     out = {
         "bf16": [Tile("fma", "fma", *t) for t in [(64, 8, 2), (128, 4, 2), (64, 4, 2), (128, 8, 2), (64, 8, 3)]]

@@ -132,8 +132,8 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="2 gloo ranks at d=64: checks the script, measures nothing")
     args = parser.parse_args()
     cuda, d = not args.cpu, 64 if args.cpu else 4096
-    # A CPU step at 4096 tokens a rank takes about half a second: the GPU's 7 x 10 steps of twelve variants
-    # would take minutes to check the script.
+    # A CPU step at 4096 tokens a rank takes about half a second: the GPU's 7 x 10 steps of one GPU's step
+    # and eleven variants would take minutes to check the script.
     rounds = args.rounds or (1 if args.cpu else 7)
     steps = args.steps or (1 if args.cpu else 10)
     world = args.world or (torch.cuda.device_count() if cuda else 2)

@@ -26,9 +26,9 @@ the float16 exponent at once (2**-14 of their E2M1 value, applied at the end); "
 looks each nibble's E4M3 code up in an 8-byte table with prmt and widens pairs with cvt.e4m3x2.
 The first "lut" read each byte twice from a broadcast tensor and gave wrong attention on an H200 in
 every variant (2026-12-01, relative L2 1.2 against float64) while its PTX passed the CPU emulation:
-Triton had moved the pure asm before the broadcast (the compiled TTGIR shows it), so the asm saw eight
-different bytes. It now decodes one byte per element into two outputs; until an H200 sweep has
-measured it, no TILES entry may name it (tested); the sweep keeps it.
+Triton (3.6 and 3.9) moved the pure asm before the broadcast (the compiled TTGIR shows it), so the
+asm saw eight different bytes. It now decodes one byte per element into two outputs; until an H200
+sweep has measured it, no TILES entry may name it (tested); the sweep keeps it.
 Triton's interpreter runs no PTX: it takes the same bits in Triton integer ops ("bitwise"), and
 multiplies bfloat16 tiles wrongly (it sees their raw bits), so there tensor-core operands go to the
 dot in float32 (the same values). CUDA and Triton only.

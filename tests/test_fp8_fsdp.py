@@ -309,7 +309,9 @@ def test_the_scaling_benchmarks_cpu_check_times_every_variant_and_marks_the_gate
     done = subprocess.run([sys.executable, str(root / "benchmarks" / "fsdp2_scaling.py"), str(out), "--cpu"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    variants = json.loads(out.read_text())["variants"]
+    result = json.loads(out.read_text())
+    assert (result["rounds"], result["steps_per_round"]) == (1, 1)
+    variants = result["variants"]
     assert {label(DDP), label(GATED)} <= set(variants) and len(variants) == 11  # DDP, 8 FSDP2, 2 per linear
     assert all(row["efficiency"] > 0 for row in variants.values()), variants
     assert [name for name, row in variants.items() if row["gated"]] == [label(GATED)]
