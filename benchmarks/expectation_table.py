@@ -1,8 +1,11 @@
 """Each speed gate's prediction, floor and measurement, side by side, from the gate's CSV reports.
 
     python benchmarks/expectation_table.py h200=reports/h200.csv b200=reports/b200-dry.csv ...
+    python benchmarks/expectation_table.py h200=run.json h100-dry=a.csv,b.csv ...
 
-Each argument is LABEL=CSV (`pytest ... --lowprec-csv PATH`). Per speed verdict it prints the model's
+Each argument is LABEL=PATH[,PATH...]: a CSV report (`pytest ... --lowprec-csv PATH`) or a run saved by
+`--lowprec-json`; several paths (a run split over processes) are read as one. A label ending in `-dry`
+is a fake-device run (its timer scripted), so it gets no measured columns. Per speed verdict it prints the model's
 predicted speedup and the floor for each label, and for measured runs (any row whose timer was real)
 the measured speedup over the prediction: the fraction a suite's floor is a share of.
 """
@@ -53,11 +56,23 @@ def _num(x) -> str:
     return f"{x:.3g}" if _finite(x) else "-"
 
 
+def read_run(path: str) -> pd.DataFrame:
+    """One report's verdicts: its CSV, or the saved JSON run put through the same table the CSV is."""
+    if not path.endswith(".json"):
+        return pd.read_csv(path)
+    from pathlib import Path
+
+    from pytest_lowprec.report.rows import verdict_frame
+    from pytest_lowprec.review import load_run
+
+    return verdict_frame(load_run(Path(path))[1])
+
+
 def main(argv: list[str]) -> None:
     runs, measured = {}, set()
     for arg in argv:
-        label, _, path = arg.partition("=")
-        frame = pd.read_csv(path)
+        label, _, paths = arg.partition("=")
+        frame = pd.concat([read_run(p) for p in paths.split(",")], ignore_index=True)
         runs[label] = frame
         if not label.endswith("-dry"):
             measured.add(label)

@@ -1,0 +1,168 @@
+"""Which FP8 decode-attention tile keeps its speed wherever the suite's allocations put the cache (issue 26).
+
+    PYTHONPATH=$PWD:$PWD/benchmarks python benchmarks/decode_attention_tile_probe.py OUT.json [--processes 3]
+    python benchmarks/decode_attention_tile_probe.py --smoke          # CPU, interpreter, tiny: the script's check
+
+Why: on 2026-12-01 the variant sweep timed the shipped FP8 tile (mma_t/mma_pairs 32x1x2) at 0.561 ms on
+the sweep's cache and at 0.496 ms on a copy of that cache, while two other tiles read the sweep's cache in
+0.495-0.497 ms; in the suite's own allocations it took 0.52 ms. A tile the gate runs should be fast on
+whatever pages the test's tensors land on, not on one lucky placement.
+
+Each fresh process (the caching allocator as the suite runs it; the last process with expandable
+segments) runs the suite's speed-test allocations (`make_inputs`, the BF16 and the FP8 cache, the
+inputs freed) in rounds: [fp8]; [fp8k_nvfp4v] (the next test's caches, timed with the shipped tiles);
+[fp8] again. In an [fp8] round every candidate tile reads the same cache: each is checked against
+float64 attention over that cache (the suite's 1e-5 relative L2), then timed against the shipped BF16
+kernel as the gate times a pair (CUDA events, graph replay, L2 flushed, warm-up, alternating pairs,
+medians). The last table gives each candidate's speedup in every round and its lowest and median. A
+benchmark: it prints and writes JSON, and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if "--smoke" in sys.argv:  # the interpreter is chosen before triton is imported
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from decode_attention_variants import GATE_SHAPE, SMOKE_SHAPE, make_timer, medians  # noqa: E402
+
+from lowprec_workloads.decode_attention import attend_cache, build_cache, make_inputs  # noqa: E402
+from lowprec_workloads.decode_attention_triton import Tile, launch, tile_for  # noqa: E402
+from pytest_lowprec.formats.metrics import rel_l2  # noqa: E402
+
+# The shipped H200 FP8 tile first, then the sweep's other fast FP8 tiles (2026-12-01: 0.495-0.515 ms on
+# the sweep's cache), and its fastest CUDA-core tile, whose loads differ most from the tensor-core ones.
+CANDIDATES = {
+    "shipped mma_t/pairs 32x1x2 s16": Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=2, per_sm=16),
+    "mma/pairs 32x1x2 s16": Tile(qk="mma", pv="mma_pairs", block_n=32, warps=1, stages=2, per_sm=16),
+    "mma_t/pairs 32x1x3 s16": Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=3, per_sm=16),
+    "mma/pairs 32x1x3 s32": Tile(qk="mma", pv="mma_pairs", block_n=32, warps=1, stages=3, per_sm=32),
+    "mma/pairs 64x1x3 s32": Tile(qk="mma", pv="mma_pairs", block_n=64, warps=1, stages=3, per_sm=32),
+    "mma_t/pairs 64x1x3 s32": Tile(qk="mma_t", pv="mma_pairs", block_n=64, warps=1, stages=3, per_sm=32),
+    "fma/fma 64x8x3 s2": Tile(qk="fma", pv="fma", block_n=64, warps=8, stages=3, per_sm=2),
+}
+ROUNDS = ("fp8", "fp8k_nvfp4v", "fp8")
+MAX_REL_L2 = 1e-5
+PAIRS = 60
+
+
+def _shipped(name: str, smoke: bool) -> tuple[Tile, Tile]:
+    from lowprec_workloads.decode_attention import CACHES
+
+    gpu = "h200"  # the tiles the suite ships for the lab GPU; the probe compares against those
+    bf16, low = tile_for(gpu, "bf16", "bf16"), tile_for(gpu, *CACHES[name])
+    if smoke:  # the interpreter cannot run the PTX decodes' asm
+        from dataclasses import replace
+
+        bf16, low = replace(bf16, e2m1="bitwise"), replace(low, e2m1="bitwise")
+    return bf16, low
+
+
+def run_round(name: str, smoke: bool, check: bool) -> dict:
+    shape = SMOKE_SHAPE if smoke else GATE_SHAPE
+    device = "cpu" if smoke else "cuda"
+    q, k, v = make_inputs(shape, device, seed=11, outlier_channels=4)
+    bf16, low = build_cache(k, v, "bf16"), build_cache(k, v, name)
+    del k, v
+    bf16_tile, low_tile = _shipped(name, smoke)
+    timer, pairs = make_timer(smoke), 2 if smoke else PAIRS
+    base = lambda: launch(q, bf16, tile=bf16_tile)[0]  # noqa: E731
+    base()
+    out = {"round": name, "tiles": {}}
+    tiles = CANDIDATES if name == "fp8" else {"shipped": low_tile}
+    reference = attend_cache(q, low) if check else None
+    for label, tile in tiles.items():
+        if smoke and tile.e2m1 != "bitwise":
+            from dataclasses import replace
+
+            tile = replace(tile, e2m1="bitwise")
+        run = lambda t=tile: launch(q, low, tile=t)[0]  # noqa: E731
+        err = rel_l2(reference, run()) if check else None
+        if err is not None and err > MAX_REL_L2:
+            out["tiles"][label] = {"tile": asdict(tile), "rel_l2": err, "wrong": True}
+            continue
+        bf16_ms, low_ms = medians(timer, base, run, pairs)
+        out["tiles"][label] = {"tile": asdict(tile), "rel_l2": err, "bf16_ms": bf16_ms, "low_ms": low_ms,
+                               "speedup": bf16_ms / low_ms}
+    return out
+
+
+def child_main(args) -> int:
+    rounds = [run_round(name, args.smoke, check=(i == 0)) for i, name in enumerate(ROUNDS)]
+    Path(args.child_out).write_text(json.dumps(rounds))
+    return 0
+
+
+def run_processes(count: int, smoke: bool) -> list[dict]:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(count + 1):
+            allocator = "expandable_segments" if i == count else "default"
+            env = dict(os.environ)
+            if allocator == "expandable_segments":
+                env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+            out = Path(tmp) / f"p{i}.json"
+            cmd = [sys.executable, __file__, "--child-out", str(out)] + (["--smoke"] if smoke else [])
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            if done.returncode:
+                results.append({"process": i, "allocator": allocator, "error": done.stderr[-3000:]})
+                continue
+            results.append({"process": i, "allocator": allocator, "rounds": json.loads(out.read_text())})
+            print(f"process {i} ({allocator}) done", flush=True)
+    return results
+
+
+def report(results: list[dict]) -> None:
+    print(f"\n{'process':<24} {'round':<12} {'tile':<32} {'bf16 ms':>8} {'low ms':>8} {'speedup':>8}")
+    per_tile: dict[str, list[float]] = {}
+    for proc in results:
+        if "error" in proc:
+            print(f"process {proc['process']} failed:\n{proc['error']}")
+            continue
+        where = f"{proc['process']} {proc['allocator']}"
+        for i, rnd in enumerate(proc["rounds"]):
+            for label, row in rnd["tiles"].items():
+                if row.get("wrong"):
+                    print(f"{where:<24} {rnd['round']:<12} {label:<32} WRONG rel_l2 {row['rel_l2']:.2g}")
+                    continue
+                print(f"{where:<24} {rnd['round'] + f'#{i}':<12} {label:<32} {row['bf16_ms']:8.3f} "
+                      f"{row['low_ms']:8.3f} {row['speedup']:7.3f}x")
+                if rnd["round"] == "fp8" and proc["allocator"] == "default":
+                    per_tile.setdefault(label, []).append(row["speedup"])
+    print("\nFP8 over BF16, the suite's allocations (default allocator), every [fp8] round:")
+    print(f"{'tile':<32} {'rounds':>6} {'lowest':>8} {'median':>8} {'highest':>8}")
+    for label, values in sorted(per_tile.items(), key=lambda kv: -statistics.median(kv[1])):
+        print(f"{label:<32} {len(values):6d} {min(values):7.3f}x {statistics.median(values):7.3f}x "
+              f"{max(values):7.3f}x")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("json_out", nargs="?", type=Path)
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes with the default allocator")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--child-out")
+    args = parser.parse_args()
+    if args.child_out:
+        return child_main(args)
+    results = run_processes(1 if args.smoke else args.processes, args.smoke)
+    report(results)
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"device": torch.cuda.get_device_name() if not args.smoke else "cpu",
+                                             "torch": torch.__version__, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
