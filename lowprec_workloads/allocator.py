@@ -8,7 +8,8 @@ and free blocks: holes between live tensors. Only moving the live tensors closes
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -106,3 +107,42 @@ def fragment(device: str, count: int, nbytes: int) -> dict[str, torch.Tensor]:
     for i in range(0, count, 2):
         del tensors[f"t{i}"]
     return tensors
+
+
+def allocator_settings() -> str:
+    """The caching allocator's settings as torch holds them now (PYTORCH_CUDA_ALLOC_CONF's syntax)."""
+    getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
+    if getter is not None:
+        return getter()
+    import os  # torch without the getter: the settings are the environment's, as the process started
+
+    return os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+
+
+def _set_allocator_settings(settings: str) -> None:
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+    if setter is None:
+        setter = torch.cuda.memory._set_allocator_settings
+    setter(settings)
+
+
+@contextmanager
+def expandable_segments(device: str) -> Iterator[None]:
+    """Tensors allocated inside live in expandable segments (mapped 2 MiB page by page), whatever the
+    process allocated and freed before; the settings are as they were on exit. No-op off CUDA.
+
+    Why: on an H200 the same decode-attention kernel read the same BF16 cache in 0.94 ms or 1.08 ms
+    depending on which memory a plain segment got after earlier tests had freed theirs, and
+    torch.cuda.empty_cache() did not change it; in expandable segments it read it in 0.94 ms every
+    time (docs/measurements/decode-kernels-h200-2026-12-01.md). A speed gate should time the kernel,
+    not the process's history."""
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    before = allocator_settings()
+    _set_allocator_settings("expandable_segments:True")
+    try:
+        yield
+    finally:
+        on_before = "expandable_segments:true" in before.replace(" ", "").lower()
+        _set_allocator_settings(f"expandable_segments:{'True' if on_before else 'False'}")

@@ -13,7 +13,10 @@ the kernel is also held to float64 attention over the very values its cache stor
 (relative L2 1e-5), so a kernel bug cannot hide inside the quantization error. On CPU
 the quantized cache is dequantized and attended eagerly: the accuracy gates still run.
 Speed (GPU): the kernel over the BF16 cache against the same kernel over the quantized
-cache, at batch 8, 32 heads, head_dim 128, 32K tokens, where decode is memory-bound.
+cache, at batch 8, 32 heads, head_dim 128, 32K tokens, where decode is memory-bound. The speed tests
+allocate their caches in expandable segments: in plain segments the same kernel read the same cache up
+to 15% slower or faster depending on what earlier tests in the process had allocated and freed
+(docs/measurements/decode-kernels-h200-2026-12-01.md), and a gate must time the kernel, not that history.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lowprec_workloads.allocator import expandable_segments
 from lowprec_workloads.decode_attention import (
     CACHES,
     DecodeShape,
@@ -103,10 +107,11 @@ def test_decode_attention_speed(lowprec, name):
     from lowprec_workloads.decode_attention_triton import decode_attention
 
     shape = GPU_SHAPE
-    lowprec.signature(dims=str(shape.cache_dims), kernel="triton split-k")
-    q, k, v = make_inputs(shape, lowprec.device, seed=11, outlier_channels=4)
-    bf16, low = build_cache(k, v, "bf16"), build_cache(k, v, name)
-    del k, v
+    lowprec.signature(dims=str(shape.cache_dims), kernel="triton split-k", caches="expandable segments")
+    with expandable_segments(lowprec.device):
+        q, k, v = make_inputs(shape, lowprec.device, seed=11, outlier_channels=4)
+        bf16, low = build_cache(k, v, "bf16"), build_cache(k, v, name)
+        del k, v
     decode_attention(q, bf16), decode_attention(q, low)  # tune both before timing
     lowprec.memory("cache_bytes", low.nbytes, max=format_bytes(shape, name))
     lowprec.info("bytes_over_bf16", low.nbytes / bf16.nbytes)
@@ -124,10 +129,11 @@ def test_nvfp4_values_decode_faster_than_fp8(lowprec):
     from lowprec_workloads.decode_attention_triton import decode_attention
 
     shape = GPU_SHAPE
-    lowprec.signature(dims=str(shape.cache_dims), kernel="triton split-k")
-    q, k, v = make_inputs(shape, lowprec.device, seed=11, outlier_channels=4)
-    fp8, nvfp4 = build_cache(k, v, "fp8"), build_cache(k, v, "fp8k_nvfp4v")
-    del k, v
+    lowprec.signature(dims=str(shape.cache_dims), kernel="triton split-k", caches="expandable segments")
+    with expandable_segments(lowprec.device):
+        q, k, v = make_inputs(shape, lowprec.device, seed=11, outlier_channels=4)
+        fp8, nvfp4 = build_cache(k, v, "fp8"), build_cache(k, v, "fp8k_nvfp4v")
+        del k, v
     decode_attention(q, fp8), decode_attention(q, nvfp4)
     lowprec.info("bytes_over_fp8", nvfp4.nbytes / fp8.nbytes)
     floor = lowprec.expect(decode_work(q, fp8), decode_work(q, nvfp4), fraction=NVFP4_OVER_FP8_FRACTION,
