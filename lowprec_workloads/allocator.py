@@ -133,9 +133,10 @@ def expandable_segments(device: str) -> Iterator[None]:
 
     Why: on an H200 the same decode-attention kernel read the same BF16 cache in 0.94 ms or 1.08 ms
     depending on which memory a plain segment got after earlier tests had freed theirs, and
-    torch.cuda.empty_cache() did not change it; in expandable segments it read it in 0.94 ms every
-    time (docs/measurements/decode-kernels-h200-2026-12-01.md). A speed gate should time the kernel,
-    not the process's history."""
+    torch.cuda.empty_cache() did not change it; in expandable segments it read it in 0.94 ms in every
+    round of the probes' processes. A speed gate should time the kernel, not the process's history.
+    It does not remove every such effect: in a full gate run the first decode speed test's BF16 side
+    still took 1.09 ms (docs/measurements/decode-kernels-h200-2026-12-01.md)."""
     if not str(device).startswith("cuda"):
         yield
         return

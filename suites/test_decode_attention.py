@@ -15,8 +15,10 @@ the quantized cache is dequantized and attended eagerly: the accuracy gates stil
 Speed (GPU): the kernel over the BF16 cache against the same kernel over the quantized
 cache, at batch 8, 32 heads, head_dim 128, 32K tokens, where decode is memory-bound. The speed tests
 allocate their caches in expandable segments: in plain segments the same kernel read the same cache up
-to 15% slower or faster depending on what earlier tests in the process had allocated and freed
-(docs/measurements/decode-kernels-h200-2026-12-01.md), and a gate must time the kernel, not that history.
+to 15% slower or faster depending on what earlier tests in the process had allocated and freed, and a
+gate must time the kernel, not that history. That removed it from the second and third speed test of a
+full run, not from the first, whose BF16 side still took 1.09 ms against 0.94-0.97 ms elsewhere
+(docs/measurements/decode-kernels-h200-2026-12-01.md).
 """
 
 from __future__ import annotations
@@ -52,12 +54,15 @@ PRECISION = {"bf16": "bf16", "fp8": "fp8", "fp8k_nvfp4v": "nvfp4"}
 # Fractions of the bytes model's speedup (about 2.0x for FP8, 2.56x for FP8 K / NVFP4 V; which the kernel
 # reaches on each GPU is in docs/measurements/gate-expectations-h200-2026-11-30.md): FP8 reached 0.97 of it on the H100
 # and 0.89-0.93 on the H200; FP8 K / NVFP4 V 0.85 and 0.62-0.69 with the H100's CUDA-core tiles. With the
-# H200's tensor-core tiles (2026-12-01, benchmarks/decode_attention_variants.py) 0.95 and 0.80: FP8 K /
-# NVFP4 V's fraction sits 10% under the lowest of the two GPUs.
+# H200's tensor-core tiles (2026-12-01, benchmarks/decode_attention_variants.py) 0.95 and 0.80, and in the
+# gate with the caches in expandable segments 0.94 and 0.81: FP8 K / NVFP4 V's fraction sits 10% under
+# the lowest of the two GPUs.
 FRACTION = {"fp8": 0.8, "fp8k_nvfp4v": 0.72}
 # NVFP4 V over FP8 V is claimed faster: at least 1.0, and 0.85 of the bytes model (1.28x), which the H100
-# met (0.87) and the H200 does not (0.70-0.75 with the H100's tiles, 0.84 with its own tensor-core tiles,
-# 1.078x, 2026-12-01): that test fails there, honestly, until the decode kernel is faster.
+# met (0.87) and the H200 barely does (0.70-0.75 with the H100's tiles; with its own tensor-core tiles
+# 0.84-0.86: 1.078x in the sweep, 1.090-1.096x in the gate with the caches in expandable segments,
+# 2026-12-01, against a 1.087x floor). The fraction stays: where the kernel is not faster than that,
+# the test should fail.
 NVFP4_OVER_FP8_FRACTION = 0.85
 KERNEL = r"_decode_partial_kernel"
 # A dequantize-then-attend path would launch elementwise conversion kernels on the optimized side.
