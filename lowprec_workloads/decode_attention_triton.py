@@ -27,8 +27,9 @@ looks each nibble's E4M3 code up in an 8-byte table with prmt and widens pairs w
 The first "lut" read each byte twice from a broadcast tensor and gave wrong attention on an H200 in
 every variant (2026-12-01, relative L2 1.2 against float64) while its PTX passed the CPU emulation:
 Triton (3.6 and 3.9) moved the pure asm before the broadcast (the compiled TTGIR shows it), so the
-asm saw eight different bytes. It now decodes one byte per element into two outputs; until an H200
-sweep has measured it, no TILES entry may name it (tested); the sweep keeps it.
+asm saw eight different bytes. It now decodes one byte per element into two outputs, correct on an
+H200 and 7% slower there than "packed" (0.494 against 0.460 ms at the shipped FP8-K NVFP4-V tile), so
+no TILES entry names it (tested); the sweep keeps it for other GPUs.
 Triton's interpreter runs no PTX: it takes the same bits in Triton integer ops ("bitwise"), and
 multiplies bfloat16 tiles wrongly (it sees their raw bits), so there tensor-core operands go to the
 dot in float32 (the same values). CUDA and Triton only.
