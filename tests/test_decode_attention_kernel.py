@@ -128,6 +128,24 @@ def test_the_variants_benchmark_runs_every_phase_on_the_cpu(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_tile_probe_runs_its_rounds_on_the_cpu(tmp_path):
+    """The tile probe, interpreted at a tiny size: both allocators' processes, every round, every FP8
+    candidate checked against float64 and timed."""
+    out = tmp_path / "probe.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode_attention_tile_probe.py"), str(out),
+                           "--smoke"], env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [p["allocator"] for p in results] == ["default", "expandable_segments"]
+    for proc in results:
+        assert [r["round"] for r in proc["rounds"]] == ["fp8", "fp8k_nvfp4v", "fp8"], proc.get("error")
+        first = proc["rounds"][0]["tiles"]
+        assert all(row.get("speedup") and not row.get("wrong") for row in first.values()), first
+    assert "FP8 over BF16" in done.stdout
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", list(CACHES))
 def test_the_tensor_core_pair_path_compiles_for_hopper(cache):
     """Offline, with Triton's own ptxas: the PTX decodes and the pair path's layouts compile for sm_90
