@@ -11,11 +11,12 @@ whatever pages the test's tensors land on, not on one lucky placement.
 Each fresh process (the caching allocator as the suite runs it; the last process with expandable
 segments) runs the suite's speed-test allocations (`make_inputs`, the BF16 and the FP8 cache, the
 inputs freed) in rounds: [fp8]; [fp8k_nvfp4v] (the next test's caches, timed with the shipped tiles);
-[fp8] again. In an [fp8] round every candidate tile reads the same cache: each is checked against
-float64 attention over that cache (the suite's 1e-5 relative L2), then timed against the shipped BF16
-kernel as the gate times a pair (CUDA events, graph replay, L2 flushed, warm-up, alternating pairs,
-medians). The last table gives each candidate's speedup in every round and its lowest and median. A
-benchmark: it prints and writes JSON, and asserts nothing.
+[fp8] again. In an [fp8] round every candidate tile reads the same cache and is timed against the
+shipped BF16 kernel as the gate times a pair (CUDA events, graph replay, L2 flushed, warm-up,
+alternating pairs, medians); in each process's first round every candidate is first checked against
+float64 attention over that cache (the suite's 1e-5 relative L2; placement cannot change the values).
+The last table gives each candidate's speedup in every round and its lowest and median; `*` marks the
+tile the GPU's TILES entry ships. A benchmark: it prints and writes JSON, and asserts nothing.
 """
 
 from __future__ import annotations
@@ -31,20 +32,21 @@ import json  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-from dataclasses import asdict  # noqa: E402
+from dataclasses import asdict, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 from decode_attention_variants import GATE_SHAPE, SMOKE_SHAPE, make_timer, medians  # noqa: E402
 
-from lowprec_workloads.decode_attention import attend_cache, build_cache, make_inputs  # noqa: E402
+from lowprec_workloads.decode_attention import CACHES, attend_cache, build_cache, make_inputs  # noqa: E402
 from lowprec_workloads.decode_attention_triton import Tile, launch, tile_for  # noqa: E402
 from pytest_lowprec.formats.metrics import rel_l2  # noqa: E402
+from pytest_lowprec.hardware import gpu_key_from_name  # noqa: E402
 
-# The shipped H200 FP8 tile first, then the sweep's other fast FP8 tiles (2026-12-01: 0.495-0.515 ms on
-# the sweep's cache), and its fastest CUDA-core tile, whose loads differ most from the tensor-core ones.
+# The H200 sweep's fast FP8 tiles (2026-12-01: 0.495-0.515 ms on the sweep's cache; the 2-stage one first
+# shipped, the 3-stage one since d659871) and its fastest CUDA-core tile, whose loads differ most.
 CANDIDATES = {
-    "shipped mma_t/pairs 32x1x2 s16": Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=2, per_sm=16),
+    "mma_t/pairs 32x1x2 s16": Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=2, per_sm=16),
     "mma/pairs 32x1x2 s16": Tile(qk="mma", pv="mma_pairs", block_n=32, warps=1, stages=2, per_sm=16),
     "mma_t/pairs 32x1x3 s16": Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=3, per_sm=16),
     "mma/pairs 32x1x3 s32": Tile(qk="mma", pv="mma_pairs", block_n=32, warps=1, stages=3, per_sm=32),
@@ -57,16 +59,21 @@ MAX_REL_L2 = 1e-5
 PAIRS = 60
 
 
+def _gpu(smoke: bool) -> str:
+    """The GPU key whose TILES the decode would run (the H200's for the CPU smoke run)."""
+    return "h200" if smoke else gpu_key_from_name(torch.cuda.get_device_name())
+
+
 def _shipped(name: str, smoke: bool) -> tuple[Tile, Tile]:
-    from lowprec_workloads.decode_attention import CACHES
-
-    gpu = "h200"  # the tiles the suite ships for the lab GPU; the probe compares against those
-    bf16, low = tile_for(gpu, "bf16", "bf16"), tile_for(gpu, *CACHES[name])
+    bf16, low = tile_for(_gpu(smoke), "bf16", "bf16"), tile_for(_gpu(smoke), *CACHES[name])
     if smoke:  # the interpreter cannot run the PTX decodes' asm
-        from dataclasses import replace
-
         bf16, low = replace(bf16, e2m1="bitwise"), replace(low, e2m1="bitwise")
     return bf16, low
+
+
+def _is_shipped(tile: Tile, shipped: Tile) -> bool:
+    """The same FP8 kernel (an FP8 cache decodes no E2M1, so the decode named does not matter)."""
+    return replace(tile, e2m1=shipped.e2m1) == shipped
 
 
 def run_round(name: str, smoke: bool, check: bool) -> dict:
@@ -84,8 +91,6 @@ def run_round(name: str, smoke: bool, check: bool) -> dict:
     reference = attend_cache(q, low) if check else None
     for label, tile in tiles.items():
         if smoke and tile.e2m1 != "bitwise":
-            from dataclasses import replace
-
             tile = replace(tile, e2m1="bitwise")
         run = lambda t=tile: launch(q, low, tile=t)[0]  # noqa: E731
         err = rel_l2(reference, run()) if check else None
@@ -109,12 +114,16 @@ def run_processes(count: int, smoke: bool) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(count + 1):
             allocator = "expandable_segments" if i == count else "default"
-            env = dict(os.environ)
+            env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
             if allocator == "expandable_segments":
                 env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
             out = Path(tmp) / f"p{i}.json"
             cmd = [sys.executable, __file__, "--child-out", str(out)] + (["--smoke"] if smoke else [])
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            try:
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            except subprocess.TimeoutExpired as exc:
+                results.append({"process": i, "allocator": allocator, "error": f"timed out after {exc.timeout} s"})
+                continue
             if done.returncode:
                 results.append({"process": i, "allocator": allocator, "error": done.stderr[-3000:]})
                 continue
@@ -123,7 +132,7 @@ def run_processes(count: int, smoke: bool) -> list[dict]:
     return results
 
 
-def report(results: list[dict]) -> None:
+def report(results: list[dict], shipped: Tile) -> None:
     print(f"\n{'process':<24} {'round':<12} {'tile':<32} {'bf16 ms':>8} {'low ms':>8} {'speedup':>8}")
     per_tile: dict[str, list[float]] = {}
     for proc in results:
@@ -136,14 +145,16 @@ def report(results: list[dict]) -> None:
                 if row.get("wrong"):
                     print(f"{where:<24} {rnd['round']:<12} {label:<32} WRONG rel_l2 {row['rel_l2']:.2g}")
                     continue
-                print(f"{where:<24} {rnd['round'] + f'#{i}':<12} {label:<32} {row['bf16_ms']:8.3f} "
+                mark = "*" if rnd["round"] == "fp8" and _is_shipped(Tile(**row["tile"]), shipped) else ""
+                print(f"{where:<24} {rnd['round'] + f'#{i}':<12} {label + mark:<32} {row['bf16_ms']:8.3f} "
                       f"{row['low_ms']:8.3f} {row['speedup']:7.3f}x")
                 if rnd["round"] == "fp8" and proc["allocator"] == "default":
                     per_tile.setdefault(label, []).append(row["speedup"])
     print("\nFP8 over BF16, the suite's allocations (default allocator), every [fp8] round:")
     print(f"{'tile':<32} {'rounds':>6} {'lowest':>8} {'median':>8} {'highest':>8}")
     for label, values in sorted(per_tile.items(), key=lambda kv: -statistics.median(kv[1])):
-        print(f"{label:<32} {len(values):6d} {min(values):7.3f}x {statistics.median(values):7.3f}x "
+        mark = "*" if _is_shipped(CANDIDATES[label], shipped) else ""
+        print(f"{label + mark:<32} {len(values):6d} {min(values):7.3f}x {statistics.median(values):7.3f}x "
               f"{max(values):7.3f}x")
 
 
@@ -157,10 +168,13 @@ def main() -> int:
     if args.child_out:
         return child_main(args)
     results = run_processes(1 if args.smoke else args.processes, args.smoke)
-    report(results)
+    shipped = _shipped("fp8", args.smoke)[1]
+    report(results, shipped)
     if args.json_out:
-        args.json_out.write_text(json.dumps({"device": torch.cuda.get_device_name() if not args.smoke else "cpu",
-                                             "torch": torch.__version__, "results": results}, indent=1))
+        device = {"name": "cpu"} if args.smoke else {
+            "name": torch.cuda.get_device_name(), "uuid": str(torch.cuda.get_device_properties(0).uuid)}
+        args.json_out.write_text(json.dumps({"device": device, "torch": torch.__version__,
+                                             "shipped_fp8_tile": asdict(shipped), "results": results}, indent=1))
     return 0
 
 

@@ -5,9 +5,9 @@
 
 Each argument is LABEL=PATH[,PATH...]: a CSV report (`pytest ... --lowprec-csv PATH`) or a run saved by
 `--lowprec-json`; several paths (a run split over processes) are read as one. A label ending in `-dry`
-is a fake-device run (its timer scripted), so it gets no measured columns. Per speed verdict it prints the model's
-predicted speedup and the floor for each label, and for measured runs (any row whose timer was real)
-the measured speedup over the prediction: the fraction a suite's floor is a share of.
+is a fake-device run (its timer scripted), so it gets no measured columns. Per speed verdict it prints
+the model's predicted speedup and the floor for each label, and for every other label the measured
+speedup and its share of the prediction: the fraction a suite's floor is a share of.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -60,8 +61,6 @@ def read_run(path: str) -> pd.DataFrame:
     """One report's verdicts: its CSV, or the saved JSON run put through the same table the CSV is."""
     if not path.endswith(".json"):
         return pd.read_csv(path)
-    from pathlib import Path
-
     from pytest_lowprec.report.rows import verdict_frame
     from pytest_lowprec.review import load_run
 
@@ -73,6 +72,11 @@ def main(argv: list[str]) -> None:
     for arg in argv:
         label, _, paths = arg.partition("=")
         frame = pd.concat([read_run(p) for p in paths.split(",")], ignore_index=True)
+        speed = frame[frame["kind"] == "speedup"]
+        twice = sorted(set(speed.loc[speed.duplicated(["test", "metric"]), "test"]))
+        if twice:
+            raise SystemExit(f"{label}: {', '.join(twice)} appear in more than one of {paths}; "
+                             "give each test's verdicts once (split a run by test files)")
         runs[label] = frame
         if not label.endswith("-dry"):
             measured.add(label)

@@ -8,8 +8,7 @@ and free blocks: holes between live tensors. Only moving the live tensors closes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -108,42 +107,3 @@ def fragment(device: str, count: int, nbytes: int) -> dict[str, torch.Tensor]:
         del tensors[f"t{i}"]
     return tensors
 
-
-def allocator_settings() -> str:
-    """The caching allocator's settings as torch holds them now (PYTORCH_CUDA_ALLOC_CONF's syntax)."""
-    getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
-    if getter is not None:
-        return getter()
-    import os  # torch without the getter: the settings are the environment's, as the process started
-
-    return os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
-
-
-def _set_allocator_settings(settings: str) -> None:
-    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
-    if setter is None:
-        setter = torch.cuda.memory._set_allocator_settings
-    setter(settings)
-
-
-@contextmanager
-def expandable_segments(device: str) -> Iterator[None]:
-    """Tensors allocated inside live in expandable segments (mapped 2 MiB page by page), whatever the
-    process allocated and freed before; the settings are as they were on exit. No-op off CUDA.
-
-    Why: on an H200 the same decode-attention kernel read the same BF16 cache in 0.94 ms or 1.08 ms
-    depending on which memory a plain segment got after earlier tests had freed theirs, and
-    torch.cuda.empty_cache() did not change it; in expandable segments it read it in 0.94 ms in every
-    round of the probes' processes. A speed gate should time the kernel, not the process's history.
-    It does not remove every such effect: in a full gate run the first decode speed test's BF16 side
-    still took 1.09 ms (docs/measurements/decode-kernels-h200-2026-12-01.md)."""
-    if not str(device).startswith("cuda"):
-        yield
-        return
-    before = allocator_settings()
-    _set_allocator_settings("expandable_segments:True")
-    try:
-        yield
-    finally:
-        on_before = "expandable_segments:true" in before.replace(" ", "").lower()
-        _set_allocator_settings(f"expandable_segments:{'True' if on_before else 'False'}")

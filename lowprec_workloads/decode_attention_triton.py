@@ -95,10 +95,10 @@ class Tile:
 # docs/measurements/kv-cache-h100-2026-11-22.md), all on CUDA cores. The H200's are the fastest
 # correct variants of benchmarks/decode_attention_variants.py on an H200 (2026-12-01; 8x32 heads, 32K
 # tokens: BF16 0.939 ms, FP8 0.496 ms, FP8-K NVFP4-V 0.460 ms, against 0.972 / 0.542 / 0.616 ms with the
-# H100's tiles). FP8's is the one of the fastest three that keeps its speed wherever the suite's tensors
-# land (benchmarks/decode_attention_tile_probe.py: 0.495-0.501 ms in every round, where the 2-stage tile
-# first shipped took 0.516 ms once another test's caches had come and gone). A GPU without an entry runs
-# DEFAULT_GPU's tiles.
+# H100's tiles). FP8's is, of the fastest three, the fastest once another test's caches have come and
+# gone (benchmarks/decode_attention_tile_probe.py: 0.500-0.501 ms, where the 2-stage tile first shipped
+# took 0.515-0.516 ms; 0.495-0.497 ms both on a fresh cache). It too read slower in full gate runs (0.57-0.58
+# ms). A GPU without an entry runs DEFAULT_GPU's tiles.
 TILES = {
     "h100": {
         ("bf16", "bf16"): Tile(block_n=64, warps=8, stages=2),

@@ -48,6 +48,13 @@ class StoredKV:
         extra = self.scales.numel() * self.scales.element_size() if self.scales is not None else 0
         return self.data.numel() * self.data.element_size() + extra
 
+    @property
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensors a kernel reads (what nbytes counts, the per-tensor scalar aside)."""
+        if self.fmt == "nvfp4":
+            return [self.data.packed, self.data.block_scales]
+        return [self.data] + ([self.scales] if self.scales is not None else [])
+
     def dequantize(self) -> torch.Tensor:
         if self.fmt == "bf16":
             return self.data.float()

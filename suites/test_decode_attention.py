@@ -14,11 +14,10 @@ the kernel is also held to float64 attention over the very values its cache stor
 the quantized cache is dequantized and attended eagerly: the accuracy gates still run.
 Speed (GPU): the kernel over the BF16 cache against the same kernel over the quantized
 cache, at batch 8, 32 heads, head_dim 128, 32K tokens, where decode is memory-bound. The speed tests
-allocate their caches in expandable segments: in plain segments the same kernel read the same cache up
-to 15% slower or faster depending on what earlier tests in the process had allocated and freed, and a
-gate must time the kernel, not that history. That removed it from the second and third speed test of a
-full run, not from the first, whose BF16 side still took 1.09 ms against 0.94-0.97 ms elsewhere
-(docs/measurements/decode-kernels-h200-2026-12-01.md).
+allocate their caches in new expandable segments (and check they do): in plain segments the same kernel
+read the same cache up to 15% slower or faster depending on what earlier tests in the process had
+allocated and freed, and a gate must time the kernel, not that history
+(lowprec_workloads/allocator_settings.py, docs/measurements/decode-kernels-h200-2026-12-01.md).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lowprec_workloads.allocator import expandable_segments
+from lowprec_workloads.allocator_settings import expandable_segments, in_expandable_segments
 from lowprec_workloads.decode_attention import (
     CACHES,
     DecodeShape,
@@ -81,6 +80,12 @@ def _attend_fast(lowprec, q, cache):
     return decode_attention(q, cache)
 
 
+def _assert_in_expandable_segments(*caches) -> None:
+    """The timing's premise (the module docstring): every cache tensor in an expandable segment."""
+    tensors = [t for cache in caches for kv in (cache.k, cache.v) for t in kv.tensors]
+    assert in_expandable_segments(tensors), "a decode cache lies outside an expandable segment"
+
+
 @pytest.mark.parametrize("keys", ["normal", "outlier_keys"])
 @pytest.mark.parametrize("name", [_cache_param(n) for n in CACHES])
 def test_decode_attention_accuracy(lowprec, name, keys):
@@ -117,6 +122,7 @@ def test_decode_attention_speed(lowprec, name):
         q, k, v = make_inputs(shape, lowprec.device, seed=11, outlier_channels=4)
         bf16, low = build_cache(k, v, "bf16"), build_cache(k, v, name)
         del k, v
+    _assert_in_expandable_segments(bf16, low)
     decode_attention(q, bf16), decode_attention(q, low)  # tune both before timing
     lowprec.memory("cache_bytes", low.nbytes, max=format_bytes(shape, name))
     lowprec.info("bytes_over_bf16", low.nbytes / bf16.nbytes)
@@ -139,6 +145,7 @@ def test_nvfp4_values_decode_faster_than_fp8(lowprec):
         q, k, v = make_inputs(shape, lowprec.device, seed=11, outlier_channels=4)
         fp8, nvfp4 = build_cache(k, v, "fp8"), build_cache(k, v, "fp8k_nvfp4v")
         del k, v
+    _assert_in_expandable_segments(fp8, nvfp4)
     decode_attention(q, fp8), decode_attention(q, nvfp4)
     lowprec.info("bytes_over_fp8", nvfp4.nbytes / fp8.nbytes)
     floor = lowprec.expect(decode_work(q, fp8), decode_work(q, nvfp4), fraction=NVFP4_OVER_FP8_FRACTION,

@@ -1,13 +1,36 @@
-"""expandable_segments(): the caches a speed test times sit in expandable segments, and nothing else changes."""
+"""allocator_settings: a speed test's tensors in expandable segments, and every other setting kept."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from lowprec_workloads.allocator import allocator_settings, expandable_segments
+from lowprec_workloads.allocator_settings import (
+    allocator_settings,
+    expandable_segments,
+    in_expandable_segments,
+    with_expandable_segments,
+)
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_turning_expandable_segments_on_restates_every_other_entry():
+    before = "max_split_size_mb:256,roundup_power2_divisions:[256:1,512:2,>:8],garbage_collection_threshold:0.6"
+    assert with_expandable_segments(before, True) == before + ",expandable_segments:True"
+
+
+def test_an_expandable_segments_entry_already_there_is_replaced_not_repeated():
+    assert with_expandable_segments("expandable_segments:True,max_split_size_mb:64", False) == \
+        "max_split_size_mb:64,expandable_segments:False"
+
+
+def test_empty_settings_get_the_one_entry():
+    assert with_expandable_segments("", True) == "expandable_segments:True"
 
 
 def test_off_cuda_the_allocator_settings_are_left_alone():
@@ -17,18 +40,25 @@ def test_off_cuda_the_allocator_settings_are_left_alone():
     assert allocator_settings() == before
 
 
-def _segment_of(t: torch.Tensor) -> dict:
-    ptr = t.data_ptr()
-    return next(s for s in torch.cuda.memory_snapshot()
-                if s["address"] <= ptr < s["address"] + s["total_size"])
-
-
 @CUDA
-def test_a_tensor_allocated_inside_lies_in_an_expandable_segment_and_one_after_does_not():
+def test_a_block_an_earlier_tensor_freed_is_not_reused_inside():
     if "expandable_segments:true" in allocator_settings().replace(" ", "").lower():
         pytest.skip("this process runs every segment expandable (PYTORCH_CUDA_ALLOC_CONF)")
+    freed = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
+    del freed  # a 64 MiB free block of a plain segment, in the allocator's cache
     with expandable_segments("cuda"):
         inside = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
     after = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
-    assert _segment_of(inside)["is_expandable"]
-    assert not _segment_of(after)["is_expandable"]
+    assert in_expandable_segments([inside])
+    assert not in_expandable_segments([after])
+
+
+@CUDA
+def test_the_users_other_settings_survive_the_context():
+    code = ("import torch; from lowprec_workloads.allocator_settings import allocator_settings, expandable_segments\n"
+            "torch.empty(1, device='cuda')\n"
+            "with expandable_segments('cuda'): pass\n"
+            "print(allocator_settings())")
+    env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:256"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert "max_split_size_mb:256" in done.stdout

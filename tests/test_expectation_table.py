@@ -50,3 +50,10 @@ def test_a_run_split_over_two_csvs_reads_as_one(table_module, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| test_decode | 2 | 1.6 |" in out and "| test_gemm | 1.87 | 1.5 |" in out
     assert "measured" not in out  # a -dry label: its timer was scripted
+
+
+def test_a_test_in_two_of_the_csvs_is_refused_by_name(table_module, tmp_path):
+    for i in range(2):
+        write_csv(verdict_frame(RECORDS[:1]), tmp_path / f"half{i}.csv")
+    with pytest.raises(SystemExit, match="s.py::test_decode appear in more than one"):
+        table_module.main([f"h200={tmp_path / 'half0.csv'},{tmp_path / 'half1.csv'}"])

@@ -1,0 +1,90 @@
+"""The CUDA caching allocator's settings for a span of allocations: a speed test's tensors in
+expandable segments whatever the process allocated and freed before, every other setting kept.
+
+Why a speed test wants it: on an H200 the same decode-attention kernel read the same BF16 cache in
+0.94 ms or 1.08 ms depending on what earlier work in the process had allocated and freed, and
+torch.cuda.empty_cache() alone did not change it; with the caches in expandable segments it read it in
+0.94 ms in every round of the probes' processes (docs/measurements/decode-kernels-h200-2026-12-01.md).
+A speed gate should time the kernel, not the process's history.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+
+KEY = "expandable_segments"
+
+
+def allocator_settings() -> str:
+    """The caching allocator's settings as torch holds them now (PYTORCH_CUDA_ALLOC_CONF's syntax)."""
+    getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
+    if getter is not None:
+        return getter()
+    return os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")  # a torch without the getter: as the process began
+
+
+def _set_allocator_settings(settings: str) -> None:
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+    if setter is None:
+        setter = torch.cuda.memory._set_allocator_settings
+    setter(settings)
+
+
+def _entries(settings: str) -> list[str]:
+    """key:value entries, split at the commas outside brackets (roundup_power2_divisions takes a list)."""
+    entries, depth, start = [], 0, 0
+    for i, ch in enumerate(settings + ","):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            if settings[start:i].strip():
+                entries.append(settings[start:i].strip())
+            start = i + 1
+    return entries
+
+
+def _names(settings: str) -> set[str]:
+    return {entry.split(":", 1)[0].strip() for entry in _entries(settings)}
+
+
+def with_expandable_segments(settings: str, on: bool) -> str:
+    """`settings` with expandable segments on or off and every other entry as it was. Each entry must be
+    restated: torch's parser resets the sizes a new settings string leaves out (max_split_size_mb,
+    roundup_power2_divisions, garbage_collection_threshold)."""
+    kept = [entry for entry in _entries(settings) if entry.split(":", 1)[0].strip() != KEY]
+    return ",".join(kept + [f"{KEY}:{'True' if on else 'False'}"])
+
+
+@contextmanager
+def expandable_segments(device: str) -> Iterator[None]:
+    """Tensors allocated inside lie in new expandable segments (mapped 2 MiB page by page); the settings
+    are as they were on exit. No-op off CUDA. The cache is emptied first: with the setting on, torch still
+    hands out a free block of a plain segment it holds, and earlier tests free blocks of the very sizes a
+    speed test asks for."""
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    before = allocator_settings()
+    torch.cuda.empty_cache()
+    _set_allocator_settings(with_expandable_segments(before, True))
+    try:
+        yield
+    finally:
+        _set_allocator_settings(before if KEY in _names(before) else with_expandable_segments(before, False))
+
+
+def in_expandable_segments(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether every tensor's memory lies in an expandable segment (from the allocator's snapshot)."""
+    segments = torch.cuda.memory_snapshot()
+    for t in tensors:
+        ptr = t.data_ptr()
+        segment = next((s for s in segments if s["address"] <= ptr < s["address"] + s["total_size"]), None)
+        if segment is None or not segment.get("is_expandable", False):
+            return False
+    return True
