@@ -106,4 +106,3 @@ def fragment(device: str, count: int, nbytes: int) -> dict[str, torch.Tensor]:
     for i in range(0, count, 2):
         del tensors[f"t{i}"]
     return tensors
-
