@@ -36,10 +36,10 @@ from dataclasses import asdict, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from decode_attention_variants import GATE_SHAPE, SMOKE_SHAPE, make_timer, medians  # noqa: E402
+from decode_attention_variants import GATE_SHAPE, SMOKE_SHAPE, default_tile, make_timer, medians  # noqa: E402
 
-from lowprec_workloads.decode_attention import CACHES, attend_cache, build_cache, make_inputs  # noqa: E402
-from lowprec_workloads.decode_attention_triton import Tile, launch, tile_for  # noqa: E402
+from lowprec_workloads.decode_attention import attend_cache, build_cache, make_inputs  # noqa: E402
+from lowprec_workloads.decode_attention_triton import Tile, launch  # noqa: E402
 from pytest_lowprec.formats.metrics import rel_l2  # noqa: E402
 from pytest_lowprec.hardware import gpu_key_from_name  # noqa: E402
 
@@ -64,13 +64,6 @@ def _gpu(smoke: bool) -> str:
     return "h200" if smoke else gpu_key_from_name(torch.cuda.get_device_name())
 
 
-def _shipped(name: str, smoke: bool) -> tuple[Tile, Tile]:
-    bf16, low = tile_for(_gpu(smoke), "bf16", "bf16"), tile_for(_gpu(smoke), *CACHES[name])
-    if smoke:  # the interpreter cannot run the PTX decodes' asm
-        bf16, low = replace(bf16, e2m1="bitwise"), replace(low, e2m1="bitwise")
-    return bf16, low
-
-
 def _is_shipped(tile: Tile, shipped: Tile) -> bool:
     """The same FP8 kernel (an FP8 cache decodes no E2M1, so the decode named does not matter)."""
     return replace(tile, e2m1=shipped.e2m1) == shipped
@@ -82,7 +75,7 @@ def run_round(name: str, smoke: bool, check: bool) -> dict:
     q, k, v = make_inputs(shape, device, seed=11, outlier_channels=4)
     bf16, low = build_cache(k, v, "bf16"), build_cache(k, v, name)
     del k, v
-    bf16_tile, low_tile = _shipped(name, smoke)
+    bf16_tile, low_tile = default_tile(_gpu(smoke), "bf16", smoke), default_tile(_gpu(smoke), name, smoke)
     timer, pairs = make_timer(smoke), 2 if smoke else PAIRS
     base = lambda: launch(q, bf16, tile=bf16_tile)[0]  # noqa: E731
     base()
@@ -168,7 +161,7 @@ def main() -> int:
     if args.child_out:
         return child_main(args)
     results = run_processes(1 if args.smoke else args.processes, args.smoke)
-    shipped = _shipped("fp8", args.smoke)[1]
+    shipped = default_tile(_gpu(args.smoke), "fp8", args.smoke)
     report(results, shipped)
     if args.json_out:
         device = {"name": "cpu"} if args.smoke else {

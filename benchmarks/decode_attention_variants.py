@@ -52,6 +52,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from lowprec_workloads.allocator import segment_of  # noqa: E402
 from lowprec_workloads.decode_attention import CACHES, Cache, DecodeShape, attend_cache, build_cache, make_inputs  # noqa: E402
 from lowprec_workloads.decode_attention_triton import (  # noqa: E402
     DEFAULT_GPU,
@@ -177,18 +178,12 @@ def collect_workers(procs, deadline: float) -> list[dict]:
 
 
 # -- 2. history probes (fresh processes) --------------------------------------------------------------------
-def _segment_of(ptr: int, snapshot: list[dict]) -> dict | None:
-    for seg in snapshot:
-        if seg["address"] <= ptr < seg["address"] + seg["total_size"]:
-            return {"segment_bytes": seg["total_size"], "offset": ptr - seg["address"]}
-    return None
-
-
 def placement(t: torch.Tensor, snapshot: list[dict] | None) -> dict:
     ptr = t.data_ptr()
     where = {"ptr": hex(ptr), "ptr_mod_2MiB": ptr % (2 * MiB)}
-    if snapshot is not None:
-        where.update(_segment_of(ptr, snapshot) or {})
+    seg = segment_of(ptr, snapshot) if snapshot is not None else None
+    if seg is not None:
+        where.update(segment_bytes=seg["total_size"], offset=ptr - seg["address"])
     return where
 
 

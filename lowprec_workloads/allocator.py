@@ -42,6 +42,11 @@ def free_space(snapshot: list[dict], device: int | None = None) -> FreeSpace:
     return FreeSpace(total, largest, reserved)
 
 
+def segment_of(ptr: int, segments: list[dict]) -> dict | None:
+    """The snapshot segment whose memory holds address `ptr`, or None."""
+    return next((s for s in segments if s["address"] <= ptr < s["address"] + s["total_size"]), None)
+
+
 def device_free_space(device: int) -> FreeSpace:
     return free_space(torch.cuda.memory_snapshot(), device)
 

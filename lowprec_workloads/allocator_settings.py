@@ -16,6 +16,8 @@ from contextlib import contextmanager
 
 import torch
 
+from .allocator import segment_of
+
 KEY = "expandable_segments"
 
 
@@ -82,9 +84,4 @@ def expandable_segments(device: str) -> Iterator[None]:
 def in_expandable_segments(tensors: Iterable[torch.Tensor]) -> bool:
     """Whether every tensor's memory lies in an expandable segment (from the allocator's snapshot)."""
     segments = torch.cuda.memory_snapshot()
-    for t in tensors:
-        ptr = t.data_ptr()
-        segment = next((s for s in segments if s["address"] <= ptr < s["address"] + s["total_size"]), None)
-        if segment is None or not segment.get("is_expandable", False):
-            return False
-    return True
+    return all((segment_of(t.data_ptr(), segments) or {}).get("is_expandable", False) for t in tensors)
