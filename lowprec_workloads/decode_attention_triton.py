@@ -22,7 +22,8 @@ pieces on separate rows of the 16-row operand, and NVFP4 values times their E4M3
 exact in float16 (or the rows carry the block scale: "mma", "mma_t"). Tensor cores truncate when
 they add in float32, so each tile's product joins the running sum in a round-to-nearest add.
 NVFP4 codes decode in PTX on a GPU: "packed" places the three magnitude bits of two codes under
-the float16 exponent at once (2**-14 of their E2M1 value, applied at the end); "lut" (pair path)
+the float16 exponent at once (2**-14 of their E2M1 value, applied at the end; on the pair path the
+same bits, times the block scale in the same asm, SCALED_PAIRS_PTX); "lut" (pair path)
 looks each nibble's E4M3 code up in an 8-byte table with prmt and widens pairs with cvt.e4m3x2.
 The first "lut" read each byte twice from a broadcast tensor and gave wrong attention on an H200 in
 every variant (2026-12-01, relative L2 1.2 against float64) while its PTX passed the CPU emulation:
@@ -176,7 +177,20 @@ LUT_PTX = """
         cvt.rn.f16x2.e4m3x2 $3, h3;
         }
         """
+SCALED_PAIRS_PTX = """
+        {
+        .reg .b32 x, y, s;
+        mov.b32 s, {$2, $2};
+        mul.lo.u32 x, $1, 0x00200200;
+        mul.lo.u32 y, $1, 0x01001000;
+        and.b32 x, x, 0x0E000E00;
+        and.b32 y, y, 0x80008000;
+        or.b32 x, x, y;
+        mul.rn.f16x2 $0, x, s;
+        }
+        """
 _PACKED_PTX = tl.constexpr(PACKED_PTX)
+_SCALED_PAIRS_PTX = tl.constexpr(SCALED_PAIRS_PTX)
 _LUT_PTX = tl.constexpr(LUT_PTX)
 
 
@@ -206,6 +220,18 @@ def _e2m1_byte_pairs(byte):
     bits for another."""
     b = byte.to(tl.uint32)
     x = ((b * 0x00200200) & 0x0E000E00) | ((b * 0x01001000) & 0x80008000)
+    return tl.join((x & 0xFFFF).to(tl.uint16), (x >> 16).to(tl.uint16)).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _e2m1_byte_pairs_scaled(byte, scale):
+    """_e2m1_byte_pairs(byte) * scale (float16, one per byte) in PTX (SCALED_PAIRS_PTX): the same integer
+    decode into one 32-bit word per byte, then one mul.f16x2 by the byte's scale in both halves. Triton's
+    own ops for it compiled (3.9, sm_90) to a swap of the word's halves before and after the multiply,
+    two prmt more per byte. The byte goes in widened to 32 bits: the asm may not assume what lies above
+    an 8-bit operand in its register, and the widening costs nothing where the load's byte is extracted."""
+    x = tl.inline_asm_elementwise(asm=_SCALED_PAIRS_PTX, constraints="=r,r,h", args=[byte.to(tl.uint32), scale],
+                                  dtype=tl.uint32, is_pure=True, pack=1)
     return tl.join((x & 0xFFFF).to(tl.uint16), (x >> 16).to(tl.uint16)).to(tl.float16, bitcast=True)
 
 
@@ -273,16 +299,23 @@ def _pv_pairs(p, rows, valid, j, v_ptr, v_block_ptr, acc, V_FMT: tl.constexpr, D
     NC: tl.constexpr = D // 2
     if V_FMT == 2:
         byte = tl.load(v_ptr + rows[:, None] * NC + j[None, :], mask=valid[:, None], other=0)
-        if E2M1_DECODE == 2:
-            pair = _e2m1_byte_pairs_lut(byte)
-        else:
-            pair = _e2m1_byte_pairs(byte) * 16384.0  # 2**14: the E2M1 value itself, as the lut gives
-        # The block scale (E4M3) multiplies the values exactly in float16: an E2M1 value times an E4M3
-        # scale has at most 6 significant bits and lies between 2**-10 and 6 * 448.
         blk = tl.arange(0, D // 16)
         bscale = tl.load(v_block_ptr + rows[:, None] * (D // 16) + blk[None, :], mask=valid[:, None],
                          other=0.0).to(tl.float16)
-        pair = tl.reshape(tl.reshape(pair, (BLOCK_N, D // 16, 8, 2)) * bscale[:, :, None, None], (BLOCK_N, NC, 2))
+        # One float16 multiply per pair by its block scale (E4M3), exact: an E2M1 value times an E4M3
+        # scale has at most 6 significant bits. The lut gives the E2M1 value itself (products from
+        # 2**-10 to 6 * 448); the integer decodes give 2**-14 of it, so the scale goes in times 2**7 (at
+        # most 57344) and the products, 2**-7 of the values (from 2**-17, their last bit at 2**-22 or
+        # above: float16 holds them), need no second multiply (_store_pairs undoes the 2**-7).
+        if E2M1_DECODE == 2:
+            pair = tl.reshape(tl.reshape(_e2m1_byte_pairs_lut(byte), (BLOCK_N, D // 16, 8, 2))
+                              * bscale[:, :, None, None], (BLOCK_N, NC, 2))
+        else:
+            scale = tl.reshape(tl.broadcast_to((bscale * 128.0)[:, :, None], (BLOCK_N, D // 16, 8)), (BLOCK_N, NC))
+            if E2M1_DECODE == 1:
+                pair = _e2m1_byte_pairs_scaled(byte, scale)
+            else:
+                pair = _e2m1_byte_pairs(byte) * scale[:, :, None]
     else:
         v = tl.load(v_ptr + rows[:, None] * D + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0)
         if V_FMT == 1:
@@ -305,9 +338,10 @@ def _pv_pairs(p, rows, valid, j, v_ptr, v_block_ptr, acc, V_FMT: tl.constexpr, D
 
 
 @triton.jit
-def _store_pairs(acc, out_ptr, v_scale_ptr, bh, V_FMT: tl.constexpr, D: tl.constexpr):
+def _store_pairs(acc, out_ptr, v_scale_ptr, bh, V_FMT: tl.constexpr, D: tl.constexpr, E2M1_DECODE: tl.constexpr):
     """_pv_pairs' accumulator to the split's output: element 2c + t sums the rows t, t + 2, t + 4 (p's pieces)
-    of the MMA column that holds pair c, undoing p's 2**15 and applying V's scale."""
+    of the MMA column that holds pair c, undoing p's 2**15 (and the integer E2M1 decode's 2**-7) and
+    applying V's scale."""
     NC: tl.constexpr = D // 2
     r = tl.arange(0, 16)[:, None]
     m = tl.arange(0, NC)
@@ -315,7 +349,10 @@ def _store_pairs(acc, out_ptr, v_scale_ptr, bh, V_FMT: tl.constexpr, D: tl.const
     even = tl.sum(tl.where(r % 2 == 0, acc, 0.0), axis=0)
     odd = tl.sum(tl.where(r % 2 == 1, acc, 0.0), axis=0)
     if V_FMT == 2:
-        scale = tl.load(v_scale_ptr) / 32768.0
+        if E2M1_DECODE == 2:
+            scale = tl.load(v_scale_ptr) / 32768.0
+        else:
+            scale = tl.load(v_scale_ptr) / 256.0
     elif V_FMT == 1:
         scale = tl.load(v_scale_ptr + bh) / 32768.0
     else:
@@ -360,8 +397,15 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
     start = split * split_len
     end = tl.minimum(start + split_len, seq)
     m = -float("inf")
+    # With p.v on CUDA cores or the pair path, p is a vector, so the scores become one ([BLOCK_N]) as
+    # soon as the q.k MMA gives them: its ROWS columns (rows for "mma") are equal, every one the same
+    # product of the same operands, and exp2, the maximum and the sums then run once per token, not
+    # ROWS times.
+    VEC_S: tl.constexpr = QK != 0 and (PV == 0 or PV == 3)
     if QK == 0:
         den = 0.0
+    elif VEC_S:
+        den = tl.zeros([BLOCK_N], dtype=tl.float32)
     elif QK == 1:
         den = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
     else:
@@ -399,16 +443,24 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
             kt = tl.load(k_ptr + rows[None, :] * D + d[:, None], mask=valid[None, :], other=0.0)
             if K_FP8:
                 kt = kt.to(tl.float16)
-            s = _dot(q_op, kt, DOT_F32) * s_scale
-            s = tl.where(valid[None, :], s, -float("inf"))
-            m_tile = tl.max(tl.max(s, axis=1), axis=0)
+            if VEC_S:
+                s = tl.where(valid, tl.max(_dot(q_op, kt, DOT_F32), axis=0) * s_scale, -float("inf"))
+                m_tile = tl.max(s, axis=0)
+            else:
+                s = _dot(q_op, kt, DOT_F32) * s_scale
+                s = tl.where(valid[None, :], s, -float("inf"))
+                m_tile = tl.max(tl.max(s, axis=1), axis=0)
         else:
             k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
             if K_FP8:
                 k = k.to(tl.float16)
-            s = _dot(k, q_op, DOT_F32) * s_scale
-            s = tl.where(valid[:, None], s, -float("inf"))
-            m_tile = tl.max(tl.max(s, axis=1), axis=0)
+            if VEC_S:
+                s = tl.where(valid, tl.max(_dot(k, q_op, DOT_F32), axis=1) * s_scale, -float("inf"))
+                m_tile = tl.max(s, axis=0)
+            else:
+                s = _dot(k, q_op, DOT_F32) * s_scale
+                s = tl.where(valid[:, None], s, -float("inf"))
+                m_tile = tl.max(tl.max(s, axis=1), axis=0)
         m_new = tl.maximum(m, m_tile)
         # Rescale the running sums only when the maximum rises: over a long context it settles within
         # a few tiles; the multiply skipped is by exactly 1.0.
@@ -427,16 +479,8 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
         else:
             den = den + p
         if PV == 3:
-            if QK == 1:
-                p = tl.max(p, axis=0)
-            elif QK == 2:
-                p = tl.max(p, axis=1)
             acc = _pv_pairs(p, rows, valid, j, v_ptr, v_block_ptr, acc, V_FMT, D, BLOCK_N, E2M1_DECODE, DOT_F32)
         elif PV == 0:
-            if QK == 1:
-                p = tl.max(p, axis=0)  # every row holds the same p
-            elif QK == 2:
-                p = tl.max(p, axis=1)
             if V_FMT == 2:
                 blk = tl.arange(0, NB)
                 pair = tl.arange(0, 8)
@@ -499,12 +543,14 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
     part = (bh * num_splits + split).to(tl.int64)
     if QK == 0:
         denom = den
+    elif VEC_S:
+        denom = tl.sum(den, axis=0)
     elif QK == 1:
         denom = tl.sum(tl.sum(tl.where(r[:, None] == 0, den, 0.0), axis=1), axis=0)
     else:
         denom = tl.sum(tl.sum(tl.where(r[None, :] == 0, den, 0.0), axis=1), axis=0)
     if PV == 3:
-        _store_pairs(acc, acc_ptr + part * D, v_scale_ptr, bh, V_FMT, D)
+        _store_pairs(acc, acc_ptr + part * D, v_scale_ptr, bh, V_FMT, D, E2M1_DECODE)
     elif V_FMT == 2:
         # 2**14 undoes the float16 placement of the codes; the per-tensor scale is applied once here.
         v_scale = tl.load(v_scale_ptr) * 16384.0

@@ -35,6 +35,15 @@ def _e4m3x2_to_f16x2(h: int) -> int:
     return (lo & 0xFFFF) | ((hi & 0xFFFF) << 16)
 
 
+def _f16x2_mul(a: int, b: int) -> int:
+    """mul.rn.f16x2: each half times the same half of b, rounded to nearest even (the float32 product of
+    two float16 values is exact, so one rounding to float16 is the correctly rounded product)."""
+    halves = torch.tensor([a & 0xFFFF, a >> 16, b & 0xFFFF, b >> 16], dtype=torch.int32).to(torch.int16)
+    x = halves.view(torch.float16).float()
+    product = (x[:2] * x[2:]).to(torch.float16).view(torch.int16).tolist()
+    return (product[0] & 0xFFFF) | ((product[1] & 0xFFFF) << 16)
+
+
 def run_ptx(asm: str, inputs: list[int], outputs: int) -> list[int]:
     """Execute `asm` (the subset the kernel's decodes use) with $0..$(outputs-1) as outputs and the
     following operands bound to `inputs`; returns the outputs as unsigned 32-bit integers."""
@@ -47,14 +56,18 @@ def run_ptx(asm: str, inputs: list[int], outputs: int) -> list[int]:
         return int(operand, 0) & MASK
 
     for raw in asm.split(";"):
-        line = raw.strip().strip("{}").strip()
-        if not line or line.startswith(".reg"):
+        line = raw.strip().removeprefix("{").strip()  # the block's own braces, not a {lo, hi} operand's
+        if not line or line == "}" or line.startswith(".reg"):
             continue
         op, rest = line.split(None, 1)
         unpack = re.fullmatch(r"\{\s*(\S+),\s*(\S+)\s*\},\s*(\S+)", rest)
         if op == "mov.b32" and unpack:
             word = val(unpack.group(3))
             regs[unpack.group(1)], regs[unpack.group(2)] = word & 0xFFFF, word >> 16
+            continue
+        pack = re.fullmatch(r"(\S+),\s*\{\s*(\S+),\s*(\S+)\s*\}", rest)
+        if op == "mov.b32" and pack:
+            regs[pack.group(1)] = (val(pack.group(2)) & 0xFFFF) | ((val(pack.group(3)) & 0xFFFF) << 16)
             continue
         dst, *srcs = (x.strip() for x in rest.split(","))
         if op == "mov.b32":
@@ -65,6 +78,10 @@ def run_ptx(asm: str, inputs: list[int], outputs: int) -> list[int]:
             regs[dst] = (val(srcs[0]) << val(srcs[1])) & MASK
         elif op == "shr.b32":
             regs[dst] = val(srcs[0]) >> val(srcs[1])
+        elif op == "mul.lo.u32":
+            regs[dst] = (val(srcs[0]) * val(srcs[1])) & MASK
+        elif op == "mul.rn.f16x2":
+            regs[dst] = _f16x2_mul(val(srcs[0]), val(srcs[1]))
         elif op == "and.b32":
             regs[dst] = val(srcs[0]) & val(srcs[1])
         elif op == "or.b32":
@@ -106,6 +123,24 @@ def test_packed_decode_places_each_nibble_at_2_to_the_minus_14_of_its_e2m1_value
         codes = [x & 0xF for x in b] + [x >> 4 for x in b]
         want = _f16_bits(torch.cat([_e2m1(c) for c in codes]) * 2.0**-14)
         assert got == want, f"bytes {[hex(x) for x in b]}"
+
+
+def test_scaled_pairs_decode_gives_each_byte_times_its_block_scale_exactly(kernel_module):
+    """Every byte times every finite positive E4M3 scale (times 2**7, as the kernel passes it): both halves
+    are the exact float16 of 2**-7 of the code's E2M1 value times the scale, low nibble in the low half."""
+    scales = torch.arange(1, 127, dtype=torch.uint8).view(torch.float8_e4m3fn).to(torch.float64)
+    codes = E2M1.decode(torch.arange(16)).to(torch.float64)
+    for byte in range(256):
+        for scale in scales.tolist():
+            (word,) = run_ptx(kernel_module.SCALED_PAIRS_PTX, [byte, _f16_bits(torch.tensor([scale * 128]))[0]], 1)
+            exact = torch.stack([codes[byte & 0xF], codes[byte >> 4]]) * scale * 2.0**-7
+            assert torch.equal(exact.to(torch.float16).to(torch.float64), exact), (byte, scale)
+            assert [word & 0xFFFF, word >> 16] == _f16_bits(exact), (hex(byte), scale)
+
+
+def test_the_emulators_f16x2_multiply_rounds_each_half_to_nearest_even():
+    one_and_ulp, three = 0x3C01, 0x4200  # 1 + 2**-10 and 3: their product, 3 + 3 * 2**-10, is a tie
+    assert _f16x2_mul(one_and_ulp | 0x3C00 << 16, three | three << 16) == 0x4202 | 0x4200 << 16
 
 
 def _words_and_halves(asm: str, word: int) -> tuple[list[int], list[int]]:
