@@ -29,7 +29,8 @@ The first "lut" read each byte twice from a broadcast tensor and gave wrong atte
 every variant (2026-12-01, relative L2 1.2 against float64) while its PTX passed the CPU emulation:
 Triton (3.6 and 3.9) moved the pure asm before the broadcast (the compiled TTGIR shows it), so the
 asm saw eight different bytes. It now decodes one byte per element into two outputs, correct on an
-H200 and 7% slower there than "packed" (0.494 against 0.460 ms at the shipped FP8-K NVFP4-V tile), so
+H200 and slower there than "packed" (0.494 against 0.460 ms at the then shipped FP8-K NVFP4-V tile;
+0.483 against 0.417 ms, each at its fastest, once "packed" took the block scale in its asm), so
 no TILES entry names it (tested); the sweep keeps it for other GPUs.
 Triton's interpreter runs no PTX: it takes the same bits in Triton integer ops ("bitwise"), and
 multiplies bfloat16 tiles wrongly (it sees their raw bits), so there tensor-core operands go to the
@@ -99,7 +100,9 @@ class Tile:
 # H100's tiles). FP8's is, of the fastest three, the fastest once another test's caches have come and
 # gone (benchmarks/decode_attention_tile_probe.py: 0.500-0.501 ms, where the 2-stage tile first shipped
 # took 0.515-0.516 ms; 0.495-0.497 ms both on a fresh cache). It too read slower in full gate runs (0.57-0.58
-# ms). A GPU without an entry runs DEFAULT_GPU's tiles.
+# ms). FP8-K NVFP4-V's is the sweep's fastest once the scores became a vector and the decode one multiply
+# (d65d9d4, another H200: 0.417 ms against 0.423-0.425 for the 32-token tiles; BF16 0.959, FP8 0.508).
+# A GPU without an entry runs DEFAULT_GPU's tiles.
 TILES = {
     "h100": {
         ("bf16", "bf16"): Tile(block_n=64, warps=8, stages=2),
@@ -109,7 +112,7 @@ TILES = {
     "h200": {
         ("bf16", "bf16"): Tile(qk="mma_t", pv="mma_t", block_n=64, warps=4, stages=3, per_sm=8, e2m1="packed"),
         ("fp8", "fp8"): Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=3, per_sm=16, e2m1="packed"),
-        ("fp8", "nvfp4"): Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=3, per_sm=32, e2m1="packed"),
+        ("fp8", "nvfp4"): Tile(qk="mma_t", pv="mma_pairs", block_n=64, warps=1, stages=2, per_sm=16, e2m1="packed"),
     },
 }
 DEFAULT_GPU = "h100"
