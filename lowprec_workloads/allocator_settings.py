@@ -63,22 +63,52 @@ def with_expandable_segments(settings: str, on: bool) -> str:
     return ",".join(kept + [f"{KEY}:{'True' if on else 'False'}"])
 
 
+def plain_free_blocks(snapshot: list[dict], device: int, stream: int) -> list[int]:
+    """Sizes of the free blocks in plain (not expandable) segments that an allocation on `stream` of
+    `device` could be handed, smallest first, from torch.cuda.memory_snapshot()'s segments."""
+    return sorted(block["size"] for segment in snapshot
+                  if segment.get("device") == device and segment.get("stream") == stream
+                  and not segment.get("is_expandable", False)
+                  for block in segment["blocks"] if block["state"] == "inactive")
+
+
+def _hold_plain_free_blocks(device: torch.device, rounds: int = 4) -> list[torch.Tensor]:
+    """Tensors that take every free block of a plain segment the current stream could reuse, allocated
+    with expandable segments off. A free block survives torch.cuda.empty_cache() when its segment
+    still holds a live tensor, and torch hands it out with the setting on (in a full gate run, 2026-12-01,
+    one of a decode test's caches landed in one). Each size asked for exactly is the best fit, a block of
+    that size; a larger block it splits leaves a remainder, which the next round takes."""
+    stream = torch.cuda.current_stream(device).cuda_stream
+    held: list[torch.Tensor] = []
+    for _ in range(rounds):
+        sizes = plain_free_blocks(torch.cuda.memory_snapshot(), device.index, stream)
+        if not sizes:
+            break
+        held += [torch.empty(size, dtype=torch.uint8, device=device) for size in sizes]
+    return held
+
+
 @contextmanager
 def expandable_segments(device: str) -> Iterator[None]:
     """Tensors allocated inside lie in new expandable segments (mapped 2 MiB page by page); the settings
-    are as they were on exit. No-op off CUDA. The cache is emptied first: with the setting on, torch still
-    hands out a free block of a plain segment it holds, and earlier tests free blocks of the very sizes a
-    speed test asks for."""
+    are as they were on exit. No-op off CUDA. With the setting on, torch still hands out a free block of
+    a plain segment it holds, and earlier tests free blocks of the very sizes a speed test asks for: the
+    cache is emptied first, and the free blocks that emptying cannot release are held until exit."""
     if not str(device).startswith("cuda"):
         yield
         return
+    device = torch.device(device)
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     before = allocator_settings()
     torch.cuda.empty_cache()
+    held = _hold_plain_free_blocks(device)
     _set_allocator_settings(with_expandable_segments(before, True))
     try:
         yield
     finally:
         _set_allocator_settings(before if KEY in _names(before) else with_expandable_segments(before, False))
+        del held
 
 
 def in_expandable_segments(tensors: Iterable[torch.Tensor]) -> bool:

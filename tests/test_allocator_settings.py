@@ -13,6 +13,7 @@ from lowprec_workloads.allocator_settings import (
     allocator_settings,
     expandable_segments,
     in_expandable_segments,
+    plain_free_blocks,
     with_expandable_segments,
 )
 
@@ -38,6 +39,37 @@ def test_off_cuda_the_allocator_settings_are_left_alone():
     with expandable_segments("cpu"):
         assert allocator_settings() == before
     assert allocator_settings() == before
+
+
+def _segment(size: int, blocks: list[tuple[int, str]], expandable: bool = False, device: int = 0, stream: int = 0):
+    return {"device": device, "stream": stream, "total_size": size, "is_expandable": expandable,
+            "blocks": [{"size": b, "state": state} for b, state in blocks]}
+
+
+def test_the_free_blocks_to_hold_are_those_of_plain_segments_on_the_stream_and_device():
+    snapshot = [
+        _segment(96, [(32, "active_allocated"), (64, "inactive")]),
+        _segment(40, [(8, "inactive"), (32, "active_allocated")]),
+        _segment(64, [(64, "inactive")], expandable=True),  # expandable: where the test wants its tensors
+        _segment(16, [(16, "inactive")], stream=7),  # another stream's blocks are not handed to this one
+        _segment(16, [(16, "inactive")], device=1),
+    ]
+    assert plain_free_blocks(snapshot, device=0, stream=0) == [8, 64]
+
+
+@CUDA
+def test_a_free_block_of_a_segment_still_in_use_is_not_reused_inside():
+    """empty_cache() cannot release a segment that still holds a live tensor; its free block must not
+    take what the context allocates."""
+    if "expandable_segments:true" in allocator_settings().replace(" ", "").lower():
+        pytest.skip("this process runs every segment expandable (PYTORCH_CUDA_ALLOC_CONF)")
+    whole = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
+    del whole
+    live = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")  # half of that segment; the rest is free
+    with expandable_segments("cuda"):
+        inside = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
+    assert in_expandable_segments([inside])
+    assert live.is_cuda
 
 
 @CUDA
