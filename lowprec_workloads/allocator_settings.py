@@ -111,7 +111,19 @@ def expandable_segments(device: str) -> Iterator[None]:
         del held
 
 
-def in_expandable_segments(tensors: Iterable[torch.Tensor]) -> bool:
-    """Whether every tensor's memory lies in an expandable segment (from the allocator's snapshot)."""
+def outside_expandable_segments(tensors: Iterable[torch.Tensor]) -> list[str]:
+    """Each tensor whose memory lies outside an expandable segment, described with the segment that holds
+    it (from the allocator's snapshot)."""
     segments = torch.cuda.memory_snapshot()
-    return all((segment_of(t.data_ptr(), segments) or {}).get("is_expandable", False) for t in tensors)
+    outside = []
+    for t in tensors:
+        segment = segment_of(t.data_ptr(), segments)
+        if not (segment or {}).get("is_expandable", False):
+            where = f"a plain {segment['total_size']}-byte segment" if segment else "no allocator segment"
+            outside.append(f"{t.dtype} {tuple(t.shape)} in {where}")
+    return outside
+
+
+def in_expandable_segments(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether every tensor's memory lies in an expandable segment."""
+    return not outside_expandable_segments(tensors)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lowprec_workloads.allocator_settings import expandable_segments, in_expandable_segments
+from lowprec_workloads.allocator_settings import expandable_segments, outside_expandable_segments
 from lowprec_workloads.decode_attention import (
     CACHES,
     DecodeShape,
@@ -83,7 +83,8 @@ def _attend_fast(lowprec, q, cache):
 def _assert_in_expandable_segments(*caches) -> None:
     """The timing's premise (the module docstring): every cache tensor in an expandable segment."""
     tensors = [t for cache in caches for kv in (cache.k, cache.v) for t in kv.tensors]
-    assert in_expandable_segments(tensors), "a decode cache lies outside an expandable segment"
+    outside = outside_expandable_segments(tensors)
+    assert not outside, f"decode cache tensors outside an expandable segment: {'; '.join(outside)}"
 
 
 @pytest.mark.parametrize("keys", ["normal", "outlier_keys"])
