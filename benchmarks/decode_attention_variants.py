@@ -21,7 +21,8 @@ In order, each phase bounded by `--budget-s` (what is left unmeasured is listed 
    (graph replay, L2 flushed, warm-up, median of 30 pairs alternating with a 1 GiB device copy, which
    gives the copy ceiling beside each kernel). Every row reports its registers, spills, TB/s and
    fraction of the copy ceiling.
-4. splits: the fastest variant per cache at 2..32 splits.
+4. splits: the fastest variant per cache at 2..32 splits (`--split-counts` picks others: the kernel takes
+   any count, and a count that fills the GPU's resident programs in whole waves may beat a power of two).
 5. placement: the BF16 and FP8 caches copied into one pool at chosen offsets (K and V adjacent, V 1 MiB
    further, both shifted by 64 KiB or 512 B, V before K), each timed with the default and the fastest
    kernel: whether where the cache lies sets the time.
@@ -346,14 +347,14 @@ def fastest(rows: list[dict], name: str) -> dict | None:
     return min(timed, key=lambda r: r["ms"]) if timed else None
 
 
-def split_sweep(bench: Bench, rows: list[dict], deadline: float) -> list[dict]:
+def split_sweep(bench: Bench, rows: list[dict], deadline: float, counts=(2, 4, 8, 16, 32)) -> list[dict]:
     out = []
     for name in CACHES:
         best = fastest(rows, name)
         if best is None:
             continue
         tile = _tile(best["tile"])
-        for splits in (2, 4, 8, 16, 32):
+        for splits in counts:
             base = {"cache": name, "tile": best["tile"], "splits": splits}
             if time.perf_counter() > deadline:
                 out.append({**base, "skipped": "budget"})
@@ -522,6 +523,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--limit", type=int, default=None, help="only the first N variants per cache")
+    parser.add_argument("--split-counts", default="2,4,8,16,32",
+                        help="the split counts of phase 4 (any count the kernel takes, not only powers of two)")
     parser.add_argument("--worker-in")
     parser.add_argument("--worker-out")
     parser.add_argument("--probe")
@@ -572,7 +575,8 @@ def main() -> int:
     # A phase that fails leaves its error in the JSON and the report; the phases after it still run.
     result.update(sweep=[], splits=[], placement=[], summary=None, phase_errors={})
     phases = [("sweep", lambda: sweep(bench, ok, budget_end - 20)),
-              ("splits", lambda: split_sweep(bench, result["sweep"], budget_end - 12)),
+              ("splits", lambda: split_sweep(bench, result["sweep"], budget_end - 12,
+                                             [int(c) for c in args.split_counts.split(",")])),
               ("placement", lambda: placement_probe(bench, result["sweep"], budget_end - 4)),
               ("summary", lambda: summarize(result, bench, gpu))]
     for phase, run in phases:
