@@ -308,8 +308,9 @@ def _pv_pairs(p, rows, valid, j, v_ptr, v_block_ptr, acc, V_FMT: tl.constexpr, D
         # One float16 multiply per pair by its block scale (E4M3), exact: an E2M1 value times an E4M3
         # scale has at most 6 significant bits. The lut gives the E2M1 value itself (products from
         # 2**-10 to 6 * 448); the integer decodes give 2**-14 of it, so the scale goes in times 2**7 (at
-        # most 57344) and the products, 2**-7 of the values (from 2**-17, their last bit at 2**-22 or
-        # above: float16 holds them), need no second multiply (_store_pairs undoes the 2**-7).
+        # most 57344) and the products, 2**-7 of the values (multiples of 2**-17, as E2M1 values are of
+        # 2**-1 and E4M3 values of 2**-9, and at most 21: float16 holds them), need no second multiply
+        # (_store_pairs undoes the 2**-7).
         if E2M1_DECODE == 2:
             pair = tl.reshape(tl.reshape(_e2m1_byte_pairs_lut(byte), (BLOCK_N, D // 16, 8, 2))
                               * bscale[:, :, None, None], (BLOCK_N, NC, 2))

@@ -12,6 +12,7 @@ import torch
 from lowprec_workloads.allocator_settings import (
     allocator_settings,
     expandable_segments,
+    hold_requests,
     in_expandable_segments,
     plain_free_blocks,
     with_expandable_segments,
@@ -41,20 +42,29 @@ def test_off_cuda_the_allocator_settings_are_left_alone():
     assert allocator_settings() == before
 
 
-def _segment(size: int, blocks: list[tuple[int, str]], expandable: bool = False, device: int = 0, stream: int = 0):
+def _segment(size: int, blocks: list[tuple[int, str]], expandable: bool = False, device: int = 0, stream: int = 0,
+             kind: str = "large", pool: tuple[int, int] = (0, 0)):
     return {"device": device, "stream": stream, "total_size": size, "is_expandable": expandable,
-            "blocks": [{"size": b, "state": state} for b, state in blocks]}
+            "segment_type": kind, "segment_pool_id": pool, "blocks": [{"size": b, "state": st} for b, st in blocks]}
 
 
 def test_the_free_blocks_to_hold_are_those_of_plain_segments_on_the_stream_and_device():
     snapshot = [
         _segment(96, [(32, "active_allocated"), (64, "inactive")]),
-        _segment(40, [(8, "inactive"), (32, "active_allocated")]),
+        _segment(40, [(8, "inactive"), (32, "active_allocated")], kind="small"),
         _segment(64, [(64, "inactive")], expandable=True),  # expandable: where the test wants its tensors
         _segment(16, [(16, "inactive")], stream=7),  # another stream's blocks are not handed to this one
         _segment(16, [(16, "inactive")], device=1),
+        _segment(16, [(16, "inactive")], pool=(1, 0)),  # a CUDA graph's private pool
     ]
-    assert plain_free_blocks(snapshot, device=0, stream=0) == [8, 64]
+    assert plain_free_blocks(snapshot, device=0, stream=0) == [(8, True), (64, False)]
+
+
+def test_a_small_segments_free_block_is_held_in_requests_the_small_pool_serves():
+    """A request over 1 MiB goes to the large pool, so a small segment's larger free block takes several."""
+    mib = 1 << 20
+    assert hold_requests([(2 * mib - 512, True)]) == [mib, mib - 512]
+    assert hold_requests([(3 * mib, False), (4096, True)]) == [3 * mib, 4096]
 
 
 @CUDA
@@ -66,8 +76,26 @@ def test_a_free_block_of_a_segment_still_in_use_is_not_reused_inside():
     whole = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
     del whole
     live = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")  # half of that segment; the rest is free
+    torch.cuda.empty_cache()
+    assert (64 << 20, False) in plain_free_blocks(torch.cuda.memory_snapshot(), torch.cuda.current_device(),
+                                                  torch.cuda.current_stream().cuda_stream)
     with expandable_segments("cuda"):
         inside = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
+    assert in_expandable_segments([inside])
+    assert live.is_cuda
+
+
+@CUDA
+def test_a_small_segments_free_block_is_not_reused_inside():
+    """One live 512-byte tensor keeps its 2 MiB small segment, and the rest of it free, past empty_cache()."""
+    if "expandable_segments:true" in allocator_settings().replace(" ", "").lower():
+        pytest.skip("this process runs every segment expandable (PYTORCH_CUDA_ALLOC_CONF)")
+    live = torch.empty(512, dtype=torch.uint8, device="cuda")
+    torch.cuda.empty_cache()
+    assert any(small for _, small in plain_free_blocks(torch.cuda.memory_snapshot(), torch.cuda.current_device(),
+                                                      torch.cuda.current_stream().cuda_stream))
+    with expandable_segments("cuda"):
+        inside = torch.empty(4096, dtype=torch.uint8, device="cuda")
     assert in_expandable_segments([inside])
     assert live.is_cuda
 
