@@ -67,18 +67,27 @@ def test_a_small_segments_free_block_is_held_in_requests_the_small_pool_serves()
     assert hold_requests([(3 * mib, False), (4096, True)]) == [3 * mib, 4096]
 
 
-@CUDA
-def test_a_free_block_of_a_segment_still_in_use_is_not_reused_inside():
-    """empty_cache() cannot release a segment that still holds a live tensor; its free block must not
-    take what the context allocates."""
+@pytest.fixture
+def plain_segments():
+    """The CUDA tests below build plain segments, which a process running every segment expandable has not."""
     if "expandable_segments:true" in allocator_settings().replace(" ", "").lower():
         pytest.skip("this process runs every segment expandable (PYTORCH_CUDA_ALLOC_CONF)")
+
+
+def _plain_free_blocks_now() -> list[tuple[int, bool]]:
+    return plain_free_blocks(torch.cuda.memory_snapshot(), torch.cuda.current_device(),
+                             torch.cuda.current_stream().cuda_stream)
+
+
+@CUDA
+def test_a_free_block_of_a_segment_still_in_use_is_not_reused_inside(plain_segments):
+    """empty_cache() cannot release a segment that still holds a live tensor; its free block must not
+    take what the context allocates."""
     whole = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
     del whole
     live = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")  # half of that segment; the rest is free
     torch.cuda.empty_cache()
-    assert (64 << 20, False) in plain_free_blocks(torch.cuda.memory_snapshot(), torch.cuda.current_device(),
-                                                  torch.cuda.current_stream().cuda_stream)
+    assert (64 << 20, False) in _plain_free_blocks_now()
     with expandable_segments("cuda"):
         inside = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
     assert in_expandable_segments([inside])
@@ -86,14 +95,11 @@ def test_a_free_block_of_a_segment_still_in_use_is_not_reused_inside():
 
 
 @CUDA
-def test_a_small_segments_free_block_is_not_reused_inside():
+def test_a_small_segments_free_block_is_not_reused_inside(plain_segments):
     """One live 512-byte tensor keeps its 2 MiB small segment, and the rest of it free, past empty_cache()."""
-    if "expandable_segments:true" in allocator_settings().replace(" ", "").lower():
-        pytest.skip("this process runs every segment expandable (PYTORCH_CUDA_ALLOC_CONF)")
     live = torch.empty(512, dtype=torch.uint8, device="cuda")
     torch.cuda.empty_cache()
-    assert any(small for _, small in plain_free_blocks(torch.cuda.memory_snapshot(), torch.cuda.current_device(),
-                                                      torch.cuda.current_stream().cuda_stream))
+    assert any(small for _, small in _plain_free_blocks_now())
     with expandable_segments("cuda"):
         inside = torch.empty(4096, dtype=torch.uint8, device="cuda")
     assert in_expandable_segments([inside])
@@ -101,9 +107,7 @@ def test_a_small_segments_free_block_is_not_reused_inside():
 
 
 @CUDA
-def test_a_block_an_earlier_tensor_freed_is_not_reused_inside():
-    if "expandable_segments:true" in allocator_settings().replace(" ", "").lower():
-        pytest.skip("this process runs every segment expandable (PYTORCH_CUDA_ALLOC_CONF)")
+def test_a_block_an_earlier_tensor_freed_is_not_reused_inside(plain_segments):
     freed = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
     del freed  # a 64 MiB free block of a plain segment, in the allocator's cache
     with expandable_segments("cuda"):
