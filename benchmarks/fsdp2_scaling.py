@@ -1,6 +1,6 @@
 """FP8 data parallelism: which FSDP2 configuration scales, against DDP, on every visible GPU.
 
-    python benchmarks/fsdp2_scaling.py OUT.json              # timing, all variants (about a minute on 2 GPUs)
+    python benchmarks/fsdp2_scaling.py OUT.json              # timing, all variants (37 s on 2 H200s, 11 variants)
     python benchmarks/fsdp2_scaling.py OUT.json --loss       # also train the two reduce dtypes 150 steps
     python benchmarks/fsdp2_scaling.py OUT.json --cpu        # 2 gloo ranks at d=64: checks the script only
 
@@ -10,7 +10,8 @@ one GPU's model and every variant, then times them in rounds whose order rotates
 steps queued back to back after a barrier, median of the rounds, slowest rank): one GPU's step (the FP8
 stack alone on its shard, no collective), DDP with its float32 all-reduce, and FSDP2 with the weights
 all-gathered in FP8 or float32, resharded after the forward or kept, gradients reduce-scattered in
-float32 or bfloat16. AdamW is fused everywhere. Efficiency = one GPU's step / the data-parallel step
+float32 or bfloat16, a block or each linear a unit, with or without explicit prefetching. AdamW is fused
+everywhere. Efficiency = one GPU's step / the data-parallel step
 (same per-GPU batch); "comm alone" is the step's collectives run back to back on buffers of their size,
 "hidden" 1 - (step - one GPU) / comm alone. A variant that fails to build or run is reported with its
 error and the others are still timed. With --loss, FSDP2 (FP8 all-gather, kept) trains the suite's 150
@@ -38,10 +39,14 @@ from lowprec_workloads.fp8_training import Shape
 TOKENS_PER_GPU = 4096
 BLOCKS, LR = 2, 3e-4
 # DDP, the eight FSDP2 combinations the issue names, and the gated one's two reduce dtypes with each
-# linear a unit of its own (a smaller last reduce-scatter), in case a block's is what the step exposes.
+# linear a unit of its own (a smaller last reduce-scatter), in case a block's is what the step exposes;
+# then explicit prefetching (Fsdp2Config.prefetch) of the kept-weight variants, none of which hid any of
+# its collectives on two H200s (2026-12-01, docs/measurements/fsdp2-2x-h200-2026-12-01.md).
 VARIANTS = (DDP,) + tuple(Fsdp2Config(fp8_all_gather=fp8, reshard_after_forward=reshard, reduce_dtype=reduce)
                           for fp8 in (True, False) for reshard in (False, True) for reduce in ("float32", "bfloat16")) \
-    + tuple(Fsdp2Config(reduce_dtype=reduce, unit="linear") for reduce in ("float32", "bfloat16"))
+    + tuple(Fsdp2Config(reduce_dtype=reduce, unit="linear") for reduce in ("float32", "bfloat16")) \
+    + tuple(Fsdp2Config(fp8_all_gather=fp8, reduce_dtype=reduce, prefetch=True)
+            for fp8 in (True, False) for reduce in ("float32", "bfloat16"))
 
 
 def round_efficiencies(results: list[dict], name: str) -> list[float]:
@@ -133,7 +138,7 @@ def main() -> None:
     args = parser.parse_args()
     cuda, d = not args.cpu, 64 if args.cpu else 4096
     # A CPU step at 4096 tokens a rank takes about half a second: the GPU's 7 x 10 steps of one GPU's step
-    # and eleven variants would take minutes to check the script.
+    # and fifteen variants would take minutes to check the script.
     rounds = args.rounds or (1 if args.cpu else 7)
     steps = args.steps or (1 if args.cpu else 10)
     world = args.world or (torch.cuda.device_count() if cuda else 2)

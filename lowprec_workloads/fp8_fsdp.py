@@ -48,19 +48,27 @@ class Fsdp2Config:
     # What one all-gather and one reduce-scatter hold: a block's parameters, or each linear's apart (the
     # backward's last reduce-scatter, which nothing is left to hide, then holds one linear's gradient).
     unit: str = "block"
+    # Explicit prefetching: each block's forward starts the next block's all-gather and each block's
+    # backward the previous block's, so an all-gather runs under a block's compute instead of before
+    # it. Left to itself FSDP2 all-gathers a block in the block's own pre-forward in the forward, and
+    # prefetches one module ahead only in the backward. (First two-GPU run, 2026-12-01: no FSDP2 variant
+    # hid any of its collectives; this had not been tried.)
+    prefetch: bool = False
 
     def __post_init__(self):
         if self.reduce_dtype not in REDUCE_DTYPES:
             raise ValueError(f"reduce_dtype {self.reduce_dtype!r} is not one of {', '.join(REDUCE_DTYPES)}")
         if self.unit not in UNITS:
             raise ValueError(f"unit {self.unit!r} is not one of {', '.join(UNITS)}")
+        if self.prefetch and self.unit != "block":
+            raise ValueError("prefetch orders the blocks' all-gathers: it needs unit 'block'")
 
     @property
     def label(self) -> str:
         gather = "fp8" if self.fp8_all_gather else "fp32"
         reshard = "reshard" if self.reshard_after_forward else "keep"
         return (f"fsdp2 {gather} all-gather, {reshard} after forward, {self.reduce_dtype} reduce-scatter"
-                + ("" if self.unit == "block" else f", per {self.unit}"))
+                + ("" if self.unit == "block" else f", per {self.unit}") + (", prefetch" if self.prefetch else ""))
 
 
 class WeightScale:
@@ -254,7 +262,8 @@ def fp8_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def shard(model: Stack, mesh, config: Fsdp2Config) -> Stack:
-    """fully_shard each block (each linear first, for unit "linear"), then the root. The parameters stay
+    """fully_shard each block (each linear first, for unit "linear"), then the root, and with `prefetch`
+    chain the blocks' all-gathers (Fsdp2Config.prefetch). The parameters stay
     float32 (param_dtype None): the FP8 recipe casts the float32 master weights, and a bfloat16 copy in
     between would round them twice; the LayerNorm takes float32 weights. Only the gradients'
     reduce-scatter may be bfloat16 (reduce_dtype)."""
@@ -269,6 +278,11 @@ def shard(model: Stack, mesh, config: Fsdp2Config) -> Stack:
                 fully_shard(linear, mesh=mesh, reshard_after_forward=config.reshard_after_forward, mp_policy=policy)
         fully_shard(block, mesh=mesh, reshard_after_forward=config.reshard_after_forward, mp_policy=policy)
     fully_shard(model, mesh=mesh, reshard_after_forward=config.reshard_after_forward, mp_policy=policy)
+    if config.prefetch:
+        blocks = list(model.blocks)
+        for before, after in zip(blocks, blocks[1:], strict=False):
+            before.set_modules_to_forward_prefetch([after])
+            after.set_modules_to_backward_prefetch([before])
     if config.fp8_all_gather:
         sync_weight_scales(model, mesh.get_group())
     return model
