@@ -83,6 +83,7 @@ def timing(world: int, d: int, cuda: bool, rounds: int, steps: int, timeout_s: f
                       "gated": variant == GATED}
     return {"world": world, "d": d, "tokens_per_gpu": TOKENS_PER_GPU, "rounds": rounds, "steps_per_round": steps,
             "one_gpu_ms_per_rank": [statistics.median(r["times_ms"]["one_gpu"]) for r in results],
+            "one_gpu_host_ms": max(statistics.median(r["host_ms"]["one_gpu"]) for r in results),
             "peak_bytes_per_rank": [r["peak_bytes"] for r in results], "variants": rows}
 
 
@@ -110,9 +111,10 @@ def losses(world: int, d: int, cuda: bool) -> dict:
 
 def table(result: dict) -> str:
     lines = [f"FP8 stack d={result['d']}, {BLOCKS} blocks, {TOKENS_PER_GPU} tokens a GPU, {result['world']} ranks; "
-             f"one GPU's step per rank (ms): {', '.join(f'{t:.2f}' for t in result['one_gpu_ms_per_rank'])}",
+             f"one GPU's step per rank (ms): {', '.join(f'{t:.2f}' for t in result['one_gpu_ms_per_rank'])} "
+             f"(host {result['one_gpu_host_ms']:.2f} ms to issue it)",
              f"{'variant':<78} {'1-GPU ms':>8} {'DP ms':>7} {'eff':>6} {'rounds':>11} {'tok/s':>9} "
-             f"{'comm ms':>7} {'hidden':>6}"]
+             f"{'comm ms':>7} {'hidden':>6} {'host ms':>7}"]
     for name, row in result["variants"].items():
         if "error" in row:
             lines.append(f"{name:<78} failed: {row['error'].splitlines()[0][:80]}")
@@ -120,7 +122,8 @@ def table(result: dict) -> str:
         mark = " *" if row["gated"] else ""
         lines.append(f"{name + mark:<78} {row['single_ms']:8.2f} {row['synced_ms']:7.2f} {row['efficiency']:6.3f} "
                      f"{row['round_efficiency_min']:5.3f}-{row['round_efficiency_max']:5.3f} "
-                     f"{row['tokens_per_s']:9.3g} {row['comm_ms']:7.2f} {row['hidden_fraction']:6.2f}")
+                     f"{row['tokens_per_s']:9.3g} {row['comm_ms']:7.2f} {row['hidden_fraction']:6.2f} "
+                     f"{row['host_ms']:7.2f}")
     lines.append("* the suite's gated configuration (fp8_data_parallel.GATED); its floor: efficiency 0.95")
     return "\n".join(lines)
 

@@ -232,23 +232,28 @@ def _replica_checks(model, params, variant, me: _Rank) -> dict:
     return out
 
 
-def _timed(fn, n: int, cuda: bool) -> float:
+def _timed(fn, n: int, cuda: bool) -> tuple[float, float]:
     """Milliseconds a call of fn, over n calls queued back to back after a barrier: CUDA events on a GPU
-    (the host runs ahead, as in training), the wall clock on the CPU (where only the code path is tested)."""
+    (the host runs ahead, as in training), the wall clock on the CPU (where only the code path is tested);
+    and the host's milliseconds a call to issue them. On a GPU a step whose host time comes near its GPU
+    time is bound by the host (Python, hooks, DTensor dispatch), not by kernels or collectives."""
     dist.barrier()
     if not cuda:
         start = time.perf_counter()
         for _ in range(n):
             fn()
-        return (time.perf_counter() - start) * 1e3 / n
+        wall = (time.perf_counter() - start) * 1e3 / n
+        return wall, wall
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
+    issued = time.perf_counter()
     for _ in range(n):
         fn()
+    host = (time.perf_counter() - issued) * 1e3 / n
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) / n
+    return start.elapsed_time(end) / n, host
 
 
 def step_collectives(shape: Shape, variant) -> list[tuple[str, torch.dtype, int]]:
@@ -286,7 +291,7 @@ def _comm_alone_ms(collectives: list[tuple[str, torch.dtype, int]], me: _Rank, c
             call()
 
     run()
-    return statistics.median(_timed(run, 3, cuda) for _ in range(3))
+    return statistics.median(_timed(run, 3, cuda)[0] for _ in range(3))
 
 
 def _agree(ok: bool, device: str) -> bool:
@@ -339,15 +344,17 @@ def _time(job: Job, me: _Rank) -> dict:
             errors.setdefault(name, "failed on another rank")
     for _ in range(job.warmup_steps):
         sides["one_gpu"]()
-    times = {name: [] for name in sides}
+    times, host = {name: [] for name in sides}, {name: [] for name in sides}
     names = list(sides)
     for r in range(job.timing_rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name].append(_timed(sides[name], job.timing_steps, job.cuda))
+            gpu_ms, host_ms = _timed(sides[name], job.timing_steps, job.cuda)
+            times[name].append(gpu_ms)
+            host[name].append(host_ms)
     comm = {label(v): _comm_alone_ms(step_collectives(job.shape, v), me, job.cuda)
             for v in job.variants if label(v) in sides}
     memory = torch.cuda.max_memory_allocated(me.device) if job.cuda else 0
-    return {"times_ms": times, "comm_alone_ms": comm, "errors": errors, "peak_bytes": memory,
+    return {"times_ms": times, "host_ms": host, "comm_alone_ms": comm, "errors": errors, "peak_bytes": memory,
             "tokens_per_rank": x.shape[0]}
 
 
@@ -469,6 +476,8 @@ class Scaling:
     comm_ms: float  # the step's collectives alone, not overlapped
     world: int
     tokens_per_rank: int
+    # The host's time to issue one data-parallel step (_timed): near synced_ms, the step waits on Python.
+    host_ms: float = 0.0
 
     @property
     def efficiency(self) -> float:
@@ -496,11 +505,11 @@ def scaling(results: list[dict], variant) -> Scaling:
     if name not in results[0]["times_ms"]:
         raise DistributedError(f"{name} did not run: {results[0]['errors'].get(name, 'not in the job')}")
 
-    def slowest(side: str) -> float:
-        return max(statistics.median(r["times_ms"][side]) for r in results)
+    def slowest(side: str, times: str = "times_ms") -> float:
+        return max(statistics.median(r[times][side]) for r in results)
 
     return Scaling(slowest("one_gpu"), slowest(name), max(r["comm_alone_ms"][name] for r in results),
-                   len(results), results[0]["tokens_per_rank"])
+                   len(results), results[0]["tokens_per_rank"], slowest(name, "host_ms"))
 
 
 if __name__ == "__main__":

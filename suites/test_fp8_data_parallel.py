@@ -87,6 +87,7 @@ def test_data_parallel_fp8_scaling_efficiency(lowprec, tmp_path):
     lowprec.info("comm_alone_ms", fsdp.comm_ms, "ms")
     lowprec.info("comm_hidden_fraction", fsdp.hidden_fraction)
     lowprec.info("tokens_per_s", fsdp.tokens_per_s, "tok/s")
+    lowprec.info("data_parallel_host_ms", fsdp.host_ms, "ms")  # near the step's time: the step waits on Python
     # DDP, the comparison (not gated): the same step with a whole replica a GPU and a float32 all-reduce.
     lowprec.info("ddp_scaling_efficiency", ddp.efficiency)
     lowprec.info("ddp_step_ms", ddp.synced_ms, "ms")

@@ -165,12 +165,13 @@ def test_a_job_refuses_a_batch_that_does_not_split_and_a_training_of_two_variant
 
 
 def test_scaling_is_one_gpus_step_over_the_data_parallel_step_of_the_slowest_rank():
-    def rank(one_gpu, synced):
+    def rank(one_gpu, synced, host):
         return {"times_ms": {"one_gpu": one_gpu, label(GATED): synced}, "comm_alone_ms": {label(GATED): 5.0},
-                "errors": {}, "tokens_per_rank": 4096}
+                "host_ms": {"one_gpu": [1.0], label(GATED): host}, "errors": {}, "tokens_per_rank": 4096}
 
-    result = scaling([rank([10.0, 10.0, 11.0], [12.0, 12.5, 13.0]), rank([10.0], [12.0])], GATED)
+    result = scaling([rank([10.0, 10.0, 11.0], [12.0, 12.5, 13.0], [3.0]), rank([10.0], [12.0], [4.0, 6.0])], GATED)
     assert (result.single_ms, result.synced_ms, result.efficiency) == (10.0, 12.5, 0.8)
+    assert result.host_ms == 5.0  # the slowest rank's median issue time
     assert result.hidden_fraction == pytest.approx(0.5)
     assert result.tokens_per_s == pytest.approx(2 * 4096 / 0.0125)
     assert Scaling(10.0, 9.0, 2.0, 2, 1).hidden_fraction == 1.5  # sharding saved more than it exposed
@@ -320,6 +321,6 @@ def test_the_scaling_benchmarks_cpu_check_times_every_variant_and_marks_the_gate
     variants = result["variants"]
     # DDP, 8 FSDP2, 2 per linear, 4 prefetching
     assert {label(DDP), label(GATED)} <= set(variants) and len(variants) == 15
-    assert all(row["efficiency"] > 0 for row in variants.values()), variants
+    assert all(row["efficiency"] > 0 and row["host_ms"] > 0 for row in variants.values()), variants
     assert [name for name, row in variants.items() if row["gated"]] == [label(GATED)]
     assert all(name in done.stdout for name in variants)
