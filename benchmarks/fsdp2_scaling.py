@@ -40,8 +40,9 @@ TOKENS_PER_GPU = 4096
 BLOCKS, LR = 2, 3e-4
 # DDP, the eight FSDP2 combinations the issue names, and the gated one's two reduce dtypes with each
 # linear a unit of its own (a smaller last reduce-scatter), in case a block's is what the step exposes;
-# then explicit prefetching (Fsdp2Config.prefetch) of the kept-weight variants, none of which hid any of
-# its collectives on two H200s (2026-12-01, docs/measurements/fsdp2-2x-h200-2026-12-01.md).
+# then explicit forward prefetching (Fsdp2Config.prefetch) of the kept-weight variants: on two H200s
+# (2026-12-01, docs/measurements/fsdp2-2x-h200-2026-12-01.md) none hid any of its collectives, and FSDP2's
+# step held 1.5 ms of its own work, which a host-bound step would explain.
 VARIANTS = (DDP,) + tuple(Fsdp2Config(fp8_all_gather=fp8, reshard_after_forward=reshard, reduce_dtype=reduce)
                           for fp8 in (True, False) for reshard in (False, True) for reduce in ("float32", "bfloat16")) \
     + tuple(Fsdp2Config(reduce_dtype=reduce, unit="linear") for reduce in ("float32", "bfloat16")) \

@@ -48,11 +48,12 @@ class Fsdp2Config:
     # What one all-gather and one reduce-scatter hold: a block's parameters, or each linear's apart (the
     # backward's last reduce-scatter, which nothing is left to hide, then holds one linear's gradient).
     unit: str = "block"
-    # Explicit prefetching: each block's forward starts the next block's all-gather and each block's
-    # backward the previous block's, so an all-gather runs under a block's compute instead of before
-    # it. Left to itself FSDP2 all-gathers a block in the block's own pre-forward in the forward, and
-    # prefetches one module ahead only in the backward. (First two-GPU run, 2026-12-01: no FSDP2 variant
-    # hid any of its collectives; this had not been tried.)
+    # Explicit forward prefetching: each block's forward issues the next block's all-gather before its
+    # own compute. FSDP2 overlaps that all-gather with the block's compute by default too (its own
+    # stream, issued once the host reaches the next block), and prefetches the backward's in reverse
+    # forward order; explicit prefetching changes only when the host issues it, which matters when the
+    # host, not the GPU, sets the step's pace (the first two-GPU run, 2026-12-01, left 1.5 ms of FSDP2's
+    # step unexplained: see Scaling.host_ms).
     prefetch: bool = False
 
     def __post_init__(self):
@@ -263,7 +264,7 @@ def fp8_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def shard(model: Stack, mesh, config: Fsdp2Config) -> Stack:
     """fully_shard each block (each linear first, for unit "linear"), then the root, and with `prefetch`
-    chain the blocks' all-gathers (Fsdp2Config.prefetch). The parameters stay
+    have each block's forward issue the next block's all-gather (Fsdp2Config.prefetch). The parameters stay
     float32 (param_dtype None): the FP8 recipe casts the float32 master weights, and a bfloat16 copy in
     between would round them twice; the LayerNorm takes float32 weights. Only the gradients'
     reduce-scatter may be bfloat16 (reduce_dtype)."""
@@ -282,7 +283,6 @@ def shard(model: Stack, mesh, config: Fsdp2Config) -> Stack:
         blocks = list(model.blocks)
         for before, after in zip(blocks, blocks[1:], strict=False):
             before.set_modules_to_forward_prefetch([after])
-            after.set_modules_to_backward_prefetch([before])
     if config.fp8_all_gather:
         sync_weight_scales(model, mesh.get_group())
     return model
