@@ -1,6 +1,6 @@
 """FP8 data parallelism: which FSDP2 configuration scales, against DDP, on every visible GPU.
 
-    python benchmarks/fsdp2_scaling.py OUT.json              # timing, all variants (37 s on 2 H200s, 11 variants)
+    python benchmarks/fsdp2_scaling.py OUT.json              # timing, all variants (the first 11 took 37 s on 2 H200s)
     python benchmarks/fsdp2_scaling.py OUT.json --loss       # also train the two reduce dtypes 150 steps
     python benchmarks/fsdp2_scaling.py OUT.json --cpu        # 2 gloo ranks at d=64: checks the script only
 
