@@ -3,6 +3,7 @@
     python benchmarks/fsdp2_scaling.py OUT.json              # timing, all variants (the first 11 took 37 s on 2 H200s)
     python benchmarks/fsdp2_scaling.py OUT.json --loss       # also train the two reduce dtypes 150 steps
     python benchmarks/fsdp2_scaling.py OUT.json --cpu        # 2 gloo ranks at d=64: checks the script only
+    python benchmarks/fsdp2_scaling.py OUT.json --profile DIR [--only ddp "fp8 all-gather, keep"] [--world 1]
 
 The suite's data-parallel workload (lowprec_workloads/fp8_data_parallel.py): the chapter's FP8 stack (two
 blocks, d=4096) at 4096 tokens a GPU. One group of ranks (NCCL, one per GPU, NVLink multicast off) builds
@@ -16,6 +17,11 @@ everywhere. Efficiency = one GPU's step / the data-parallel step
 "hidden" 1 - (step - one GPU) / comm alone. A variant that fails to build or run is reported with its
 error and the others are still timed. With --loss, FSDP2 (FP8 all-gather, kept) trains the suite's 150
 steps with each reduce dtype and the final-loss gap to one process is printed (the suite's bound: 1%).
+With --profile, after the timing each side runs two more steps under torch.profiler: a chrome trace per rank
+and side in DIR, and a table per side of the time each device stream ran and the time no stream did (the
+device waiting on the host or on another rank). --only keeps the variants whose label contains one of the
+given strings. --world 1 runs one rank: every collective is a copy, so what a variant adds to one GPU's
+step is its own work (FSDP2's hooks, copies and casts, the sharded optimizer), with no scaling to read.
 A benchmark: it prints tables and asserts nothing; the last table is the one to read.
 """
 
@@ -57,11 +63,13 @@ def round_efficiencies(results: list[dict], name: str) -> list[float]:
             for i in range(rounds)]
 
 
-def timing(world: int, d: int, cuda: bool, rounds: int, steps: int, timeout_s: float) -> dict:
+def timing(world: int, d: int, cuda: bool, rounds: int, steps: int, timeout_s: float, variants: tuple = VARIANTS,
+           profile_dir: str | None = None) -> dict:
     shape = Shape(d=d, blocks=BLOCKS, tokens=TOKENS_PER_GPU * world, steps=0, lr=LR)
     rows = {}
     with tempfile.TemporaryDirectory() as out:
-        job = Job(shape, world, cuda, out, "time", variants=VARIANTS, timing_rounds=rounds, timing_steps=steps)
+        job = Job(shape, world, cuda, out, "time", variants=variants, timing_rounds=rounds, timing_steps=steps,
+                  profile_dir=profile_dir)
         start = time.monotonic()
         try:
             results = launch(job, timeout_s=timeout_s)
@@ -72,7 +80,7 @@ def timing(world: int, d: int, cuda: bool, rounds: int, steps: int, timeout_s: f
     for rank, result in enumerate(results):
         for name, error in result["errors"].items():
             print(f"rank {rank}: {name} failed:\n{error}", flush=True)
-    for variant in VARIANTS:
+    for variant in variants:
         name = label(variant)
         try:
             s = scaling(results, variant)
@@ -85,7 +93,27 @@ def timing(world: int, d: int, cuda: bool, rounds: int, steps: int, timeout_s: f
     return {"world": world, "d": d, "tokens_per_gpu": TOKENS_PER_GPU, "rounds": rounds, "steps_per_round": steps,
             "one_gpu_ms_per_rank": [statistics.median(r["times_ms"]["one_gpu"]) for r in results],
             "one_gpu_host_ms": max(statistics.median(r["host_ms"]["one_gpu"]) for r in results),
-            "peak_bytes_per_rank": [r["peak_bytes"] for r in results], "variants": rows}
+            "peak_bytes_per_rank": [r["peak_bytes"] for r in results], "variants": rows,
+            "profiles": [r["profiles"] for r in results]}
+
+
+def profile_table(result: dict) -> str:
+    """Per rank and side: a profiled step's device span, the time any stream ran and the time none did,
+    each stream's share (named by its costliest kernel) and the costliest kernels."""
+    lines = []
+    for rank, profiles in enumerate(result.get("profiles", [])):
+        for name, p in profiles.items():
+            steps = p["steps"]
+            span, busy = p["span_us"] / steps / 1e3, p["busy_us"] / steps / 1e3
+            lines.append(f"rank {rank}, {name}: a step spans {span:.2f} ms on the device, busy {busy:.2f}, "
+                         f"idle {span - busy:.2f}"
+                         + (f" ({p['error']})" if p.get("error") else ""))
+            for row in p["streams"][:4]:
+                lines.append(f"    stream {row['stream']:>3}: {row['busy_us'] / steps / 1e3:6.2f} ms, "
+                             f"{row['events'] // steps:4d} events, most {row['top'][:70]}")
+            for k in p["kernels"][:6]:
+                lines.append(f"    {k['device_us'] / steps / 1e3:6.2f} ms {k['calls'] // steps:4d}x {k['name'][:80]}")
+    return "\n".join(lines)
 
 
 def losses(world: int, d: int, cuda: bool) -> dict:
@@ -139,6 +167,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=140.0,
                         help="seconds the timing job may take before its ranks are stopped and the failure printed")
     parser.add_argument("--cpu", action="store_true", help="2 gloo ranks at d=64: checks the script, measures nothing")
+    parser.add_argument("--profile", metavar="DIR", help="after the timing, profile each side's steps; traces in DIR")
+    parser.add_argument("--only", nargs="+", metavar="TEXT",
+                        help="only the variants whose label contains one of these (one GPU's step always runs)")
     args = parser.parse_args()
     cuda, d = not args.cpu, 64 if args.cpu else 4096
     # A CPU step at 4096 tokens a rank takes about half a second: the GPU's 7 x 10 steps of one GPU's step
@@ -146,8 +177,11 @@ def main() -> None:
     rounds = args.rounds or (1 if args.cpu else 7)
     steps = args.steps or (1 if args.cpu else 10)
     world = args.world or (torch.cuda.device_count() if cuda else 2)
-    if world < 2:
-        sys.exit(f"needs 2 or more GPUs; {torch.cuda.device_count()} visible")
+    if world < 1 or (args.world is None and world < 2):
+        sys.exit(f"needs 2 or more GPUs, or --world 1 for one rank's own work; {torch.cuda.device_count()} visible")
+    variants = tuple(v for v in VARIANTS if not args.only or any(text in label(v) for text in args.only))
+    if not variants:
+        sys.exit(f"no variant's label contains any of {args.only}; the labels: {[label(v) for v in VARIANTS]}")
     result = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
     if args.loss:
         try:
@@ -156,9 +190,11 @@ def main() -> None:
             result["loss"] = {"error": traceback.format_exc()}
         for name, row in result["loss"].items():
             print(f"loss: {name}: {row}", flush=True)
-    result.update(timing(world, d, cuda, rounds, steps, args.timeout))
+    result.update(timing(world, d, cuda, rounds, steps, args.timeout, variants, args.profile))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
+    if result.get("profiles"):
+        print(profile_table(result))
     if "variants" in result:
         print(table(result))
 

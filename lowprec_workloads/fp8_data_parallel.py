@@ -67,6 +67,10 @@ class Job:
     timing_rounds: int = 5
     timing_steps: int = 10
     warmup_steps: int = 3
+    # "time" only: after the timing, each side's `profile_steps` steps under torch.profiler, a chrome trace
+    # per rank and side written here (_profile).
+    profile_dir: str | None = None
+    profile_steps: int = 2
 
     def __post_init__(self):
         if self.mode not in ("train", "time"):
@@ -354,8 +358,32 @@ def _time(job: Job, me: _Rank) -> dict:
     comm = {label(v): _comm_alone_ms(step_collectives(job.shape, v), me, job.cuda)
             for v in job.variants if label(v) in sides}
     memory = torch.cuda.max_memory_allocated(me.device) if job.cuda else 0
+    profiles = _profile(sides, job, me) if job.profile_dir else {}
     return {"times_ms": times, "host_ms": host, "comm_alone_ms": comm, "errors": errors, "peak_bytes": memory,
-            "tokens_per_rank": x.shape[0]}
+            "tokens_per_rank": x.shape[0], "profiles": profiles}
+
+
+def _profile(sides: dict, job: Job, me: _Rank) -> dict:
+    """Each side's `profile_steps` steps under torch.profiler, after the timing (a profiler slows every op,
+    so it never runs inside it): the costliest kernels, and per device stream the time it ran, from a
+    chrome trace written to profile_dir per rank and side. The span less the time any stream ran is the
+    time the device stood idle, waiting on the host or on another rank."""
+    from pytest_lowprec.names import file_name
+    from pytest_lowprec.profiling import profile_side, stream_rows
+
+    out = {}
+    for name, step in sides.items():
+        def steps(step=step):
+            for _ in range(job.profile_steps):
+                step()
+
+        path = Path(job.profile_dir) / file_name((f"rank{me.rank}", name), ".json")
+        dist.barrier()
+        trace = profile_side(name, steps, path)
+        streams, span, busy = stream_rows(json.loads(path.read_text()))
+        out[name] = {**trace.to_dict(), "streams": [r.to_dict() for r in streams], "span_us": span,
+                     "busy_us": busy, "steps": job.profile_steps}
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

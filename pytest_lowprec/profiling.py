@@ -143,25 +143,83 @@ def _device_kernels(prof) -> list[tuple[str, float]]:
 
 
 def profile_side(side: str, fn: Callable[[], object], trace_file: Path | None) -> SideTrace:
-    """Run `fn` once under torch.profiler; return its kernel table, and write a chrome trace if asked."""
+    """Run `fn` once under torch.profiler; return its kernel table, and write a chrome trace if asked.
+    Without a GPU only the host's operators are recorded (and the trace says no device time)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
         with nvtx_range(f"trace:{side}"):
             fn()
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
     rows, total = kernel_table(_device_kernels(prof))
     trace = SideTrace(side, rows, total)
     if total <= 0.0:
-        trace.error = ("the profiler recorded no device time for this call: CUPTI is unavailable or "
-                       "failed (run with a profiler-capable driver, or without --lowprec-trace)")
+        trace.error = ("the profiler recorded no device time for this call: no GPU, or CUPTI is unavailable or "
+                       "failed (run with a profiler-capable driver, or without profiling)")
     if trace_file is not None:
         trace_file.parent.mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(trace_file))
         trace.file = str(trace_file)
     return trace
+
+
+# What a chrome trace from torch.profiler marks as running on a device stream.
+DEVICE_EVENT_CATEGORIES = frozenset({"kernel", "gpu_memcpy", "gpu_memset"})
+
+
+@dataclass(frozen=True)
+class StreamRow:
+    """One device stream of a trace: its kernels, copies and sets, the time any of them ran (overlapping
+    events on the stream counted once), and the name of the event that took longest in all (which says
+    what the stream is for: compute, an NCCL collective, FSDP2's copies)."""
+
+    stream: int
+    events: int
+    busy_us: float
+    top: str
+
+    def to_dict(self) -> dict:
+        return {"stream": self.stream, "events": self.events, "busy_us": self.busy_us, "top": self.top}
+
+
+def _union_us(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
+def stream_rows(trace: dict) -> tuple[list[StreamRow], float, float]:
+    """A chrome trace (torch.profiler's export, as a dict) per device stream, busiest first; the span from
+    the first device event's start to the last one's end; and the time any stream was busy. The span
+    less the busy time is the time every stream of the device stood idle: waiting on the host or on
+    another rank."""
+    per_stream: dict[int, list[tuple[float, float, str]]] = {}
+    for event in trace.get("traceEvents", []):
+        if event.get("ph") != "X" or event.get("cat") not in DEVICE_EVENT_CATEGORIES:
+            continue
+        start = float(event["ts"])
+        stream = (event.get("args") or {}).get("stream", event.get("tid"))
+        per_stream.setdefault(int(stream), []).append((start, start + float(event.get("dur", 0.0)), event["name"]))
+    rows = []
+    for stream, events in per_stream.items():
+        by_name: dict[str, float] = {}
+        for start, stop, name in events:
+            by_name[name] = by_name.get(name, 0.0) + stop - start
+        rows.append(StreamRow(stream, len(events), _union_us([(a, b) for a, b, _ in events]),
+                              max(by_name, key=by_name.get)))
+    rows.sort(key=lambda r: r.busy_us, reverse=True)
+    every = [(a, b) for events in per_stream.values() for a, b, _ in events]
+    span = max(b for _, b in every) - min(a for a, _ in every) if every else 0.0
+    return rows, span, _union_us(every)
 
 
 class SpeedTraces:

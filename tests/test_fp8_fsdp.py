@@ -324,3 +324,20 @@ def test_the_scaling_benchmarks_cpu_check_times_every_variant_and_marks_the_gate
     assert all(row["efficiency"] > 0 and row["host_ms"] > 0 for row in variants.values()), variants
     assert [name for name, row in variants.items() if row["gated"]] == [label(GATED)]
     assert all(name in done.stdout for name in variants)
+
+
+def test_a_profiled_timing_job_writes_each_ranks_trace_of_each_side_and_summarises_it(tmp_path):
+    """benchmarks/fsdp2_scaling.py --profile: after the timing, every side's steps under the profiler, on every
+    rank (a collective needs all of them). The CPU has no device streams, so the summary says so."""
+    shape = Shape(d=64, blocks=1, tokens=128, steps=0)
+    job = Job(shape, 2, False, str(tmp_path / "job"), "time", variants=(GATED,), timing_rounds=1, timing_steps=1,
+              warmup_steps=1, profile_dir=str(tmp_path / "traces"), profile_steps=1)
+    results = launch(job, timeout_s=300)
+    for rank, result in enumerate(results):
+        profiles = result["profiles"]
+        assert set(profiles) == {"one_gpu", label(GATED)}
+        for side in profiles.values():
+            trace = Path(side["file"])
+            assert trace.parent == tmp_path / "traces" and trace.name.startswith(f"rank{rank}.")
+            assert json.loads(trace.read_text())["traceEvents"]
+            assert side["streams"] == [] and side["span_us"] == 0.0 and "no device time" in side["error"]

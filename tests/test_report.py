@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_lowprec.profiling import kernel_table, match_kernels, trace_path
+from pytest_lowprec.profiling import kernel_table, match_kernels, stream_rows, trace_path
 
 FAKES = (Path(__file__).parent / "fakes.py").read_text()
 CONFTEST = """
@@ -144,6 +144,31 @@ def test_kernel_table_sums_launches_by_name_and_ranks_by_time():
     assert total == 25.0
     assert [(r.name, r.calls, r.device_us) for r in rows] == [("gemm", 2, 20.0), ("amax", 1, 3.0), ("quant", 1, 2.0)]
     assert rows[0].share == pytest.approx(0.8)
+
+
+def _device_event(stream, ts, dur, name, cat="kernel"):
+    return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "tid": stream,
+            "args": {"stream": stream, "device": 0}}
+
+
+def test_stream_rows_count_each_streams_overlapping_events_once_and_the_idle_time_between_all():
+    trace = {"traceEvents": [
+        _device_event(7, 0.0, 10.0, "gemm"), _device_event(7, 5.0, 10.0, "gemm"),  # overlap: busy 15
+        _device_event(7, 30.0, 4.0, "cast"),
+        _device_event(21, 12.0, 10.0, "ncclDevKernel_ReduceScatter"),
+        _device_event(21, 40.0, 2.0, "copy", "gpu_memcpy"),
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 100.0, "dur": 50.0, "tid": 1},  # host, not counted
+    ]}
+    rows, span, busy = stream_rows(trace)
+    assert [(r.stream, r.events, r.busy_us, r.top) for r in rows] == [
+        (7, 3, 19.0, "gemm"), (21, 2, 12.0, "ncclDevKernel_ReduceScatter")]
+    assert span == 42.0
+    assert busy == 15.0 + 7.0 + 4.0 + 2.0  # 0-15, 15-22 (the collective past the gemms), 30-34, 40-42
+
+
+def test_stream_rows_of_a_trace_without_device_events_are_empty():
+    assert stream_rows({"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 1}]}) \
+        == ([], 0.0, 0.0)
 
 
 def test_kernel_matching_names_what_is_missing_and_what_is_forbidden():
