@@ -19,7 +19,8 @@ error and the others are still timed. With --loss, FSDP2 (FP8 all-gather, kept) 
 steps with each reduce dtype and the final-loss gap to one process is printed (the suite's bound: 1%).
 With --profile, after the timing each side runs two more steps under torch.profiler: a chrome trace per rank
 and side in DIR, and a table per side of the time each device stream ran and the time no stream did (the
-device waiting on the host or on another rank). --only keeps the variants whose label contains one of the
+device waiting on the host or on another rank); then two under cProfile: the host's own time per function
+(DIR/*.cprofile.txt, and the costliest ten in the table). --only keeps the variants whose label contains one of the
 given strings. --world 1 runs one rank: every collective is a copy, so what a variant adds to one GPU's
 step is its own work (FSDP2's hooks, copies and casts, the sharded optimizer), with no scaling to read.
 A benchmark: it prints tables and asserts nothing; the last table is the one to read.
@@ -113,6 +114,9 @@ def profile_table(result: dict) -> str:
                              f"{row['events'] // steps:4d} events, most {row['top'][:70]}")
             for k in p["kernels"][:6]:
                 lines.append(f"    {k['device_us'] / steps / 1e3:6.2f} ms {k['calls'] // steps:4d}x {k['name'][:80]}")
+            lines.append("    host (cProfile), per step: own ms, with callees, calls")
+            for f in p["host_functions"][:10]:
+                lines.append(f"    {f['own_ms']:6.2f} {f['total_ms']:6.2f} {f['calls']:5.0f}x {f['name'][:80]}")
     return "\n".join(lines)
 
 

@@ -367,22 +367,38 @@ def _profile(sides: dict, job: Job, me: _Rank) -> dict:
     """Each side's `profile_steps` steps under torch.profiler, after the timing (a profiler slows every op,
     so it never runs inside it): the costliest kernels, and per device stream the time it ran, from a
     chrome trace written to profile_dir per rank and side. The span less the time any stream ran is the
-    time the device stood idle, waiting on the host or on another rank."""
+    time the device stood idle, waiting on the host or on another rank. Then the same steps under
+    cProfile, ending in a synchronize: the Python functions and builtins the host spent its time in (the
+    synchronize's share is what the host waited for the device)."""
+    import cProfile
+    import io
+    import pstats
+
     from pytest_lowprec.names import file_name
-    from pytest_lowprec.profiling import profile_side, stream_rows
+    from pytest_lowprec.profiling import host_functions, profile_side, stream_rows
 
     out = {}
     for name, step in sides.items():
         def steps(step=step):
             for _ in range(job.profile_steps):
                 step()
+            if job.cuda:
+                torch.cuda.synchronize()
 
         path = Path(job.profile_dir) / file_name((f"rank{me.rank}", name), ".json")
         dist.barrier()
         trace = profile_side(name, steps, path)
         streams, span, busy = stream_rows(json.loads(path.read_text()))
+        dist.barrier()
+        host = cProfile.Profile()
+        host.runcall(steps)
+        text = io.StringIO()
+        pstats.Stats(host, stream=text).sort_stats("tottime").print_stats(40)
+        path.with_suffix(".cprofile.txt").write_text(text.getvalue())
         out[name] = {**trace.to_dict(), "streams": [r.to_dict() for r in streams], "span_us": span,
-                     "busy_us": busy, "steps": job.profile_steps}
+                     "busy_us": busy, "steps": job.profile_steps,
+                     "host_functions": [f.to_dict() for f in host_functions(pstats.Stats(host).stats,
+                                                                            job.profile_steps)]}
     return out
 
 

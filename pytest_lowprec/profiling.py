@@ -222,6 +222,32 @@ def stream_rows(trace: dict) -> tuple[list[StreamRow], float, float]:
     return rows, span, _union_us(every)
 
 
+@dataclass(frozen=True)
+class HostFunction:
+    """A Python-level function (or a builtin: a torch op, a collective's launch) as cProfile saw it, per
+    call of the profiled work: calls, the time spent in it alone, and with what it called."""
+
+    name: str
+    calls: float
+    own_ms: float
+    total_ms: float
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "calls": self.calls, "own_ms": self.own_ms, "total_ms": self.total_ms}
+
+
+def host_functions(stats: dict, repeats: int, top: int = 15) -> list[HostFunction]:
+    """pstats.Stats(...).stats ({(file, line, function): (primitive calls, calls, own s, total s, callers)})
+    as the `top` functions by their own time, per repeat of the profiled work: where a host-bound step's
+    time goes, including the builtins that block it (a synchronize, a collective's wait)."""
+    rows = []
+    for (file, line, function), (_, calls, own, total, _) in stats.items():
+        where = function if file == "~" else f"{Path(file).name}:{line}({function})"
+        rows.append(HostFunction(where, calls / repeats, own * 1e3 / repeats, total * 1e3 / repeats))
+    rows.sort(key=lambda r: r.own_ms, reverse=True)
+    return rows[:top]
+
+
 class SpeedTraces:
     """One test's profiled calls: each side of each speedup traced at most once (with a file when
     --lowprec-trace asked for one), the trace reused by the kernel proof. Holds the sides' callables

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_lowprec.profiling import kernel_table, match_kernels, stream_rows, trace_path
+from pytest_lowprec.profiling import host_functions, kernel_table, match_kernels, stream_rows, trace_path
 
 FAKES = (Path(__file__).parent / "fakes.py").read_text()
 CONFTEST = """
@@ -169,6 +169,15 @@ def test_stream_rows_count_each_streams_overlapping_events_once_and_the_idle_tim
 def test_stream_rows_of_a_trace_without_device_events_are_empty():
     assert stream_rows({"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 1}]}) \
         == ([], 0.0, 0.0)
+
+
+def test_host_functions_rank_cprofiles_own_time_per_repeat_and_name_builtins_plainly():
+    stats = {("/src/fsdp.py", 12, "pre_forward"): (4, 4, 0.008, 0.020, {}),
+             ("~", 0, "<built-in method torch._chunk_cat>"): (2, 2, 0.012, 0.012, {}),
+             ("/src/step.py", 3, "step"): (2, 2, 0.001, 0.040, {})}
+    rows = host_functions(stats, repeats=2, top=2)
+    assert [(r.name, r.calls, r.own_ms, r.total_ms) for r in rows] == [
+        ("<built-in method torch._chunk_cat>", 1.0, 6.0, 6.0), ("fsdp.py:12(pre_forward)", 2.0, 4.0, 10.0)]
 
 
 def test_kernel_matching_names_what_is_missing_and_what_is_forbidden():
