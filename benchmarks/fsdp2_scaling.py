@@ -11,10 +11,10 @@ one GPU's model and every variant, then times them in rounds whose order rotates
 steps queued back to back after a barrier, median of the rounds, slowest rank): one GPU's step (the FP8
 stack alone on its shard, no collective), DDP with its float32 all-reduce, and FSDP2 with the weights
 all-gathered in FP8 or float32, resharded after the forward or kept, gradients reduce-scattered in
-float32 or bfloat16, a block or each linear a unit, with or without explicit prefetching. AdamW is fused
-everywhere. Efficiency = one GPU's step / the data-parallel step
-(same per-GPU batch); "comm alone" is the step's collectives run back to back on buffers of their size,
-"hidden" 1 - (step - one GPU) / comm alone. A variant that fails to build or run is reported with its
+float32 or bfloat16, a block, each linear or the whole model a unit, with or without explicit
+prefetching. AdamW is fused everywhere. Efficiency = one GPU's step / the data-parallel step (same per-GPU
+batch); "comm alone" is the step's collectives run back to back on buffers of their size, "hidden"
+1 - (step - one GPU) / comm alone. A variant that fails to build or run is reported with its
 error and the others are still timed. With --loss, FSDP2 (FP8 all-gather, kept) trains the suite's 150
 steps with each reduce dtype and the final-loss gap to one process is printed (the suite's bound: 1%).
 With --profile, after the timing each side runs two more steps under torch.profiler: a chrome trace per rank
@@ -46,13 +46,16 @@ from lowprec_workloads.fp8_training import Shape
 TOKENS_PER_GPU = 4096
 BLOCKS, LR = 2, 3e-4
 # DDP, the eight FSDP2 combinations the issue names, and the gated one's two reduce dtypes with each
-# linear a unit of its own (a smaller last reduce-scatter), in case a block's is what the step exposes;
+# linear a unit of its own (a smaller last reduce-scatter), in case a block's is what the step exposes, and
+# with the whole model one unit (FSDP2's hooks once a step: on one H200 its per-block step waited on the
+# host, 19 ms to issue 11.7 ms of kernels, 2026-12-01);
 # then explicit forward prefetching (Fsdp2Config.prefetch) of the kept-weight variants: on two H200s
 # (2026-12-01, docs/measurements/fsdp2-2x-h200-2026-12-01.md) none hid any of its collectives, and FSDP2's
 # step held 1.5 ms of its own work, which a host-bound step would explain.
 VARIANTS = (DDP,) + tuple(Fsdp2Config(fp8_all_gather=fp8, reshard_after_forward=reshard, reduce_dtype=reduce)
                           for fp8 in (True, False) for reshard in (False, True) for reduce in ("float32", "bfloat16")) \
-    + tuple(Fsdp2Config(reduce_dtype=reduce, unit="linear") for reduce in ("float32", "bfloat16")) \
+    + tuple(Fsdp2Config(reduce_dtype=reduce, unit=unit) for unit in ("linear", "model")
+            for reduce in ("float32", "bfloat16")) \
     + tuple(Fsdp2Config(fp8_all_gather=fp8, reduce_dtype=reduce, prefetch=True)
             for fp8 in (True, False) for reduce in ("float32", "bfloat16"))
 

@@ -32,7 +32,7 @@ from pytest_lowprec.formats.fp8 import scaled_mm
 from .fp8_training import E4M3, Fp8Recipe, Linear, Stack, quantize_operand
 
 REDUCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-UNITS = ("block", "linear")
+UNITS = ("block", "linear", "model")
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,11 @@ class Fsdp2Config:
     fp8_all_gather: bool = True
     reshard_after_forward: bool = False
     reduce_dtype: str = "float32"
-    # What one all-gather and one reduce-scatter hold: a block's parameters, or each linear's apart (the
-    # backward's last reduce-scatter, which nothing is left to hide, then holds one linear's gradient).
+    # What one all-gather and one reduce-scatter hold: a block's parameters; each linear's apart (the
+    # backward's last reduce-scatter, which nothing is left to hide, then holds one linear's gradient); or
+    # the whole model's ("model": one all-gather before the forward and one reduce-scatter after the
+    # backward, nothing overlapped, FSDP2's hooks run once a step: on one H200, 2026-12-01, FSDP2 per block
+    # took 19 ms of host time to issue a step whose kernels ran 11.7 ms, the step waiting on the host).
     unit: str = "block"
     # Explicit forward prefetching: each block's forward issues the next block's all-gather before its
     # own compute. FSDP2 overlaps that all-gather with the block's compute by default too (its own
@@ -192,6 +195,19 @@ class Fp8GatheredWeight(torch.Tensor):
         raise NotImplementedError(f"{func} on an FP8 all-gathered weight: only Fp8AllGatherLinear reads it")
 
 
+def _transposed(q: torch.Tensor) -> torch.Tensor:
+    """q.t().contiguous(): on CUDA in one Triton pass (torch's strided one-byte copy took 0.4 ms a weight at
+    d=4096 on an H200, 1.6 ms of each step's 11.7 ms), elsewhere torch's."""
+    if q.is_cuda:
+        try:
+            from pytest_lowprec.formats.triton_quant import transpose_fp8_triton
+        except ImportError:  # a CUDA torch without Triton
+            pass
+        else:
+            return transpose_fp8_triton(q)
+    return q.t().contiguous()
+
+
 class Fp8GatheredMatmul(torch.autograd.Function):
     """y = x @ W.T + b with W already in E4M3: Fp8Matmul's tensorwise path with the weight cast skipped.
 
@@ -221,7 +237,7 @@ class Fp8GatheredMatmul(torch.autograd.Function):
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         grad_b = g2.sum(0, dtype=torch.float32) if ctx.has_bias else None
         gq, gqt, gs = quantize_operand(g2, recipe.grad_dtype, ctx.reduce_amax, transpose=True)
-        wqt = ctx.weight._data.t().contiguous()  # [in, out]: _scaled_mm's B operand must be K-major
+        wqt = _transposed(ctx.weight._data)  # [in, out]: _scaled_mm's B operand must be K-major
         grad_x = scaled_mm(gq, gs, wqt.t(), ws, fast_accum="dgrad" in recipe.fast_accum)
         grad_w = scaled_mm(gqt, gs, xqt.t(), xs, out_dtype=torch.float32, fast_accum="wgrad" in recipe.fast_accum)
         return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, grad_b, None, None
@@ -263,8 +279,9 @@ def fp8_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def shard(model: Stack, mesh, config: Fsdp2Config) -> Stack:
-    """fully_shard each block (each linear first, for unit "linear"), then the root, and with `prefetch`
-    have each block's forward issue the next block's all-gather (Fsdp2Config.prefetch). The parameters stay
+    """fully_shard each block (each linear first, for unit "linear"; no block for unit "model"), then the root,
+    and with `prefetch` have each block's forward issue the next block's all-gather (Fsdp2Config.prefetch). The
+    parameters stay
     float32 (param_dtype None): the FP8 recipe casts the float32 master weights, and a bfloat16 copy in
     between would round them twice; the LayerNorm takes float32 weights. Only the gradients'
     reduce-scatter may be bfloat16 (reduce_dtype)."""
@@ -273,7 +290,7 @@ def shard(model: Stack, mesh, config: Fsdp2Config) -> Stack:
     if config.fp8_all_gather:
         use_fp8_all_gather(model)
     policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=REDUCE_DTYPES[config.reduce_dtype])
-    for block in model.blocks:
+    for block in model.blocks if config.unit != "model" else ():
         if config.unit == "linear":
             for linear in (block.fc1, block.fc2):
                 fully_shard(linear, mesh=mesh, reshard_after_forward=config.reshard_after_forward, mp_policy=policy)

@@ -307,3 +307,14 @@ def test_triton_fp8_tensorwise_records_the_amax_it_saw_while_casting_with_a_give
     fq, fqt, finv = triton_quant.quantize_fp8_tensorwise_triton(x, amax=stale, transpose=True, seen_amax=seen)
     assert same_bits(q, fq) and same_bits(q.t().contiguous(), fqt) and same_bits(inv, finv)
     assert float(seen) == float(x.abs().amax())
+
+
+@pytest.mark.parametrize("shape", [(16384, 4096), (4096, 16384), (130, 257), (1, 1)])
+def test_triton_byte_transpose_gives_torchs_transpose_bit_for_bit(shape):
+    """FSDP2's FP8-gathered weight is transposed every step for the data gradient: every byte value, every
+    position, at the chapter's weight shapes and at ragged ones."""
+    triton_quant = pytest.importorskip("pytest_lowprec.formats.triton_quant")
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    q = torch.randint(0, 256, shape, dtype=torch.uint8, device="cuda", generator=gen).view(torch.float8_e4m3fn)
+    t = triton_quant.transpose_fp8_triton(q)
+    assert t.dtype == q.dtype and same_bits(t, q.t().contiguous())

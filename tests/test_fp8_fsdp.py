@@ -39,7 +39,7 @@ from lowprec_workloads.fp8_training import E4M3, RECIPE, Fp8Recipe, Linear, Shap
 TINY = Shape(d=64, blocks=2, tokens=512, steps=3)
 EVERY_VARIANT = (DDP,) + tuple(Fsdp2Config(fp8, reshard, reduce, unit) for fp8 in (True, False)
                                for reshard in (False, True) for reduce in ("float32", "bfloat16")
-                               for unit in ("block", "linear")) \
+                               for unit in ("block", "linear", "model")) \
     + tuple(Fsdp2Config(fp8, reshard, reduce, prefetch=True) for fp8 in (True, False) for reshard in (False, True)
             for reduce in ("float32", "bfloat16"))
 
@@ -128,6 +128,7 @@ def test_fsdp2_config_names_its_choices_and_refuses_an_unknown_reduce_dtype():
     assert Fsdp2Config(True, False, "bfloat16").label == \
         "fsdp2 fp8 all-gather, keep after forward, bfloat16 reduce-scatter"
     assert Fsdp2Config(unit="linear").label.endswith(", per linear")
+    assert Fsdp2Config(unit="model").label.endswith(", per model")
     assert Fsdp2Config(prefetch=True).label.endswith(", prefetch")
     with pytest.raises(ValueError, match="float16"):
         Fsdp2Config(reduce_dtype="float16")
@@ -223,16 +224,18 @@ def test_ranks_that_do_not_finish_in_time_are_stopped(tmp_path):
 
 
 @pytest.mark.slow  # three launches of 2 ranks and a one-process training
-def test_fsdp2_trains_the_one_process_first_step_and_neither_fp8_all_gather_nor_prefetching_changes_a_bit(tmp_path):
+def test_fsdp2_trains_the_one_process_first_step_and_neither_fp8_all_gather_prefetching_nor_the_unit_changes_a_bit(
+        tmp_path):
     def train(variant):
         job = Job(TINY, 2, False, str(tmp_path / label(variant)), "train", variants=(variant,))
         return launch(job, timeout_s=300)
 
     fp8, fp32 = train(Fsdp2Config(fp8_all_gather=True)), train(Fsdp2Config(fp8_all_gather=False))
     prefetched = train(Fsdp2Config(fp8_all_gather=True, prefetch=True))
+    whole = train(Fsdp2Config(fp8_all_gather=True, unit="model"))
     one_process, _ = single_process_losses(TINY, "cpu", None)
     assert fp8[0]["losses"][0] == one_process[0]  # same weights, same batch: only later steps add in other orders
-    assert fp8[0]["losses"] == fp8[1]["losses"] == fp32[0]["losses"] == prefetched[0]["losses"]
+    assert fp8[0]["losses"] == fp8[1]["losses"] == fp32[0]["losses"] == prefetched[0]["losses"] == whole[0]["losses"]
     assert [r["fp8_weight_mismatches"] for r in fp8] == [0, 0] and fp8[0]["fp8_weights"] == TINY.blocks * 8 * 64 * 64
     assert max(r["replica_max_abs_diff"] for r in fp8 + fp32) == 0.0
 
@@ -319,8 +322,8 @@ def test_the_scaling_benchmarks_cpu_check_times_every_variant_and_marks_the_gate
     result = json.loads(out.read_text())
     assert (result["rounds"], result["steps_per_round"]) == (1, 1)
     variants = result["variants"]
-    # DDP, 8 FSDP2, 2 per linear, 4 prefetching
-    assert {label(DDP), label(GATED)} <= set(variants) and len(variants) == 15
+    # DDP, 8 FSDP2, 2 per linear, 2 the whole model one unit, 4 prefetching
+    assert {label(DDP), label(GATED)} <= set(variants) and len(variants) == 17
     assert all(row["efficiency"] > 0 and row["host_ms"] > 0 for row in variants.values()), variants
     assert [name for name, row in variants.items() if row["gated"]] == [label(GATED)]
     assert all(name in done.stdout for name in variants)
