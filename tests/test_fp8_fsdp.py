@@ -44,8 +44,8 @@ EVERY_VARIANT = (DDP,) + tuple(Fsdp2Config(fp8, reshard, reduce, unit) for fp8 i
             for reduce in ("float32", "bfloat16"))
 
 
-def _linear(fp8: bool = True, seed: int = 0) -> Linear:
-    return Linear(64, 256, fp8, torch.Generator().manual_seed(seed), "cpu")
+def _linear(fp8: bool = True, seed: int = 0, device: str = "cpu") -> Linear:
+    return Linear(64, 256, fp8, torch.Generator().manual_seed(seed), device)
 
 
 def _ranks(tmp_path: Path, body: str, world: int = 2) -> list[dict]:
@@ -74,10 +74,14 @@ def _ranks(tmp_path: Path, body: str, world: int = 2) -> list[dict]:
 # -- the FP8 pieces, in one process ----------------------------------------------------------------------------
 
 
-def test_gathered_matmul_gives_the_stacks_fp8_matmul_bits_forward_and_backward():
-    linear = _linear()
-    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).requires_grad_()
-    grad_out = torch.randn(32, 256, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_gathered_matmul_gives_the_stacks_fp8_matmul_bits_forward_and_backward(device):
+    """On CUDA the gathered weight's transpose is the Triton byte transpose, the stack's the quantizer's
+    second layout."""
+    linear = _linear(device=device)
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(1)).to(device, torch.bfloat16).requires_grad_()
+    grad_out = torch.randn(32, 256, generator=torch.Generator().manual_seed(2)).to(device, torch.bfloat16)
     y_ref = linear(x)
     y_ref.backward(grad_out)
     ref = (y_ref, x.grad.clone(), linear.weight.grad.clone(), linear.bias.grad.clone())
