@@ -385,7 +385,7 @@ def _profile(sides: dict, job: Job, me: _Rank) -> dict:
             if job.cuda:
                 torch.cuda.synchronize()
 
-        path = Path(job.profile_dir) / file_name((f"rank{me.rank}", name), ".json")
+        path = Path(job.profile_dir) / file_name((name, f"rank{me.rank}"), ".json")  # the label first: it keeps more
         dist.barrier()
         trace = profile_side(name, steps, path)
         streams, span, busy = stream_rows(json.loads(path.read_text()))

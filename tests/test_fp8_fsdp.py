@@ -345,7 +345,7 @@ def test_a_profiled_timing_job_writes_each_ranks_trace_of_each_side_and_summaris
         assert set(profiles) == {"one_gpu", label(GATED)}
         for side in profiles.values():
             trace = Path(side["file"])
-            assert trace.parent == tmp_path / "traces" and trace.name.startswith(f"rank{rank}.")
+            assert trace.parent == tmp_path / "traces" and f".rank{rank}." in trace.name
             assert json.loads(trace.read_text())["traceEvents"]
             assert side["streams"] == [] and side["span_us"] == 0.0 and "no device time" in side["error"]
             assert trace.with_suffix(".cprofile.txt").read_text() and side["host_functions"]
