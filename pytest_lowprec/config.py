@@ -72,12 +72,17 @@ class GateConfig:
     # of the rounds' medians) a recorded speedup may carry: a noisier one would widen its own tolerance.
     record_rounds: int = 1
     max_record_noise: float = 0.05
+    # With update: add each recording to the stored entry of the same code (recordings.merge_entry).
+    merge: bool = False
     # Intra-op threads of torch on the CPU for the whole run: host-timed work and CPU accuracy values
     # (a reduction's order depends on the thread count) do not depend on the machine's core count.
     cpu_threads: int = 2
 
     def __post_init__(self) -> None:
         validate_key(self.gpu)
+        if self.merge and not self.update:
+            raise ValueError("--lowprec-merge adds this run's recordings to the stored entries: it needs "
+                             "--lowprec-update")
         if isinstance(self.record_rounds, bool) or not isinstance(self.record_rounds, int) or self.record_rounds < 1:
             raise ValueError(f"record rounds must be a whole number >= 1, got {self.record_rounds!r}")
         if not 0.0 < self.max_record_noise < 1.0:

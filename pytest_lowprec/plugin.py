@@ -29,8 +29,8 @@ RECORD_KEY = pytest.StashKey["WorkloadRecord"]()
 MARKER_KEY = pytest.StashKey["dict | None"]()  # the lowprec marker's arguments, parsed once per item
 _MARKER_ARGS = {"precision", "device", "gpus"}
 # Every option's dest: one given on the command line means the run uses lowprec from its start.
-_OPTIONS = ("lowprec_gpu", "lowprec_update", "lowprec_baselines", "lowprec_precision", "lowprec_strict",
-            "lowprec_report", "lowprec_trace", "lowprec_csv", "lowprec_markdown", "lowprec_tolerance",
+_OPTIONS = ("lowprec_gpu", "lowprec_update", "lowprec_merge", "lowprec_baselines", "lowprec_precision",
+            "lowprec_strict", "lowprec_report", "lowprec_trace", "lowprec_csv", "lowprec_markdown", "lowprec_tolerance",
             "lowprec_time_budget", "lowprec_record_rounds", "lowprec_table", "lowprec_history",
             "lowprec_history_commits", "lowprec_json")
 
@@ -64,6 +64,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lowprec-update", dest="lowprec_update", action="store_true", default=None,
                     help="record or refresh the selected GPU's baselines for the tests that ran and passed "
                          "their absolute bounds; other entries and other GPUs' files are left untouched.")
+    group.addoption("--lowprec-merge", dest="lowprec_merge", action="store_true", default=None,
+                    help="with --lowprec-update: add each speed measurement to the stored entry of the same commit, "
+                         "software and workload (another GPU of the key, another process) instead of replacing it: "
+                         "the entry's value becomes the median of its recordings and their spread widens its "
+                         "tolerance; a spread over lowprec_max_record_noise is refused.")
     group.addoption("--lowprec-baselines", dest="lowprec_baselines", default=None, metavar="DIR",
                     help="folder of <gpu>.json baseline files (default: baselines/ under the rootdir).")
     group.addoption("--lowprec-precision", dest="lowprec_precision", default=None,

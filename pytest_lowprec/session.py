@@ -33,6 +33,7 @@ from .hardware import (
 )
 from .names import terminal_text
 from .record import WorkloadRecord
+from .recordings import merge_entry
 from .report.terminal import summary_lines
 from .roofline import ceiling_metrics, ceilings_for
 from .state import SharedState
@@ -82,6 +83,7 @@ def _gate_config(config: pytest.Config) -> GateConfig:
         return GateConfig(
             gpu=_option(config, "lowprec_gpu", parse_gpu),
             update=bool(config.getoption("lowprec_update")),
+            merge=bool(config.getoption("lowprec_merge")),
             baselines_dir=baselines,
             precisions=_option(config, "lowprec_precision", parse_precisions),
             strict=bool(_option(config, "lowprec_strict")),
@@ -246,6 +248,11 @@ class LowprecRun:
             return
         header = self.header()
         entries = {r.nodeid: self._entry(r, header) for r in recordable}
+        if self.gate.merge:
+            for nodeid, entry in entries.items():
+                entries[nodeid], notes = merge_entry(nodeid, self.entries.get(nodeid), entry,
+                                                     self.gate.max_record_noise)
+                self.notes.extend(notes)
         for nodeid, entry in entries.items():  # an entry is replaced whole: say what leaves the file
             dropped = sorted(set(self.entries.get(nodeid, {}).get("metrics", {})) - set(entry["metrics"]))
             if dropped:

@@ -137,6 +137,42 @@ def test_update_records_the_tests_that_ran_with_fingerprint_device_and_signature
     assert entry["metrics"]["sqnr_db"]["value"] == 28.0
 
 
+def test_merge_adds_a_recording_of_the_same_commit_and_the_gate_allows_their_spread(gate, monkeypatch):
+    """Unchanged code moved 4% between two GPUs: merged, the entry sits between them and a run at either
+    passes, where the first recording alone (3% tolerance) would fail the slower one."""
+    gemm(gate)
+    monkeypatch.setenv("LOWPREC_COMMIT", "abc123")
+    monkeypatch.setenv("FAKE_SPEEDUP", "2.08")
+    gate.runpytest("--lowprec-update").assert_outcomes(passed=1)
+    monkeypatch.setenv("FAKE_SPEEDUP", "2.0")
+    monkeypatch.setenv("FAKE_SEED", "1")
+    gate.runpytest().assert_outcomes(failed=1)
+    gate.runpytest("--lowprec-update", "--lowprec-merge").assert_outcomes(passed=1)
+    speedup = stored(gate)["test_gemm.py::test_gemm[1024]"]["metrics"]["speedup"]
+    assert len(speedup["recordings"]) == 2 and speedup["value"] == pytest.approx(2.04, rel=0.01)
+    assert speedup["spread"] == pytest.approx(0.04, abs=0.01)
+    monkeypatch.setenv("FAKE_SEED", "2")
+    gate.runpytest().assert_outcomes(passed=1)
+
+
+def test_merge_records_another_commit_anew_and_says_so(gate, monkeypatch):
+    gemm(gate)
+    monkeypatch.setenv("LOWPREC_COMMIT", "abc123")
+    gate.runpytest("--lowprec-update").assert_outcomes(passed=1)
+    monkeypatch.setenv("LOWPREC_COMMIT", "def456")
+    result = gate.runpytest("--lowprec-update", "--lowprec-merge")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_gemm[[]1024[]]: recorded anew, not merged: the stored entry was recorded at "
+                                 "abc123, this run is at def456*"])
+    assert "recordings" not in stored(gate)["test_gemm.py::test_gemm[1024]"]["metrics"]["speedup"]
+
+
+def test_merge_without_update_is_a_usage_error(gate):
+    result = gate.runpytest("--lowprec-merge")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--lowprec-merge adds this run's recordings*needs --lowprec-update*"])
+
+
 def test_five_percent_regression_with_one_percent_noise_is_caught(gate, monkeypatch):
     gemm(gate)
     monkeypatch.setenv("FAKE_SPEEDUP", "1.6")
