@@ -45,7 +45,8 @@ EVERY_VARIANT = (DDP,) + tuple(Fsdp2Config(fp8, reshard, reduce, unit) for fp8 i
 
 
 def _linear(fp8: bool = True, seed: int = 0, device: str = "cpu") -> Linear:
-    return Linear(64, 256, fp8, torch.Generator().manual_seed(seed), device)
+    """The same weights on every device: drawn on the CPU, then moved."""
+    return Linear(64, 256, fp8, torch.Generator().manual_seed(seed), "cpu").to(device)
 
 
 def _ranks(tmp_path: Path, body: str, world: int = 2) -> list[dict]:
