@@ -280,11 +280,10 @@ def fp8_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def shard(model: Stack, mesh, config: Fsdp2Config) -> Stack:
     """fully_shard each block (each linear first, for unit "linear"; no block for unit "model"), then the root,
-    and with `prefetch` have each block's forward issue the next block's all-gather (Fsdp2Config.prefetch). The
-    parameters stay
-    float32 (param_dtype None): the FP8 recipe casts the float32 master weights, and a bfloat16 copy in
-    between would round them twice; the LayerNorm takes float32 weights. Only the gradients'
-    reduce-scatter may be bfloat16 (reduce_dtype)."""
+    and with `prefetch` have each block's forward issue the next block's all-gather (Fsdp2Config.prefetch).
+    The parameters stay float32 (param_dtype None): the FP8 recipe casts the float32 master weights, and a
+    bfloat16 copy in between would round them twice; the LayerNorm takes float32 weights. Only the
+    gradients' reduce-scatter may be bfloat16 (reduce_dtype)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if config.fp8_all_gather:

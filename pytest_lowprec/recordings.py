@@ -2,9 +2,10 @@
 
 One recording measures one process on one GPU. Unchanged code measured in a full gate on other GPUs of
 the same key, or in later processes, moved further than that: over six full H200 gates on five GPUs
-(2026-12-01) the NVFP4 training step's cost ran 0.6% over to 5.5% under its entry, past its 3% tolerance
-twice, and the one-row NVFP4 linear ran 3.3-6.5% under an entry whose recording had caught BF16's side 8%
-slow. Merging adds a recording of the same commit, software and workload to the entry:
+(2026-12-01) the NVFP4 training step's cost ran 0.6% over to 5.5% under its entry (a 3% tolerance: one
+false alarm, one inconclusive verdict), and the one-row NVFP4 linear ran 3.3-6.5% under an entry whose
+recording had caught BF16's side 8% slow. Merging adds a recording of the same commit, software and
+workload to the entry:
 - each speedup's value becomes the median of its recordings;
 - its `rounds` hold every recording's rounds, and its `spread` their range over that median, so the
   tolerance (2x the spread, up to the cap) covers how far unchanged code moved between them;
