@@ -36,6 +36,7 @@ import tempfile
 import time
 import traceback
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -197,7 +198,8 @@ def main() -> None:
             result["loss"] = {"error": traceback.format_exc()}
         for name, row in result["loss"].items():
             print(f"loss: {name}: {row}", flush=True)
-    result.update(timing(world, d, cuda, rounds, steps, args.timeout, variants, args.profile))
+    profile_dir = str(Path(args.profile).absolute()) if args.profile else None  # the ranks write there
+    result.update(timing(world, d, cuda, rounds, steps, args.timeout, variants, profile_dir))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     if result.get("profiles"):
