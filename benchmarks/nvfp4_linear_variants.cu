@@ -1,6 +1,7 @@
 // benchmarks/nvfp4_linear_variants.py builds this: kernels/nvfp4_linear.cuh's decode linear at shapes other
-// than (and including) the shipped ones, and kernels that only read bytes with each load hint (what
-// streaming the weights costs at this size, after the gate's L2 flush).
+// than (and including) the shipped ones (kRepacked ones on weights repacked once by repack_words), and
+// kernels that only read bytes with each load hint (what streaming the weights costs at this size, after
+// the gate's L2 flush).
 //
 // Built in LOWPREC_PARTS pieces (-DLOWPREC_PART=i) so the pieces compile in parallel: piece i instantiates
 // the variants whose id % LOWPREC_PARTS == i and answers kNotHere for the others.
@@ -58,7 +59,22 @@ constexpr int kNotHere = -2;
     X(34, 1, 1, 1, 4, 4, kLut128, kEvictFirstPrefetch256, 4)    \
     X(35, 2, 1, 2, 4, 4, kLut256, kEvictFirstPrefetch256, 2)    \
     X(36, 4, 1, 2, 2, 2, kLut256, kEvictFirstPrefetch256, 2)    \
-    X(37, 8, 1, 2, 2, 2, kLut256, kEvictFirstPrefetch256, 2)
+    X(37, 8, 1, 2, 2, 2, kLut256, kEvictFirstPrefetch256, 2)   \
+    X(38, 1, 1, 1, 4, 4, kRepacked, kNoL1Prefetch256, 4)        \
+    X(39, 1, 1, 1, 4, 4, kRepacked, kEvictFirstPrefetch256, 4)  \
+    X(40, 1, 1, 1, 4, 2, kRepacked, kNoL1Prefetch256, 4)        \
+    X(41, 1, 1, 1, 4, 8, kRepacked, kNoL1Prefetch256, 4)        \
+    X(42, 1, 1, 1, 2, 8, kRepacked, kNoL1Prefetch256, 4)        \
+    X(43, 1, 1, 1, 8, 4, kRepacked, kNoL1Prefetch256, 2)        \
+    X(44, 1, 1, 1, 4, 6, kRepacked, kNoL1Prefetch256, 3)        \
+    X(45, 1, 2, 1, 8, 2, kRepacked, kNoL1Prefetch256, 2)        \
+    X(46, 1, 1, 1, 4, 4, kRepacked, kEvictFirst, 4)             \
+    X(47, 2, 2, 1, 4, 2, kRepacked, kNoL1Prefetch256, 2)        \
+    X(48, 2, 1, 1, 4, 4, kRepacked, kNoL1Prefetch256, 4)        \
+    X(49, 4, 2, 1, 4, 2, kRepacked, kNoL1Prefetch256, 2)        \
+    X(50, 4, 1, 1, 2, 4, kRepacked, kNoL1Prefetch256, 4)        \
+    X(51, 8, 2, 1, 4, 2, kRepacked, kNoL1Prefetch256, 2)        \
+    X(52, 8, 1, 1, 2, 2, kRepacked, kNoL1Prefetch256, 4)
 
 template <int ID>
 struct Variant;
@@ -143,6 +159,15 @@ extern "C" int variant_launch(int id, const void* x, const void* w, const void* 
 #undef CALL
     }
     return -1;
+}
+
+// kRepacked variants read weights repacked once (piece 0 only): `words` 32-bit words of packed E2M1.
+extern "C" int repack_words(const void* in, void* out, size_t words, void* stream) {
+#if LOWPREC_PART != 0
+    return kNotHere;
+#else
+    return static_cast<int>(repack(in, out, words, static_cast<cudaStream_t>(stream)));
+#endif
 }
 
 // Read-only kernels (piece 0 only): hint 0..5 as load_weights's, 4 loads in flight a thread.

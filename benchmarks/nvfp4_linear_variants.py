@@ -71,6 +71,7 @@ def load_part(so: Path) -> ctypes.CDLL:
     lib.variant_name.restype = ctypes.c_char_p
     lib.variant_launch.argtypes = [ctypes.c_int, *[_VOID] * 5, ctypes.c_int, ctypes.c_int, ctypes.c_int, _VOID]
     lib.read_bytes.argtypes = [ctypes.c_int, _VOID, ctypes.c_size_t, _VOID, ctypes.c_int, _VOID]
+    lib.repack_words.argtypes = [_VOID, _VOID, ctypes.c_size_t, _VOID]
     return lib
 
 
@@ -164,6 +165,11 @@ def main(out_path: str) -> None:
             variants.append({"id": vid, "name": any_lib.variant_name(vid).decode(),
                              "tiles": any_lib.variant_tiles(vid), "lib": libs.get(vid % parts)})
 
+    # kRepacked variants read the same bytes rearranged once (kernels/nvfp4_linear.cuh, repack_word).
+    repacked = torch.empty_like(w.packed)
+    if 0 in libs and libs[0].repack_words(ptr(w.packed), ptr(repacked), w.packed.numel() // 4, stream()) != 0:
+        raise RuntimeError("repack_words failed")
+
     timer = CudaEventTimer(dev.index or 0, l2_bytes=props.L2_cache_size, graphs=True)
     sink = torch.zeros(1, device=dev)
     results: dict = {"device": props.name, "capability": list(capability), "sms": props.multi_processor_count,
@@ -207,6 +213,13 @@ def main(out_path: str) -> None:
         out1 = torch.empty(1, N, device=dev)
         subjects = {"bf16 F.linear, 1 row": lambda: torch.nn.functional.linear(x1, w_bf16),
                     "shipped nvfp4 linear, 1 row": lambda: cuda.linear(x1, w, out1)}
+        shipped_shape_repacked = next((v for v in variants if v["lib"] is not None and v["tiles"] == 1
+                                       and v["name"].startswith("1, 1, 1, 4, 4, kRepacked, kNoL1Prefetch256")), None)
+        if shipped_shape_repacked is not None:
+            v = shipped_shape_repacked
+            subjects[f"v{v['id']:02d} (the shipped shape, repacked), 1 row"] = (
+                lambda v=v: v["lib"].variant_launch(v["id"], ptr(x1), ptr(repacked), ptr(w.block_scales),
+                                                    ptr(w.global_decode), ptr(out1), 1, N, K, stream()))
         for hint in (0, 5):
             subjects[f"read only, {HINTS[hint]}"] = (
                 lambda hint=hint: libs[0].read_bytes(hint, ptr(read_buf), read_buf.numel(), ptr(sink),
@@ -232,7 +245,8 @@ def main(out_path: str) -> None:
         for v in variants:
             if v["tiles"] == tiles_for(rows) and v["lib"] is not None:
                 def run(v: dict = v, x: torch.Tensor = x, out: torch.Tensor = out, rows: int = rows) -> None:
-                    status = v["lib"].variant_launch(v["id"], ptr(x), ptr(w.packed), ptr(w.block_scales),
+                    weights = repacked if "kRepacked" in v["name"] else w.packed
+                    status = v["lib"].variant_launch(v["id"], ptr(x), ptr(weights), ptr(w.block_scales),
                                                      ptr(w.global_decode), ptr(out), rows, N, K, stream())
                     if status != 0:
                         raise RuntimeError(f"variant {v['id']} returned {status}")

@@ -25,6 +25,10 @@
 //            32-bit words are the B fragments.
 //   kLut128  the same table with entries 128 bytes apart (32 KB), the address built with a shift and
 //            a three-input logic op.
+//   kRepacked the kShift bit placement on weights whose bits were rearranged once, when the weight was
+//            prepared (repack_word): each 32-bit word's four natural pairs (2i, 2i+1) then come out with
+//            a rotation and a mask each (one pair: a byte permute and two masks), 9 instructions a word
+//            against about 15, and the activations' own words are the B fragments.
 // Split-K: WK warps of a block split K and add their partial sums through shared memory, so 8192
 // output rows make 256..512 blocks that fill 132 multiprocessors in one wave; every launch runs the
 // same fixed shape (no run-time tuning) and sums in a fixed order, so results are deterministic.
@@ -53,7 +57,7 @@ namespace lowprec::linear {
 constexpr int kStepElements = 128;  // a step: 16 weight rows x 128 elements (64 bytes a row)
 constexpr int kMaxRows = 64;        // activation rows: 8 n8 tiles
 
-enum Decode : int { kShift = 0, kLut256 = 1, kLut128 = 2 };
+enum Decode : int { kShift = 0, kLut256 = 1, kLut128 = 2, kRepacked = 3 };
 // How the streamed weight bytes are loaded: L1-cached; not allocated in L1; plus a 256-byte L2
 // prefetch; not in L1 and evicted first from L2 (createpolicy), so reading them does not push other
 // (possibly dirty) lines out of L2; cache-streaming (ld.cs); evict-first with the 256-byte prefetch.
@@ -206,6 +210,63 @@ template <>
 struct Decoder<kLut256> : LutDecoder<256> {};
 template <>
 struct Decoder<kLut128> : LutDecoder<128> {};
+
+// kRepacked's layout. Element e (0..7) of a word, nibble bits (m, e0, e1, s) = E2M1 bits 0..3, is stored at
+// these bit positions. Natural pair i = (element 2i, element 2i + 1) is decoded into one bf16 pair by taking
+// bf16 bits 6, 7, 8 (m, e0, e1: the kShift placement) and 15 (sign) of each half from: pair 0, its signs
+// from the word itself and the rest from the word with bytes (0, 0, 2, 2); pairs 1, 2, 3, the word
+// rotated right by 2, 12 and 6. A search over rotations and byte permutes (four of them, plus one mask a
+// pair, one pair with two) found none cheaper than 9 instructions a word; every bit is used once.
+LOWPREC_HD constexpr int repack_bit(int element, int bit) {
+    constexpr int kBit[8][4] = {
+        {6, 7, 0, 15},     {22, 23, 16, 31},  // pair 0: sign in place, the rest from bytes (0, 0, 2, 2)
+        {8, 9, 10, 17},    {24, 25, 26, 1},   // pair 1: rotated right by 2
+        {18, 19, 20, 27},  {2, 3, 4, 11},     // pair 2: by 12
+        {12, 13, 14, 21},  {28, 29, 30, 5},   // pair 3: by 6
+    };
+    return kBit[element][bit];
+}
+
+// A word of eight E2M1 codes (element i in nibble i, as NVFP4 stores them) in kRepacked's layout.
+LOWPREC_HD uint32_t repack_word(uint32_t q) {
+    uint32_t out = 0;
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+#pragma unroll
+        for (int b = 0; b < 4; ++b) out |= ((q >> (4 * e + b)) & 1u) << repack_bit(e, b);
+    return out;
+}
+
+LOWPREC_HD uint32_t rotate_right(uint32_t v, int n) {
+#ifdef __CUDA_ARCH__
+    return __funnelshift_r(v, v, n);
+#else
+    return (v >> n) | (v << (32 - n));
+#endif
+}
+
+template <>
+struct Decoder<kRepacked> {
+    static constexpr int kTableBytes = 0;
+    static constexpr float kScaleFactor = Decoder<kShift>::kScaleFactor;
+    static constexpr float kOutFactor = Decoder<kShift>::kOutFactor;
+
+    // A repacked word -> the four natural pairs r[i] = (element 2i, element 2i+1), each times 2^-126.
+    template <class Table>
+    LOWPREC_HD static void decode(uint32_t q, uint32_t r[4], const Table&, uint32_t) {
+        constexpr uint32_t kSign = 0x80008000u, kMag = 0x01C001C0u, kBoth = kSign | kMag;
+        r[0] = (q & kSign) | (byte_perm(q, 0u, 0x2200u) & kMag);
+        r[1] = rotate_right(q, 2) & kBoth;
+        r[2] = rotate_right(q, 12) & kBoth;
+        r[3] = rotate_right(q, 6) & kBoth;
+    }
+
+    // The natural pairs, as LutDecoder's.
+    LOWPREC_HD static void b_fragment(const uint4& xw, int h, uint32_t& b0, uint32_t& b1) {
+        b0 = h ? xw.z : xw.x;
+        b1 = h ? xw.w : xw.y;
+    }
+};
 
 // -- per-lane addressing -----------------------------------------------------------------------------
 // Lane = 4 * g + t (g: the mma's group, t: its thread in the group). In step s, lane t of a quad owns
@@ -562,6 +623,22 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
                     if (row < N && m < M) out[static_cast<size_t>(m) * N + row] = mma.acc[rt][nt][i] * scale;
                 }
     }
+}
+
+// kRepacked's weights from NVFP4's packed bytes, word by word (done once, when a weight is prepared).
+__global__ void repack_kernel(const uint32_t* __restrict__ in, uint32_t* __restrict__ out, size_t words) {
+    const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < words; i += stride)
+        out[i] = repack_word(in[i]);
+}
+
+inline cudaError_t repack(const void* in, void* out, size_t words, cudaStream_t stream) {
+    if (reinterpret_cast<uintptr_t>(in) % 4 || reinterpret_cast<uintptr_t>(out) % 4) return cudaErrorInvalidValue;
+    if (words == 0) return cudaSuccess;
+    const size_t blocks = std::min<size_t>((words + 255) / 256, 4096);
+    repack_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(static_cast<const uint32_t*>(in),
+                                                                       static_cast<uint32_t*>(out), words);
+    return cudaGetLastError();
 }
 
 // Shared memory above 48 KB and the carveout for the tables, set once a device: the first launch is

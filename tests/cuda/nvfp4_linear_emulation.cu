@@ -129,6 +129,15 @@ std::vector<float> emulate(const Problem& p) {
                 const uint32_t v = lut_entry(e);
                 memcpy(table.data() + D::slot(e, lane), &v, 4);
             }
+    // kRepacked reads weights prepared once by repack_word, as the launcher's caller prepares them.
+    std::vector<unsigned char> weights = p.w;
+    if constexpr (C::kDecode == kRepacked)
+        for (size_t i = 0; i + 4 <= weights.size(); i += 4) {
+            uint32_t word;
+            memcpy(&word, weights.data() + i, 4);
+            word = repack_word(word);
+            memcpy(weights.data() + i, &word, 4);
+        }
     std::vector<float> out(static_cast<size_t>(p.M) * p.N, NAN);
     const int blocks = (p.N + C::kRowsPerBlock - 1) / C::kRowsPerBlock;
     for (int block = 0; block < blocks; ++block)
@@ -140,7 +149,7 @@ std::vector<float> emulate(const Problem& p) {
                 std::vector<MmaCall> calls[32];
                 for (int lane = 0; lane < 32; ++lane) {
                     Recorder rec{&calls[lane]};
-                    warp_steps<C>(p.x.data(), p.w.data(), p.ws.data(), first_row, wk, lane, p.M, p.N, p.K,
+                    warp_steps<C>(p.x.data(), weights.data(), p.ws.data(), first_row, wk, lane, p.M, p.N, p.K,
                                   HostTable{table.data()}, rec, [] {});
                 }
                 for (size_t c = 0; c < calls[0].size(); ++c) {
@@ -187,6 +196,27 @@ bool check(const char* name, int M, int N, int K, unsigned seed) {
     return ok;
 }
 
+// kRepacked's decode of a repacked word: every code in every element position, the other seven random,
+// gives that element's E2M1 value times 2^-126 exactly, in natural pair order (element 2i low, 2i+1 high).
+bool check_repacked_decode() {
+    std::mt19937 rng(7);
+    long bad = 0;
+    for (int e = 0; e < 8; ++e)
+        for (uint32_t code = 0; code < 16; ++code)
+            for (int trial = 0; trial < 64; ++trial) {
+                uint32_t q = static_cast<uint32_t>(rng());
+                q = (q & ~(0xFu << (4 * e))) | (code << (4 * e));
+                uint32_t r[4];
+                Decoder<kRepacked>::decode(repack_word(q), r, HostTable{nullptr}, 0);
+                for (int k = 0; k < 8; ++k) {
+                    const uint32_t c = (q >> (4 * k)) & 0xFu;
+                    if (half_of(r[k / 2], k % 2) != std::ldexp(e2m1_value(c), -126)) ++bad;
+                }
+            }
+    std::printf("%-6s %-44s every code, every position: %ld wrong\n", bad ? "FAIL" : "ok", "repacked decode", bad);
+    return bad == 0;
+}
+
 }  // namespace
 
 #define CASE(M, N, K, ...) ok &= check<Config<__VA_ARGS__>>(#__VA_ARGS__, M, N, K, 1000u * M + N)
@@ -205,6 +235,10 @@ int main() {
     CASE(32, 40, 2944, 4, 1, 1, 2, 4, kLut128, kNoL1, 4);
     CASE(64, 40, 2944, 8, 2, 1, 4, 2, kShift, kNoL1, 2);
     CASE(40, 72, 384, 8, 1, 2, 2, 1, kLut256, kNoL1, 2);
+    ok &= check_repacked_decode();
+    CASE(1, 40, 2944, 1, 1, 1, 4, 4, kRepacked, kNoL1Prefetch256, 4);
+    CASE(13, 72, 2944, 2, 2, 1, 4, 2, kRepacked, kEvictFirst, 2);
+    CASE(64, 40, 384, 8, 1, 1, 2, 2, kRepacked, kNoL1, 4);
     // What kernels/nvfp4_gemm.cu ships, at the largest and an odd row count of each.
     ok &= check<Shipped<1>>("shipped, 1..8 rows", 1, 72, 2944, 1);
     ok &= check<Shipped<1>>("shipped, 1..8 rows", 8, 72, 2944, 2);
