@@ -74,7 +74,23 @@ constexpr int kNotHere = -2;
     X(49, 4, 2, 1, 4, 2, kRepacked, kNoL1Prefetch256, 2)        \
     X(50, 4, 1, 1, 2, 4, kRepacked, kNoL1Prefetch256, 4)        \
     X(51, 8, 2, 1, 4, 2, kRepacked, kNoL1Prefetch256, 2)        \
-    X(52, 8, 1, 1, 2, 2, kRepacked, kNoL1Prefetch256, 4)
+    X(52, 8, 1, 1, 2, 2, kRepacked, kNoL1Prefetch256, 4)        \
+    X(53, 1, 1, 1, 4, 4, kRepacked, kAsync, 4)                  \
+    X(54, 1, 1, 1, 4, 8, kRepacked, kAsync, 4)                  \
+    X(55, 1, 1, 1, 4, 12, kRepacked, kAsync, 4)                 \
+    X(56, 1, 1, 1, 4, 16, kRepacked, kAsync, 3)                 \
+    X(57, 1, 1, 1, 8, 8, kRepacked, kAsync, 3)                  \
+    X(58, 1, 1, 1, 8, 4, kRepacked, kAsync, 3)                  \
+    X(59, 1, 1, 1, 2, 8, kRepacked, kAsync, 8)                  \
+    X(60, 1, 1, 1, 4, 8, kShift, kAsync, 4)                     \
+    X(61, 1, 1, 1, 4, 6, kRepacked, kAsync, 6)                  \
+    X(62, 1, 1, 1, 16, 4, kRepacked, kAsync, 1)                 \
+    X(63, 2, 2, 1, 4, 4, kRepacked, kAsync, 2)                  \
+    X(64, 2, 1, 1, 4, 8, kRepacked, kAsync, 4)                  \
+    X(65, 2, 2, 1, 4, 6, kRepacked, kAsync, 2)                  \
+    X(66, 2, 1, 1, 8, 4, kRepacked, kAsync, 3)                  \
+    X(67, 4, 2, 1, 4, 4, kRepacked, kAsync, 2)                  \
+    X(68, 8, 2, 1, 4, 4, kRepacked, kAsync, 2)
 
 template <int ID>
 struct Variant;

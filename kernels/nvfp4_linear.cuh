@@ -60,14 +60,17 @@ constexpr int kMaxRows = 64;        // activation rows: 8 n8 tiles
 enum Decode : int { kShift = 0, kLut256 = 1, kLut128 = 2, kRepacked = 3 };
 // How the streamed weight bytes are loaded: L1-cached; not allocated in L1; plus a 256-byte L2
 // prefetch; not in L1 and evicted first from L2 (createpolicy), so reading them does not push other
-// (possibly dirty) lines out of L2; cache-streaming (ld.cs); evict-first with the 256-byte prefetch.
+// (possibly dirty) lines out of L2; cache-streaming (ld.cs); evict-first with the 256-byte prefetch;
+// kAsync: cp.async (L2 only, 256-byte prefetch) into a ring of U steps in shared memory (WeightRing),
+// so the steps in flight cost no registers (a register ring of U steps holds 8 RT registers a step).
 enum Hint : int {
     kCached = 0,
     kNoL1 = 1,
     kNoL1Prefetch256 = 2,
     kEvictFirst = 3,
     kStreaming = 4,
-    kEvictFirstPrefetch256 = 5
+    kEvictFirstPrefetch256 = 5,
+    kAsync = 6
 };
 
 LOWPREC_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t selector) {
@@ -293,7 +296,7 @@ LOWPREC_HD uint4 load_weights(const unsigned char* p) {
     } else if constexpr (HINT == kNoL1) {
         asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
                      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    } else if constexpr (HINT == kNoL1Prefetch256) {
+    } else if constexpr (HINT == kNoL1Prefetch256 || HINT == kAsync) {  // kAsync's loads outside its ring
         asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
                      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
     } else if constexpr (HINT == kEvictFirst) {
@@ -454,6 +457,95 @@ LOWPREC_HD void prime_ring(Stage<RT> (&ring)[U], const LanePointers<RT, MT>& p, 
         if (u < count) load_stage<HINT>(ring[u], p, u);
 }
 
+// kAsync's ring: U steps of a lane's weight bytes (RT tiles x rows g and g + 8, 16 bytes each) in shared
+// memory, filled by cp.async, one commit group a step. Every lane reads back only the bytes it copied, so
+// a lane's cp.async.wait_group is all the synchronization it needs. On the host (the tests' emulation) a
+// copy is made at once and waiting does nothing; the slots and the order of steps are the device's.
+template <int RT, int U>
+struct WeightRing {
+    static constexpr int kLaneBytes = U * RT * 2 * 16;
+    static constexpr int kWarpBytes = 32 * kLaneBytes;
+#ifdef __CUDA_ARCH__
+    uint32_t base;  // shared address of this lane's first 16 bytes: slot u, tile rt, half h 512 bytes apart
+    __device__ uint32_t at(int slot, int rt, int half) const { return base + ((slot * RT + rt) * 2 + half) * 512; }
+    __device__ void issue(int slot, int rt, int half, const unsigned char* src) {
+        asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" : : "r"(at(slot, rt, half)), "l"(src) : "memory");
+    }
+    __device__ uint4 read(int slot, int rt, int half) const {
+        uint4 v;
+        asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                     : "r"(at(slot, rt, half)) : "memory");
+        return v;
+    }
+    __device__ static void commit() { asm volatile("cp.async.commit_group;" : : : "memory"); }
+    template <int N>
+    __device__ static void wait() { asm volatile("cp.async.wait_group %0;" : : "n"(N) : "memory"); }
+#else
+    uint4 data[U][RT][2];
+    void issue(int slot, int rt, int half, const unsigned char* src) { memcpy(&data[slot][rt][half], src, 16); }
+    uint4 read(int slot, int rt, int half) const { return data[slot][rt][half]; }
+    static void commit() {}
+    template <int N>
+    static void wait() {}
+#endif
+};
+
+// Step `ahead` of p into slot `slot`: the weights by cp.async, the scales into registers as load_stage's.
+template <int RT, int MT, int U>
+LOWPREC_HD void issue_stage(WeightRing<RT, U>& ring, int slot, Stage<RT>& scales, const LanePointers<RT, MT>& p,
+                            int ahead) {
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            ring.issue(slot, rt, half, p.w[rt][half] + 64 * ahead);
+            scales.sc[rt][half] = load_scale_pair<kAsync>(p.s[rt][half] + 8 * ahead);
+        }
+}
+
+template <int RT, int U>
+LOWPREC_HD void read_stage(const WeightRing<RT, U>& ring, int slot, Stage<RT>& st) {
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) st.q[rt][half] = ring.read(slot, rt, half);
+}
+
+// A warp's `count` steps through the shared-memory ring: U steps issued first (one group each, empty past
+// `count`), then step i waits until at most U - 1 groups are pending (its own is the (i + 1)-th), is read
+// and computed, and its slot takes step i + U. `scales[u].q` is unused (its weights are in the ring).
+template <int DEC, int RT, int MT, int U, class Table, class Mma>
+LOWPREC_HD void run_steps_async(LanePointers<RT, MT>& p, int count, int lane, const Table& table, Mma& mma,
+                                WeightRing<RT, U>& ring) {
+    Stage<RT> scales[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        if (u < count) issue_stage(ring, u, scales[u], p, u);
+        ring.commit();
+    }
+    int done = 0;
+    for (; done + U <= count; done += U) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            ring.template wait<U - 1>();
+            Stage<RT> st = scales[u];
+            read_stage(ring, u, st);
+            compute_stage<DEC>(st, p, u, lane, table, mma);
+            if (done + u + U < count) issue_stage(ring, u, scales[u], p, u + U);
+            ring.commit();
+        }
+        p.advance(U);
+    }
+    ring.template wait<0>();
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+        if (done + u < count) {
+            Stage<RT> st = scales[u];
+            read_stage(ring, u, st);
+            compute_stage<DEC>(st, p, u, lane, table, mma);
+        }
+}
+
 // A warp's `count` steps after prime_ring: the register ring of U steps, then the tail.
 template <int DEC, int HINT, int RT, int MT, int U, class Table, class Mma>
 LOWPREC_HD void run_steps(LanePointers<RT, MT>& p, int count, int lane, const Table& table, Mma& mma,
@@ -518,7 +610,10 @@ struct Config {
     static constexpr int kRowsPerBlock = 16 * RT_ * WR_;
     static constexpr int kReduceBytes = WK_ > 1 ? WR_ * WK_ * RT_ * MT_ * 4 * 32 * 4 : 0;
     static constexpr int kTableBytes = Decoder<DEC_>::kTableBytes;
-    static constexpr int kSmemBytes = kTableBytes > kReduceBytes ? kTableBytes : kReduceBytes;
+    static constexpr int kRingBytes = HINT_ == kAsync ? WR_ * WK_ * WeightRing<RT_, U_>::kWarpBytes : 0;
+    static constexpr int kSmemBytes = kTableBytes > kReduceBytes ? (kTableBytes > kRingBytes ? kTableBytes : kRingBytes)
+                                                                 : (kReduceBytes > kRingBytes ? kReduceBytes : kRingBytes);
+    static_assert(kTableBytes == 0 || kRingBytes == 0, "a table decode and the shared-memory ring share no memory");
 };
 
 // The shapes kernels/nvfp4_gemm.cu ships, by n8 tiles of activation rows (1..8, ..16, ..32, ..64 rows).
@@ -547,21 +642,35 @@ LOWPREC_HD int block_first_row(int block) { return block * C::kRowsPerBlock; }
 // are uniform (ptxas then keeps the table's base in a uniform register: one instruction less a lookup),
 // and the first K / 128 % WK warps take one step more at the end. `primed` runs once the first loads
 // are in flight (the kernel fills its table there).
+// kAsync's ring for this lane starts at shared address `ring_base` (unused otherwise, and on the host).
 template <class C, class Table, class Mma, class Primed>
 LOWPREC_HD void warp_steps(const uint16_t* x, const unsigned char* w, const unsigned char* ws, int first_row, int wk,
-                           int lane, int M, int N, int K, const Table& table, Mma& mma, Primed&& primed) {
+                           int lane, int M, int N, int K, const Table& table, Mma& mma, uint32_t ring_base,
+                           Primed&& primed) {
     constexpr int RT = C::kRT, MT = C::kMT;
     const int per_warp = K / kStepElements / C::kWK;
     const int extra = K / kStepElements % C::kWK;
     LanePointers<RT, MT> p(x, w, ws, first_row, wk * per_warp, lane, M, N, K);
-    Stage<RT> ring[C::kU];
-    prime_ring<C::kHint>(ring, p, per_warp);
-    primed();
-    run_steps<C::kDecode, C::kHint>(p, per_warp, lane, table, mma, ring);
+    if constexpr (C::kHint == kAsync) {
+        WeightRing<RT, C::kU> ring;
+#ifdef __CUDA_ARCH__
+        ring.base = ring_base;
+#else
+        (void)ring_base;
+#endif
+        primed();
+        run_steps_async<C::kDecode>(p, per_warp, lane, table, mma, ring);
+    } else {
+        Stage<RT> ring[C::kU];
+        prime_ring<C::kHint>(ring, p, per_warp);
+        primed();
+        run_steps<C::kDecode, C::kHint>(p, per_warp, lane, table, mma, ring);
+    }
     if (wk < extra) {
         const LanePointers<RT, MT> last(x, w, ws, first_row, C::kWK * per_warp + wk, lane, M, N, K);
-        load_stage<C::kHint>(ring[0], last, 0);
-        compute_stage<C::kDecode>(ring[0], last, 0, lane, table, mma);
+        Stage<RT> st;
+        load_stage<C::kHint>(st, last, 0);
+        compute_stage<C::kDecode>(st, last, 0, lane, table, mma);
     }
 }
 
@@ -585,7 +694,8 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
 #pragma unroll
             for (int i = 0; i < 4; ++i) mma.acc[rt][nt][i] = 0.f;
     const SharedTable table{static_cast<uint32_t>(__cvta_generic_to_shared(smem))};
-    warp_steps<C>(x, w, ws, first_row, wk, lane, M, N, K, table, mma, [&] {
+    const uint32_t ring_base = table.base + warp * WeightRing<RT, C::kU>::kWarpBytes + lane * 16;
+    warp_steps<C>(x, w, ws, first_row, wk, lane, M, N, K, table, mma, ring_base, [&] {
         // The table is written while the first steps' loads are in flight.
         fill_table<C::kDecode>(smem, C::kThreads);
         if constexpr (C::kTableBytes > 0) __syncthreads();
@@ -595,7 +705,8 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     float* red = reinterpret_cast<float*>(smem);
     constexpr int kPerLane = RT * MT * 4;
     if constexpr (C::kWK > 1) {
-        if constexpr (C::kTableBytes > 0) __syncthreads();  // every warp is done with the table
+        // Every warp is done with the table or its ring, which the sums now overwrite.
+        if constexpr (C::kTableBytes > 0 || C::kRingBytes > 0) __syncthreads();
 #pragma unroll
         for (int rt = 0; rt < RT; ++rt)
 #pragma unroll
@@ -656,7 +767,7 @@ cudaError_t configure_once() {
         st = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes);
         if (st != cudaSuccess) return st;
     }
-    if constexpr (C::kTableBytes > 0) {
+    if constexpr (C::kTableBytes > 0 || C::kRingBytes > 0) {
         // Shared memory for kMinBlocks blocks a multiprocessor (each with the 1 KB the system reserves),
         // the rest left to L1, where the activations are reused.
         int per_sm = 0;

@@ -150,7 +150,7 @@ std::vector<float> emulate(const Problem& p) {
                 for (int lane = 0; lane < 32; ++lane) {
                     Recorder rec{&calls[lane]};
                     warp_steps<C>(p.x.data(), weights.data(), p.ws.data(), first_row, wk, lane, p.M, p.N, p.K,
-                                  HostTable{table.data()}, rec, [] {});
+                                  HostTable{table.data()}, rec, 0u, [] {});
                 }
                 for (size_t c = 0; c < calls[0].size(); ++c) {
                     const MmaCall* lanes[32];
@@ -239,6 +239,10 @@ int main() {
     CASE(1, 40, 2944, 1, 1, 1, 4, 4, kRepacked, kNoL1Prefetch256, 4);
     CASE(13, 72, 2944, 2, 2, 1, 4, 2, kRepacked, kEvictFirst, 2);
     CASE(64, 40, 384, 8, 1, 1, 2, 2, kRepacked, kNoL1, 4);
+    // The shared-memory ring: rings longer than a warp's steps (K = 384), turning over with a tail (2944).
+    CASE(1, 40, 2944, 1, 1, 1, 4, 8, kRepacked, kAsync, 4);
+    CASE(2, 40, 384, 1, 1, 1, 2, 12, kShift, kAsync, 4);
+    CASE(16, 72, 2944, 2, 2, 1, 4, 4, kRepacked, kAsync, 2);
     // What kernels/nvfp4_gemm.cu ships, at the largest and an odd row count of each.
     ok &= check<Shipped<1>>("shipped, 1..8 rows", 1, 72, 2944, 1);
     ok &= check<Shipped<1>>("shipped, 1..8 rows", 8, 72, 2944, 2);
