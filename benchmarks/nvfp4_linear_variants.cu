@@ -1,5 +1,6 @@
 // benchmarks/nvfp4_linear_variants.py builds this: kernels/nvfp4_linear.cuh's decode linear at shapes other
-// than (and including) the shipped ones (kRepacked ones on weights repacked once by repack_words), and
+// than (and including) the shipped ones (kRepacked and kTiled ones on weights prepared once by
+// repack_words and tile_weights), and
 // kernels that only read bytes with each load hint (what streaming the weights costs at this size, after
 // the gate's L2 flush).
 //
@@ -90,7 +91,22 @@ constexpr int kNotHere = -2;
     X(65, 2, 2, 1, 4, 6, kRepacked, kAsync, 2)                  \
     X(66, 2, 1, 1, 8, 4, kRepacked, kAsync, 3)                  \
     X(67, 4, 2, 1, 4, 4, kRepacked, kAsync, 2)                  \
-    X(68, 8, 2, 1, 4, 4, kRepacked, kAsync, 2)
+    X(68, 8, 2, 1, 4, 4, kRepacked, kAsync, 2)                  \
+    X(69, 1, 1, 1, 4, 4, kTiled, kNoL1Prefetch256, 4)           \
+    X(70, 1, 1, 1, 4, 4, kTiled, kEvictFirstPrefetch256, 4)     \
+    X(71, 1, 1, 1, 4, 8, kTiled, kNoL1Prefetch256, 4)           \
+    X(72, 1, 1, 1, 4, 2, kTiled, kNoL1Prefetch256, 4)           \
+    X(73, 1, 1, 1, 8, 4, kTiled, kNoL1Prefetch256, 2)           \
+    X(74, 1, 1, 1, 4, 8, kTiled, kAsync, 4)                     \
+    X(75, 1, 1, 1, 4, 4, kTiled, kAsync, 4)                     \
+    X(76, 1, 1, 1, 8, 8, kTiled, kAsync, 3)                     \
+    X(77, 1, 1, 1, 4, 4, kTiled, kStreaming, 4)                 \
+    X(78, 1, 1, 1, 4, 4, kTiled, kNoL1, 4)                      \
+    X(79, 2, 2, 1, 4, 2, kTiled, kNoL1Prefetch256, 2)           \
+    X(80, 2, 1, 1, 4, 4, kTiled, kNoL1Prefetch256, 4)           \
+    X(81, 2, 2, 1, 4, 4, kTiled, kAsync, 2)                     \
+    X(82, 4, 2, 1, 4, 2, kTiled, kNoL1Prefetch256, 2)           \
+    X(83, 8, 2, 1, 4, 2, kTiled, kNoL1Prefetch256, 2)
 
 template <int ID>
 struct Variant;
@@ -183,6 +199,15 @@ extern "C" int repack_words(const void* in, void* out, size_t words, void* strea
     return kNotHere;
 #else
     return static_cast<int>(repack(in, out, words, static_cast<cudaStream_t>(stream)));
+#endif
+}
+
+// kTiled variants read weights and scales laid out once by tile_weights (piece 0 only).
+extern "C" int tile_weights(const void* w, const void* ws, int N, int K, void* tw, void* tws, void* stream) {
+#if LOWPREC_PART != 0
+    return kNotHere;
+#else
+    return static_cast<int>(tile(w, ws, N, K, tw, tws, static_cast<cudaStream_t>(stream)));
 #endif
 }
 

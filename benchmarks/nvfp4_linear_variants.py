@@ -72,6 +72,7 @@ def load_part(so: Path) -> ctypes.CDLL:
     lib.variant_launch.argtypes = [ctypes.c_int, *[_VOID] * 5, ctypes.c_int, ctypes.c_int, ctypes.c_int, _VOID]
     lib.read_bytes.argtypes = [ctypes.c_int, _VOID, ctypes.c_size_t, _VOID, ctypes.c_int, _VOID]
     lib.repack_words.argtypes = [_VOID, _VOID, ctypes.c_size_t, _VOID]
+    lib.tile_weights.argtypes = [_VOID, _VOID, ctypes.c_int, ctypes.c_int, _VOID, _VOID, _VOID]
     return lib
 
 
@@ -169,6 +170,17 @@ def main(out_path: str) -> None:
     repacked = torch.empty_like(w.packed)
     if 0 in libs and libs[0].repack_words(ptr(w.packed), ptr(repacked), w.packed.numel() // 4, stream()) != 0:
         raise RuntimeError("repack_words failed")
+    # kTiled variants read them also laid out in the kernel's order (N is a multiple of 16: no padding).
+    tiled = torch.empty_like(w.packed)
+    tiled_scales = torch.empty_like(w.block_scales)
+    if 0 in libs and libs[0].tile_weights(ptr(w.packed), ptr(w.block_scales), N, K, ptr(tiled), ptr(tiled_scales),
+                                          stream()) != 0:
+        raise RuntimeError("tile_weights failed")
+
+    def operands(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if "kTiled" in name:
+            return tiled, tiled_scales
+        return (repacked if "kRepacked" in name else w.packed), w.block_scales
 
     timer = CudaEventTimer(dev.index or 0, l2_bytes=props.L2_cache_size, graphs=True)
     sink = torch.zeros(1, device=dev)
@@ -213,13 +225,13 @@ def main(out_path: str) -> None:
         out1 = torch.empty(1, N, device=dev)
         subjects = {"bf16 F.linear, 1 row": lambda: torch.nn.functional.linear(x1, w_bf16),
                     "shipped nvfp4 linear, 1 row": lambda: cuda.linear(x1, w, out1)}
-        shipped_shape_repacked = next((v for v in variants if v["lib"] is not None and v["tiles"] == 1
-                                       and v["name"].startswith("1, 1, 1, 4, 4, kRepacked, kNoL1Prefetch256")), None)
-        if shipped_shape_repacked is not None:
-            v = shipped_shape_repacked
-            subjects[f"v{v['id']:02d} (the shipped shape, repacked), 1 row"] = (
-                lambda v=v: v["lib"].variant_launch(v["id"], ptr(x1), ptr(repacked), ptr(w.block_scales),
-                                                    ptr(w.global_decode), ptr(out1), 1, N, K, stream()))
+        for layout in ("kRepacked", "kTiled"):
+            v = next((v for v in variants if v["lib"] is not None and v["tiles"] == 1
+                      and v["name"].startswith(f"1, 1, 1, 4, 4, {layout}, kNoL1Prefetch256")), None)
+            if v is not None:
+                subjects[f"v{v['id']:02d} (the shipped shape, {layout}), 1 row"] = (
+                    lambda v=v: v["lib"].variant_launch(v["id"], ptr(x1), *map(ptr, operands(v["name"])),
+                                                        ptr(w.global_decode), ptr(out1), 1, N, K, stream()))
         for hint in (0, 5):
             subjects[f"read only, {HINTS[hint]}"] = (
                 lambda hint=hint: libs[0].read_bytes(hint, ptr(read_buf), read_buf.numel(), ptr(sink),
@@ -245,8 +257,8 @@ def main(out_path: str) -> None:
         for v in variants:
             if v["tiles"] == tiles_for(rows) and v["lib"] is not None:
                 def run(v: dict = v, x: torch.Tensor = x, out: torch.Tensor = out, rows: int = rows) -> None:
-                    weights = repacked if "kRepacked" in v["name"] else w.packed
-                    status = v["lib"].variant_launch(v["id"], ptr(x), ptr(weights), ptr(w.block_scales),
+                    weights, scales = operands(v["name"])
+                    status = v["lib"].variant_launch(v["id"], ptr(x), ptr(weights), ptr(scales),
                                                      ptr(w.global_decode), ptr(out), rows, N, K, stream())
                     if status != 0:
                         raise RuntimeError(f"variant {v['id']} returned {status}")

@@ -29,6 +29,11 @@
 //            prepared (repack_word): each 32-bit word's four natural pairs (2i, 2i+1) then come out with
 //            a rotation and a mask each (one pair: a byte permute and two masks), 9 instructions a word
 //            against about 15, and the activations' own words are the B fragments.
+//   kTiled   kRepacked's decode on weights also laid out in the order the kernel reads them (tile_step):
+//            a step of 16 rows x 128 elements is 1 KB in one piece and a warp's steps follow each other,
+//            so each load instruction reads 512 contiguous bytes and a warp streams one contiguous run,
+//            where NVFP4's row-major layout has it read 16 rows 4 KB apart, 64 bytes of each a step;
+//            the scales likewise, each lane's four scale bytes of a step in one 4-byte word.
 // Split-K: WK warps of a block split K and add their partial sums through shared memory, so 8192
 // output rows make 256..512 blocks that fill 132 multiprocessors in one wave; every launch runs the
 // same fixed shape (no run-time tuning) and sums in a fixed order, so results are deterministic.
@@ -57,7 +62,7 @@ namespace lowprec::linear {
 constexpr int kStepElements = 128;  // a step: 16 weight rows x 128 elements (64 bytes a row)
 constexpr int kMaxRows = 64;        // activation rows: 8 n8 tiles
 
-enum Decode : int { kShift = 0, kLut256 = 1, kLut128 = 2, kRepacked = 3 };
+enum Decode : int { kShift = 0, kLut256 = 1, kLut128 = 2, kRepacked = 3, kTiled = 4 };
 // How the streamed weight bytes are loaded: L1-cached; not allocated in L1; plus a 256-byte L2
 // prefetch; not in L1 and evicted first from L2 (createpolicy), so reading them does not push other
 // (possibly dirty) lines out of L2; cache-streaming (ld.cs); evict-first with the 256-byte prefetch;
@@ -271,6 +276,45 @@ struct Decoder<kRepacked> {
     }
 };
 
+template <>
+struct Decoder<kTiled> : Decoder<kRepacked> {};
+
+// kTiled's layout, for N rows (padded with zero codes and scales to a multiple of 16) and K a multiple of
+// 128. Tile t (rows 16t..16t+15), step s (elements 128s..128s+127) is weight bytes [(t K/128 + s) 1024, +1024)
+// and scale bytes [(t K/128 + s) 128, +128). In it, lane l = 4g + c (the kernel's lane of that step) finds
+// row 16t + g + 8h's bytes 64s + 16c .. +15 (repack_word'd) at 16 (32h + l), and the scale bytes 8s + 2c,
+// 8s + 2c + 1 of rows 16t + g and 16t + g + 8 at 4l .. 4l + 3.
+LOWPREC_HD int row_tiles(int N) { return (N + 15) / 16; }
+LOWPREC_HD size_t tiled_weight_bytes(int N, int K) { return static_cast<size_t>(row_tiles(N)) * 8 * K; }
+LOWPREC_HD size_t tiled_scale_bytes(int N, int K) { return static_cast<size_t>(row_tiles(N)) * K; }
+
+// Lays out piece `piece` (tile t, step s, lane l: piece = (t K/128 + s) 32 + l) of NVFP4's row-major packed
+// weights w [N, K/2] and scales ws [N, K/16] into kTiled's tw and tws: 32 weight bytes and 4 scale bytes.
+LOWPREC_HD void tile_piece(const unsigned char* w, const unsigned char* ws, int N, int K, size_t piece,
+                           unsigned char* tw, unsigned char* tws) {
+    const int lane = static_cast<int>(piece % 32);
+    const size_t tile_step = piece / 32;
+    const int steps = K / kStepElements;
+    const int tile = static_cast<int>(tile_step / steps), step = static_cast<int>(tile_step % steps);
+    const int g = lane >> 2, c = lane & 3;
+    uint32_t scales = 0;
+    for (int half = 0; half < 2; ++half) {
+        const int row = 16 * tile + g + 8 * half;
+        unsigned char* dst = tw + tile_step * 1024 + 16 * (32 * half + lane);
+        for (int word = 0; word < 4; ++word) {
+            uint32_t q = 0;
+            if (row < N) memcpy(&q, w + static_cast<size_t>(row) * (K / 2) + 64 * step + 16 * c + 4 * word, 4);
+            q = repack_word(q);
+            memcpy(dst + 4 * word, &q, 4);
+        }
+        if (row < N) {
+            const unsigned char* sp = ws + static_cast<size_t>(row) * (K / 16) + 8 * step + 2 * c;
+            scales |= (static_cast<uint32_t>(sp[0]) | static_cast<uint32_t>(sp[1]) << 8) << (16 * half);
+        }
+    }
+    memcpy(tws + tile_step * 128 + 4 * lane, &scales, 4);
+}
+
 // -- per-lane addressing -----------------------------------------------------------------------------
 // Lane = 4 * g + t (g: the mma's group, t: its thread in the group). In step s, lane t of a quad owns
 // chunk c = 4s + t of its rows: bytes 16c..16c+15, elements 32c..32c+31, scale bytes 2c and 2c+1.
@@ -352,24 +396,39 @@ LOWPREC_HD uint4 load_activations(const uint16_t* p) {
 // re-read row M - 1: an mma's output column depends on its own B column only, and those columns are
 // never stored). Steps u ahead are immediate offsets from them: 64 bytes of weights, 8 bytes of scales
 // and 128 activations a step.
-template <int RT, int MT>
+template <int RT, int MT, int DEC>
 struct LanePointers {
+    static constexpr bool kTiledLayout = DEC == kTiled;
+    static constexpr int kWeightStep = kTiledLayout ? 1024 : 64;  // bytes from a step to the next
+    static constexpr int kScaleStep = kTiledLayout ? 128 : 8;
     const unsigned char* w[RT][2];
-    const unsigned char* s[RT][2];
+    const unsigned char* s[RT][2];  // kTiled: s[rt][0] at both rows' scales, s[rt][1] unused
     const uint16_t* x[MT];
 
     LOWPREC_HD LanePointers(const uint16_t* acts, const unsigned char* weights, const unsigned char* scales,
                             int first_row, int first_step, int lane, int M, int N, int K) {
         const int chunk = chunk_of(first_step, lane);
 #pragma unroll
-        for (int rt = 0; rt < RT; ++rt)
+        for (int rt = 0; rt < RT; ++rt) {
+            if constexpr (kTiledLayout) {
+                // A tile past the last (N not a multiple of the block's rows) re-reads the last: its sums
+                // are never stored.
+                int tile = first_row / 16 + rt;
+                tile = tile < row_tiles(N) ? tile : row_tiles(N) - 1;
+                const size_t tile_step = static_cast<size_t>(tile) * (K / kStepElements) + first_step;
+                w[rt][0] = weights + tile_step * 1024 + 16 * lane;
+                w[rt][1] = w[rt][0] + 512;
+                s[rt][0] = s[rt][1] = scales + tile_step * 128 + 4 * lane;
+            } else {
 #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                int row = first_row + 16 * rt + (lane >> 2) + 8 * half;
-                row = row < N ? row : N - 1;
-                w[rt][half] = weights + static_cast<size_t>(row) * (K / 2) + 16 * chunk;
-                s[rt][half] = scales + static_cast<size_t>(row) * (K / 16) + 2 * chunk;
+                for (int half = 0; half < 2; ++half) {
+                    int row = first_row + 16 * rt + (lane >> 2) + 8 * half;
+                    row = row < N ? row : N - 1;
+                    w[rt][half] = weights + static_cast<size_t>(row) * (K / 2) + 16 * chunk;
+                    s[rt][half] = scales + static_cast<size_t>(row) * (K / 16) + 2 * chunk;
+                }
             }
+        }
 #pragma unroll
         for (int nt = 0; nt < MT; ++nt) {
             int m = 8 * nt + (lane >> 2);
@@ -383,29 +442,63 @@ struct LanePointers {
         for (int rt = 0; rt < RT; ++rt)
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
-                w[rt][half] += 64 * steps;
-                s[rt][half] += 8 * steps;
+                w[rt][half] += kWeightStep * steps;
+                s[rt][half] += kScaleStep * steps;
             }
 #pragma unroll
         for (int nt = 0; nt < MT; ++nt) x[nt] += kStepElements * steps;
     }
 };
 
-template <int HINT, int RT, int MT>
-LOWPREC_HD void load_stage(Stage<RT>& st, const LanePointers<RT, MT>& p, int ahead) {
+// A lane's four scale bytes of a step in kTiled's layout (rows g and g + 8), with load_scale_pair's hints.
+template <int HINT>
+LOWPREC_HD uint32_t load_scale_quad(const unsigned char* p) {
+#ifdef __CUDA_ARCH__
+    if constexpr (HINT == kEvictFirst || HINT == kEvictFirstPrefetch256) {
+        uint64_t policy;
+        asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+        uint32_t v;
+        asm volatile("ld.global.nc.L2::cache_hint.u32 %0, [%1], %2;" : "=r"(v) : "l"(p), "l"(policy));
+        return v;
+    } else {
+        return __ldg(reinterpret_cast<const unsigned int*>(p));
+    }
+#else
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+#endif
+}
+
+// Step `ahead`'s two scale pairs of tile rt into st.
+template <int HINT, int RT, int MT, int DEC>
+LOWPREC_HD void load_scales(Stage<RT>& st, const LanePointers<RT, MT, DEC>& p, int rt, int ahead) {
+    using P = LanePointers<RT, MT, DEC>;
+    if constexpr (P::kTiledLayout) {
+        const uint32_t v = load_scale_quad<HINT>(p.s[rt][0] + P::kScaleStep * ahead);
+        st.sc[rt][0] = v & 0xFFFFu;
+        st.sc[rt][1] = v >> 16;
+    } else {
 #pragma unroll
-    for (int rt = 0; rt < RT; ++rt)
+        for (int half = 0; half < 2; ++half) st.sc[rt][half] = load_scale_pair<HINT>(p.s[rt][half] + P::kScaleStep * ahead);
+    }
+}
+
+template <int HINT, int RT, int MT, int DEC>
+LOWPREC_HD void load_stage(Stage<RT>& st, const LanePointers<RT, MT, DEC>& p, int ahead) {
+    using P = LanePointers<RT, MT, DEC>;
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            st.q[rt][half] = load_weights<HINT>(p.w[rt][half] + 64 * ahead);
-            st.sc[rt][half] = load_scale_pair<HINT>(p.s[rt][half] + 8 * ahead);
-        }
+    for (int rt = 0; rt < RT; ++rt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) st.q[rt][half] = load_weights<HINT>(p.w[rt][half] + P::kWeightStep * ahead);
+        load_scales<HINT>(st, p, rt, ahead);
+    }
 }
 
 // One step of one lane: decode its weights, build A and B fragments, and hand each (rt, nt) pair to
 // `mma` (the tensor core on the device; the tests' emulation on the host records them instead).
-template <int DEC, int RT, int MT, class Table, class Mma>
-LOWPREC_HD void compute_stage(const Stage<RT>& st, const LanePointers<RT, MT>& p, int ahead, int lane,
+template <int DEC, int RT, int MT, int PD, class Table, class Mma>
+LOWPREC_HD void compute_stage(const Stage<RT>& st, const LanePointers<RT, MT, PD>& p, int ahead, int lane,
                               const Table& table, Mma& mma) {
     using D = Decoder<DEC>;
     const uint32_t lane4 = static_cast<uint32_t>(lane) * 4u;
@@ -450,8 +543,8 @@ LOWPREC_HD void compute_stage(const Stage<RT>& st, const LanePointers<RT, MT>& p
 }
 
 // The first U steps' loads (of `count`), issued before anything waits on them.
-template <int HINT, int RT, int MT, int U>
-LOWPREC_HD void prime_ring(Stage<RT> (&ring)[U], const LanePointers<RT, MT>& p, int count) {
+template <int HINT, int RT, int MT, int PD, int U>
+LOWPREC_HD void prime_ring(Stage<RT> (&ring)[U], const LanePointers<RT, MT, PD>& p, int count) {
 #pragma unroll
     for (int u = 0; u < U; ++u)
         if (u < count) load_stage<HINT>(ring[u], p, u);
@@ -491,16 +584,16 @@ struct WeightRing {
 };
 
 // Step `ahead` of p into slot `slot`: the weights by cp.async, the scales into registers as load_stage's.
-template <int RT, int MT, int U>
-LOWPREC_HD void issue_stage(WeightRing<RT, U>& ring, int slot, Stage<RT>& scales, const LanePointers<RT, MT>& p,
+template <int RT, int MT, int PD, int U>
+LOWPREC_HD void issue_stage(WeightRing<RT, U>& ring, int slot, Stage<RT>& scales, const LanePointers<RT, MT, PD>& p,
                             int ahead) {
+    using P = LanePointers<RT, MT, PD>;
 #pragma unroll
-    for (int rt = 0; rt < RT; ++rt)
+    for (int rt = 0; rt < RT; ++rt) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            ring.issue(slot, rt, half, p.w[rt][half] + 64 * ahead);
-            scales.sc[rt][half] = load_scale_pair<kAsync>(p.s[rt][half] + 8 * ahead);
-        }
+        for (int half = 0; half < 2; ++half) ring.issue(slot, rt, half, p.w[rt][half] + P::kWeightStep * ahead);
+        load_scales<kAsync>(scales, p, rt, ahead);
+    }
 }
 
 template <int RT, int U>
@@ -514,8 +607,8 @@ LOWPREC_HD void read_stage(const WeightRing<RT, U>& ring, int slot, Stage<RT>& s
 // A warp's `count` steps through the shared-memory ring: U steps issued first (one group each, empty past
 // `count`), then step i waits until at most U - 1 groups are pending (its own is the (i + 1)-th), is read
 // and computed, and its slot takes step i + U. `scales[u].q` is unused (its weights are in the ring).
-template <int DEC, int RT, int MT, int U, class Table, class Mma>
-LOWPREC_HD void run_steps_async(LanePointers<RT, MT>& p, int count, int lane, const Table& table, Mma& mma,
+template <int DEC, int RT, int MT, int PD, int U, class Table, class Mma>
+LOWPREC_HD void run_steps_async(LanePointers<RT, MT, PD>& p, int count, int lane, const Table& table, Mma& mma,
                                 WeightRing<RT, U>& ring) {
     Stage<RT> scales[U];
 #pragma unroll
@@ -547,8 +640,8 @@ LOWPREC_HD void run_steps_async(LanePointers<RT, MT>& p, int count, int lane, co
 }
 
 // A warp's `count` steps after prime_ring: the register ring of U steps, then the tail.
-template <int DEC, int HINT, int RT, int MT, int U, class Table, class Mma>
-LOWPREC_HD void run_steps(LanePointers<RT, MT>& p, int count, int lane, const Table& table, Mma& mma,
+template <int DEC, int HINT, int RT, int MT, int PD, int U, class Table, class Mma>
+LOWPREC_HD void run_steps(LanePointers<RT, MT, PD>& p, int count, int lane, const Table& table, Mma& mma,
                           Stage<RT> (&ring)[U]) {
     int done = 0;
     for (; done + U <= count; done += U) {
@@ -650,7 +743,7 @@ LOWPREC_HD void warp_steps(const uint16_t* x, const unsigned char* w, const unsi
     constexpr int RT = C::kRT, MT = C::kMT;
     const int per_warp = K / kStepElements / C::kWK;
     const int extra = K / kStepElements % C::kWK;
-    LanePointers<RT, MT> p(x, w, ws, first_row, wk * per_warp, lane, M, N, K);
+    LanePointers<RT, MT, C::kDecode> p(x, w, ws, first_row, wk * per_warp, lane, M, N, K);
     if constexpr (C::kHint == kAsync) {
         WeightRing<RT, C::kU> ring;
 #ifdef __CUDA_ARCH__
@@ -667,7 +760,7 @@ LOWPREC_HD void warp_steps(const uint16_t* x, const unsigned char* w, const unsi
         run_steps<C::kDecode, C::kHint>(p, per_warp, lane, table, mma, ring);
     }
     if (wk < extra) {
-        const LanePointers<RT, MT> last(x, w, ws, first_row, C::kWK * per_warp + wk, lane, M, N, K);
+        const LanePointers<RT, MT, C::kDecode> last(x, w, ws, first_row, C::kWK * per_warp + wk, lane, M, N, K);
         Stage<RT> st;
         load_stage<C::kHint>(st, last, 0);
         compute_stage<C::kDecode>(st, last, 0, lane, table, mma);
@@ -749,6 +842,25 @@ inline cudaError_t repack(const void* in, void* out, size_t words, cudaStream_t 
     const size_t blocks = std::min<size_t>((words + 255) / 256, 4096);
     repack_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(static_cast<const uint32_t*>(in),
                                                                        static_cast<uint32_t*>(out), words);
+    return cudaGetLastError();
+}
+
+// kTiled's weights and scales from NVFP4's row-major ones (done once, when a weight is prepared): tw holds
+// tiled_weight_bytes(N, K), tws tiled_scale_bytes(N, K).
+__global__ void tile_kernel(const unsigned char* __restrict__ w, const unsigned char* __restrict__ ws, int N, int K,
+                            unsigned char* __restrict__ tw, unsigned char* __restrict__ tws, size_t pieces) {
+    const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < pieces; i += stride)
+        tile_piece(w, ws, N, K, i, tw, tws);
+}
+
+inline cudaError_t tile(const void* w, const void* ws, int N, int K, void* tw, void* tws, cudaStream_t stream) {
+    if (N < 1 || K < kStepElements || K % kStepElements != 0) return cudaErrorInvalidValue;
+    const size_t pieces = static_cast<size_t>(row_tiles(N)) * (K / kStepElements) * 32;
+    const size_t blocks = std::min<size_t>((pieces + 255) / 256, 4096);
+    tile_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
+        static_cast<const unsigned char*>(w), static_cast<const unsigned char*>(ws), N, K,
+        static_cast<unsigned char*>(tw), static_cast<unsigned char*>(tws), pieces);
     return cudaGetLastError();
 }
 

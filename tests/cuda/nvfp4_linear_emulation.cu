@@ -130,7 +130,13 @@ std::vector<float> emulate(const Problem& p) {
                 memcpy(table.data() + D::slot(e, lane), &v, 4);
             }
     // kRepacked reads weights prepared once by repack_word, as the launcher's caller prepares them.
-    std::vector<unsigned char> weights = p.w;
+    std::vector<unsigned char> weights = p.w, scales = p.ws;
+    if constexpr (C::kDecode == kTiled) {
+        weights.assign(tiled_weight_bytes(p.N, p.K), 0xEE);  // every byte is written: none stays 0xEE
+        scales.assign(tiled_scale_bytes(p.N, p.K), 0xEE);
+        const size_t pieces = static_cast<size_t>(row_tiles(p.N)) * (p.K / kStepElements) * 32;
+        for (size_t i = 0; i < pieces; ++i) tile_piece(p.w.data(), p.ws.data(), p.N, p.K, i, weights.data(), scales.data());
+    }
     if constexpr (C::kDecode == kRepacked)
         for (size_t i = 0; i + 4 <= weights.size(); i += 4) {
             uint32_t word;
@@ -149,7 +155,7 @@ std::vector<float> emulate(const Problem& p) {
                 std::vector<MmaCall> calls[32];
                 for (int lane = 0; lane < 32; ++lane) {
                     Recorder rec{&calls[lane]};
-                    warp_steps<C>(p.x.data(), weights.data(), p.ws.data(), first_row, wk, lane, p.M, p.N, p.K,
+                    warp_steps<C>(p.x.data(), weights.data(), scales.data(), first_row, wk, lane, p.M, p.N, p.K,
                                   HostTable{table.data()}, rec, 0u, [] {});
                 }
                 for (size_t c = 0; c < calls[0].size(); ++c) {
@@ -243,6 +249,11 @@ int main() {
     CASE(1, 40, 2944, 1, 1, 1, 4, 8, kRepacked, kAsync, 4);
     CASE(2, 40, 384, 1, 1, 1, 2, 12, kShift, kAsync, 4);
     CASE(16, 72, 2944, 2, 2, 1, 4, 4, kRepacked, kAsync, 2);
+    // The tiled layout: N = 40 and 72 leave a padded tile (and, 32 rows a block, a tile past the last).
+    CASE(1, 40, 2944, 1, 1, 1, 4, 4, kTiled, kNoL1Prefetch256, 4);
+    CASE(3, 72, 2944, 1, 1, 1, 4, 8, kTiled, kAsync, 4);
+    CASE(16, 40, 2944, 2, 2, 1, 4, 2, kTiled, kEvictFirst, 2);
+    CASE(64, 72, 384, 8, 2, 1, 4, 2, kTiled, kNoL1Prefetch256, 2);
     // What kernels/nvfp4_gemm.cu ships, at the largest and an odd row count of each.
     ok &= check<Shipped<1>>("shipped, 1..8 rows", 1, 72, 2944, 1);
     ok &= check<Shipped<1>>("shipped, 1..8 rows", 8, 72, 2944, 2);
