@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lowprec_workloads.kernels import Target
-from lowprec_workloads.nvfp4_gemm import CudaKernels, linear
+from lowprec_workloads.nvfp4_gemm import CudaKernels
 from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
 
 N = K = 8192
@@ -62,7 +62,7 @@ def main() -> None:
     w = quantize_nvfp4(w_bf16)
     cuda = CudaKernels(dev)
     out = torch.empty(1, N, device=dev)
-    ref = linear(x, w, cuda, torch.empty(1, N, device=dev)).clone()
+    ref = cuda.gemv(x, w, torch.empty(1, N, device=dev)).clone()
     flush = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device=dev)
 
     def ptr(t: torch.Tensor) -> ctypes.c_void_p:
@@ -72,7 +72,7 @@ def main() -> None:
         return ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
 
     t_bf16 = replay_us(lambda: torch.nn.functional.linear(x, w_bf16), flush)
-    t_gemv = replay_us(lambda: linear(x, w, cuda, out), flush)
+    t_gemv = replay_us(lambda: cuda.gemv(x, w, out), flush)
     rows = [("bf16 F.linear", t_bf16, 2 * N * K), ("kernels/nvfp4_gemm.cu gemv", t_gemv, w.nbytes)]
     i = 0
     while (name := lib.variant_name(i)) is not None:

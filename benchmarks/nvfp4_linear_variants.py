@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from lowprec_workloads import kernels
-from lowprec_workloads.nvfp4_gemm import CudaKernels, gemm_tiled
+from lowprec_workloads.nvfp4_gemm import CudaKernels, gemm_tiled, prepare_decode_weight
 from pytest_lowprec.formats.metrics import rel_l2
 from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
 from pytest_lowprec.timing import CudaEventTimer
@@ -170,6 +170,7 @@ def main(out_path: str) -> None:
     repacked = torch.empty_like(w.packed)
     if 0 in libs and libs[0].repack_words(ptr(w.packed), ptr(repacked), w.packed.numel() // 4, stream()) != 0:
         raise RuntimeError("repack_words failed")
+    shipped_w = prepare_decode_weight(w, cuda)  # what linear() reads: the shipped kernel's layout
     # kTiled variants read them also laid out in the kernel's order (N is a multiple of 16: no padding).
     tiled = torch.empty_like(w.packed)
     tiled_scales = torch.empty_like(w.block_scales)
@@ -224,7 +225,7 @@ def main(out_path: str) -> None:
                                                                                stream())}
         out1 = torch.empty(1, N, device=dev)
         subjects = {"bf16 F.linear, 1 row": lambda: torch.nn.functional.linear(x1, w_bf16),
-                    "shipped nvfp4 linear, 1 row": lambda: cuda.linear(x1, w, out1)}
+                    "shipped nvfp4 linear, 1 row": lambda: cuda.linear(x1, shipped_w, out1)}
         for layout in ("kRepacked", "kTiled"):
             v = next((v for v in variants if v["lib"] is not None and v["tiles"] == 1
                       and v["name"].startswith(f"1, 1, 1, 4, 4, {layout}, kNoL1Prefetch256")), None)
@@ -253,7 +254,8 @@ def main(out_path: str) -> None:
         ref = ref_all[:rows]
         out = torch.empty(rows, N, dtype=torch.float32, device=dev)
         nbytes = w.nbytes + x.numel() * 2 + out.numel() * 4
-        candidates = [("shipped (kernels/nvfp4_gemm.cu nvfp4_linear)", lambda x=x, out=out: cuda.linear(x, w, out))]
+        candidates = [("shipped (kernels/nvfp4_gemm.cu nvfp4_linear)",
+                       lambda x=x, out=out: cuda.linear(x, shipped_w, out))]
         for v in variants:
             if v["tiles"] == tiles_for(rows) and v["lib"] is not None:
                 def run(v: dict = v, x: torch.Tensor = x, out: torch.Tensor = out, rows: int = rows) -> None:

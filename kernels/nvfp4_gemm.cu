@@ -97,14 +97,23 @@ extern "C" int nvfp4_gemv(int device, const void* x, const void* w, const void* 
     }
 }
 
-// out[m, n] = x[m] . w[n] for M = 1..64 bf16 rows on tensor cores, in the shape shipped for ceil(M / 8) n8 tiles.
+// The decode linear's weights and scales (NVFP4's row-major [N, K/2] and [N, K/16]) laid out once in the
+// order it reads them (kernels/nvfp4_linear.cuh, kTiled): tw holds 8 K ceil(N / 16) bytes, tws K ceil(N / 16).
+extern "C" int nvfp4_linear_tile(int device, const void* w, const void* ws, int N, int K, void* tw, void* tws,
+                                 void* stream) {
+    LOWPREC_LAUNCH_PROLOGUE(device);
+    return static_cast<int>(lowprec::linear::tile(w, ws, N, K, tw, tws, static_cast<cudaStream_t>(stream)));
+}
+
+// out[m, n] = x[m] . w[n] for M = 1..64 bf16 rows on tensor cores, in the shape shipped for ceil(M / 8) n8 tiles;
+// w and ws in the layout nvfp4_linear_tile makes.
 extern "C" int nvfp4_linear(int device, const void* x, const void* w, const void* ws, const void* gw, void* out,
                             int M, int N, int K, void* stream) {
     LOWPREC_LAUNCH_PROLOGUE(device);
     namespace lin = lowprec::linear;
-    // 16-byte loads of weights and activations, 2-byte loads of scale pairs.
+    // 16-byte loads of weights and activations, 4-byte loads of scales.
     const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
-                         reinterpret_cast<uintptr_t>(ws) % 2 == 0;
+                         reinterpret_cast<uintptr_t>(ws) % 4 == 0;
     if (!aligned || M < 1 || M > lin::kMaxRows) return static_cast<int>(cudaErrorInvalidValue);
     const cudaStream_t s = static_cast<cudaStream_t>(stream);
     if (M <= 8) return static_cast<int>(lin::launch<lin::Shipped<1>>(x, w, ws, gw, out, M, N, K, s));

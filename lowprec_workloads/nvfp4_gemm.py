@@ -14,7 +14,9 @@ Decode (`linear`: 1..64 activation rows in BF16 times NVFP4 weights) is CUDA C++
 tensor-core decode linear (kernels/nvfp4_linear.cuh) streams the packed weights once for all rows,
 decodes them to BF16 in registers and feeds mma.m16n8k16 with the weights as the A operand, split-K
 across the warps of a block; the CUDA-core GEMV (kernels/nvfp4_gemv.cuh, 1..2 rows) stays for callers
-that ask for it. More rows, or a K the decode kernel does not take, go to the tiled kernel.
+that ask for it. More rows, or a K the decode kernel does not take, go to the tiled kernel. The decode
+linear reads a weight prepared once (`prepare_decode_weight`, as a model is loaded): the same bytes laid
+out in the order it reads them, so that each load is 512 contiguous bytes (kTiled in the header).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ SIGNATURES = {
     "nvfp4_gemm_naive": [_INT, _VOID, _VOID, _VOID, _VOID, _VOID, _VOID, _VOID, _INT, _INT, _INT, _VOID],
     "nvfp4_gemv": [_INT, _VOID, _VOID, _VOID, _VOID, _VOID, _INT, _INT, _INT, _VOID],
     "nvfp4_linear": [_INT, _VOID, _VOID, _VOID, _VOID, _VOID, _INT, _INT, _INT, _VOID],
+    "nvfp4_linear_tile": [_INT, _VOID, _VOID, _INT, _INT, _VOID, _VOID, _VOID],
 }
 
 
@@ -235,21 +238,69 @@ class CudaKernels:
                        self._stream())
         return out
 
-    def linear(self, x: torch.Tensor, w: NVFP4Tensor, out: torch.Tensor) -> torch.Tensor:
-        """out[m] = x[m] @ w.T on tensor cores for x bf16 [M, K], M in MMA_ROWS, K a multiple of 128."""
+    def tile_for_linear(self, w: NVFP4Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """w's packed codes and block scales laid out in the order `linear` reads them, K a multiple of 128
+        (rows padded to a multiple of 16 with zero codes and scales)."""
+        n, k = w.shape
+        if k % MMA_K_MULTIPLE:
+            raise ValueError(f"the decode linear takes K a multiple of {MMA_K_MULTIPLE}, got K={k}")
+        tiles = -(-n // 16)
+        tiled = torch.empty(tiles * 8 * k, dtype=torch.uint8, device=w.packed.device)
+        scales = torch.empty(tiles * k, dtype=torch.uint8, device=w.packed.device)
+        self._lib.call("nvfp4_linear_tile", self.device.index, w.packed.data_ptr(), w.block_scales.data_ptr(), n, k,
+                       tiled.data_ptr(), scales.data_ptr(), self._stream())
+        return tiled, scales
+
+    def linear(self, x: torch.Tensor, w: DecodeWeight, out: torch.Tensor) -> torch.Tensor:
+        """out[m] = x[m] @ w.T on tensor cores for x bf16 [M, K], M in MMA_ROWS, K a multiple of 128, w
+        prepared by prepare_decode_weight."""
+        if not isinstance(w, DecodeWeight) or w.tiled is None:
+            raise TypeError("the tensor-core decode linear reads a weight prepared once for it: pass "
+                            f"prepare_decode_weight(w, cuda), not {type(w).__name__}")
         m, k = x.shape
+        n = w.shape[0]
         if x.dtype != torch.bfloat16 or not x.is_contiguous() or k != w.shape[1]:
             raise ValueError(f"x must be contiguous bf16 [M, {w.shape[1]}], got {x.dtype} {tuple(x.shape)}")
         if not MMA_ROWS[0] <= m <= MMA_ROWS[1] or k % MMA_K_MULTIPLE:
             raise ValueError(f"the decode linear takes {MMA_ROWS[0]}..{MMA_ROWS[1]} rows and K a multiple of "
                              f"{MMA_K_MULTIPLE}, got M={m}, K={k}")
-        if out.dtype != torch.float32 or out.shape != (m, w.shape[0]) or not out.is_contiguous():
-            raise ValueError(f"out must be contiguous float32 [{m}, {w.shape[0]}], got {out.dtype} {tuple(out.shape)}")
+        if out.dtype != torch.float32 or out.shape != (m, n) or not out.is_contiguous():
+            raise ValueError(f"out must be contiguous float32 [{m}, {n}], got {out.dtype} {tuple(out.shape)}")
         # 16-byte loads: the launcher refuses (invalid value) operands that are not aligned for them.
-        self._lib.call("nvfp4_linear", self.device.index, x.data_ptr(), w.packed.data_ptr(),
-                       w.block_scales.data_ptr(), w.global_decode.data_ptr(), out.data_ptr(), m, w.shape[0], k,
-                       self._stream())
+        self._lib.call("nvfp4_linear", self.device.index, x.data_ptr(), w.tiled.data_ptr(), w.tiled_scales.data_ptr(),
+                       w.nvfp4.global_decode.data_ptr(), out.data_ptr(), m, n, k, self._stream())
         return out
+
+
+@dataclass(frozen=True)
+class DecodeWeight:
+    """An NVFP4 weight prepared once for decode-time linears (`prepare_decode_weight`): the format's own
+    tensor, which the GEMV and the tiled kernel read, and on CUDA the same codes and scales laid out in
+    the order the tensor-core decode linear reads them (CudaKernels.tile_for_linear)."""
+
+    nvfp4: NVFP4Tensor
+    tiled: torch.Tensor | None = None
+    tiled_scales: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.nvfp4.shape
+
+    @property
+    def linear_nbytes(self) -> int:
+        """Bytes the decode linear reads for the weight: codes, scales and the tensor scale."""
+        if self.tiled is None:
+            return self.nvfp4.nbytes
+        return self.tiled.numel() + self.tiled_scales.numel() + self.nvfp4.global_decode.numel() * 4
+
+
+def prepare_decode_weight(w: NVFP4Tensor, cuda: CudaKernels | None) -> DecodeWeight:
+    """w ready for `linear`: with CUDA kernels and K a multiple of 128, also laid out for the tensor-core
+    decode linear (done once, as a model's weights are loaded)."""
+    if cuda is None or w.shape[1] % MMA_K_MULTIPLE:
+        return DecodeWeight(w)
+    tiled, scales = cuda.tile_for_linear(w)
+    return DecodeWeight(w, tiled, scales)
 
 
 def decode_path(rows: int, k: int, cuda: bool) -> str:
@@ -262,15 +313,18 @@ def decode_path(rows: int, k: int, cuda: bool) -> str:
     return "triton"
 
 
-def linear(x: torch.Tensor, w: NVFP4Tensor, cuda: CudaKernels | None, out: torch.Tensor) -> torch.Tensor:
-    """Decode-time linear layer, x bf16 [M, K] times NVFP4 weights [N, K], out float32 [M, N]: the
-    tensor-core decode kernel for 1..64 rows, the tiled tensor-core kernel for more (and on CPU)."""
+def linear(x: torch.Tensor, w: DecodeWeight, cuda: CudaKernels | None, out: torch.Tensor) -> torch.Tensor:
+    """Decode-time linear layer, x bf16 [M, K] times NVFP4 weights [N, K] (prepare_decode_weight), out
+    float32 [M, N]: the tensor-core decode kernel for 1..64 rows, the tiled tensor-core kernel for more
+    (and on CPU)."""
+    if not isinstance(w, DecodeWeight):
+        raise TypeError(f"linear takes a weight from prepare_decode_weight(w, cuda), got {type(w).__name__}")
     path = decode_path(x.shape[0], w.shape[1], cuda is not None)
     if path == "cuda-mma":
         return cuda.linear(x, w, out)
     if path == "cuda-gemv":
-        return cuda.gemv(x, w, out)
-    return gemm_tiled(x, w, out=out)
+        return cuda.gemv(x, w.nvfp4, out)
+    return gemm_tiled(x, w.nvfp4, out=out)
 
 
 if __name__ == "__main__":  # gemm_tiled_interpreted's child: python -m lowprec_workloads.nvfp4_gemm IN OUT

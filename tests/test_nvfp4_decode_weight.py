@@ -1,0 +1,53 @@
+"""The NVFP4 decode linear's prepared weight (lowprec_workloads.nvfp4_gemm.prepare_decode_weight): what it
+refuses on any machine, and on a GPU that the tensor-core kernel over the tiled layout is the product of
+the dequantized operands, rows past a whole tile included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowprec_workloads.nvfp4_gemm import CudaKernels, DecodeWeight, linear, prepare_decode_weight
+from pytest_lowprec.formats.metrics import rel_l2
+from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _weight(n: int, k: int, device: str = "cpu"):
+    g = torch.Generator(device="cpu").manual_seed(3)
+    return quantize_nvfp4(torch.randn(n, k, generator=g).to(device))
+
+
+def test_linear_refuses_a_weight_that_was_not_prepared():
+    x = torch.randn(1, 256).bfloat16()
+    with pytest.raises(TypeError, match="prepare_decode_weight"):
+        linear(x, _weight(32, 256), None, torch.empty(1, 32))
+
+
+def test_a_weight_prepared_without_cuda_kernels_keeps_only_the_format():
+    prepared = prepare_decode_weight(_weight(32, 256), None)
+    assert isinstance(prepared, DecodeWeight) and prepared.tiled is None
+    assert prepared.shape == (32, 256) and prepared.linear_nbytes == prepared.nvfp4.nbytes
+
+
+@needs_cuda
+@pytest.mark.parametrize("rows", [1, 3, 16, 64])
+def test_tiled_decode_linear_is_the_product_of_the_dequantized_operands(rows):
+    n, k = 40, 384  # 40 rows: the third tile of 16 is padded
+    cuda = CudaKernels(torch.device("cuda:0"))
+    w = _weight(n, k, "cuda")
+    prepared = prepare_decode_weight(w, cuda)
+    assert prepared.tiled.numel() == 48 * k // 2 and prepared.tiled_scales.numel() == 48 * k // 16
+    x = torch.randn(rows, k, generator=torch.Generator(device="cpu").manual_seed(4)).bfloat16().cuda()
+    out = linear(x, prepared, cuda, torch.full((rows, n), float("nan"), device="cuda"))
+    reference = x.double() @ w.dequantize(torch.float64).T
+    assert rel_l2(reference, out.double()) < 1e-5
+
+
+@needs_cuda
+def test_the_tensor_core_linear_refuses_an_unprepared_weight():
+    cuda = CudaKernels(torch.device("cuda:0"))
+    x = torch.randn(1, 256).bfloat16().cuda()
+    with pytest.raises(TypeError, match="prepare_decode_weight"):
+        cuda.linear(x, _weight(32, 256, "cuda"), torch.empty(1, 32, device="cuda"))
