@@ -1,5 +1,5 @@
 // benchmarks/nvfp4_linear_variants.py builds this: kernels/nvfp4_linear.cuh's decode linear at shapes other
-// than (and including) the shipped ones (kRepacked and kTiled ones on weights prepared once by
+// than (and including) the shipped ones (kRepacked, kTiled and kStepMajor ones on weights prepared once by
 // repack_words and tile_weights), and
 // kernels that only read bytes with each load hint (what streaming the weights costs at this size, after
 // the gate's L2 flush).
@@ -106,7 +106,15 @@ constexpr int kNotHere = -2;
     X(80, 2, 1, 1, 4, 4, kTiled, kNoL1Prefetch256, 4)           \
     X(81, 2, 2, 1, 4, 4, kTiled, kAsync, 2)                     \
     X(82, 4, 2, 1, 4, 2, kTiled, kNoL1Prefetch256, 2)           \
-    X(83, 8, 2, 1, 4, 2, kTiled, kNoL1Prefetch256, 2)
+    X(83, 8, 2, 1, 4, 2, kTiled, kNoL1Prefetch256, 2)           \
+    X(84, 1, 1, 1, 4, 4, kStepMajor, kNoL1, 4)                  \
+    X(85, 1, 1, 1, 4, 4, kStepMajor, kNoL1Prefetch256, 4)       \
+    X(86, 1, 1, 1, 4, 4, kStepMajor, kStreaming, 4)             \
+    X(87, 1, 1, 1, 4, 2, kStepMajor, kNoL1, 4)                  \
+    X(88, 1, 1, 1, 8, 4, kStepMajor, kNoL1, 2)                  \
+    X(89, 2, 2, 1, 4, 2, kStepMajor, kNoL1Prefetch256, 2)       \
+    X(90, 4, 2, 1, 4, 2, kStepMajor, kNoL1Prefetch256, 2)       \
+    X(91, 8, 2, 1, 4, 2, kStepMajor, kNoL1Prefetch256, 2)
 
 template <int ID>
 struct Variant;
@@ -202,12 +210,13 @@ extern "C" int repack_words(const void* in, void* out, size_t words, void* strea
 #endif
 }
 
-// kTiled variants read weights and scales laid out once by tile_weights (piece 0 only).
-extern "C" int tile_weights(const void* w, const void* ws, int N, int K, void* tw, void* tws, void* stream) {
+// kTiled and kStepMajor variants read weights and scales laid out once by tile_weights (piece 0 only).
+extern "C" int tile_weights(const void* w, const void* ws, int N, int K, void* tw, void* tws, int step_major,
+                            void* stream) {
 #if LOWPREC_PART != 0
     return kNotHere;
 #else
-    return static_cast<int>(tile(w, ws, N, K, tw, tws, static_cast<cudaStream_t>(stream)));
+    return static_cast<int>(tile(w, ws, N, K, tw, tws, static_cast<cudaStream_t>(stream), step_major != 0));
 #endif
 }
 

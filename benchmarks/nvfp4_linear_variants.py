@@ -72,7 +72,7 @@ def load_part(so: Path) -> ctypes.CDLL:
     lib.variant_launch.argtypes = [ctypes.c_int, *[_VOID] * 5, ctypes.c_int, ctypes.c_int, ctypes.c_int, _VOID]
     lib.read_bytes.argtypes = [ctypes.c_int, _VOID, ctypes.c_size_t, _VOID, ctypes.c_int, _VOID]
     lib.repack_words.argtypes = [_VOID, _VOID, ctypes.c_size_t, _VOID]
-    lib.tile_weights.argtypes = [_VOID, _VOID, ctypes.c_int, ctypes.c_int, _VOID, _VOID, _VOID]
+    lib.tile_weights.argtypes = [_VOID, _VOID, ctypes.c_int, ctypes.c_int, _VOID, _VOID, ctypes.c_int, _VOID]
     return lib
 
 
@@ -172,15 +172,17 @@ def main(out_path: str) -> None:
         raise RuntimeError("repack_words failed")
     shipped_w = prepare_decode_weight(w, cuda)  # what linear() reads: the shipped kernel's layout
     # kTiled variants read them also laid out in the kernel's order (N is a multiple of 16: no padding).
-    tiled = torch.empty_like(w.packed)
-    tiled_scales = torch.empty_like(w.block_scales)
-    if 0 in libs and libs[0].tile_weights(ptr(w.packed), ptr(w.block_scales), N, K, ptr(tiled), ptr(tiled_scales),
-                                          stream()) != 0:
-        raise RuntimeError("tile_weights failed")
+    laid_out = {}
+    for layout, step_major in (("kTiled", 0), ("kStepMajor", 1)):
+        laid_out[layout] = (torch.empty_like(w.packed), torch.empty_like(w.block_scales))
+        if 0 in libs and libs[0].tile_weights(ptr(w.packed), ptr(w.block_scales), N, K, *map(ptr, laid_out[layout]),
+                                              step_major, stream()) != 0:
+            raise RuntimeError(f"tile_weights ({layout}) failed")
 
     def operands(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if "kTiled" in name:
-            return tiled, tiled_scales
+        for layout, tensors in laid_out.items():
+            if layout in name:
+                return tensors
         return (repacked if "kRepacked" in name else w.packed), w.block_scales
 
     timer = CudaEventTimer(dev.index or 0, l2_bytes=props.L2_cache_size, graphs=True)
@@ -226,7 +228,7 @@ def main(out_path: str) -> None:
         out1 = torch.empty(1, N, device=dev)
         subjects = {"bf16 F.linear, 1 row": lambda: torch.nn.functional.linear(x1, w_bf16),
                     "shipped nvfp4 linear, 1 row": lambda: cuda.linear(x1, shipped_w, out1)}
-        for layout in ("kRepacked", "kTiled"):
+        for layout in ("kRepacked", "kTiled", "kStepMajor"):
             v = next((v for v in variants if v["lib"] is not None and v["tiles"] == 1
                       and v["name"].startswith(f"1, 1, 1, 4, 4, {layout}, kNoL1Prefetch256")), None)
             if v is not None:

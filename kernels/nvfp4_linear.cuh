@@ -34,6 +34,8 @@
 //            so each load instruction reads 512 contiguous bytes and a warp streams one contiguous run,
 //            where NVFP4's row-major layout has it read 16 rows 4 KB apart, 64 bytes of each a step;
 //            the scales likewise, each lane's four scale bytes of a step in one 4-byte word.
+//   kStepMajor kTiled's pieces ordered step by step (every tile's step s, then s + 1), so the warps of
+//            all blocks, which run a step at a time together, read neighbouring kilobytes.
 // Split-K: WK warps of a block split K and add their partial sums through shared memory, so 8192
 // output rows make 256..512 blocks that fill 132 multiprocessors in one wave; every launch runs the
 // same fixed shape (no run-time tuning) and sums in a fixed order, so results are deterministic.
@@ -62,7 +64,7 @@ namespace lowprec::linear {
 constexpr int kStepElements = 128;  // a step: 16 weight rows x 128 elements (64 bytes a row)
 constexpr int kMaxRows = 64;        // activation rows: 8 n8 tiles
 
-enum Decode : int { kShift = 0, kLut256 = 1, kLut128 = 2, kRepacked = 3, kTiled = 4 };
+enum Decode : int { kShift = 0, kLut256 = 1, kLut128 = 2, kRepacked = 3, kTiled = 4, kStepMajor = 5 };
 // How the streamed weight bytes are loaded: L1-cached; not allocated in L1; plus a 256-byte L2
 // prefetch; not in L1 and evicted first from L2 (createpolicy), so reading them does not push other
 // (possibly dirty) lines out of L2; cache-streaming (ld.cs); evict-first with the 256-byte prefetch;
@@ -278,6 +280,8 @@ struct Decoder<kRepacked> {
 
 template <>
 struct Decoder<kTiled> : Decoder<kRepacked> {};
+template <>
+struct Decoder<kStepMajor> : Decoder<kRepacked> {};
 
 // kTiled's layout, for N rows (padded with zero codes and scales to a multiple of 16) and K a multiple of
 // 128. Tile t (rows 16t..16t+15), step s (elements 128s..128s+127) is weight bytes [(t K/128 + s) 1024, +1024)
@@ -290,12 +294,14 @@ LOWPREC_HD size_t tiled_scale_bytes(int N, int K) { return static_cast<size_t>(r
 
 // Lays out piece `piece` (tile t, step s, lane l: piece = (t K/128 + s) 32 + l) of NVFP4's row-major packed
 // weights w [N, K/2] and scales ws [N, K/16] into kTiled's tw and tws: 32 weight bytes and 4 scale bytes.
+// With step_major (kStepMajor), piece = (s ceil(N/16) + t) 32 + l and it goes to that place instead.
 LOWPREC_HD void tile_piece(const unsigned char* w, const unsigned char* ws, int N, int K, size_t piece,
-                           unsigned char* tw, unsigned char* tws) {
+                           unsigned char* tw, unsigned char* tws, bool step_major = false) {
     const int lane = static_cast<int>(piece % 32);
     const size_t tile_step = piece / 32;
-    const int steps = K / kStepElements;
-    const int tile = static_cast<int>(tile_step / steps), step = static_cast<int>(tile_step % steps);
+    const int steps = K / kStepElements, tiles = row_tiles(N);
+    const int tile = static_cast<int>(step_major ? tile_step % tiles : tile_step / steps);
+    const int step = static_cast<int>(step_major ? tile_step / tiles : tile_step % steps);
     const int g = lane >> 2, c = lane & 3;
     uint32_t scales = 0;
     for (int half = 0; half < 2; ++half) {
@@ -398,16 +404,17 @@ LOWPREC_HD uint4 load_activations(const uint16_t* p) {
 // and 128 activations a step.
 template <int RT, int MT, int DEC>
 struct LanePointers {
-    static constexpr bool kTiledLayout = DEC == kTiled;
-    static constexpr int kWeightStep = kTiledLayout ? 1024 : 64;  // bytes from a step to the next
-    static constexpr int kScaleStep = kTiledLayout ? 128 : 8;
+    static constexpr bool kTiledLayout = DEC == kTiled || DEC == kStepMajor;
     const unsigned char* w[RT][2];
-    const unsigned char* s[RT][2];  // kTiled: s[rt][0] at both rows' scales, s[rt][1] unused
+    const unsigned char* s[RT][2];  // tiled: s[rt][0] at both rows' scales, s[rt][1] unused
     const uint16_t* x[MT];
+    size_t weight_step, scale_step;  // bytes from a step to the next (constants but for kStepMajor)
 
     LOWPREC_HD LanePointers(const uint16_t* acts, const unsigned char* weights, const unsigned char* scales,
                             int first_row, int first_step, int lane, int M, int N, int K) {
         const int chunk = chunk_of(first_step, lane);
+        weight_step = DEC == kStepMajor ? static_cast<size_t>(row_tiles(N)) * 1024 : kTiledLayout ? 1024 : 64;
+        scale_step = DEC == kStepMajor ? static_cast<size_t>(row_tiles(N)) * 128 : kTiledLayout ? 128 : 8;
 #pragma unroll
         for (int rt = 0; rt < RT; ++rt) {
             if constexpr (kTiledLayout) {
@@ -415,7 +422,9 @@ struct LanePointers {
                 // are never stored.
                 int tile = first_row / 16 + rt;
                 tile = tile < row_tiles(N) ? tile : row_tiles(N) - 1;
-                const size_t tile_step = static_cast<size_t>(tile) * (K / kStepElements) + first_step;
+                const size_t tile_step = DEC == kStepMajor
+                                             ? static_cast<size_t>(first_step) * row_tiles(N) + tile
+                                             : static_cast<size_t>(tile) * (K / kStepElements) + first_step;
                 w[rt][0] = weights + tile_step * 1024 + 16 * lane;
                 w[rt][1] = w[rt][0] + 512;
                 s[rt][0] = s[rt][1] = scales + tile_step * 128 + 4 * lane;
@@ -442,8 +451,8 @@ struct LanePointers {
         for (int rt = 0; rt < RT; ++rt)
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
-                w[rt][half] += kWeightStep * steps;
-                s[rt][half] += kScaleStep * steps;
+                w[rt][half] += weight_step * steps;
+                s[rt][half] += scale_step * steps;
             }
 #pragma unroll
         for (int nt = 0; nt < MT; ++nt) x[nt] += kStepElements * steps;
@@ -473,24 +482,22 @@ LOWPREC_HD uint32_t load_scale_quad(const unsigned char* p) {
 // Step `ahead`'s two scale pairs of tile rt into st.
 template <int HINT, int RT, int MT, int DEC>
 LOWPREC_HD void load_scales(Stage<RT>& st, const LanePointers<RT, MT, DEC>& p, int rt, int ahead) {
-    using P = LanePointers<RT, MT, DEC>;
-    if constexpr (P::kTiledLayout) {
-        const uint32_t v = load_scale_quad<HINT>(p.s[rt][0] + P::kScaleStep * ahead);
+    if constexpr (LanePointers<RT, MT, DEC>::kTiledLayout) {
+        const uint32_t v = load_scale_quad<HINT>(p.s[rt][0] + p.scale_step * ahead);
         st.sc[rt][0] = v & 0xFFFFu;
         st.sc[rt][1] = v >> 16;
     } else {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) st.sc[rt][half] = load_scale_pair<HINT>(p.s[rt][half] + P::kScaleStep * ahead);
+        for (int half = 0; half < 2; ++half) st.sc[rt][half] = load_scale_pair<HINT>(p.s[rt][half] + p.scale_step * ahead);
     }
 }
 
 template <int HINT, int RT, int MT, int DEC>
 LOWPREC_HD void load_stage(Stage<RT>& st, const LanePointers<RT, MT, DEC>& p, int ahead) {
-    using P = LanePointers<RT, MT, DEC>;
 #pragma unroll
     for (int rt = 0; rt < RT; ++rt) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) st.q[rt][half] = load_weights<HINT>(p.w[rt][half] + P::kWeightStep * ahead);
+        for (int half = 0; half < 2; ++half) st.q[rt][half] = load_weights<HINT>(p.w[rt][half] + p.weight_step * ahead);
         load_scales<HINT>(st, p, rt, ahead);
     }
 }
@@ -587,11 +594,10 @@ struct WeightRing {
 template <int RT, int MT, int PD, int U>
 LOWPREC_HD void issue_stage(WeightRing<RT, U>& ring, int slot, Stage<RT>& scales, const LanePointers<RT, MT, PD>& p,
                             int ahead) {
-    using P = LanePointers<RT, MT, PD>;
 #pragma unroll
     for (int rt = 0; rt < RT; ++rt) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) ring.issue(slot, rt, half, p.w[rt][half] + P::kWeightStep * ahead);
+        for (int half = 0; half < 2; ++half) ring.issue(slot, rt, half, p.w[rt][half] + p.weight_step * ahead);
         load_scales<kAsync>(scales, p, rt, ahead);
     }
 }
@@ -850,19 +856,21 @@ inline cudaError_t repack(const void* in, void* out, size_t words, cudaStream_t 
 // kTiled's weights and scales from NVFP4's row-major ones (done once, when a weight is prepared): tw holds
 // tiled_weight_bytes(N, K), tws tiled_scale_bytes(N, K).
 __global__ void tile_kernel(const unsigned char* __restrict__ w, const unsigned char* __restrict__ ws, int N, int K,
-                            unsigned char* __restrict__ tw, unsigned char* __restrict__ tws, size_t pieces) {
+                            unsigned char* __restrict__ tw, unsigned char* __restrict__ tws, size_t pieces,
+                            bool step_major) {
     const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
     for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < pieces; i += stride)
-        tile_piece(w, ws, N, K, i, tw, tws);
+        tile_piece(w, ws, N, K, i, tw, tws, step_major);
 }
 
-inline cudaError_t tile(const void* w, const void* ws, int N, int K, void* tw, void* tws, cudaStream_t stream) {
+inline cudaError_t tile(const void* w, const void* ws, int N, int K, void* tw, void* tws, cudaStream_t stream,
+                        bool step_major = false) {
     if (N < 1 || K < kStepElements || K % kStepElements != 0) return cudaErrorInvalidValue;
     const size_t pieces = static_cast<size_t>(row_tiles(N)) * (K / kStepElements) * 32;
     const size_t blocks = std::min<size_t>((pieces + 255) / 256, 4096);
     tile_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
         static_cast<const unsigned char*>(w), static_cast<const unsigned char*>(ws), N, K,
-        static_cast<unsigned char*>(tw), static_cast<unsigned char*>(tws), pieces);
+        static_cast<unsigned char*>(tw), static_cast<unsigned char*>(tws), pieces, step_major);
     return cudaGetLastError();
 }
 
