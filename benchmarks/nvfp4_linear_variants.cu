@@ -114,7 +114,13 @@ constexpr int kNotHere = -2;
     X(88, 1, 1, 1, 8, 4, kStepMajor, kNoL1, 2)                  \
     X(89, 2, 2, 1, 4, 2, kStepMajor, kNoL1Prefetch256, 2)       \
     X(90, 4, 2, 1, 4, 2, kStepMajor, kNoL1Prefetch256, 2)       \
-    X(91, 8, 2, 1, 4, 2, kStepMajor, kNoL1Prefetch256, 2)
+    X(91, 8, 2, 1, 4, 2, kStepMajor, kNoL1Prefetch256, 2)       \
+    X(92, 1, 1, 1, 4, 3, kStepMajor, kNoL1, 4)                  \
+    X(93, 1, 1, 1, 4, 2, kStepMajor, kStreaming, 4)             \
+    X(94, 1, 1, 1, 4, 2, kStepMajor, kNoL1Prefetch256, 4)       \
+    X(95, 1, 1, 1, 8, 2, kStepMajor, kNoL1, 2)                  \
+    X(96, 2, 2, 1, 4, 1, kStepMajor, kNoL1Prefetch256, 2)       \
+    X(97, 2, 1, 1, 4, 2, kStepMajor, kNoL1, 4)
 
 template <int ID>
 struct Variant;

@@ -98,11 +98,16 @@ extern "C" int nvfp4_gemv(int device, const void* x, const void* w, const void* 
 }
 
 // The decode linear's weights and scales (NVFP4's row-major [N, K/2] and [N, K/16]) laid out once in the
-// order it reads them (kernels/nvfp4_linear.cuh, kTiled): tw holds 8 K ceil(N / 16) bytes, tws K ceil(N / 16).
+// order it reads them (kernels/nvfp4_linear.cuh, kStepMajor, the layout every shipped shape reads): tw holds
+// 8 K ceil(N / 16) bytes, tws K ceil(N / 16).
 extern "C" int nvfp4_linear_tile(int device, const void* w, const void* ws, int N, int K, void* tw, void* tws,
                                  void* stream) {
     LOWPREC_LAUNCH_PROLOGUE(device);
-    return static_cast<int>(lowprec::linear::tile(w, ws, N, K, tw, tws, static_cast<cudaStream_t>(stream)));
+    namespace lin = lowprec::linear;
+    static_assert(lin::Shipped<1>::kDecode == lin::kStepMajor && lin::Shipped<2>::kDecode == lin::kStepMajor &&
+                      lin::Shipped<4>::kDecode == lin::kStepMajor && lin::Shipped<8>::kDecode == lin::kStepMajor,
+                  "one prepared weight serves every batch size: every shipped shape reads the same layout");
+    return static_cast<int>(lin::tile(w, ws, N, K, tw, tws, static_cast<cudaStream_t>(stream), true));
 }
 
 // out[m, n] = x[m] . w[n] for M = 1..64 bf16 rows on tensor cores, in the shape shipped for ceil(M / 8) n8 tiles;

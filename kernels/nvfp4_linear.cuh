@@ -718,20 +718,21 @@ struct Config {
 // The shapes kernels/nvfp4_gemm.cu ships, by n8 tiles of activation rows (1..8, ..16, ..32, ..64 rows).
 // Fixed per build (no run-time tuning), so every process of a gate runs the same kernel; each the fastest
 // correct variant of its row range in benchmarks/nvfp4_linear_variants.py on an H200 (2026-12-01, 8192x8192,
-// against BF16 F.linear, the geometric mean over the range's row counts): the tiled layout, 1 row 2.53x,
-// 16 rows 1.88x, 32 rows 1.47x, 64 rows 0.91x, where the row-major layout's best gave 2.30x, 1.66x, 1.29x
-// and 0.87x in the same sweep. The bit-placement decode is exact there: Hopper's BF16 multiply keeps the
-// subnormal inputs it relies on.
+// against BF16 F.linear, the geometric mean over the range's row counts). All read one layout, since a weight
+// is prepared once for every batch size: kStepMajor, where 1 row measured 2.57x, 16 rows 1.97x, 32 rows
+// 1.51x and 64 rows 0.93x, against 2.51x, 1.87x, 1.48x and 0.92x for kTiled's best in the same sweep and
+// 2.30x, 1.66x, 1.29x and 0.87x for the row-major layout's in an earlier one. The bit-placement decode is
+// exact there: Hopper's BF16 multiply keeps the subnormal inputs it relies on.
 template <int MT>
 struct ShippedConfig;
 template <>
-struct ShippedConfig<1> { using type = Config<1, 1, 1, 4, 4, kTiled, kNoL1, 4>; };
+struct ShippedConfig<1> { using type = Config<1, 1, 1, 4, 2, kStepMajor, kNoL1, 4>; };
 template <>
-struct ShippedConfig<2> { using type = Config<2, 2, 1, 4, 2, kTiled, kNoL1Prefetch256, 2>; };
+struct ShippedConfig<2> { using type = Config<2, 2, 1, 4, 2, kStepMajor, kNoL1Prefetch256, 2>; };
 template <>
-struct ShippedConfig<4> { using type = Config<4, 2, 1, 4, 2, kTiled, kNoL1Prefetch256, 2>; };
+struct ShippedConfig<4> { using type = Config<4, 2, 1, 4, 2, kStepMajor, kNoL1Prefetch256, 2>; };
 template <>
-struct ShippedConfig<8> { using type = Config<8, 2, 1, 4, 2, kTiled, kNoL1Prefetch256, 2>; };
+struct ShippedConfig<8> { using type = Config<8, 2, 1, 4, 2, kStepMajor, kNoL1Prefetch256, 2>; };
 template <int MT>
 using Shipped = typename ShippedConfig<MT>::type;
 

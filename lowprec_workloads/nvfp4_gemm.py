@@ -16,7 +16,8 @@ decodes them to BF16 in registers and feeds mma.m16n8k16 with the weights as the
 across the warps of a block; the CUDA-core GEMV (kernels/nvfp4_gemv.cuh, 1..2 rows) stays for callers
 that ask for it. More rows, or a K the decode kernel does not take, go to the tiled kernel. The decode
 linear reads a weight prepared once (`prepare_decode_weight`, as a model is loaded): the same bytes laid
-out in the order it reads them, so that each load is 512 contiguous bytes (kTiled in the header).
+out in the order it reads them: each load 512 contiguous bytes, the blocks' warps reading neighbouring
+kilobytes at each step (kStepMajor in the header).
 """
 
 from __future__ import annotations
