@@ -171,7 +171,9 @@ def main(out_path: str) -> None:
     if 0 in libs and libs[0].repack_words(ptr(w.packed), ptr(repacked), w.packed.numel() // 4, stream()) != 0:
         raise RuntimeError("repack_words failed")
     shipped_w = prepare_decode_weight(w, cuda)  # what linear() reads: the shipped kernel's layout
-    # kTiled variants read them also laid out in the kernel's order (N is a multiple of 16: no padding).
+    # kTiled and kStepMajor variants read them also laid out in the kernel's order (N is a multiple of 16, so
+    # the layouts, padded to whole 16-row tiles, hold as many bytes as the row-major tensors).
+    assert N % 16 == 0, "the laid-out buffers below are sized for whole 16-row tiles"
     laid_out = {}
     for layout, step_major in (("kTiled", 0), ("kStepMajor", 1)):
         laid_out[layout] = (torch.empty_like(w.packed), torch.empty_like(w.block_scales))

@@ -29,7 +29,7 @@
 //            prepared (repack_word): each 32-bit word's four natural pairs (2i, 2i+1) then come out with
 //            a rotation and a mask each (one pair: a byte permute and two masks), 9 instructions a word
 //            against about 15, and the activations' own words are the B fragments.
-//   kTiled   kRepacked's decode on weights also laid out in the order the kernel reads them (tile_step):
+//   kTiled   kRepacked's decode on weights also laid out in the order the kernel reads them (tile_piece):
 //            a step of 16 rows x 128 elements is 1 KB in one piece and a warp's steps follow each other,
 //            so each load instruction reads 512 contiguous bytes and a warp streams one contiguous run,
 //            where NVFP4's row-major layout has it read 16 rows 4 KB apart, 64 bytes of each a step;
@@ -284,10 +284,11 @@ template <>
 struct Decoder<kStepMajor> : Decoder<kRepacked> {};
 
 // kTiled's layout, for N rows (padded with zero codes and scales to a multiple of 16) and K a multiple of
-// 128. Tile t (rows 16t..16t+15), step s (elements 128s..128s+127) is weight bytes [(t K/128 + s) 1024, +1024)
-// and scale bytes [(t K/128 + s) 128, +128). In it, lane l = 4g + c (the kernel's lane of that step) finds
-// row 16t + g + 8h's bytes 64s + 16c .. +15 (repack_word'd) at 16 (32h + l), and the scale bytes 8s + 2c,
-// 8s + 2c + 1 of rows 16t + g and 16t + g + 8 at 4l .. 4l + 3.
+// 128. Tile t (rows 16t..16t+15), step s (elements 128s..128s+127) is piece p = t K/128 + s: weight bytes
+// [1024 p, +1024) and scale bytes [128 p, +128). In it, lane l = 4g + c (the kernel's lane of that step)
+// finds row 16t + g + 8h's bytes 64s + 16c .. +15 (repack_word'd) at 16 (32h + l), and the scale bytes
+// 8s + 2c, 8s + 2c + 1 of rows 16t + g and 16t + g + 8 at 4l .. 4l + 3. kStepMajor's is the same with
+// p = s ceil(N/16) + t.
 LOWPREC_HD int row_tiles(int N) { return (N + 15) / 16; }
 LOWPREC_HD size_t tiled_weight_bytes(int N, int K) { return static_cast<size_t>(row_tiles(N)) * 8 * K; }
 LOWPREC_HD size_t tiled_scale_bytes(int N, int K) { return static_cast<size_t>(row_tiles(N)) * K; }
@@ -398,23 +399,25 @@ LOWPREC_HD uint4 load_activations(const uint16_t* p) {
 }
 
 // One lane's pointers at its chunk of the current step: rows g and g + 8 of each m16 tile (rows past N
-// re-read row N - 1, their sums never stored), and its activation row in each n8 tile (rows past M
-// re-read row M - 1: an mma's output column depends on its own B column only, and those columns are
-// never stored). Steps u ahead are immediate offsets from them: 64 bytes of weights, 8 bytes of scales
-// and 128 activations a step.
+// re-read row N - 1, or in the tiled layouts a tile past the last re-reads the last; their sums are never
+// stored), and its activation row in each n8 tile (rows past M re-read row M - 1: an mma's output column
+// depends on its own B column only, and those columns are never stored). Steps u ahead are offsets from
+// them: 128 activations a step, and of weights and scales 64 and 8 bytes (row-major), 1024 and 128
+// (kTiled), or 1024 and 128 times the row tiles (kStepMajor, the one stride known only at run time).
 template <int RT, int MT, int DEC>
 struct LanePointers {
     static constexpr bool kTiledLayout = DEC == kTiled || DEC == kStepMajor;
     const unsigned char* w[RT][2];
     const unsigned char* s[RT][2];  // tiled: s[rt][0] at both rows' scales, s[rt][1] unused
     const uint16_t* x[MT];
-    size_t weight_step, scale_step;  // bytes from a step to the next (constants but for kStepMajor)
+    uint32_t weight_step, scale_step;  // bytes from a step to the next (constants but for kStepMajor)
 
     LOWPREC_HD LanePointers(const uint16_t* acts, const unsigned char* weights, const unsigned char* scales,
                             int first_row, int first_step, int lane, int M, int N, int K) {
         const int chunk = chunk_of(first_step, lane);
-        weight_step = DEC == kStepMajor ? static_cast<size_t>(row_tiles(N)) * 1024 : kTiledLayout ? 1024 : 64;
-        scale_step = DEC == kStepMajor ? static_cast<size_t>(row_tiles(N)) * 128 : kTiledLayout ? 128 : 8;
+        // 32 bits: a step of every tile, 1024 ceil(N / 16) bytes, fits for N < 2^26 rows.
+        weight_step = DEC == kStepMajor ? static_cast<uint32_t>(row_tiles(N)) * 1024u : kTiledLayout ? 1024u : 64u;
+        scale_step = DEC == kStepMajor ? static_cast<uint32_t>(row_tiles(N)) * 128u : kTiledLayout ? 128u : 8u;
 #pragma unroll
         for (int rt = 0; rt < RT; ++rt) {
             if constexpr (kTiledLayout) {
@@ -743,7 +746,7 @@ LOWPREC_HD int block_first_row(int block) { return block * C::kRowsPerBlock; }
 // All of warp wk's work along K: every warp takes the same count of steps (K / 128 / WK), so its loops
 // are uniform (ptxas then keeps the table's base in a uniform register: one instruction less a lookup),
 // and the first K / 128 % WK warps take one step more at the end. `primed` runs once the first loads
-// are in flight (the kernel fills its table there).
+// are in flight (the kernel fills its table there; kAsync, which has no table, runs it first).
 // kAsync's ring for this lane starts at shared address `ring_base` (unused otherwise, and on the host).
 template <class C, class Table, class Mma, class Primed>
 LOWPREC_HD void warp_steps(const uint16_t* x, const unsigned char* w, const unsigned char* ws, int first_row, int wk,
@@ -854,8 +857,8 @@ inline cudaError_t repack(const void* in, void* out, size_t words, cudaStream_t 
     return cudaGetLastError();
 }
 
-// kTiled's weights and scales from NVFP4's row-major ones (done once, when a weight is prepared): tw holds
-// tiled_weight_bytes(N, K), tws tiled_scale_bytes(N, K).
+// kTiled's (or with step_major kStepMajor's) weights and scales from NVFP4's row-major ones (done once, when a
+// weight is prepared): tw holds tiled_weight_bytes(N, K), tws tiled_scale_bytes(N, K).
 __global__ void tile_kernel(const unsigned char* __restrict__ w, const unsigned char* __restrict__ ws, int N, int K,
                             unsigned char* __restrict__ tw, unsigned char* __restrict__ tws, size_t pieces,
                             bool step_major) {

@@ -166,9 +166,12 @@ class TileConfig:
     num_stages: int = 3
 
 
-def _tile_for(m: int) -> TileConfig:
-    # A decode batch of a few rows: a 16-row tile, more column tiles for the memory-bound shape.
-    return TileConfig(block_m=16, block_n=32, block_k=128, num_warps=4, num_stages=4) if m <= 16 else TileConfig()
+def _tile_for(m: int, k: int) -> TileConfig:
+    # A decode batch of a few rows: a 16-row tile, more column tiles for the memory-bound shape, 128 elements
+    # of K a step where K allows (the decode linear sends the K its kernel does not take here).
+    if m > 16:
+        return TileConfig()
+    return TileConfig(block_m=16, block_n=32, block_k=128 if k % 128 == 0 else 64, num_warps=4, num_stages=4)
 
 
 def gemm_tiled(a: NVFP4Tensor | torch.Tensor, b: NVFP4Tensor, *, config: TileConfig | None = None,
@@ -184,7 +187,7 @@ def gemm_tiled(a: NVFP4Tensor | torch.Tensor, b: NVFP4Tensor, *, config: TileCon
             raise ValueError(f"a must be bf16 [M, {b.shape[1]}], got {a.dtype} {tuple(a.shape)}")
         m, k = a.shape
     n = b.shape[0]
-    config = config or _tile_for(m)
+    config = config or _tile_for(m, k)
     if k % config.block_k:
         raise ValueError(f"K={k} must be a multiple of the tile's BLOCK_K={config.block_k}")
     device = b.packed.device
@@ -242,9 +245,17 @@ class CudaKernels:
     def tile_for_linear(self, w: NVFP4Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """w's packed codes and block scales laid out in the order `linear` reads them, K a multiple of 128
         (rows padded to a multiple of 16 with zero codes and scales)."""
+        if len(w.shape) != 2 or w.tile != (1, 16):
+            raise ValueError(f"the decode linear takes a 2-D weight with 1x16 blocks, got shape {tuple(w.shape)} "
+                             f"with {w.tile[0]}x{w.tile[1]} blocks: quantize it with 1x16 blocks")
         n, k = w.shape
         if k % MMA_K_MULTIPLE:
             raise ValueError(f"the decode linear takes K a multiple of {MMA_K_MULTIPLE}, got K={k}")
+        for name, t, shape in (("packed codes", w.packed, (n, k // 2)), ("block scales", w.block_scales, (n, k // 16))):
+            if t.device != self.device or tuple(t.shape) != shape or not t.is_contiguous() or t.element_size() != 1:
+                raise ValueError(f"the weight's {name} must be a contiguous one-byte tensor of shape {shape} on "
+                                 f"{self.device}, got {t.dtype} {tuple(t.shape)} on {t.device}"
+                                 f"{'' if t.is_contiguous() else ', not contiguous'}")
         tiles = -(-n // 16)
         tiled = torch.empty(tiles * 8 * k, dtype=torch.uint8, device=w.packed.device)
         scales = torch.empty(tiles * k, dtype=torch.uint8, device=w.packed.device)
@@ -255,9 +266,15 @@ class CudaKernels:
     def linear(self, x: torch.Tensor, w: DecodeWeight, out: torch.Tensor) -> torch.Tensor:
         """out[m] = x[m] @ w.T on tensor cores for x bf16 [M, K], M in MMA_ROWS, K a multiple of 128, w
         prepared by prepare_decode_weight."""
-        if not isinstance(w, DecodeWeight) or w.tiled is None:
+        if not isinstance(w, DecodeWeight):
             raise TypeError("the tensor-core decode linear reads a weight prepared once for it: pass "
                             f"prepare_decode_weight(w, cuda), not {type(w).__name__}")
+        if w.tiled is None:
+            raise TypeError("this weight was prepared without CUDA kernels (prepare_decode_weight(w, None)): "
+                            "prepare it with prepare_decode_weight(w, cuda)")
+        for name, t in (("x", x), ("out", out), ("the prepared weight", w.tiled)):
+            if t.device != self.device:
+                raise ValueError(f"{name} is on {t.device}, these kernels run on {self.device}")
         m, k = x.shape
         n = w.shape[0]
         if x.dtype != torch.bfloat16 or not x.is_contiguous() or k != w.shape[1]:

@@ -144,7 +144,7 @@ def test_nvfp4_linear_speed_over_bf16(lowprec, cuda_kernels, rows):
     cuda = _cuda(cuda_kernels, lowprec.device)
     path = decode_path(rows, k, cuda=True)
     # The weight is prepared once, as a model's weights are loaded: the same bytes in the order the kernel
-    # reads them (kernels/nvfp4_linear.cuh, kTiled).
+    # reads them (kernels/nvfp4_linear.cuh, kStepMajor).
     lowprec.signature(n=n, k=k, rows=rows, path=path, weights="tiled for the kernel once")
     g = torch.Generator(device="cpu").manual_seed(6)
     x = torch.randn(rows, k, generator=g).bfloat16().to(lowprec.device)

@@ -1,13 +1,14 @@
 """The NVFP4 decode linear's prepared weight (lowprec_workloads.nvfp4_gemm.prepare_decode_weight): what it
-refuses on any machine, and on a GPU that the tensor-core kernel over the tiled layout is the product of
-the dequantized operands, rows past a whole tile included."""
+refuses on any machine; on a GPU, that the tensor-core kernel over the laid-out weight is the product of
+the dequantized operands (padded tiles, every shipped shape, a K it does not take), and what preparing
+and the kernel refuse there."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lowprec_workloads.nvfp4_gemm import CudaKernels, DecodeWeight, linear, prepare_decode_weight
+from lowprec_workloads.nvfp4_gemm import CudaKernels, DecodeWeight, decode_path, linear, prepare_decode_weight
 from pytest_lowprec.formats.metrics import rel_l2
 from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
 
@@ -32,17 +33,45 @@ def test_a_weight_prepared_without_cuda_kernels_keeps_only_the_format():
 
 
 @needs_cuda
-@pytest.mark.parametrize("rows", [1, 3, 16, 64])
-def test_tiled_decode_linear_is_the_product_of_the_dequantized_operands(rows):
-    n, k = 40, 384  # 40 rows: the third tile of 16 is padded
+@pytest.mark.parametrize("n", [40, 72])
+@pytest.mark.parametrize("rows", [1, 3, 16, 24, 64])
+def test_tiled_decode_linear_is_the_product_of_the_dequantized_operands(rows, n):
+    # N = 40 and 72 pad their last tile of 16 rows, and their step stride (the row tiles) differs from
+    # N / 16; K = 2944 is 23 steps, so every warp turns its ring over and some take one step more. 1, 3,
+    # 16, 24 and 64 rows run each shipped shape.
+    k = 2944
+    tiles = -(-n // 16)
     cuda = CudaKernels(torch.device("cuda:0"))
     w = _weight(n, k, "cuda")
     prepared = prepare_decode_weight(w, cuda)
-    assert prepared.tiled.numel() == 48 * k // 2 and prepared.tiled_scales.numel() == 48 * k // 16
+    assert prepared.tiled.numel() == tiles * 16 * k // 2 and prepared.tiled_scales.numel() == tiles * 16 * k // 16
     x = torch.randn(rows, k, generator=torch.Generator(device="cpu").manual_seed(4)).bfloat16().cuda()
     out = linear(x, prepared, cuda, torch.full((rows, n), float("nan"), device="cuda"))
     reference = x.double() @ w.dequantize(torch.float64).T
     assert rel_l2(reference, out.double()) < 1e-5
+
+
+@needs_cuda
+def test_preparing_refuses_a_weight_on_another_device():
+    cuda = CudaKernels(torch.device("cuda:0"))
+    with pytest.raises(ValueError, match="on cuda:0"):
+        prepare_decode_weight(_weight(32, 256), cuda)
+
+
+@needs_cuda
+def test_preparing_refuses_a_weight_with_16x16_blocks():
+    cuda = CudaKernels(torch.device("cuda:0"))
+    w = quantize_nvfp4(torch.randn(32, 256, device="cuda"), tile=(16, 16))
+    with pytest.raises(ValueError, match="1x16 blocks"):
+        prepare_decode_weight(w, cuda)
+
+
+@needs_cuda
+def test_the_tensor_core_linear_refuses_a_weight_prepared_without_cuda_kernels():
+    cuda = CudaKernels(torch.device("cuda:0"))
+    prepared = prepare_decode_weight(_weight(32, 256, "cuda"), None)
+    with pytest.raises(TypeError, match="prepared without CUDA kernels"):
+        cuda.linear(torch.randn(1, 256).bfloat16().cuda(), prepared, torch.empty(1, 32, device="cuda"))
 
 
 @needs_cuda
@@ -51,3 +80,15 @@ def test_the_tensor_core_linear_refuses_an_unprepared_weight():
     x = torch.randn(1, 256).bfloat16().cuda()
     with pytest.raises(TypeError, match="prepare_decode_weight"):
         cuda.linear(x, _weight(32, 256, "cuda"), torch.empty(1, 32, device="cuda"))
+
+
+@needs_cuda
+def test_a_k_the_tensor_core_kernel_does_not_take_goes_to_the_tiled_kernel():
+    n, k, rows = 40, 320, 3  # K not a multiple of 128, more rows than the GEMV takes
+    cuda = CudaKernels(torch.device("cuda:0"))
+    w = _weight(n, k, "cuda")
+    prepared = prepare_decode_weight(w, cuda)
+    assert prepared.tiled is None and decode_path(rows, k, cuda=True) == "triton"
+    x = torch.randn(rows, k, generator=torch.Generator(device="cpu").manual_seed(5)).bfloat16().cuda()
+    out = linear(x, prepared, cuda, torch.full((rows, n), float("nan"), device="cuda"))
+    assert rel_l2(x.double() @ w.dequantize(torch.float64).T, out.double()) < 1e-5

@@ -132,11 +132,22 @@ std::vector<float> emulate(const Problem& p) {
     // kRepacked reads weights prepared once by repack_word, as the launcher's caller prepares them.
     std::vector<unsigned char> weights = p.w, scales = p.ws;
     if constexpr (C::kDecode == kTiled || C::kDecode == kStepMajor) {
-        weights.assign(tiled_weight_bytes(p.N, p.K), 0xEE);  // every byte is written: none stays 0xEE
-        scales.assign(tiled_scale_bytes(p.N, p.K), 0xEE);
-        const size_t pieces = static_cast<size_t>(row_tiles(p.N)) * (p.K / kStepElements) * 32;
-        for (size_t i = 0; i < pieces; ++i) tile_piece(p.w.data(), p.ws.data(), p.N, p.K, i, weights.data(), scales.data(),
-                                                   C::kDecode == kStepMajor);
+        // Filled with a canary, then laid out twice: a byte the layout never writes keeps the canary in
+        // both; every byte must be written (the canary itself can be a written value, hence two).
+        std::vector<unsigned char> canary[2][2];
+        for (int pass = 0; pass < 2; ++pass) {
+            weights.assign(tiled_weight_bytes(p.N, p.K), pass ? 0x11 : 0xEE);
+            scales.assign(tiled_scale_bytes(p.N, p.K), pass ? 0x11 : 0xEE);
+            const size_t pieces = static_cast<size_t>(row_tiles(p.N)) * (p.K / kStepElements) * 32;
+            for (size_t i = 0; i < pieces; ++i)
+                tile_piece(p.w.data(), p.ws.data(), p.N, p.K, i, weights.data(), scales.data(), C::kDecode == kStepMajor);
+            canary[pass][0] = weights;
+            canary[pass][1] = scales;
+        }
+        if (canary[0][0] != canary[1][0] || canary[0][1] != canary[1][1]) {
+            std::printf("FAIL   %-44s a byte of the layout was never written\n", "tile_piece");
+            return std::vector<float>(static_cast<size_t>(p.M) * p.N, NAN);
+        }
     }
     if constexpr (C::kDecode == kRepacked)
         for (size_t i = 0; i + 4 <= weights.size(); i += 4) {
@@ -257,6 +268,8 @@ int main() {
     CASE(64, 72, 384, 8, 2, 1, 4, 2, kTiled, kNoL1Prefetch256, 2);
     CASE(1, 40, 2944, 1, 1, 1, 4, 4, kStepMajor, kNoL1, 4);
     CASE(16, 72, 2944, 2, 2, 1, 4, 2, kStepMajor, kNoL1Prefetch256, 2);
+    CASE(5, 40, 384, 1, 1, 1, 4, 2, kStepMajor, kNoL1, 4);
+    CASE(8, 100, 2944, 1, 1, 1, 4, 8, kStepMajor, kAsync, 4);
     // What kernels/nvfp4_gemm.cu ships, at the largest and an odd row count of each.
     ok &= check<Shipped<1>>("shipped, 1..8 rows", 1, 72, 2944, 1);
     ok &= check<Shipped<1>>("shipped, 1..8 rows", 8, 72, 2944, 2);
