@@ -338,6 +338,15 @@ struct Stage {
     uint32_t sc[RT][2];     // their two E4M3 block scales
 };
 
+#ifdef __CUDA_ARCH__
+// The L2 policy of the evict-first hints. Pure (not volatile): computed once, not once a load.
+__device__ __forceinline__ uint64_t evict_first_policy() {
+    uint64_t policy;
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    return policy;
+}
+#endif
+
 template <int HINT>
 LOWPREC_HD uint4 load_weights(const unsigned char* p) {
 #ifdef __CUDA_ARCH__
@@ -351,14 +360,11 @@ LOWPREC_HD uint4 load_weights(const unsigned char* p) {
         asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
                      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
     } else if constexpr (HINT == kEvictFirst) {
-        uint64_t policy;
-        // Pure (not volatile): computed once, not once a load.
-        asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+        const uint64_t policy = evict_first_policy();
         asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
                      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p), "l"(policy));
     } else if constexpr (HINT == kEvictFirstPrefetch256) {
-        uint64_t policy;
-        asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+        const uint64_t policy = evict_first_policy();
         asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
                      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p), "l"(policy));
     } else {
@@ -377,8 +383,7 @@ template <int HINT>
 LOWPREC_HD uint32_t load_scale_pair(const unsigned char* p) {
 #ifdef __CUDA_ARCH__
     if constexpr (HINT == kEvictFirst || HINT == kEvictFirstPrefetch256) {
-        uint64_t policy;
-        asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+        const uint64_t policy = evict_first_policy();
         unsigned short v;
         asm volatile("ld.global.nc.L2::cache_hint.u16 %0, [%1], %2;" : "=h"(v) : "l"(p), "l"(policy));
         return v;
@@ -469,8 +474,7 @@ template <int HINT>
 LOWPREC_HD uint32_t load_scale_quad(const unsigned char* p) {
 #ifdef __CUDA_ARCH__
     if constexpr (HINT == kEvictFirst || HINT == kEvictFirstPrefetch256) {
-        uint64_t policy;
-        asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+        const uint64_t policy = evict_first_policy();
         uint32_t v;
         asm volatile("ld.global.nc.L2::cache_hint.u32 %0, [%1], %2;" : "=r"(v) : "l"(p), "l"(policy));
         return v;
