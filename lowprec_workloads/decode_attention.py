@@ -79,10 +79,11 @@ def attend_cache(q: torch.Tensor, cache: Cache, dtype: torch.dtype = torch.float
 
 
 def decode_work(q: torch.Tensor, cache: Cache) -> Work:
-    """What the split-K decode kernel must move: the cache once, q, and the float32 output, in two
-    launches (the partial softmax-weighted sums, then the merge); its FLOPs are few next to its bytes."""
+    """What the split-K decode kernel must move: the cache once, q, and the float32 output, in one launch
+    (the last split of each sequence-head merges the splits, `Tile.combine` "fused"); its FLOPs are few
+    next to its bytes."""
     out_bytes = q.numel() * 4
-    return Work(nbytes=cache.nbytes + q.numel() * q.element_size() + out_bytes, kernels=2)
+    return Work(nbytes=cache.nbytes + q.numel() * q.element_size() + out_bytes, kernels=1)
 
 
 def format_bytes(shape: DecodeShape, cache: str) -> int:

@@ -1,9 +1,10 @@
 """Split-K decode attention in Triton over a BF16, FP8 or FP8-K/NVFP4-V cache, dequantizing in the kernel.
 
 One program per (sequence-head, split) walks BLOCK_N tokens at a time with an online
-softmax, then a second kernel merges the splits (flash-decoding). The cache is read
-once in its stored format. q.k and p.v each run on CUDA cores or tensor cores (`Tile.qk`,
-`Tile.pv`; which one a GPU runs is fixed per GPU key in TILES):
+softmax (flash-decoding); the last split of a sequence-head to finish merges the splits' results
+(`Tile.combine` "fused": an arrival counter per sequence-head in `DecodeWorkspace`), or a second kernel
+does ("kernel"). The cache is read once in its stored format. q.k and p.v each run on CUDA cores or
+tensor cores (`Tile.qk`, `Tile.pv`; which one a GPU runs is fixed per GPU key in TILES):
 
 - "fma": CUDA cores, float32. FP8 elements are widened in registers, the per-head K scale is
   folded into q and the V scale into the final sum; p.v accumulates in [BLOCK_N, head_dim]
@@ -57,6 +58,7 @@ V_FORMATS = {"bf16": 0, "fp8": 1, "nvfp4": 2}
 E2M1_DECODES = {"bitwise": 0, "packed": 1, "lut": 2}
 PRODUCTS = {"fma": 0, "mma": 1, "mma_t": 2, "mma_pairs": 3}
 QK_PRODUCTS = ("fma", "mma", "mma_t")
+COMBINES = ("fused", "kernel")
 _MAX_BLOCK_N = 128
 _MIN_SPLIT_TOKENS = 256
 
@@ -75,6 +77,7 @@ class Tile:
     stages: int = 2
     per_sm: int = 4
     e2m1: str = "packed"
+    combine: str = "fused"
 
     def __post_init__(self) -> None:
         if self.qk not in QK_PRODUCTS or self.pv not in PRODUCTS:
@@ -86,10 +89,13 @@ class Tile:
             raise ValueError(f"warps must be 1, 2, 4, 8 or 16 and stages, per_sm >= 1; got {self}")
         if self.e2m1 not in E2M1_DECODES or (self.e2m1 == "lut" and self.pv != "mma_pairs"):
             raise ValueError(f"e2m1 takes {', '.join(E2M1_DECODES)} ('lut' with pv='mma_pairs'), got {self.e2m1!r}")
+        if self.combine not in COMBINES:
+            raise ValueError(f"combine takes {', '.join(COMBINES)}, got {self.combine!r}")
 
     @property
     def name(self) -> str:
-        return f"{self.qk}/{self.pv} {self.block_n}x{self.warps}x{self.stages} {self.e2m1} per_sm={self.per_sm}"
+        fused = "" if self.combine == "fused" else f" combine={self.combine}"
+        return f"{self.qk}/{self.pv} {self.block_n}x{self.warps}x{self.stages} {self.e2m1} per_sm={self.per_sm}{fused}"
 
 
 # The partial kernel's Tile per GPU key and (K, V) format. Fixed, never autotuned: a gate needs the
@@ -367,10 +373,11 @@ def _store_pairs(acc, out_ptr, v_scale_ptr, bh, V_FMT: tl.constexpr, D: tl.const
 
 @triton.jit(do_not_specialize=["num_splits"])
 def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_block_ptr, acc_ptr, ml_ptr,
-                           seq, split_len, num_splits, qk_scale,
+                           out_ptr, arrivals_ptr, seq, split_len, num_splits, qk_scale,
                            K_FP8: tl.constexpr, V_FMT: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
                            BLOCK_N: tl.constexpr, QK: tl.constexpr, PV: tl.constexpr, E2M1_DECODE: tl.constexpr,
-                           STAGES: tl.constexpr, DOT_F32: tl.constexpr):
+                           STAGES: tl.constexpr, DOT_F32: tl.constexpr, FUSED_COMBINE: tl.constexpr,
+                           SPLITS: tl.constexpr):
     bh = tl.program_id(0)
     split = tl.program_id(1)
     d = tl.arange(0, D)
@@ -591,21 +598,41 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
         tl.store(acc_ptr + part * D + d, out)
     tl.store(ml_ptr + part * 2, m)
     tl.store(ml_ptr + part * 2 + 1, denom)
+    if FUSED_COMBINE:
+        # Flash-decoding's merge, by the last split of this sequence-head to finish, in this launch: a
+        # second kernel would cost a launch and a dependency (about 1 us each under graph replay, 2-3 us
+        # for the launch's own reads). Every thread's stores above come before the barrier; the
+        # arrival's release (gpu scope, by one thread after the barrier) publishes them, and the
+        # program that sees the count reach num_splits - 1 acquires all of them. Which split arrives
+        # last does not change the result: _combine reads the splits in their order.
+        tl.debug_barrier()
+        arrived = tl.atomic_add(arrivals_ptr + bh, 1, sem="acq_rel", scope="gpu")
+        if arrived == num_splits - 1:
+            _combine(acc_ptr, ml_ptr, out_ptr, bh, num_splits, D, SPLITS, ".cg")
+            # Back to zero for the next launch on this workspace (launches on one stream run in order).
+            tl.store(arrivals_ptr + bh, 0)
+
+
+@triton.jit
+def _combine(acc_ptr, ml_ptr, out_ptr, bh, num_splits, D: tl.constexpr, SPLITS: tl.constexpr,
+             CACHE: tl.constexpr):
+    """Sequence-head bh's output from its splits' partial sums, maxima and denominators, in split order.
+    CACHE ".cg" reads them from L2: other programs of this launch wrote them."""
+    s = tl.arange(0, SPLITS)
+    d = tl.arange(0, D)
+    live = s < num_splits
+    part = bh.to(tl.int64) * num_splits + s
+    m = tl.load(ml_ptr + part * 2, mask=live, other=-float("inf"), cache_modifier=CACHE)
+    denom = tl.load(ml_ptr + part * 2 + 1, mask=live, other=0.0, cache_modifier=CACHE)
+    weight = tl.math.exp2(m - tl.max(m, axis=0))  # an empty or absent split has m = -inf and weighs 0
+    acc = tl.load(acc_ptr + part[:, None] * D + d[None, :], mask=live[:, None], other=0.0, cache_modifier=CACHE)
+    out = tl.sum(acc * weight[:, None], axis=0) / tl.sum(denom * weight, axis=0)
+    tl.store(out_ptr + bh * D + d, out)
 
 
 @triton.jit(do_not_specialize=["num_splits"])
 def _decode_combine_kernel(acc_ptr, ml_ptr, out_ptr, num_splits, D: tl.constexpr, SPLITS: tl.constexpr):
-    bh = tl.program_id(0)
-    s = tl.arange(0, SPLITS)
-    d = tl.arange(0, D)
-    live = s < num_splits
-    part = bh * num_splits + s
-    m = tl.load(ml_ptr + part * 2, mask=live, other=-float("inf"))
-    denom = tl.load(ml_ptr + part * 2 + 1, mask=live, other=0.0)
-    weight = tl.math.exp2(m - tl.max(m, axis=0))  # an empty or absent split has m = -inf and weighs 0
-    acc = tl.load(acc_ptr + part[:, None] * D + d[None, :], mask=live[:, None], other=0.0)
-    out = tl.sum(acc * weight[:, None], axis=0) / tl.sum(denom * weight, axis=0)
-    tl.store(out_ptr + bh * D + d, out)
+    _combine(acc_ptr, ml_ptr, out_ptr, tl.program_id(0), num_splits, D, SPLITS, "")
 
 
 def num_splits(heads_total: int, seq: int, sm_count: int, per_sm: int = 4) -> int:
@@ -619,17 +646,46 @@ def _device_tile(q: torch.Tensor, k_fmt: str, v_fmt: str) -> Tile:
     return tile_for(gpu, k_fmt, v_fmt)
 
 
+class DecodeWorkspace:
+    """The splits' partial results and the per-sequence-head arrival counters of the fused combine, kept
+    from one call to the next, as a decode step keeps its workspace: the counters must read zero when a
+    launch starts, and the program that merges a sequence-head's splits sets its counter back to zero, so
+    counters zeroed once, when the workspace grows, serve every later call with no fill kernel.
+
+    One workspace per stream: two launches running at once on one workspace would count each other's
+    splits. A launch that does not finish (a fault) leaves the counters undefined; make a new one.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def buffers(self, parts: int, bh: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """(partial sums [parts, head_dim], (maximum, denominator) [parts, 2], arrival counters [bh]), each
+        grown (the counters zeroed) when this call needs more than an earlier one did."""
+        need = {"acc": (parts * head_dim, torch.float32, torch.empty), "ml": (parts * 2, torch.float32, torch.empty),
+                "arrivals": (bh, torch.int32, torch.zeros)}
+        for key, (numel, dtype, make) in need.items():
+            have = self._buffers.get(key)
+            if have is None or have.numel() < numel or have.device != device:
+                self._buffers[key] = make(numel, dtype=dtype, device=device)
+        acc, ml = self._buffers["acc"][: parts * head_dim], self._buffers["ml"][: parts * 2]
+        return acc.view(parts, head_dim), ml.view(parts, 2), self._buffers["arrivals"]
+
+
 def decode_attention(q: torch.Tensor, cache: Cache, splits: int | None = None,
-                     tile: Tile | None = None) -> torch.Tensor:
+                     tile: Tile | None = None, workspace: DecodeWorkspace | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for q [batch, heads, head_dim] over `cache`; float32 [batch, heads, head_dim].
 
     `tile` by default is the device's entry in TILES. `splits` by default follows the tile's `per_sm`.
-    Under Triton's interpreter (TRITON_INTERPRET=1) the default tile decodes E2M1 "bitwise".
+    Under Triton's interpreter (TRITON_INTERPRET=1) the default tile decodes E2M1 "bitwise". `workspace`
+    (one a stream) is reused across calls; without one, each call makes its own, which zeroes the fused
+    combine's counters (a fill kernel).
     """
-    return launch(q, cache, splits, tile)[0]
+    return launch(q, cache, splits, tile, workspace)[0]
 
 
-def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile | None = None):
+def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile | None = None,
+           workspace: DecodeWorkspace | None = None):
     """decode_attention's output and the partial kernel Triton launched (its registers, spills and shared
     memory; None under the interpreter)."""
     k_fmt, v_fmt = cache.k.fmt, cache.v.fmt
@@ -664,16 +720,18 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
         v_data = cache.v.data
         v_scale = cache.v.scales.reshape(bh).float().contiguous() if v_fmt == "fp8" else dummy
         v_block = dummy
-    acc = torch.empty(bh * splits, head_dim, dtype=torch.float32, device=q.device)
-    ml = torch.empty(bh * splits, 2, dtype=torch.float32, device=q.device)
+    acc, ml, arrivals = (workspace or DecodeWorkspace()).buffers(bh * splits, bh, head_dim, q.device)
     out = torch.empty(batch, heads, head_dim, dtype=torch.float32, device=q.device)
+    fused = tile.combine == "fused"
     kernel = _decode_partial_kernel[(bh, splits)](
         q.contiguous(), k_data.contiguous(), k_scale, v_data.contiguous(), v_scale, v_block, acc, ml,
-        seq, split_len, splits, math.log2(math.e) / math.sqrt(head_dim),
+        out, arrivals, seq, split_len, splits, math.log2(math.e) / math.sqrt(head_dim),
         K_FP8=k_fmt == "fp8", V_FMT=V_FORMATS[v_fmt], D=head_dim, ROWS=max(16, head_dim // 8),
         BLOCK_N=tile.block_n, QK=PRODUCTS[tile.qk], PV=PRODUCTS[tile.pv], E2M1_DECODE=E2M1_DECODES[tile.e2m1],
-        STAGES=tile.stages, DOT_F32=interpreted, num_warps=tile.warps)
-    _decode_combine_kernel[(bh,)](acc, ml, out, splits, D=head_dim, SPLITS=triton.next_power_of_2(splits))
+        STAGES=tile.stages, DOT_F32=interpreted, FUSED_COMBINE=fused, SPLITS=triton.next_power_of_2(splits),
+        num_warps=tile.warps)
+    if not fused:
+        _decode_combine_kernel[(bh,)](acc, ml, out, splits, D=head_dim, SPLITS=triton.next_power_of_2(splits))
     return out, None if interpreted else kernel
 
 
@@ -686,4 +744,6 @@ def decode_attention_interpreted(q: torch.Tensor, cache: Cache,
 
 if __name__ == "__main__":  # decode_attention_interpreted's child: python -m ... IN OUT
     job = torch.load(sys.argv[1], weights_only=False)
-    torch.save([decode_attention(job["q"], job["cache"], splits, tile) for tile, splits in job["runs"]], sys.argv[2])
+    workspace = DecodeWorkspace()  # shared by the runs, as a decode step's calls share one
+    torch.save([decode_attention(job["q"], job["cache"], splits, tile, workspace) for tile, splits in job["runs"]],
+               sys.argv[2])

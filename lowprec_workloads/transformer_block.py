@@ -185,6 +185,7 @@ class DecodeStep:
                 k = _fp8_roundtrip(k)
             self.caches.append(build_cache(k.to(torch.bfloat16), v.to(torch.bfloat16), KV_CACHE[kv]))
         self.x = weights.x
+        self._attention_workspace = None  # made by the first CUDA attention call
 
     def work(self) -> tuple[Work, ...]:
         """The step's work for the hardware model (CUDA): torch's operators read off what the step
@@ -226,7 +227,12 @@ class DecodeStep:
         if q.is_cuda:
             from .decode_attention_triton import decode_attention
 
-            return decode_attention(q.to(torch.bfloat16).contiguous(), cache).float()
+            if self._attention_workspace is None:
+                from .decode_attention_triton import DecodeWorkspace
+
+                self._attention_workspace = DecodeWorkspace()  # every layer's call, one after another
+            return decode_attention(q.to(torch.bfloat16).contiguous(), cache,
+                                    workspace=self._attention_workspace).float()
         return attend_cache(q, cache, torch.float32)
 
     def __call__(self) -> torch.Tensor:

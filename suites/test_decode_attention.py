@@ -88,7 +88,8 @@ def _timed_caches(lowprec, first: str, second: str):
     from lowprec_workloads.decode_attention_triton import decode_attention
 
     shape = GPU_SHAPE
-    lowprec.signature(dims=str(shape.cache_dims), kernel="triton split-k", caches="expandable segments")
+    lowprec.signature(dims=str(shape.cache_dims), kernel="triton split-k", caches="expandable segments",
+                      combine="fused, one workspace a side")
     with expandable_segments(lowprec.device):
         q, k, v = make_inputs(shape, lowprec.device, seed=11, outlier_channels=4)
         caches = build_cache(k, v, first), build_cache(k, v, second)
@@ -129,7 +130,7 @@ def test_decode_attention_accuracy(lowprec, name, keys):
 @pytest.mark.lowprec(device="cuda")
 @pytest.mark.parametrize("name", [_cache_param(n) for n in FRACTION])
 def test_decode_attention_speed(lowprec, name):
-    from lowprec_workloads.decode_attention_triton import decode_attention
+    from lowprec_workloads.decode_attention_triton import DecodeWorkspace, decode_attention
 
     shape = GPU_SHAPE
     q, bf16, low = _timed_caches(lowprec, "bf16", name)
@@ -137,8 +138,9 @@ def test_decode_attention_speed(lowprec, name):
     lowprec.info("bytes_over_bf16", low.nbytes / bf16.nbytes)
     floor = lowprec.expect(decode_work(q, bf16), decode_work(q, low), fraction=FRACTION[name],
                            why="docs/measurements/gate-expectations-h200-2026-11-30.md")
-    lowprec.speedup(baseline=lambda: decode_attention(q, bf16), optimized=lambda: decode_attention(q, low), min=floor,
-                    graphs=True)
+    on_bf16, on_low = DecodeWorkspace(), DecodeWorkspace()  # each side's own, kept across calls as a decode step's
+    lowprec.speedup(baseline=lambda: decode_attention(q, bf16, workspace=on_bf16),
+                    optimized=lambda: decode_attention(q, low, workspace=on_low), min=floor, graphs=True)
     lowprec.expect_kernels("optimized", require=KERNEL, forbid=ELEMENTWISE)
     lowprec.work(nbytes=low.nbytes + q.numel() * q.element_size())
 
@@ -146,14 +148,15 @@ def test_decode_attention_speed(lowprec, name):
 @pytest.mark.lowprec(device="cuda", precision="nvfp4")
 def test_nvfp4_values_decode_faster_than_fp8(lowprec):
     """The cache a quarter smaller than FP8's must also be read faster, not just stored smaller."""
-    from lowprec_workloads.decode_attention_triton import decode_attention
+    from lowprec_workloads.decode_attention_triton import DecodeWorkspace, decode_attention
 
     q, fp8, nvfp4 = _timed_caches(lowprec, "fp8", "fp8k_nvfp4v")
     lowprec.info("bytes_over_fp8", nvfp4.nbytes / fp8.nbytes)
     floor = lowprec.expect(decode_work(q, fp8), decode_work(q, nvfp4), fraction=NVFP4_OVER_FP8_FRACTION,
                            faster=True, why="docs/measurements/gate-expectations-h200-2026-11-30.md")
-    lowprec.speedup(baseline=lambda: decode_attention(q, fp8), optimized=lambda: decode_attention(q, nvfp4), min=floor,
-                    graphs=True)
+    on_fp8, on_nvfp4 = DecodeWorkspace(), DecodeWorkspace()
+    lowprec.speedup(baseline=lambda: decode_attention(q, fp8, workspace=on_fp8),
+                    optimized=lambda: decode_attention(q, nvfp4, workspace=on_nvfp4), min=floor, graphs=True)
 
 
 @pytest.mark.parametrize("name", ["fp8", "fp8k_nvfp4v"])
