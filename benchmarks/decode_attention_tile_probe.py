@@ -53,6 +53,11 @@ CANDIDATES = {
     "mma/pairs 64x1x3 s32": Tile(qk="mma", pv="mma_pairs", block_n=64, warps=1, stages=3, per_sm=32),
     "mma_t/pairs 64x1x3 s32": Tile(qk="mma_t", pv="mma_pairs", block_n=64, warps=1, stages=3, per_sm=32),
     "fma/fma 64x8x3 s2": Tile(qk="fma", pv="fma", block_n=64, warps=8, stages=3, per_sm=2),
+    # Deeper pipelines than the sweep's (it stops at 3 stages), added 2026-12-01 (seventh session).
+    "mma_t/pairs 32x1x4 s16": Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=4, per_sm=16),
+    "mma_t/pairs 32x1x5 s16": Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=5, per_sm=16),
+    "mma_t/pairs 64x1x4 s16": Tile(qk="mma_t", pv="mma_pairs", block_n=64, warps=1, stages=4, per_sm=16),
+    "mma_t/pairs 16x1x6 s16": Tile(qk="mma_t", pv="mma_pairs", block_n=16, warps=1, stages=6, per_sm=16),
 }
 ROUNDS = ("fp8", "fp8k_nvfp4v", "fp8")
 MAX_REL_L2 = 1e-5

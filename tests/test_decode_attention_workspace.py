@@ -50,9 +50,10 @@ def test_a_workspace_keeps_its_buffers_and_zeroes_new_counters_only_when_it_grow
     assert grown[0].shape == (16, 16) and torch.equal(grown[2], torch.zeros(4, dtype=torch.int32))
 
 
-def test_the_fused_combine_gives_the_second_kernels_output_bit_for_bit(kernel):
+def test_under_the_interpreter_the_fused_combine_gives_the_second_kernels_output_bit_for_bit(kernel):
     """The same merge in the same split order, whichever split arrives last: 300 tokens in 3 splits (one
-    ragged) and in 8 (some empty)."""
+    ragged) and in 8 (some empty). The interpreter sums in one order everywhere; on a GPU a sum's tree
+    follows the program's warps, which the second kernel has its own of (the GPU test below)."""
     q, caches = _inputs(300)
     tile = kernel.Tile("mma_t", "mma_pairs", 32, 1, 2, e2m1="bitwise")
     for name, cache in caches.items():
@@ -75,23 +76,26 @@ def test_one_workspace_serves_calls_of_other_split_counts_and_sequence_heads(ker
 
 @needs_cuda
 @pytest.mark.parametrize("name", list(CACHES))
-def test_on_the_gpu_the_fused_combine_matches_the_second_kernel_call_after_call_and_replayed(kernel, name):
-    """Every format at its shipped tile: eager calls, then 20 replays of a CUDA graph, all on one workspace,
-    each the second kernel's output bit for bit, and the counters back at zero after the last."""
+def test_on_the_gpu_the_fused_combine_gives_the_same_bits_call_after_call_and_replayed(kernel, name):
+    """Every format at its shipped tile, on one workspace: eager calls, then 20 replays of a CUDA graph, each
+    the first call's output bit for bit (whichever split arrives last), within float32 rounding of the
+    second kernel's merge (its sums' trees follow its own warps) and within the suite's bound of float64
+    attention over the cache; the counters back at zero after the last."""
     q, caches = _inputs(4096, "cuda", batch=2, heads=8)
     cache = caches[name]
     tile = kernel._device_tile(q, *CACHES[name])
-    expected = kernel.decode_attention(q, cache, tile=replace(tile, combine="kernel"))
-    assert rel_l2(attend_cache(q, cache), expected) < MAX_REL_L2
     workspace = kernel.DecodeWorkspace()
+    first = kernel.decode_attention(q, cache, tile=tile, workspace=workspace)
+    assert rel_l2(attend_cache(q, cache), first) < MAX_REL_L2
+    assert rel_l2(kernel.decode_attention(q, cache, tile=replace(tile, combine="kernel")), first) < 1e-6
     for _ in range(3):
-        assert torch.equal(kernel.decode_attention(q, cache, tile=tile, workspace=workspace), expected)
+        assert torch.equal(kernel.decode_attention(q, cache, tile=tile, workspace=workspace), first)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = kernel.decode_attention(q, cache, tile=tile, workspace=workspace)
     for _ in range(20):
         out.zero_()
         graph.replay()
-        assert torch.equal(out, expected)
+        assert torch.equal(out, first)
     arrivals = workspace.buffers(1, 2 * 8, 128, q.device)[2]
     assert torch.equal(arrivals[: 2 * 8], torch.zeros(2 * 8, dtype=torch.int32, device=q.device))
