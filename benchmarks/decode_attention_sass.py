@@ -46,7 +46,7 @@ def compile_variant(cache: str, tile: Tile, arch: int, head_dim: int = 128):
     constants = {"K_FP8": k_fmt == "fp8", "V_FMT": V_FORMATS[v_fmt], "D": head_dim, "ROWS": max(16, head_dim // 8),
                  "BLOCK_N": tile.block_n, "QK": PRODUCTS[tile.qk], "PV": PRODUCTS[tile.pv],
                  "E2M1_DECODE": E2M1_DECODES[tile.e2m1], "STAGES": tile.stages, "DOT_F32": False,
-                 "FUSED_COMBINE": tile.combine == "fused", "SPLITS": 16}
+                 "FUSED_COMBINE": tile.combine == "fused", "SPLITS": 16, "SPLITS_FIRST": tile.order == "splits"}
     signature.update(dict.fromkeys(constants, "constexpr"))
     # What a launch on real tensors specializes: 16-byte aligned pointers, seq and split_len multiples of 16.
     attrs = {(i,): [["tt.divisibility", 16]] for i in range(12)}

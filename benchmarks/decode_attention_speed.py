@@ -8,11 +8,13 @@ call with the plugin's CUDA-event timer (L2 flushed, CUDA-graph replay, median o
 gives the copy ceiling beside it; a read-only kernel may pass it, since a copy also
 writes). "TB/s" counts the cache bytes the kernel must read (elements and
 scales); torch's scaled_dot_product_attention over the BF16 cache is the outside
-reference for the BF16 kernel. Each kernel runs its device's tile (decode_attention_triton.TILES), with
-its splits merged in the same launch (the shipped "fused" combine) and, beside it, by a second kernel
-("kernel"), each case on its own workspace kept across calls; "vs bf16" is against the BF16 kernel
-with the same combine. `benchmarks/decode_attention_variants.py` sweeps the tiles. A benchmark: it
-prints a table and asserts nothing.
+reference for the BF16 kernel. Each kernel runs its device's tile (decode_attention_triton.TILES) and
+that tile's other ways of merging the splits (`Tile.combine`) and of ordering the launch (`Tile.order`),
+each case on its own workspace kept across calls; "vs bf16" is against the BF16 kernel run the same
+way. A second table times, as the gate does (A B / B A pairs, median of the per-pair ratios), each
+low-precision cache against BF16 with both run each way, and each cache's variants against its
+shipped tile on the same cache. `benchmarks/decode_attention_variants.py` sweeps the tiles. A
+benchmark: it prints two tables and asserts nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from lowprec_workloads.decode_attention import CACHES, DecodeShape, build_cache, make_inputs
-from lowprec_workloads.decode_attention_triton import COMBINES, DecodeWorkspace, decode_attention, tile_for
+from lowprec_workloads.decode_attention_triton import DecodeWorkspace, decode_attention, tile_for
 from pytest_lowprec.hardware import gpu_key_from_name, probe_cuda
 from pytest_lowprec.timing import CudaEventTimer
 
@@ -62,12 +64,14 @@ def main() -> int:
 
     q4 = q[:, :, None]
     gpu = gpu_key_from_name(device.name)
-    cases = {}
-    for combine in COMBINES:
+    ways = {"shipped": {}, "combine=kernel": {"combine": "kernel"}, "order=splits": {"order": "splits"}}
+    runs = {}
+    for way, change in ways.items():
         for name, c in caches.items():
-            tile, workspace = replace(tile_for(gpu, *CACHES[name]), combine=combine), DecodeWorkspace()
-            run = lambda c=c, t=tile, w=workspace: decode_attention(q, c, tile=t, workspace=w)  # noqa: E731
-            cases[f"triton {name} {combine}"] = (run, c.nbytes, f"triton bf16 {combine}")
+            tile, workspace = replace(tile_for(gpu, *CACHES[name]), **change), DecodeWorkspace()
+            runs[name, way] = lambda c=c, t=tile, w=workspace: decode_attention(q, c, tile=t, workspace=w)  # noqa: E731
+    cases = {f"triton {name} {way}": (fn, caches[name].nbytes, f"triton bf16 {way}")
+             for (name, way), fn in runs.items()}
     cases["torch sdpa bf16"] = (lambda: F.scaled_dot_product_attention(q4, k, v), caches["bf16"].nbytes,
                                 "torch sdpa bf16")
     rows, ms_of = [], {}
@@ -76,10 +80,25 @@ def main() -> int:
         ms_of[name] = ms
         rows.append((name, nbytes, ms, nbytes / (ms * 1e-3) / 1e12, ceiling, ms_of[against] / ms))
     print(f"device: {device.name}, torch {torch.__version__}, cache {shape.cache_dims} x (K, V)")
-    print(f"{'kernel':28} {'cache MiB':>10} {'ms':>8} {'TB/s':>6} {'copy TB/s':>10} {'of copy':>8} {'vs bf16':>8}")
+    print(f"{'kernel':34} {'cache MiB':>10} {'ms':>8} {'TB/s':>6} {'copy TB/s':>10} {'of copy':>8} {'vs bf16':>8}")
     for name, nbytes, ms, tbps, ceiling, speedup in rows:
-        print(f"{name:28} {nbytes / 2**20:10.0f} {ms:8.4f} {tbps:6.2f} {ceiling:10.2f} {tbps / ceiling:8.0%} "
+        print(f"{name:34} {nbytes / 2**20:10.0f} {ms:8.4f} {tbps:6.2f} {ceiling:10.2f} {tbps / ceiling:8.0%} "
               f"{speedup:7.3f}x")
+    paired = []
+    for way in ways:
+        for name in ("fp8", "fp8k_nvfp4v"):
+            paired.append((f"{name} over bf16, both {way}", runs["bf16", way], runs[name, way]))
+    for name in caches:
+        for way in list(ways)[1:]:
+            paired.append((f"{name}: {way} over shipped", runs[name, "shipped"], runs[name, way]))
+    print(f"\n{'paired, the gate timer (60 pairs)':46} {'A ms':>8} {'B ms':>8} {'A/B':>8}")
+    for label, a, b in paired:
+        timer.warmup(a, b)
+        pairs = timer.pairs(a, b, 60)
+        ratio = statistics.median(x / y for x, y in pairs)
+        a_ms, b_ms = statistics.median(x for x, _ in pairs), statistics.median(y for _, y in pairs)
+        print(f"{label:46} {a_ms:8.4f} {b_ms:8.4f} {ratio:7.3f}x")
+        rows.append((label, None, b_ms, None, None, ratio))
     if args.json:
         keys = ("kernel", "cache_bytes", "ms", "tbps", "copy_tbps", "vs_bf16")
         args.json.write_text(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=1))

@@ -59,6 +59,7 @@ E2M1_DECODES = {"bitwise": 0, "packed": 1, "lut": 2}
 PRODUCTS = {"fma": 0, "mma": 1, "mma_t": 2, "mma_pairs": 3}
 QK_PRODUCTS = ("fma", "mma", "mma_t")
 COMBINES = ("fused", "kernel")
+ORDERS = ("heads", "splits")
 _MAX_BLOCK_N = 128
 _MIN_SPLIT_TOKENS = 256
 
@@ -68,7 +69,12 @@ class Tile:
     """How the partial kernel runs: q.k on CUDA cores or tensor cores (QK_PRODUCTS), p.v likewise
     (PRODUCTS), BLOCK_N tokens a step, `warps` warps, `stages` tiles of loads in flight (tl.range's
     software pipelining, cp.async), about `per_sm` programs per SM (the split count, a power of
-    two), and the E2M1 decode of NVFP4 values (E2M1_DECODES; "lut" only on the pair path)."""
+    two), and the E2M1 decode of NVFP4 values (E2M1_DECODES; "lut" only on the pair path). `combine`
+    (COMBINES) says who merges the splits: "fused", the last program of each sequence-head to finish,
+    in the same launch, or "kernel", a second launch. `order` (ORDERS) is the launch order: "heads", the
+    sequence-head varies fastest (every head's first split, then every head's second), or "splits",
+    a sequence-head's splits launch next to each other, so the programs running at once read fewer,
+    neighbouring regions of the cache."""
 
     qk: str = "fma"
     pv: str = "fma"
@@ -78,6 +84,7 @@ class Tile:
     per_sm: int = 4
     e2m1: str = "packed"
     combine: str = "fused"
+    order: str = "heads"
 
     def __post_init__(self) -> None:
         if self.qk not in QK_PRODUCTS or self.pv not in PRODUCTS:
@@ -91,11 +98,15 @@ class Tile:
             raise ValueError(f"e2m1 takes {', '.join(E2M1_DECODES)} ('lut' with pv='mma_pairs'), got {self.e2m1!r}")
         if self.combine not in COMBINES:
             raise ValueError(f"combine takes {', '.join(COMBINES)}, got {self.combine!r}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order takes {', '.join(ORDERS)}, got {self.order!r}")
 
     @property
     def name(self) -> str:
         fused = "" if self.combine == "fused" else f" combine={self.combine}"
-        return f"{self.qk}/{self.pv} {self.block_n}x{self.warps}x{self.stages} {self.e2m1} per_sm={self.per_sm}{fused}"
+        order = "" if self.order == "heads" else f" order={self.order}"
+        return (f"{self.qk}/{self.pv} {self.block_n}x{self.warps}x{self.stages} {self.e2m1} per_sm={self.per_sm}"
+                f"{fused}{order}")
 
 
 # The partial kernel's Tile per GPU key and (K, V) format. Fixed, never autotuned: a gate needs the
@@ -377,9 +388,13 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
                            K_FP8: tl.constexpr, V_FMT: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
                            BLOCK_N: tl.constexpr, QK: tl.constexpr, PV: tl.constexpr, E2M1_DECODE: tl.constexpr,
                            STAGES: tl.constexpr, DOT_F32: tl.constexpr, FUSED_COMBINE: tl.constexpr,
-                           SPLITS: tl.constexpr):
-    bh = tl.program_id(0)
-    split = tl.program_id(1)
+                           SPLITS: tl.constexpr, SPLITS_FIRST: tl.constexpr):
+    if SPLITS_FIRST:
+        split = tl.program_id(0)
+        bh = tl.program_id(1)
+    else:
+        bh = tl.program_id(0)
+        split = tl.program_id(1)
     d = tl.arange(0, D)
     r = tl.arange(0, ROWS)
     NB: tl.constexpr = D // 16
@@ -723,13 +738,14 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
     acc, ml, arrivals = (workspace or DecodeWorkspace()).buffers(bh * splits, bh, head_dim, q.device)
     out = torch.empty(batch, heads, head_dim, dtype=torch.float32, device=q.device)
     fused = tile.combine == "fused"
-    kernel = _decode_partial_kernel[(bh, splits)](
+    splits_first = tile.order == "splits"
+    kernel = _decode_partial_kernel[(splits, bh) if splits_first else (bh, splits)](
         q.contiguous(), k_data.contiguous(), k_scale, v_data.contiguous(), v_scale, v_block, acc, ml,
         out, arrivals, seq, split_len, splits, math.log2(math.e) / math.sqrt(head_dim),
         K_FP8=k_fmt == "fp8", V_FMT=V_FORMATS[v_fmt], D=head_dim, ROWS=max(16, head_dim // 8),
         BLOCK_N=tile.block_n, QK=PRODUCTS[tile.qk], PV=PRODUCTS[tile.pv], E2M1_DECODE=E2M1_DECODES[tile.e2m1],
         STAGES=tile.stages, DOT_F32=interpreted, FUSED_COMBINE=fused, SPLITS=triton.next_power_of_2(splits),
-        num_warps=tile.warps)
+        SPLITS_FIRST=splits_first, num_warps=tile.warps)
     if not fused:
         _decode_combine_kernel[(bh,)](acc, ml, out, splits, D=head_dim, SPLITS=triton.next_power_of_2(splits))
     return out, None if interpreted else kernel
