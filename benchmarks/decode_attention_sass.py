@@ -41,15 +41,16 @@ def compile_variant(cache: str, tile: Tile, arch: int, head_dim: int = 128):
     k_fmt, v_fmt = CACHES[cache]
     signature = {"q_ptr": "*bf16", "k_ptr": _ELEMENT[k_fmt], "k_scale_ptr": "*fp32", "v_ptr": _V_ELEMENT[v_fmt],
                  "v_scale_ptr": "*fp32", "v_block_ptr": "*fp8e4nv", "acc_ptr": "*fp32", "ml_ptr": "*fp32",
-                 "out_ptr": "*fp32", "arrivals_ptr": "*i32", "seq": "i32", "split_len": "i32", "num_splits": "i32",
-                 "qk_scale": "fp32"}
+                 "out_ptr": "*fp32", "arrivals_ptr": "*i32", "seq": "i32", "split_len": "i32", "full_splits": "i32",
+                 "half_len": "i32", "num_splits": "i32", "qk_scale": "fp32"}
     constants = {"K_FP8": k_fmt == "fp8", "V_FMT": V_FORMATS[v_fmt], "D": head_dim, "ROWS": max(16, head_dim // 8),
                  "BLOCK_N": tile.block_n, "QK": PRODUCTS[tile.qk], "PV": PRODUCTS[tile.pv],
                  "E2M1_DECODE": E2M1_DECODES[tile.e2m1], "STAGES": tile.stages, "DOT_F32": False,
                  "FUSED_COMBINE": tile.combine == "fused", "SPLITS": 16, "SPLITS_FIRST": tile.order == "splits"}
     signature.update(dict.fromkeys(constants, "constexpr"))
-    # What a launch on real tensors specializes: 16-byte aligned pointers, seq and split_len multiples of 16.
-    attrs = {(i,): [["tt.divisibility", 16]] for i in range(12)}
+    # What a launch on real tensors specializes: 16-byte aligned pointers, seq, split_len and half_len
+    # multiples of 16 (full_splits and num_splits are not specialized).
+    attrs = {(i,): [["tt.divisibility", 16]] for i in (*range(12), 13)}
     return triton.compile(ASTSource(_decode_partial_kernel, signature, constants, attrs),
                           target=GPUTarget("cuda", arch, 32), options={"num_warps": tile.warps})
 

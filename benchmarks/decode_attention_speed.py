@@ -9,7 +9,8 @@ gives the copy ceiling beside it; a read-only kernel may pass it, since a copy a
 writes). "TB/s" counts the cache bytes the kernel must read (elements and
 scales); torch's scaled_dot_product_attention over the BF16 cache is the outside
 reference for the BF16 kernel. Each kernel runs its device's tile (decode_attention_triton.TILES) and
-that tile's other ways of merging the splits (`Tile.combine`) and of ordering the launch (`Tile.order`),
+that tile's other ways of merging the splits (`Tile.combine`), of ordering the launch (`Tile.order`) and
+of halving the last splits (`Tile.taper`),
 each case on its own workspace kept across calls; "vs bf16" is against the BF16 kernel run the same
 way. A second table times, as the gate does (A B / B A pairs, median of the per-pair ratios), each
 low-precision cache against BF16 with both run each way, and each cache's variants against its
@@ -64,7 +65,8 @@ def main() -> int:
 
     q4 = q[:, :, None]
     gpu = gpu_key_from_name(device.name)
-    ways = {"shipped": {}, "combine=kernel": {"combine": "kernel"}, "order=splits": {"order": "splits"}}
+    ways = {"shipped": {}, "combine=kernel": {"combine": "kernel"}, "order=splits": {"order": "splits"},
+            **{f"taper={n}": {"taper": n} for n in (1, 2, 4)}}
     runs = {}
     for way, change in ways.items():
         for name, c in caches.items():

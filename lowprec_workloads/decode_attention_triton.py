@@ -74,7 +74,9 @@ class Tile:
     in the same launch, or "kernel", a second launch. `order` (ORDERS) is the launch order: "heads", the
     sequence-head varies fastest (every head's first split, then every head's second), or "splits",
     a sequence-head's splits launch next to each other, so the programs running at once read fewer,
-    neighbouring regions of the cache."""
+    neighbouring regions of the cache. `taper` cuts the last `taper` of each sequence-head's splits in
+    two halves (their programs launch last in "heads" order), so that the programs left running when the
+    GPU's last wave drains are half as long."""
 
     qk: str = "fma"
     pv: str = "fma"
@@ -85,6 +87,7 @@ class Tile:
     e2m1: str = "packed"
     combine: str = "fused"
     order: str = "heads"
+    taper: int = 0
 
     def __post_init__(self) -> None:
         if self.qk not in QK_PRODUCTS or self.pv not in PRODUCTS:
@@ -100,13 +103,16 @@ class Tile:
             raise ValueError(f"combine takes {', '.join(COMBINES)}, got {self.combine!r}")
         if self.order not in ORDERS:
             raise ValueError(f"order takes {', '.join(ORDERS)}, got {self.order!r}")
+        if self.taper < 0:
+            raise ValueError(f"taper must be >= 0, got {self.taper}")
 
     @property
     def name(self) -> str:
         fused = "" if self.combine == "fused" else f" combine={self.combine}"
         order = "" if self.order == "heads" else f" order={self.order}"
+        taper = f" taper={self.taper}" if self.taper else ""
         return (f"{self.qk}/{self.pv} {self.block_n}x{self.warps}x{self.stages} {self.e2m1} per_sm={self.per_sm}"
-                f"{fused}{order}")
+                f"{fused}{order}{taper}")
 
 
 # The partial kernel's Tile per GPU key and (K, V) format. Fixed, never autotuned: a gate needs the
@@ -382,9 +388,9 @@ def _store_pairs(acc, out_ptr, v_scale_ptr, bh, V_FMT: tl.constexpr, D: tl.const
     tl.store(out_ptr + 2 * c + 1, odd * scale)
 
 
-@triton.jit(do_not_specialize=["num_splits"])
+@triton.jit(do_not_specialize=["num_splits", "full_splits"])
 def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_block_ptr, acc_ptr, ml_ptr,
-                           out_ptr, arrivals_ptr, seq, split_len, num_splits, qk_scale,
+                           out_ptr, arrivals_ptr, seq, split_len, full_splits, half_len, num_splits, qk_scale,
                            K_FP8: tl.constexpr, V_FMT: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
                            BLOCK_N: tl.constexpr, QK: tl.constexpr, PV: tl.constexpr, E2M1_DECODE: tl.constexpr,
                            STAGES: tl.constexpr, DOT_F32: tl.constexpr, FUSED_COMBINE: tl.constexpr,
@@ -420,8 +426,10 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
             q_op = tl.broadcast_to(qd[None, :], (ROWS, D))
         else:
             q_op = tl.broadcast_to(qd[:, None], (D, ROWS))
-    start = split * split_len
-    end = tl.minimum(start + split_len, seq)
+    # Splits past the first full_splits are half_len long (Tile.taper; with no taper, none are).
+    halves = tl.maximum(split - full_splits, 0)  # the half splits before this one
+    start = (split - halves) * split_len + halves * half_len
+    end = tl.minimum(start + tl.where(split >= full_splits, half_len, split_len), seq)
     m = -float("inf")
     # With p.v on CUDA cores or the pair path, p is a vector, so the scores become one ([BLOCK_N]) as
     # soon as the q.k MMA gives them: its ROWS columns (rows for "mma") are equal, every one the same
@@ -726,6 +734,11 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
         sm_count = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
         splits = num_splits(bh, seq, sm_count, tile.per_sm)
     split_len = triton.cdiv(triton.cdiv(seq, splits), _MAX_BLOCK_N) * _MAX_BLOCK_N
+    # Tile.taper: the last `taper` splits each become two of half_len (whole tiles of _MAX_BLOCK_N); past
+    # the cache, a split is empty (it weighs nothing in the merge).
+    taper = min(tile.taper, splits)
+    half_len = triton.cdiv(split_len // 2, _MAX_BLOCK_N) * _MAX_BLOCK_N
+    full_splits, splits = splits - taper, splits + taper
     dummy = torch.empty(1, dtype=torch.float32, device=q.device)  # never read; empty launches no fill kernel
     k_scale = cache.k.scales.reshape(bh).float().contiguous() if k_fmt == "fp8" else dummy
     if v_fmt == "nvfp4":
@@ -741,7 +754,7 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
     splits_first = tile.order == "splits"
     kernel = _decode_partial_kernel[(splits, bh) if splits_first else (bh, splits)](
         q.contiguous(), k_data.contiguous(), k_scale, v_data.contiguous(), v_scale, v_block, acc, ml,
-        out, arrivals, seq, split_len, splits, math.log2(math.e) / math.sqrt(head_dim),
+        out, arrivals, seq, split_len, full_splits, half_len, splits, math.log2(math.e) / math.sqrt(head_dim),
         K_FP8=k_fmt == "fp8", V_FMT=V_FORMATS[v_fmt], D=head_dim, ROWS=max(16, head_dim // 8),
         BLOCK_N=tile.block_n, QK=PRODUCTS[tile.qk], PV=PRODUCTS[tile.pv], E2M1_DECODE=E2M1_DECODES[tile.e2m1],
         STAGES=tile.stages, DOT_F32=interpreted, FUSED_COMBINE=fused, SPLITS=triton.next_power_of_2(splits),

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,17 @@ def test_the_default_tiles_and_the_pair_path_match_float64_attention_over_each_c
     _check(kernel, q, caches, runs)
 
 
+def test_tapered_splits_match_float64_attention_over_each_cache(kernel):
+    """Tile.taper halves the last splits. 600 tokens in 2 splits of 384: 1 halved (384 + 256 + 256, the last
+    ragged), both halved, more than there are (as both); in 3 splits of 256, 2 halved (256 + 4 x 128, the
+    last empty)."""
+    q, caches = _inputs(600, seed=6)
+    tile = kernel.Tile("mma_t", "mma_pairs", 32, 1, 2, e2m1="bitwise")
+    runs = [(replace(tile, taper=1), 2), (replace(tile, taper=2), 2), (replace(tile, taper=5), 2),
+            (replace(tile, taper=2), 3)]
+    _check(kernel, q, caches, runs)
+
+
 @pytest.mark.slow
 def test_every_product_matches_float64_attention_over_each_cache(kernel):
     q, caches = _inputs(200, seed=4)
@@ -67,6 +79,10 @@ def test_a_tile_rejects_what_the_kernel_cannot_run(kernel):
         kernel.Tile(warps=3)
     with pytest.raises(ValueError, match="'lut' with pv='mma_pairs'"):
         kernel.Tile(pv="fma", e2m1="lut")
+    with pytest.raises(ValueError, match="taper must be >= 0"):
+        kernel.Tile(taper=-1)
+    with pytest.raises(ValueError, match="order takes heads, splits"):
+        kernel.Tile(order="tokens")
 
 
 def test_no_gpus_tiles_name_the_lut_decode_which_the_h200_ran_slower(kernel):
