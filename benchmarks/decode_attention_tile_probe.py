@@ -43,6 +43,11 @@ from lowprec_workloads.decode_attention_triton import Tile, launch  # noqa: E402
 from pytest_lowprec.formats.metrics import rel_l2  # noqa: E402
 from pytest_lowprec.hardware import gpu_key_from_name  # noqa: E402
 
+if "--smoke" in sys.argv:
+    from lowprec_workloads.interpreted import mend_interpreter_scalars  # noqa: E402
+
+    mend_interpreter_scalars()
+
 # The H200 sweep's fast FP8 tiles (2026-12-01: 0.495-0.515 ms on the sweep's cache; the 2-stage one first
 # shipped, the 3-stage one since d659871) and its fastest CUDA-core tile, whose loads differ most.
 CANDIDATES = {

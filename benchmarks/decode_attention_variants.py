@@ -68,6 +68,11 @@ from pytest_lowprec.formats.metrics import rel_l2  # noqa: E402
 from pytest_lowprec.hardware import gpu_key_from_name, probe_cuda  # noqa: E402
 from pytest_lowprec.timing import CudaEventTimer, _StableWarmup  # noqa: E402
 
+if "--smoke" in sys.argv:
+    from lowprec_workloads.interpreted import mend_interpreter_scalars  # noqa: E402
+
+    mend_interpreter_scalars()
+
 GATE_SHAPE = DecodeShape(batch=8, heads=32, seq=32768, head_dim=128)
 SMOKE_SHAPE = DecodeShape(batch=1, heads=2, seq=512, head_dim=128)
 TINY_SHAPE = DecodeShape(batch=1, heads=2, seq=512, head_dim=128)  # the compile workers' check

@@ -52,7 +52,7 @@ import triton.language as tl
 from pytest_lowprec.hardware import gpu_key_from_name
 
 from .decode_attention import Cache
-from .interpreted import run_interpreted
+from .interpreted import mend_interpreter_scalars, run_interpreted
 
 V_FORMATS = {"bf16": 0, "fp8": 1, "nvfp4": 2}
 E2M1_DECODES = {"bitwise": 0, "packed": 1, "lut": 2}
@@ -772,6 +772,7 @@ def decode_attention_interpreted(q: torch.Tensor, cache: Cache,
 
 
 if __name__ == "__main__":  # decode_attention_interpreted's child: python -m ... IN OUT
+    mend_interpreter_scalars()
     job = torch.load(sys.argv[1], weights_only=False)
     workspace = DecodeWorkspace()  # shared by the runs, as a decode step's calls share one
     torch.save([decode_attention(job["q"], job["cache"], splits, tile, workspace) for tile, splits in job["runs"]],

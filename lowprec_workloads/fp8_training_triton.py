@@ -32,7 +32,7 @@ from triton.language.extra import libdevice
 from pytest_lowprec.formats.nvfp4 import FLT_MAX
 from pytest_lowprec.formats.triton_quant import _fp8_scale, _fp8_scaled, _magnitude_bits
 
-from .interpreted import run_interpreted
+from .interpreted import mend_interpreter_scalars, run_interpreted
 
 IDENTITY, GELU, GELU_BACKWARD = 0, 1, 2
 OPS = {"identity": IDENTITY, "gelu": GELU, "gelu_backward": GELU_BACKWARD}
@@ -299,6 +299,7 @@ def interpreted(calls: list[tuple[str, tuple, dict]]) -> list[tuple[object, tupl
 if __name__ == "__main__":
     import sys
 
+    mend_interpreter_scalars()
     _results = []
     for _name, _args, _kwargs in torch.load(sys.argv[1]):
         _result = globals()[_name](*_args, **_kwargs)

@@ -33,7 +33,7 @@ import triton.language as tl
 from pytest_lowprec.formats.nvfp4 import NVFP4Tensor
 
 from . import kernels
-from .interpreted import run_interpreted
+from .interpreted import mend_interpreter_scalars, run_interpreted
 
 NATIVE = "cublaslt-nvfp4"
 TILED = "triton-bf16-tensor-cores"
@@ -348,5 +348,6 @@ def linear(x: torch.Tensor, w: DecodeWeight, cuda: CudaKernels | None, out: torc
 if __name__ == "__main__":  # gemm_tiled_interpreted's child: python -m lowprec_workloads.nvfp4_gemm IN OUT
     import sys
 
+    mend_interpreter_scalars()
     job = torch.load(sys.argv[1], weights_only=False)
     torch.save(gemm_tiled(job["a"], job["b"], config=job["config"]), sys.argv[2])
