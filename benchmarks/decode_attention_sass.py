@@ -30,7 +30,14 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from lowprec_workloads.decode_attention import CACHES
-from lowprec_workloads.decode_attention_triton import E2M1_DECODES, PRODUCTS, V_FORMATS, Tile, _decode_partial_kernel
+from lowprec_workloads.decode_attention_triton import (
+    E2M1_DECODES,
+    PRODUCTS,
+    V_FORMATS,
+    Tile,
+    _decode_partial_kernel,
+    num_splits,
+)
 
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 _ELEMENT = {"bf16": "*bf16", "fp8": "*fp8e4nv"}
@@ -46,7 +53,9 @@ def compile_variant(cache: str, tile: Tile, arch: int, head_dim: int = 128):
     constants = {"K_FP8": k_fmt == "fp8", "V_FMT": V_FORMATS[v_fmt], "D": head_dim, "ROWS": max(16, head_dim // 8),
                  "BLOCK_N": tile.block_n, "QK": PRODUCTS[tile.qk], "PV": PRODUCTS[tile.pv],
                  "E2M1_DECODE": E2M1_DECODES[tile.e2m1], "STAGES": tile.stages, "DOT_F32": False,
-                 "FUSED_COMBINE": tile.combine == "fused", "SPLITS": 16, "SPLITS_FIRST": tile.order == "splits"}
+                 "FUSED_COMBINE": tile.combine == "fused", "SPLITS_FIRST": tile.order == "splits",
+                 # the merge's split count at the suite's shape (8 x 32 heads, 32K tokens, 132 SMs)
+                 "SPLITS": triton.next_power_of_2(num_splits(256, 32768, 132, tile.per_sm))}
     signature.update(dict.fromkeys(constants, "constexpr"))
     # What a launch on real tensors specializes: 16-byte aligned pointers, seq, split_len and half_len
     # multiples of 16 (full_splits and num_splits are not specialized).

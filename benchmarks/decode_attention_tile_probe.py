@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from decode_attention_variants import GATE_SHAPE, SMOKE_SHAPE, default_tile, make_timer, medians  # noqa: E402
 
 from lowprec_workloads.decode_attention import attend_cache, build_cache, make_inputs  # noqa: E402
-from lowprec_workloads.decode_attention_triton import Tile, launch  # noqa: E402
+from lowprec_workloads.decode_attention_triton import DecodeWorkspace, Tile, launch  # noqa: E402
 from pytest_lowprec.formats.metrics import rel_l2  # noqa: E402
 from pytest_lowprec.hardware import gpu_key_from_name  # noqa: E402
 
@@ -87,7 +87,9 @@ def run_round(name: str, smoke: bool, check: bool) -> dict:
     del k, v
     bf16_tile, low_tile = default_tile(_gpu(smoke), "bf16", smoke), default_tile(_gpu(smoke), name, smoke)
     timer, pairs = make_timer(smoke), 2 if smoke else PAIRS
-    base = lambda: launch(q, bf16, tile=bf16_tile)[0]  # noqa: E731
+    # Each kernel its own workspace kept across calls, as the suite's speed tests keep them.
+    on_bf16 = DecodeWorkspace()
+    base = lambda: launch(q, bf16, tile=bf16_tile, workspace=on_bf16)[0]  # noqa: E731
     base()
     out = {"round": name, "tiles": {}}
     tiles = CANDIDATES if name == "fp8" else {"shipped": low_tile}
@@ -95,7 +97,8 @@ def run_round(name: str, smoke: bool, check: bool) -> dict:
     for label, tile in tiles.items():
         if smoke and tile.e2m1 != "bitwise":
             tile = replace(tile, e2m1="bitwise")
-        run = lambda t=tile: launch(q, low, tile=t)[0]  # noqa: E731
+        workspace = DecodeWorkspace()
+        run = lambda t=tile, w=workspace: launch(q, low, tile=t, workspace=w)[0]  # noqa: E731
         err = rel_l2(reference, run()) if check else None
         if err is not None and err > MAX_REL_L2:
             out["tiles"][label] = {"tile": asdict(tile), "rel_l2": err, "wrong": True}

@@ -58,6 +58,7 @@ from lowprec_workloads.decode_attention import CACHES, Cache, DecodeShape, atten
 from lowprec_workloads.decode_attention_triton import (  # noqa: E402
     DEFAULT_GPU,
     TILES,
+    DecodeWorkspace,
     Tile,
     launch,
     num_splits,
@@ -144,7 +145,7 @@ def worker_main(args) -> int:
         tile, cache = _tile(job["tile"]), job["cache"]
         start = time.perf_counter()
         try:
-            for splits in job["splits"]:  # the combine kernel is specialized per power-of-two split count
+            for splits in job["splits"]:  # the kernel (its merge) is specialized per power-of-two split count
                 out = launch(q, caches[cache], splits=splits, tile=tile)[0]
             error = float(rel_l2(references[cache], out))
             results.append({**job, "ok": True, "tiny_rel_l2": error, "compile_s": time.perf_counter() - start})
@@ -239,9 +240,12 @@ def probe_round(step: str, smoke: bool) -> dict:
     q, k, v = make_inputs(shape, "cpu" if smoke else "cuda", seed=11, outlier_channels=4)
     bf16, low = build_cache(k, v, "bf16"), build_cache(k, v, name)
     del k, v
-    launch(q, bf16), launch(q, low)  # compile or load both before timing, as the suite does
+    # Each side its own workspace kept across calls, as the suite's speed tests keep them.
+    on_bf16, on_low = DecodeWorkspace(), DecodeWorkspace()
+    launch(q, bf16, workspace=on_bf16), launch(q, low, workspace=on_low)  # compile or load both before timing
     timer, pairs = make_timer(smoke), 2 if smoke else 60
-    bf16_ms, low_ms = medians(timer, lambda: launch(q, bf16)[0], lambda: launch(q, low)[0], pairs)
+    bf16_ms, low_ms = medians(timer, lambda: launch(q, bf16, workspace=on_bf16)[0],
+                              lambda: launch(q, low, workspace=on_low)[0], pairs)
     # The same bytes read by a plain reduction, no attention kernel: slower too means where they lie.
     read_k_ms, read_v_ms = medians(timer, lambda: torch.sum(bf16.k.data, dtype=torch.float32),
                                    lambda: torch.sum(bf16.v.data, dtype=torch.float32), pairs // 2)
@@ -316,14 +320,16 @@ class Bench:
     def measure(self, name: str, cache: Cache, tile: Tile | None, splits: int | None) -> dict:
         """One variant over `cache`: its error against float64, then (if correct) its median time beside
         the copy's, its bandwidth and the fraction of the copy ceiling it reaches."""
-        out, kernel = launch(self.q, cache, splits=splits, tile=tile)
+        workspace = DecodeWorkspace()
+        out, kernel = launch(self.q, cache, splits=splits, tile=tile, workspace=workspace)
         row = {"rel_l2": float(rel_l2(self.references[name], out))}
         if kernel is not None:
             row.update(regs=kernel.n_regs, spills=kernel.n_spills, smem=kernel.metadata.shared)
         if not row["rel_l2"] <= MAX_REL_L2:
             row["wrong"] = True
             return row
-        copy_ms, ms = medians(self.timer, self.copy, lambda: launch(self.q, cache, splits=splits, tile=tile)[0],
+        copy_ms, ms = medians(self.timer, self.copy,
+                              lambda: launch(self.q, cache, splits=splits, tile=tile, workspace=workspace)[0],
                               self.pairs)
         copy_tbps = 2 * self.src.numel() * self.src.element_size() / (copy_ms * 1e-3) / 1e12
         tbps = cache.nbytes / (ms * 1e-3) / 1e12

@@ -73,10 +73,11 @@ class Tile:
     (COMBINES) says who merges the splits: "fused", the last program of each sequence-head to finish,
     in the same launch, or "kernel", a second launch. `order` (ORDERS) is the launch order: "heads", the
     sequence-head varies fastest (every head's first split, then every head's second), or "splits",
-    a sequence-head's splits launch next to each other, so the programs running at once read fewer,
-    neighbouring regions of the cache. `taper` cuts the last `taper` of each sequence-head's splits in
-    two halves (their programs launch last in "heads" order), so that the programs left running when the
-    GPU's last wave drains are half as long."""
+    a sequence-head's splits launch next to each other, so that the programs running at once read
+    neighbouring regions of the cache (as many programs run at once either way). `taper` cuts the last
+    `taper` of each sequence-head's splits in two (their programs launch last in "heads" order), so that
+    the programs left running when the GPU's last wave drains are shorter; a half is half a split rounded
+    up to whole 128-token tiles, and where that is not shorter than a split there is no taper."""
 
     qk: str = "fma"
     pv: str = "fma"
@@ -108,11 +109,11 @@ class Tile:
 
     @property
     def name(self) -> str:
-        fused = "" if self.combine == "fused" else f" combine={self.combine}"
+        combine = "" if self.combine == "fused" else f" combine={self.combine}"
         order = "" if self.order == "heads" else f" order={self.order}"
         taper = f" taper={self.taper}" if self.taper else ""
         return (f"{self.qk}/{self.pv} {self.block_n}x{self.warps}x{self.stages} {self.e2m1} per_sm={self.per_sm}"
-                f"{fused}{order}{taper}")
+                f"{combine}{order}{taper}")
 
 
 # The partial kernel's Tile per GPU key and (K, V) format. Fixed, never autotuned: a gate needs the
@@ -676,11 +677,15 @@ class DecodeWorkspace:
     counters zeroed once, when the workspace grows, serve every later call with no fill kernel.
 
     One workspace per stream: two launches running at once on one workspace would count each other's
-    splits. A launch that does not finish (a fault) leaves the counters undefined; make a new one.
+    splits. A launch that does not finish (a fault) leaves the counters undefined; make a new one. Under
+    CUDA graphs: run one call eagerly before capturing (a workspace cannot grow inside a capture, where its
+    counters would not be zeroed until the first replay); buffers it outgrows later are kept, since a
+    graph captured on them goes on reading and writing them.
     """
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
+        self._outgrown: list[torch.Tensor] = []
 
     def buffers(self, parts: int, bh: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, ...]:
         """(partial sums [parts, head_dim], (maximum, denominator) [parts, 2], arrival counters [bh]), each
@@ -689,8 +694,15 @@ class DecodeWorkspace:
                 "arrivals": (bh, torch.int32, torch.zeros)}
         for key, (numel, dtype, make) in need.items():
             have = self._buffers.get(key)
-            if have is None or have.numel() < numel or have.device != device:
-                self._buffers[key] = make(numel, dtype=dtype, device=device)
+            if have is not None and have.numel() >= numel and have.device == device:
+                continue
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(f"the decode workspace must grow ({key}: {numel} elements on {device}) inside a "
+                                   "CUDA graph capture, where its counters would not be zeroed until the graph "
+                                   "replays; run one call with this workspace before capturing")
+            if have is not None:
+                self._outgrown.append(have)
+            self._buffers[key] = make(numel, dtype=dtype, device=device)
         acc, ml = self._buffers["acc"][: parts * head_dim], self._buffers["ml"][: parts * 2]
         return acc.view(parts, head_dim), ml.view(parts, 2), self._buffers["arrivals"]
 
@@ -736,8 +748,8 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
     split_len = triton.cdiv(triton.cdiv(seq, splits), _MAX_BLOCK_N) * _MAX_BLOCK_N
     # Tile.taper: the last `taper` splits each become two of half_len (whole tiles of _MAX_BLOCK_N); past
     # the cache, a split is empty (it weighs nothing in the merge).
-    taper = min(tile.taper, splits)
     half_len = triton.cdiv(split_len // 2, _MAX_BLOCK_N) * _MAX_BLOCK_N
+    taper = min(tile.taper, splits) if half_len < split_len else 0
     full_splits, splits = splits - taper, splits + taper
     dummy = torch.empty(1, dtype=torch.float32, device=q.device)  # never read; empty launches no fill kernel
     k_scale = cache.k.scales.reshape(bh).float().contiguous() if k_fmt == "fp8" else dummy

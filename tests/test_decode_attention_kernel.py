@@ -52,14 +52,22 @@ def test_the_default_tiles_and_the_pair_path_match_float64_attention_over_each_c
 
 
 def test_tapered_splits_match_float64_attention_over_each_cache(kernel):
-    """Tile.taper halves the last splits. 600 tokens in 2 splits of 384: 1 halved (384 + 256 + 256, the last
-    ragged), both halved, more than there are (as both); in 3 splits of 256, 2 halved (256 + 4 x 128, the
-    last empty)."""
+    """Tile.taper cuts the last splits in two (half a split rounded up to 128 tokens). 600 tokens in 2 splits
+    of 384: 1 cut (384 + 216 + an empty one), both (256 + 256 + 88 + an empty one), more than there are
+    (the same); 3 splits of 256, 2 cut (256 + 128 + 128 + 88 + an empty one); in splits of 128 a half would
+    be no shorter, so there is no taper."""
     q, caches = _inputs(600, seed=6)
     tile = kernel.Tile("mma_t", "mma_pairs", 32, 1, 2, e2m1="bitwise")
     runs = [(replace(tile, taper=1), 2), (replace(tile, taper=2), 2), (replace(tile, taper=5), 2),
-            (replace(tile, taper=2), 3)]
+            (replace(tile, taper=2), 3), (replace(tile, taper=2), 5)]
     _check(kernel, q, caches, runs)
+
+
+def test_a_sequence_heads_splits_launched_together_match_float64_attention_over_each_cache(kernel):
+    """Tile.order "splits": the grid's axes swapped (3 splits of a ragged cache; 8, some empty; with a taper)."""
+    q, caches = _inputs(300, seed=8)
+    tile = kernel.Tile("mma_t", "mma_pairs", 32, 1, 2, e2m1="bitwise", order="splits")
+    _check(kernel, q, caches, [(tile, 3), (tile, 8), (replace(tile, taper=1), 2)])
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@ on the CPU, by Triton's interpreter; on a GPU, call after call and replayed from
 
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import replace
 
 import pytest
@@ -50,10 +52,21 @@ def test_a_workspace_keeps_its_buffers_and_zeroes_new_counters_only_when_it_grow
     assert grown[0].shape == (16, 16) and torch.equal(grown[2], torch.zeros(4, dtype=torch.int32))
 
 
+def test_a_workspace_keeps_the_buffers_it_outgrew_for_the_graphs_captured_on_them(kernel):
+    workspace = kernel.DecodeWorkspace()
+    acc, ml, arrivals = workspace.buffers(8, 2, 16, torch.device("cpu"))
+    outgrown = [weakref.ref(t._base if t._base is not None else t) for t in (acc, ml, arrivals)]
+    workspace.buffers(64, 8, 16, torch.device("cpu"))
+    del acc, ml, arrivals
+    gc.collect()
+    assert all(ref() is not None for ref in outgrown)
+
+
 def test_under_the_interpreter_the_fused_combine_gives_the_second_kernels_output_bit_for_bit(kernel):
-    """The same merge in the same split order, whichever split arrives last: 300 tokens in 3 splits (one
-    ragged) and in 8 (some empty). The interpreter sums in one order everywhere; on a GPU a sum's tree
-    follows the program's warps, which the second kernel has its own of (the GPU test below)."""
+    """The same merge in the same split order: 300 tokens in 3 splits (one ragged) and in 8 (some empty).
+    The interpreter sums in one order everywhere, and runs the programs one after another (the last split
+    always merges); on a GPU a sum's tree follows the program's warps, which the second kernel has its own
+    of, and any split may arrive last (the GPU test below)."""
     q, caches = _inputs(300)
     tile = kernel.Tile("mma_t", "mma_pairs", 32, 1, 2, e2m1="bitwise")
     for name, cache in caches.items():
@@ -99,3 +112,33 @@ def test_on_the_gpu_the_fused_combine_gives_the_same_bits_call_after_call_and_re
         assert torch.equal(out, first)
     arrivals = workspace.buffers(1, 2 * 8, 128, q.device)[2]
     assert torch.equal(arrivals[: 2 * 8], torch.zeros(2 * 8, dtype=torch.int32, device=q.device))
+
+
+@needs_cuda
+def test_on_the_gpu_a_workspace_refuses_to_grow_inside_a_graph_capture(kernel):
+    q, caches = _inputs(1024, "cuda", batch=1, heads=4)
+    workspace = kernel.DecodeWorkspace()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="run one call with this workspace before capturing"):
+        with torch.cuda.graph(graph):
+            kernel.decode_attention(q, caches["fp8"], workspace=workspace)
+
+
+@needs_cuda
+def test_on_the_gpu_a_graph_captured_before_its_workspace_grew_still_gives_its_output(kernel):
+    """A bigger call grows the workspace after the capture; the graph's replays keep using the buffers it
+    captured, which the workspace keeps."""
+    q, caches = _inputs(2048, "cuda", batch=1, heads=4)
+    big_q, big_caches = _inputs(2048, "cuda", batch=4, heads=8)
+    workspace = kernel.DecodeWorkspace()
+    expected = kernel.decode_attention(q, caches["fp8"], workspace=workspace)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = kernel.decode_attention(q, caches["fp8"], workspace=workspace)
+    big = kernel.decode_attention(big_q, big_caches["fp8"], workspace=workspace)
+    assert rel_l2(attend_cache(big_q, big_caches["fp8"]), big) < MAX_REL_L2
+    for _ in range(5):
+        out.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, expected)
