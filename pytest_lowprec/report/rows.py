@@ -11,6 +11,8 @@ from ..names import csv_cell
 COLUMNS = ["test", "precision", "metric", "kind", "value", "low", "high", "unit", "bound", "baseline",
            "baseline_date", "delta_pct", "baseline_ms", "optimized_ms", "baseline_ms_delta_pct",
            "optimized_ms_delta_pct", "predicted", "status", "flags", "reasons", "where"]
+NUMBERS = ["value", "low", "high", "baseline", "delta_pct", "baseline_ms", "optimized_ms", "baseline_ms_delta_pct",
+           "optimized_ms_delta_pct", "predicted"]
 
 
 def verdict_frame(records: Iterable) -> pd.DataFrame:
@@ -40,7 +42,12 @@ def verdict_frame(records: Iterable) -> pd.DataFrame:
                 "reasons": "; ".join(v.reasons),
                 "where": v.where,
             })
-    return pd.DataFrame(rows, columns=COLUMNS)
+    # Text stays Python strings (object): pandas 3 with pyarrow installed stores inferred text as Arrow
+    # strings, which refuse a lone surrogate, and a metric name may hold one (names.py); every renderer
+    # escapes the text for its own format.
+    frame = pd.DataFrame(rows, columns=COLUMNS, dtype=object)
+    frame[NUMBERS] = frame[NUMBERS].apply(pd.to_numeric)
+    return frame
 
 
 def counts(frame: pd.DataFrame) -> dict[str, int]:
