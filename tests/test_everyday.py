@@ -19,7 +19,7 @@ def test_importing_the_plugin_imports_no_torch_numpy_pandas_or_jinja2():
     assert out.stdout.strip() == "[]"
 
 
-def test_an_unrelated_test_file_runs_with_the_plugin_loaded_without_importing_torch(pytester):
+def test_an_unrelated_test_file_runs_with_the_plugin_loaded_without_importing_torch(pytester, monkeypatch):
     pytester.makepyfile(test_plain="""
         import sys
 
@@ -27,7 +27,9 @@ def test_an_unrelated_test_file_runs_with_the_plugin_loaded_without_importing_to
             assert "torch" not in sys.modules and "numpy" not in sys.modules
             assert "pytest_lowprec.session" not in sys.modules
     """)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    # This plugin alone: other installed plugins may import torch or numpy (jaxtyping's does).
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    result = pytester.runpytest_subprocess("-p", "pytest_lowprec.plugin", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert "lowprec gate" not in result.stdout.str()
 
@@ -128,7 +130,8 @@ def test_lowprec_trace_without_cuda_warns_that_it_did_nothing(pytester):
 @pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
 @pytest.mark.parametrize("args", [(), ("--lowprec-update",), ("--lowprec-update", "-n", "2")],
                          ids=["gate", "update", "update-under-xdist"])
-def test_no_lock_file_is_left_in_the_baselines_folder_after_a_run(pytester, args):
+def test_no_lock_file_is_left_in_the_baselines_folder_after_a_run(pytester, monkeypatch, args):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a machine with no GPU: --gpu auto finds the CPU
     pytester.makepyfile(test_many="""
         import pytest
 
@@ -151,7 +154,8 @@ def test_the_too_many_workers_error_says_what_gpu_cpu_runs():
 
 
 @pytest.mark.slow  # a subprocess or a build of seconds: `pytest tests/ --slow` (.ci/run) runs it
-def test_an_xdist_run_that_names_no_lowprec_option_still_ends_with_the_gate_summary(pytester):
+def test_an_xdist_run_that_names_no_lowprec_option_still_ends_with_the_gate_summary(pytester, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a machine with no GPU: --gpu auto finds the CPU
     pytester.makepyfile("""
         import pytest
 

@@ -47,7 +47,9 @@ CHILD = r'''
 import sys
 import torch
 from lowprec_workloads.fp8_linear import GemvConfig, SplitWorkspace, gemv, quantize_small
+from lowprec_workloads.interpreted import mend_interpreter_scalars
 
+mend_interpreter_scalars()
 job = torch.load(sys.argv[1])
 out = {}
 for name, x in job["quantize"].items():
