@@ -1,6 +1,7 @@
 """The built wheel: it carries the CUDA sources of kernels/, and the workload package installed from it
 finds and compiles them (no checkout beside it). Builds the wheel in an isolated build (network or a
-local index for setuptools) and installs it into a fresh venv: about 30 s."""
+local index for setuptools; without one the tests skip, but under LOWPREC_REQUIRE_BUILD=1) and installs
+it into a fresh venv: about 30 s."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def venv_python(tmp_path_factory) -> Path:
             shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(ROOT / name, source / name)
-    run(sys.executable, "-m", "build", "--wheel", "--outdir", str(work / "dist"), str(source))
+    build_wheel(source, work / "dist")
     wheel = next((work / "dist").glob("*.whl"))
     venv = work / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", str(venv))
@@ -66,6 +67,23 @@ def run(*command: str, cwd: Path | None = None, env: dict | None = None) -> str:
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
+
+
+# What pip says when the isolated build cannot reach a package index for its build requirements.
+OFFLINE = ("NewConnectionError", "Failed to establish a new connection", "Temporary failure in name resolution")
+
+
+def build_wheel(source: Path, dist: Path) -> None:
+    """The wheel of `source` into `dist`, built in isolation. Where no package index is reachable (the
+    GPU machines have none) the build cannot fetch setuptools: the test skips, saying so, except under
+    LOWPREC_REQUIRE_BUILD=1 (CI), where it fails."""
+    command = (sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(source))
+    result = subprocess.run(command, capture_output=True, text=True)
+    said = result.stdout + result.stderr
+    if result.returncode != 0 and any(s in said for s in OFFLINE) and not os.environ.get("LOWPREC_REQUIRE_BUILD"):
+        pytest.skip("the isolated wheel build found no package index for its build requirements "
+                    "(CI sets LOWPREC_REQUIRE_BUILD)")
+    assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
 
 def probe(python: Path, cwd: Path, *args: str) -> dict:
