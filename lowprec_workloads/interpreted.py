@@ -34,9 +34,9 @@ def mend_interpreter_scalars() -> None:
         return  # this NumPy still converts a one-element array
     except TypeError:
         pass
-    patch = interpreter._patch_lang_tensor
-    if getattr(patch, "mends_scalars", False):
-        return
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "mends_scalars", False):
+        return  # a Triton without that private patch (3.6-3.9 have it), or mended already
 
     def patch_and_mend(tensor, scope) -> None:
         patch(tensor, scope)
