@@ -225,11 +225,9 @@ class DecodeStep:
         if self.qk_fp8[layer]:  # on CUDA one launch rounds q and hands the kernel its bfloat16 operand
             q = fp8_roundtrip(q, torch.bfloat16 if q.is_cuda else torch.float32)
         if q.is_cuda:
-            from .decode_attention_triton import decode_attention
+            from .decode_attention_triton import DecodeWorkspace, decode_attention
 
             if self._attention_workspace is None:
-                from .decode_attention_triton import DecodeWorkspace
-
                 self._attention_workspace = DecodeWorkspace()  # every layer's call, one after another
             return decode_attention(q.to(torch.bfloat16).contiguous(), cache,
                                     workspace=self._attention_workspace).float()
