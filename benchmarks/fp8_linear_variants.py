@@ -1,6 +1,8 @@
 """Which FP8 linear kernels pay on the GPU, at the suites' exact shapes (lowprec_workloads/fp8_linear.py).
 
-    python benchmarks/fp8_linear_variants.py OUT.json      # one H200: about 90 s; prints, asserts nothing
+    python benchmarks/fp8_linear_variants.py OUT.json [SECTION ...]   # one H200: about 90 s; asserts nothing
+
+SECTION names which sections run (bits decode prefill steps; all by default).
 
 Sections, in this order, each a table, JSON written to OUT.json after each:
   bits     the Triton quantizers on this GPU against fp8.quantize_tensorwise's bits (edge inputs included);
@@ -60,6 +62,10 @@ CANDIDATES = {
     "dot 128x128 w4 s4 split2": GemvConfig("dot", 128, 128, 4, 4, 2),
     "dot 128x256 w8 s3 split4": GemvConfig("dot", 128, 256, 8, 3, 4),
     "dot 64x512 w4 s3 split4": GemvConfig("dot", 64, 512, 4, 3, 4),
+    "dot 32x128 w4 s3 (mma.sync)": GemvConfig("dot", 32, 128, 4, 3),
+    # The wgmma tiles with the tensor core's sum promoted to float32 every promote_k inputs.
+    **{f"dot 64x256 w4 s3{f' split{split}' if split > 1 else ''} promote{every}":
+       GemvConfig("dot", 64, 256, 4, 3, split, promote_k=every) for split in (1, 2, 4) for every in (32, 128)},
 }
 STRATEGIES = ["fp8_balanced", "hybrid_long_context", "layerwise_gradient", "custom_fp8_ffn"]
 DEADLINE_S = 105.0  # optional rows are skipped past this, so the command ends inside its 120 s
@@ -321,7 +327,8 @@ def section_prefill(bench: Bench) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
+    sections = {"bits": section_bits, "decode": section_decode, "prefill": section_prefill, "steps": section_steps}
+    if not argv or any(name not in sections for name in argv[1:]):
         print(__doc__)
         return 2
     if not torch.cuda.is_available():
@@ -331,7 +338,7 @@ def main(argv: list[str]) -> int:
     print(f"{bench.results['device']}, torch {torch.__version__}, model ceilings: "
           f"{bench.ceilings.source if bench.ceilings else 'none'}", flush=True)
     best: dict = {}
-    for section in (section_bits, section_decode, section_prefill, section_steps):
+    for section in [sections[name] for name in argv[1:]] or sections.values():
         try:
             out = section(bench, best) if section is section_steps else section(bench)
             if section is section_decode:

@@ -54,7 +54,10 @@ class GemvConfig:
     Triton 3.9: conversion to float32, then an FMA). "dot": the weight tile as an FP8 MMA's left operand
     against the row padded to 16 columns, the loop software-pipelined over `num_stages` shared-memory
     stages (wgmma on Hopper from block_n 64: about two instructions a weight byte), `split_k` programs per
-    output tile."""
+    output tile. `promote_k`: the inputs an FP8 wgmma sums in the tensor core's own accumulator before
+    the sum is added to a float32 one (Triton's max_num_imprecise_acc, a multiple of 32 up to block_k).
+    That accumulator keeps fewer bits than float32 (DeepSeek-V3 measured about 14 on Hopper and promotes
+    every 128 inputs); 0 leaves it the whole of K, Triton's default on sm_90."""
 
     kernel: str
     block_n: int
@@ -62,6 +65,7 @@ class GemvConfig:
     num_warps: int = 4
     num_stages: int = 1
     split_k: int = 1
+    promote_k: int = 0
 
     def __post_init__(self) -> None:
         if self.kernel not in ("fma", "dot"):
@@ -77,6 +81,9 @@ class GemvConfig:
             raise ValueError("only the dot GEMV splits K")
         if self.num_stages < 1:
             raise ValueError(f"GemvConfig.num_stages must be >= 1, got {self.num_stages}")
+        if self.promote_k and (self.kernel != "dot" or self.promote_k % 32 or self.promote_k > self.block_k):
+            raise ValueError(f"promote_k is for the dot GEMV, a multiple of 32 up to block_k ({self.block_k}); "
+                             f"got {self.promote_k} for kernel {self.kernel!r}")
 
 
 # Measured tiles by weight shape (N, K) (benchmarks/fp8_linear_variants.py times the candidates on a GPU);
@@ -233,8 +240,8 @@ def _gemv_fma_kernel(x_ptr, w_ptr, w_inv_ptr, out_ptr, N, K, BLOCK_N: tl.constex
 
 @triton.jit
 def _gemv_dot_kernel(x_ptr, w_ptr, w_inv_ptr, out_ptr, part_ptr, count_ptr, N, K, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, X_BLOCK: tl.constexpr, X_STEPS: tl.constexpr,
-                     FLT_MAX: tl.constexpr, HW: tl.constexpr):
+                     BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PROMOTE_K: tl.constexpr, X_BLOCK: tl.constexpr,
+                     X_STEPS: tl.constexpr, FLT_MAX: tl.constexpr, HW: tl.constexpr):
     """acc[BLOCK_N, 16] = W tile [BLOCK_N, BLOCK_K] . the row as a 16-column operand (columns 1..15 zero).
 
     W is the left operand: with BLOCK_N >= 64 Hopper runs it as wgmma with both FP8 operands read from
@@ -258,7 +265,7 @@ def _gemv_dot_kernel(x_ptr, w_ptr, w_inv_ptr, out_ptr, part_ptr, count_ptr, N, K
         x = tl.load(x_ptr + here, mask=here < k_stop, other=0.0)
         if HW:  # [BLOCK_K, 16] codes: K-major, as an FP8 MMA's right operand must be
             codes = tl.where(first_col, _e4m3_codes(x, scale, HW)[:, None], tl.zeros([BLOCK_K, 16], dtype=tl.uint8))
-            acc = tl.dot(w, codes.to(tl.float8e4nv, bitcast=True), acc)
+            acc = tl.dot(w, codes.to(tl.float8e4nv, bitcast=True), acc, max_num_imprecise_acc=PROMOTE_K)
         else:  # the interpreter multiplies FP8 tiles by their raw bits: the same values in float32
             b = tl.where(first_col, _e4m3_values(x, scale, HW)[:, None], 0.0)
             acc = tl.dot(w.to(tl.float32), b, acc, input_precision="ieee")
@@ -375,7 +382,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config:
     else:
         shared = (workspace.partials, workspace.counters) if workspace is not None else (out, out)
         _gemv_dot_kernel[(tiles, config.split_k)](x, weight, inv_scale, out, *shared, n, k, SPLIT_K=config.split_k,
-                                                  **options)
+                                                  PROMOTE_K=config.promote_k or None, **options)
     return out
 
 

@@ -206,6 +206,10 @@ def test_gemv_tiles_are_validated():
         GemvConfig("dot", 8, 64)
     with pytest.raises(ValueError, match="only the dot GEMV splits K"):
         GemvConfig("fma", 16, 64, split_k=2)
+    for tile in (("fma", 16, 64), ("dot", 64, 64)):
+        for promote_k in (48, 128):  # not a multiple of 32; more than the tile's K
+            with pytest.raises(ValueError, match="promote_k is for the dot GEMV, a multiple of 32 up to block_k"):
+                GemvConfig(*tile, promote_k=promote_k)
 
 
 def test_quantizer_is_eager_on_the_cpu_one_program_for_decode_rows_and_two_pass_for_a_prefill():
@@ -268,8 +272,9 @@ def test_two_pass_quantizer_on_cuda_gives_the_reference_bits():
 
 
 CUDA_TILES = {"fma": GemvConfig("fma", 16, 256), "mma": GemvConfig("dot", 32, 128, num_stages=3),
-              "wgmma": GemvConfig("dot", 64, 128, num_stages=4),
-              "wgmma-split4": GemvConfig("dot", 64, 256, num_stages=3, split_k=4)}
+              "wgmma-promote32": GemvConfig("dot", 64, 128, num_stages=4, promote_k=32),
+              "wgmma-split4-promote32": GemvConfig("dot", 64, 256, num_stages=3, split_k=4, promote_k=32),
+              "wgmma-split4-promote128": GemvConfig("dot", 64, 256, num_stages=3, split_k=4, promote_k=128)}
 
 
 @needs_cuda
