@@ -68,6 +68,9 @@ CANDIDATES = {
        GemvConfig("dot", 64, 256, 4, 3, split, promote_k=every) for split in (1, 2, 4) for every in (32, 128)},
 }
 STRATEGIES = ["fp8_balanced", "hybrid_long_context", "layerwise_gradient", "custom_fp8_ffn"]
+# A tile may be chosen if its error stays under a promoted wgmma sum's bound (tests/test_fp8_linear.py):
+# the unpromoted wgmma tiles' error grows with K.
+ACCURATE_REL_L2 = 3e-4
 DEADLINE_S = 105.0  # optional rows are skipped past this, so the command ends inside its 120 s
 
 
@@ -210,7 +213,8 @@ def section_decode(bench: Bench) -> dict[tuple[int, int], str]:
                       f"{m['tb_per_s']:6.2f} {m['of_copy']:7.2f} {err:8.1e}", flush=True)
             except Exception as e:  # noqa: BLE001
                 rows[name] = _fail(f"{n}x{k} {name}", e)
-        gemvs = {nm: r for nm, r in rows.items() if nm.startswith("gemv") and "opt_ms" in r and r["rel_l2"] < 1e-5}
+        gemvs = {nm: r for nm, r in rows.items()
+                 if nm.startswith("gemv") and "opt_ms" in r and r["rel_l2"] < ACCURATE_REL_L2}
         if gemvs:
             best[(n, k)] = min(gemvs, key=lambda nm: gemvs[nm]["opt_ms"])[len("gemv "):]
             committed = fp8_linear.gemv_config(n, k)

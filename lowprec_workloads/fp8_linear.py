@@ -39,8 +39,15 @@ from pytest_lowprec.formats.triton_quant import _fp8_scale, _magnitude_bits, qua
 from pytest_lowprec.roofline import Work
 
 GEMV_MAX_ROWS = 1
+# Inputs an FP8 wgmma sums in its own accumulator before a float32 add. Triton's sm_90 default leaves it
+# all of K, and the error grows with K: relative L2 against the exact product 1.3e-3 at K = 4096 and
+# 2.9e-3 at 14336 unsplit. Promoted every 128 inputs (DeepSeek-V3's interval) it measured 1.3e-4 at every
+# K, the tiles 0-5% slower; every 32 (each instruction) 4.6e-5. Even one instruction's sum is not
+# float32's: the CUDA-core and mma.sync tiles give 5e-8 to 9e-7.
+_PROMOTE_K = 128
 # What runs on CUDA, for a workload's signature (a baseline recorded on another path is stale).
-CUDA_PATH = "triton gemv quantizing its row (1 row); one-launch or two-pass triton quantizer + _scaled_mm (more)"
+CUDA_PATH = (f"triton gemv quantizing its row, float32 sums every {_PROMOTE_K} inputs (1 row); "
+             "one-launch or two-pass triton quantizer + _scaled_mm (more)")
 # An activation up to this many elements (four decode rows of a 14336-wide FFN) is quantized by one
 # program in one launch; a larger one by the two-pass quantizer, whose amax pass spreads over the chip.
 SMALL_QUANTIZE_MAX = 65536
@@ -90,16 +97,20 @@ class GemvConfig:
 # other shapes take _default_gemv's.
 GEMV_CONFIGS: dict[tuple[int, int], GemvConfig] = {}
 GemvChooser = Callable[[int, int], "GemvConfig | None"]  # (N, K) -> the one-row tile, None for _scaled_mm
-# A memory-bound GEMV needs every SM streaming: enough programs for about two per SM of an H100 or H200.
-_MIN_PROGRAMS = 256
+# A memory-bound GEMV needs every SM streaming: enough programs for about one and a half per SM of an H100
+# or H200, and no more: a split's partial sums cost a store and a second read. On an H200 (2026-12-01,
+# benchmarks/fp8_linear_variants.py) 14336x4096's 224 output tiles took 28.3 us unsplit and 29.4 us split
+# in two; 4096x4096's 64 tiles 20.5, 15.8 and 13.9 us unsplit, split in two and in four.
+_MIN_PROGRAMS = 192
 
 
 def _default_gemv(n: int, k: int) -> GemvConfig:
-    """wgmma tiles of 64 outputs, K split until there are _MIN_PROGRAMS programs (keeping splits >= 1024)."""
+    """wgmma tiles of 64 outputs, the tensor core's sums promoted to float32 every _PROMOTE_K inputs, K split
+    until there are _MIN_PROGRAMS programs (keeping splits >= 1024)."""
     split = 1
     while triton.cdiv(n, 64) * split < _MIN_PROGRAMS and k // (2 * split) >= 1024:
         split *= 2
-    return GemvConfig("dot", block_n=64, block_k=256, num_warps=4, num_stages=3, split_k=split)
+    return GemvConfig("dot", block_n=64, block_k=256, num_warps=4, num_stages=3, split_k=split, promote_k=_PROMOTE_K)
 
 
 def gemv_config(n: int, k: int) -> GemvConfig:

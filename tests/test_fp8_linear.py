@@ -271,22 +271,45 @@ def test_two_pass_quantizer_on_cuda_gives_the_reference_bits():
     assert same_codes(q.cpu(), ref_q) and same_scale(inv.cpu(), ref_inv)
 
 
-CUDA_TILES = {"fma": GemvConfig("fma", 16, 256), "mma": GemvConfig("dot", 32, 128, num_stages=3),
-              "wgmma-promote32": GemvConfig("dot", 64, 128, num_stages=4, promote_k=32),
-              "wgmma-split4-promote32": GemvConfig("dot", 64, 256, num_stages=3, split_k=4, promote_k=32),
-              "wgmma-split4-promote128": GemvConfig("dot", 64, 256, num_stages=3, split_k=4, promote_k=128)}
+CUDA_TILES = {"fma": GemvConfig("fma", 16, 256), "mma": GemvConfig("dot", 32, 128, num_stages=3)}
+# wgmma tiles, their tensor core's sums promoted to float32 every promote_k inputs (GemvConfig.promote_k).
+WGMMA_TILES = {"wgmma-promote32": GemvConfig("dot", 64, 128, num_stages=4, promote_k=32),
+               "wgmma-split4-promote128": GemvConfig("dot", 64, 256, num_stages=3, split_k=4, promote_k=128)}
+# An FP8 wgmma sums even one instruction's products with fewer bits than float32 (an H200, 2026-12-01:
+# 4.5e-5 promoted every 32 inputs, 1.2e-4 every 128, at K from 1024 to 14336; unpromoted 5e-4 to 3e-3,
+# growing with K). Its bound: a promoted sum's error, which does not grow with K.
+PROMOTED_BOUND = 3e-4
 
 
 @needs_cuda
 @pytest.mark.parametrize("tile", sorted(CUDA_TILES))
-def test_gemv_on_cuda_equals_the_float64_product_on_every_call(tile):
+def test_cuda_core_and_mma_sync_gemv_equal_the_float64_product_on_every_call(tile):
     g = torch.Generator().manual_seed(6)
     w, x = torch.randn(4096, 1024, generator=g), torch.randn(1, 1024, generator=g)
     layer = FP8Linear.build(w.cuda(), gemv=lambda n, k: CUDA_TILES[tile])
     wq, w_inv = quantize_tensorwise(w)
     reference = _float64_product(x, wq, w_inv)
-    for _ in range(3):  # split-K's counters are back at zero after each call
+    for _ in range(3):
         assert rel_l2(reference, layer(x.cuda()).cpu()) < EXACT_BOUND
+
+
+@needs_cuda
+@pytest.mark.parametrize("k", [1024, 16384])
+@pytest.mark.parametrize("tile", sorted(WGMMA_TILES))
+def test_wgmma_gemv_error_stays_at_its_promoted_bound_however_long_k(tile, k):
+    g = torch.Generator().manual_seed(6)
+    w, x = torch.randn(1024, k, generator=g), torch.randn(1, k, generator=g)
+    layer = FP8Linear.build(w.cuda(), gemv=lambda n, k: WGMMA_TILES[tile])
+    wq, w_inv = quantize_tensorwise(w)
+    reference = _float64_product(x, wq, w_inv)
+    for _ in range(3):  # split-K's counters are back at zero after each call
+        assert rel_l2(reference, layer(x.cuda()).cpu()) < PROMOTED_BOUND
+
+
+def test_default_gemv_promotes_its_sums_every_128_inputs():
+    from lowprec_workloads.fp8_linear import gemv_config
+
+    assert {gemv_config(n, k).promote_k for n, k in [(4096, 4096), (14336, 4096), (4096, 14336)]} == {128}
 
 
 @needs_cuda
@@ -302,9 +325,11 @@ def test_scaled_mm_path_takes_any_number_of_rows_unpadded(rows):
     assert rel_l2(_float64_product(x, wq, w_inv), got.cpu()) < 1e-3
 
 
-def test_default_gemv_tile_splits_k_until_256_programs_keeping_1024_inputs_a_split():
+def test_default_gemv_tile_splits_k_until_192_programs_keeping_1024_inputs_a_split():
     from lowprec_workloads.fp8_linear import gemv_config
 
     tile = gemv_config(2048, 8192)  # shapes no measured table names
     assert (tile.kernel, tile.block_n, tile.split_k) == ("dot", 64, 8)  # 32 tiles x 8 splits of 1024
     assert gemv_config(8192, 1024).split_k == 1  # 128 tiles; a split of 512 inputs would cost more than it hides
+    assert gemv_config(14336, 4096).split_k == 1  # 224 tiles: enough programs
+    assert gemv_config(4096, 4096).split_k == 4  # 64 tiles x 4
