@@ -172,8 +172,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; 1 with --cpu)")
     parser.add_argument("--steps", type=int, default=None, help="steps per timed round (default 10; 1 with --cpu)")
     parser.add_argument("--loss", action="store_true", help="also train each reduce dtype and print its loss gap")
-    parser.add_argument("--timeout", type=float, default=140.0,
-                        help="seconds the timing job may take before its ranks are stopped and the failure printed")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds the timing job may take before its ranks are stopped and the failure printed "
+                             "(default 140; 400 with --cpu, whose gloo ranks share the host's cores with whatever "
+                             "else runs there)")
     parser.add_argument("--cpu", action="store_true", help="2 gloo ranks at d=64: checks the script, measures nothing")
     parser.add_argument("--profile", metavar="DIR", help="after the timing, profile each side's steps; traces in DIR")
     parser.add_argument("--only", nargs="+", metavar="TEXT",
@@ -199,13 +201,16 @@ def main() -> None:
         for name, row in result["loss"].items():
             print(f"loss: {name}: {row}", flush=True)
     profile_dir = str(Path(args.profile).absolute()) if args.profile else None  # the ranks write there
-    result.update(timing(world, d, cuda, rounds, steps, args.timeout, variants, profile_dir))
+    timeout = args.timeout or (400.0 if args.cpu else 140.0)
+    result.update(timing(world, d, cuda, rounds, steps, timeout, variants, profile_dir))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     if result.get("profiles"):
         print(profile_table(result))
     if "variants" in result:
         print(table(result))
+    if "error" in result:
+        sys.exit("the timing job failed (above); the JSON holds its error")
 
 
 if __name__ == "__main__":

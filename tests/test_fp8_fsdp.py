@@ -334,6 +334,20 @@ def test_the_scaling_benchmarks_cpu_check_times_every_variant_and_marks_the_gate
     assert all(name in done.stdout for name in variants)
 
 
+def test_the_scaling_benchmark_exits_non_zero_when_its_timing_job_fails(tmp_path):
+    """A timing job that does not finish (here: one second for ranks that take longer to start) is a failed
+    command, not an empty table: the exit status says so and the JSON keeps the error."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "scaling.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "fsdp2_scaling.py"), str(out), "--cpu",
+                           "--timeout", "1"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0 and "the timing job failed" in done.stdout + done.stderr
+    assert "did not finish in 1 s" in json.loads(out.read_text())["error"]
+
+
 def test_a_profiled_timing_job_writes_each_ranks_trace_of_each_side_and_summarises_it(tmp_path):
     """benchmarks/fsdp2_scaling.py --profile: after the timing, every side's steps under the profiler, on every
     rank (a collective needs all of them). The CPU has no device streams, so the summary says so."""
