@@ -41,9 +41,10 @@ from pytest_lowprec.roofline import Work
 GEMV_MAX_ROWS = 1
 # Inputs an FP8 wgmma sums in its own accumulator before a float32 add. Triton's sm_90 default leaves it
 # all of K, and the error grows with K: relative L2 against the exact product 1.3e-3 at K = 4096 and
-# 2.9e-3 at 14336 unsplit. Promoted every 128 inputs (DeepSeek-V3's interval) it measured 1.3e-4 at every
-# K, the tiles 0-5% slower; every 32 (each instruction) 4.6e-5. Even one instruction's sum is not
-# float32's: the CUDA-core and mma.sync tiles give 5e-8 to 9e-7.
+# 2.9e-3 at 14336 unsplit (an H200, 2026-12-01). Promoted every 128 inputs (DeepSeek-V3's interval) it
+# measured 1.3e-4 at every K, the default tiles 3-5% slower (where a program sums all of K, up to 12%);
+# every 32 (each instruction) 4.6e-5. Even one instruction's sum is not float32's: the CUDA-core and
+# mma.sync tiles give 5e-8 to 9e-7.
 _PROMOTE_K = 128
 # What runs on CUDA, for a workload's signature (a baseline recorded on another path is stale).
 CUDA_PATH = (f"triton gemv quantizing its row, float32 sums every {_PROMOTE_K} inputs (1 row); "
