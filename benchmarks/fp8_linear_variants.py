@@ -2,7 +2,8 @@
 
     python benchmarks/fp8_linear_variants.py OUT.json [SECTION ...]   # one H200: about 90 s; asserts nothing
 
-SECTION names which sections run (bits decode prefill steps; all by default).
+SECTION names which sections run (bits decode prefill steps; all by default), always in the order below;
+`steps` compares the fastest tile per shape only when `decode` ran.
 
 Sections, in this order, each a table, JSON written to OUT.json after each:
   bits     the Triton quantizers on this GPU against fp8.quantize_tensorwise's bits (edge inputs included);
@@ -342,7 +343,7 @@ def main(argv: list[str]) -> int:
     print(f"{bench.results['device']}, torch {torch.__version__}, model ceilings: "
           f"{bench.ceilings.source if bench.ceilings else 'none'}", flush=True)
     best: dict = {}
-    for section in [sections[name] for name in argv[1:]] or sections.values():
+    for section in [fn for name, fn in sections.items() if name in argv[1:]] or sections.values():
         try:
             out = section(bench, best) if section is section_steps else section(bench)
             if section is section_decode:

@@ -201,7 +201,7 @@ def main() -> None:
         for name, row in result["loss"].items():
             print(f"loss: {name}: {row}", flush=True)
     profile_dir = str(Path(args.profile).absolute()) if args.profile else None  # the ranks write there
-    timeout = args.timeout or (400.0 if args.cpu else 140.0)
+    timeout = args.timeout if args.timeout is not None else (400.0 if args.cpu else 140.0)
     result.update(timing(world, d, cuda, rounds, steps, timeout, variants, profile_dir))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

@@ -42,7 +42,7 @@ GEMV_MAX_ROWS = 1
 # Inputs an FP8 wgmma sums in its own accumulator before a float32 add. Triton's sm_90 default leaves it
 # all of K, and the error grows with K: relative L2 against the exact product 1.3e-3 at K = 4096 and
 # 2.9e-3 at 14336 unsplit (an H200, 2026-12-01). Promoted every 128 inputs (DeepSeek-V3's interval) it
-# measured 1.3e-4 at every K, the default tiles 3-5% slower (where a program sums all of K, up to 12%);
+# measured 1.3e-4 at every K, the default tiles 2.8-4.5% slower (where a program sums all of K, up to 12%);
 # every 32 (each instruction) 4.6e-5. Even one instruction's sum is not float32's: the CUDA-core and
 # mma.sync tiles give 5e-8 to 9e-7.
 _PROMOTE_K = 128
@@ -89,7 +89,8 @@ class GemvConfig:
             raise ValueError("only the dot GEMV splits K")
         if self.num_stages < 1:
             raise ValueError(f"GemvConfig.num_stages must be >= 1, got {self.num_stages}")
-        if self.promote_k and (self.kernel != "dot" or self.promote_k % 32 or self.promote_k > self.block_k):
+        if self.promote_k < 0 or (self.promote_k and (self.kernel != "dot" or self.promote_k % 32
+                                                      or self.promote_k > self.block_k)):
             raise ValueError(f"promote_k is for the dot GEMV, a multiple of 32 up to block_k ({self.block_k}); "
                              f"got {self.promote_k} for kernel {self.kernel!r}")
 

@@ -207,9 +207,10 @@ def test_gemv_tiles_are_validated():
     with pytest.raises(ValueError, match="only the dot GEMV splits K"):
         GemvConfig("fma", 16, 64, split_k=2)
     for tile in (("fma", 16, 64), ("dot", 64, 64)):
-        for promote_k in (48, 128):  # not a multiple of 32; more than the tile's K
+        for promote_k in (48, 128, -32):  # not a multiple of 32; more than the tile's K; negative
             with pytest.raises(ValueError, match="promote_k is for the dot GEMV, a multiple of 32 up to block_k"):
                 GemvConfig(*tile, promote_k=promote_k)
+    assert GemvConfig("dot", 64, 64, promote_k=64).promote_k == 64
 
 
 def test_quantizer_is_eager_on_the_cpu_one_program_for_decode_rows_and_two_pass_for_a_prefill():
@@ -276,8 +277,8 @@ CUDA_TILES = {"fma": GemvConfig("fma", 16, 256), "mma": GemvConfig("dot", 32, 12
 WGMMA_TILES = {"wgmma-promote32": GemvConfig("dot", 64, 128, num_stages=4, promote_k=32),
                "wgmma-split4-promote128": GemvConfig("dot", 64, 256, num_stages=3, split_k=4, promote_k=128)}
 # An FP8 wgmma sums even one instruction's products with fewer bits than float32 (an H200, 2026-12-01:
-# 4.5e-5 promoted every 32 inputs, 1.2e-4 every 128, at K from 1024 to 14336; unpromoted 5e-4 to 3e-3,
-# growing with K). Its bound: a promoted sum's error, which does not grow with K.
+# 4.5-4.6e-5 promoted every 32 inputs, 1.2-1.3e-4 every 128, at K from 1024 to 14336; unpromoted 5e-4 to
+# 3e-3, growing with the K a program sums). Its bound: a promoted sum's error, which does not grow with K.
 PROMOTED_BOUND = 3e-4
 
 
