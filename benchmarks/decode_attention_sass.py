@@ -46,20 +46,27 @@ _V_ELEMENT = {"bf16": "*bf16", "fp8": "*fp8e4nv", "nvfp4": "*u8"}
 
 def compile_variant(cache: str, tile: Tile, arch: int, head_dim: int = 128):
     k_fmt, v_fmt = CACHES[cache]
-    signature = {"q_ptr": "*bf16", "k_ptr": _ELEMENT[k_fmt], "k_scale_ptr": "*fp32", "v_ptr": _V_ELEMENT[v_fmt],
-                 "v_scale_ptr": "*fp32", "v_block_ptr": "*fp8e4nv", "acc_ptr": "*fp32", "ml_ptr": "*fp32",
-                 "out_ptr": "*fp32", "arrivals_ptr": "*i32", "seq": "i32", "split_len": "i32", "full_splits": "i32",
-                 "half_len": "i32", "num_splits": "i32", "qk_scale": "fp32"}
+    tma = tile.loads == "tma"
+    k_desc = f"tensordesc<{_ELEMENT[k_fmt][1:]}[{tile.block_n}, {head_dim}]>" if tma else _ELEMENT[k_fmt]
+    v_desc = (f"tensordesc<{_V_ELEMENT[v_fmt][1:]}[{tile.block_n}, {head_dim}]>" if tma and v_fmt != "nvfp4"
+              else _V_ELEMENT[v_fmt])
+    signature = {"q_ptr": "*bf16", "k_ptr": _ELEMENT[k_fmt], "k_desc": k_desc, "k_scale_ptr": "*fp32",
+                 "v_ptr": _V_ELEMENT[v_fmt], "v_desc": v_desc, "v_scale_ptr": "*fp32", "v_block_ptr": "*fp8e4nv",
+                 "acc_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*fp32", "arrivals_ptr": "*i32", "seq": "i32",
+                 "split_len": "i32", "full_splits": "i32", "half_len": "i32", "num_splits": "i32", "qk_scale": "fp32"}
     constants = {"K_FP8": k_fmt == "fp8", "V_FMT": V_FORMATS[v_fmt], "D": head_dim, "ROWS": max(16, head_dim // 8),
                  "BLOCK_N": tile.block_n, "QK": PRODUCTS[tile.qk], "PV": PRODUCTS[tile.pv],
                  "E2M1_DECODE": E2M1_DECODES[tile.e2m1], "STAGES": tile.stages, "DOT_F32": False,
-                 "FUSED_COMBINE": tile.combine == "fused", "SPLITS_FIRST": tile.order == "splits",
+                 "FUSED_COMBINE": tile.combine == "fused", "SPLITS_FIRST": tile.order == "splits", "TMA": tma,
                  # the merge's split count at the suite's shape (8 x 32 heads, 32K tokens, 132 SMs)
                  "SPLITS": triton.next_power_of_2(num_splits(256, 32768, 132, tile.per_sm))}
     signature.update(dict.fromkeys(constants, "constexpr"))
     # What a launch on real tensors specializes: 16-byte aligned pointers, seq, split_len and half_len
-    # multiples of 16 (full_splits and num_splits are not specialized).
-    attrs = {(i,): [["tt.divisibility", 16]] for i in (*range(12), 13)}
+    # multiples of 16 (full_splits and num_splits are not specialized; descriptors take no such hint).
+    names = list(signature)
+    aligned = [name for name in names[: names.index("num_splits")]
+               if name != "full_splits" and not signature[name].startswith("tensordesc")]
+    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
     return triton.compile(ASTSource(_decode_partial_kernel, signature, constants, attrs),
                           target=GPUTarget("cuda", arch, 32), options={"num_warps": tile.warps})
 

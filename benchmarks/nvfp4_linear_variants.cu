@@ -120,7 +120,16 @@ constexpr int kNotHere = -2;
     X(94, 1, 1, 1, 4, 2, kStepMajor, kNoL1Prefetch256, 4)       \
     X(95, 1, 1, 1, 8, 2, kStepMajor, kNoL1, 2)                  \
     X(96, 2, 2, 1, 4, 1, kStepMajor, kNoL1Prefetch256, 2)       \
-    X(97, 2, 1, 1, 4, 2, kStepMajor, kNoL1, 4)
+    X(97, 2, 1, 1, 4, 2, kStepMajor, kNoL1, 4)                  \
+    X(98, 1, 1, 1, 8, 2, kStepMajor, kNoL1, 4)                  \
+    X(99, 1, 1, 1, 8, 3, kStepMajor, kNoL1, 4)                  \
+    X(100, 1, 1, 1, 8, 1, kStepMajor, kNoL1, 4)                 \
+    X(101, 1, 1, 1, 8, 2, kStepMajor, kNoL1Prefetch256, 4)      \
+    X(102, 1, 1, 1, 8, 2, kStepMajor, kStreaming, 4)            \
+    X(103, 1, 1, 1, 8, 2, kTiled, kNoL1, 4)                     \
+    X(104, 2, 2, 1, 8, 2, kStepMajor, kNoL1Prefetch256, 2)      \
+    X(105, 2, 1, 1, 8, 2, kStepMajor, kNoL1Prefetch256, 4)      \
+    X(106, 4, 2, 1, 8, 2, kStepMajor, kNoL1Prefetch256, 2)
 
 template <int ID>
 struct Variant;

@@ -60,6 +60,7 @@ PRODUCTS = {"fma": 0, "mma": 1, "mma_t": 2, "mma_pairs": 3}
 QK_PRODUCTS = ("fma", "mma", "mma_t")
 COMBINES = ("fused", "kernel")
 ORDERS = ("heads", "splits")
+LOADS = ("pointers", "tma")
 _MAX_BLOCK_N = 128
 _MIN_SPLIT_TOKENS = 256
 
@@ -77,7 +78,10 @@ class Tile:
     neighbouring regions of the cache (as many programs run at once either way). `taper` cuts the last
     `taper` of each sequence-head's splits in two (their programs launch last in "heads" order), so that
     the programs left running when the GPU's last wave drains are shorter; a half is half a split rounded
-    up to whole 128-token tiles, and where that is not shorter than a split there is no taper."""
+    up to whole 128-token tiles, and where that is not shorter than a split there is no taper. `loads`
+    (LOADS) is how the cache's tiles come in: "pointers", each thread's cp.async (or load) of its own 16
+    bytes; "tma", one tensor-memory-access copy a tile (Hopper's TMA, through Triton's tensor descriptors),
+    for K and for BF16 or FP8 V (NVFP4 V keeps its pointer loads)."""
 
     qk: str = "fma"
     pv: str = "fma"
@@ -89,6 +93,7 @@ class Tile:
     combine: str = "fused"
     order: str = "heads"
     taper: int = 0
+    loads: str = "pointers"
 
     def __post_init__(self) -> None:
         if self.qk not in QK_PRODUCTS or self.pv not in PRODUCTS:
@@ -106,14 +111,17 @@ class Tile:
             raise ValueError(f"order takes {', '.join(ORDERS)}, got {self.order!r}")
         if self.taper < 0:
             raise ValueError(f"taper must be >= 0, got {self.taper}")
+        if self.loads not in LOADS:
+            raise ValueError(f"loads takes {', '.join(LOADS)}, got {self.loads!r}")
 
     @property
     def name(self) -> str:
         combine = "" if self.combine == "fused" else f" combine={self.combine}"
         order = "" if self.order == "heads" else f" order={self.order}"
         taper = f" taper={self.taper}" if self.taper else ""
+        loads = "" if self.loads == "pointers" else f" loads={self.loads}"
         return (f"{self.qk}/{self.pv} {self.block_n}x{self.warps}x{self.stages} {self.e2m1} per_sm={self.per_sm}"
-                f"{combine}{order}{taper}")
+                f"{combine}{order}{taper}{loads}")
 
 
 # The partial kernel's Tile per GPU key and (K, V) format. Fixed, never autotuned: a gate needs the
@@ -313,8 +321,18 @@ def _dot(a, b, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def _pv_pairs(p, rows, valid, j, v_ptr, v_block_ptr, acc, V_FMT: tl.constexpr, D: tl.constexpr,
-              BLOCK_N: tl.constexpr, E2M1_DECODE: tl.constexpr, DOT_F32: tl.constexpr):
+def _load_v(v_ptr, v_desc, rows, valid, row0, D: tl.constexpr, TMA: tl.constexpr):
+    """The tile's [BLOCK_N, D] BF16 or FP8 V rows. With TMA the rows past the split's end are the cache's
+    next rows (zeros past its end), not zeros: their scores are masked to -inf, so p is 0 on them, and a
+    cache holds finite values."""
+    if TMA:
+        return v_desc.load([row0, 0])
+    return tl.load(v_ptr + rows[:, None] * D + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0)
+
+
+@triton.jit
+def _pv_pairs(p, rows, valid, j, v_ptr, v_desc, row0, v_block_ptr, acc, V_FMT: tl.constexpr, D: tl.constexpr,
+              BLOCK_N: tl.constexpr, E2M1_DECODE: tl.constexpr, DOT_F32: tl.constexpr, TMA: tl.constexpr):
     """acc [16, D/2] += the tile's p.v, with each pair of adjacent V elements (2c, 2c + 1) on the MMA's
     contraction axis: k = 2 * slot + t holds element 2c + t of the slot's token, so a packed byte (two
     E2M1 codes), an FP8 pair or a BF16 pair becomes exactly one 32-bit B register, as it lies in memory.
@@ -345,7 +363,7 @@ def _pv_pairs(p, rows, valid, j, v_ptr, v_block_ptr, acc, V_FMT: tl.constexpr, D
             else:
                 pair = _e2m1_byte_pairs(byte) * scale[:, :, None]
     else:
-        v = tl.load(v_ptr + rows[:, None] * D + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0)
+        v = _load_v(v_ptr, v_desc, rows, valid, row0, D, TMA)
         if V_FMT == 1:
             v = v.to(tl.float16)
         pair = tl.reshape(v, (BLOCK_N, NC, 2))
@@ -390,12 +408,12 @@ def _store_pairs(acc, out_ptr, v_scale_ptr, bh, V_FMT: tl.constexpr, D: tl.const
 
 
 @triton.jit(do_not_specialize=["num_splits", "full_splits"])
-def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_block_ptr, acc_ptr, ml_ptr,
-                           out_ptr, arrivals_ptr, seq, split_len, full_splits, half_len, num_splits, qk_scale,
+def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_scale_ptr, v_block_ptr, acc_ptr,
+                           ml_ptr, out_ptr, arrivals_ptr, seq, split_len, full_splits, half_len, num_splits, qk_scale,
                            K_FP8: tl.constexpr, V_FMT: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
                            BLOCK_N: tl.constexpr, QK: tl.constexpr, PV: tl.constexpr, E2M1_DECODE: tl.constexpr,
                            STAGES: tl.constexpr, DOT_F32: tl.constexpr, FUSED_COMBINE: tl.constexpr,
-                           SPLITS: tl.constexpr, SPLITS_FIRST: tl.constexpr):
+                           SPLITS: tl.constexpr, SPLITS_FIRST: tl.constexpr, TMA: tl.constexpr):
     if SPLITS_FIRST:
         split = tl.program_id(0)
         bh = tl.program_id(1)
@@ -470,12 +488,21 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
         n = n0 + tl.arange(0, BLOCK_N)
         valid = n < end
         rows = (bh.to(tl.int64) * seq + n)
+        row0 = bh * seq + n0  # the tile's first row, for TMA (launch() checks it fits 32 bits)
+        if TMA:
+            k_tile = k_desc.load([row0, 0])
         if QK == 0:
-            k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+            if TMA:
+                k = k_tile.to(tl.float32)
+            else:
+                k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
             s = tl.where(valid, tl.sum(k * qf[None, :], axis=1), -float("inf"))
             m_tile = tl.max(s, axis=0)
         elif QK == 1:
-            kt = tl.load(k_ptr + rows[None, :] * D + d[:, None], mask=valid[None, :], other=0.0)
+            if TMA:
+                kt = tl.trans(k_tile)
+            else:
+                kt = tl.load(k_ptr + rows[None, :] * D + d[:, None], mask=valid[None, :], other=0.0)
             if K_FP8:
                 kt = kt.to(tl.float16)
             if VEC_S:
@@ -486,7 +513,10 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
                 s = tl.where(valid[None, :], s, -float("inf"))
                 m_tile = tl.max(tl.max(s, axis=1), axis=0)
         else:
-            k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
+            if TMA:
+                k = k_tile
+            else:
+                k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
             if K_FP8:
                 k = k.to(tl.float16)
             if VEC_S:
@@ -514,7 +544,8 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
         else:
             den = den + p
         if PV == 3:
-            acc = _pv_pairs(p, rows, valid, j, v_ptr, v_block_ptr, acc, V_FMT, D, BLOCK_N, E2M1_DECODE, DOT_F32)
+            acc = _pv_pairs(p, rows, valid, j, v_ptr, v_desc, row0, v_block_ptr, acc, V_FMT, D, BLOCK_N, E2M1_DECODE,
+                            DOT_F32, TMA and V_FMT != 2)
         elif PV == 0:
             if V_FMT == 2:
                 blk = tl.arange(0, NB)
@@ -528,7 +559,7 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
                 acc_lo = acc_lo + w * lo.to(tl.float32)
                 acc_hi = acc_hi + w * hi.to(tl.float32)
             else:
-                v = tl.load(v_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+                v = _load_v(v_ptr, v_desc, rows, valid, row0, D, TMA).to(tl.float32)
                 acc = acc + p[:, None] * v
         else:
             # p as the MMA's 16-row operand: [ROWS, BLOCK_N] ("mma") or [BLOCK_N, ROWS] ("mma_t").
@@ -563,7 +594,7 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_scale_ptr, v_ptr, v_scale_ptr, v_bloc
                     acc_lo = acc_lo + _dot(tl.trans(lo), w, DOT_F32)
                     acc_hi = acc_hi + _dot(tl.trans(hi), w, DOT_F32)
             else:
-                v = tl.load(v_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
+                v = _load_v(v_ptr, v_desc, rows, valid, row0, D, TMA)
                 if V_FMT == 1:
                     v = v.to(tl.float16)
                     wh, wl = _split2_fp16(p * 32768.0)  # p <= 1: 2**15 keeps the low piece off subnormals
@@ -760,20 +791,42 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
         v_data = cache.v.data
         v_scale = cache.v.scales.reshape(bh).float().contiguous() if v_fmt == "fp8" else dummy
         v_block = dummy
+    k_data, v_data = k_data.contiguous(), v_data.contiguous()
+    tma = tile.loads == "tma"
+    if tma:
+        k_desc = _tile_descriptor(k_data, bh * seq, head_dim, tile.block_n)
+        v_desc = _tile_descriptor(v_data, bh * seq, head_dim, tile.block_n) if v_fmt != "nvfp4" else v_data
+    else:
+        k_desc, v_desc = k_data, v_data  # not read: the kernel's pointer loads take k_data and v_data
     acc, ml, arrivals = (workspace or DecodeWorkspace()).buffers(bh * splits, bh, head_dim, q.device)
     out = torch.empty(batch, heads, head_dim, dtype=torch.float32, device=q.device)
     fused = tile.combine == "fused"
     splits_first = tile.order == "splits"
     kernel = _decode_partial_kernel[(splits, bh) if splits_first else (bh, splits)](
-        q.contiguous(), k_data.contiguous(), k_scale, v_data.contiguous(), v_scale, v_block, acc, ml,
+        q.contiguous(), k_data, k_desc, k_scale, v_data, v_desc, v_scale, v_block, acc, ml,
         out, arrivals, seq, split_len, full_splits, half_len, splits, math.log2(math.e) / math.sqrt(head_dim),
         K_FP8=k_fmt == "fp8", V_FMT=V_FORMATS[v_fmt], D=head_dim, ROWS=max(16, head_dim // 8),
         BLOCK_N=tile.block_n, QK=PRODUCTS[tile.qk], PV=PRODUCTS[tile.pv], E2M1_DECODE=E2M1_DECODES[tile.e2m1],
         STAGES=tile.stages, DOT_F32=interpreted, FUSED_COMBINE=fused, SPLITS=triton.next_power_of_2(splits),
-        SPLITS_FIRST=splits_first, num_warps=tile.warps)
+        SPLITS_FIRST=splits_first, TMA=tma, num_warps=tile.warps)
     if not fused:
         _decode_combine_kernel[(bh,)](acc, ml, out, splits, D=head_dim, SPLITS=triton.next_power_of_2(splits))
     return out, None if interpreted else kernel
+
+
+def _tile_descriptor(data: torch.Tensor, rows: int, head_dim: int, block_n: int):
+    """A TMA descriptor of a [batch, heads, seq, head_dim] cache as [rows, head_dim], one tile [block_n,
+    head_dim] a copy. TMA needs a 16-byte aligned base and row stride, and the kernel's row index fits 32
+    bits."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    row_bytes = head_dim * data.element_size()
+    if data.data_ptr() % 16 or row_bytes % 16:
+        raise ValueError(f"TMA loads need a 16-byte aligned cache and rows of a multiple of 16 bytes; got address "
+                         f"{data.data_ptr():#x}, {row_bytes}-byte rows: choose loads='pointers'")
+    if rows + block_n > 2**31 - 1:
+        raise ValueError(f"TMA loads index rows in 32 bits; this cache has {rows} rows: choose loads='pointers'")
+    return TensorDescriptor(data.view(rows, head_dim), [rows, head_dim], [head_dim, 1], [block_n, head_dim])
 
 
 def decode_attention_interpreted(q: torch.Tensor, cache: Cache,

@@ -70,6 +70,26 @@ def test_a_sequence_heads_splits_launched_together_match_float64_attention_over_
     _check(kernel, q, caches, [(tile, 3), (tile, 8), (replace(tile, taper=1), 2)])
 
 
+def test_tma_loads_match_float64_attention_over_each_cache(kernel):
+    """Tile.loads "tma": 300 tokens, so the last tile reads past its split into the next sequence-head's rows
+    (and past the cache's end, where TMA fills zeros), which the scores' mask must keep out; 3 and 8 splits
+    (some empty); the pair path and the products that transpose K."""
+    q, caches = _inputs(300, seed=9)
+    runs = [(kernel.Tile("mma_t", "mma_pairs", 32, 1, 2, e2m1="bitwise", loads="tma"), 3),
+            (kernel.Tile("mma_t", "mma_pairs", 64, 1, 3, e2m1="bitwise", loads="tma"), 8),
+            (kernel.Tile("mma", "mma", 64, 4, 2, e2m1="bitwise", loads="tma"), 3),
+            (kernel.Tile("fma", "fma", 64, 4, 2, e2m1="bitwise", loads="tma"), 2)]
+    _check(kernel, q, caches, runs)
+
+
+def test_tma_loads_refuse_a_cache_whose_rows_are_not_16_byte_aligned(kernel):
+    import torch
+
+    data = torch.zeros(1 + 2 * 8 * 16, dtype=torch.uint8)[1:].view(torch.float8_e4m3fn).view(1, 2, 8, 16)
+    with pytest.raises(ValueError, match="16-byte aligned cache.*choose loads='pointers'"):
+        kernel._tile_descriptor(data, 16, 16, 16)
+
+
 @pytest.mark.slow
 def test_every_product_matches_float64_attention_over_each_cache(kernel):
     q, caches = _inputs(200, seed=4)
@@ -91,6 +111,8 @@ def test_a_tile_rejects_what_the_kernel_cannot_run(kernel):
         kernel.Tile(taper=-1)
     with pytest.raises(ValueError, match="order takes heads, splits"):
         kernel.Tile(order="tokens")
+    with pytest.raises(ValueError, match="loads takes pointers, tma"):
+        kernel.Tile(loads="bulk")
 
 
 def test_no_gpus_tiles_name_the_lut_decode_which_the_h200_ran_slower(kernel):
@@ -154,8 +176,8 @@ def test_the_variants_benchmark_runs_every_phase_on_the_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_the_tile_probe_runs_its_rounds_on_the_cpu(tmp_path):
-    """The tile probe, interpreted at a tiny size: both allocators' processes, every round, every FP8
-    candidate checked against float64 and timed."""
+    """The tile probe, interpreted at a tiny size: both allocators' processes, every round, every FP8 and
+    BF16 candidate checked against float64 and timed."""
     out = tmp_path / "probe.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode_attention_tile_probe.py"), str(out),
@@ -165,9 +187,9 @@ def test_the_tile_probe_runs_its_rounds_on_the_cpu(tmp_path):
     assert [p["allocator"] for p in results] == ["default", "expandable_segments"]
     for proc in results:
         assert "error" not in proc, proc.get("error")
-        assert [r["round"] for r in proc["rounds"]] == ["fp8", "fp8k_nvfp4v", "fp8"]
-        first = proc["rounds"][0]["tiles"]
-        assert all(row.get("speedup") and not row.get("wrong") for row in first.values()), first
+        assert [r["round"] for r in proc["rounds"]] == ["fp8", "fp8k_nvfp4v", "fp8", "bf16"]
+        for checked in (proc["rounds"][0]["tiles"], proc["rounds"][3]["tiles"]):  # each cache's first round
+            assert all(row.get("speedup") and not row.get("wrong") for row in checked.values()), checked
     assert "FP8 over BF16" in done.stdout
 
 
@@ -186,3 +208,19 @@ def test_the_tensor_core_pair_path_compiles_for_hopper(cache):
     e2m1 = "lut" if CACHES[cache][1] == "nvfp4" else "packed"
     row = profile(cache, Tile("mma_t", "mma_pairs", 64, 1, 2, e2m1=e2m1), arch=90)
     assert row["spill_bytes"] == 0 and row["loop_per_thread"] > 0, row
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["bf16", "fp8"])
+def test_tma_loads_compile_to_tensor_memory_copies_in_the_loop_for_hopper(cache):
+    """Offline for sm_90: Tile.loads "tma" issues TMA copies (UTMALDG) in the token loop, not per-thread
+    cp.async (LDGSTS), with no spills."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from decode_attention_sass import profile
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from lowprec_workloads.decode_attention_triton import Tile
+
+    row = profile(cache, Tile("mma_t", "mma_pairs", 32, 1, 3, loads="tma"), arch=90)
+    assert row["spill_bytes"] == 0 and row["ops"].get("UTMALDG") and not row["ops"].get("LDGSTS"), row
