@@ -129,7 +129,14 @@ constexpr int kNotHere = -2;
     X(103, 1, 1, 1, 8, 2, kTiled, kNoL1, 4)                     \
     X(104, 2, 2, 1, 8, 2, kStepMajor, kNoL1Prefetch256, 2)      \
     X(105, 2, 1, 1, 8, 2, kStepMajor, kNoL1Prefetch256, 4)      \
-    X(106, 4, 2, 1, 8, 2, kStepMajor, kNoL1Prefetch256, 2)
+    X(106, 4, 2, 1, 8, 2, kStepMajor, kNoL1Prefetch256, 2)      \
+    X(107, 1, 1, 1, 8, 1, kStepMajor, kStreaming, 4)            \
+    X(108, 1, 1, 1, 8, 1, kStepMajor, kNoL1Prefetch256, 4)      \
+    X(109, 1, 1, 1, 8, 1, kTiled, kNoL1, 4)                     \
+    X(110, 1, 1, 1, 12, 1, kStepMajor, kNoL1, 4)                \
+    X(111, 1, 1, 1, 16, 1, kStepMajor, kNoL1, 4)                \
+    X(112, 2, 2, 1, 8, 1, kStepMajor, kNoL1Prefetch256, 2)      \
+    X(113, 2, 2, 1, 4, 1, kStepMajor, kNoL1, 2)
 
 template <int ID>
 struct Variant;
