@@ -136,7 +136,10 @@ constexpr int kNotHere = -2;
     X(110, 1, 1, 1, 12, 1, kStepMajor, kNoL1, 4)                \
     X(111, 1, 1, 1, 16, 1, kStepMajor, kNoL1, 4)                \
     X(112, 2, 2, 1, 8, 1, kStepMajor, kNoL1Prefetch256, 2)      \
-    X(113, 2, 2, 1, 4, 1, kStepMajor, kNoL1, 2)
+    X(113, 2, 2, 1, 4, 1, kStepMajor, kNoL1, 2)                 \
+    X(114, 4, 2, 1, 8, 1, kStepMajor, kNoL1Prefetch256, 2)      \
+    X(115, 2, 2, 1, 8, 1, kStepMajor, kNoL1, 2)                 \
+    X(116, 2, 2, 1, 8, 1, kStepMajor, kStreaming, 2)
 
 template <int ID>
 struct Variant;

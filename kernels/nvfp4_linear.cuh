@@ -732,17 +732,19 @@ struct Config {
 // 1.51x and 64 rows 0.93x, against 2.51x, 1.87x, 1.48x and 0.92x for kTiled's best in the same sweep and
 // 2.30x, 1.66x, 1.29x and 0.87x for the row-major layout's in an earlier one. The bit-placement decode is
 // exact there: Hopper's BF16 multiply keeps the subnormal inputs it relies on.
-// 1..8 rows since the ninth session (2026-12-01): K split over 8 warps, no ring (each warp loads a step,
-// then computes it). At 62 registers four 256-thread blocks fit an SM, 32 warps where the 4-warp shape
-// (119 registers) had 16, and the warps, not a ring, keep loads in flight: 1 row 16.99 us (2.63x) against
-// 17.63 us (2.55x), 8 rows 18.69 against 19.74 us, in one sweep; ncu (caches flushed clean) read the
-// 8-warp 2-step ring's launch in 13.6 us against 15.2 us.
+// 1..16 rows since the ninth session (2026-12-01): K split over 8 warps, no ring (each warp loads a step,
+// then computes it), twice the warps an SM at the registers the 4-warp shapes had for one warp's ring: at
+// 1..8 rows 62 registers, four 256-thread blocks, 32 warps an SM where the 2-step ring (119 registers)
+// had 16; at 9..16 rows 127 registers, two blocks, 16 warps where it (211) had 8. The warps, not a ring,
+// keep the loads in flight. 1 row 16.99 and 17.15 us (2.63x, 2.64x) against 17.57 and 17.79 us (2.54x,
+// 2.55x) in sweeps on two H200s; 16 rows 19.89 us (2.26x) against 22.91 us (1.97x); ncu (caches flushed
+// clean) read the 1-row 8-warp 2-step ring's launch in 13.6 us against 15.2 us for the 4-warp one.
 template <int MT>
 struct ShippedConfig;
 template <>
 struct ShippedConfig<1> { using type = Config<1, 1, 1, 8, 1, kStepMajor, kNoL1, 4>; };
 template <>
-struct ShippedConfig<2> { using type = Config<2, 2, 1, 4, 2, kStepMajor, kNoL1Prefetch256, 2>; };
+struct ShippedConfig<2> { using type = Config<2, 2, 1, 8, 1, kStepMajor, kNoL1Prefetch256, 2>; };
 template <>
 struct ShippedConfig<4> { using type = Config<4, 2, 1, 4, 2, kStepMajor, kNoL1Prefetch256, 2>; };
 template <>
