@@ -1,13 +1,14 @@
 """The decode-attention partial kernel's variants compiled offline for a GPU target, without a GPU.
 
     python benchmarks/decode_attention_sass.py [--arch 90] [--cache fp8k_nvfp4v] [--qk fma,mma] [--pv ...]
-        [--block-n 64] [--warps 4] [--stages 2] [--e2m1 packed] [--json PATH] [--dump DIR]
+        [--block-n 64] [--warps 4] [--stages 2] [--e2m1 packed] [--loads pointers,tma] [--json PATH] [--dump DIR]
 
 For each variant (every combination of the lists given) Triton compiles the kernel for sm_ARCH with the
 divisibility hints a real launch has, and the script reads the cubin with the nvdisasm and cuobjdump
 that Triton ships: registers, local memory (spills), shared memory, and the loop's instructions per
 thread and per token (warp-instructions for one token of one head), by opcode. The loop is the longest
-backward branch; the rescale of the running sums (skipped unless the maximum rises) is left out. A
+backward branch that does not span an EXIT (TMA kernels' barrier-wait retries sit after the kernel's end and
+branch back into the loop); the rescale of the running sums (skipped unless the maximum rises) is left out. A
 count, not a time: it shows which variants issue fewer instructions per byte, and which spill.
 A benchmark: it prints a table and asserts nothing.
 """
@@ -37,6 +38,7 @@ from lowprec_workloads.decode_attention_triton import (
     Tile,
     _decode_partial_kernel,
     num_splits,
+    tma_loads,
 )
 
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -46,26 +48,36 @@ _V_ELEMENT = {"bf16": "*bf16", "fp8": "*fp8e4nv", "nvfp4": "*u8"}
 
 def compile_variant(cache: str, tile: Tile, arch: int, head_dim: int = 128):
     k_fmt, v_fmt = CACHES[cache]
-    tma = tile.loads == "tma"
-    k_desc = f"tensordesc<{_ELEMENT[k_fmt][1:]}[{tile.block_n}, {head_dim}]>" if tma else _ELEMENT[k_fmt]
-    v_desc = (f"tensordesc<{_V_ELEMENT[v_fmt][1:]}[{tile.block_n}, {head_dim}]>" if tma and v_fmt != "nvfp4"
-              else _V_ELEMENT[v_fmt])
-    signature = {"q_ptr": "*bf16", "k_ptr": _ELEMENT[k_fmt], "k_desc": k_desc, "k_scale_ptr": "*fp32",
-                 "v_ptr": _V_ELEMENT[v_fmt], "v_desc": v_desc, "v_scale_ptr": "*fp32", "v_block_ptr": "*fp8e4nv",
+    k_tma, v_tma = tma_loads(tile, v_fmt)
+    # launch() passes a [sequence-heads, seq, head_dim] descriptor where a tensor is loaded through TMA, None
+    # (a constant) where not.
+    box = f"[1, {tile.block_n}, {head_dim}]"
+    signature = {"q_ptr": "*bf16", "k_ptr": _ELEMENT[k_fmt], "k_desc": "constexpr", "k_scale_ptr": "*fp32",
+                 "v_ptr": _V_ELEMENT[v_fmt], "v_desc": "constexpr", "v_scale_ptr": "*fp32", "v_block_ptr": "*fp8e4nv",
                  "acc_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*fp32", "arrivals_ptr": "*i32", "seq": "i32",
                  "split_len": "i32", "full_splits": "i32", "half_len": "i32", "num_splits": "i32", "qk_scale": "fp32"}
+    descriptors = {"k_desc": None, "v_desc": None}
+    if k_tma:
+        signature["k_desc"] = f"tensordesc<{_ELEMENT[k_fmt][1:]}{box}>"
+        del descriptors["k_desc"]
+    if v_tma:
+        signature["v_desc"] = f"tensordesc<{_V_ELEMENT[v_fmt][1:]}{box}>"
+        del descriptors["v_desc"]
     constants = {"K_FP8": k_fmt == "fp8", "V_FMT": V_FORMATS[v_fmt], "D": head_dim, "ROWS": max(16, head_dim // 8),
                  "BLOCK_N": tile.block_n, "QK": PRODUCTS[tile.qk], "PV": PRODUCTS[tile.pv],
                  "E2M1_DECODE": E2M1_DECODES[tile.e2m1], "STAGES": tile.stages, "DOT_F32": False,
-                 "FUSED_COMBINE": tile.combine == "fused", "SPLITS_FIRST": tile.order == "splits", "TMA": tma,
+                 "FUSED_COMBINE": tile.combine == "fused", "SPLITS_FIRST": tile.order == "splits", "K_TMA": k_tma,
+                 "V_TMA": v_tma,
                  # the merge's split count at the suite's shape (8 x 32 heads, 32K tokens, 132 SMs)
                  "SPLITS": triton.next_power_of_2(num_splits(256, 32768, 132, tile.per_sm))}
     signature.update(dict.fromkeys(constants, "constexpr"))
+    constants.update(descriptors)
     # What a launch on real tensors specializes: 16-byte aligned pointers, seq, split_len and half_len
     # multiples of 16 (full_splits and num_splits are not specialized; descriptors take no such hint).
     names = list(signature)
     aligned = [name for name in names[: names.index("num_splits")]
-               if name != "full_splits" and not signature[name].startswith("tensordesc")]
+               if name != "full_splits" and signature[name] != "constexpr"
+               and not signature[name].startswith("tensordesc")]
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
     return triton.compile(ASTSource(_decode_partial_kernel, signature, constants, attrs),
                           target=GPUTarget("cuda", arch, 32), options={"num_warps": tile.warps})
@@ -91,6 +103,8 @@ def loop_profile(sass: str) -> tuple[collections.Counter, int]:
         branch = re.search(r"BRA `\((\.L_x_\d+)\)", line)
         if branch and labels.get(branch.group(1), i) < i:
             span = (labels[branch.group(1)], i)
+            if "EXIT" in ops[span[0]:span[1]]:
+                continue  # a retry stub past the kernel's end, not the loop
             if loop is None or span[1] - span[0] > loop[1] - loop[0]:
                 loop = span
     if loop is None:
@@ -114,7 +128,7 @@ def profile(cache: str, tile: Tile, arch: int, dump: Path | None = None) -> dict
         usage = _run("cuobjdump", "--dump-resource-usage", cubin)
         sass = _run("nvdisasm", "-c", cubin)
     if dump:
-        stem = dump / f"{cache}_{tile.qk}_{tile.pv}_{tile.block_n}x{tile.warps}x{tile.stages}_{tile.e2m1}"
+        stem = dump / f"{cache}_{tile.qk}_{tile.pv}_{tile.block_n}x{tile.warps}x{tile.stages}_{tile.e2m1}_{tile.loads}"
         stem.with_suffix(".sass").write_text(sass)
         stem.with_suffix(".ttgir").write_text(kernel.asm["ttgir"])
     field = {name: int(re.search(name + r":(\d+)", usage).group(1)) for name in ("REG", "SHARED", "LOCAL")}
@@ -135,6 +149,7 @@ def main() -> int:
     parser.add_argument("--warps", default="4")
     parser.add_argument("--stages", default="2")
     parser.add_argument("--e2m1", default="packed")
+    parser.add_argument("--loads", default="pointers")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--dump", type=Path, help="write each variant's SASS and TTGIR here")
     args = parser.parse_args()
@@ -143,15 +158,15 @@ def main() -> int:
     split = lambda text, kind=str: [kind(x) for x in text.split(",")]  # noqa: E731
     rows = []
     print(f"triton {triton.__version__}, sm_{args.arch}; per token = warp-instructions per token and head")
-    print(f"{'cache':12} {'qk':6} {'pv':6} {'tile':>8} {'e2m1':8} {'regs':>4} {'spill':>5} {'loop':>5} "
+    print(f"{'cache':12} {'qk':6} {'pv':6} {'tile':>8} {'e2m1':8} {'loads':8} {'regs':>4} {'spill':>5} {'loop':>5} "
           f"{'per token':>9}  top opcodes")
-    for cache, qk, pv, block_n, warps, stages, e2m1 in itertools.product(
+    for cache, qk, pv, block_n, warps, stages, e2m1, loads in itertools.product(
             split(args.cache), split(args.qk), split(args.pv), split(args.block_n, int), split(args.warps, int),
-            split(args.stages, int), split(args.e2m1)):
+            split(args.stages, int), split(args.e2m1), split(args.loads)):
         if e2m1 != "packed" and CACHES[cache][1] != "nvfp4":
             continue
-        tile = Tile(qk=qk, pv=pv, block_n=block_n, warps=warps, stages=stages, e2m1=e2m1)
-        name = f"{cache:12} {qk:6} {pv:6} {f'{block_n}x{warps}x{stages}':>8} {e2m1:8}"
+        tile = Tile(qk=qk, pv=pv, block_n=block_n, warps=warps, stages=stages, e2m1=e2m1, loads=loads)
+        name = f"{cache:12} {qk:6} {pv:6} {f'{block_n}x{warps}x{stages}':>8} {e2m1:8} {loads:8}"
         try:
             row = profile(cache, tile, args.arch, args.dump)
         except Exception as exc:  # a variant Triton cannot compile is reported, the rest still run

@@ -78,8 +78,7 @@ CANDIDATES = {
                                        loads="tma"),
     "tma mma/pairs 32x1x3 s16": Tile(qk="mma", pv="mma_pairs", block_n=32, warps=1, stages=3, per_sm=16, loads="tma"),
 }
-# The BF16 kernel the FP8 ones are measured against, through TMA as well: a faster BF16 kernel would be
-# the one to measure against (timed against the shipped BF16 tile, in the last round).
+# The [bf16] round's candidates: the BF16 kernel through TMA.
 BF16_CANDIDATES = {
     "tma mma_t/mma_t 64x4x3 s8": Tile(qk="mma_t", pv="mma_t", block_n=64, warps=4, stages=3, per_sm=8, loads="tma"),
     "tma mma_t/mma_t 64x4x4 s8": Tile(qk="mma_t", pv="mma_t", block_n=64, warps=4, stages=4, per_sm=8, loads="tma"),

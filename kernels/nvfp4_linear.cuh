@@ -726,8 +726,8 @@ struct Config {
 
 // The shapes kernels/nvfp4_gemm.cu ships, by n8 tiles of activation rows (1..8, ..16, ..32, ..64 rows).
 // Fixed per build (no run-time tuning), so every process of a gate runs the same kernel; each the fastest
-// correct variant of its row range in benchmarks/nvfp4_linear_variants.py on an H200 (2026-12-01, 8192x8192,
-// against BF16 F.linear, the geometric mean over the range's row counts). All read one layout, since a weight
+// correct variant of its row range that does not spill in benchmarks/nvfp4_linear_variants.py on an H200
+// (2026-12-01, 8192x8192, against BF16 F.linear, the geometric mean over the range's row counts). All read one layout, since a weight
 // is prepared once for every batch size: kStepMajor, where 1 row measured 2.57x, 16 rows 1.97x, 32 rows
 // 1.51x and 64 rows 0.93x, against 2.51x, 1.87x, 1.48x and 0.92x for kTiled's best in the same sweep and
 // 2.30x, 1.66x, 1.29x and 0.87x for the row-major layout's in an earlier one. The bit-placement decode is
@@ -738,7 +738,9 @@ struct Config {
 // had 16; at 9..16 rows 127 registers, two blocks, 16 warps where it (211) had 8. The warps, not a ring,
 // keep the loads in flight. 1 row 16.99 and 17.15 us (2.63x, 2.64x) against 17.57 and 17.79 us (2.54x,
 // 2.55x) in sweeps on two H200s; 16 rows 19.89 us (2.26x) against 22.91 us (1.97x); ncu (caches flushed
-// clean) read the 1-row 8-warp 2-step ring's launch in 13.6 us against 15.2 us for the 4-warp one.
+// clean) read the 1-row 8-warp shape with a 2-step ring in 13.6 us against 15.2 us for the 4-warp one (the
+// shape shipped, without the ring, was not profiled). At 17..32 rows the 8-warp shape with no ring measured
+// 1.54x against 1.50x in one sweep, but spills (16 bytes at 128 registers): not shipped.
 template <int MT>
 struct ShippedConfig;
 template <>

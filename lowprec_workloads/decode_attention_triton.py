@@ -48,6 +48,7 @@ from dataclasses import dataclass, replace
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from pytest_lowprec.hardware import gpu_key_from_name
 
@@ -321,18 +322,20 @@ def _dot(a, b, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def _load_v(v_ptr, v_desc, rows, valid, row0, D: tl.constexpr, TMA: tl.constexpr):
-    """The tile's [BLOCK_N, D] BF16 or FP8 V rows. With TMA the rows past the split's end are the cache's
-    next rows (zeros past its end), not zeros: their scores are masked to -inf, so p is 0 on them, and a
-    cache holds finite values."""
+def _load_tile(ptr, desc, rows, valid, bh, n0, D: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
+    """The tile's [BLOCK_N, D] rows of a BF16 or FP8 K or V, zeros past the split's end: through TMA, one
+    copy of a [1, BLOCK_N, D] box of the cache seen as [sequence-heads, seq, D], which the copy fills with
+    zeros past the sequence-head's last token (the rows of the next one, read, could hold any value, and p,
+    though 0 there, times an inf is a NaN); within the cache and past the split's end the scores' mask
+    keeps the rows out."""
     if TMA:
-        return v_desc.load([row0, 0])
-    return tl.load(v_ptr + rows[:, None] * D + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0)
+        return tl.reshape(desc.load([bh, n0, 0]), (BLOCK_N, D))
+    return tl.load(ptr + rows[:, None] * D + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0)
 
 
 @triton.jit
-def _pv_pairs(p, rows, valid, j, v_ptr, v_desc, row0, v_block_ptr, acc, V_FMT: tl.constexpr, D: tl.constexpr,
-              BLOCK_N: tl.constexpr, E2M1_DECODE: tl.constexpr, DOT_F32: tl.constexpr, TMA: tl.constexpr):
+def _pv_pairs(p, rows, valid, j, v_ptr, v_desc, bh, n0, v_block_ptr, acc, V_FMT: tl.constexpr, D: tl.constexpr,
+              BLOCK_N: tl.constexpr, E2M1_DECODE: tl.constexpr, DOT_F32: tl.constexpr, V_TMA: tl.constexpr):
     """acc [16, D/2] += the tile's p.v, with each pair of adjacent V elements (2c, 2c + 1) on the MMA's
     contraction axis: k = 2 * slot + t holds element 2c + t of the slot's token, so a packed byte (two
     E2M1 codes), an FP8 pair or a BF16 pair becomes exactly one 32-bit B register, as it lies in memory.
@@ -363,7 +366,7 @@ def _pv_pairs(p, rows, valid, j, v_ptr, v_desc, row0, v_block_ptr, acc, V_FMT: t
             else:
                 pair = _e2m1_byte_pairs(byte) * scale[:, :, None]
     else:
-        v = _load_v(v_ptr, v_desc, rows, valid, row0, D, TMA)
+        v = _load_tile(v_ptr, v_desc, rows, valid, bh, n0, D, BLOCK_N, V_TMA)
         if V_FMT == 1:
             v = v.to(tl.float16)
         pair = tl.reshape(v, (BLOCK_N, NC, 2))
@@ -413,7 +416,8 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
                            K_FP8: tl.constexpr, V_FMT: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
                            BLOCK_N: tl.constexpr, QK: tl.constexpr, PV: tl.constexpr, E2M1_DECODE: tl.constexpr,
                            STAGES: tl.constexpr, DOT_F32: tl.constexpr, FUSED_COMBINE: tl.constexpr,
-                           SPLITS: tl.constexpr, SPLITS_FIRST: tl.constexpr, TMA: tl.constexpr):
+                           SPLITS: tl.constexpr, SPLITS_FIRST: tl.constexpr, K_TMA: tl.constexpr,
+                           V_TMA: tl.constexpr):
     if SPLITS_FIRST:
         split = tl.program_id(0)
         bh = tl.program_id(1)
@@ -488,18 +492,17 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
         n = n0 + tl.arange(0, BLOCK_N)
         valid = n < end
         rows = (bh.to(tl.int64) * seq + n)
-        row0 = bh * seq + n0  # the tile's first row, for TMA (launch() checks it fits 32 bits)
-        if TMA:
-            k_tile = k_desc.load([row0, 0])
+        if K_TMA:
+            k_tile = _load_tile(k_ptr, k_desc, rows, valid, bh, n0, D, BLOCK_N, True)
         if QK == 0:
-            if TMA:
+            if K_TMA:
                 k = k_tile.to(tl.float32)
             else:
                 k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
             s = tl.where(valid, tl.sum(k * qf[None, :], axis=1), -float("inf"))
             m_tile = tl.max(s, axis=0)
         elif QK == 1:
-            if TMA:
+            if K_TMA:
                 kt = tl.trans(k_tile)
             else:
                 kt = tl.load(k_ptr + rows[None, :] * D + d[:, None], mask=valid[None, :], other=0.0)
@@ -513,7 +516,7 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
                 s = tl.where(valid[None, :], s, -float("inf"))
                 m_tile = tl.max(tl.max(s, axis=1), axis=0)
         else:
-            if TMA:
+            if K_TMA:
                 k = k_tile
             else:
                 k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
@@ -544,8 +547,8 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
         else:
             den = den + p
         if PV == 3:
-            acc = _pv_pairs(p, rows, valid, j, v_ptr, v_desc, row0, v_block_ptr, acc, V_FMT, D, BLOCK_N, E2M1_DECODE,
-                            DOT_F32, TMA and V_FMT != 2)
+            acc = _pv_pairs(p, rows, valid, j, v_ptr, v_desc, bh, n0, v_block_ptr, acc, V_FMT, D, BLOCK_N, E2M1_DECODE,
+                            DOT_F32, V_TMA)
         elif PV == 0:
             if V_FMT == 2:
                 blk = tl.arange(0, NB)
@@ -559,7 +562,7 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
                 acc_lo = acc_lo + w * lo.to(tl.float32)
                 acc_hi = acc_hi + w * hi.to(tl.float32)
             else:
-                v = _load_v(v_ptr, v_desc, rows, valid, row0, D, TMA).to(tl.float32)
+                v = _load_tile(v_ptr, v_desc, rows, valid, bh, n0, D, BLOCK_N, V_TMA).to(tl.float32)
                 acc = acc + p[:, None] * v
         else:
             # p as the MMA's 16-row operand: [ROWS, BLOCK_N] ("mma") or [BLOCK_N, ROWS] ("mma_t").
@@ -594,7 +597,7 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
                     acc_lo = acc_lo + _dot(tl.trans(lo), w, DOT_F32)
                     acc_hi = acc_hi + _dot(tl.trans(hi), w, DOT_F32)
             else:
-                v = _load_v(v_ptr, v_desc, rows, valid, row0, D, TMA)
+                v = _load_tile(v_ptr, v_desc, rows, valid, bh, n0, D, BLOCK_N, V_TMA)
                 if V_FMT == 1:
                     v = v.to(tl.float16)
                     wh, wl = _split2_fp16(p * 32768.0)  # p <= 1: 2**15 keeps the low piece off subnormals
@@ -792,12 +795,9 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
         v_scale = cache.v.scales.reshape(bh).float().contiguous() if v_fmt == "fp8" else dummy
         v_block = dummy
     k_data, v_data = k_data.contiguous(), v_data.contiguous()
-    tma = tile.loads == "tma"
-    if tma:
-        k_desc = _tile_descriptor(k_data, bh * seq, head_dim, tile.block_n)
-        v_desc = _tile_descriptor(v_data, bh * seq, head_dim, tile.block_n) if v_fmt != "nvfp4" else v_data
-    else:
-        k_desc, v_desc = k_data, v_data  # not read: the kernel's pointer loads take k_data and v_data
+    k_tma, v_tma = tma_loads(tile, v_fmt)
+    k_desc = _tile_descriptor(k_data, tile.block_n) if k_tma else None
+    v_desc = _tile_descriptor(v_data, tile.block_n) if v_tma else None
     acc, ml, arrivals = (workspace or DecodeWorkspace()).buffers(bh * splits, bh, head_dim, q.device)
     out = torch.empty(batch, heads, head_dim, dtype=torch.float32, device=q.device)
     fused = tile.combine == "fused"
@@ -808,25 +808,29 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
         K_FP8=k_fmt == "fp8", V_FMT=V_FORMATS[v_fmt], D=head_dim, ROWS=max(16, head_dim // 8),
         BLOCK_N=tile.block_n, QK=PRODUCTS[tile.qk], PV=PRODUCTS[tile.pv], E2M1_DECODE=E2M1_DECODES[tile.e2m1],
         STAGES=tile.stages, DOT_F32=interpreted, FUSED_COMBINE=fused, SPLITS=triton.next_power_of_2(splits),
-        SPLITS_FIRST=splits_first, TMA=tma, num_warps=tile.warps)
+        SPLITS_FIRST=splits_first, K_TMA=k_tma, V_TMA=v_tma, num_warps=tile.warps)
     if not fused:
         _decode_combine_kernel[(bh,)](acc, ml, out, splits, D=head_dim, SPLITS=triton.next_power_of_2(splits))
     return out, None if interpreted else kernel
 
 
-def _tile_descriptor(data: torch.Tensor, rows: int, head_dim: int, block_n: int):
-    """A TMA descriptor of a [batch, heads, seq, head_dim] cache as [rows, head_dim], one tile [block_n,
-    head_dim] a copy. TMA needs a 16-byte aligned base and row stride, and the kernel's row index fits 32
-    bits."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
+def tma_loads(tile: Tile, v_fmt: str) -> tuple[bool, bool]:
+    """Whether the kernel loads K, and V, through TMA: with Tile.loads "tma", K always and V unless it is
+    NVFP4 (its packed codes and block scales keep their pointer loads)."""
+    tma = tile.loads == "tma"
+    return tma, tma and v_fmt != "nvfp4"
 
-    row_bytes = head_dim * data.element_size()
-    if data.data_ptr() % 16 or row_bytes % 16:
-        raise ValueError(f"TMA loads need a 16-byte aligned cache and rows of a multiple of 16 bytes; got address "
-                         f"{data.data_ptr():#x}, {row_bytes}-byte rows: choose loads='pointers'")
-    if rows + block_n > 2**31 - 1:
-        raise ValueError(f"TMA loads index rows in 32 bits; this cache has {rows} rows: choose loads='pointers'")
-    return TensorDescriptor(data.view(rows, head_dim), [rows, head_dim], [head_dim, 1], [block_n, head_dim])
+
+def _tile_descriptor(data: torch.Tensor, block_n: int) -> TensorDescriptor:
+    """A TMA descriptor of a [batch, heads, seq, head_dim] cache as [sequence-heads, seq, head_dim], one
+    [1, block_n, head_dim] box a copy. TMA needs a 16-byte aligned base (launch() already requires a
+    head_dim whose rows are whole multiples of 16 bytes)."""
+    batch, heads, seq, head_dim = data.shape
+    if data.data_ptr() % 16:
+        raise ValueError(f"TMA loads need a 16-byte aligned cache; this one starts at {data.data_ptr():#x}: "
+                         "choose loads='pointers' or allocate the cache on its own")
+    return TensorDescriptor(data.view(batch * heads, seq, head_dim), [batch * heads, seq, head_dim],
+                            [seq * head_dim, head_dim, 1], [1, block_n, head_dim])
 
 
 def decode_attention_interpreted(q: torch.Tensor, cache: Cache,

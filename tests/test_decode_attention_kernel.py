@@ -71,23 +71,46 @@ def test_a_sequence_heads_splits_launched_together_match_float64_attention_over_
 
 
 def test_tma_loads_match_float64_attention_over_each_cache(kernel):
-    """Tile.loads "tma": 300 tokens, so the last tile reads past its split into the next sequence-head's rows
-    (and past the cache's end, where TMA fills zeros), which the scores' mask must keep out; 3 and 8 splits
-    (some empty); the pair path and the products that transpose K."""
+    """Tile.loads "tma": 300 tokens, so the last tile of a sequence-head runs past its end (TMA fills zeros
+    there); 3 and 8 splits (some empty); the pair path, and the products that transpose K and V."""
     q, caches = _inputs(300, seed=9)
     runs = [(kernel.Tile("mma_t", "mma_pairs", 32, 1, 2, e2m1="bitwise", loads="tma"), 3),
             (kernel.Tile("mma_t", "mma_pairs", 64, 1, 3, e2m1="bitwise", loads="tma"), 8),
+            (kernel.Tile("mma_t", "mma_t", 64, 4, 2, e2m1="bitwise", loads="tma"), 3),
             (kernel.Tile("mma", "mma", 64, 4, 2, e2m1="bitwise", loads="tma"), 3),
             (kernel.Tile("fma", "fma", 64, 4, 2, e2m1="bitwise", loads="tma"), 2)]
     _check(kernel, q, caches, runs)
 
 
-def test_tma_loads_refuse_a_cache_whose_rows_are_not_16_byte_aligned(kernel):
+def test_tma_loads_do_not_read_the_next_sequence_heads_rows(kernel):
+    """An inf in head 1's V, past head 0's last token: head 0's ragged last tile must not see it (p is 0
+    there, but 0 times inf is NaN), as the pointer loads, masked, do not."""
     import torch
 
-    data = torch.zeros(1 + 2 * 8 * 16, dtype=torch.uint8)[1:].view(torch.float8_e4m3fn).view(1, 2, 8, 16)
+    from lowprec_workloads.decode_attention import Cache, attend_cache
+
+    q, caches = _inputs(300, seed=10)
+    cache = caches["bf16"]
+    v = cache.v.data.clone()
+    v[0, 1, 0, 0] = float("inf")
+    poisoned = Cache(cache.k, replace(cache.v, data=v))
+    tiles = [(kernel.Tile("mma_t", "mma_pairs", 64, 1, 2, e2m1="bitwise", loads=loads), 2)
+             for loads in ("pointers", "tma")]
+    reference = attend_cache(q, cache)[0, 0]
+    for (tile, _), out in zip(tiles, kernel.decode_attention_interpreted(q, poisoned, tiles), strict=True):
+        assert torch.isfinite(out[0, 0]).all() and rel_l2(reference, out[0, 0]) < MAX_REL_L2, tile.name
+
+
+def test_tma_loads_refuse_a_cache_whose_base_is_not_16_byte_aligned(kernel):
+    import torch
+
+    q, caches = _inputs(64, seed=11)
+    cache = caches["fp8"]
+    shifted = torch.empty(cache.k.data.numel() + 1, dtype=cache.k.data.dtype)[1:].view(cache.k.data.shape)
+    shifted.copy_(cache.k.data)
+    misaligned = type(cache)(replace(cache.k, data=shifted), cache.v)
     with pytest.raises(ValueError, match="16-byte aligned cache.*choose loads='pointers'"):
-        kernel._tile_descriptor(data, 16, 16, 16)
+        kernel.launch(q, misaligned, splits=1, tile=kernel.Tile("mma_t", "mma_pairs", 32, 1, 2, loads="tma"))
 
 
 @pytest.mark.slow

@@ -37,8 +37,8 @@ def test_a_weight_prepared_without_cuda_kernels_keeps_only_the_format():
 @pytest.mark.parametrize("rows", [1, 3, 16, 24, 64])
 def test_tiled_decode_linear_is_the_product_of_the_dequantized_operands(rows, n):
     # N = 40 and 72 pad their last tile of 16 rows, and their step stride (the row tiles) differs from
-    # N / 16; K = 2944 is 23 steps, so every warp turns its ring over and some take one step more. 1, 3,
-    # 16, 24 and 64 rows run each shipped shape.
+    # N / 16; K = 2944 is 23 steps, so the warps along K take 2 or 3 (at 8 warps) or 5 or 6 (at 4) and
+    # the 2-step rings of the 17..64-row shapes turn over. 1, 3, 16, 24 and 64 rows run each shipped shape.
     k = 2944
     tiles = -(-n // 16)
     cuda = CudaKernels(torch.device("cuda:0"))

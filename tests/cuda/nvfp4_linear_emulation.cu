@@ -275,6 +275,9 @@ int main() {
     ok &= check<Shipped<1>>("shipped, 1..8 rows", 8, 72, 2944, 2);
     ok &= check<Shipped<2>>("shipped, 9..16 rows", 11, 72, 2944, 3);
     ok &= check<Shipped<2>>("shipped, 9..16 rows", 16, 72, 2944, 4);
+    // Their 8 warps along K at K = 128 and 896 (1 and 7 steps): no warp has a full share, and some none.
+    ok &= check<Shipped<1>>("shipped, 1..8 rows, one step", 3, 40, 128, 7);
+    ok &= check<Shipped<2>>("shipped, 9..16 rows, seven steps", 16, 40, 896, 8);
     ok &= check<Shipped<4>>("shipped, 17..32 rows", 32, 72, 2944, 5);
     ok &= check<Shipped<8>>("shipped, 33..64 rows", 64, 72, 2944, 6);
     return ok ? 0 : 1;
