@@ -727,11 +727,11 @@ struct Config {
 // The shapes kernels/nvfp4_gemm.cu ships, by n8 tiles of activation rows (1..8, ..16, ..32, ..64 rows).
 // Fixed per build (no run-time tuning), so every process of a gate runs the same kernel; each the fastest
 // correct variant of its row range that does not spill in benchmarks/nvfp4_linear_variants.py on an H200
-// (2026-12-01, 8192x8192, against BF16 F.linear, the geometric mean over the range's row counts). All read one layout, since a weight
-// is prepared once for every batch size: kStepMajor, where 1 row measured 2.57x, 16 rows 1.97x, 32 rows
-// 1.51x and 64 rows 0.93x, against 2.51x, 1.87x, 1.48x and 0.92x for kTiled's best in the same sweep and
-// 2.30x, 1.66x, 1.29x and 0.87x for the row-major layout's in an earlier one. The bit-placement decode is
-// exact there: Hopper's BF16 multiply keeps the subnormal inputs it relies on.
+// (2026-12-01, 8192x8192, against BF16 F.linear, the geometric mean over the range's row counts). All read
+// one layout, since a weight is prepared once for every batch size: kStepMajor, where 1 row measured 2.57x,
+// 16 rows 1.97x, 32 rows 1.51x and 64 rows 0.93x, against 2.51x, 1.87x, 1.48x and 0.92x for kTiled's best
+// in the same sweep and 2.30x, 1.66x, 1.29x and 0.87x for the row-major layout's in an earlier one. The
+// bit-placement decode is exact there: Hopper's BF16 multiply keeps the subnormal inputs it relies on.
 // 1..16 rows since the ninth session (2026-12-01): K split over 8 warps, no ring (each warp loads a step,
 // then computes it), twice the warps an SM at the registers the 4-warp shapes had for one warp's ring: at
 // 1..8 rows 62 registers, four 256-thread blocks, 32 warps an SM where the 2-step ring (119 registers)
