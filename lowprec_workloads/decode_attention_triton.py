@@ -323,11 +323,11 @@ def _dot(a, b, DOT_F32: tl.constexpr):
 
 @triton.jit
 def _load_tile(ptr, desc, rows, valid, bh, n0, D: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
-    """The tile's [BLOCK_N, D] rows of a BF16 or FP8 K or V, zeros past the split's end: through TMA, one
-    copy of a [1, BLOCK_N, D] box of the cache seen as [sequence-heads, seq, D], which the copy fills with
-    zeros past the sequence-head's last token (the rows of the next one, read, could hold any value, and p,
-    though 0 there, times an inf is a NaN); within the cache and past the split's end the scores' mask
-    keeps the rows out."""
+    """The tile's [BLOCK_N, D] rows of a BF16 or FP8 K or V, zeros past the split's end. Splits are whole
+    128-token tiles, so only a sequence-head's last tile runs past its split, past its last token: there
+    the pointer loads' mask gives zeros, and so does TMA, one copy of a [1, BLOCK_N, D] box of the cache
+    seen as [sequence-heads, seq, D] (the next sequence-head's rows could hold any value, and p, though 0
+    on them, times an inf is a NaN)."""
     if TMA:
         return tl.reshape(desc.load([bh, n0, 0]), (BLOCK_N, D))
     return tl.load(ptr + rows[:, None] * D + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0)
