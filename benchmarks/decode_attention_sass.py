@@ -52,17 +52,12 @@ def compile_variant(cache: str, tile: Tile, arch: int, head_dim: int = 128):
     # launch() passes a [sequence-heads, seq, head_dim] descriptor where a tensor is loaded through TMA, None
     # (a constant) where not.
     box = f"[1, {tile.block_n}, {head_dim}]"
-    signature = {"q_ptr": "*bf16", "k_ptr": _ELEMENT[k_fmt], "k_desc": "constexpr", "k_scale_ptr": "*fp32",
-                 "v_ptr": _V_ELEMENT[v_fmt], "v_desc": "constexpr", "v_scale_ptr": "*fp32", "v_block_ptr": "*fp8e4nv",
+    k_desc = f"tensordesc<{_ELEMENT[k_fmt][1:]}{box}>" if k_tma else "constexpr"
+    v_desc = f"tensordesc<{_V_ELEMENT[v_fmt][1:]}{box}>" if v_tma else "constexpr"
+    signature = {"q_ptr": "*bf16", "k_ptr": _ELEMENT[k_fmt], "k_desc": k_desc, "k_scale_ptr": "*fp32",
+                 "v_ptr": _V_ELEMENT[v_fmt], "v_desc": v_desc, "v_scale_ptr": "*fp32", "v_block_ptr": "*fp8e4nv",
                  "acc_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*fp32", "arrivals_ptr": "*i32", "seq": "i32",
                  "split_len": "i32", "full_splits": "i32", "half_len": "i32", "num_splits": "i32", "qk_scale": "fp32"}
-    descriptors = {"k_desc": None, "v_desc": None}
-    if k_tma:
-        signature["k_desc"] = f"tensordesc<{_ELEMENT[k_fmt][1:]}{box}>"
-        del descriptors["k_desc"]
-    if v_tma:
-        signature["v_desc"] = f"tensordesc<{_V_ELEMENT[v_fmt][1:]}{box}>"
-        del descriptors["v_desc"]
     constants = {"K_FP8": k_fmt == "fp8", "V_FMT": V_FORMATS[v_fmt], "D": head_dim, "ROWS": max(16, head_dim // 8),
                  "BLOCK_N": tile.block_n, "QK": PRODUCTS[tile.qk], "PV": PRODUCTS[tile.pv],
                  "E2M1_DECODE": E2M1_DECODES[tile.e2m1], "STAGES": tile.stages, "DOT_F32": False,
@@ -71,7 +66,7 @@ def compile_variant(cache: str, tile: Tile, arch: int, head_dim: int = 128):
                  # the merge's split count at the suite's shape (8 x 32 heads, 32K tokens, 132 SMs)
                  "SPLITS": triton.next_power_of_2(num_splits(256, 32768, 132, tile.per_sm))}
     signature.update(dict.fromkeys(constants, "constexpr"))
-    constants.update(descriptors)
+    constants.update({name: None for name, tma in (("k_desc", k_tma), ("v_desc", v_tma)) if not tma})
     # What a launch on real tensors specializes: 16-byte aligned pointers, seq, split_len and half_len
     # multiples of 16 (full_splits and num_splits are not specialized; descriptors take no such hint).
     names = list(signature)
