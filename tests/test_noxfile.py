@@ -25,9 +25,15 @@ def test_a_precision_session_runs_its_venvs_pytest_with_the_plugin_from_a_clean_
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
     # --gpu and the session's --lowprec-precision are the plugin's options: a pytest without it rejects
     # them ("unrecognized arguments"); collecting only keeps the run to the install and the collection.
-    result = subprocess.run([NOX, "-f", str(ROOT / "noxfile.py"), "--envdir", str(tmp_path / "envs"), "-s", "fp8",
-                             "--", "--gpu", "cpu", "--collect-only", "-q"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    envs = tmp_path / "envs"
+    try:
+        result = subprocess.run([NOX, "-f", str(ROOT / "noxfile.py"), "--envdir", str(envs), "-s", "fp8",
+                                 "--", "--gpu", "cpu", "--collect-only", "-q"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        # The session's venv holds triton and the rest of the test extras, about 1.5 GB: pytest keeps the last
+        # three runs' tmp_path, and CI's disk filled with them.
+        shutil.rmtree(envs, ignore_errors=True)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     assert re.search(r"\d+/\d+ tests collected \(\d+ deselected\)", out), out[-3000:]
