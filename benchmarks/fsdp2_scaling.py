@@ -4,6 +4,7 @@
     python benchmarks/fsdp2_scaling.py OUT.json --loss       # also train the two reduce dtypes 150 steps
     python benchmarks/fsdp2_scaling.py OUT.json --cpu        # 2 gloo ranks at d=64: checks the script only
     python benchmarks/fsdp2_scaling.py OUT.json --profile DIR [--only ddp "fp8 all-gather, keep"] [--world 1]
+    python benchmarks/fsdp2_scaling.py OUT.json --graphs    # every step a CUDA graph's replay (the host out of the way)
 
 The suite's data-parallel workload (lowprec_workloads/fp8_data_parallel.py): the chapter's FP8 stack (two
 blocks, d=4096) at 4096 tokens a GPU. One group of ranks (NCCL, one per GPU, NVLink multicast off) builds
@@ -23,6 +24,8 @@ device waiting on the host or on another rank); then two under cProfile: the hos
 (DIR/*.cprofile.txt, and the costliest ten in the table). --only keeps the variants whose label contains one of the
 given strings. --world 1 runs one rank: every collective is a copy, so what a variant adds to one GPU's
 step is its own work (FSDP2's hooks, copies and casts, the sharded optimizer), with no scaling to read.
+With --graphs every side's step, one GPU's included, is captured whole in a CUDA graph after its warm-up
+and replayed (fp8_data_parallel.Job.graphs), each checked first against an eager twin ("graph diff").
 A benchmark: it prints tables and asserts nothing; the last table is the one to read.
 """
 
@@ -69,12 +72,12 @@ def round_efficiencies(results: list[dict], name: str) -> list[float]:
 
 
 def timing(world: int, d: int, cuda: bool, rounds: int, steps: int, timeout_s: float, variants: tuple = VARIANTS,
-           profile_dir: str | None = None) -> dict:
+           profile_dir: str | None = None, graphs: bool = False) -> dict:
     shape = Shape(d=d, blocks=BLOCKS, tokens=TOKENS_PER_GPU * world, steps=0, lr=LR)
     rows = {}
     with tempfile.TemporaryDirectory() as out:
         job = Job(shape, world, cuda, out, "time", variants=variants, timing_rounds=rounds, timing_steps=steps,
-                  profile_dir=profile_dir)
+                  profile_dir=profile_dir, graphs=graphs)
         start = time.monotonic()
         try:
             results = launch(job, timeout_s=timeout_s)
@@ -95,7 +98,11 @@ def timing(world: int, d: int, cuda: bool, rounds: int, steps: int, timeout_s: f
         per_round = round_efficiencies(results, name)
         rows[name] = {**s.to_dict(), "round_efficiency_min": min(per_round), "round_efficiency_max": max(per_round),
                       "gated": variant == GATED}
+        if graphs:
+            rows[name]["graph_check"] = max(r["graph_check"][name] for r in results)
     return {"world": world, "d": d, "tokens_per_gpu": TOKENS_PER_GPU, "rounds": rounds, "steps_per_round": steps,
+            "graphs": graphs,
+            "one_gpu_graph_check": max(r["graph_check"]["one_gpu"] for r in results) if graphs else None,
             "one_gpu_ms_per_rank": [statistics.median(r["times_ms"]["one_gpu"]) for r in results],
             "one_gpu_host_ms": max(statistics.median(r["host_ms"]["one_gpu"]) for r in results),
             "peak_bytes_per_rank": [r["peak_bytes"] for r in results], "variants": rows,
@@ -147,21 +154,29 @@ def losses(world: int, d: int, cuda: bool) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = [f"FP8 stack d={result['d']}, {BLOCKS} blocks, {TOKENS_PER_GPU} tokens a GPU, {result['world']} ranks; "
+    graphs = result.get("graphs", False)
+    lines = [f"FP8 stack d={result['d']}, {BLOCKS} blocks, {TOKENS_PER_GPU} tokens a GPU, {result['world']} ranks"
+             + (", every step a CUDA graph's replay" if graphs else "") + "; "
              f"one GPU's step per rank (ms): {', '.join(f'{t:.2f}' for t in result['one_gpu_ms_per_rank'])} "
-             f"(host {result['one_gpu_host_ms']:.2f} ms to issue it)",
+             f"(host {result['one_gpu_host_ms']:.2f} ms to issue it"
+             + (f"; replays against eager steps: largest weight difference {result['one_gpu_graph_check']:.3g}"
+                if graphs else "") + ")",
              f"{'variant':<78} {'1-GPU ms':>8} {'DP ms':>7} {'eff':>6} {'rounds':>11} {'tok/s':>9} "
-             f"{'comm ms':>7} {'hidden':>6} {'host ms':>7}"]
+             f"{'comm ms':>7} {'hidden':>6} {'host ms':>7}" + (f" {'graph diff':>10}" if graphs else "")]
     for name, row in result["variants"].items():
         if "error" in row:
-            lines.append(f"{name:<78} failed: {row['error'].splitlines()[0][:80]}")
+            last = [line for line in row["error"].splitlines() if line.strip()][-1]  # the exception's own line
+            lines.append(f"{name:<78} failed: {last.strip()[:120]}")
             continue
         mark = " *" if row["gated"] else ""
         lines.append(f"{name + mark:<78} {row['single_ms']:8.2f} {row['synced_ms']:7.2f} {row['efficiency']:6.3f} "
                      f"{row['round_efficiency_min']:5.3f}-{row['round_efficiency_max']:5.3f} "
                      f"{row['tokens_per_s']:9.3g} {row['comm_ms']:7.2f} {row['hidden_fraction']:6.2f} "
-                     f"{row['host_ms']:7.2f}")
+                     f"{row['host_ms']:7.2f}" + (f" {row['graph_check']:10.3g}" if graphs else ""))
     lines.append("* the suite's gated configuration (fp8_data_parallel.GATED); its floor: efficiency 0.95")
+    if graphs:
+        lines.append("graph diff: the largest difference of any weight after replays against as many eager steps "
+                     "(0 unless the capture is wrong)")
     return "\n".join(lines)
 
 
@@ -178,10 +193,14 @@ def main() -> None:
                              "else runs there)")
     parser.add_argument("--cpu", action="store_true", help="2 gloo ranks at d=64: checks the script, measures nothing")
     parser.add_argument("--profile", metavar="DIR", help="after the timing, profile each side's steps; traces in DIR")
+    parser.add_argument("--graphs", action="store_true",
+                        help="every side's step (one GPU's too) captured in a CUDA graph and replayed; GPUs only")
     parser.add_argument("--only", nargs="+", metavar="TEXT",
                         help="only the variants whose label contains one of these (one GPU's step always runs)")
     args = parser.parse_args()
     cuda, d = not args.cpu, 64 if args.cpu else 4096
+    if args.graphs and not cuda:
+        sys.exit("--graphs captures CUDA graphs: it needs GPUs, not --cpu")
     # A CPU step at 4096 tokens a rank takes about half a second: the GPU's 7 x 10 steps of one GPU's step
     # and fifteen variants would take minutes to check the script.
     rounds = args.rounds or (1 if args.cpu else 7)
@@ -202,7 +221,7 @@ def main() -> None:
             print(f"loss: {name}: {row}", flush=True)
     profile_dir = str(Path(args.profile).absolute()) if args.profile else None  # the ranks write there
     timeout = args.timeout if args.timeout is not None else (400.0 if args.cpu else 140.0)
-    result.update(timing(world, d, cuda, rounds, steps, timeout, variants, profile_dir))
+    result.update(timing(world, d, cuda, rounds, steps, timeout, variants, profile_dir, args.graphs))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     if result.get("profiles"):

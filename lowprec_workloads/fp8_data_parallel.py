@@ -71,6 +71,12 @@ class Job:
     # per rank and side written here (_profile).
     profile_dir: str | None = None
     profile_steps: int = 2
+    # "time" on GPUs only: every side's step (one GPU's too) captured whole in a CUDA graph after its warm-up
+    # and replayed in the timing, so the host's time to issue a step no longer sets its pace (on one H200
+    # FSDP2's eager step took 11-19 ms of host time for 9.3-11.7 ms of kernels, 2026-12-01). Each captured
+    # side is checked against an eager twin first: GRAPH_CHECK_STEPS replays against as many eager steps
+    # from the same weights, the largest difference of any weight reported (0 unless the capture is wrong).
+    graphs: bool = False
 
     def __post_init__(self):
         if self.mode not in ("train", "time"):
@@ -79,6 +85,9 @@ class Job:
             raise ValueError(f"variants are Fsdp2Config or {DDP!r}, got {self.variants!r}")
         if self.mode == "train" and len(self.variants) != 1:
             raise ValueError("a training job trains one variant")
+        if self.graphs and (self.mode != "time" or not self.cuda):
+            raise ValueError("graphs: CUDA graphs capture the timed steps of a GPU job (mode 'time', cuda True); "
+                             f"this job has mode {self.mode!r}, cuda {self.cuda}")
         if self.world < 1 or self.shape.tokens % self.world:
             raise ValueError(f"global batch of {self.shape.tokens} tokens does not split over {self.world} ranks")
 
@@ -305,49 +314,127 @@ def _agree(ok: bool, device: str) -> bool:
     return bool(flag.item())
 
 
+GRAPH_CHECK_STEPS = 3
+
+
+class _Side:
+    """One side of the timing: a model, its fused AdamW and what follows each optimizer step. `body` is a
+    step without the gradients' reset (what a CUDA graph captures: its backward writes the gradients into
+    the buffers the capture allocated, and the optimizer reads them there); calling the side is a whole
+    eager step."""
+
+    def __init__(self, model, params, x, y, lr: float, after=None, capturable: bool = False):
+        self.model, self.params, self.x, self.y, self.after = model, params, x, y, after
+        # capturable: the optimizer's step count stays on the device and its step() may be captured.
+        self.optimizer = torch.optim.AdamW(params, lr=lr, fused=True, capturable=capturable)
+
+    def body(self) -> None:
+        objective(self.model, self.x, self.y).backward()
+        self.optimizer.step()
+        if self.after is not None:
+            self.after()
+
+    def __call__(self) -> None:
+        self.body()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def _captured(side: _Side, warmup_steps: int):
+    """`side`'s step as the replay of a CUDA graph: warmed up eagerly on a side stream (as capture requires:
+    the collectives' communicators, the Triton kernels' compilation and cuBLAS's workspaces exist before
+    it), the gradients reset, then one step captured. The capture runs nothing: after it the weights are
+    where the warm-up left them. Other threads (the NCCL watchdog) may call CUDA during the capture."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup_steps):
+            side()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        side.body()
+    return graph.replay
+
+
+def _on_every_rank(name: str, fn, errors: dict, device: str):
+    """fn()'s result where it ran on every rank; None where it failed on any (its error in errors[name],
+    or "failed on another rank"), so that every rank drops the side together."""
+    try:
+        result, ok = fn(), True
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()  # an asynchronous CUDA error surfaces here, not in the next side
+    except Exception:  # noqa: BLE001 - a variant that cannot run is reported, the others still timed
+        errors[name] = traceback.format_exc(limit=8)
+        result, ok = None, False
+    if not _agree(ok, device):
+        errors.setdefault(name, "failed on another rank")
+        return None
+    return result
+
+
+def _largest_difference(params, others) -> float:
+    """The largest difference between two models' weights (this rank's shards under FSDP2)."""
+    worst = 0.0
+    for a, b in zip(params, others, strict=True):
+        a, b = fp8_fsdp.local_tensor(a.detach()), fp8_fsdp.local_tensor(b.detach())
+        worst = max(worst, float((a.float() - b.float()).abs().max()))
+    return worst
+
+
 def _time(job: Job, me: _Rank) -> dict:
     """Per-step times of one GPU's step (the FP8 stack alone on this rank's shard, its own amax, no
     collective) and of each data-parallel variant on the same shard, in rounds whose order rotates so
-    drift hits all alike. AdamW is fused on every side (the fastest one-GPU step is the baseline)."""
+    drift hits all alike. AdamW is fused on every side (the fastest one-GPU step is the baseline). With
+    `graphs` each side replays a CUDA graph of its step, checked against an eager twin first."""
     teacher = Stack(job.shape.d, job.shape.blocks, fp8=False, seed=job.seed + 1, device=me.device)
     x, y = batch(0, job.shape, teacher, me.device, None)
     x, y = _shard(x, me.rank, me.world), _shard(y, me.rank, me.world)
     del teacher
 
-    def stepper(model, params, after=None):
-        optimizer = torch.optim.AdamW(params, lr=job.shape.lr, fused=True)
+    def one_gpu():
+        single = Stack(job.shape.d, job.shape.blocks, fp8=True, seed=job.seed, device=me.device)
+        return _Side(single, list(single.parameters()), x, y, job.shape.lr, capturable=job.graphs)
 
-        def step():
-            objective(model, x, y).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if after is not None:
-                after()
+    def data_parallel(variant):
+        model, params = _student(job, me, variant)
+        return _Side(model, params, x, y, job.shape.lr, lambda: _after_step(model, variant, me),
+                     capturable=job.graphs)
 
-        return step
+    def checked(make, side, replay) -> float:
+        twin = make()
+        for _ in range(job.warmup_steps + GRAPH_CHECK_STEPS):
+            twin()
+        for _ in range(GRAPH_CHECK_STEPS):
+            replay()
+        return _largest_difference(side.params, twin.params)
 
-    single = Stack(job.shape.d, job.shape.blocks, fp8=True, seed=job.seed, device=me.device)
-    sides = {"one_gpu": stepper(single, list(single.parameters()))}
-    errors = {}
-    for variant in job.variants:
-        name = label(variant)
-        try:
-            model, params = _student(job, me, variant)
-            step = stepper(model, params, lambda m=model, v=variant: _after_step(m, v, me))
-            for _ in range(job.warmup_steps):
-                step()
-            if job.cuda:
-                torch.cuda.synchronize()
-            ok = True
-        except Exception:  # noqa: BLE001 - a variant that cannot run is reported, the others still timed
-            errors[name] = traceback.format_exc(limit=8)
-            ok = False
-        if _agree(ok, me.device):
-            sides[name] = step
+    def warmed(side):
+        for _ in range(job.warmup_steps):
+            side()
+        return side
+
+    makers = {"one_gpu": one_gpu} | {label(v): (lambda v=v: data_parallel(v)) for v in job.variants}
+    sides, errors, graph_check = {}, {}, {}
+    for name, make in makers.items():
+        # Each phase agreed on by every rank before the next: a rank whose capture failed must not leave
+        # the others waiting in the twin's collectives.
+        side = _on_every_rank(name, make, errors, me.device)
+        if side is None:
+            continue
+        if not job.graphs:
+            step = _on_every_rank(name, lambda side=side: warmed(side), errors, me.device)
         else:
-            errors.setdefault(name, "failed on another rank")
-    for _ in range(job.warmup_steps):
-        sides["one_gpu"]()
+            step = _on_every_rank(name, lambda side=side: _captured(side, job.warmup_steps), errors, me.device)
+            difference = None if step is None else _on_every_rank(
+                name, lambda make=make, side=side, step=step: checked(make, side, step), errors, me.device)
+            if difference is None:
+                continue
+            graph_check[name] = difference
+        if step is not None:
+            sides[name] = step
+    if "one_gpu" not in sides:
+        raise DistributedError(f"one GPU's step, which every variant is timed against, failed:\n{errors['one_gpu']}")
     times, host = {name: [] for name in sides}, {name: [] for name in sides}
     names = list(sides)
     for r in range(job.timing_rounds):
@@ -360,7 +447,7 @@ def _time(job: Job, me: _Rank) -> dict:
     memory = torch.cuda.max_memory_allocated(me.device) if job.cuda else 0
     profiles = _profile(sides, job, me) if job.profile_dir else {}
     return {"times_ms": times, "host_ms": host, "comm_alone_ms": comm, "errors": errors, "peak_bytes": memory,
-            "tokens_per_rank": x.shape[0], "profiles": profiles}
+            "tokens_per_rank": x.shape[0], "profiles": profiles, "graph_check": graph_check}
 
 
 def _profile(sides: dict, job: Job, me: _Rank) -> dict:

@@ -304,7 +304,7 @@ def shard(model: Stack, mesh, config: Fsdp2Config) -> Stack:
     return model
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """The plain float32 tensor behind a sharded parameter (DTensor -> Fp8ShardedWeight -> tensor)."""
     from torch.distributed.tensor import DTensor
 
@@ -322,7 +322,7 @@ def sync_weight_scales(model: torch.nn.Module, group) -> None:
     "previous" reduce the amaxes the last casts recorded, which is what one process's cast records."""
     import torch.distributed as dist
 
-    states = [(m.scale, _local(m.weight)) for m in model.modules() if isinstance(m, Fp8AllGatherLinear)]
+    states = [(m.scale, local_tensor(m.weight)) for m in model.modules() if isinstance(m, Fp8AllGatherLinear)]
     if not states:
         return
     local = torch.stack([shard.abs().amax().float() if scale.current or not scale.ready else scale.seen
@@ -373,8 +373,8 @@ def whole(param: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     if not isinstance(param, DTensor):
-        return _local(param).detach().clone()
-    local = _local(param).detach().contiguous()
+        return local_tensor(param).detach().clone()
+    local = local_tensor(param).detach().contiguous()
     group = param.device_mesh.get_group()
     parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, local, group=group)

@@ -170,6 +170,15 @@ def test_a_job_refuses_a_batch_that_does_not_split_and_a_training_of_two_variant
         Job(TINY, 2, False, str(tmp_path), "train", variants=(GATED, DDP))
 
 
+def test_a_job_captures_cuda_graphs_only_of_timed_gpu_steps(tmp_path):
+    with pytest.raises(ValueError, match="graphs.*cuda False"):
+        Job(TINY, 2, False, str(tmp_path), "time", graphs=True)
+    with pytest.raises(ValueError, match="graphs.*mode 'train'"):
+        Job(TINY, 2, True, str(tmp_path), "train", graphs=True)
+    job = Job(TINY, 2, True, str(tmp_path), "time", graphs=True)
+    assert Job.from_json(job.to_json()).graphs
+
+
 def test_scaling_is_one_gpus_step_over_the_data_parallel_step_of_the_slowest_rank():
     def rank(one_gpu, synced, host):
         return {"times_ms": {"one_gpu": one_gpu, label(GATED): synced}, "comm_alone_ms": {label(GATED): 5.0},
@@ -298,6 +307,39 @@ def test_a_non_finite_gradient_on_one_rank_skips_the_step_on_every_rank(tmp_path
         result = {"stepped": stepped, "skipped": scaler.skipped, "weights": param.to_local().tolist()}
     """)
     assert results == [{"stepped": False, "skipped": [0], "weights": [0.0, 0.0]}] * 2
+
+
+def test_a_side_that_fails_on_one_rank_is_dropped_on_every_rank_with_the_reason(tmp_path):
+    """A capture or a build that fails on one rank only must not leave the other waiting in the next
+    side's collectives: every rank drops the side, the failing one with its traceback."""
+    results = _ranks(tmp_path, """
+        from lowprec_workloads.fp8_data_parallel import _on_every_rank
+        def build():
+            if rank == 1:
+                raise RuntimeError("capture refused on rank one")
+            return "built"
+        errors = {}
+        result = {"failed": _on_every_rank("side", build, errors, "cpu"), "errors": errors,
+                  "other": _on_every_rank("next", lambda: "built", {}, "cpu")}
+    """)
+    assert [r["failed"] for r in results] == [None, None]
+    assert results[0]["errors"] == {"side": "failed on another rank"}
+    assert "capture refused on rank one" in results[1]["errors"]["side"]
+    assert [r["other"] for r in results] == ["built", "built"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not torch.distributed.is_nccl_available(),
+                    reason="needs a GPU and NCCL")
+def test_a_captured_step_replays_what_the_eager_step_computes(tmp_path):
+    """With graphs each side's step is a CUDA graph's replay, checked against an eager twin from the same
+    weights: the FSDP2 step (its hooks, all-gathers, reduce-scatters and sharded optimizer captured) and
+    one GPU's must leave the weights bit for bit where eager steps do."""
+    shape = Shape(d=256, blocks=2, tokens=512, steps=0)
+    job = Job(shape, 1, True, str(tmp_path), "time", variants=(GATED,), timing_rounds=1, timing_steps=2,
+              warmup_steps=2, graphs=True)
+    (result,) = launch(job, timeout_s=300)
+    assert result["errors"] == {}
+    assert result["graph_check"] == {"one_gpu": 0.0, label(GATED): 0.0}
 
 
 @pytest.mark.slow  # every timed variant built and stepped on 2 ranks
