@@ -145,15 +145,22 @@ class Fp8ShardedWeight(torch.Tensor):
                                "after fully_shard and after every optimizer step")
         scale.seen.zero_()  # the cast takes the max into it
         q, inv = quantize_operand(self._tensor, E4M3, amax=scale.amax, seen_amax=scale.seen)
-        return (q.view(torch.uint8),), (inv,)
+        q = q.view(torch.uint8)
+        # FSDP2 all-gathers equal pieces of ceil(rows / N) rows: where the rows do not split evenly (65 over 2
+        # ranks) a short shard goes out padded with zero bytes, and the gathered weight is cut back to `rows`.
+        rows = outer_size[0]
+        padded = -(-rows // mesh.size())
+        if q.shape[0] != padded:
+            q = torch.cat([q, q.new_zeros(padded - q.shape[0], *q.shape[1:])])
+        return (q,), (inv, rows)
 
     def fsdp_post_all_gather(self, all_gather_outputs, metadata, param_dtype, *, out=None):
         (data,) = all_gather_outputs
-        (inv,) = metadata
+        inv, rows = metadata
         if out is not None:  # FSDP2 gathered into the same storage again: only the scale is new
             out._inv.copy_(inv)
             return None
-        return Fp8GatheredWeight(data.view(E4M3), inv.clone(), param_dtype), (data,)
+        return Fp8GatheredWeight(data[:rows].view(E4M3), inv.clone(), param_dtype), (data,)
 
 
 # What FSDP2 and autograd do to the unsharded parameter: wrap it in nn.Parameter (detach) and take a
@@ -374,8 +381,13 @@ def whole(param: torch.Tensor) -> torch.Tensor:
 
     if not isinstance(param, DTensor):
         return local_tensor(param).detach().clone()
-    local = local_tensor(param).detach().contiguous()
+    local = local_tensor(param).detach()
     group = param.device_mesh.get_group()
-    parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, local, group=group)
+    world = dist.get_world_size(group)
+    # FSDP2 gives each rank ceil(rows / N) rows, the last ones fewer where the rows do not split evenly:
+    # every piece goes out padded to that size, and the padding, all at the end, is cut off.
+    padded = local.new_zeros((-(-param.shape[0] // world), *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=group)
     return torch.cat(parts)[: param.shape[0]]
