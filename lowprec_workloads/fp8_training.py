@@ -150,9 +150,28 @@ class WeightAmax:
     cast itself when the optimizer made it (`offer`), for the next forward to take instead of casting."""
 
     def __init__(self):
+        # Both amaxes live in one buffer each for the linear's life: a CUDA graph of a training step replays
+        # the addresses its capture found, so a new tensor a step would leave it reading the one the capture
+        # replaced (freed memory) and writing one no later step reads.
         self.value: torch.Tensor | None = None
+        self._seen: torch.Tensor | None = None
         self._cast: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._key: tuple[int, int] | None = None
+
+    def seen(self, device: torch.device) -> torch.Tensor:
+        """A float32 scalar holding 0, for the next cast to write its own amax into (its buffer, zeroed)."""
+        if self._seen is None:
+            self._seen = torch.zeros((), dtype=torch.float32, device=device)
+        else:
+            self._seen.zero_()
+        return self._seen
+
+    def record(self, seen: torch.Tensor) -> None:
+        """The amax a cast found, as the next cast's scale: copied into `value`'s buffer."""
+        if self.value is None:
+            self.value = seen.detach().clone()
+        else:
+            self.value.copy_(seen)
 
     def offer(self, weight: torch.Tensor, cast: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
         """(wq, wq transposed, inv) of `weight` as it is now, cast with `value` (which the caster then updated)."""
@@ -181,9 +200,9 @@ def quantize_weight(weight: torch.Tensor, recipe: Fp8Recipe, state: WeightAmax |
     offered = state.take(weight)
     if offered is not None:  # the optimizer cast the weight as it wrote it: the same bits as casting here
         return offered
-    seen = torch.zeros((), dtype=torch.float32, device=weight.device)
+    seen = state.seen(weight.device)
     out = quantize_operand(weight, E4M3, transpose=True, amax=state.value, seen_amax=seen)
-    state.value = seen
+    state.record(seen)  # after the cast, which reads the old value first (stream order)
     return out
 
 
@@ -587,7 +606,7 @@ class Fp8AdamW:
         torch.autograd.graph.increment_version(weight)  # written outside torch: a cast made before is stale
         if emit:
             wq, wqt, inv, seen = out
-            amax.value = seen
+            amax.record(seen)
             amax.offer(weight, (wq, wqt, inv))
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -263,6 +263,18 @@ def test_weights_are_cast_with_the_amax_their_previous_cast_saw():
     assert float(q2.float().abs().max()) == float(torch.finfo(E4M3).max)
 
 
+def test_a_weights_amax_state_keeps_its_buffer_from_cast_to_cast():
+    """A CUDA graph of a training step replays the addresses its capture found: the amax the next cast
+    scales by must be written where the captured cast reads it, not into a new tensor a step."""
+    state = WeightAmax()
+    w = torch.randn(64, 32)
+    quantize_weight(w, RECIPE, state)
+    buffer = state.value.data_ptr()
+    for scale in (1.5, 0.5):
+        quantize_weight(w * scale, RECIPE, state)
+        assert state.value.data_ptr() == buffer and float(state.value) == float((w * scale).abs().amax())
+
+
 def test_a_recipe_with_the_current_weight_amax_keeps_no_state():
     state = WeightAmax()
     w = torch.randn(64, 32)
