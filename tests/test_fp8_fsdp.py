@@ -292,6 +292,64 @@ def test_a_synced_scale_is_the_last_casts_amax_or_the_updated_weights_as_the_rec
 
 
 @pytest.mark.slow  # 2 ranks
+def test_a_weight_whose_rows_do_not_split_evenly_is_all_gathered_as_its_one_piece_cast(tmp_path):
+    """65 rows over 2 ranks: FSDP2 all-gathers equal pieces, so the short shard goes out padded and the
+    gathered weight is cut back to its 65 rows: the bytes one process casts from the whole weight."""
+    results = _ranks(tmp_path, """
+        from lowprec_workloads.fp8_fsdp import Fsdp2Config, gathered_weights, one_piece_fp8_weights, shard
+        from lowprec_workloads.fp8_training import Stack
+        model = shard(Stack(65, 1, fp8=True, seed=0, device="cpu"), mesh, Fsdp2Config())
+        gathered, one_piece = gathered_weights(model), one_piece_fp8_weights(model)
+        result = {k: [list(gathered[k].shape), bool(torch.equal(gathered[k], one_piece[k]))] for k in sorted(one_piece)}
+    """)
+    expected = {"blocks.0.fc1.weight": [[260, 65], True], "blocks.0.fc1.weight_inv_scale": [[], True],
+                "blocks.0.fc2.weight": [[65, 260], True], "blocks.0.fc2.weight_inv_scale": [[], True]}
+    assert results == [expected, expected]
+
+
+@pytest.mark.slow  # 2 ranks
+def test_fsdp2_steps_through_the_graph_safe_copies_to_the_same_bits(tmp_path):
+    """Job.graphs installs graph_safe_ops for FSDP2's all-gather copy-out and reduce-scatter copy-in: with
+    them in place of torch's kernels (here on the CPU's dispatch key) FSDP2's steps, a padded LayerNorm
+    shard and a float32 and a bfloat16 reduce-scatter among them, end on the same weights, and the
+    replacements did run."""
+    results = _ranks(tmp_path, """
+        from lowprec_workloads import graph_safe_ops
+        from lowprec_workloads.fp8_fsdp import Fsdp2Config, local_tensor, shard
+        from lowprec_workloads.fp8_training import Stack, objective
+        calls = []
+        for name in ("chunk_cat_out", "split_with_sizes_copy_out"):
+            def counted(*args, _name=name, _fn=getattr(graph_safe_ops, name), **kwargs):
+                calls.append(_name)
+                return _fn(*args, **kwargs)
+            setattr(graph_safe_ops, name, counted)
+        gen = torch.Generator().manual_seed(3)
+        x, y = torch.randn(32, 65, generator=gen), torch.randint(0, 16, (32,), generator=gen)
+
+        def weights(reduce_dtype):
+            model = Stack(65, 1, fp8=True, seed=0, device="cpu")  # 65 rows: the shards are padded
+            shard(model, mesh, Fsdp2Config(reduce_dtype=reduce_dtype))
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            for _ in range(2):
+                objective(model, x, y).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            return [local_tensor(p.detach()).clone() for p in model.parameters()]
+
+        result = {}
+        for reduce_dtype in ("float32", "bfloat16"):
+            plain = weights(reduce_dtype)
+            library = graph_safe_ops.install("CPU")
+            replaced = weights(reduce_dtype)
+            del library
+            result[reduce_dtype] = max(float((a - b).abs().max()) for a, b in zip(plain, replaced))
+        result["calls"] = sorted(set(calls))
+    """)
+    for result in results:
+        assert result == {"float32": 0.0, "bfloat16": 0.0, "calls": ["chunk_cat_out", "split_with_sizes_copy_out"]}
+
+
+@pytest.mark.slow  # 2 ranks
 def test_a_non_finite_gradient_on_one_rank_skips_the_step_on_every_rank(tmp_path):
     results = _ranks(tmp_path, """
         from torch.distributed.tensor import DTensor, Shard

@@ -1,0 +1,88 @@
+"""lowprec_workloads.graph_safe_ops: the replacements for torch's `_chunk_cat` and `split_with_sizes_copy`
+give torch's bytes, and installing them routes the operators through them (in a subprocess: the
+registration holds for the whole process)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from lowprec_workloads.graph_safe_ops import chunk_cat, chunk_cat_out, split_with_sizes_copy_out
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CASES = [  # shapes, dim, chunks: even, padded (5 and 7 rows over 2 and 4), a leading dimension, a negative dim
+    ([(8, 3), (6,), (4, 4, 2)], 0, 2),
+    ([(8, 3), (5,), (7, 4)], 0, 4),
+    ([(3, 8, 3), (3, 5)], 1, 3),
+    ([(2, 6)], -1, 4),
+]
+
+
+@pytest.mark.parametrize("shapes, dim, chunks", CASES)
+def test_chunk_cat_gives_torchs_chunk_cat(shapes, dim, chunks):
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(s, generator=gen) for s in shapes]
+    expected = torch._chunk_cat(tensors, dim, chunks)
+    got = chunk_cat(tensors, dim, chunks)
+    assert got.shape == expected.shape and torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("shapes, dim, chunks", CASES)
+def test_chunk_cat_out_writes_torchs_result_into_the_buffer_given(shapes, dim, chunks):
+    gen = torch.Generator().manual_seed(1)
+    tensors = [torch.randn(s, generator=gen) for s in shapes]
+    expected = torch._chunk_cat(tensors, dim, chunks)
+    out = torch.full(expected.shape, float("nan"))
+    assert chunk_cat_out(tensors, dim, chunks, out=out) is out
+    assert torch.equal(out, expected)
+
+
+def test_chunk_cat_out_casts_bfloat16_pieces_into_a_float32_buffer():
+    tensors = [torch.randn(8, 3).to(torch.bfloat16), torch.randn(5).to(torch.bfloat16)]
+    out = torch.empty(2, 15)
+    chunk_cat_out(tensors, 0, 2, out=out)
+    assert torch.equal(out, torch._chunk_cat(tensors, 0, 2).float())
+
+
+def test_split_with_sizes_copy_out_copies_each_piece_into_its_tensor():
+    source = torch.randn(10, 4)
+    out, expected = [torch.empty(3, 4), torch.empty(7, 4)], [torch.empty(3, 4), torch.empty(7, 4)]
+    split_with_sizes_copy_out(source, [3, 7], 0, out=out)
+    torch.split_with_sizes_copy(source, [3, 7], 0, out=expected)
+    assert all(torch.equal(a, b) for a, b in zip(out, expected, strict=True))
+    with pytest.raises(ValueError, match="2 sizes for 1 outputs"):
+        split_with_sizes_copy_out(source, [3, 7], 0, out=[torch.empty(3, 4)])
+
+
+def test_installed_replacements_carry_the_operators_on_their_dispatch_key():
+    """install("CPU") in a fresh process: torch._chunk_cat (plain and out=) and split_with_sizes_copy go
+    through the replacements (each wrapped to record its call before it is installed)."""
+    script = textwrap.dedent("""
+        import torch
+        from lowprec_workloads import graph_safe_ops
+        calls = []
+        for name in ("chunk_cat", "chunk_cat_out", "split_with_sizes_copy_out"):
+            def counted(*args, _name=name, _fn=getattr(graph_safe_ops, name), **kwargs):
+                calls.append(_name)
+                return _fn(*args, **kwargs)
+            setattr(graph_safe_ops, name, counted)
+        library = graph_safe_ops.install("CPU")
+        tensors = [torch.randn(8, 3), torch.randn(5)]
+        plain = torch._chunk_cat(tensors, 0, 2)
+        out = torch.empty(2, 15)
+        torch._chunk_cat(tensors, 0, 2, out=out)
+        pieces = [torch.empty(3, 4), torch.empty(7, 4)]
+        source = torch.randn(10, 4)
+        torch.split_with_sizes_copy(source, [3, 7], 0, out=pieces)
+        assert calls == ["chunk_cat", "chunk_cat_out", "split_with_sizes_copy_out"], calls
+        assert torch.equal(plain, out) and torch.equal(pieces[1], source[3:])
+        print("routed")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and "routed" in done.stdout, done.stdout + done.stderr[-2000:]
