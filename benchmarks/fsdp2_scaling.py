@@ -25,7 +25,8 @@ device waiting on the host or on another rank); then two under cProfile: the hos
 given strings. --world 1 runs one rank: every collective is a copy, so what a variant adds to one GPU's
 step is its own work (FSDP2's hooks, copies and casts, the sharded optimizer), with no scaling to read.
 With --graphs every side's step, one GPU's included, is captured whole in a CUDA graph after its warm-up
-and replayed (fp8_data_parallel.Job.graphs), each checked first against an eager twin ("graph diff").
+and replayed (fp8_data_parallel.Job.graphs), each checked first against an eager twin ("graph diff"); each
+variant runs in a job of its own beside one GPU's step, so one that breaks the CUDA context stops only itself.
 A benchmark: it prints tables and asserts nothing; the last table is the one to read.
 """
 
@@ -73,6 +74,9 @@ def round_efficiencies(results: list[dict], name: str) -> list[float]:
 
 def timing(world: int, d: int, cuda: bool, rounds: int, steps: int, timeout_s: float, variants: tuple = VARIANTS,
            profile_dir: str | None = None, graphs: bool = False) -> dict:
+    if graphs and len(variants) > 1:
+        return _merged([timing(world, d, cuda, rounds, steps, timeout_s, (v,), profile_dir, graphs) for v in variants],
+                       variants, world)
     shape = Shape(d=d, blocks=BLOCKS, tokens=TOKENS_PER_GPU * world, steps=0, lr=LR)
     rows = {}
     with tempfile.TemporaryDirectory() as out:
@@ -107,6 +111,22 @@ def timing(world: int, d: int, cuda: bool, rounds: int, steps: int, timeout_s: f
             "one_gpu_host_ms": max(statistics.median(r["host_ms"]["one_gpu"]) for r in results),
             "peak_bytes_per_rank": [r["peak_bytes"] for r in results], "variants": rows,
             "profiles": [r["profiles"] for r in results]}
+
+
+def _merged(parts: list[dict], variants: tuple, world: int) -> dict:
+    """Captured variants each time in a job of their own, one GPU's step beside each (a replay that breaks
+    the CUDA context ends its process, and the others still run): their rows in one result, each row with
+    its own job's one-GPU time; the header's one-GPU figures are the first job's that ran."""
+    ran = [p for p in parts if "error" not in p]
+    if not ran:
+        return {"error": "\n".join(p["error"] for p in parts)}
+    merged = {**ran[0], "variants": {}}
+    for variant, part in zip(variants, parts, strict=True):
+        name = label(variant)
+        merged["variants"][name] = {"error": part["error"]} if "error" in part else part["variants"][name]
+    merged["profiles"] = [{side: p for part in ran for side, p in part["profiles"][rank].items()}
+                          for rank in range(world)]
+    return merged
 
 
 def profile_table(result: dict) -> str:

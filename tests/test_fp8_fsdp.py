@@ -448,6 +448,28 @@ def test_the_scaling_benchmark_exits_non_zero_when_its_timing_job_fails(tmp_path
     assert "did not finish in 1 s" in json.loads(out.read_text())["error"]
 
 
+def test_captured_variants_timed_in_jobs_of_their_own_come_back_as_one_table_with_each_failure_in_its_row():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        from fsdp2_scaling import _merged, table
+    finally:
+        sys.path.pop(0)
+    ran = {"world": 1, "d": 64, "rounds": 1, "steps_per_round": 1, "graphs": True, "one_gpu_graph_check": 0.0,
+           "one_gpu_ms_per_rank": [9.0], "one_gpu_host_ms": 0.1, "peak_bytes_per_rank": [0],
+           "profiles": [{"one_gpu": {}, label(GATED): {}}],
+           "variants": {label(GATED): {"single_ms": 9.0, "synced_ms": 10.0, "efficiency": 0.9, "comm_ms": 0.5,
+                                       "hidden_fraction": 0.0, "tokens_per_s": 4e5, "host_ms": 0.1, "gated": True,
+                                       "round_efficiency_min": 0.9, "round_efficiency_max": 0.9,
+                                       "graph_check": 0.0}}}
+    crashed = {"error": "rank 0 of 1 exited with 1:\nRuntimeError: CUDA error: an illegal memory access"}
+    merged = _merged([crashed, ran], (DDP, GATED), world=1)
+    assert merged["variants"][label(DDP)] == crashed and merged["variants"][label(GATED)]["efficiency"] == 0.9
+    assert merged["profiles"] == [{"one_gpu": {}, label(GATED): {}}]
+    text = table(merged)
+    assert "failed: RuntimeError: CUDA error: an illegal memory access" in text and "graph diff" in text
+    assert "error" in _merged([crashed, crashed], (DDP, GATED), world=1)
+
+
 def test_a_profiled_timing_job_writes_each_ranks_trace_of_each_side_and_summarises_it(tmp_path):
     """benchmarks/fsdp2_scaling.py --profile: after the timing, every side's steps under the profiler, on every
     rank (a collective needs all of them). The CPU has no device streams, so the summary says so."""
