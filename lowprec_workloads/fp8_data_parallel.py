@@ -29,6 +29,7 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -315,6 +316,7 @@ def _agree(ok: bool, device: str) -> bool:
 
 
 GRAPH_CHECK_STEPS = 3
+DDP_GRAPH_WARMUP = 11
 
 
 class _Side:
@@ -339,12 +341,12 @@ class _Side:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def _captured(side: _Side, warmup_steps: int):
-    """`side`'s step as the replay of a CUDA graph: warmed up eagerly on a side stream (as capture requires:
-    the collectives' communicators, the Triton kernels' compilation and cuBLAS's workspaces exist before
-    it), the gradients reset, then one step captured. The capture runs nothing: after it the weights are
-    where the warm-up left them. Other threads (the NCCL watchdog) may call CUDA during the capture."""
-    stream = torch.cuda.Stream()
+def _captured(side: _Side, warmup_steps: int, stream):
+    """`side`'s step as the replay of a CUDA graph captured on `stream`, the stream the side was built on:
+    warmed up eagerly there first (as capture requires: the collectives' communicators, the Triton kernels'
+    compilation and cuBLAS's workspaces exist before it), the gradients reset, then one step captured. The
+    capture runs nothing: after it the weights are where the warm-up left them. Other threads (the NCCL
+    watchdog) may call CUDA during the capture."""
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(warmup_steps):
@@ -352,7 +354,7 @@ def _captured(side: _Side, warmup_steps: int):
     torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+    with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
         side.body()
     return graph.replay
 
@@ -401,9 +403,23 @@ def _time(job: Job, me: _Rank) -> dict:
         return _Side(model, params, x, y, job.shape.lr, lambda: _after_step(model, variant, me),
                      capturable=job.graphs)
 
-    def checked(make, side, replay) -> float:
+    def warmup_steps(name: str) -> int:
+        # DDP retains its parameters' gradient-accumulation nodes, and its first iterations rebuild its
+        # buckets and log timings: torch's notes on CUDA graphs ask for 11 eager iterations before its
+        # backward is captured, and DDP built on the capture's stream (a node built on another stream
+        # makes the captured backward wait on that stream).
+        return max(job.warmup_steps, DDP_GRAPH_WARMUP) if job.graphs and name == label(DDP) else job.warmup_steps
+
+    def built_on(stream, make):
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            side = make()
+        torch.cuda.current_stream().wait_stream(stream)
+        return side
+
+    def checked(make, side, replay, warmup: int) -> float:
         twin = make()
-        for _ in range(job.warmup_steps + GRAPH_CHECK_STEPS):
+        for _ in range(warmup + GRAPH_CHECK_STEPS):
             twin()
         for _ in range(GRAPH_CHECK_STEPS):
             replay()
@@ -414,28 +430,35 @@ def _time(job: Job, me: _Rank) -> dict:
             side()
         return side
 
-    makers = {"one_gpu": one_gpu} | {label(v): (lambda v=v: data_parallel(v)) for v in job.variants}
+    def prepared(name: str, make) -> tuple:
+        """(the step to time, the captured step's difference from its twin or None), or (None, None) where a
+        phase failed on any rank. Each phase is agreed on by every rank before the next: a rank whose
+        capture failed must not leave the others waiting in the twin's collectives."""
+        def on_every_rank(fn, *args):
+            return _on_every_rank(name, partial(fn, *args), errors, me.device)
+
+        if not job.graphs:
+            side = on_every_rank(make)
+            return (None if side is None else on_every_rank(warmed, side)), None
+        stream, warmup = torch.cuda.Stream(), warmup_steps(name)
+        side = on_every_rank(built_on, stream, make)
+        step = None if side is None else on_every_rank(_captured, side, warmup, stream)
+        difference = None if step is None else on_every_rank(checked, make, side, step, warmup)
+        if difference is None:
+            return None, None
+        # In the rank's log as it goes: a replay that breaks the CUDA context ends the process, and the log
+        # then says which sides had run.
+        print(f"{name}: captured; replays against eager steps differ by {difference:.3g} at most", flush=True)
+        return step, difference
+
+    makers = {"one_gpu": one_gpu} | {label(v): partial(data_parallel, v) for v in job.variants}
     sides, errors, graph_check = {}, {}, {}
     for name, make in makers.items():
-        # Each phase agreed on by every rank before the next: a rank whose capture failed must not leave
-        # the others waiting in the twin's collectives.
-        side = _on_every_rank(name, make, errors, me.device)
-        if side is None:
-            continue
-        if not job.graphs:
-            step = _on_every_rank(name, lambda side=side: warmed(side), errors, me.device)
-        else:
-            step = _on_every_rank(name, lambda side=side: _captured(side, job.warmup_steps), errors, me.device)
-            difference = None if step is None else _on_every_rank(
-                name, lambda make=make, side=side, step=step: checked(make, side, step), errors, me.device)
-            if difference is None:
-                continue
-            graph_check[name] = difference
-            # In the rank's log as it goes: a replay that breaks the CUDA context ends the process, and the
-            # log then says which sides had run.
-            print(f"{name}: captured; replays against eager steps differ by {difference:.3g} at most", flush=True)
+        step, difference = prepared(name, make)
         if step is not None:
             sides[name] = step
+        if difference is not None:
+            graph_check[name] = difference
     if "one_gpu" not in sides:
         raise DistributedError(f"one GPU's step, which every variant is timed against, failed:\n{errors['one_gpu']}")
     times, host = {name: [] for name in sides}, {name: [] for name in sides}
@@ -503,6 +526,10 @@ def main(argv: list[str] | None = None) -> None:
         raise DistributedError(f"the job is for {job.world} ranks; WORLD_SIZE is {world}")
     for key, value in _NCCL_SAFE_ENV.items():
         os.environ.setdefault(key, value)
+    if job.graphs:
+        # torch's notes on CUDA graphs with DDP: its collectives' asynchronous error handling off, before the
+        # process group starts (its watchdog would track captured collectives that never run as such).
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")
     if job.cuda:
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
