@@ -179,7 +179,8 @@ def table(result: dict) -> str:
              + (", every step a CUDA graph's replay" if graphs else "") + "; "
              f"one GPU's step per rank (ms): {', '.join(f'{t:.2f}' for t in result['one_gpu_ms_per_rank'])} "
              f"(host {result['one_gpu_host_ms']:.2f} ms to issue it"
-             + (f"; replays against eager steps: largest weight difference {result['one_gpu_graph_check']:.3g}"
+             + (f"; after the timing's replays its weights differ from as many eager steps' by "
+                f"{result['one_gpu_graph_check']:.3g}"
                 if graphs else "") + ")",
              f"{'variant':<78} {'1-GPU ms':>8} {'DP ms':>7} {'eff':>6} {'rounds':>11} {'tok/s':>9} "
              f"{'comm ms':>7} {'hidden':>6} {'host ms':>7}" + (f" {'graph diff':>10}" if graphs else "")]
@@ -195,8 +196,8 @@ def table(result: dict) -> str:
                      f"{row['host_ms']:7.2f}" + (f" {row['graph_check']:10.3g}" if graphs else ""))
     lines.append("* the suite's gated configuration (fp8_data_parallel.GATED); its floor: efficiency 0.95")
     if graphs:
-        lines.append("graph diff: the largest difference of any weight after replays against as many eager steps "
-                     "(0 unless the capture is wrong)")
+        lines.append("graph diff: the largest difference of any weight after the timing's replays against as many "
+                     "eager steps (0 unless a replay went wrong; inf: not checked, the error above says why)")
     return "\n".join(lines)
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from . import fp8_fsdp, graph_safe_ops
+from . import fp8_fsdp, fp8_training, graph_safe_ops
 from .fp8_fsdp import REDUCE_DTYPES, Fsdp2Config
 from .fp8_training import LossScaler, Shape, Stack, batch, objective, train
 
@@ -75,8 +75,10 @@ class Job:
     # "time" on GPUs only: every side's step (one GPU's too) captured whole in a CUDA graph after its warm-up
     # and replayed in the timing, so the host's time to issue a step no longer sets its pace (on one H200
     # FSDP2's eager step took 11-19 ms of host time for 9.3-11.7 ms of kernels, 2026-12-01). Each captured
-    # side is checked against an eager twin first: GRAPH_CHECK_STEPS replays against as many eager steps
-    # from the same weights, the largest difference of any weight reported (0 unless the capture is wrong).
+    # side is checked against an eager twin from the same seed: before the timing GRAPH_CHECK_STEPS replays
+    # must leave the twin's weights bit for bit (else the side is dropped with the difference), and after
+    # it the largest difference of any weight against as many eager steps is reported (0 unless a replay
+    # went wrong later).
     graphs: bool = False
 
     def __post_init__(self):
@@ -356,7 +358,20 @@ def _captured(side: _Side, warmup_steps: int, stream):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
         side.body()
-    return graph.replay
+    return _Replay(graph, side)
+
+
+class _Replay:
+    """A captured step: replays `graph`, and holds `side`. The graph's private pool keeps only what the
+    capture allocated; the weights, the optimizer's state and the amax buffers were allocated before it,
+    and freed with their side the graph would go on writing them (the first captured run on an H200 died
+    with an illegal memory access, 2026-12-01: nothing held the sides but the replays' graphs)."""
+
+    def __init__(self, graph, side: _Side):
+        self.graph, self.side = graph, side
+
+    def __call__(self) -> None:
+        self.graph.replay()
 
 
 def _on_every_rank(name: str, fn, errors: dict, device: str):
@@ -376,11 +391,14 @@ def _on_every_rank(name: str, fn, errors: dict, device: str):
 
 
 def _largest_difference(params, others) -> float:
-    """The largest difference between two models' weights (this rank's shards under FSDP2)."""
+    """The largest difference between two models' weights (this rank's shards under FSDP2); inf where
+    either holds a NaN or an inf (Python's max would pass over a NaN, and a replay that read garbage can
+    leave NaN weights)."""
     worst = 0.0
     for a, b in zip(params, others, strict=True):
-        a, b = fp8_fsdp.local_tensor(a.detach()), fp8_fsdp.local_tensor(b.detach())
-        worst = max(worst, float((a.float() - b.float()).abs().max()))
+        a, b = fp8_fsdp.local_tensor(a.detach()).float(), fp8_fsdp.local_tensor(b.detach()).float()
+        if a.numel():
+            worst = max(worst, float((a - b).abs().nan_to_num(nan=torch.inf).max()))
     return worst
 
 
@@ -389,6 +407,11 @@ def _time(job: Job, me: _Rank) -> dict:
     collective) and of each data-parallel variant on the same shard, in rounds whose order rotates so
     drift hits all alike. AdamW is fused on every side (the fastest one-GPU step is the baseline). With
     `graphs` each side replays a CUDA graph of its step, checked against an eager twin first."""
+    if job.graphs and (fp8_training.OPTIMIZER_CASTS or fp8_training.RECIPE.activation_amax == "history"):
+        # Both keep per-step state a capture would freeze: an amax history replaced by a new tensor each cast,
+        # and the optimizer's cast handed over after a check of the weight's version on the host.
+        raise ValueError("graphs: a step with optimizer casts or an activation amax history cannot be captured "
+                         "(fp8_training.OPTIMIZER_CASTS off and the recipe's activation_amax 'current')")
     teacher = Stack(job.shape.d, job.shape.blocks, fp8=False, seed=job.seed + 1, device=me.device)
     x, y = batch(0, job.shape, teacher, me.device, None)
     x, y = _shard(x, me.rank, me.world), _shard(y, me.rank, me.world)
@@ -417,48 +440,54 @@ def _time(job: Job, me: _Rank) -> dict:
         torch.cuda.current_stream().wait_stream(stream)
         return side
 
-    def checked(make, side, replay, warmup: int) -> float:
+    def difference_from_eager(make, replay: _Replay, eager_steps: int, replays: int) -> float:
+        """The captured side's weights after `replays` more replays against an eager twin's after
+        `eager_steps` steps from the same seed: 0 unless the capture does not replay the step."""
         twin = make()
-        for _ in range(warmup + GRAPH_CHECK_STEPS):
+        for _ in range(eager_steps):
             twin()
-        for _ in range(GRAPH_CHECK_STEPS):
+        for _ in range(replays):
             replay()
-        return _largest_difference(side.params, twin.params)
+        return _largest_difference(replay.side.params, twin.params)
+
+    def checked(make, replay: _Replay, warmup: int) -> _Replay:
+        difference = difference_from_eager(make, replay, warmup + GRAPH_CHECK_STEPS, GRAPH_CHECK_STEPS)
+        if difference != 0.0:
+            raise RuntimeError(f"{GRAPH_CHECK_STEPS} replays leave the weights {difference:.3g} from as many eager "
+                               "steps' (0 expected): the capture does not replay the step")
+        return replay
 
     def warmed(side):
         for _ in range(job.warmup_steps):
             side()
         return side
 
-    def prepared(name: str, make) -> tuple:
-        """(the step to time, the captured step's difference from its twin or None), or (None, None) where a
-        phase failed on any rank. Each phase is agreed on by every rank before the next: a rank whose
-        capture failed must not leave the others waiting in the twin's collectives."""
+    def prepared(name: str, make):
+        """The step to time (eager, or a checked replay), or None where a phase failed on any rank. Each
+        phase is agreed on by every rank before the next: a rank whose capture failed must not leave the
+        others waiting in the twin's collectives."""
         def on_every_rank(fn, *args):
             return _on_every_rank(name, partial(fn, *args), errors, me.device)
 
         if not job.graphs:
             side = on_every_rank(make)
-            return (None if side is None else on_every_rank(warmed, side)), None
-        stream, warmup = torch.cuda.Stream(), warmup_steps(name)
+            return None if side is None else on_every_rank(warmed, side)
+        stream = torch.cuda.Stream()
         side = on_every_rank(built_on, stream, make)
-        step = None if side is None else on_every_rank(_captured, side, warmup, stream)
-        difference = None if step is None else on_every_rank(checked, make, side, step, warmup)
-        if difference is None:
-            return None, None
-        # In the rank's log as it goes: a replay that breaks the CUDA context ends the process, and the log
-        # then says which sides had run.
-        print(f"{name}: captured; replays against eager steps differ by {difference:.3g} at most", flush=True)
-        return step, difference
+        replay = None if side is None else on_every_rank(_captured, side, warmup_steps(name), stream)
+        step = None if replay is None else on_every_rank(checked, make, replay, warmup_steps(name))
+        if step is not None:
+            # In the rank's log as it goes: a replay that breaks the CUDA context ends the process, and the
+            # log then says which sides had run.
+            print(f"{name}: captured; {GRAPH_CHECK_STEPS} replays give the eager steps' weights", flush=True)
+        return step
 
     makers = {"one_gpu": one_gpu} | {label(v): partial(data_parallel, v) for v in job.variants}
-    sides, errors, graph_check = {}, {}, {}
+    sides, errors = {}, {}
     for name, make in makers.items():
-        step, difference = prepared(name, make)
+        step = prepared(name, make)
         if step is not None:
             sides[name] = step
-        if difference is not None:
-            graph_check[name] = difference
     if "one_gpu" not in sides:
         raise DistributedError(f"one GPU's step, which every variant is timed against, failed:\n{errors['one_gpu']}")
     times, host = {name: [] for name in sides}, {name: [] for name in sides}
@@ -468,6 +497,14 @@ def _time(job: Job, me: _Rank) -> dict:
             gpu_ms, host_ms = _timed(sides[name], job.timing_steps, job.cuda)
             times[name].append(gpu_ms)
             host[name].append(host_ms)
+    # Captured sides checked again after the timing's replays, against a twin's as many eager steps: a
+    # replay that went wrong only later (memory the capture did not keep, handed to another tensor) shows.
+    graph_check = {}
+    for name, step in sides.items() if job.graphs else ():
+        replays = GRAPH_CHECK_STEPS + job.timing_rounds * job.timing_steps
+        difference = _on_every_rank(name, partial(difference_from_eager, makers[name], step,
+                                                  warmup_steps(name) + replays, 0), errors, me.device)
+        graph_check[name] = float("inf") if difference is None else difference  # not checked: its error says why
     comm = {label(v): _comm_alone_ms(step_collectives(job.shape, v), me, job.cuda)
             for v in job.variants if label(v) in sides}
     memory = torch.cuda.max_memory_allocated(me.device) if job.cuda else 0

@@ -22,9 +22,24 @@ import torch
 
 def _chunks(tensors: Sequence[torch.Tensor], dim: int, num_chunks: int) -> tuple[list[torch.Tensor], int]:
     """Each tensor padded with zeros along `dim` to a multiple of `num_chunks` and viewed as
-    [*leading, num_chunks, its chunk's elements]; and the dimension to lay them side by side along."""
-    dim = dim % tensors[0].dim()
+    [*leading, num_chunks, its chunk's elements]; and the dimension to lay them side by side along. Refuses
+    what torch's kernel refuses, so a misuse fails here too instead of laying out other bytes."""
+    if not tensors:
+        raise ValueError("_chunk_cat: no tensors")
+    if num_chunks < 1:
+        raise ValueError(f"_chunk_cat: num_chunks must be at least 1, got {num_chunks}")
+    ndim = tensors[0].dim()
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"_chunk_cat: dim {dim} is out of range for a {ndim}-dimensional tensor")
+    dim %= ndim
     leading = tuple(tensors[0].shape[:dim])
+    for t in tensors:
+        if t.dtype != tensors[0].dtype or t.device != tensors[0].device:
+            raise ValueError(f"_chunk_cat: tensors of {t.dtype} on {t.device} and {tensors[0].dtype} on "
+                             f"{tensors[0].device}; all must share one dtype and device")
+        if t.dim() <= dim or tuple(t.shape[:dim]) != leading:
+            raise ValueError(f"_chunk_cat: a tensor of shape {tuple(t.shape)} does not share the first {dim} "
+                             f"dimensions {leading} and a dimension {dim}")
     pieces = []
     for t in tensors:
         size = t.shape[dim]
@@ -47,19 +62,27 @@ def chunk_cat(tensors: Sequence[torch.Tensor], dim: int, num_chunks: int) -> tor
 
 def chunk_cat_out(tensors: Sequence[torch.Tensor], dim: int, num_chunks: int, *, out: torch.Tensor) -> torch.Tensor:
     """torch._chunk_cat(..., out=out), concatenated straight into `out` (resized to the result's shape, as
-    torch's kernel does); pieces of another dtype are cast first (FSDP2 may pass bfloat16 gradients into a
+    torch's kernel does), cast to out's dtype in the same pass (FSDP2 may pass bfloat16 gradients into a
     float32 buffer)."""
     pieces, along = _chunks(tensors, dim, num_chunks)
-    pieces = [p if p.dtype == out.dtype else p.to(out.dtype) for p in pieces]
     return torch.cat(pieces, dim=along, out=out)
 
 
 def split_with_sizes_copy_out(source: torch.Tensor, split_sizes: Sequence[int], dim: int = 0, *,
                               out: Sequence[torch.Tensor]) -> None:
-    """torch.split_with_sizes_copy(source, split_sizes, dim, out=out): each piece copied into its tensor."""
+    """torch.split_with_sizes_copy(source, split_sizes, dim, out=out): each piece copied into its tensor, of
+    the piece's shape and dtype (an empty one is resized to it, as torch does; anything else is refused
+    rather than broadcast or cast)."""
     if len(out) != len(split_sizes):
         raise ValueError(f"split_with_sizes_copy: {len(split_sizes)} sizes for {len(out)} outputs")
     for piece, target in zip(source.split_with_sizes(list(split_sizes), dim), out, strict=True):
+        if target.dtype != piece.dtype:
+            raise ValueError(f"split_with_sizes_copy: an output of {target.dtype} for a piece of {piece.dtype}")
+        if target.shape != piece.shape:
+            if target.numel():
+                raise ValueError(f"split_with_sizes_copy: an output of shape {tuple(target.shape)} for a piece "
+                                 f"of shape {tuple(piece.shape)}")
+            target.resize_(piece.shape)
         target.copy_(piece)
 
 

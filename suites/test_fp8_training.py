@@ -269,10 +269,11 @@ def test_a_weights_amax_state_keeps_its_buffer_from_cast_to_cast():
     state = WeightAmax()
     w = torch.randn(64, 32)
     quantize_weight(w, RECIPE, state)
-    buffer = state.value.data_ptr()
+    buffers = state.value.data_ptr(), state.seen(w.device).data_ptr()
     for scale in (1.5, 0.5):
         quantize_weight(w * scale, RECIPE, state)
-        assert state.value.data_ptr() == buffer and float(state.value) == float((w * scale).abs().amax())
+        assert (state.value.data_ptr(), state.seen(w.device).data_ptr()) == buffers
+        assert float(state.value) == float((w * scale).abs().amax())
 
 
 def test_a_recipe_with_the_current_weight_amax_keeps_no_state():

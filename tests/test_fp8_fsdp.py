@@ -170,13 +170,56 @@ def test_a_job_refuses_a_batch_that_does_not_split_and_a_training_of_two_variant
         Job(TINY, 2, False, str(tmp_path), "train", variants=(GATED, DDP))
 
 
-def test_a_job_captures_cuda_graphs_only_of_timed_gpu_steps(tmp_path):
+def test_a_job_captures_cuda_graphs_only_of_gpu_steps(tmp_path):
     with pytest.raises(ValueError, match="graphs.*cuda False"):
         Job(TINY, 2, False, str(tmp_path), "time", graphs=True)
+
+
+def test_a_job_captures_cuda_graphs_only_of_timed_steps(tmp_path):
     with pytest.raises(ValueError, match="graphs.*mode 'train'"):
         Job(TINY, 2, True, str(tmp_path), "train", graphs=True)
+
+
+def test_a_graphs_job_round_trips_through_its_json_file(tmp_path):
     job = Job(TINY, 2, True, str(tmp_path), "time", graphs=True)
-    assert Job.from_json(job.to_json()).graphs
+    assert Job.from_json(job.to_json()) == job
+
+
+def test_a_replay_holds_its_side_alive():
+    """The graph's pool keeps only what its capture allocated: the weights and the optimizer's state belong
+    to the side, which must live as long as the replay (the first captured run on an H200 died in the
+    replays with an illegal memory access when nothing else held the sides)."""
+    import gc
+    import weakref
+
+    from lowprec_workloads.fp8_data_parallel import _Replay
+
+    class Side:
+        pass
+
+    class Graph:
+        replays = 0
+
+        def replay(self):
+            self.replays += 1
+
+    side, graph = Side(), Graph()
+    replay, alive = _Replay(graph, side), weakref.ref(side)
+    del side
+    gc.collect()
+    replay()
+    assert alive() is not None and graph.replays == 1
+
+
+def test_weights_holding_a_nan_differ_without_bound_from_any_others():
+    """A replay that read garbage can leave NaN weights: the check must not pass them (max() over Python
+    floats would skip the NaN and report 0)."""
+    from lowprec_workloads.fp8_data_parallel import _largest_difference
+
+    same = [torch.ones(3), torch.zeros(2)]
+    assert _largest_difference(same, [t.clone() for t in same]) == 0.0
+    poisoned = [torch.tensor([1.0, float("nan"), 1.0]), torch.zeros(2)]
+    assert _largest_difference(poisoned, same) == float("inf")
 
 
 def test_scaling_is_one_gpus_step_over_the_data_parallel_step_of_the_slowest_rank():
@@ -390,8 +433,8 @@ def test_a_side_that_fails_on_one_rank_is_dropped_on_every_rank_with_the_reason(
                     reason="needs a GPU and NCCL")
 def test_a_captured_step_replays_what_the_eager_step_computes(tmp_path):
     """With graphs each side's step is a CUDA graph's replay, checked against an eager twin from the same
-    weights: the FSDP2 step (its hooks, all-gathers, reduce-scatters and sharded optimizer captured) and
-    one GPU's must leave the weights bit for bit where eager steps do."""
+    seed before and after the timing: the FSDP2 step (its hooks, all-gathers, reduce-scatters and sharded
+    optimizer captured) and one GPU's must leave the weights bit for bit where as many eager steps do."""
     shape = Shape(d=256, blocks=2, tokens=512, steps=0)
     job = Job(shape, 1, True, str(tmp_path), "time", variants=(GATED,), timing_rounds=1, timing_steps=2,
               warmup_steps=2, graphs=True)

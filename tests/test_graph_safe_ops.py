@@ -50,14 +50,53 @@ def test_chunk_cat_out_casts_bfloat16_pieces_into_a_float32_buffer():
     assert torch.equal(out, torch._chunk_cat(tensors, 0, 2).float())
 
 
+@pytest.mark.parametrize("tensors, dim, chunks, message", [
+    ([], 0, 2, "no tensors"),
+    ([torch.zeros(4)], 0, 0, "at least 1"),
+    ([torch.zeros(4, 2)], 2, 2, "out of range"),
+    ([torch.zeros(4), torch.zeros(4, dtype=torch.bfloat16)], 0, 2, "one dtype and device"),
+    ([torch.zeros(3, 4), torch.zeros(2, 4)], 1, 2, "first 1 dimensions"),
+], ids=["empty", "no chunks", "dim", "dtypes", "leading"])
+def test_chunk_cat_refuses_what_torchs_kernel_refuses(tensors, dim, chunks, message):
+    with pytest.raises(ValueError, match=message):
+        chunk_cat(tensors, dim, chunks)
+
+
 def test_split_with_sizes_copy_out_copies_each_piece_into_its_tensor():
     source = torch.randn(10, 4)
     out, expected = [torch.empty(3, 4), torch.empty(7, 4)], [torch.empty(3, 4), torch.empty(7, 4)]
     split_with_sizes_copy_out(source, [3, 7], 0, out=out)
     torch.split_with_sizes_copy(source, [3, 7], 0, out=expected)
     assert all(torch.equal(a, b) for a, b in zip(out, expected, strict=True))
+
+
+def test_split_with_sizes_copy_out_splits_gathered_bytes_along_dim_one_into_views():
+    """FSDP2's copy-out: the all-gather output [ranks, bytes a rank] split along dim 1 into views of the
+    parameters' storage, each [ranks, its bytes a rank]."""
+    source = torch.randint(0, 256, (2, 30), dtype=torch.uint8)
+    storage = torch.zeros(60, dtype=torch.uint8)
+    out = [storage[:20].view(2, 10), storage[20:].view(2, 20)]
+    split_with_sizes_copy_out(source, [10, 20], 1, out=out)
+    expected = [torch.empty(2, 10, dtype=torch.uint8), torch.empty(2, 20, dtype=torch.uint8)]
+    torch.split_with_sizes_copy(source, [10, 20], 1, out=expected)
+    assert torch.equal(out[0], expected[0]) and torch.equal(out[1], expected[1])
+
+
+def test_split_with_sizes_copy_out_refuses_a_count_shape_or_dtype_that_does_not_match():
+    source = torch.randn(10, 4)
     with pytest.raises(ValueError, match="2 sizes for 1 outputs"):
         split_with_sizes_copy_out(source, [3, 7], 0, out=[torch.empty(3, 4)])
+    with pytest.raises(ValueError, match=r"shape \(8, 4\) for a piece of shape \(7, 4\)"):
+        split_with_sizes_copy_out(source, [3, 7], 0, out=[torch.empty(3, 4), torch.empty(8, 4)])
+    with pytest.raises(ValueError, match="torch.float64 for a piece of torch.float32"):
+        split_with_sizes_copy_out(source, [3, 7], 0, out=[torch.empty(3, 4), torch.empty(7, 4, dtype=torch.float64)])
+
+
+def test_split_with_sizes_copy_out_resizes_an_empty_output_as_torch_does():
+    source = torch.randn(10, 4)
+    out = [torch.empty(0), torch.empty(0)]
+    split_with_sizes_copy_out(source, [3, 7], 0, out=out)
+    assert out[1].shape == (7, 4) and torch.equal(out[1], source[3:])
 
 
 def test_installed_replacements_carry_the_operators_on_their_dispatch_key():
