@@ -285,6 +285,12 @@ def fp8_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, Linear | Fp8AllGatherLinear)]
 
 
+def rows_leave_a_rank_empty(rows: int, ranks: int) -> bool:
+    """Whether FSDP2's split of `rows` (ceil(rows / ranks) a rank, the last ones fewer: torch.chunk's) leaves
+    a rank nothing, as 5 rows over 4 ranks do (2, 2, 1, 0)."""
+    return -(-rows // ranks) * (ranks - 1) >= rows
+
+
 def shard(model: Stack, mesh, config: Fsdp2Config) -> Stack:
     """fully_shard each block (each linear first, for unit "linear"; no block for unit "model"), then the root,
     and with `prefetch` have each block's forward issue the next block's all-gather (Fsdp2Config.prefetch).
@@ -294,6 +300,12 @@ def shard(model: Stack, mesh, config: Fsdp2Config) -> Stack:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if config.fp8_all_gather:
+        for name, linear in model.named_modules():
+            rows = linear.weight.shape[0] if isinstance(linear, Linear) and linear.fp8 else 0
+            if rows and rows_leave_a_rank_empty(rows, mesh.size()):
+                raise ValueError(f"{name}: {rows} rows over {mesh.size()} ranks leave a rank no rows (FSDP2 gives "
+                                 "each ceil(rows / ranks)); the FP8 all-gather casts every rank's shard with its "
+                                 "amax: use fewer ranks or fp8_all_gather=False")
         use_fp8_all_gather(model)
     policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=REDUCE_DTYPES[config.reduce_dtype])
     for block in model.blocks if config.unit != "model" else ():

@@ -116,6 +116,17 @@ def test_a_shard_keeps_its_weights_scale_through_fsdps_views_and_is_plain_to_ari
     assert type(total) is torch.Tensor and torch.equal(total, torch.arange(12.0).reshape(4, 3) * 2 + 1)
 
 
+@pytest.mark.parametrize("rows, ranks, empty", [(64, 2, False), (65, 2, False), (5, 4, True), (3, 4, True),
+                                                (9, 4, True),
+                                                (10, 4, False), (4096, 8, False)])
+def test_a_split_that_leaves_a_rank_no_rows_is_recognised(rows, ranks, empty):
+    from lowprec_workloads.fp8_fsdp import rows_leave_a_rank_empty
+
+    pieces = [len(piece) for piece in torch.arange(rows).chunk(ranks)]  # FSDP2's split
+    assert (len(pieces) < ranks) == empty
+    assert rows_leave_a_rank_empty(rows, ranks) == empty
+
+
 def test_a_shard_is_not_all_gathered_before_its_scale_is_synced():
     weight = Fp8ShardedWeight(torch.ones(4, 3), WeightScale(RECIPE, torch.device("cpu")))
     with pytest.raises(RuntimeError, match="sync_weight_scales"):
