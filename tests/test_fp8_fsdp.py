@@ -524,6 +524,26 @@ def test_captured_variants_timed_in_jobs_of_their_own_come_back_as_one_table_wit
     assert "error" in _merged([crashed, crashed], (DDP, GATED), world=1)
 
 
+def test_the_scaling_benchmark_times_each_captured_variant_in_a_job_of_its_own(monkeypatch):
+    """A replay that breaks the CUDA context ends its process: with --graphs every variant gets a launch of
+    its own (one GPU's step beside it), so one such variant stops only itself."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        import fsdp2_scaling
+    finally:
+        sys.path.pop(0)
+    launched = []
+
+    def launch(job, timeout_s):
+        launched.append((job.graphs, [label(v) for v in job.variants]))
+        raise DistributedError("rank 0 of 1 exited with 1")
+
+    monkeypatch.setattr(fsdp2_scaling, "launch", launch)
+    result = fsdp2_scaling.timing(1, 64, True, 1, 1, 10.0, variants=(DDP, GATED), graphs=True)
+    assert launched == [(True, [label(DDP)]), (True, [label(GATED)])]
+    assert "exited with 1" in result["error"]
+
+
 def test_a_profiled_timing_job_writes_each_ranks_trace_of_each_side_and_summarises_it(tmp_path):
     """benchmarks/fsdp2_scaling.py --profile: after the timing, every side's steps under the profiler, on every
     rank (a collective needs all of them). The CPU has no device streams, so the summary says so."""
