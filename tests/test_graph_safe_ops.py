@@ -125,3 +125,23 @@ def test_installed_replacements_carry_the_operators_on_their_dispatch_key():
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0 and "routed" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+def test_dropping_the_installed_library_gives_the_operators_back_to_torch():
+    script = textwrap.dedent("""
+        import gc
+        import torch
+        from lowprec_workloads import graph_safe_ops
+        calls = []
+        replacement = graph_safe_ops.chunk_cat
+        graph_safe_ops.chunk_cat = lambda *args: calls.append(1) or replacement(*args)
+        library = graph_safe_ops.install("CPU")
+        torch._chunk_cat([torch.randn(4)], 0, 2)
+        del library
+        gc.collect()
+        torch._chunk_cat([torch.randn(4)], 0, 2)
+        assert calls == [1], calls
+        print("restored")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and "restored" in done.stdout, done.stdout + done.stderr[-2000:]
