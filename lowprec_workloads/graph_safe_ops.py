@@ -4,9 +4,8 @@ FSDP2 copies its all-gather output into the parameters with `split_with_sizes_co
 the reduce-scatter input with `_chunk_cat`. On CUDA both pack their kernel's metadata, device addresses
 among it, into pinned host memory and copy it to the device with a non-blocking copy (ATen's `pack_vecs`).
 A capture records that copy with its host source; the caching host allocator hands the same pinned block to
-a later call, whose metadata the replay then copies: the kernel writes to another tensor's addresses. On
-an H200 (torch 2.11) the captured FSDP2 step replayed correctly three times, then, after other sides had
-run, failed with an illegal memory access (2026-12-01; the limitation: pytorch/pytorch#166765).
+a later call, whose metadata the replay then copies: the kernel writes to another tensor's addresses
+(torch 2.11, the GPU machines' version; pytorch/pytorch#166765).
 
 The replacements split, pad, reshape and concatenate with torch operations whose kernels take their
 addresses as launch arguments, which a capture keeps. They give the same bytes (tests/test_graph_safe_ops.py)
