@@ -25,8 +25,9 @@ device waiting on the host or on another rank); then two under cProfile: the hos
 given strings. --world 1 runs one rank: every collective is a copy, so what a variant adds to one GPU's
 step is its own work (FSDP2's hooks, copies and casts, the sharded optimizer), with no scaling to read.
 With --graphs every side's step, one GPU's included, is captured whole in a CUDA graph after its warm-up
-and replayed (fp8_data_parallel.Job.graphs), each checked first against an eager twin ("graph diff"); each
-variant runs in a job of its own beside one GPU's step, so one that breaks the CUDA context stops only itself.
+and replayed (fp8_data_parallel.Job.graphs), each checked against an eager twin before the timing (a capture
+that differs is dropped) and after it ("graph diff"); each variant runs in a job of its own beside one GPU's
+step, so one that breaks the CUDA context stops only itself.
 A benchmark: it prints tables and asserts nothing; the last table is the one to read.
 """
 
