@@ -454,6 +454,63 @@ def test_a_captured_step_replays_what_the_eager_step_computes(tmp_path):
     assert result["graph_check"] == {"one_gpu": 0.0, label(GATED): 0.0}
 
 
+_EMULATED_CAPTURE = """
+    import contextlib
+    from dataclasses import replace
+    import lowprec_workloads.fp8_data_parallel as dp
+    from lowprec_workloads.fp8_training import Shape
+
+    class Stream:  # the CPU has no streams: the captured path's stream calls do nothing
+        def wait_stream(self, other):
+            pass
+
+    torch.cuda.Stream = torch.cuda.current_stream = Stream
+    torch.cuda.stream = lambda stream: contextlib.nullcontext()
+
+    class Graph:  # a replay as an eager step (gradients reset, as a captured backward overwrites them)
+        def __init__(self, side, extra_steps):
+            self.side, self.extra_steps = side, extra_steps
+
+        def replay(self):
+            for _ in range(1 + self.extra_steps):
+                self.side()
+
+    def captured(side, warmup_steps, stream):
+        for _ in range(warmup_steps):
+            side()
+        return dp._Replay(Graph(side, EXTRA_STEPS), side)
+
+    dp._captured = captured
+    job = dp.Job(Shape(d=64, blocks=1, tokens=128, steps=0), world, False, out_dir, "time",
+                 variants=(dp.GATED, dp.DDP), timing_rounds=2, timing_steps=2, warmup_steps=1)
+    object.__setattr__(job, "graphs", True)  # Job refuses graphs on the CPU; the emulation stands in for them
+    me = dp._Rank(rank, world, "cpu", mesh=mesh, amax_group=dist.new_group())
+    timed = dp._time(job, me)
+    result = {"sides": sorted(timed["times_ms"]), "graph_check": timed["graph_check"],
+              "errors": {name: error.strip().splitlines()[-1] for name, error in timed["errors"].items()}}
+"""
+
+
+@pytest.mark.slow  # 2 ranks
+def test_captured_sides_that_replay_the_eager_step_are_timed_and_checked_again_after_the_timing(tmp_path):
+    """Job.graphs' orchestration on 2 gloo ranks, with each replay an eager step standing in for the graph:
+    every side is built, warmed up, checked against an eager twin (bit for bit), timed, and checked again
+    after the timing against a twin of as many steps (warm-up, check and timed replays): 0 everywhere."""
+    results = _ranks(tmp_path, "\n    EXTRA_STEPS = 0" + _EMULATED_CAPTURE)
+    sides = sorted(["one_gpu", label(GATED), label(DDP)])
+    for result in results:
+        assert result == {"sides": sides, "graph_check": dict.fromkeys(sides, 0.0), "errors": {}}
+
+
+@pytest.mark.slow  # 2 ranks
+def test_a_capture_whose_replays_leave_other_weights_than_eager_steps_is_dropped_with_the_difference(tmp_path):
+    """A replay that does not do what the eager step does (here: two steps a replay) is caught before the
+    timing: every rank drops the side and says by how much its weights ended apart. One GPU's side is what
+    the others are timed against, so its failure ends the job."""
+    with pytest.raises(DistributedError, match=r"one GPU's step.*failed(?s:.*)replays leave the weights"):
+        _ranks(tmp_path, "\n    EXTRA_STEPS = 1" + _EMULATED_CAPTURE)
+
+
 @pytest.mark.slow  # every timed variant built and stepped on 2 ranks
 def test_every_timing_variant_runs_and_is_timed_against_one_gpus_step(tmp_path):
     shape = Shape(d=64, blocks=2, tokens=256, steps=0)
