@@ -72,6 +72,16 @@ def _ranks(tmp_path: Path, body: str, world: int = 2) -> list[dict]:
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
 
 
+def _scaling_benchmark():
+    """benchmarks/fsdp2_scaling.py as a module (benchmarks/ is no package)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        import fsdp2_scaling
+    finally:
+        sys.path.pop(0)
+    return fsdp2_scaling
+
+
 # -- the FP8 pieces, in one process ----------------------------------------------------------------------------
 
 
@@ -560,11 +570,8 @@ def test_the_scaling_benchmark_exits_non_zero_when_its_timing_job_fails(tmp_path
 
 
 def test_captured_variants_timed_in_jobs_of_their_own_come_back_as_one_table_with_each_failure_in_its_row():
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    try:
-        from fsdp2_scaling import _merged, table
-    finally:
-        sys.path.pop(0)
+    scaling_benchmark = _scaling_benchmark()
+    _merged, table = scaling_benchmark._merged, scaling_benchmark.table
     ran = {"world": 1, "d": 64, "rounds": 1, "steps_per_round": 1, "graphs": True, "one_gpu_graph_check": 0.0,
            "one_gpu_ms_per_rank": [9.0], "one_gpu_host_ms": 0.1, "peak_bytes_per_rank": [0],
            "profiles": [{"one_gpu": {}, label(GATED): {}}],
@@ -584,11 +591,7 @@ def test_captured_variants_timed_in_jobs_of_their_own_come_back_as_one_table_wit
 def test_the_scaling_benchmark_times_each_captured_variant_in_a_job_of_its_own(monkeypatch):
     """A replay that breaks the CUDA context ends its process: with --graphs every variant gets a launch of
     its own (one GPU's step beside it), so one such variant stops only itself."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    try:
-        import fsdp2_scaling
-    finally:
-        sys.path.pop(0)
+    fsdp2_scaling = _scaling_benchmark()
     launched = []
 
     def launch(job, timeout_s):
