@@ -406,7 +406,7 @@ def _time(job: Job, me: _Rank) -> dict:
     """Per-step times of one GPU's step (the FP8 stack alone on this rank's shard, its own amax, no
     collective) and of each data-parallel variant on the same shard, in rounds whose order rotates so
     drift hits all alike. AdamW is fused on every side (the fastest one-GPU step is the baseline). With
-    `graphs` each side replays a CUDA graph of its step, checked against an eager twin first."""
+    `graphs` each side replays a CUDA graph of its step, checked against an eager twin before and after the timing."""
     if job.graphs and (fp8_training.OPTIMIZER_CASTS or fp8_training.RECIPE.activation_amax == "history"):
         # Both keep per-step state a capture would freeze: an amax history replaced by a new tensor each cast,
         # and the optimizer's cast handed over after a check of the weight's version on the host.
