@@ -32,7 +32,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _runs_on_a_gpu(config: pytest.Config) -> bool:
-    gpu = config.getoption("lowprec_gpu", None) or config.getini("lowprec_gpu")
+    # A source tree on PYTHONPATH (the GPU machines' copy) runs without the plugin's entry point, so
+    # neither --gpu nor its ini key exists there: the machine decides, as `auto` would.
+    gpu = config.getoption("lowprec_gpu", None)
+    if gpu is None:
+        try:
+            gpu = config.getini("lowprec_gpu")
+        except ValueError:
+            gpu = "auto"
     if gpu == "cpu":
         return False
     if gpu != "auto":

@@ -34,3 +34,14 @@ def test_a_slow_test_skips_on_a_cpu_run_and_says_how_to_run_it(project):
 
 def test_slow_runs_the_slow_tests_too(project):
     project.runpytest("--gpu", "cpu", "--slow").assert_outcomes(passed=2)
+
+
+def test_without_the_plugin_the_machine_decides_whether_slow_tests_run(project):
+    # no option the plugin would add is asked for; whether CUDA is there decides, as --gpu auto would
+    import torch
+
+    result = project.runpytest("-p", "no:lowprec")
+    if torch.cuda.is_available():
+        result.assert_outcomes(passed=2)
+    else:
+        result.assert_outcomes(passed=1, skipped=1)
