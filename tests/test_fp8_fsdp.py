@@ -246,7 +246,8 @@ def test_weights_holding_a_nan_differ_without_bound_from_any_others():
 def test_scaling_is_one_gpus_step_over_the_data_parallel_step_of_the_slowest_rank():
     def rank(one_gpu, synced, host):
         return {"times_ms": {"one_gpu": one_gpu, label(GATED): synced}, "comm_alone_ms": {label(GATED): 5.0},
-                "host_ms": {"one_gpu": [1.0], label(GATED): host}, "errors": {}, "tokens_per_rank": 4096}
+                "host_ms": {"one_gpu": [1.0], label(GATED): host}, "errors": {}, "tokens_per_rank": 4096,
+                "graph_check": {}}
 
     result = scaling([rank([10.0, 10.0, 11.0], [12.0, 12.5, 13.0], [3.0]), rank([10.0], [12.0], [4.0, 6.0])], GATED)
     assert (result.single_ms, result.synced_ms, result.efficiency) == (10.0, 12.5, 0.8)
@@ -254,6 +255,19 @@ def test_scaling_is_one_gpus_step_over_the_data_parallel_step_of_the_slowest_ran
     assert result.hidden_fraction == pytest.approx(0.5)
     assert result.tokens_per_s == pytest.approx(2 * 4096 / 0.0125)
     assert Scaling(10.0, 9.0, 2.0, 2, 1).hidden_fraction == 1.5  # sharding saved more than it exposed
+    assert result.replay_difference is None  # eager steps: nothing replayed
+
+
+def test_scaling_of_captured_steps_carries_the_worst_replay_difference_of_its_variant_and_one_gpus():
+    def rank(one_gpu_check, variant_check):
+        return {"times_ms": {"one_gpu": [10.0], label(GATED): [11.0], label(DDP): [12.0]},
+                "comm_alone_ms": {label(GATED): 1.0, label(DDP): 1.0}, "host_ms": {label(GATED): [0.1]},
+                "errors": {}, "tokens_per_rank": 4096,
+                "graph_check": {"one_gpu": one_gpu_check, label(GATED): variant_check, label(DDP): 7.0}}
+
+    assert scaling([rank(0.0, 0.0), rank(0.0, 0.0)], GATED).replay_difference == 0.0
+    assert scaling([rank(0.0, 0.0), rank(0.0, 2e-3)], GATED).replay_difference == 2e-3
+    assert scaling([rank(float("inf"), 0.0), rank(0.0, 0.0)], GATED).replay_difference == float("inf")
 
 
 def test_scaling_of_a_variant_that_failed_says_why():
