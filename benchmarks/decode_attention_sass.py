@@ -33,6 +33,7 @@ from triton.compiler import ASTSource
 from lowprec_workloads.decode_attention import CACHES
 from lowprec_workloads.decode_attention_triton import (
     E2M1_DECODES,
+    EVICTS,
     PRODUCTS,
     V_FORMATS,
     Tile,
@@ -62,7 +63,7 @@ def compile_variant(cache: str, tile: Tile, arch: int, head_dim: int = 128):
                  "BLOCK_N": tile.block_n, "QK": PRODUCTS[tile.qk], "PV": PRODUCTS[tile.pv],
                  "E2M1_DECODE": E2M1_DECODES[tile.e2m1], "STAGES": tile.stages, "DOT_F32": False,
                  "FUSED_COMBINE": tile.combine == "fused", "SPLITS_FIRST": tile.order == "splits", "K_TMA": k_tma,
-                 "V_TMA": v_tma,
+                 "V_TMA": v_tma, "EVICT": EVICTS[tile.evict],
                  # the merge's split count at the suite's shape (8 x 32 heads, 32K tokens, 132 SMs)
                  "SPLITS": triton.next_power_of_2(num_splits(256, 32768, 132, tile.per_sm))}
     signature.update(dict.fromkeys(constants, "constexpr"))

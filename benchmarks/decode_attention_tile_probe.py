@@ -1,6 +1,7 @@
 """Which FP8 decode-attention tile keeps its speed wherever the suite's allocations put the cache (issue 26).
 
     PYTHONPATH=$PWD:$PWD/benchmarks python benchmarks/decode_attention_tile_probe.py OUT.json [--processes 3]
+        [--only evict tma]                                    # only candidates whose label has one of these
     python benchmarks/decode_attention_tile_probe.py --smoke          # CPU, interpreter, tiny: the script's check
 
 Why: on 2026-12-01 the variant sweep timed the shipped FP8 tile (mma_t/mma_pairs 32x1x2) at 0.561 ms on
@@ -77,6 +78,11 @@ CANDIDATES = {
     "tma mma_t/pairs 64x1x3 s32": Tile(qk="mma_t", pv="mma_pairs", block_n=64, warps=1, stages=3, per_sm=32,
                                        loads="tma"),
     "tma mma/pairs 32x1x3 s16": Tile(qk="mma", pv="mma_pairs", block_n=32, warps=1, stages=3, per_sm=16, loads="tma"),
+    # The cache's loads asking the L2 to evict their lines first (Tile.evict), added 2026-12-01 (eleventh session).
+    "evict mma_t/pairs 32x1x3 s16": Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=3, per_sm=16,
+                                         evict="first"),
+    "evict mma_t/pairs 32x1x4 s16": Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=4, per_sm=16,
+                                         evict="first"),
 }
 # The [bf16] round's candidates: the BF16 kernel through TMA.
 BF16_CANDIDATES = {
@@ -85,6 +91,7 @@ BF16_CANDIDATES = {
     "tma mma_t/mma_t 128x4x3 s8": Tile(qk="mma_t", pv="mma_t", block_n=128, warps=4, stages=3, per_sm=8, loads="tma"),
     "tma mma_t/pairs 32x1x3 s16": Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=3, per_sm=16,
                                        loads="tma"),
+    "evict mma_t/mma_t 64x4x3 s8": Tile(qk="mma_t", pv="mma_t", block_n=64, warps=4, stages=3, per_sm=8, evict="first"),
 }
 ROUNDS = ("fp8", "fp8k_nvfp4v", "fp8", "bf16")
 MAX_REL_L2 = 1e-5
@@ -101,7 +108,7 @@ def _is_shipped(tile: Tile, shipped: Tile) -> bool:
     return replace(tile, e2m1=shipped.e2m1) == shipped
 
 
-def run_round(name: str, smoke: bool, check: bool) -> dict:
+def run_round(name: str, smoke: bool, check: bool, only: list[str] | None = None) -> dict:
     shape = SMOKE_SHAPE if smoke else GATE_SHAPE
     device = "cpu" if smoke else "cuda"
     q, k, v = make_inputs(shape, device, seed=11, outlier_channels=4)
@@ -115,6 +122,9 @@ def run_round(name: str, smoke: bool, check: bool) -> dict:
     base()
     out = {"round": name, "tiles": {}}
     tiles = CANDIDATES if name == "fp8" else BF16_CANDIDATES if name == "bf16" else {"shipped": low_tile}
+    if only and name in ("fp8", "bf16"):
+        tiles = {label: tile for label, tile in tiles.items()
+                 if any(text in label for text in only) or (name == "fp8" and _is_shipped(tile, low_tile))}
     reference = attend_cache(q, low) if check else None
     for label, tile in tiles.items():
         if smoke and tile.e2m1 != "bitwise":
@@ -132,12 +142,13 @@ def run_round(name: str, smoke: bool, check: bool) -> dict:
 
 
 def child_main(args) -> int:
-    rounds = [run_round(name, args.smoke, check=name not in ROUNDS[:i]) for i, name in enumerate(ROUNDS)]
+    rounds = [run_round(name, args.smoke, check=name not in ROUNDS[:i], only=args.only)
+              for i, name in enumerate(ROUNDS)]
     Path(args.child_out).write_text(json.dumps(rounds))
     return 0
 
 
-def run_processes(count: int, smoke: bool) -> list[dict]:
+def run_processes(count: int, smoke: bool, only: list[str] | None = None) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(count + 1):
@@ -146,7 +157,8 @@ def run_processes(count: int, smoke: bool) -> list[dict]:
             if allocator == "expandable_segments":
                 env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
             out = Path(tmp) / f"p{i}.json"
-            cmd = [sys.executable, __file__, "--child-out", str(out)] + (["--smoke"] if smoke else [])
+            cmd = [sys.executable, __file__, "--child-out", str(out)] + (["--smoke"] if smoke else []) \
+                + (["--only", *only] if only else [])
             try:
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
             except subprocess.TimeoutExpired as exc:
@@ -194,10 +206,12 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=3, help="fresh processes with the default allocator")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--child-out")
+    parser.add_argument("--only", nargs="+", metavar="TEXT",
+                        help="only the candidates whose label contains one of these (the shipped FP8 tile always runs)")
     args = parser.parse_args()
     if args.child_out:
         return child_main(args)
-    results = run_processes(1 if args.smoke else args.processes, args.smoke)
+    results = run_processes(1 if args.smoke else args.processes, args.smoke, args.only)
     shipped = default_tile(_gpu(args.smoke), "fp8", args.smoke)
     report(results, shipped)
     if args.json_out:

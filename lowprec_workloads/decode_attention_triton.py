@@ -62,6 +62,8 @@ QK_PRODUCTS = ("fma", "mma", "mma_t")
 COMBINES = ("fused", "kernel")
 ORDERS = ("heads", "splits")
 LOADS = ("pointers", "tma")
+# Tile.evict: the L2 eviction priority of the cache's pointer loads (PTX ld's L2::evict_first / evict_last hint).
+EVICTS = {"normal": "", "first": "evict_first", "last": "evict_last"}
 _MAX_BLOCK_N = 128
 _MIN_SPLIT_TOKENS = 256
 
@@ -82,7 +84,9 @@ class Tile:
     up to whole 128-token tiles, and where that is not shorter than a split there is no taper. `loads`
     (LOADS) is how the cache's tiles come in: "pointers", each thread's cp.async (or load) of its own 16
     bytes; "tma", one tensor-memory-access copy a tile (Hopper's TMA, through Triton's tensor descriptors),
-    for K and for BF16 or FP8 V (NVFP4 V keeps its pointer loads)."""
+    for K and for BF16 or FP8 V (NVFP4 V keeps its pointer loads). `evict` (EVICTS) is the L2 eviction
+    priority the cache's pointer loads ask for: every byte is read once, so "first" frees L2 for the
+    partial outputs the merge reads back, and lets the next tiles' lines in sooner."""
 
     qk: str = "fma"
     pv: str = "fma"
@@ -95,6 +99,7 @@ class Tile:
     order: str = "heads"
     taper: int = 0
     loads: str = "pointers"
+    evict: str = "normal"
 
     def __post_init__(self) -> None:
         if self.qk not in QK_PRODUCTS or self.pv not in PRODUCTS:
@@ -114,6 +119,8 @@ class Tile:
             raise ValueError(f"taper must be >= 0, got {self.taper}")
         if self.loads not in LOADS:
             raise ValueError(f"loads takes {', '.join(LOADS)}, got {self.loads!r}")
+        if self.evict not in EVICTS:
+            raise ValueError(f"evict takes {', '.join(EVICTS)}, got {self.evict!r}")
 
     @property
     def name(self) -> str:
@@ -121,8 +128,9 @@ class Tile:
         order = "" if self.order == "heads" else f" order={self.order}"
         taper = f" taper={self.taper}" if self.taper else ""
         loads = "" if self.loads == "pointers" else f" loads={self.loads}"
+        evict = "" if self.evict == "normal" else f" evict={self.evict}"
         return (f"{self.qk}/{self.pv} {self.block_n}x{self.warps}x{self.stages} {self.e2m1} per_sm={self.per_sm}"
-                f"{combine}{order}{taper}{loads}")
+                f"{combine}{order}{taper}{loads}{evict}")
 
 
 # The partial kernel's Tile per GPU key and (K, V) format. Fixed, never autotuned: a gate needs the
@@ -322,7 +330,8 @@ def _dot(a, b, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def _load_tile(ptr, desc, rows, valid, bh, n0, D: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
+def _load_tile(ptr, desc, rows, valid, bh, n0, D: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
+               EVICT: tl.constexpr):
     """The tile's [BLOCK_N, D] rows of a BF16 or FP8 K or V, zeros past the split's end. Splits are whole
     128-token tiles, so only a sequence-head's last tile runs past its split, past its last token: there
     the pointer loads' mask gives zeros, and so does TMA, one copy of a [1, BLOCK_N, D] box of the cache
@@ -330,12 +339,14 @@ def _load_tile(ptr, desc, rows, valid, bh, n0, D: tl.constexpr, BLOCK_N: tl.cons
     on them, times an inf is a NaN)."""
     if TMA:
         return tl.reshape(desc.load([bh, n0, 0]), (BLOCK_N, D))
-    return tl.load(ptr + rows[:, None] * D + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0)
+    return tl.load(ptr + rows[:, None] * D + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0,
+                   eviction_policy=EVICT)
 
 
 @triton.jit
 def _pv_pairs(p, rows, valid, j, v_ptr, v_desc, bh, n0, v_block_ptr, acc, V_FMT: tl.constexpr, D: tl.constexpr,
-              BLOCK_N: tl.constexpr, E2M1_DECODE: tl.constexpr, DOT_F32: tl.constexpr, V_TMA: tl.constexpr):
+              BLOCK_N: tl.constexpr, E2M1_DECODE: tl.constexpr, DOT_F32: tl.constexpr, V_TMA: tl.constexpr,
+              EVICT: tl.constexpr):
     """acc [16, D/2] += the tile's p.v, with each pair of adjacent V elements (2c, 2c + 1) on the MMA's
     contraction axis: k = 2 * slot + t holds element 2c + t of the slot's token, so a packed byte (two
     E2M1 codes), an FP8 pair or a BF16 pair becomes exactly one 32-bit B register, as it lies in memory.
@@ -346,10 +357,10 @@ def _pv_pairs(p, rows, valid, j, v_ptr, v_desc, bh, n0, v_block_ptr, acc, V_FMT:
     l // 4 + 8i) adjacent elements of one token, and the token pairs its scores sit on."""
     NC: tl.constexpr = D // 2
     if V_FMT == 2:
-        byte = tl.load(v_ptr + rows[:, None] * NC + j[None, :], mask=valid[:, None], other=0)
+        byte = tl.load(v_ptr + rows[:, None] * NC + j[None, :], mask=valid[:, None], other=0, eviction_policy=EVICT)
         blk = tl.arange(0, D // 16)
         bscale = tl.load(v_block_ptr + rows[:, None] * (D // 16) + blk[None, :], mask=valid[:, None],
-                         other=0.0).to(tl.float16)
+                         other=0.0, eviction_policy=EVICT).to(tl.float16)
         # One float16 multiply per pair by its block scale (E4M3), exact: an E2M1 value times an E4M3
         # scale has at most 6 significant bits. The lut gives the E2M1 value itself (products from
         # 2**-10 to 6 * 448); the integer decodes give 2**-14 of it, so the scale goes in times 2**7 (at
@@ -366,7 +377,7 @@ def _pv_pairs(p, rows, valid, j, v_ptr, v_desc, bh, n0, v_block_ptr, acc, V_FMT:
             else:
                 pair = _e2m1_byte_pairs(byte) * scale[:, :, None]
     else:
-        v = _load_tile(v_ptr, v_desc, rows, valid, bh, n0, D, BLOCK_N, V_TMA)
+        v = _load_tile(v_ptr, v_desc, rows, valid, bh, n0, D, BLOCK_N, V_TMA, EVICT)
         if V_FMT == 1:
             v = v.to(tl.float16)
         pair = tl.reshape(v, (BLOCK_N, NC, 2))
@@ -417,7 +428,7 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
                            BLOCK_N: tl.constexpr, QK: tl.constexpr, PV: tl.constexpr, E2M1_DECODE: tl.constexpr,
                            STAGES: tl.constexpr, DOT_F32: tl.constexpr, FUSED_COMBINE: tl.constexpr,
                            SPLITS: tl.constexpr, SPLITS_FIRST: tl.constexpr, K_TMA: tl.constexpr,
-                           V_TMA: tl.constexpr):
+                           V_TMA: tl.constexpr, EVICT: tl.constexpr):
     if SPLITS_FIRST:
         split = tl.program_id(0)
         bh = tl.program_id(1)
@@ -493,19 +504,21 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
         valid = n < end
         rows = (bh.to(tl.int64) * seq + n)
         if K_TMA:
-            k_tile = _load_tile(k_ptr, k_desc, rows, valid, bh, n0, D, BLOCK_N, True)
+            k_tile = _load_tile(k_ptr, k_desc, rows, valid, bh, n0, D, BLOCK_N, True, EVICT)
         if QK == 0:
             if K_TMA:
                 k = k_tile.to(tl.float32)
             else:
-                k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+                k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0,
+                            eviction_policy=EVICT).to(tl.float32)
             s = tl.where(valid, tl.sum(k * qf[None, :], axis=1), -float("inf"))
             m_tile = tl.max(s, axis=0)
         elif QK == 1:
             if K_TMA:
                 kt = tl.trans(k_tile)
             else:
-                kt = tl.load(k_ptr + rows[None, :] * D + d[:, None], mask=valid[None, :], other=0.0)
+                kt = tl.load(k_ptr + rows[None, :] * D + d[:, None], mask=valid[None, :], other=0.0,
+                             eviction_policy=EVICT)
             if K_FP8:
                 kt = kt.to(tl.float16)
             if VEC_S:
@@ -519,7 +532,8 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
             if K_TMA:
                 k = k_tile
             else:
-                k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
+                k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0,
+                            eviction_policy=EVICT)
             if K_FP8:
                 k = k.to(tl.float16)
             if VEC_S:
@@ -548,21 +562,21 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
             den = den + p
         if PV == 3:
             acc = _pv_pairs(p, rows, valid, j, v_ptr, v_desc, bh, n0, v_block_ptr, acc, V_FMT, D, BLOCK_N, E2M1_DECODE,
-                            DOT_F32, V_TMA)
+                            DOT_F32, V_TMA, EVICT)
         elif PV == 0:
             if V_FMT == 2:
                 blk = tl.arange(0, NB)
                 pair = tl.arange(0, 8)
                 offs = rows[:, None, None] * (D // 2) + blk[None, :, None] * 8 + pair[None, None, :]
-                byte = tl.load(v_ptr + offs, mask=valid[:, None, None], other=0)
+                byte = tl.load(v_ptr + offs, mask=valid[:, None, None], other=0, eviction_policy=EVICT)
                 lo, hi = _e2m1_pairs(byte, E2M1_DECODE)
                 bscale = tl.load(v_block_ptr + rows[:, None] * NB + blk[None, :], mask=valid[:, None],
-                                 other=0.0).to(tl.float32)
+                                 other=0.0, eviction_policy=EVICT).to(tl.float32)
                 w = (p[:, None] * bscale)[:, :, None]
                 acc_lo = acc_lo + w * lo.to(tl.float32)
                 acc_hi = acc_hi + w * hi.to(tl.float32)
             else:
-                v = _load_tile(v_ptr, v_desc, rows, valid, bh, n0, D, BLOCK_N, V_TMA).to(tl.float32)
+                v = _load_tile(v_ptr, v_desc, rows, valid, bh, n0, D, BLOCK_N, V_TMA, EVICT).to(tl.float32)
                 acc = acc + p[:, None] * v
         else:
             # p as the MMA's 16-row operand: [ROWS, BLOCK_N] ("mma") or [BLOCK_N, ROWS] ("mma_t").
@@ -579,12 +593,15 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
                     p = tl.trans(p)
                 row = r[None, :]
             if V_FMT == 2:
-                byte = tl.load(v_ptr + rows[:, None] * (D // 2) + j[None, :], mask=valid[:, None], other=0)
+                byte = tl.load(v_ptr + rows[:, None] * (D // 2) + j[None, :], mask=valid[:, None], other=0,
+                               eviction_policy=EVICT)
                 lo, hi = _e2m1_pairs(byte, E2M1_DECODE)
                 if PV == 1:
-                    bscale = tl.load(v_block_ptr + rows[None, :] * NB + row % NB, mask=valid[None, :], other=0.0)
+                    bscale = tl.load(v_block_ptr + rows[None, :] * NB + row % NB, mask=valid[None, :], other=0.0,
+                                     eviction_policy=EVICT)
                 else:
-                    bscale = tl.load(v_block_ptr + rows[:, None] * NB + row % NB, mask=valid[:, None], other=0.0)
+                    bscale = tl.load(v_block_ptr + rows[:, None] * NB + row % NB, mask=valid[:, None], other=0.0,
+                                     eviction_policy=EVICT)
                 # p times the block scale, times 2**7: the float16 pieces stay under 65504 (448 * 128)
                 # and their products with the codes (2**-14 of E2M1) stay in float16's exact range.
                 wh, wl = _split2_fp16(p * bscale.to(tl.float32) * 128.0)
@@ -597,7 +614,7 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
                     acc_lo = acc_lo + _dot(tl.trans(lo), w, DOT_F32)
                     acc_hi = acc_hi + _dot(tl.trans(hi), w, DOT_F32)
             else:
-                v = _load_tile(v_ptr, v_desc, rows, valid, bh, n0, D, BLOCK_N, V_TMA)
+                v = _load_tile(v_ptr, v_desc, rows, valid, bh, n0, D, BLOCK_N, V_TMA, EVICT)
                 if V_FMT == 1:
                     v = v.to(tl.float16)
                     wh, wl = _split2_fp16(p * 32768.0)  # p <= 1: 2**15 keeps the low piece off subnormals
@@ -808,7 +825,7 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
         K_FP8=k_fmt == "fp8", V_FMT=V_FORMATS[v_fmt], D=head_dim, ROWS=max(16, head_dim // 8),
         BLOCK_N=tile.block_n, QK=PRODUCTS[tile.qk], PV=PRODUCTS[tile.pv], E2M1_DECODE=E2M1_DECODES[tile.e2m1],
         STAGES=tile.stages, DOT_F32=interpreted, FUSED_COMBINE=fused, SPLITS=triton.next_power_of_2(splits),
-        SPLITS_FIRST=splits_first, K_TMA=k_tma, V_TMA=v_tma, num_warps=tile.warps)
+        SPLITS_FIRST=splits_first, K_TMA=k_tma, V_TMA=v_tma, EVICT=EVICTS[tile.evict], num_warps=tile.warps)
     if not fused:
         _decode_combine_kernel[(bh,)](acc, ml, out, splits, D=head_dim, SPLITS=triton.next_power_of_2(splits))
     return out, None if interpreted else kernel

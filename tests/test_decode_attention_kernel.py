@@ -82,6 +82,17 @@ def test_tma_loads_match_float64_attention_over_each_cache(kernel):
     _check(kernel, q, caches, runs)
 
 
+def test_loads_with_an_l2_eviction_priority_match_float64_attention_over_each_cache(kernel):
+    """Tile.evict: a hint to the L2, so the same values whatever it asks for (the pair path, every product
+    pair on the tensor-core path, the CUDA cores)."""
+    q, caches = _inputs(300, seed=8)
+    runs = [(kernel.Tile("mma_t", "mma_pairs", 32, 1, 3, e2m1="bitwise", evict="first"), 3),
+            (kernel.Tile("mma_t", "mma_t", 64, 4, 3, e2m1="bitwise", evict="first"), 2),
+            (kernel.Tile("mma", "mma", 64, 4, 2, e2m1="bitwise", evict="last"), 3),
+            (kernel.Tile("fma", "fma", 64, 4, 2, e2m1="bitwise", evict="first"), 2)]
+    _check(kernel, q, caches, runs)
+
+
 def test_tma_loads_do_not_read_the_next_sequence_heads_rows(kernel):
     """An inf in head 1's V, past head 0's last token: head 0's ragged last tile must not see it (p is 0
     there, but 0 times inf is NaN), as the pointer loads, masked, do not."""
@@ -136,6 +147,8 @@ def test_a_tile_rejects_what_the_kernel_cannot_run(kernel):
         kernel.Tile(order="tokens")
     with pytest.raises(ValueError, match="loads takes pointers, tma"):
         kernel.Tile(loads="bulk")
+    with pytest.raises(ValueError, match="evict takes normal, first, last"):
+        kernel.Tile(evict="evict_first")
 
 
 def test_no_gpus_tiles_name_the_lut_decode_which_the_h200_ran_slower(kernel):
@@ -247,3 +260,28 @@ def test_tma_loads_compile_to_tensor_memory_copies_in_the_loop_for_hopper(cache)
 
     row = profile(cache, Tile("mma_t", "mma_pairs", 32, 1, 3, loads="tma"), arch=90)
     assert row["spill_bytes"] == 0 and row["ops"].get("UTMALDG") and not row["ops"].get("LDGSTS"), row
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["bf16", "fp8"])
+def test_evict_first_asks_the_l2_to_evict_the_caches_lines_first_for_hopper(cache):
+    """Offline for sm_90: with Tile.evict "first" every asynchronous copy of the cache carries an L2 cache
+    hint made by an evict_first policy; with "normal" none does."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from decode_attention_sass import compile_variant
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from lowprec_workloads.decode_attention_triton import TILES
+
+    def copies_and_policies(tile):
+        ptx = compile_variant(cache, tile, arch=90).asm["ptx"].splitlines()
+        copies = [line for line in ptx if "cp.async." in line and "shared.global" in line]
+        return copies, [line for line in ptx if "createpolicy" in line]
+
+    shipped = TILES["h200"][(cache, cache)]
+    copies, policies = copies_and_policies(replace(shipped, evict="first"))
+    assert copies and all("L2::cache_hint" in line for line in copies), copies
+    assert policies and all("evict_first" in line for line in policies), policies
+    copies, policies = copies_and_policies(shipped)
+    assert copies and not policies and not any("L2::cache_hint" in line for line in copies)
