@@ -19,10 +19,19 @@ training suite's.
 from __future__ import annotations
 
 import statistics
+import warnings
 
 import pytest
 
-from lowprec_workloads.fp8_data_parallel import DDP, GATED, Job, launch, scaling, single_process_losses
+from lowprec_workloads.fp8_data_parallel import (
+    DDP,
+    GATED,
+    DistributedError,
+    Job,
+    launch,
+    scaling,
+    single_process_losses,
+)
 from lowprec_workloads.fp8_training import Shape
 
 CPU_WORLD = 2
@@ -78,18 +87,24 @@ def test_data_parallel_fp8_scaling_efficiency(lowprec, tmp_path):
     step the host cannot issue as fast as the GPU runs it does: eagerly FSDP2's hooks took 11-19 ms of
     host time to issue 9.3-11.7 ms of kernels on one H200 (2026-12-01), so an eager efficiency measures
     Python's dispatch, not the data parallelism. One GPU's step runs on the GPU's pace either way (9.20 ms
-    eagerly, 9.29-9.33 ms replayed). The replays are checked against eager steps from the same seed."""
+    eagerly, 9.29-9.33 ms replayed). The replays are checked against eager steps from the same seed: a
+    capture whose replays differ before the timing fails the test with the difference (its side is not
+    timed), and the difference after the timing is gated here. FSDP2 and DDP each run in a job of their
+    own beside one GPU's step, as benchmarks/fsdp2_scaling.py runs them: a replay that breaks the CUDA
+    context ends only its own job."""
     world = _world(lowprec)
     shape = Shape(d=GPU_SHAPE.d, blocks=GPU_SHAPE.blocks, tokens=GPU_SHAPE.tokens * world, steps=0, lr=GPU_SHAPE.lr)
-    job = Job(shape, world, True, str(tmp_path / "out"), "time", variants=(GATED, DDP), graphs=True)
+
+    def captured_scaling(variant, name: str):
+        job = Job(shape, world, True, str(tmp_path / name), "time", variants=(variant,), graphs=True)
+        return job, scaling(launch(job, timeout_s=600), variant)
+
+    job, fsdp = captured_scaling(GATED, "fsdp2")
     lowprec.signature(world=world, d=shape.d, blocks=shape.blocks, tokens_per_gpu=shape.tokens // world,
                       backend="nccl", sync=GATED.label, optimizer="adamw fused", steps="cuda graph replays",
                       timing=f"cuda events, {job.timing_rounds} rounds x {job.timing_steps} steps, order rotated")
-    results = launch(job, timeout_s=600)
-    fsdp, ddp = scaling(results, GATED), scaling(results, DDP)
     # A replay that does not compute the eager step (memory the capture did not keep) would time other work.
-    lowprec.accuracy("replayed_weights_max_abs_diff_vs_eager", max(fsdp.replay_difference, ddp.replay_difference),
-                     max=0.0)
+    lowprec.accuracy("replayed_weights_max_abs_diff_vs_eager", fsdp.replay_difference, max=0.0)
     lowprec.efficiency("scaling_efficiency", fsdp.efficiency, min=SCALING_EFFICIENCY_FLOOR)
     lowprec.info("one_gpu_step_ms", fsdp.single_ms, "ms")
     lowprec.info("data_parallel_step_ms", fsdp.synced_ms, "ms")
@@ -97,7 +112,17 @@ def test_data_parallel_fp8_scaling_efficiency(lowprec, tmp_path):
     lowprec.info("comm_hidden_fraction", fsdp.hidden_fraction)
     lowprec.info("tokens_per_s", fsdp.tokens_per_s, "tok/s")
     lowprec.info("data_parallel_host_ms", fsdp.host_ms, "ms")  # a replay's launch: far under the step's time
-    # DDP, the comparison (not gated): the same step with a whole replica a GPU and a float32 all-reduce.
+    # DDP, the comparison (not gated): the same step with a whole replica a GPU and a float32 all-reduce. A DDP
+    # that cannot be captured or timed is said, and does not fail the gate.
+    try:
+        _, ddp = captured_scaling(DDP, "ddp")
+    except DistributedError as exc:
+        warnings.warn(f"DDP, the comparison row, was not timed: {exc}", stacklevel=1)
+        return
+    if ddp.replay_difference != 0.0:  # its timings would be of other work
+        warnings.warn(f"DDP, the comparison row, not reported: after the timing its replays left the weights "
+                      f"{ddp.replay_difference:.3g} from as many eager steps'", stacklevel=1)
+        return
     lowprec.info("ddp_scaling_efficiency", ddp.efficiency)
     lowprec.info("ddp_step_ms", ddp.synced_ms, "ms")
     lowprec.info("ddp_allreduce_alone_ms", ddp.comm_ms, "ms")
