@@ -62,7 +62,8 @@ QK_PRODUCTS = ("fma", "mma", "mma_t")
 COMBINES = ("fused", "kernel")
 ORDERS = ("heads", "splits")
 LOADS = ("pointers", "tma")
-# Tile.evict: the L2 eviction priority of the cache's pointer loads (PTX ld's L2::evict_first / evict_last hint).
+# Tile.evict: the L2 eviction priority of the cache's pointer loads (Triton makes a createpolicy.fractional
+# L2::evict_first / evict_last policy and hands it to each cp.async or ld as its L2::cache_hint).
 EVICTS = {"normal": "", "first": "evict_first", "last": "evict_last"}
 _MAX_BLOCK_N = 128
 _MIN_SPLIT_TOKENS = 256
@@ -121,6 +122,9 @@ class Tile:
             raise ValueError(f"loads takes {', '.join(LOADS)}, got {self.loads!r}")
         if self.evict not in EVICTS:
             raise ValueError(f"evict takes {', '.join(EVICTS)}, got {self.evict!r}")
+        if self.evict != "normal" and self.loads == "tma":
+            raise ValueError("evict hints the pointer loads; TMA loads take none: choose loads='pointers' or "
+                             "evict='normal'")
 
     @property
     def name(self) -> str:

@@ -149,6 +149,8 @@ def test_a_tile_rejects_what_the_kernel_cannot_run(kernel):
         kernel.Tile(loads="bulk")
     with pytest.raises(ValueError, match="evict takes normal, first, last"):
         kernel.Tile(evict="evict_first")
+    with pytest.raises(ValueError, match="TMA loads take none"):
+        kernel.Tile(loads="tma", evict="first")
 
 
 def test_no_gpus_tiles_name_the_lut_decode_which_the_h200_ran_slower(kernel):
@@ -262,11 +264,9 @@ def test_tma_loads_compile_to_tensor_memory_copies_in_the_loop_for_hopper(cache)
     assert row["spill_bytes"] == 0 and row["ops"].get("UTMALDG") and not row["ops"].get("LDGSTS"), row
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("cache", ["bf16", "fp8"])
-def test_evict_first_asks_the_l2_to_evict_the_caches_lines_first_for_hopper(cache):
-    """Offline for sm_90: with Tile.evict "first" every asynchronous copy of the cache carries an L2 cache
-    hint made by an evict_first policy; with "normal" none does."""
+def _copies_and_policies(cache: str, evict: str) -> tuple[list[str], list[str]]:
+    """The H200's shipped tile for `cache` with `evict`, compiled offline for sm_90: its PTX's asynchronous
+    copies from global memory, and its L2 cache policies."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         from decode_attention_sass import compile_variant
@@ -274,14 +274,25 @@ def test_evict_first_asks_the_l2_to_evict_the_caches_lines_first_for_hopper(cach
         sys.path.remove(str(ROOT / "benchmarks"))
     from lowprec_workloads.decode_attention_triton import TILES
 
-    def copies_and_policies(tile):
-        ptx = compile_variant(cache, tile, arch=90).asm["ptx"].splitlines()
-        copies = [line for line in ptx if "cp.async." in line and "shared.global" in line]
-        return copies, [line for line in ptx if "createpolicy" in line]
+    tile = replace(TILES["h200"][(cache, cache)], evict=evict)
+    ptx = compile_variant(cache, tile, arch=90).asm["ptx"].splitlines()
+    return ([line for line in ptx if "cp.async." in line and "shared.global" in line],
+            [line for line in ptx if "createpolicy" in line])
 
-    shipped = TILES["h200"][(cache, cache)]
-    copies, policies = copies_and_policies(replace(shipped, evict="first"))
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["bf16", "fp8"])
+@pytest.mark.parametrize("evict", ["first", "last"])
+def test_an_eviction_priority_rides_on_every_asynchronous_copy_of_the_cache_for_hopper(cache, evict):
+    """Offline for sm_90: with Tile.evict "first" or "last" every cp.async of the cache carries an L2 cache
+    hint, made by a policy of that priority."""
+    copies, policies = _copies_and_policies(cache, evict)
     assert copies and all("L2::cache_hint" in line for line in copies), copies
-    assert policies and all("evict_first" in line for line in policies), policies
-    copies, policies = copies_and_policies(shipped)
+    assert policies and all(f"L2::evict_{evict}" in line for line in policies), policies
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["bf16", "fp8"])
+def test_the_normal_eviction_priority_puts_no_hint_on_the_caches_copies_for_hopper(cache):
+    copies, policies = _copies_and_policies(cache, "normal")
     assert copies and not policies and not any("L2::cache_hint" in line for line in copies)
