@@ -677,7 +677,8 @@ class Scaling:
     comm_ms: float  # the step's collectives alone, not overlapped
     world: int
     tokens_per_rank: int
-    # The host's time to issue one data-parallel step (_timed): near synced_ms, the step waits on Python.
+    # The host's time to issue one data-parallel step (_timed): near synced_ms for eager steps, which wait on
+    # Python; a replay's launch (about 0.04 ms) under Job.graphs.
     host_ms: float = 0.0
     # Job.graphs only: the largest difference of any weight, this variant's or one GPU's, after the timing's
     # replays against as many eager steps (0 unless a replay did not compute the step; inf: not checked).
@@ -712,10 +713,11 @@ def scaling(results: list[dict], variant) -> Scaling:
     def slowest(side: str, times: str = "times_ms") -> float:
         return max(statistics.median(r[times][side]) for r in results)
 
-    checks = [r["graph_check"][side] for r in results for side in ("one_gpu", name) if side in r["graph_check"]]
+    replay_differences = [r["graph_check"][side] for r in results for side in ("one_gpu", name)
+                          if side in r["graph_check"]]
     return Scaling(slowest("one_gpu"), slowest(name), max(r["comm_alone_ms"][name] for r in results),
                    len(results), results[0]["tokens_per_rank"], slowest(name, "host_ms"),
-                   max(checks) if checks else None)
+                   max(replay_differences) if replay_differences else None)
 
 
 if __name__ == "__main__":

@@ -255,7 +255,12 @@ def test_scaling_is_one_gpus_step_over_the_data_parallel_step_of_the_slowest_ran
     assert result.hidden_fraction == pytest.approx(0.5)
     assert result.tokens_per_s == pytest.approx(2 * 4096 / 0.0125)
     assert Scaling(10.0, 9.0, 2.0, 2, 1).hidden_fraction == 1.5  # sharding saved more than it exposed
-    assert result.replay_difference is None  # eager steps: nothing replayed
+
+
+def test_scaling_of_eager_steps_has_no_replay_difference():
+    rank = {"times_ms": {"one_gpu": [10.0], label(GATED): [11.0]}, "comm_alone_ms": {label(GATED): 1.0},
+            "host_ms": {label(GATED): [9.0]}, "errors": {}, "tokens_per_rank": 4096, "graph_check": {}}
+    assert scaling([rank], GATED).replay_difference is None
 
 
 def test_scaling_of_captured_steps_carries_the_worst_replay_difference_of_its_variant_and_one_gpus():
