@@ -5,7 +5,9 @@ One calibration per GPU, recorded with its baselines (`--lowprec-update`): later
 every declared workload's time from these instead of the datasheet (pytest_lowprec.roofline),
 and report each one's measured fraction of its roofline. Each ceiling is the best of several
 CUDA-event-timed repetitions, as a ceiling is the best the chip does, not its typical run.
-A ceiling above the datasheet's peak means the timing is broken, and fails.
+A ceiling above the datasheet's peak means the timing is broken, and fails. A ceiling under the recorded
+GPU's is first this GPU's own: GPUs of one key differ (CEILING_MARGIN); one further under means a
+throttled GPU or a broken measurement, and fails.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
+from pytest_lowprec.gate import Margin
 from pytest_lowprec.hardware import spec_for
 from pytest_lowprec.timing import cuda_event_times_ms
 
@@ -23,6 +26,12 @@ LINK_BYTES = 1 << 28  # pinned host memory to the device
 GEMM_N = 8192
 REPEATS = 20
 LAUNCHES = 200  # tiny kernels replayed back to back from one CUDA graph
+# How far under the recorded GPU's a ceiling's fraction of the datasheet may lie: GPUs of one key differ. Over
+# 13 full gates on H200s lent one at a time (2026-12-01, benchmarks/data/gate-run-h200-*.tar.gz, the eleventh
+# session's) the FP8 GEMM's fraction ran 0.716-0.765, BF16's 0.788-0.819 and the copy's 0.870-0.886, and the
+# FP8 entry (0.769) was recorded on a GPU faster than every one of them: up to 7% apart. 10% is the cap the
+# speed gate's own tolerance never exceeds (lowprec_max_tolerance); 0.05 the efficiencies' usual floor.
+CEILING_MARGIN = Margin(abs=0.05, rel=0.10)
 
 
 def best_ms(fn, repeats: int = REPEATS) -> float:
@@ -72,7 +81,9 @@ def test_measured_ceilings(lowprec):
     lowprec.ceiling("launch_us", _launch_us(lowprec.device), "us per kernel")
 
     if spec is not None:  # a measured ceiling above the datasheet's peak is a broken timer
-        lowprec.efficiency("copy_of_datasheet", copy_tbps / (spec.hbm_gbps / 1e3), max=1.05)
-        lowprec.efficiency("bf16_gemm_of_datasheet", rates["bf16"] / spec.bf16_tflops, max=1.05)
+        lowprec.efficiency("copy_of_datasheet", copy_tbps / (spec.hbm_gbps / 1e3), max=1.05, margin=CEILING_MARGIN)
+        lowprec.efficiency("bf16_gemm_of_datasheet", rates["bf16"] / spec.bf16_tflops, max=1.05,
+                           margin=CEILING_MARGIN)
         if spec.fp8_tflops:
-            lowprec.efficiency("fp8_gemm_of_datasheet", rates["fp8"] / spec.fp8_tflops, max=1.05)
+            lowprec.efficiency("fp8_gemm_of_datasheet", rates["fp8"] / spec.fp8_tflops, max=1.05,
+                               margin=CEILING_MARGIN)
