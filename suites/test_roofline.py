@@ -27,9 +27,9 @@ GEMM_N = 8192
 REPEATS = 20
 LAUNCHES = 200  # tiny kernels replayed back to back from one CUDA graph
 # How far under the recorded GPU's a ceiling's fraction of the datasheet may lie: GPUs of one key differ. Over
-# 13 full gates on H200s lent one at a time (2026-12-01, benchmarks/data/gate-run-h200-*.tar.gz, the eleventh
-# session's) the FP8 GEMM's fraction ran 0.716-0.765, BF16's 0.788-0.819 and the copy's 0.870-0.886, and the
-# FP8 entry (0.769) was recorded on a GPU faster than every one of them: up to 7% apart. 10% is the cap the
+# 14 runs on H200s lent one at a time (2026-12-01: 13 full gates, benchmarks/data/gate-run-h200-*.tar.gz, and
+# roofline-decode-h200-2026-12-01-da10f90.tar.gz) the FP8 GEMM's fraction ran 0.716-0.778, BF16's 0.788-0.825
+# and the copy's 0.870-0.886; the FP8 entry (0.769) lies near the top: GPUs up to 8.7% apart. 10% is the cap the
 # speed gate's own tolerance never exceeds (lowprec_max_tolerance); 0.05 the efficiencies' usual floor.
 CEILING_MARGIN = Margin(abs=0.05, rel=0.10)
 
