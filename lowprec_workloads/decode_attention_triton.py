@@ -86,8 +86,9 @@ class Tile:
     (LOADS) is how the cache's tiles come in: "pointers", each thread's cp.async (or load) of its own 16
     bytes; "tma", one tensor-memory-access copy a tile (Hopper's TMA, through Triton's tensor descriptors),
     for K and for BF16 or FP8 V (NVFP4 V keeps its pointer loads). `evict` (EVICTS) is the L2 eviction
-    priority the cache's pointer loads ask for: every byte is read once, so "first" frees L2 for the
-    partial outputs the merge reads back, and lets the next tiles' lines in sooner."""
+    priority the cache's pointer loads ask for: every byte is read once, so "first" could free L2 for the
+    partial outputs the merge reads back and let the next tiles' lines in sooner. On an H200 it read no
+    faster (2026-12-01, docs/measurements/decode-kernels-h200-2026-12-01.md), and no tile ships it."""
 
     qk: str = "fma"
     pv: str = "fma"
