@@ -62,8 +62,9 @@ QK_PRODUCTS = ("fma", "mma", "mma_t")
 COMBINES = ("fused", "kernel")
 ORDERS = ("heads", "splits")
 LOADS = ("pointers", "tma")
-# Tile.evict: the L2 eviction priority of the cache's pointer loads (Triton makes a createpolicy.fractional
-# L2::evict_first / evict_last policy and hands it to each cp.async or ld as its L2::cache_hint).
+# Tile.evict: the L2 eviction priority of the cache's pointer loads (Triton 3.9 makes a createpolicy.fractional
+# L2::evict_first / evict_last policy and hands it to each cp.async as its L2::cache_hint; Triton 3.6, the GPU
+# machines', drops it from the pipelined loads: launch() refuses such a tile, which would run the plain kernel).
 EVICTS = {"normal": "", "first": "evict_first", "last": "evict_last"}
 _MAX_BLOCK_N = 128
 _MIN_SPLIT_TOKENS = 256
@@ -87,8 +88,8 @@ class Tile:
     bytes; "tma", one tensor-memory-access copy a tile (Hopper's TMA, through Triton's tensor descriptors),
     for K and for BF16 or FP8 V (NVFP4 V keeps its pointer loads). `evict` (EVICTS) is the L2 eviction
     priority the cache's pointer loads ask for: every byte is read once, so "first" could free L2 for the
-    partial outputs the merge reads back and let the next tiles' lines in sooner. On an H200 it read no
-    faster (2026-12-01, docs/measurements/decode-kernels-h200-2026-12-01.md), and no tile ships it."""
+    partial outputs the merge reads back and let the next tiles' lines in sooner. Not measured on an H200:
+    the GPU machines' Triton (3.6) compiles it away (EVICTS), and no tile ships it."""
 
     qk: str = "fma"
     pv: str = "fma"
@@ -833,7 +834,16 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
         SPLITS_FIRST=splits_first, K_TMA=k_tma, V_TMA=v_tma, EVICT=EVICTS[tile.evict], num_warps=tile.warps)
     if not fused:
         _decode_combine_kernel[(bh,)](acc, ml, out, splits, D=head_dim, SPLITS=triton.next_power_of_2(splits))
+    if tile.evict != "normal" and not interpreted and not evict_hint_kept(kernel.asm["ptx"]):
+        raise RuntimeError(f"Triton {triton.__version__} dropped the L2 eviction hint (evict={tile.evict!r}) from "
+                           "the kernel's loads: this tile runs the plain kernel. Use evict='normal', or a Triton "
+                           "that keeps the hint (3.9 does)")
     return out, None if interpreted else kernel
+
+
+def evict_hint_kept(ptx: str) -> bool:
+    """Whether a compiled partial kernel's loads carry an L2 eviction policy: its PTX makes one (createpolicy)."""
+    return "createpolicy" in ptx
 
 
 def tma_loads(tile: Tile, v_fmt: str) -> tuple[bool, bool]:
