@@ -231,16 +231,22 @@ def test_the_tile_probe_runs_its_rounds_on_the_cpu(tmp_path):
     assert "FP8 over BF16" in done.stdout
 
 
+def _sass_tool():
+    """benchmarks/decode_attention_sass.py, the offline sm_90 compiler the PTX and SASS tests read."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import decode_attention_sass
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return decode_attention_sass
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cache", list(CACHES))
 def test_the_tensor_core_pair_path_compiles_for_hopper(cache):
     """Offline, with Triton's own ptxas: the PTX decodes and the pair path's layouts compile for sm_90
     without spilling (the interpreter runs neither)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from decode_attention_sass import profile
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    profile = _sass_tool().profile
     from lowprec_workloads.decode_attention_triton import Tile
 
     e2m1 = "lut" if CACHES[cache][1] == "nvfp4" else "packed"
@@ -253,11 +259,7 @@ def test_the_tensor_core_pair_path_compiles_for_hopper(cache):
 def test_tma_loads_compile_to_tensor_memory_copies_in_the_loop_for_hopper(cache):
     """Offline for sm_90: Tile.loads "tma" issues TMA copies (UTMALDG) in the token loop, not per-thread
     cp.async (LDGSTS), with no spills."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from decode_attention_sass import profile
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    profile = _sass_tool().profile
     from lowprec_workloads.decode_attention_triton import Tile
 
     row = profile(cache, Tile("mma_t", "mma_pairs", 32, 1, 3, loads="tma"), arch=90)
@@ -267,15 +269,10 @@ def test_tma_loads_compile_to_tensor_memory_copies_in_the_loop_for_hopper(cache)
 def _copies_and_policies(cache: str, evict: str) -> tuple[list[str], list[str]]:
     """The H200's shipped tile for `cache` with `evict`, compiled offline for sm_90: its PTX's asynchronous
     copies from global memory, and its L2 cache policies."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from decode_attention_sass import compile_variant
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
     from lowprec_workloads.decode_attention_triton import TILES
 
     tile = replace(TILES["h200"][(cache, cache)], evict=evict)
-    ptx = compile_variant(cache, tile, arch=90).asm["ptx"].splitlines()
+    ptx = _sass_tool().compile_variant(cache, tile, arch=90).asm["ptx"].splitlines()
     return ([line for line in ptx if "cp.async." in line and "shared.global" in line],
             [line for line in ptx if "createpolicy" in line])
 
