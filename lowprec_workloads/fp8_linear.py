@@ -205,6 +205,15 @@ def _activation_scale(x_ptr, numel, X_BLOCK: tl.constexpr, X_STEPS: tl.constexpr
     return _fp8_scale(tl.max(bits, axis=0).to(tl.float32, bitcast=True), 448.0, FLT_MAX)
 
 
+@triton.jit
+def _x_scale(x_ptr, x_scale_ptr, numel, X_BLOCK: tl.constexpr, X_STEPS: tl.constexpr, FLT_MAX: tl.constexpr,
+             SCALE_GIVEN: tl.constexpr):
+    """The activation's E4M3 scale: given (its producer took the amax, decode_fusions), or its amax pass."""
+    if SCALE_GIVEN:
+        return tl.load(x_scale_ptr)
+    return _activation_scale(x_ptr, numel, X_BLOCK, X_STEPS, FLT_MAX)
+
+
 # -- kernels ------------------------------------------------------------------------------------
 @triton.jit
 def _quantize_small_kernel(x_ptr, out_ptr, inv_ptr, numel, X_BLOCK: tl.constexpr, X_STEPS: tl.constexpr,
@@ -228,8 +237,9 @@ def _quantize_small_kernel(x_ptr, out_ptr, inv_ptr, numel, X_BLOCK: tl.constexpr
 
 
 @triton.jit
-def _gemv_fma_kernel(x_ptr, w_ptr, w_inv_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     X_BLOCK: tl.constexpr, X_STEPS: tl.constexpr, FLT_MAX: tl.constexpr, HW: tl.constexpr):
+def _gemv_fma_kernel(x_ptr, x_scale_ptr, w_ptr, w_inv_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, X_BLOCK: tl.constexpr, X_STEPS: tl.constexpr, FLT_MAX: tl.constexpr,
+                     HW: tl.constexpr, SCALE_GIVEN: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k = tl.arange(0, BLOCK_K)
     n_ok = (n < N)[:, None]
@@ -237,7 +247,7 @@ def _gemv_fma_kernel(x_ptr, w_ptr, w_inv_ptr, out_ptr, N, K, BLOCK_N: tl.constex
     # The first weight tile is requested before the amax pass, whose L2 reads then overlap its DRAM latency;
     # in the loop the next tile is requested before the current one is multiplied: two tiles in flight.
     w_next = tl.load(w_ptrs, mask=n_ok & (k < K)[None, :], other=0.0, eviction_policy="evict_first")
-    scale = _activation_scale(x_ptr, K, X_BLOCK, X_STEPS, FLT_MAX)
+    scale = _x_scale(x_ptr, x_scale_ptr, K, X_BLOCK, X_STEPS, FLT_MAX, SCALE_GIVEN)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         w = w_next
@@ -252,9 +262,9 @@ def _gemv_fma_kernel(x_ptr, w_ptr, w_inv_ptr, out_ptr, N, K, BLOCK_N: tl.constex
 
 
 @triton.jit
-def _gemv_dot_kernel(x_ptr, w_ptr, w_inv_ptr, out_ptr, part_ptr, count_ptr, N, K, BLOCK_N: tl.constexpr,
+def _gemv_dot_kernel(x_ptr, x_scale_ptr, w_ptr, w_inv_ptr, out_ptr, part_ptr, count_ptr, N, K, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PROMOTE_K: tl.constexpr, X_BLOCK: tl.constexpr,
-                     X_STEPS: tl.constexpr, FLT_MAX: tl.constexpr, HW: tl.constexpr):
+                     X_STEPS: tl.constexpr, FLT_MAX: tl.constexpr, HW: tl.constexpr, SCALE_GIVEN: tl.constexpr):
     """acc[BLOCK_N, 16] = W tile [BLOCK_N, BLOCK_K] . the row as a 16-column operand (columns 1..15 zero).
 
     W is the left operand: with BLOCK_N >= 64 Hopper runs it as wgmma with both FP8 operands read from
@@ -268,7 +278,7 @@ def _gemv_dot_kernel(x_ptr, w_ptr, w_inv_ptr, out_ptr, part_ptr, count_ptr, N, K
     per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
     k_start = tl.program_id(1) * per_split
     k_stop = tl.minimum(k_start + per_split, K)
-    scale = _activation_scale(x_ptr, K, X_BLOCK, X_STEPS, FLT_MAX)
+    scale = _x_scale(x_ptr, x_scale_ptr, K, X_BLOCK, X_STEPS, FLT_MAX, SCALE_GIVEN)
     first_col = (tl.arange(0, 16) == 0)[None, :]
     acc = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
     for k0 in range(k_start, k_stop, BLOCK_K):
@@ -374,9 +384,13 @@ class SplitWorkspace:
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config: GemvConfig,
-         out: torch.Tensor | None = None, workspace: SplitWorkspace | None = None) -> torch.Tensor:
+         out: torch.Tensor | None = None, workspace: SplitWorkspace | None = None,
+         x_scale: torch.Tensor | None = None) -> torch.Tensor:
     """float32 [1, N] = E4M3(x) @ weight.T * scales, x [1, K] float32 or bfloat16, weight E4M3 [N, K].
-    A config with split_k > 1 needs a workspace (SplitWorkspace.for_layer), owned by the caller."""
+    A config with split_k > 1 needs a workspace (SplitWorkspace.for_layer), owned by the caller. `x_scale`
+    (0-d float32): x's E4M3 scale, fp8._scale_from_amax of its amax, where its producer took it
+    (decode_fusions); every program then skips its amax pass over x. A scale other than x's own gives
+    another quantization of x: the caller vouches for it."""
     _require_device(x, "the FP8 GEMV")
     n, k = weight.shape
     if x.ndim != 2 or x.shape[0] != 1 or x.shape[1] != k:
@@ -385,17 +399,21 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config:
         raise ValueError(f"weight must be contiguous E4M3 [N, K], got {weight.dtype} with strides {weight.stride()}")
     if config.split_k > 1 and workspace is None:
         raise ValueError("a split-K GEMV needs its SplitWorkspace")
+    if x_scale is not None and (x_scale.numel() != 1 or x_scale.dtype != torch.float32):
+        raise ValueError(f"x_scale is one float32 scale, got {x_scale.dtype} of {x_scale.numel()} elements")
     x = x.contiguous()
     out = torch.empty(1, n, dtype=torch.float32, device=x.device) if out is None else out
     options = dict(BLOCK_N=config.block_n, BLOCK_K=config.block_k, **_amax_pass(k), FLT_MAX=FLT_MAX,
-                   HW=not _interpreted(), num_warps=config.num_warps, num_stages=config.num_stages)
+                   HW=not _interpreted(), SCALE_GIVEN=x_scale is not None, num_warps=config.num_warps,
+                   num_stages=config.num_stages)
     tiles = triton.cdiv(n, config.block_n)
+    given = x_scale if x_scale is not None else inv_scale  # not read without SCALE_GIVEN
     if config.kernel == "fma":
-        _gemv_fma_kernel[(tiles,)](x, weight, inv_scale, out, n, k, **options)
+        _gemv_fma_kernel[(tiles,)](x, given, weight, inv_scale, out, n, k, **options)
     else:
         shared = (workspace.partials, workspace.counters) if workspace is not None else (out, out)
-        _gemv_dot_kernel[(tiles, config.split_k)](x, weight, inv_scale, out, *shared, n, k, SPLIT_K=config.split_k,
-                                                  PROMOTE_K=config.promote_k or None, **options)
+        _gemv_dot_kernel[(tiles, config.split_k)](x, given, weight, inv_scale, out, *shared, n, k,
+                                                  SPLIT_K=config.split_k, PROMOTE_K=config.promote_k or None, **options)
     return out
 
 
@@ -428,13 +446,16 @@ class FP8Linear:
     def uses_gemv(self, rows: int) -> bool:
         return self.gemv is not None and rows <= GEMV_MAX_ROWS
 
-    def __call__(self, x: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """x [rows, K] -> [rows, N] in `out_dtype`."""
+    def __call__(self, x: torch.Tensor, out_dtype: torch.dtype = torch.float32,
+                 x_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """x [rows, K] -> [rows, N] in `out_dtype`. `x_scale`: x's E4M3 scale where its producer took it
+        (gemv's x_scale); the one-row GEMV then skips its amax pass, the other paths take their own."""
         if not x.is_cuda:
             q, inv = quantize_tensorwise(x)
             return ((q.float() * inv) @ (self.weight.float() * self.inv_scale).t()).to(out_dtype)
         if self.uses_gemv(x.shape[0]):
-            return gemv(x, self.weight, self.inv_scale, self.gemv, workspace=self.workspace).to(out_dtype)
+            return gemv(x, self.weight, self.inv_scale, self.gemv, workspace=self.workspace,
+                        x_scale=x_scale).to(out_dtype)
         q, inv = quantize_activation(x)
         return scaled_mm(q, inv, self.weight.t(), self.inv_scale, out_dtype=out_dtype)
 

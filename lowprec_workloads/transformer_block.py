@@ -33,12 +33,17 @@ from pytest_lowprec.formats.nvfp4 import NVFP4Tensor, quantize_nvfp4
 from pytest_lowprec.roofline import Work
 from pytest_lowprec.traffic import eager_work
 
+from . import decode_fusions as fused_ops
 from .decode_attention import Cache, attend_cache, build_cache, decode_work
 from .fp8_linear import SMALL_QUANTIZE_MAX, FP8Linear, GemvChooser, fp8_roundtrip, gemv_config, quantize_work
 from .nvfp4_gemm import GEMV_MAX_ROWS, CudaKernels, gemm_tiled
 from .strategies import LINEARS, UNQUANTIZED, Strategy
 
 KV_CACHE = {"bf16": "bf16", "fp16": "bf16", "fp32": "bf16", "fp8": "fp8", "nvfp4": "fp8k_nvfp4v"}
+QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("ffn_gate", "ffn_up")
+# What a strategy's step runs on CUDA around its linears and attention, for a workload's signature.
+CUDA_FUSIONS = ("triton: residual add + rmsnorm, swiglu, one launch each, writing the e4m3 scale "
+                "the fp8 gemv reads")
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,17 @@ class Linear:
             return self.fp8.nbytes
         return self.weight.numel() * self.weight.element_size()
 
-    def __call__(self, x: torch.Tensor, cuda: CudaKernels | None) -> torch.Tensor:
+    @property
+    def out_size(self) -> int:
+        """Bytes an output element takes: float32 from the NVFP4 and FP8 kernels, else the weight's dtype."""
+        return 4 if self.weight is None else self.weight.element_size()
+
+    def takes_fp8_scale(self, rows: int) -> bool:
+        """Whether a call on `rows` rows would use its input's E4M3 scale (the FP8 one-row GEMV)."""
+        return self.fp8 is not None and self.fp8.uses_gemv(rows)
+
+    def __call__(self, x: torch.Tensor, cuda: CudaKernels | None, x_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """x @ weight.T; `x_scale`, x's E4M3 scale where its producer took it, spares an FP8 GEMV its amax pass."""
         if self.nvfp4 is not None:
             if self.precision == "nvfp4":  # NVFP4 activations: quantized, then dequantized for the kernel
                 x = quantize_nvfp4(x.to(torch.bfloat16), check_finite=False).dequantize()
@@ -106,7 +121,7 @@ class Linear:
                 return cuda.gemv(x, self.nvfp4, out)
             return gemm_tiled(x, self.nvfp4, out=out)
         if self.fp8 is not None:
-            return self.fp8(x)  # float32, as the callers use it
+            return self.fp8(x, x_scale=x_scale)  # float32, as the callers use it
         return F.linear(x.to(self.weight.dtype), self.weight)
 
 
@@ -186,6 +201,15 @@ class DecodeStep:
             self.caches.append(build_cache(k.to(torch.bfloat16), v.to(torch.bfloat16), KV_CACHE[kv]))
         self.x = weights.x
         self._attention_workspace = None  # made by the first CUDA attention call
+        # On CUDA a strategy's residual adds, norms and SwiGLU gates run fused (decode_fusions), each writing the
+        # E4M3 scale of its output where a one-row FP8 GEMV reads it; the float32 reference stays eager.
+        self.fused = (strategy is not None and weights.x.is_cuda
+                      and fused_ops.fits(shape.batch, shape.d, row_at_once=True)
+                      and fused_ops.fits(shape.batch * shape.ffn, 1, row_at_once=False))
+        self._scales_for = [{"attn": self.fused and any(lin[op].takes_fp8_scale(shape.batch) for op in QKV),
+                             "ffn": self.fused and any(lin[op].takes_fp8_scale(shape.batch) for op in GATE_UP),
+                             "down": self.fused and lin["ffn_down"].takes_fp8_scale(shape.batch)}
+                            for lin in self.linears]
 
     def work(self) -> tuple[Work, ...]:
         """The step's work for the hardware model (CUDA): torch's operators read off what the step
@@ -206,6 +230,14 @@ class DecodeStep:
             if fp8:  # q float32 in, bfloat16 out; a q too large for one program takes the quantizer, then ATen
                 custom.extend((Work(nbytes=q.numel() * (4 + 2), kernels=1),) if q.numel() <= SMALL_QUANTIZE_MAX
                               else quantize_work(q.numel(), 4, aten=False))
+        if self.fused:  # per layer two norms (the first layer's first adds nothing) and a gate, then the final norm
+            size = self.dtype.itemsize
+            for i, layer in enumerate(self.linears):
+                before = self.linears[i - 1]["ffn_down"].out_size if i else None
+                custom += [fused_ops.add_rms_norm_work(s.batch, s.d, size, before),
+                           fused_ops.add_rms_norm_work(s.batch, s.d, size, layer["o_proj"].out_size),
+                           fused_ops.swiglu_work(s.batch * s.ffn, layer["ffn_gate"].out_size, size)]
+            custom.append(fused_ops.add_rms_norm_work(s.batch, s.d, size, self.linears[-1]["ffn_down"].out_size))
         return eager_work(self) + tuple(custom)
 
     @property
@@ -233,22 +265,39 @@ class DecodeStep:
                                     workspace=self._attention_workspace).float()
         return attend_cache(q, cache, torch.float32)
 
+    def _add_norm(self, h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
+                  fp8_scale: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(h + delta.to(dtype), its RMSNorm, the norm's E4M3 scale where asked and fused)."""
+        if self.fused:
+            return fused_ops.add_rms_norm(h, weight, delta, fp8_scale=fp8_scale)
+        h = h if delta is None else h + delta.to(self.dtype)
+        return h, rms_norm(h, weight, self.dtype), None
+
+    def _swiglu(self, gate: torch.Tensor, up: torch.Tensor,
+                fp8_scale: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(silu(gate) * up in dtype, its E4M3 scale where asked and fused)."""
+        if self.fused:
+            return fused_ops.swiglu(gate, up, self.dtype, fp8_scale=fp8_scale)
+        return (F.silu(gate.float()) * up.float()).to(self.dtype), None
+
     def __call__(self) -> torch.Tensor:
         """Logits [batch, vocab] of the next token."""
         s = self.shape
-        h = self.x.to(self.dtype)
+        h, delta = self.x.to(self.dtype), None
         for i, lin in enumerate(self.linears):
-            a = rms_norm(h, self.norms[i][0], self.dtype)
-            q = lin["q_proj"](a, self.cuda).float().view(s.batch, s.heads, s.head_dim)
-            lin["k_proj"](a, self.cuda)  # the new token's K and V, for the caller to append
-            lin["v_proj"](a, self.cuda)
+            scales = self._scales_for[i]
+            h, a, a_scale = self._add_norm(h, delta, self.norms[i][0], scales["attn"])
+            q = lin["q_proj"](a, self.cuda, a_scale).float().view(s.batch, s.heads, s.head_dim)
+            lin["k_proj"](a, self.cuda, a_scale)  # the new token's K and V, for the caller to append
+            lin["v_proj"](a, self.cuda, a_scale)
             att = self._attend(q, i).reshape(s.batch, s.d).to(self.dtype)
-            h = h + lin["o_proj"](att, self.cuda).to(self.dtype)
-            a = rms_norm(h, self.norms[i][1], self.dtype)
-            gate = lin["ffn_gate"](a, self.cuda).float()
-            up = lin["ffn_up"](a, self.cuda).float()
-            h = h + lin["ffn_down"]((F.silu(gate) * up).to(self.dtype), self.cuda).to(self.dtype)
-        return F.linear(rms_norm(h, self.final_norm, self.dtype), self.head).float()
+            h, a, a_scale = self._add_norm(h, lin["o_proj"](att, self.cuda), self.norms[i][1], scales["ffn"])
+            gate = lin["ffn_gate"](a, self.cuda, a_scale)
+            up = lin["ffn_up"](a, self.cuda, a_scale)
+            y, y_scale = self._swiglu(gate, up, scales["down"])
+            delta = lin["ffn_down"](y, self.cuda, y_scale)
+        _, a, _ = self._add_norm(h, delta, self.final_norm, False)
+        return F.linear(a, self.head).float()
 
 
 def logit_errors(reference: torch.Tensor, got: torch.Tensor) -> dict[str, float]:

@@ -16,7 +16,7 @@ import torch
 
 from lowprec_workloads.fp8_linear import CUDA_PATH
 from lowprec_workloads.strategies import LINEARS, builtin_strategies, custom
-from lowprec_workloads.transformer_block import LARGE, SMALL, DecodeStep, Weights, logit_errors
+from lowprec_workloads.transformer_block import CUDA_FUSIONS, LARGE, SMALL, DecodeStep, Weights, logit_errors
 from pytest_lowprec.formats.metrics import sqnr_db
 
 SHAPES = [pytest.param(SMALL, id="small"),
@@ -70,6 +70,8 @@ def test_strategy(lowprec, strategy, shape, drawn):
                if strategy.precision(op, layer, shape.layers) == "fp8"}
     if fp8_ops and lowprec.on_cuda:  # the CPU runs the eager path its baseline recorded
         lowprec.signature(fp8_kernels=CUDA_PATH)
+    if lowprec.on_cuda:
+        lowprec.signature(fusions=CUDA_FUSIONS)
     if (shape, lowprec.device) not in drawn:
         drawn[(shape, lowprec.device)] = Weights.random(shape, lowprec.device, seed=11)
     weights = drawn[(shape, lowprec.device)]

@@ -62,6 +62,10 @@ for name, (x, w, inv, tile) in job["gemv"].items():
     calls = 2 if workspace is not None else 1  # a split-K workspace must be ready for the next call
     out[name] = [gemv(x, w, inv, config, out=torch.full((1, w.shape[0]), float("nan")), workspace=workspace)
                  for _ in range(calls)]
+    # The scale its producer would hand it (decode_fusions): fp8._scale_from_amax of x's amax.
+    given = 1.0 / quantize_small(x)[1]
+    out[f"{name}-given-scale"] = gemv(x, w, inv, config, out=torch.full((1, w.shape[0]), float("nan")),
+                                      workspace=workspace, x_scale=given)
 torch.save(out, sys.argv[2])
 '''
 
@@ -188,6 +192,14 @@ def test_split_k_gemv_gives_the_same_bits_on_the_next_call(interpreted, tile):
     _, out = interpreted
     first, second = out[f"gemv-{tile}-40x300"]
     assert torch.isfinite(first).all() and torch.equal(first, second)
+
+
+@interpreter
+@pytest.mark.parametrize("tile", sorted(GEMV_TILES))
+def test_gemv_given_its_inputs_scale_gives_the_bits_of_its_own_amax_pass(interpreted, tile):
+    _, out = interpreted
+    own, given = out[f"gemv-{tile}-40x300"][0], out[f"gemv-{tile}-40x300-given-scale"]
+    assert torch.isfinite(own).all() and torch.equal(own, given)
 
 
 @interpreter

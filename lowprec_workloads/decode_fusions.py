@@ -1,0 +1,172 @@
+"""The decode step's elementwise work in single launches: the residual add with the RMSNorm after it, and
+SwiGLU's gate, each able to write the E4M3 scale of its output for the FP8 linears that read it.
+
+Eagerly (transformer_block.rms_norm, `h + delta.to(dtype)`, `F.silu(gate) * up`) these are about eight
+kernels a norm and three a gate, each a launch and a pass over a few kilobytes: on an H200 (2026-12-02,
+Llama-3-8B widths, two layers, CUDA-graph replays) about 40 of the fp8_balanced step's 57 kernels and 55 of
+its 346 us. A decode engine fuses them (vLLM's fused_add_rms_norm and silu_and_mul); here one Triton
+program does each over the whole activation, which a decode step's one to a few rows keep small
+(FUSED_MAX_ELEMENTS).
+
+The arithmetic is the eager path's, rounding where it rounds: the residual `h + delta.to(dtype)` (delta
+rounded to the step's dtype, the sum rounded), the norm's `x * rsqrt(mean(x^2) + eps).to(dtype)` rounded,
+then its product with the weight rounded; SwiGLU's `silu(gate) * up` in float32, rounded once to the
+dtype (the built-in strategies' is float32: "norm" is fp32 in each). Only the sum of squares' order and the
+exp and rsqrt instructions differ from torch's, so an output can differ from the eager one by a few units
+in float32's last place, at most one in a 16-bit dtype's. Triton's interpreter truncates float32 to
+bfloat16 where the GPU rounds, so there (`HW=False`) the rounding to bfloat16 is done in integer arithmetic
+first (fp8_linear._bf16_value).
+
+`fp8_scale`: the program also takes the amax of what it writes and stores fp8._scale_from_amax of it, the
+scale fp8_linear's GEMV would compute from that tensor in every program before its first product; the GEMV
+given it skips that pass (fp8_linear.gemv's x_scale).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from pytest_lowprec.formats.fp8 import FLT_MAX
+from pytest_lowprec.formats.triton_quant import _fp8_scale, _magnitude_bits
+from pytest_lowprec.roofline import Work
+
+from .fp8_linear import _bf16_value
+from .interpreted import mend_interpreter_scalars, run_interpreted
+
+# One program holds a row in registers and walks the rows: a decode step's activation (rows x width) up to
+# this many elements is fused; a larger one (a prefill) runs the eager path.
+FUSED_MAX_ELEMENTS = 65536
+_MAX_ROW = 16384  # widest row a program holds at once (Llama-3-8B's FFN: 14336)
+_CHUNK = 4096  # elements SwiGLU's program reads a step
+
+
+def fits(rows: int, width: int, *, row_at_once: bool) -> bool:
+    """Whether an activation of `rows` x `width` takes the fused kernels (a norm holds a whole row)."""
+    return rows * width <= FUSED_MAX_ELEMENTS and (width <= _MAX_ROW or not row_at_once)
+
+
+@triton.jit
+def _rounded(x, dtype: tl.constexpr, HW: tl.constexpr):
+    """float32 x rounded to `dtype` (nearest even), as float32."""
+    if dtype == tl.bfloat16 and not HW:
+        return _bf16_value(x)
+    return x.to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, out_ptr, scale_ptr, rows, width, eps,
+                         BLOCK: tl.constexpr, HAS_DELTA: tl.constexpr, WRITE_SCALE: tl.constexpr,
+                         FLT_MAX: tl.constexpr, HW: tl.constexpr):
+    dtype: tl.constexpr = out_ptr.dtype.element_ty
+    offs = tl.arange(0, BLOCK)
+    mask = offs < width
+    weight = _rounded(tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32), dtype, HW)
+    amax_bits = tl.zeros([BLOCK], dtype=tl.int32)
+    for row in range(rows):
+        at = row * width + offs
+        x = tl.load(h_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        if HAS_DELTA:  # h + delta.to(dtype), rounded to the dtype
+            delta = _rounded(tl.load(delta_ptr + at, mask=mask, other=0.0).to(tl.float32), dtype, HW)
+            x = _rounded(x + delta, dtype, HW)
+            tl.store(h_out_ptr + at, x.to(dtype), mask=mask)
+        mean_square = tl.math.div_rn(tl.sum(x * x, axis=0), width * 1.0)
+        inv_rms = _rounded(tl.math.rsqrt(mean_square + eps), dtype, HW)
+        y = _rounded(_rounded(x * inv_rms, dtype, HW) * weight, dtype, HW)
+        tl.store(out_ptr + at, y.to(dtype), mask=mask)
+        if WRITE_SCALE:
+            amax_bits = tl.maximum(amax_bits, tl.where(mask, _magnitude_bits(y), 0))
+    if WRITE_SCALE:
+        tl.store(scale_ptr, _fp8_scale(tl.max(amax_bits, axis=0).to(tl.float32, bitcast=True), 448.0, FLT_MAX))
+
+
+@triton.jit
+def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, scale_ptr, numel, BLOCK: tl.constexpr, WRITE_SCALE: tl.constexpr,
+                   FLT_MAX: tl.constexpr, HW: tl.constexpr):
+    dtype: tl.constexpr = out_ptr.dtype.element_ty
+    amax_bits = tl.zeros([BLOCK], dtype=tl.int32)
+    for start in range(0, numel, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < numel
+        gate = tl.load(gate_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(up_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        y = _rounded(tl.math.div_rn(gate, 1.0 + tl.exp(-gate)) * up, dtype, HW)
+        tl.store(out_ptr + offs, y.to(dtype), mask=mask)
+        if WRITE_SCALE:
+            amax_bits = tl.maximum(amax_bits, tl.where(mask, _magnitude_bits(y), 0))
+    if WRITE_SCALE:
+        tl.store(scale_ptr, _fp8_scale(tl.max(amax_bits, axis=0).to(tl.float32, bitcast=True), 448.0, FLT_MAX))
+
+
+def _on_hardware() -> bool:
+    return os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def _check(t: torch.Tensor, what: str) -> None:
+    if not (t.is_cuda or not _on_hardware()):
+        raise ValueError(f"{what} runs on CUDA tensors (or under TRITON_INTERPRET=1), got one on {t.device}; "
+                         "transformer_block's eager path is the CPU's")
+
+
+def add_rms_norm(h: torch.Tensor, weight: torch.Tensor, delta: torch.Tensor | None = None, *, eps: float = 1e-6,
+                 fp8_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(h + delta.to(h.dtype), its RMSNorm times `weight` in h's dtype, the E4M3 scale of that norm or None).
+    h [rows, width] in the step's dtype; with no delta the first is h itself."""
+    _check(h, "add_rms_norm")
+    rows, width = h.shape
+    if not fits(rows, width, row_at_once=True):
+        raise ValueError(f"add_rms_norm fuses up to {FUSED_MAX_ELEMENTS} elements, rows of up to {_MAX_ROW}; "
+                         f"got [{rows}, {width}]: use the eager norm")
+    if delta is not None and delta.shape != h.shape:
+        raise ValueError(f"delta must be h's shape {tuple(h.shape)}, got {tuple(delta.shape)}")
+    h = h.contiguous()
+    out = torch.empty_like(h)
+    h_out = torch.empty_like(h) if delta is not None else h
+    scale = torch.empty((), dtype=torch.float32, device=h.device) if fp8_scale else None
+    _add_rms_norm_kernel[(1,)](h, delta.contiguous() if delta is not None else h, weight, h_out, out,
+                               scale if scale is not None else out, rows, width, eps,
+                               BLOCK=triton.next_power_of_2(width), HAS_DELTA=delta is not None,
+                               WRITE_SCALE=fp8_scale, FLT_MAX=FLT_MAX, HW=_on_hardware(), num_warps=8)
+    return h_out, out, scale
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor, dtype: torch.dtype, *,
+           fp8_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(silu(gate) * up in float32, rounded to `dtype`; the E4M3 scale of it or None)."""
+    _check(gate, "swiglu")
+    if gate.shape != up.shape or not fits(gate.numel(), 1, row_at_once=False):
+        raise ValueError(f"swiglu takes gate and up of one shape, up to {FUSED_MAX_ELEMENTS} elements; got "
+                         f"{tuple(gate.shape)} and {tuple(up.shape)}")
+    out = torch.empty(gate.shape, dtype=dtype, device=gate.device)
+    scale = torch.empty((), dtype=torch.float32, device=gate.device) if fp8_scale else None
+    _swiglu_kernel[(1,)](gate.contiguous(), up.contiguous(), out, scale if scale is not None else out, gate.numel(),
+                         BLOCK=min(_CHUNK, triton.next_power_of_2(gate.numel())), WRITE_SCALE=fp8_scale,
+                         FLT_MAX=FLT_MAX, HW=_on_hardware(), num_warps=8)
+    return out, scale
+
+
+def add_rms_norm_work(rows: int, width: int, dtype_size: int, delta_size: int | None) -> Work:
+    """add_rms_norm's traffic: h (and delta) in, the norm (and the new h) out, the weight, one launch."""
+    moved = rows * width * (2 * dtype_size + (delta_size + dtype_size if delta_size is not None else 0))
+    return Work(nbytes=moved + width * 4, kernels=1)
+
+
+def swiglu_work(numel: int, in_size: int, out_size: int) -> Work:
+    """swiglu's traffic: gate and up in, the product out, one launch."""
+    return Work(nbytes=numel * (2 * in_size + out_size), kernels=1)
+
+
+def interpreted(calls: list[tuple[str, tuple, dict]]) -> list[object]:
+    """Each (function name, args, kwargs) of this module on CPU tensors, run by Triton's interpreter in a
+    child process (interpreted.run_interpreted); their results."""
+    return run_interpreted(__name__, calls, "the decode step's fused kernels")
+
+
+if __name__ == "__main__":  # interpreted's child: python -m ... IN OUT
+    import sys
+
+    mend_interpreter_scalars()
+    torch.save([globals()[name](*args, **kwargs) for name, args, kwargs in torch.load(sys.argv[1])], sys.argv[2])
