@@ -41,7 +41,9 @@ from .interpreted import mend_interpreter_scalars, run_interpreted
 # this many elements is fused; a larger one (a prefill) runs the eager path.
 FUSED_MAX_ELEMENTS = 65536
 _MAX_ROW = 16384  # widest row a program holds at once (Llama-3-8B's FFN: 14336)
-_CHUNK = 4096  # elements SwiGLU's program reads a step
+# Elements a SwiGLU program takes: 14 programs for Llama-3-8B's 14336 (one program over all of it took
+# 7-8 us on an H200, 2026-12-02, a norm's program over 4096 about 2 us).
+_CHUNK = 1024
 
 
 def fits(rows: int, width: int, *, row_at_once: bool) -> bool:
@@ -84,21 +86,26 @@ def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, out_ptr, scale_ptr,
 
 
 @triton.jit
-def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, scale_ptr, numel, BLOCK: tl.constexpr, WRITE_SCALE: tl.constexpr,
-                   FLT_MAX: tl.constexpr, HW: tl.constexpr):
+def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, scale_ptr, shared_ptr, numel, BLOCK: tl.constexpr,
+                   WRITE_SCALE: tl.constexpr, FLT_MAX: tl.constexpr, HW: tl.constexpr):
+    """BLOCK elements a program. With WRITE_SCALE the programs share an amax and an arrival count
+    (SwigluWorkspace, zero between calls): each takes the max of its amax into the first, then counts itself
+    in (acq_rel, so its max is seen by whoever counts in after it); the last to arrive reads the amax,
+    writes the scale and sets both back to zero for the next call."""
     dtype: tl.constexpr = out_ptr.dtype.element_ty
-    amax_bits = tl.zeros([BLOCK], dtype=tl.int32)
-    for start in range(0, numel, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        mask = offs < numel
-        gate = tl.load(gate_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        up = tl.load(up_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        y = _rounded(tl.math.div_rn(gate, 1.0 + tl.exp(-gate)) * up, dtype, HW)
-        tl.store(out_ptr + offs, y.to(dtype), mask=mask)
-        if WRITE_SCALE:
-            amax_bits = tl.maximum(amax_bits, tl.where(mask, _magnitude_bits(y), 0))
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    gate = tl.load(gate_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(up_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y = _rounded(tl.math.div_rn(gate, 1.0 + tl.exp(-gate)) * up, dtype, HW)
+    tl.store(out_ptr + offs, y.to(dtype), mask=mask)
     if WRITE_SCALE:
-        tl.store(scale_ptr, _fp8_scale(tl.max(amax_bits, axis=0).to(tl.float32, bitcast=True), 448.0, FLT_MAX))
+        tl.atomic_max(shared_ptr, tl.max(tl.where(mask, _magnitude_bits(y), 0), axis=0), sem="relaxed")
+        arrived = tl.atomic_add(shared_ptr + 1, 1, sem="acq_rel")
+        if arrived == tl.num_programs(0) - 1:
+            amax = tl.atomic_xchg(shared_ptr, 0).to(tl.float32, bitcast=True)
+            tl.store(scale_ptr, _fp8_scale(amax, 448.0, FLT_MAX))
+            tl.atomic_xchg(shared_ptr + 1, 0)
 
 
 def _on_hardware() -> bool:
@@ -133,18 +140,31 @@ def add_rms_norm(h: torch.Tensor, weight: torch.Tensor, delta: torch.Tensor | No
     return h_out, out, scale
 
 
+class SwigluWorkspace:
+    """What swiglu's programs share to write one scale: an amax (float32 bits) and an arrival count, zero
+    between calls (the last program of a call resets them), made once on the device and kept by the caller
+    across calls, CUDA-graph replays included. One call at a time per workspace; a launch that does not
+    finish leaves it undefined: make a new one."""
+
+    def __init__(self, device: torch.device | str):
+        self.shared = torch.zeros(2, dtype=torch.int32, device=device)
+
+
 def swiglu(gate: torch.Tensor, up: torch.Tensor, dtype: torch.dtype, *,
-           fp8_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(silu(gate) * up in float32, rounded to `dtype`; the E4M3 scale of it or None)."""
+           workspace: SwigluWorkspace | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(silu(gate) * up in float32, rounded to `dtype`; with a workspace, the E4M3 scale of it, else None).
+    The programs each take _CHUNK elements; the scale is their amaxes' through the workspace."""
     _check(gate, "swiglu")
     if gate.shape != up.shape or not fits(gate.numel(), 1, row_at_once=False):
         raise ValueError(f"swiglu takes gate and up of one shape, up to {FUSED_MAX_ELEMENTS} elements; got "
                          f"{tuple(gate.shape)} and {tuple(up.shape)}")
     out = torch.empty(gate.shape, dtype=dtype, device=gate.device)
-    scale = torch.empty((), dtype=torch.float32, device=gate.device) if fp8_scale else None
-    _swiglu_kernel[(1,)](gate.contiguous(), up.contiguous(), out, scale if scale is not None else out, gate.numel(),
-                         BLOCK=min(_CHUNK, triton.next_power_of_2(gate.numel())), WRITE_SCALE=fp8_scale,
-                         FLT_MAX=FLT_MAX, HW=_on_hardware(), num_warps=8)
+    scale = torch.empty((), dtype=torch.float32, device=gate.device) if workspace is not None else None
+    block = min(_CHUNK, triton.next_power_of_2(gate.numel()))
+    _swiglu_kernel[(triton.cdiv(gate.numel(), block),)](
+        gate.contiguous(), up.contiguous(), out, scale if scale is not None else out,
+        workspace.shared if workspace is not None else out, gate.numel(), BLOCK=block,
+        WRITE_SCALE=workspace is not None, FLT_MAX=FLT_MAX, HW=_on_hardware(), num_warps=4)
     return out, scale
 
 
@@ -169,4 +189,6 @@ if __name__ == "__main__":  # interpreted's child: python -m ... IN OUT
     import sys
 
     mend_interpreter_scalars()
-    torch.save([globals()[name](*args, **kwargs) for name, args, kwargs in torch.load(sys.argv[1])], sys.argv[2])
+    # weights_only=False: the job holds workspaces (plain objects), written by the parent a moment ago.
+    calls = torch.load(sys.argv[1], weights_only=False)
+    torch.save([globals()[name](*args, **kwargs) for name, args, kwargs in calls], sys.argv[2])

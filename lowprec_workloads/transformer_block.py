@@ -201,6 +201,7 @@ class DecodeStep:
             self.caches.append(build_cache(k.to(torch.bfloat16), v.to(torch.bfloat16), KV_CACHE[kv]))
         self.x = weights.x
         self._attention_workspace = None  # made by the first CUDA attention call
+        self._swiglu_workspace = None  # made by the first fused SwiGLU that writes a scale
         # On CUDA a strategy's residual adds, norms and SwiGLU gates run fused (decode_fusions), each writing the
         # E4M3 scale of its output where a one-row FP8 GEMV reads it; the float32 reference stays eager.
         self.fused = (strategy is not None and weights.x.is_cuda
@@ -277,7 +278,9 @@ class DecodeStep:
                 fp8_scale: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(silu(gate) * up in dtype, its E4M3 scale where asked and fused)."""
         if self.fused:
-            return fused_ops.swiglu(gate, up, self.dtype, fp8_scale=fp8_scale)
+            if fp8_scale and self._swiglu_workspace is None:
+                self._swiglu_workspace = fused_ops.SwigluWorkspace(gate.device)  # every layer's call in turn
+            return fused_ops.swiglu(gate, up, self.dtype, workspace=self._swiglu_workspace if fp8_scale else None)
         return (F.silu(gate.float()) * up.float()).to(self.dtype), None
 
     def __call__(self) -> torch.Tensor:

@@ -40,7 +40,10 @@ def _jobs() -> dict[str, tuple[str, tuple, dict]]:
         h = a["h"].to(dtype)
         calls[f"norm-{name}"] = ("add_rms_norm", (h, a["weight"]), {"fp8_scale": True})
         calls[f"add-norm-{name}"] = ("add_rms_norm", (h, a["weight"], a["delta"]), {"fp8_scale": True})
-        calls[f"swiglu-{name}"] = ("swiglu", (a["gate"], a["up"], dtype), {"fp8_scale": True})
+        # Two calls on one workspace, the second's amax smaller: the first must leave it at zero.
+        workspace = decode_fusions.SwigluWorkspace("cpu")
+        calls[f"swiglu-{name}"] = ("swiglu", (a["gate"], a["up"], dtype), {"workspace": workspace})
+        calls[f"swiglu-again-{name}"] = ("swiglu", (a["gate"] / 4, a["up"], dtype), {"workspace": workspace})
     return calls
 
 
@@ -86,7 +89,7 @@ def test_swiglu_gives_the_eager_gate_in_its_dtype(interpreted, dtype):
 
 @interpreter
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
-@pytest.mark.parametrize("case", ["norm", "add-norm", "swiglu"])
+@pytest.mark.parametrize("case", ["norm", "add-norm", "swiglu", "swiglu-again"])
 def test_fused_kernels_write_the_scale_the_fp8_quantizer_takes_from_their_output(interpreted, dtype, case):
     *_, out, scale = interpreted[f"{case}-{dtype}"]
     expected = _scale_from_amax(out.detach().abs().amax(), torch.float8_e4m3fn)
@@ -131,3 +134,28 @@ def test_fused_decode_step_gives_the_eager_steps_logits_on_cuda(strategy):
     # One unit in float32's last place in a norm can move an FP8 activation code by one step; the logits
     # stay within a small fraction of their spread.
     assert (fused - eager).abs().max() <= 1e-2 * eager.std()
+
+
+@needs_cuda
+def test_fused_decode_step_replays_from_a_cuda_graph_with_the_same_bits():
+    """The SwiGLU workspace and the GEMVs' split-K counters are back at zero after every call, replays too."""
+    from lowprec_workloads.nvfp4_gemm import CudaKernels
+    from lowprec_workloads.strategies import builtin_strategies
+    from lowprec_workloads.transformer_block import BlockShape, DecodeStep, Weights
+
+    shape = BlockShape(d=512, heads=4, ffn=1536, layers=2, vocab=512, batch=1, context=1024)
+    step = DecodeStep(Weights.random(shape, "cuda:0", seed=11), shape, builtin_strategies()["fp8_balanced"],
+                      CudaKernels(torch.device("cuda:0")))
+    direct = step()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        step()
+        with torch.cuda.graph(graph, stream=stream):
+            captured = step()
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, direct)
