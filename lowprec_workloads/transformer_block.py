@@ -18,6 +18,11 @@ Each operator runs its strategy's precision with the real path where this device
   stored as FP8 keys and NVFP4 values (decode_attention's fp8k_nvfp4v: keys carry outlier
   channels that 4 bits lose). attn_qk / attn_pv "fp8" put q / the 16-bit V in E4M3 (q at every
   step, in one Triton launch on CUDA).
+- around them, on CUDA: each residual add with the RMSNorm after it, and each SwiGLU gate, one Triton
+  launch (decode_fusions), every strategy alike. Where a one-row FP8 GEMV reads the norm's or the
+  gate's output, that launch also writes its E4M3 scale and the GEMV skips its own amax pass (the O
+  projection's GEMV, fed by attention, still takes its own). On CPU, and for the float32 reference, the
+  eager operators.
 """
 
 from __future__ import annotations
