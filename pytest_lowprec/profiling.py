@@ -98,24 +98,30 @@ class KernelRow:
 
 @dataclass
 class SideTrace:
-    """What one profiled call of one side ran on the device."""
+    """What one profiled call of one side ran on the device: the costliest kernels (`kernels`, for the
+    report) and the name of every kernel that ran (`ran`, for the precision-path proof)."""
 
     side: str
     kernels: list[KernelRow] = field(default_factory=list)
     device_us: float = 0.0
     file: str | None = None
     error: str | None = None
+    ran: list[str] = field(default_factory=list)
 
     def names(self) -> list[str]:
-        return [k.name for k in self.kernels]
+        """Every kernel that ran, costliest first. A proof must see them all: a fused norm or an fp32
+        fallback can take less time than the top of the table (an NVFP4 decode step ran dozens of kinds,
+        its norm outside the top 15; 2026-12-02). A trace saved before `ran` was kept has its table alone."""
+        return self.ran or [k.name for k in self.kernels]
 
     def to_dict(self) -> dict:
         return {"side": self.side, "kernels": [k.to_dict() for k in self.kernels], "device_us": self.device_us,
-                "file": self.file, "error": self.error}
+                "file": self.file, "error": self.error, "ran": self.ran}
 
     @classmethod
     def from_dict(cls, d: dict) -> SideTrace:
-        return cls(d["side"], [KernelRow(**k) for k in d["kernels"]], d["device_us"], d["file"], d["error"])
+        return cls(d["side"], [KernelRow(**k) for k in d["kernels"]], d["device_us"], d["file"], d["error"],
+                   d.get("ran", []))
 
 
 def kernel_table(events: list[tuple[str, float]], top: int = 15) -> tuple[list[KernelRow], float]:
@@ -157,8 +163,9 @@ def profile_side(side: str, fn: Callable[[], object], trace_file: Path | None) -
             fn()
         if cuda:
             torch.cuda.synchronize()
-    rows, total = kernel_table(_device_kernels(prof))
-    trace = SideTrace(side, rows, total)
+    events = _device_kernels(prof)
+    rows, total = kernel_table(events)
+    trace = SideTrace(side, rows, total, ran=[row.name for row in kernel_table(events, top=len(events))[0]])
     if total <= 0.0:
         trace.error = ("the profiler recorded no device time for this call: no GPU, or CUPTI is unavailable or "
                        "failed (run with a profiler-capable driver, or without profiling)")

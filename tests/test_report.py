@@ -188,6 +188,26 @@ def test_kernel_matching_names_what_is_missing_and_what_is_forbidden():
         "forbidden /elementwise/ matched 'vectorized_elementwise_kernel'"]
 
 
+def test_a_kernel_proof_sees_kernels_outside_the_reports_top_fifteen():
+    from pytest_lowprec.profiling import SideTrace
+
+    events = [(f"elementwise_{i}", 10.0) for i in range(20)] + [("_add_rms_norm_kernel", 1.0), ("gemm_f32f32", 0.5)]
+    rows, total = kernel_table(events)
+    ran = [row.name for row in kernel_table(events, top=len(events))[0]]
+    trace = SideTrace.from_dict(SideTrace("optimized", rows, total, ran=ran).to_dict())
+    assert len(trace.kernels) == 15 and "_add_rms_norm_kernel" not in [k.name for k in trace.kernels]
+    assert match_kernels(trace.names(), [r"_add_rms_norm_kernel"], []) == []
+    assert match_kernels(trace.names(), [], [r"f32f32"]) == ["forbidden /f32f32/ matched 'gemm_f32f32'"]
+
+
+def test_a_trace_saved_before_every_kernel_name_was_kept_proves_from_its_table():
+    from pytest_lowprec.profiling import KernelRow, SideTrace
+
+    old = {"side": "optimized", "kernels": [KernelRow("k", 1, 5.0, 1.0).to_dict()], "device_us": 5.0, "file": None,
+           "error": None}
+    assert SideTrace.from_dict(old).names() == ["k"]
+
+
 def test_trace_file_names_are_safe_for_shells_and_browsers(tmp_path):
     path = trace_path(tmp_path, "suites/test_x.py::test_y[<a b>/c]", "speedup", "optimized")
     assert path.parent == tmp_path
