@@ -243,8 +243,7 @@ def section_steps(bench: Bench, best: dict[tuple[int, int], str]) -> None:
     sixteen_work = sixteen.work()
     # Both sides with the norms, residual adds and SwiGLU gates eager (each operator its own kernels), as
     # before decode_fusions (2026-12-02): what the fusions gain, on both sides.
-    eager_sixteen = DecodeStep(weights, STEP_SHAPE, known["fp16_baseline"], None)
-    eager_sixteen.fused = False
+    eager_sixteen = DecodeStep(weights, STEP_SHAPE, known["fp16_baseline"], None, fuse=False)
     eager_sixteen_work = eager_sixteen.work()
     choosers = {"committed tiles": fp8_linear.gemv_config,
                 EAGER_GLUE: fp8_linear.gemv_config,
@@ -263,10 +262,9 @@ def section_steps(bench: Bench, best: dict[tuple[int, int], str]) -> None:
                 print(f"  {key}: skipped (past {DEADLINE_S:.0f} s)")
                 continue
             try:
-                step = DecodeStep(weights, STEP_SHAPE, s, None, fp8_gemv=chooser)
-                base, base_work = sixteen, sixteen_work
-                if label == EAGER_GLUE:
-                    step.fused, base, base_work = False, eager_sixteen, eager_sixteen_work
+                eager = label == EAGER_GLUE
+                step = DecodeStep(weights, STEP_SHAPE, s, None, fp8_gemv=chooser, fuse=not eager)
+                base, base_work = (eager_sixteen, eager_sixteen_work) if eager else (sixteen, sixteen_work)
                 sq = sqnr_db(reference, step())
                 m = bench.pair(base, step, n=80)
                 pred = bench.predicted(base_work, step.work())

@@ -4,18 +4,20 @@ SwiGLU's gate, each able to write the E4M3 scale of its output for the FP8 linea
 Eagerly (transformer_block.rms_norm, `h + delta.to(dtype)`, `F.silu(gate) * up`) these are about eight
 kernels a norm and three a gate, each a launch and a pass over a few kilobytes: on an H200 (2026-12-02,
 Llama-3-8B widths, two layers, CUDA-graph replays) about 40 of the fp8_balanced step's 57 kernels and 55 of
-its 346 us. A decode engine fuses them (vLLM's fused_add_rms_norm and silu_and_mul); here one Triton
-program does each over the whole activation, which a decode step's one to a few rows keep small
-(FUSED_MAX_ELEMENTS).
+its 346 us. A decode engine fuses them (vLLM's fused_add_rms_norm and silu_and_mul). Here one Triton
+program does a norm, holding a row in registers and walking the rows of a decode step's activation
+(FUSED_MAX_ELEMENTS); SwiGLU takes programs of _CHUNK elements.
 
 The arithmetic is the eager path's, rounding where it rounds: the residual `h + delta.to(dtype)` (delta
 rounded to the step's dtype, the sum rounded), the norm's `x * rsqrt(mean(x^2) + eps).to(dtype)` rounded,
 then its product with the weight rounded; SwiGLU's `silu(gate) * up` in float32, rounded once to the
-dtype (the built-in strategies' is float32: "norm" is fp32 in each). Only the sum of squares' order and the
-exp and rsqrt instructions differ from torch's, so an output can differ from the eager one by a few units
-in float32's last place, at most one in a 16-bit dtype's. Triton's interpreter truncates float32 to
-bfloat16 where the GPU rounds, so there (`HW=False`) the rounding to bfloat16 is done in integer arithmetic
-first (fp8_linear._bf16_value).
+dtype (the built-in strategies' is float32: "norm" is fp32 in each). On the GPU exp and rsqrt are
+libdevice's, the functions torch's kernels call (Triton's own `tl.exp` is a fast approximation whose error
+grows with |x|: 7-27 float32 units at gates of 4-16 standard deviations on an H200, 2026-12-02). Only the
+sum of squares' order differs from torch's then, so an output differs from the eager one by a few units in
+float32's last place, at most one in a 16-bit dtype's. Triton's interpreter has no libdevice and truncates
+float32 to bfloat16 where the GPU rounds, so there (`HW=False`) it takes numpy's exp and rsqrt and rounds
+to bfloat16 in integer arithmetic first (triton_quant._bf16_value).
 
 `fp8_scale`: the program also takes the amax of what it writes and stores fp8._scale_from_amax of it, the
 scale fp8_linear's GEMV would compute from that tensor in every program before its first product; the GEMV
@@ -24,31 +26,30 @@ given it skips that pass (fp8_linear.gemv's x_scale).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from pytest_lowprec.formats.fp8 import FLT_MAX
-from pytest_lowprec.formats.triton_quant import _fp8_scale, _magnitude_bits
+from pytest_lowprec.formats.triton_quant import _bf16_value, _fp8_scale, _magnitude_bits
 from pytest_lowprec.roofline import Work
 
-from .fp8_linear import _bf16_value
-from .interpreted import mend_interpreter_scalars, run_interpreted
+from .interpreted import interpreting, mend_interpreter_scalars, run_interpreted
 
-# One program holds a row in registers and walks the rows: a decode step's activation (rows x width) up to
-# this many elements is fused; a larger one (a prefill) runs the eager path.
+# The norm's one program walks the rows of the activation, each held in registers: a decode step's
+# activation (rows x width) up to this many elements, rows up to _MAX_ROW wide, is fused; a larger one (a
+# prefill) runs the eager path.
 FUSED_MAX_ELEMENTS = 65536
-_MAX_ROW = 16384  # widest row a program holds at once (Llama-3-8B's FFN: 14336)
+_MAX_ROW = 16384
 # Elements a SwiGLU program takes: 14 programs for Llama-3-8B's 14336 (one program over all of it took
 # 7-8 us on an H200, 2026-12-02, a norm's program over 4096 about 2 us).
 _CHUNK = 1024
 
 
-def fits(rows: int, width: int, *, row_at_once: bool) -> bool:
-    """Whether an activation of `rows` x `width` takes the fused kernels (a norm holds a whole row)."""
-    return rows * width <= FUSED_MAX_ELEMENTS and (width <= _MAX_ROW or not row_at_once)
+def fits(rows: int, width: int) -> bool:
+    """Whether a norm over an activation of `rows` x `width` is fused (SwiGLU takes any size)."""
+    return rows * width <= FUSED_MAX_ELEMENTS and width <= _MAX_ROW
 
 
 @triton.jit
@@ -57,6 +58,20 @@ def _rounded(x, dtype: tl.constexpr, HW: tl.constexpr):
     if dtype == tl.bfloat16 and not HW:
         return _bf16_value(x)
     return x.to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _exp(x, HW: tl.constexpr):
+    if HW:
+        return libdevice.exp(x)
+    return tl.exp(x)
+
+
+@triton.jit
+def _rsqrt(x, HW: tl.constexpr):
+    if HW:
+        return libdevice.rsqrt(x)
+    return tl.math.rsqrt(x)
 
 
 @triton.jit
@@ -76,7 +91,7 @@ def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, out_ptr, scale_ptr,
             x = _rounded(x + delta, dtype, HW)
             tl.store(h_out_ptr + at, x.to(dtype), mask=mask)
         mean_square = tl.math.div_rn(tl.sum(x * x, axis=0), width * 1.0)
-        inv_rms = _rounded(tl.math.rsqrt(mean_square + eps), dtype, HW)
+        inv_rms = _rounded(_rsqrt(mean_square + eps, HW), dtype, HW)
         y = _rounded(_rounded(x * inv_rms, dtype, HW) * weight, dtype, HW)
         tl.store(out_ptr + at, y.to(dtype), mask=mask)
         if WRITE_SCALE:
@@ -91,13 +106,14 @@ def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, scale_ptr, shared_ptr, numel, BLOC
     """BLOCK elements a program. With WRITE_SCALE the programs share an amax and an arrival count
     (SwigluWorkspace, zero between calls): each takes the max of its amax into the first, then counts itself
     in (acq_rel, so its max is seen by whoever counts in after it); the last to arrive reads the amax,
-    writes the scale and sets both back to zero for the next call."""
+    writes the scale and sets both back to zero for the next call. Triton issues a scalar atomic from one
+    thread of the program, so program order and the release cover the max, as in fp8_linear's split-K."""
     dtype: tl.constexpr = out_ptr.dtype.element_ty
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     gate = tl.load(gate_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(up_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    y = _rounded(tl.math.div_rn(gate, 1.0 + tl.exp(-gate)) * up, dtype, HW)
+    y = _rounded(tl.math.div_rn(gate, 1.0 + _exp(-gate, HW)) * up, dtype, HW)
     tl.store(out_ptr + offs, y.to(dtype), mask=mask)
     if WRITE_SCALE:
         tl.atomic_max(shared_ptr, tl.max(tl.where(mask, _magnitude_bits(y), 0), axis=0), sem="relaxed")
@@ -108,35 +124,37 @@ def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, scale_ptr, shared_ptr, numel, BLOC
             tl.atomic_xchg(shared_ptr + 1, 0)
 
 
-def _on_hardware() -> bool:
-    return os.environ.get("TRITON_INTERPRET") != "1"
-
-
-def _check(t: torch.Tensor, what: str) -> None:
-    if not (t.is_cuda or not _on_hardware()):
-        raise ValueError(f"{what} runs on CUDA tensors (or under TRITON_INTERPRET=1), got one on {t.device}; "
+def _check(what: str, first: torch.Tensor, *others: torch.Tensor) -> None:
+    """The tensors a kernel takes are on one CUDA device (any device under the interpreter)."""
+    if not (first.is_cuda or interpreting()):
+        raise ValueError(f"{what} runs on CUDA tensors (or under TRITON_INTERPRET=1), got one on {first.device}; "
                          "transformer_block's eager path is the CPU's")
+    for other in others:
+        if other.device != first.device:
+            raise ValueError(f"{what} takes its tensors on one device: {first.device} and {other.device}")
 
 
 def add_rms_norm(h: torch.Tensor, weight: torch.Tensor, delta: torch.Tensor | None = None, *, eps: float = 1e-6,
                  fp8_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(h + delta.to(h.dtype), its RMSNorm times `weight` in h's dtype, the E4M3 scale of that norm or None).
     h [rows, width] in the step's dtype; with no delta the first is h itself."""
-    _check(h, "add_rms_norm")
     rows, width = h.shape
-    if not fits(rows, width, row_at_once=True):
+    if not fits(rows, width):
         raise ValueError(f"add_rms_norm fuses up to {FUSED_MAX_ELEMENTS} elements, rows of up to {_MAX_ROW}; "
                          f"got [{rows}, {width}]: use the eager norm")
     if delta is not None and delta.shape != h.shape:
         raise ValueError(f"delta must be h's shape {tuple(h.shape)}, got {tuple(delta.shape)}")
+    if weight.shape != (width,):
+        raise ValueError(f"weight must be [{width}], one per column of h, got {tuple(weight.shape)}")
+    _check("add_rms_norm", h, weight, *([delta] if delta is not None else []))
     h = h.contiguous()
     out = torch.empty_like(h)
     h_out = torch.empty_like(h) if delta is not None else h
     scale = torch.empty((), dtype=torch.float32, device=h.device) if fp8_scale else None
-    _add_rms_norm_kernel[(1,)](h, delta.contiguous() if delta is not None else h, weight, h_out, out,
+    _add_rms_norm_kernel[(1,)](h, delta.contiguous() if delta is not None else h, weight.contiguous(), h_out, out,
                                scale if scale is not None else out, rows, width, eps,
                                BLOCK=triton.next_power_of_2(width), HAS_DELTA=delta is not None,
-                               WRITE_SCALE=fp8_scale, FLT_MAX=FLT_MAX, HW=_on_hardware(), num_warps=8)
+                               WRITE_SCALE=fp8_scale, FLT_MAX=FLT_MAX, HW=not interpreting(), num_warps=8)
     return h_out, out, scale
 
 
@@ -154,17 +172,16 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, dtype: torch.dtype, *,
            workspace: SwigluWorkspace | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(silu(gate) * up in float32, rounded to `dtype`; with a workspace, the E4M3 scale of it, else None).
     The programs each take _CHUNK elements; the scale is their amaxes' through the workspace."""
-    _check(gate, "swiglu")
-    if gate.shape != up.shape or not fits(gate.numel(), 1, row_at_once=False):
-        raise ValueError(f"swiglu takes gate and up of one shape, up to {FUSED_MAX_ELEMENTS} elements; got "
-                         f"{tuple(gate.shape)} and {tuple(up.shape)}")
+    if gate.shape != up.shape:
+        raise ValueError(f"swiglu takes gate and up of one shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
+    _check("swiglu", gate, up, *([workspace.shared] if workspace is not None else []))
     out = torch.empty(gate.shape, dtype=dtype, device=gate.device)
     scale = torch.empty((), dtype=torch.float32, device=gate.device) if workspace is not None else None
     block = min(_CHUNK, triton.next_power_of_2(gate.numel()))
     _swiglu_kernel[(triton.cdiv(gate.numel(), block),)](
         gate.contiguous(), up.contiguous(), out, scale if scale is not None else out,
         workspace.shared if workspace is not None else out, gate.numel(), BLOCK=block,
-        WRITE_SCALE=workspace is not None, FLT_MAX=FLT_MAX, HW=_on_hardware(), num_warps=4)
+        WRITE_SCALE=workspace is not None, FLT_MAX=FLT_MAX, HW=not interpreting(), num_warps=4)
     return out, scale
 
 
@@ -174,9 +191,9 @@ def add_rms_norm_work(rows: int, width: int, dtype_size: int, delta_size: int | 
     return Work(nbytes=moved + width * 4, kernels=1)
 
 
-def swiglu_work(numel: int, in_size: int, out_size: int) -> Work:
-    """swiglu's traffic: gate and up in, the product out, one launch."""
-    return Work(nbytes=numel * (2 * in_size + out_size), kernels=1)
+def swiglu_work(numel: int, gate_size: int, up_size: int, out_size: int) -> Work:
+    """swiglu's traffic: gate and up in (each at its own element size), the product out, one launch."""
+    return Work(nbytes=numel * (gate_size + up_size + out_size), kernels=1)
 
 
 def interpreted(calls: list[tuple[str, tuple, dict]]) -> list[object]:

@@ -24,7 +24,6 @@ indexing, masks, accumulation), against the reference bits on the CPU, and the h
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,8 +34,15 @@ import triton.language as tl
 from pytest_lowprec.formats.fp8 import FLT_MAX, quantize_tensorwise, scaled_mm
 
 # The amax and scale rules of the engine's Triton quantizers (the same bits as fp8._scale_from_amax).
-from pytest_lowprec.formats.triton_quant import _fp8_scale, _magnitude_bits, quantize_fp8_tensorwise_triton
+from pytest_lowprec.formats.triton_quant import (
+    _bf16_value,
+    _fp8_scale,
+    _magnitude_bits,
+    quantize_fp8_tensorwise_triton,
+)
 from pytest_lowprec.roofline import Work
+
+from .interpreted import interpreting
 
 GEMV_MAX_ROWS = 1
 # Inputs an FP8 wgmma sums in its own accumulator before a float32 add. Triton's sm_90 default leaves it
@@ -120,12 +126,8 @@ def gemv_config(n: int, k: int) -> GemvConfig:
     return GEMV_CONFIGS.get((n, k)) or _default_gemv(n, k)
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _require_device(x: torch.Tensor, what: str) -> None:
-    if not (x.is_cuda or _interpreted()):
+    if not (x.is_cuda or interpreting()):
         raise ValueError(f"{what} runs on CUDA tensors (or under TRITON_INTERPRET=1), got one on {x.device}; "
                          "fp8.quantize_tensorwise is the eager path")
 
@@ -183,15 +185,6 @@ def _e4m3_code(r):
     code = tl.where(magnitude >= 0x3C800000, normal, subnormal)  # 0x3C800000: 2^-6, the smallest normal
     code = tl.where(magnitude > 0x7F800000, 0x7F, code)
     return (code | ((bits >> 24) & 0x80)).to(tl.uint8)
-
-
-@triton.jit
-def _bf16_value(y):
-    """y rounded to bfloat16's 8 significant bits, ties to even, as float32 (NaN kept): the interpreter's
-    float32 -> bfloat16 conversion truncates, the GPU's rounds; this value converts exactly on both."""
-    bits = y.to(tl.int32, bitcast=True)
-    r = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
-    return tl.where(y != y, y, r)
 
 
 @triton.jit
@@ -327,7 +320,7 @@ def quantize_small(x: torch.Tensor, dequantize_to: torch.dtype | None = None):
     inv = torch.empty((), dtype=torch.float32, device=x.device)
     _quantize_small_kernel[(1,)](x, out, inv, x.numel(), **_amax_pass(x.numel()), FLT_MAX=FLT_MAX,
                                  DEQUANTIZE=dequantize_to is not None, BF16_OUT=dequantize_to == torch.bfloat16,
-                                 HW=not _interpreted(), num_warps=4)
+                                 HW=not interpreting(), num_warps=4)
     return (out if dequantize_to is not None else out.view(torch.float8_e4m3fn)), inv
 
 
@@ -404,7 +397,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config:
     x = x.contiguous()
     out = torch.empty(1, n, dtype=torch.float32, device=x.device) if out is None else out
     options = dict(BLOCK_N=config.block_n, BLOCK_K=config.block_k, **_amax_pass(k), FLT_MAX=FLT_MAX,
-                   HW=not _interpreted(), SCALE_GIVEN=x_scale is not None, num_warps=config.num_warps,
+                   HW=not interpreting(), SCALE_GIVEN=x_scale is not None, num_warps=config.num_warps,
                    num_stages=config.num_stages)
     tiles = triton.cdiv(n, config.block_n)
     given = x_scale if x_scale is not None else inv_scale  # not read without SCALE_GIVEN
@@ -436,7 +429,7 @@ class FP8Linear:
             raise ValueError(f"an FP8 linear on CUDA needs N and K multiples of 16 (cuBLAS's FP8 GEMM does), "
                              f"got [{n}, {k}]")
         config = gemv(n, k)
-        split = config is not None and config.split_k > 1 and (w.is_cuda or _interpreted())
+        split = config is not None and config.split_k > 1 and (w.is_cuda or interpreting())
         return cls(q.contiguous(), inv, config, SplitWorkspace.for_layer(n, config, w.device) if split else None)
 
     @property

@@ -22,8 +22,6 @@ fresh process its compile time. CUDA, or Triton's interpreter.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -32,7 +30,7 @@ from triton.language.extra import libdevice
 from pytest_lowprec.formats.nvfp4 import FLT_MAX
 from pytest_lowprec.formats.triton_quant import _fp8_scale, _fp8_scaled, _magnitude_bits
 
-from .interpreted import mend_interpreter_scalars, run_interpreted
+from .interpreted import interpreting, mend_interpreter_scalars, run_interpreted
 
 IDENTITY, GELU, GELU_BACKWARD = 0, 1, 2
 OPS = {"identity": IDENTITY, "gelu": GELU, "gelu_backward": GELU_BACKWARD}
@@ -205,10 +203,6 @@ def _adamw_fp8_kernel(p_ptr, g_ptr, m_ptr, v_ptr, q_ptr, qt_ptr, amax_ptr, inv_p
             tl.store(inv_ptr, tl.math.div_rn(1.0, scale))
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _grid(rows: int, cols: int, tile) -> tuple[int, int]:
     return triton.cdiv(rows, tile[0]), triton.cdiv(cols, tile[1])
 
@@ -231,7 +225,7 @@ def amax_of(a: torch.Tensor, b: torch.Tensor | None = None, op: int = IDENTITY, 
     partial = torch.empty(grid[0], cols, dtype=torch.float32, device=a.device) if colsum else amax
     result = torch.empty(rows, cols, dtype=torch.bfloat16, device=a.device) if out else a
     _amax_kernel[grid](a, a if b is None else b, amax.view(torch.int32), partial, result, rows, cols, OP=op,
-                       COLSUM=colsum, OUT=out, INTERPRETED=_interpreted(), BLOCK_M=tile[0], BLOCK_N=tile[1],
+                       COLSUM=colsum, OUT=out, INTERPRETED=interpreting(), BLOCK_M=tile[0], BLOCK_N=tile[1],
                        num_warps=tile[2])
     # Column sums from fixed per-tile partials, summed in a fixed order: the same bits every run.
     return amax, (partial.sum(0) if colsum else None), (result if out else None)
@@ -258,7 +252,7 @@ def quantize_transposed(a: torch.Tensor, amax: torch.Tensor, dtype: torch.dtype,
     _cast_kernel[grid](a, a if b is None else b, q, qt, amax.reshape(()), inv,
                        (inv if seen is None else seen).view(torch.int32), partial, rows, cols, OP=op,
                        FP8_MAX=float(torch.finfo(dtype).max), FLT_MAX=FLT_MAX, E5M2=dtype == torch.float8_e5m2,
-                       SEEN=seen is not None, COLSUM=colsum, REGISTERS=registers, INTERPRETED=_interpreted(),
+                       SEEN=seen is not None, COLSUM=colsum, REGISTERS=registers, INTERPRETED=interpreting(),
                        BLOCK_M=tile[0], BLOCK_N=tile[1], num_warps=tile[2])
     return q, qt, inv, (partial.sum(0) if colsum else None)
 
@@ -284,7 +278,7 @@ def adamw_fp8(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor
     _adamw_fp8_kernel[_grid(rows, cols, tile)](
         p, g, m, v, q, qt, amax.reshape(()) if emit else p, inv, seen.view(torch.int32), rows, cols,
         beta1, 1 - beta1, beta2, 1 - beta2, eps, lr * weight_decay, lr / bias1, bias2_sqrt,
-        DECAY=weight_decay != 0, EMIT=emit, FP8_MAX=448.0, FLT_MAX=FLT_MAX, INTERPRETED=_interpreted(),
+        DECAY=weight_decay != 0, EMIT=emit, FP8_MAX=448.0, FLT_MAX=FLT_MAX, INTERPRETED=interpreting(),
         BLOCK_M=tile[0], BLOCK_N=tile[1], num_warps=tile[2])
     return (q, qt, inv, seen) if emit else None
 

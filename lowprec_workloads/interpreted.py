@@ -16,6 +16,11 @@ import tempfile
 import torch
 
 
+def interpreting() -> bool:
+    """Whether this process's @triton.jit kernels run in Triton's interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def mend_interpreter_scalars() -> None:
     """Let this process's Triton interpreter turn a scalar tensor into a Python int under NumPy 2.3 and later.
 

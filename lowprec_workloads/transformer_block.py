@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,17 @@ from .strategies import LINEARS, UNQUANTIZED, Strategy
 
 KV_CACHE = {"bf16": "bf16", "fp16": "bf16", "fp32": "bf16", "fp8": "fp8", "nvfp4": "fp8k_nvfp4v"}
 QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("ffn_gate", "ffn_up")
+
+
+class FusedScales(NamedTuple):
+    """Which of a layer's fused launches write their output's E4M3 scale for the FP8 GEMVs reading it: the
+    norm before q, k and v; the norm before the gate and up projections; SwiGLU, before the down one."""
+
+    attn: bool
+    ffn: bool
+    down: bool
+
+
 # What a strategy's step runs on CUDA around its linears and attention, for a workload's signature.
 CUDA_FUSIONS = ("triton: residual add + rmsnorm, swiglu, one launch each, writing the e4m3 scale "
                 "the fp8 gemv reads")
@@ -177,8 +189,11 @@ class DecodeStep:
     """The stack's decode step in one strategy's precisions (or in float32 with strategy None)."""
 
     def __init__(self, weights: Weights, shape: BlockShape, strategy: Strategy | None, cuda: CudaKernels | None,
-                 *, fp8_gemv: GemvChooser = gemv_config):
-        """`fp8_gemv(N, K)`: the one-row GEMV tile of each FP8 weight (a benchmark's choice; None: _scaled_mm)."""
+                 *, fp8_gemv: GemvChooser = gemv_config, fuse: bool = True, fp8_scales: bool = True):
+        """`fp8_gemv(N, K)`: the one-row GEMV tile of each FP8 weight (a benchmark's choice; None: _scaled_mm).
+        `fuse`: on CUDA a strategy's residual adds, norms and SwiGLU gates run fused (decode_fusions), where
+        the activation is decode-sized; the float32 reference always runs eagerly. `fp8_scales`: the fused
+        launches hand a one-row FP8 GEMV its input's E4M3 scale (else the GEMV takes its own amax pass)."""
         self.shape, self.strategy, self.cuda = shape, strategy, cuda
         n = shape.layers
 
@@ -207,15 +222,12 @@ class DecodeStep:
         self.x = weights.x
         self._attention_workspace = None  # made by the first CUDA attention call
         self._swiglu_workspace = None  # made by the first fused SwiGLU that writes a scale
-        # On CUDA a strategy's residual adds, norms and SwiGLU gates run fused (decode_fusions), each writing the
-        # E4M3 scale of its output where a one-row FP8 GEMV reads it; the float32 reference stays eager.
-        self.fused = (strategy is not None and weights.x.is_cuda
-                      and fused_ops.fits(shape.batch, shape.d, row_at_once=True)
-                      and fused_ops.fits(shape.batch * shape.ffn, 1, row_at_once=False))
-        self._scales_for = [{"attn": self.fused and any(lin[op].takes_fp8_scale(shape.batch) for op in QKV),
-                             "ffn": self.fused and any(lin[op].takes_fp8_scale(shape.batch) for op in GATE_UP),
-                             "down": self.fused and lin["ffn_down"].takes_fp8_scale(shape.batch)}
-                            for lin in self.linears]
+        self.fused = fuse and strategy is not None and weights.x.is_cuda and fused_ops.fits(shape.batch, shape.d)
+        hand = self.fused and fp8_scales
+        self._scales_for = [FusedScales(
+            attn=hand and any(lin[op].takes_fp8_scale(shape.batch) for op in QKV),
+            ffn=hand and any(lin[op].takes_fp8_scale(shape.batch) for op in GATE_UP),
+            down=hand and lin["ffn_down"].takes_fp8_scale(shape.batch)) for lin in self.linears]
 
     def work(self) -> tuple[Work, ...]:
         """The step's work for the hardware model (CUDA): torch's operators read off what the step
@@ -242,7 +254,8 @@ class DecodeStep:
                 before = self.linears[i - 1]["ffn_down"].out_size if i else None
                 custom += [fused_ops.add_rms_norm_work(s.batch, s.d, size, before),
                            fused_ops.add_rms_norm_work(s.batch, s.d, size, layer["o_proj"].out_size),
-                           fused_ops.swiglu_work(s.batch * s.ffn, layer["ffn_gate"].out_size, size)]
+                           fused_ops.swiglu_work(s.batch * s.ffn, layer["ffn_gate"].out_size,
+                                                 layer["ffn_up"].out_size, size)]
             custom.append(fused_ops.add_rms_norm_work(s.batch, s.d, size, self.linears[-1]["ffn_down"].out_size))
         return eager_work(self) + tuple(custom)
 
@@ -294,15 +307,15 @@ class DecodeStep:
         h, delta = self.x.to(self.dtype), None
         for i, lin in enumerate(self.linears):
             scales = self._scales_for[i]
-            h, a, a_scale = self._add_norm(h, delta, self.norms[i][0], scales["attn"])
+            h, a, a_scale = self._add_norm(h, delta, self.norms[i][0], scales.attn)
             q = lin["q_proj"](a, self.cuda, a_scale).float().view(s.batch, s.heads, s.head_dim)
             lin["k_proj"](a, self.cuda, a_scale)  # the new token's K and V, for the caller to append
             lin["v_proj"](a, self.cuda, a_scale)
             att = self._attend(q, i).reshape(s.batch, s.d).to(self.dtype)
-            h, a, a_scale = self._add_norm(h, lin["o_proj"](att, self.cuda), self.norms[i][1], scales["ffn"])
+            h, a, a_scale = self._add_norm(h, lin["o_proj"](att, self.cuda), self.norms[i][1], scales.ffn)
             gate = lin["ffn_gate"](a, self.cuda, a_scale)
             up = lin["ffn_up"](a, self.cuda, a_scale)
-            y, y_scale = self._swiglu(gate, up, scales["down"])
+            y, y_scale = self._swiglu(gate, up, scales.down)
             delta = lin["ffn_down"](y, self.cuda, y_scale)
         _, a, _ = self._add_norm(h, delta, self.final_norm, False)
         return F.linear(a, self.head).float()

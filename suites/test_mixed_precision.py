@@ -9,7 +9,7 @@ a strategy's FP8 linears must run the one-row Triton GEMV (which quantizes its a
 and no cuBLAS FP8 GEMM, and an FP8 q its one-launch quantizer (lowprec_workloads/fp8_linear.py).
 On a GPU both sides of the speed test, the 16-bit step too, run their residual adds, norms and SwiGLU
 gates fused (lowprec_workloads/decode_fusions.py), as a decode engine runs them; the kernel proof
-checks both sides for the fused norm.
+checks both sides for the fused kernels.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ MAX_KL_NATS = {"fp16_baseline": 1e-3, "fp8_balanced": 0.06, "w4a16_aggressive": 
 FP8_GEMV_KERNEL = r"_gemv_(fma|dot)_kernel"
 FP8_Q_KERNEL = r"_quantize_small_kernel"
 CUBLAS_FP8_GEMM = r"nvjet_sm\d+_qq|e4m3|f8f8"
-FUSED_NORM_KERNEL = r"_add_rms_norm_kernel"
+FUSED_KERNELS = (r"_add_rms_norm_kernel", r"_swiglu_kernel")
 # Fractions of the decode step's speedup over the 16-bit step that the hardware model predicts from each
 # step's bytes and kernels. Measured over predicted on the H200, two processes a week apart: 0.90-1.01 for
 # the FP8 and NVFP4 strategies, 0.81-0.82 for w4a16 (its GEMV reaches 0.68 of its bytes model); on the
@@ -76,8 +76,6 @@ def test_strategy(lowprec, strategy, shape, drawn):
                if strategy.precision(op, layer, shape.layers) == "fp8"}
     if fp8_ops and lowprec.on_cuda:  # the CPU runs the eager path its baseline recorded
         lowprec.signature(fp8_kernels=CUDA_PATH)
-    if lowprec.on_cuda:
-        lowprec.signature(fusions=CUDA_FUSIONS)
     if (shape, lowprec.device) not in drawn:
         drawn[(shape, lowprec.device)] = Weights.random(shape, lowprec.device, seed=11)
     weights = drawn[(shape, lowprec.device)]
@@ -85,6 +83,8 @@ def test_strategy(lowprec, strategy, shape, drawn):
     reference = DecodeStep(weights, shape, None, cuda)()
     sixteen = DecodeStep(weights, shape, builtin_strategies()["fp16_baseline"], cuda)
     step = DecodeStep(weights, shape, strategy, cuda)
+    if step.fused:
+        lowprec.signature(fusions=CUDA_FUSIONS)
     logits = step()
     errors = logit_errors(reference, logits)
     lowprec.accuracy("sqnr_db", sqnr_db(reference, logits), min=MIN_SQNR_DB[strategy.name])
@@ -99,12 +99,12 @@ def test_strategy(lowprec, strategy, shape, drawn):
                                why="docs/measurements/gate-expectations-h200-2026-11-30.md")
         lowprec.speedup(baseline=sixteen, optimized=step, min=floor, graphs=True)
         lowprec.work(nbytes=step.weight_bytes + step.cache_bytes, precision="bf16")
-        require = [FUSED_NORM_KERNEL]
+        require = list(FUSED_KERNELS)
         if fp8_ops:
             require += [FP8_GEMV_KERNEL] if fp8_ops - {"attn_qk"} else []
             require += [FP8_Q_KERNEL] if "attn_qk" in fp8_ops else []
         lowprec.expect_kernels("optimized", require=require, forbid=CUBLAS_FP8_GEMM if fp8_ops else ())
-        lowprec.expect_kernels("baseline", require=FUSED_NORM_KERNEL)
+        lowprec.expect_kernels("baseline", require=FUSED_KERNELS)
 
 
 def test_an_unknown_operator_or_precision_is_an_error_listing_the_valid_ones():

@@ -44,7 +44,27 @@ def _jobs() -> dict[str, tuple[str, tuple, dict]]:
         workspace = decode_fusions.SwigluWorkspace("cpu")
         calls[f"swiglu-{name}"] = ("swiglu", (a["gate"], a["up"], dtype), {"workspace": workspace})
         calls[f"swiglu-again-{name}"] = ("swiglu", (a["gate"] / 4, a["up"], dtype), {"workspace": workspace})
+    for edge, (h, gate) in _edges(a).items():
+        calls[f"norm-{edge}"] = ("add_rms_norm", (h, a["weight"]), {"fp8_scale": True})
+        calls[f"swiglu-{edge}"] = ("swiglu", (gate, a["up"], torch.float32),
+                                   {"workspace": decode_fusions.SwigluWorkspace("cpu")})
     return calls
+
+
+def _edges(a: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(h, gate) whose amax is an edge of the scale: all zeros (scale 1), a NaN (NaN), an Inf."""
+    nan_h, nan_gate, inf_gate = a["h"].clone(), a["gate"].clone(), a["gate"].clone()
+    nan_h[1, 7], nan_gate[0, 5], inf_gate[1, 9] = float("nan"), float("nan"), float("inf")
+    return {"zeros": (torch.zeros_like(a["h"]), torch.zeros_like(a["gate"])), "nan": (nan_h, nan_gate),
+            "inf": (a["h"], inf_gate)}
+
+
+def _same(a: torch.Tensor, b: torch.Tensor, max_ulps: float = 0.0) -> bool:
+    """NaN where b has NaN (a payload is the arithmetic's, not torch's canonical one), infinities equal, and
+    the finite values within `max_ulps` of b's."""
+    finite = torch.isfinite(b)
+    return (torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(a[torch.isinf(b)], b[torch.isinf(b)])
+            and bool((_ulps(a[finite], b[finite]) <= max_ulps).all()))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +94,8 @@ def test_add_rms_norm_gives_the_eager_residual_and_norm(interpreted, dtype, with
     h_new, normed, _ = interpreted[f"{'add-norm' if with_delta else 'norm'}-{dtype}"]
     eager_h, eager_normed = _eager_norm(h, weight, a["delta"] if with_delta else None)
     assert h_new.dtype == normed.dtype == DTYPES[dtype]
-    assert torch.equal(h_new, eager_h)  # one rounded add: the same bits
+    if with_delta:
+        assert torch.equal(h_new, eager_h)  # one rounded add: the same bits
     assert _ulps(normed, eager_normed).max() <= MAX_ULPS[dtype]
 
 
@@ -96,6 +117,19 @@ def test_fused_kernels_write_the_scale_the_fp8_quantizer_takes_from_their_output
     assert scale.dtype == torch.float32 and torch.equal(scale.view(torch.int32), expected.view(torch.int32))
 
 
+@interpreter
+@pytest.mark.parametrize("edge", ["zeros", "nan", "inf"])
+@pytest.mark.parametrize("kernel", ["norm", "swiglu"])
+def test_fused_kernels_on_edge_inputs_give_the_eager_values_and_the_quantizers_scale(interpreted, kernel, edge):
+    a = _activations(300)
+    h, gate = _edges(a)[edge]
+    *_, out, scale = interpreted[f"{kernel}-{edge}"]
+    eager = _eager_norm(h, a["weight"])[1] if kernel == "norm" else F.silu(gate) * a["up"]
+    assert _same(out, eager, MAX_ULPS["float32"])
+    assert _same(scale, _scale_from_amax(out.abs().amax(), torch.float8_e4m3fn))
+    assert edge != "zeros" or scale == 1.0
+
+
 def test_fused_kernels_refuse_cpu_tensors_outside_the_interpreter():
     with pytest.raises(ValueError, match="add_rms_norm runs on CUDA tensors"):
         decode_fusions.add_rms_norm(torch.zeros(1, 8), torch.ones(8))
@@ -104,48 +138,76 @@ def test_fused_kernels_refuse_cpu_tensors_outside_the_interpreter():
 
 
 def test_only_a_decode_sized_activation_is_fused():
-    assert decode_fusions.fits(1, 4096, row_at_once=True) and decode_fusions.fits(1, 14336, row_at_once=False)
-    assert not decode_fusions.fits(64, 4096, row_at_once=True)  # a prefill: eager
-    assert not decode_fusions.fits(1, 32768, row_at_once=True)  # a row wider than a program holds
+    assert decode_fusions.fits(1, 4096) and decode_fusions.fits(4, 14336)
+    assert not decode_fusions.fits(64, 4096)  # a prefill: eager
+    assert not decode_fusions.fits(1, 32768)  # a row wider than the norm's program holds
+
+
+def test_fused_kernels_refuse_tensors_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="weight must be \\[8\\], one per column of h, got \\(4,\\)"):
+        decode_fusions.add_rms_norm(torch.zeros(1, 8), torch.ones(4))
+    with pytest.raises(ValueError, match="delta must be h's shape \\(1, 8\\), got \\(2, 8\\)"):
+        decode_fusions.add_rms_norm(torch.zeros(1, 8), torch.ones(8), torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="swiglu takes gate and up of one shape"):
+        decode_fusions.swiglu(torch.zeros(1, 8), torch.zeros(1, 4), torch.float32)
 
 
 def test_fused_work_counts_each_tensor_once_and_one_launch():
     assert decode_fusions.add_rms_norm_work(1, 4096, 4, None).nbytes == 4096 * 8 + 4096 * 4
     assert decode_fusions.add_rms_norm_work(1, 4096, 4, 4).nbytes == 4096 * 16 + 4096 * 4
-    assert decode_fusions.swiglu_work(14336, 4, 2).nbytes == 14336 * 10
-    assert {decode_fusions.swiglu_work(8, 4, 4).kernels, decode_fusions.add_rms_norm_work(1, 8, 4, 4).kernels} == {1}
+    assert decode_fusions.swiglu_work(14336, 4, 2, 2).nbytes == 14336 * 8  # a float32 gate, a bfloat16 up
+    assert {decode_fusions.swiglu_work(8, 4, 4, 4).kernels, decode_fusions.add_rms_norm_work(1, 8, 4, 4).kernels} == {1}
 
 
 # -- on a GPU ------------------------------------------------------------------------------------
-@needs_cuda
-@pytest.mark.parametrize("strategy", ["fp16_baseline", "fp8_balanced", "hybrid_long_context", "w4a16_aggressive"])
-def test_fused_decode_step_gives_the_eager_steps_logits_on_cuda(strategy):
+GPU_SHAPE_ARGS = dict(d=512, heads=4, ffn=1536, layers=2, vocab=512, batch=1, context=1024)
+
+
+def _gpu_step(strategy: str, **options):
     from lowprec_workloads.nvfp4_gemm import CudaKernels
     from lowprec_workloads.strategies import builtin_strategies
     from lowprec_workloads.transformer_block import BlockShape, DecodeStep, Weights
 
-    shape = BlockShape(d=512, heads=4, ffn=1536, layers=2, vocab=512, batch=1, context=1024)
-    weights = Weights.random(shape, "cuda:0", seed=11)
-    step = DecodeStep(weights, shape, builtin_strategies()[strategy], CudaKernels(torch.device("cuda:0")))
-    assert step.fused
-    fused = step()
-    step.fused = False  # the same weights, caches and kernels, the eager norms and gates
-    eager = step()
+    shape = BlockShape(**GPU_SHAPE_ARGS)
+    return DecodeStep(Weights.random(shape, "cuda:0", seed=11), shape, builtin_strategies()[strategy],
+                      CudaKernels(torch.device("cuda:0")), **options)
+
+
+@needs_cuda
+@pytest.mark.parametrize("strategy", ["fp16_baseline", "fp8_balanced", "hybrid_long_context", "w4a16_aggressive"])
+def test_fused_decode_step_gives_the_eager_steps_logits_on_cuda(strategy):
+    fused, eager = _gpu_step(strategy), _gpu_step(strategy, fuse=False)
+    assert fused.fused and not eager.fused
+    fused_logits, eager_logits = fused(), eager()
     # One unit in float32's last place in a norm can move an FP8 activation code by one step; the logits
     # stay within a small fraction of their spread.
-    assert (fused - eager).abs().max() <= 1e-2 * eager.std()
+    assert (fused_logits - eager_logits).abs().max() <= 1e-2 * eager_logits.std()
+
+
+@needs_cuda
+@pytest.mark.parametrize("strategy", ["fp8_balanced", "hybrid_long_context", "layerwise_gradient"])
+def test_fp8_gemvs_given_their_inputs_scales_give_the_bits_of_their_own_amax_passes_on_cuda(strategy):
+    assert torch.equal(_gpu_step(strategy)(), _gpu_step(strategy, fp8_scales=False)())
+
+
+@needs_cuda
+@pytest.mark.parametrize("strategy", ["fp16_baseline", "fp8_balanced", "hybrid_long_context", "w4a16_aggressive"])
+def test_fused_decode_step_declares_every_kernel_it_launches_on_cuda(strategy):
+    """The hardware model's kernel count (launch latency) is the profiler's: a fused launch declared once."""
+    step = _gpu_step(strategy)
+    step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    launched = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    assert sum(w.kernels for w in step.work()) == launched
 
 
 @needs_cuda
 def test_fused_decode_step_replays_from_a_cuda_graph_with_the_same_bits():
     """The SwiGLU workspace and the GEMVs' split-K counters are back at zero after every call, replays too."""
-    from lowprec_workloads.nvfp4_gemm import CudaKernels
-    from lowprec_workloads.strategies import builtin_strategies
-    from lowprec_workloads.transformer_block import BlockShape, DecodeStep, Weights
-
-    shape = BlockShape(d=512, heads=4, ffn=1536, layers=2, vocab=512, batch=1, context=1024)
-    step = DecodeStep(Weights.random(shape, "cuda:0", seed=11), shape, builtin_strategies()["fp8_balanced"],
-                      CudaKernels(torch.device("cuda:0")))
+    step = _gpu_step("fp8_balanced")
     direct = step()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -159,3 +221,20 @@ def test_fused_decode_step_replays_from_a_cuda_graph_with_the_same_bits():
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(captured, direct)
+
+
+@needs_cuda
+@pytest.mark.parametrize("kernel", ["norm", "swiglu"])
+def test_fused_kernels_on_cuda_give_the_eager_values_to_a_few_float32_units(kernel):
+    """libdevice's exp and rsqrt, as torch's kernels call them: gates out to 16 standard deviations."""
+    g = torch.Generator().manual_seed(14)
+    if kernel == "norm":
+        h = (torch.randn(1, 4096, generator=g) * 3).cuda()
+        weight, delta = (1 + torch.randn(4096, generator=g)).cuda(), torch.randn(1, 4096, generator=g).cuda()
+        _, out, _ = decode_fusions.add_rms_norm(h, weight, delta)
+        eager = _eager_norm(h, weight, delta)[1]
+    else:
+        gate, up = (torch.randn(1, 14336, generator=g) * 16).cuda(), torch.randn(1, 14336, generator=g).cuda()
+        out, _ = decode_fusions.swiglu(gate, up, torch.float32)
+        eager = F.silu(gate) * up
+    assert _ulps(out, eager).max() <= MAX_ULPS["float32"]

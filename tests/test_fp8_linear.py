@@ -47,6 +47,7 @@ CHILD = r'''
 import sys
 import torch
 from lowprec_workloads.fp8_linear import GemvConfig, SplitWorkspace, gemv, quantize_small
+from pytest_lowprec.formats.fp8 import _scale_from_amax
 from lowprec_workloads.interpreted import mend_interpreter_scalars
 
 mend_interpreter_scalars()
@@ -62,10 +63,11 @@ for name, (x, w, inv, tile) in job["gemv"].items():
     calls = 2 if workspace is not None else 1  # a split-K workspace must be ready for the next call
     out[name] = [gemv(x, w, inv, config, out=torch.full((1, w.shape[0]), float("nan")), workspace=workspace)
                  for _ in range(calls)]
-    # The scale its producer would hand it (decode_fusions): fp8._scale_from_amax of x's amax.
-    given = 1.0 / quantize_small(x)[1]
-    out[f"{name}-given-scale"] = gemv(x, w, inv, config, out=torch.full((1, w.shape[0]), float("nan")),
-                                      workspace=workspace, x_scale=given)
+    # The scale its producer would hand it (decode_fusions), and another one, which the GEMV must use (not a
+    # power of two apart: E4M3 is a float format, so a scale halved rounds to the same values).
+    for label, amax in (("given-scale", x.abs().amax()), ("given-other-scale", 1.37 * x.abs().amax())):
+        out[f"{name}-{label}"] = gemv(x, w, inv, config, out=torch.full((1, w.shape[0]), float("nan")),
+                                      workspace=workspace, x_scale=_scale_from_amax(amax, torch.float8_e4m3fn))
 torch.save(out, sys.argv[2])
 '''
 
@@ -200,6 +202,17 @@ def test_gemv_given_its_inputs_scale_gives_the_bits_of_its_own_amax_pass(interpr
     _, out = interpreted
     own, given = out[f"gemv-{tile}-40x300"][0], out[f"gemv-{tile}-40x300-given-scale"]
     assert torch.isfinite(own).all() and torch.equal(own, given)
+
+
+@interpreter
+@pytest.mark.parametrize("tile", sorted(GEMV_TILES))
+def test_gemv_quantizes_its_input_with_the_scale_it_is_given(interpreted, tile):
+    job, out = interpreted
+    x, w8, w_inv, _ = job["gemv"][f"gemv-{tile}-40x300"]
+    xq, x_inv = quantize_tensorwise(x, amax=1.37 * x.abs().amax())
+    reference = (xq.double() * x_inv.double()) @ (w8.double() * w_inv.double()).T
+    got = out[f"gemv-{tile}-40x300-given-other-scale"]
+    assert rel_l2(reference, got) < EXACT_BOUND and not torch.equal(got, out[f"gemv-{tile}-40x300"][0])
 
 
 @interpreter

@@ -26,6 +26,15 @@ _AMAX_BLOCK = 16384
 
 
 @triton.jit
+def _bf16_value(y):
+    """y rounded to bfloat16's 8 significant bits, ties to even, as float32 (NaN kept): the interpreter's
+    float32 -> bfloat16 conversion truncates, the GPU's rounds; this value converts exactly on both."""
+    bits = y.to(tl.int32, bitcast=True)
+    r = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+    return tl.where(y != y, y, r)
+
+
+@triton.jit
 def _magnitude_bits(x):
     """|x| as the int32 bits of a float32: ordered as the magnitudes, with NaN above Inf."""
     return x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF
