@@ -186,7 +186,8 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, dtype: torch.dtype, *,
 
 
 def add_rms_norm_work(rows: int, width: int, dtype_size: int, delta_size: int | None) -> Work:
-    """add_rms_norm's traffic: h (and delta) in, the norm (and the new h) out, the weight, one launch."""
+    """add_rms_norm's traffic: h (and delta) in, the norm (and the new h) out, the float32 weight (the
+    stack's norms keep theirs in float32, transformer_block.Weights), one launch."""
     moved = rows * width * (2 * dtype_size + (delta_size + dtype_size if delta_size is not None else 0))
     return Work(nbytes=moved + width * 4, kernels=1)
 
