@@ -619,3 +619,19 @@ def test_every_format_has_a_default_floor_from_peers():
     assert bounds.qdq_floor("fp8_e4m3") == 25.0 and bounds.qdq_floor("nvfp4") == 8.0
     with pytest.raises(ValueError, match="no default SQNR floor for 'fp9'"):
         bounds.qdq_floor("fp9")
+
+
+@pytest.mark.parametrize("scales", ["tensorwise", "rowwise"])
+def test_scaled_mm_on_the_cpu_is_the_product_of_the_dequantized_operands_plus_bias(scales):
+    """The CPU's oneDNN runs an FP8 matmul as a reference loop (1.1 s at 4096x64x256): scaled_mm sums the
+    same exact products in float32 instead, and must still be _scaled_mm's product."""
+    from pytest_lowprec.formats.fp8 import quantize_over, scaled_mm
+
+    g = torch.Generator().manual_seed(21)
+    a, b, bias = torch.randn(48, 64, generator=g), torch.randn(32, 64, generator=g), torch.randn(32, generator=g)
+    quantize = quantize_tensorwise if scales == "tensorwise" else lambda x: quantize_over(x, (-1,))
+    (aq, a_inv), (bq, b_inv) = quantize(a), quantize(b)
+    got = scaled_mm(aq, a_inv, bq.t(), b_inv.reshape(1, -1) if scales == "rowwise" else b_inv,
+                    out_dtype=torch.float32, bias=bias.bfloat16())
+    expected = (aq.double() * a_inv.double()) @ (bq.double() * b_inv.double()).T + bias.bfloat16().double()
+    assert got.dtype == torch.float32 and rel_l2(expected, got) < 1e-6

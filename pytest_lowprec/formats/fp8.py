@@ -111,8 +111,14 @@ def scaled_mm(a_q: torch.Tensor, a_inv: torch.Tensor, b_q: torch.Tensor, b_inv: 
               out_dtype: torch.dtype = torch.bfloat16, fast_accum: bool = True,
               bias: torch.Tensor | None = None) -> torch.Tensor:
     """a @ b (+ bias, added in the GEMM's epilogue) on FP8 operands through torch._scaled_mm;
-    b must be column-major (b.t() contiguous)."""
+    b must be column-major (b.t() contiguous). On the CPU the same exact products (an E4M3 times an E4M3 is
+    exact in float32) are summed by the float32 GEMM and scaled after: oneDNN runs an FP8 matmul as its
+    reference loop on a CPU without FP8 units (`ref:any`; 1.1 s for 4096x64x256 on the CI's Xeon,
+    2026-12-02, against 4 ms in float32), which put the FSDP2 benchmark's CPU check past its 400 s."""
     if b_q.stride(0) != 1:
         raise ValueError("b must be column-major for _scaled_mm: pass b.t().contiguous().t()")
+    if a_q.device.type == "cpu":
+        out = (a_q.float() @ b_q.float()) * (a_inv.float() * b_inv.float())
+        return (out if bias is None else out + bias.float()).to(out_dtype)
     return torch._scaled_mm(a_q, b_q, scale_a=a_inv, scale_b=b_inv, bias=bias, out_dtype=out_dtype,
                             use_fast_accum=fast_accum)
