@@ -16,8 +16,8 @@ libdevice's, the functions torch's kernels call (Triton's own `tl.exp` is a fast
 grows with |x|: 7-27 float32 units at gates of 4-16 standard deviations on an H200, 2026-12-02). Only the
 sum of squares' order differs from torch's then, so an output differs from the eager one by a few units in
 float32's last place, at most one in a 16-bit dtype's. Triton's interpreter has no libdevice and truncates
-float32 to bfloat16 where the GPU rounds, so there (`HW=False`) it takes numpy's exp and rsqrt and rounds
-to bfloat16 in integer arithmetic first (triton_quant._bf16_value).
+float32 to bfloat16 where the GPU rounds, so there (`INTERPRETED`) it takes numpy's exp and rsqrt
+(torch_math_triton) and rounds to bfloat16 in integer arithmetic first (triton_quant._bf16_value).
 
 `fp8_scale`: the program also takes the amax of what it writes and stores fp8._scale_from_amax of it, the
 scale fp8_linear's GEMV would compute from that tensor in every program before its first product; the GEMV
@@ -29,13 +29,13 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from pytest_lowprec.formats.fp8 import FLT_MAX
 from pytest_lowprec.formats.triton_quant import _bf16_value, _fp8_scale, _magnitude_bits
 from pytest_lowprec.roofline import Work
 
 from .interpreted import interpreting, mend_interpreter_scalars, run_interpreted
+from .torch_math_triton import exp, rsqrt
 
 # The norm's one program walks the rows of the activation, each held in registers: a decode step's
 # activation (rows x width) up to this many elements, rows up to _MAX_ROW wide, is fused; a larger one (a
@@ -53,46 +53,32 @@ def fits(rows: int, width: int) -> bool:
 
 
 @triton.jit
-def _rounded(x, dtype: tl.constexpr, HW: tl.constexpr):
+def _rounded(x, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
     """float32 x rounded to `dtype` (nearest even), as float32."""
-    if dtype == tl.bfloat16 and not HW:
+    if dtype == tl.bfloat16 and INTERPRETED:
         return _bf16_value(x)
     return x.to(dtype).to(tl.float32)
 
 
 @triton.jit
-def _exp(x, HW: tl.constexpr):
-    if HW:
-        return libdevice.exp(x)
-    return tl.exp(x)
-
-
-@triton.jit
-def _rsqrt(x, HW: tl.constexpr):
-    if HW:
-        return libdevice.rsqrt(x)
-    return tl.math.rsqrt(x)
-
-
-@triton.jit
 def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, out_ptr, scale_ptr, rows, width, eps,
                          BLOCK: tl.constexpr, HAS_DELTA: tl.constexpr, WRITE_SCALE: tl.constexpr,
-                         FLT_MAX: tl.constexpr, HW: tl.constexpr):
+                         FLT_MAX: tl.constexpr, INTERPRETED: tl.constexpr):
     dtype: tl.constexpr = out_ptr.dtype.element_ty
     offs = tl.arange(0, BLOCK)
     mask = offs < width
-    weight = _rounded(tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32), dtype, HW)
+    weight = _rounded(tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32), dtype, INTERPRETED)
     amax_bits = tl.zeros([BLOCK], dtype=tl.int32)
     for row in range(rows):
         at = row * width + offs
         x = tl.load(h_ptr + at, mask=mask, other=0.0).to(tl.float32)
         if HAS_DELTA:  # h + delta.to(dtype), rounded to the dtype
-            delta = _rounded(tl.load(delta_ptr + at, mask=mask, other=0.0).to(tl.float32), dtype, HW)
-            x = _rounded(x + delta, dtype, HW)
+            delta = _rounded(tl.load(delta_ptr + at, mask=mask, other=0.0).to(tl.float32), dtype, INTERPRETED)
+            x = _rounded(x + delta, dtype, INTERPRETED)
             tl.store(h_out_ptr + at, x.to(dtype), mask=mask)
         mean_square = tl.math.div_rn(tl.sum(x * x, axis=0), width * 1.0)
-        inv_rms = _rounded(_rsqrt(mean_square + eps, HW), dtype, HW)
-        y = _rounded(_rounded(x * inv_rms, dtype, HW) * weight, dtype, HW)
+        inv_rms = _rounded(rsqrt(mean_square + eps, INTERPRETED), dtype, INTERPRETED)
+        y = _rounded(_rounded(x * inv_rms, dtype, INTERPRETED) * weight, dtype, INTERPRETED)
         tl.store(out_ptr + at, y.to(dtype), mask=mask)
         if WRITE_SCALE:
             amax_bits = tl.maximum(amax_bits, tl.where(mask, _magnitude_bits(y), 0))
@@ -102,7 +88,7 @@ def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, out_ptr, scale_ptr,
 
 @triton.jit
 def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, scale_ptr, shared_ptr, numel, BLOCK: tl.constexpr,
-                   WRITE_SCALE: tl.constexpr, FLT_MAX: tl.constexpr, HW: tl.constexpr):
+                   WRITE_SCALE: tl.constexpr, FLT_MAX: tl.constexpr, INTERPRETED: tl.constexpr):
     """BLOCK elements a program. With WRITE_SCALE the programs share an amax and an arrival count
     (SwigluWorkspace, zero between calls): each takes the max of its amax into the first, then counts itself
     in (acq_rel, so its max is seen by whoever counts in after it); the last to arrive reads the amax,
@@ -113,7 +99,7 @@ def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, scale_ptr, shared_ptr, numel, BLOC
     mask = offs < numel
     gate = tl.load(gate_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(up_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    y = _rounded(tl.math.div_rn(gate, 1.0 + _exp(-gate, HW)) * up, dtype, HW)
+    y = _rounded(tl.math.div_rn(gate, 1.0 + exp(-gate, INTERPRETED)) * up, dtype, INTERPRETED)
     tl.store(out_ptr + offs, y.to(dtype), mask=mask)
     if WRITE_SCALE:
         tl.atomic_max(shared_ptr, tl.max(tl.where(mask, _magnitude_bits(y), 0), axis=0), sem="relaxed")
@@ -154,7 +140,7 @@ def add_rms_norm(h: torch.Tensor, weight: torch.Tensor, delta: torch.Tensor | No
     _add_rms_norm_kernel[(1,)](h, delta.contiguous() if delta is not None else h, weight.contiguous(), h_out, out,
                                scale if scale is not None else out, rows, width, eps,
                                BLOCK=triton.next_power_of_2(width), HAS_DELTA=delta is not None,
-                               WRITE_SCALE=fp8_scale, FLT_MAX=FLT_MAX, HW=not interpreting(), num_warps=8)
+                               WRITE_SCALE=fp8_scale, FLT_MAX=FLT_MAX, INTERPRETED=interpreting(), num_warps=8)
     return h_out, out, scale
 
 
@@ -181,7 +167,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, dtype: torch.dtype, *,
     _swiglu_kernel[(triton.cdiv(gate.numel(), block),)](
         gate.contiguous(), up.contiguous(), out, scale if scale is not None else out,
         workspace.shared if workspace is not None else out, gate.numel(), BLOCK=block,
-        WRITE_SCALE=workspace is not None, FLT_MAX=FLT_MAX, HW=not interpreting(), num_warps=4)
+        WRITE_SCALE=workspace is not None, FLT_MAX=FLT_MAX, INTERPRETED=interpreting(), num_warps=4)
     return out, scale
 
 

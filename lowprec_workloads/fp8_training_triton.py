@@ -25,12 +25,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from pytest_lowprec.formats.nvfp4 import FLT_MAX
 from pytest_lowprec.formats.triton_quant import _fp8_scale, _fp8_scaled, _magnitude_bits
 
 from .interpreted import interpreting, mend_interpreter_scalars, run_interpreted
+from .torch_math_triton import exp
 
 IDENTITY, GELU, GELU_BACKWARD = 0, 1, 2
 OPS = {"identity": IDENTITY, "gelu": GELU, "gelu_backward": GELU_BACKWARD}
@@ -39,15 +39,6 @@ OPS = {"identity": IDENTITY, "gelu": GELU, "gelu_backward": GELU_BACKWARD}
 CAST_TILE = (64, 128, 4)
 AMAX_TILE = (64, 256, 8)
 ADAMW_TILE = (64, 64, 4)
-
-
-@triton.jit
-def _exp(x, INTERPRETED: tl.constexpr):
-    # libdevice's expf, as torch's kernel calls it (tl.exp lowers to the approximate ex2); Triton's
-    # interpreter has no libdevice and computes tl.exp in float32 with numpy.
-    if INTERPRETED:
-        return tl.exp(x)
-    return libdevice.exp(x)
 
 
 @triton.jit
@@ -61,7 +52,7 @@ def _apply(a, b, OP: tl.constexpr, INTERPRETED: tl.constexpr):
     if OP == 2:  # dy * (cdf + x * pdf), a = dy, b = x
         z = b.to(tl.float32)
         cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067690849304))
-        pdf = _exp(-0.5 * z * z, INTERPRETED) * 0.3989422917366028
+        pdf = exp(-0.5 * z * z, INTERPRETED) * 0.3989422917366028
         x = x * (cdf + z * pdf)
     return _round_bf16(x)
 
