@@ -9,6 +9,7 @@ What changes is how the activation's quantization runs on CUDA:
   streams the E4M3 weight once (half the bytes of BF16). Every program reads the activation's
   magnitudes from L2 for the tensor's amax, then rounds the slice it multiplies: one launch per linear
   instead of an eager quantizer (about ten kernels) plus a cuBLAS GEMM whose rows were padded to 16.
+  Handed the activation's scale by the launch that wrote it (decode_fusions), it skips that amax pass.
 - more rows: `torch._scaled_mm` on the rows as they are (cuBLAS needs K and N multiples of 16, not M),
   after a Triton quantizer: one program for a decode-sized activation (SMALL_QUANTIZE_MAX elements),
   else the two-pass one of formats.triton_quant (amax pass, cast pass) for a prefill.
@@ -384,7 +385,6 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config:
     (0-d float32): x's E4M3 scale, fp8._scale_from_amax of its amax, where its producer took it
     (decode_fusions); every program then skips its amax pass over x. A scale other than x's own gives
     another quantization of x: the caller vouches for it."""
-    _require_device(x, "the FP8 GEMV")
     n, k = weight.shape
     if x.ndim != 2 or x.shape[0] != 1 or x.shape[1] != k:
         raise ValueError(f"the FP8 GEMV takes one row x [1, {k}], got {tuple(x.shape)}")
@@ -394,6 +394,9 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config:
         raise ValueError("a split-K GEMV needs its SplitWorkspace")
     if x_scale is not None and (x_scale.numel() != 1 or x_scale.dtype != torch.float32):
         raise ValueError(f"x_scale is one float32 scale, got {x_scale.dtype} of {x_scale.numel()} elements")
+    if x_scale is not None and x_scale.device != x.device:
+        raise ValueError(f"x_scale must be on x's device {x.device}, got {x_scale.device}")
+    _require_device(x, "the FP8 GEMV")
     x = x.contiguous()
     out = torch.empty(1, n, dtype=torch.float32, device=x.device) if out is None else out
     options = dict(BLOCK_N=config.block_n, BLOCK_K=config.block_k, **_amax_pass(k), FLT_MAX=FLT_MAX,

@@ -238,6 +238,18 @@ def test_gemv_tiles_are_validated():
     assert GemvConfig("dot", 64, 64, promote_k=64).promote_k == 64
 
 
+def test_gemv_refuses_a_scale_that_is_not_one_float32_on_xs_device():
+    from lowprec_workloads.fp8_linear import gemv
+
+    w8, w_inv = quantize_tensorwise(torch.randn(16, 64))
+    x, config = torch.randn(1, 64, device="meta"), GemvConfig("dot", 16, 64)
+    weight, inv = w8.to("meta"), w_inv.to("meta")
+    with pytest.raises(ValueError, match="x_scale is one float32 scale, got torch.float16 of 1 elements"):
+        gemv(x, weight, inv, config, x_scale=torch.ones((), dtype=torch.float16, device="meta"))
+    with pytest.raises(ValueError, match="x_scale must be on x's device meta, got cpu"):
+        gemv(x, weight, inv, config, x_scale=torch.ones(()))
+
+
 def test_quantizer_is_eager_on_the_cpu_one_program_for_decode_rows_and_two_pass_for_a_prefill():
     assert quantizer(4096 * 4096, on_cuda=False) == "eager"
     assert quantizer(4 * 14336, on_cuda=True) == "triton-one-program"
