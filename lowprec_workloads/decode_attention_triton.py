@@ -41,7 +41,6 @@ dot in float32 (the same values). CUDA and Triton only.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from dataclasses import dataclass, replace
 
@@ -53,7 +52,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from pytest_lowprec.hardware import gpu_key_from_name
 
 from .decode_attention import Cache
-from .interpreted import mend_interpreter_scalars, run_interpreted
+from .interpreted import interpreting, mend_interpreter_scalars, run_interpreted
 
 V_FORMATS = {"bf16": 0, "fp8": 1, "nvfp4": 2}
 E2M1_DECODES = {"bitwise": 0, "packed": 1, "lut": 2}
@@ -788,7 +787,7 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
     seq = k_data.shape[2]
     if head_dim % 16 or head_dim & (head_dim - 1):
         raise ValueError(f"head_dim must be a power of two and a multiple of 16, got {head_dim}")
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    interpreted = interpreting()
     if tile is None:
         tile = _device_tile(q, k_fmt, v_fmt)
         if interpreted:

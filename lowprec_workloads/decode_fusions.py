@@ -19,9 +19,9 @@ float32's last place, at most one in a 16-bit dtype's. Triton's interpreter has 
 float32 to bfloat16 where the GPU rounds, so there (`INTERPRETED`) it takes numpy's exp and rsqrt
 (torch_math_triton) and rounds to bfloat16 in integer arithmetic first (triton_quant._bf16_value).
 
-`fp8_scale`: the program also takes the amax of what it writes and stores fp8._scale_from_amax of it, the
-scale fp8_linear's GEMV would compute from that tensor in every program before its first product; the GEMV
-given it skips that pass (fp8_linear.gemv's x_scale).
+The E4M3 scale (add_rms_norm's `fp8_scale`, swiglu's `workspace`): the kernel also takes the amax of what it
+writes and stores fp8._scale_from_amax of it, the scale fp8_linear's GEMV would compute from that tensor in
+every program before its first product; the GEMV given it skips that pass (fp8_linear.gemv's x_scale).
 """
 
 from __future__ import annotations

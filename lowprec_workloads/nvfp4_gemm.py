@@ -23,7 +23,6 @@ kilobytes at each step (kStepMajor in the header).
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +32,7 @@ import triton.language as tl
 from pytest_lowprec.formats.nvfp4 import NVFP4Tensor
 
 from . import kernels
-from .interpreted import mend_interpreter_scalars, run_interpreted
+from .interpreted import interpreting, mend_interpreter_scalars, run_interpreted
 
 NATIVE = "cublaslt-nvfp4"
 TILED = "triton-bf16-tensor-cores"
@@ -193,7 +192,7 @@ def gemm_tiled(a: NVFP4Tensor | torch.Tensor, b: NVFP4Tensor, *, config: TileCon
     device = b.packed.device
     # Triton's interpreter multiplies bf16 tiles wrongly (it sees their raw bits), so there the
     # tiles go to the dot in float32: the same values, since every decoded product is exact in bf16.
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    interpreted = interpreting()
     out = torch.empty(m, n, dtype=torch.float32, device=device) if out is None else out
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n),)
     a_args = (a.packed, a.block_scales, a.global_decode) if a_fp4 else (a.contiguous(), a, a)

@@ -124,8 +124,9 @@ class SideTrace:
                    d.get("ran", []))
 
 
-def kernel_table(events: list[tuple[str, float]], top: int = 15) -> tuple[list[KernelRow], float]:
-    """(name, device microseconds) per kernel launch -> rows by total time, and the total."""
+def kernel_table(events: list[tuple[str, float]], top: int | None = 15) -> tuple[list[KernelRow], float]:
+    """(name, device microseconds) per kernel launch -> the `top` rows by total time (every row with
+    None), and the total."""
     totals: dict[str, list[float]] = {}
     for name, us in events:
         totals.setdefault(name, []).append(us)
@@ -163,9 +164,8 @@ def profile_side(side: str, fn: Callable[[], object], trace_file: Path | None) -
             fn()
         if cuda:
             torch.cuda.synchronize()
-    events = _device_kernels(prof)
-    rows, total = kernel_table(events)
-    trace = SideTrace(side, rows, total, ran=[row.name for row in kernel_table(events, top=len(events))[0]])
+    rows, total = kernel_table(_device_kernels(prof), top=None)
+    trace = SideTrace(side, rows[:15], total, ran=[row.name for row in rows])
     if total <= 0.0:
         trace.error = ("the profiler recorded no device time for this call: no GPU, or CUPTI is unavailable or "
                        "failed (run with a profiler-capable driver, or without profiling)")
