@@ -11,8 +11,8 @@ Each operator runs its strategy's precision with the real path where this device
   on CUDA one row goes through a Triton GEMV that quantizes the activation inside the kernel, more
   rows through torch._scaled_mm after a one-launch Triton quantizer); w4a16 = NVFP4 weights through
   the CUDA GEMV (the tiled Triton kernel above two rows); nvfp4 = the same with NVFP4 activations
-  (quantized and dequantized: Hopper has no FP4 tensor cores). On CPU the same quantized
-  operands are multiplied in float32.
+  (quantized and dequantized, in one Triton launch on CUDA for a decode-sized activation: Hopper has no
+  FP4 tensor cores). On CPU the same quantized operands are multiplied in float32.
 - attention over the cache: the Triton decode kernel on CUDA (dequantizing inside), float32
   over the dequantized cache on CPU. The cache format is the strategy's kv_cache; "nvfp4" is
   stored as FP8 keys and NVFP4 values (decode_attention's fp8k_nvfp4v: keys carry outlier
@@ -42,6 +42,8 @@ from pytest_lowprec.traffic import eager_work
 from . import decode_fusions as fused_ops
 from .decode_attention import Cache, attend_cache, build_cache, decode_work
 from .fp8_linear import SMALL_QUANTIZE_MAX, FP8Linear, GemvChooser, fp8_roundtrip, gemv_config, quantize_work
+from .nvfp4_activation import fits as fits_roundtrip
+from .nvfp4_activation import nvfp4_roundtrip, roundtrip_work
 from .nvfp4_gemm import GEMV_MAX_ROWS, CudaKernels, gemm_tiled
 from .strategies import LINEARS, UNQUANTIZED, Strategy
 
@@ -121,6 +123,11 @@ class Linear:
         """Bytes an output element takes: float32 from the NVFP4 and FP8 kernels, else the weight's dtype."""
         return 4 if self.weight is None else self.weight.element_size()
 
+    def roundtrip_fused(self, on_cuda: bool, numel: int) -> bool:
+        """Whether a call's NVFP4 activation of `numel` elements takes nvfp4_activation's one launch (CUDA,
+        decode-sized) rather than the eager quantizer and dequantizer."""
+        return self.precision == "nvfp4" and on_cuda and fits_roundtrip(numel)
+
     def takes_fp8_scale(self, rows: int) -> bool:
         """Whether a call on `rows` rows would use its input's E4M3 scale (the FP8 one-row GEMV)."""
         return self.fp8 is not None and self.fp8.uses_gemv(rows)
@@ -129,7 +136,9 @@ class Linear:
         """x @ weight.T; `x_scale`, x's E4M3 scale where its producer took it, spares an FP8 GEMV its amax pass."""
         if self.nvfp4 is not None:
             if self.precision == "nvfp4":  # NVFP4 activations: quantized, then dequantized for the kernel
-                x = quantize_nvfp4(x.to(torch.bfloat16), check_finite=False).dequantize()
+                x = x.to(torch.bfloat16)
+                x = (nvfp4_roundtrip(x) if self.roundtrip_fused(x.is_cuda, x.numel())
+                     else quantize_nvfp4(x, check_finite=False).dequantize())
             x = x.to(torch.bfloat16).contiguous()
             if not x.is_cuda:
                 return x.float() @ self.nvfp4.dequantize().float().t()
@@ -242,6 +251,8 @@ class DecodeStep:
                 if lin.nvfp4 is not None:
                     rows_bytes = s.batch * lin.nvfp4.shape[1] * 2 + s.batch * lin.nvfp4.shape[0] * 4
                     custom.append(Work(nbytes=lin.nvfp4.nbytes + rows_bytes, kernels=1))
+                    if lin.roundtrip_fused(True, s.batch * lin.nvfp4.shape[1]):
+                        custom.append(roundtrip_work(s.batch * lin.nvfp4.shape[1]))
                 if lin.fp8 is not None:
                     custom.extend(lin.fp8.kernel_work(s.batch, self.dtype.itemsize))
         for fp8 in self.qk_fp8:

@@ -6,7 +6,8 @@ SQNR and next-token KL against float32, top-1 agreement, the bytes of weights an
 (no more than the 16-bit strategy's), and on a GPU the step's speed over the 16-bit strategy's
 with its roofline fraction. The small shape runs everywhere (CPU CI); the real one on a GPU, where
 a strategy's FP8 linears must run the one-row Triton GEMV (which quantizes its activation itself)
-and no cuBLAS FP8 GEMM, and an FP8 q its one-launch quantizer (lowprec_workloads/fp8_linear.py).
+and no cuBLAS FP8 GEMM, an FP8 q its one-launch quantizer (lowprec_workloads/fp8_linear.py), and NVFP4
+activations their one-launch round trip (lowprec_workloads/nvfp4_activation.py).
 On a GPU both sides of the speed test, the 16-bit step too, run their residual adds, norms and SwiGLU
 gates fused (lowprec_workloads/decode_fusions.py), as a decode engine runs them; the kernel proof
 checks both sides for the fused kernels.
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 from lowprec_workloads.fp8_linear import CUDA_PATH
+from lowprec_workloads.nvfp4_activation import CUDA_PATH as NVFP4_ACTIVATION_PATH
 from lowprec_workloads.strategies import LINEARS, builtin_strategies, custom
 from lowprec_workloads.transformer_block import CUDA_FUSIONS, LARGE, SMALL, DecodeStep, Weights, logit_errors
 from pytest_lowprec.formats.metrics import sqnr_db
@@ -39,6 +41,7 @@ FP8_GEMV_KERNEL = r"_gemv_(fma|dot)_kernel"
 FP8_Q_KERNEL = r"_quantize_small_kernel"
 CUBLAS_FP8_GEMM = r"nvjet_sm\d+_qq|e4m3|f8f8"
 FUSED_KERNELS = (r"_add_rms_norm_kernel", r"_swiglu_kernel")
+NVFP4_ROUNDTRIP_KERNEL = r"_nvfp4_roundtrip_kernel"  # NVFP4 activations quantized and dequantized in one launch
 # Fractions of the decode step's speedup over the 16-bit step that the hardware model predicts from each
 # step's bytes and kernels. Measured over predicted on the H200, two processes a week apart: 0.90-1.01 for
 # the FP8 and NVFP4 strategies, 0.81-0.82 for w4a16 (its GEMV reaches 0.68 of its bytes model); on the
@@ -74,8 +77,12 @@ def test_strategy(lowprec, strategy, shape, drawn):
                       overrides=str(strategy.overrides), shape=str(shape))
     fp8_ops = {op for layer in range(shape.layers) for op in (*LINEARS, "attn_qk")
                if strategy.precision(op, layer, shape.layers) == "fp8"}
+    nvfp4_activations = any(strategy.precision(op, layer, shape.layers) == "nvfp4"
+                            for layer in range(shape.layers) for op in LINEARS)
     if fp8_ops and lowprec.on_cuda:  # the CPU runs the eager path its baseline recorded
         lowprec.signature(fp8_kernels=CUDA_PATH)
+    if nvfp4_activations and lowprec.on_cuda:
+        lowprec.signature(nvfp4_activations=NVFP4_ACTIVATION_PATH)
     if (shape, lowprec.device) not in drawn:
         drawn[(shape, lowprec.device)] = Weights.random(shape, lowprec.device, seed=11)
     weights = drawn[(shape, lowprec.device)]
@@ -103,6 +110,7 @@ def test_strategy(lowprec, strategy, shape, drawn):
         if fp8_ops:
             require += [FP8_GEMV_KERNEL] if fp8_ops - {"attn_qk"} else []
             require += [FP8_Q_KERNEL] if "attn_qk" in fp8_ops else []
+        require += [NVFP4_ROUNDTRIP_KERNEL] if nvfp4_activations else []
         lowprec.expect_kernels("optimized", require=require, forbid=CUBLAS_FP8_GEMM if fp8_ops else ())
         lowprec.expect_kernels("baseline", require=FUSED_KERNELS)
 

@@ -191,7 +191,8 @@ def test_fp8_gemvs_given_their_inputs_scales_give_the_bits_of_their_own_amax_pas
 
 
 @needs_cuda
-@pytest.mark.parametrize("strategy", ["fp16_baseline", "fp8_balanced", "hybrid_long_context", "w4a16_aggressive"])
+@pytest.mark.parametrize("strategy", ["fp16_baseline", "fp8_balanced", "hybrid_long_context", "w4a16_aggressive",
+                                      "nvfp4_weights"])
 def test_fused_decode_step_declares_every_kernel_it_launches_on_cuda(strategy):
     """The hardware model's kernel count (launch latency) is the profiler's: a fused launch declared once."""
     step = _gpu_step(strategy)
