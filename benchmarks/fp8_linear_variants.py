@@ -15,9 +15,10 @@ Sections, in this order, each a table, JSON written to OUT.json after each:
   prefill  suites/test_fp8_gemm.py's linear at 4096 and 8192 (same operands) against BF16 `a @ b`:
            the eager quantizer (before) and the Triton two-pass one (now), with the FP8 GEMM alone
            for its bound; predicted speedup from the work the suite declares, and "of model";
-  steps    suites/test_mixed_precision.py's large decode step (same weights and seed) of fp8_balanced,
-           hybrid_long_context, layerwise_gradient and custom_fp8_ffn against fp16_baseline, with the
-           committed tiles (fp8_linear.gemv_config), the fastest tile per shape from `decode`, and no GEMV;
+  steps    suites/test_mixed_precision.py's large decode step (same weights and seed) of every strategy
+           against fp16_baseline, with the committed tiles (fp8_linear.gemv_config) and q, k, v (gate, up)
+           stacked into one linear on both sides; the same with every projection its own linear on both sides
+           (before 2026-12-02's stacking); the fastest tile per shape from `decode`, and no GEMV;
            SQNR against float32, and the hardware model's predicted speedup from each step's declared
            work, so "of model" is what STEP_FRACTION is chosen from.
 Both sides of each row are timed by the plugin's own timer: CUDA-graph replays, L2 flushed before each
@@ -40,7 +41,8 @@ import torch.nn.functional as F
 
 from lowprec_workloads import fp8_linear
 from lowprec_workloads.fp8_linear import FP8Linear, GemvConfig, quantize_activation, quantize_small, quantize_work
-from lowprec_workloads.strategies import builtin_strategies, custom
+from lowprec_workloads.nvfp4_gemm import CudaKernels
+from lowprec_workloads.strategies import LINEARS, builtin_strategies, custom
 from lowprec_workloads.transformer_block import LARGE, DecodeStep, Weights
 from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
 from pytest_lowprec.formats.metrics import rel_l2, sqnr_db
@@ -68,8 +70,9 @@ CANDIDATES = {
     **{f"dot 64x256 w4 s3{f' split{split}' if split > 1 else ''} promote{every}":
        GemvConfig("dot", 64, 256, 4, 3, split, promote_k=every) for split in (1, 2, 4) for every in (32, 128)},
 }
-STRATEGIES = ["fp8_balanced", "hybrid_long_context", "layerwise_gradient", "custom_fp8_ffn"]
-EAGER_GLUE = "committed tiles, eager glue (before)"
+STRATEGIES = ["fp8_balanced", "hybrid_long_context", "layerwise_gradient", "custom_fp8_ffn", "w4a16_aggressive",
+              "nvfp4_weights"]
+APART = "committed, projections apart"  # every projection its own linear on both sides
 # A tile may be chosen if its error stays under a promoted wgmma sum's bound (tests/test_fp8_linear.py):
 # the unpromoted wgmma tiles' error grows with K.
 ACCURATE_REL_L2 = 3e-4
@@ -232,6 +235,11 @@ def section_decode(bench: Bench) -> dict[tuple[int, int], str]:
 
 
 # -- decode steps ----------------------------------------------------------------------------------
+def _of_copy(step: DecodeStep, ms: float) -> float:
+    """The step's weight and KV-cache bytes over its time, as a fraction of the copy ceiling."""
+    return (step.weight_bytes + step.cache_bytes) / (ms * 1e-3) / COPY_CEILING
+
+
 def section_steps(bench: Bench, best: dict[tuple[int, int], str]) -> None:
     print("\n== steps: suites/test_mixed_precision.py large decode step, against fp16_baseline ==", flush=True)
     t = time.perf_counter()
@@ -239,39 +247,45 @@ def section_steps(bench: Bench, best: dict[tuple[int, int], str]) -> None:
     print(f"  weights drawn in {time.perf_counter() - t:.1f} s", flush=True)
     reference = DecodeStep(weights, STEP_SHAPE, None, None)()
     known = builtin_strategies()
-    sixteen = DecodeStep(weights, STEP_SHAPE, known["fp16_baseline"], None)
+    cuda = CudaKernels(torch.device(DEVICE))  # the NVFP4 weights' GEMV, as the suite runs it
+    sixteen = DecodeStep(weights, STEP_SHAPE, known["fp16_baseline"], cuda)
     sixteen_work = sixteen.work()
-    # Both sides with the norms, residual adds and SwiGLU gates eager (each operator its own kernels), as
-    # before decode_fusions (2026-12-02): what the fusions gain, on both sides.
-    eager_sixteen = DecodeStep(weights, STEP_SHAPE, known["fp16_baseline"], None, fuse=False)
-    eager_sixteen_work = eager_sixteen.work()
+    # Both sides with every projection its own linear, as before the stacking (2026-12-02): what it gains.
+    apart_sixteen = DecodeStep(weights, STEP_SHAPE, known["fp16_baseline"], cuda, stack=False)
+    apart_sixteen_work = apart_sixteen.work()
     choosers = {"committed tiles": fp8_linear.gemv_config,
-                EAGER_GLUE: fp8_linear.gemv_config,
+                APART: fp8_linear.gemv_config,
                 "fastest tile per shape": lambda n, k: CANDIDATES[best[(n, k)]] if (n, k) in best else None,
                 "no GEMV (_scaled_mm, 1 row)": lambda n, k: None}
     if not best or all(fp8_linear.gemv_config(n, k) == CANDIDATES.get(best.get((n, k), "")) for n, k in DECODE_SHAPES):
         del choosers["fastest tile per shape"]  # none measured, or the same kernels as the committed ones
     rows = {}
     print(f"  {'strategy':22s} {'FP8 linears':28s} {'16-bit ms':>9s} {'ms':>8s} {'speedup':>8s} {'model':>6s} "
-          f"{'of model':>8s} {'SQNR dB':>8s}")
+          f"{'of model':>8s} {'SQNR dB':>8s} {'16b copy':>8s} {'of copy':>7s}")
     for label, chooser in choosers.items():  # every strategy's committed path first, should time run short
         for name in STRATEGIES:
             s = known.get(name) or custom(name, {"ffn_gate": "fp8", "ffn_up": "fp8", "ffn_down": "fp8"})
             key = f"{name} / {label}"
-            if bench.elapsed() > DEADLINE_S and label not in ("committed tiles", EAGER_GLUE):
+            if bench.elapsed() > DEADLINE_S and label not in ("committed tiles", APART):
                 print(f"  {key}: skipped (past {DEADLINE_S:.0f} s)")
                 continue
             try:
-                eager = label == EAGER_GLUE
-                step = DecodeStep(weights, STEP_SHAPE, s, None, fp8_gemv=chooser, fuse=not eager)
-                base, base_work = (eager_sixteen, eager_sixteen_work) if eager else (sixteen, sixteen_work)
+                apart = label == APART
+                layers = range(STEP_SHAPE.layers)
+                if label not in ("committed tiles", APART) and not any(
+                        s.precision(op, i, STEP_SHAPE.layers) == "fp8" for op in LINEARS for i in layers):
+                    continue  # the FP8 tile choices do not touch this strategy
+                step = DecodeStep(weights, STEP_SHAPE, s, cuda, fp8_gemv=chooser, stack=not apart)
+                base, base_work = (apart_sixteen, apart_sixteen_work) if apart else (sixteen, sixteen_work)
                 sq = sqnr_db(reference, step())
                 m = bench.pair(base, step, n=80)
                 pred = bench.predicted(base_work, step.work())
-                m.update(sqnr_db=sq, predicted=pred, of_model=m["speedup"] / pred if pred else None)
+                m.update(sqnr_db=sq, predicted=pred, of_model=m["speedup"] / pred if pred else None,
+                         base_of_copy=_of_copy(base, m["base_ms"]), opt_of_copy=_of_copy(step, m["opt_ms"]))
                 rows[key] = m
                 print(f"  {name:22s} {label:28s} {m['base_ms']:9.4f} {m['opt_ms']:8.4f} {m['speedup']:8.3f} "
-                      f"{pred or float('nan'):6.2f} {m['of_model'] or float('nan'):8.2f} {sq:8.2f}", flush=True)
+                      f"{pred or float('nan'):6.2f} {m['of_model'] or float('nan'):8.2f} {sq:8.2f} "
+                      f"{m['base_of_copy']:7.3f} {m['opt_of_copy']:7.3f}", flush=True)
                 del step
             except Exception as e:  # noqa: BLE001
                 rows[key] = _fail(key, e)

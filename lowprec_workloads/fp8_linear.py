@@ -10,6 +10,8 @@ What changes is how the activation's quantization runs on CUDA:
   magnitudes from L2 for the tensor's amax, then rounds the slice it multiplies: one launch per linear
   instead of an eager quantizer (about ten kernels) plus a cuBLAS GEMM whose rows were padded to 16.
   Handed the activation's scale by the launch that wrote it (decode_fusions), it skips that amax pass.
+  Weights that read one activation (q, k and v; gate and up) can be stacked into one GEMV, each row keeping
+  its weight's scale (FP8Linear.concatenated): one launch over their bytes, as decode engines merge them.
 - more rows: `torch._scaled_mm` on the rows as they are (cuBLAS needs K and N multiples of 16, not M),
   after a Triton quantizer: one program for a decode-sized activation (SMALL_QUANTIZE_MAX elements),
   else the two-pass one of formats.triton_quant (amax pass, cast pass) for a prefill.
@@ -200,6 +202,14 @@ def _activation_scale(x_ptr, numel, X_BLOCK: tl.constexpr, X_STEPS: tl.constexpr
 
 
 @triton.jit
+def _weight_inv(w_inv_ptr, n, N, ROW_SCALES: tl.constexpr):
+    """The weight's inverse scale for outputs n: one per tensor, or one per output row (a concatenated weight)."""
+    if ROW_SCALES:
+        return tl.load(w_inv_ptr + n, mask=n < N, other=0.0)
+    return tl.load(w_inv_ptr)
+
+
+@triton.jit
 def _x_scale(x_ptr, x_scale_ptr, numel, X_BLOCK: tl.constexpr, X_STEPS: tl.constexpr, FLT_MAX: tl.constexpr,
              SCALE_GIVEN: tl.constexpr):
     """The activation's E4M3 scale: given (its producer took the amax, decode_fusions), or its amax pass."""
@@ -233,7 +243,7 @@ def _quantize_small_kernel(x_ptr, out_ptr, inv_ptr, numel, X_BLOCK: tl.constexpr
 @triton.jit
 def _gemv_fma_kernel(x_ptr, x_scale_ptr, w_ptr, w_inv_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, X_BLOCK: tl.constexpr, X_STEPS: tl.constexpr, FLT_MAX: tl.constexpr,
-                     HW: tl.constexpr, SCALE_GIVEN: tl.constexpr):
+                     HW: tl.constexpr, SCALE_GIVEN: tl.constexpr, ROW_SCALES: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k = tl.arange(0, BLOCK_K)
     n_ok = (n < N)[:, None]
@@ -251,14 +261,15 @@ def _gemv_fma_kernel(x_ptr, x_scale_ptr, w_ptr, w_inv_ptr, out_ptr, N, K, BLOCK_
         here = k0 + k
         xq = _e4m3_values(tl.load(x_ptr + here, mask=here < K, other=0.0), scale, HW)
         acc += w.to(tl.float32) * xq[None, :]
-    out = tl.sum(acc, axis=1) * (tl.math.div_rn(1.0, scale) * tl.load(w_inv_ptr))
+    out = tl.sum(acc, axis=1) * (tl.math.div_rn(1.0, scale) * _weight_inv(w_inv_ptr, n, N, ROW_SCALES))
     tl.store(out_ptr + n, out, mask=n < N)
 
 
 @triton.jit
 def _gemv_dot_kernel(x_ptr, x_scale_ptr, w_ptr, w_inv_ptr, out_ptr, part_ptr, count_ptr, N, K, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PROMOTE_K: tl.constexpr, X_BLOCK: tl.constexpr,
-                     X_STEPS: tl.constexpr, FLT_MAX: tl.constexpr, HW: tl.constexpr, SCALE_GIVEN: tl.constexpr):
+                     X_STEPS: tl.constexpr, FLT_MAX: tl.constexpr, HW: tl.constexpr, SCALE_GIVEN: tl.constexpr,
+                     ROW_SCALES: tl.constexpr):
     """acc[BLOCK_N, 16] = W tile [BLOCK_N, BLOCK_K] . the row as a 16-column operand (columns 1..15 zero).
 
     W is the left operand: with BLOCK_N >= 64 Hopper runs it as wgmma with both FP8 operands read from
@@ -287,7 +298,7 @@ def _gemv_dot_kernel(x_ptr, x_scale_ptr, w_ptr, w_inv_ptr, out_ptr, part_ptr, co
             b = tl.where(first_col, _e4m3_values(x, scale, HW)[:, None], 0.0)
             acc = tl.dot(w.to(tl.float32), b, acc, input_precision="ieee")
     partial = tl.sum(acc, axis=1)  # columns 1..15 hold zeros
-    scales = tl.math.div_rn(1.0, scale) * tl.load(w_inv_ptr)
+    scales = tl.math.div_rn(1.0, scale) * _weight_inv(w_inv_ptr, n, N, ROW_SCALES)
     if SPLIT_K == 1:
         tl.store(out_ptr + n, partial * scales, mask=n < N)
     else:
@@ -380,9 +391,10 @@ class SplitWorkspace:
 def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config: GemvConfig,
          out: torch.Tensor | None = None, workspace: SplitWorkspace | None = None,
          x_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """float32 [1, N] = E4M3(x) @ weight.T * scales, x [1, K] float32 or bfloat16, weight E4M3 [N, K].
-    A config with split_k > 1 needs a workspace (SplitWorkspace.for_layer), owned by the caller. `x_scale`
-    (0-d float32): x's E4M3 scale, fp8._scale_from_amax of its amax, where its producer took it
+    """float32 [1, N] = E4M3(x) @ weight.T * scales, x [1, K] float32 or bfloat16, weight E4M3 [N, K] with
+    `inv_scale` 0-d float32, or [N] (one per output row: weights of one tensorwise scale each, concatenated,
+    FP8Linear.concatenated). A config with split_k > 1 needs a workspace (SplitWorkspace.for_layer), owned by
+    the caller. `x_scale` (0-d float32): x's E4M3 scale, fp8._scale_from_amax of its amax, where its producer took it
     (decode_fusions); every program then skips its amax pass over x. A scale other than x's own gives
     another quantization of x: the caller vouches for it."""
     n, k = weight.shape
@@ -392,6 +404,9 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config:
         raise ValueError(f"weight must be contiguous E4M3 [N, K], got {weight.dtype} with strides {weight.stride()}")
     if config.split_k > 1 and workspace is None:
         raise ValueError("a split-K GEMV needs its SplitWorkspace")
+    if inv_scale.dtype != torch.float32 or inv_scale.shape not in ((), (n,)) or inv_scale.device != weight.device:
+        raise ValueError(f"inv_scale is float32, 0-d or one per output row ({n}), on the weight's device "
+                         f"{weight.device}; got {inv_scale.dtype} {tuple(inv_scale.shape)} on {inv_scale.device}")
     if x_scale is not None and (x_scale.numel() != 1 or x_scale.dtype != torch.float32):
         raise ValueError(f"x_scale is one float32 scale, got {x_scale.dtype} of {x_scale.numel()} elements")
     if x_scale is not None and x_scale.device != x.device:
@@ -400,7 +415,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config:
     x = x.contiguous()
     out = torch.empty(1, n, dtype=torch.float32, device=x.device) if out is None else out
     options = dict(BLOCK_N=config.block_n, BLOCK_K=config.block_k, **_amax_pass(k), FLT_MAX=FLT_MAX,
-                   HW=not interpreting(), SCALE_GIVEN=x_scale is not None, num_warps=config.num_warps,
+                   HW=not interpreting(), SCALE_GIVEN=x_scale is not None, ROW_SCALES=inv_scale.ndim == 1,
+                   num_warps=config.num_warps,
                    num_stages=config.num_stages)
     tiles = triton.cdiv(n, config.block_n)
     given = x_scale if x_scale is not None else inv_scale  # not read without SCALE_GIVEN
@@ -415,10 +431,12 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config:
 
 @dataclass(frozen=True)
 class FP8Linear:
-    """A linear layer's weight in E4M3 with a tensorwise scale, and its forward for any number of rows."""
+    """A linear layer's weight in E4M3 with a tensorwise scale, and its forward for any number of rows; or
+    several such weights concatenated along N (q, k and v; gate and up), each keeping its own scale, whose
+    one-row GEMV is one launch."""
 
     weight: torch.Tensor  # E4M3 [N, K] row-major: weight.t() is the column-major B _scaled_mm takes
-    inv_scale: torch.Tensor  # 0-d float32
+    inv_scale: torch.Tensor  # float32: 0-d, or [N] for concatenated weights (each row its own weight's scale)
     gemv: GemvConfig | None  # the one-row kernel's tile; None sends every row count to _scaled_mm
     workspace: SplitWorkspace | None = None  # the GEMV's, when it splits K
 
@@ -431,13 +449,37 @@ class FP8Linear:
         if w.is_cuda and (n % 16 or k % 16):
             raise ValueError(f"an FP8 linear on CUDA needs N and K multiples of 16 (cuBLAS's FP8 GEMM does), "
                              f"got [{n}, {k}]")
+        return cls._with_gemv(q.contiguous(), inv, gemv)
+
+    @classmethod
+    def _with_gemv(cls, q: torch.Tensor, inv: torch.Tensor, gemv: GemvChooser) -> FP8Linear:
+        n, k = q.shape
         config = gemv(n, k)
-        split = config is not None and config.split_k > 1 and (w.is_cuda or interpreting())
-        return cls(q.contiguous(), inv, config, SplitWorkspace.for_layer(n, config, w.device) if split else None)
+        split = config is not None and config.split_k > 1 and (q.is_cuda or interpreting())
+        return cls(q, inv, config, SplitWorkspace.for_layer(n, config, q.device) if split else None)
+
+    @classmethod
+    def concatenated(cls, parts: list[FP8Linear], gemv: GemvChooser = gemv_config) -> FP8Linear:
+        """The parts' weights stacked along N (inputs alike), each row keeping its part's inverse scale: one
+        GEMV gives every part's outputs, side by side, with the bits each part's own GEMV gives (the same
+        quantized weights and products; gemv(N, K) picks the tile for the stacked shape). One row only:
+        torch._scaled_mm takes one weight scale, so more rows call the parts."""
+        if len({p.weight.shape[1] for p in parts}) != 1 or any(p.inv_scale.ndim for p in parts):
+            raise ValueError("FP8Linear.concatenated stacks tensorwise-scaled weights of one input width, got "
+                             f"{[tuple(p.weight.shape) for p in parts]} with scales of shapes "
+                             f"{[tuple(p.inv_scale.shape) for p in parts]}")
+        weight = torch.cat([p.weight for p in parts])
+        inv = torch.cat([p.inv_scale.expand(p.weight.shape[0]) for p in parts])
+        return cls._with_gemv(weight, inv, gemv)
+
+    @property
+    def concatenated_rows(self) -> bool:
+        return self.inv_scale.ndim == 1
 
     @property
     def nbytes(self) -> int:
-        return self.weight.numel() + 4
+        """What a GEMV reads of it: the codes and the scales (4 bytes, or 4 a row when concatenated)."""
+        return self.weight.numel() + self.inv_scale.numel() * 4
 
     def uses_gemv(self, rows: int) -> bool:
         return self.gemv is not None and rows <= GEMV_MAX_ROWS
@@ -446,12 +488,16 @@ class FP8Linear:
                  x_scale: torch.Tensor | None = None) -> torch.Tensor:
         """x [rows, K] -> [rows, N] in `out_dtype`. `x_scale`: x's E4M3 scale where its producer took it
         (gemv's x_scale); the one-row GEMV then skips its amax pass, the other paths take their own."""
+        weight_scales = self.inv_scale[:, None] if self.concatenated_rows else self.inv_scale
         if not x.is_cuda:
             q, inv = quantize_tensorwise(x)
-            return ((q.float() * inv) @ (self.weight.float() * self.inv_scale).t()).to(out_dtype)
+            return ((q.float() * inv) @ (self.weight.float() * weight_scales).t()).to(out_dtype)
         if self.uses_gemv(x.shape[0]):
             return gemv(x, self.weight, self.inv_scale, self.gemv, workspace=self.workspace,
                         x_scale=x_scale).to(out_dtype)
+        if self.concatenated_rows:
+            raise ValueError(f"a concatenated FP8 linear runs the one-row GEMV; {x.shape[0]} rows take its parts' "
+                             "_scaled_mm, one weight scale each")
         q, inv = quantize_activation(x)
         return scaled_mm(q, inv, self.weight.t(), self.inv_scale, out_dtype=out_dtype)
 
@@ -463,5 +509,5 @@ class FP8Linear:
             # The weight once from DRAM, the row once (its rereads by every program hit L2), float32 out; split-K
             # partials are written and read back once (from L2 mostly: counted as DRAM, an upper bound).
             partials = 2 * self.gemv.split_k * n * 4 if self.gemv.split_k > 1 else 0
-            return (Work(nbytes=n * k + rows * k * x_element_size + rows * n * 4 + partials, kernels=1),)
+            return (Work(nbytes=self.nbytes + rows * k * x_element_size + rows * n * 4 + partials, kernels=1),)
         return quantize_work(rows * k, x_element_size, aten=False)

@@ -23,6 +23,10 @@ Each operator runs its strategy's precision with the real path where this device
   gate's output, that launch also writes its E4M3 scale and the GEMV skips its own amax pass (the O
   projection's GEMV, fed by attention, still takes its own). On CPU, and for the float32 reference, the
   eager operators.
+- q, k and v, and gate and up, read one activation each: on CUDA each group runs as one linear where its
+  precisions stack (Linear.stacked: 16-bit weights concatenated; FP8 weights through one GEMV, each row
+  keeping its weight's scale), as vLLM's merged QKV and gate-up linears do, the 16-bit baseline too. NVFP4
+  weights stay apart (their GEMV takes one per-tensor scale).
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ from .strategies import LINEARS, UNQUANTIZED, Strategy
 
 KV_CACHE = {"bf16": "bf16", "fp16": "bf16", "fp32": "bf16", "fp8": "fp8", "nvfp4": "fp8k_nvfp4v"}
 QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("ffn_gate", "ffn_up")
+# Projections that read one activation, stacked into one linear on CUDA where their precisions allow.
+STACKED = {"qkv": QKV, "gate_up": GATE_UP}
 
 
 class FusedScales(NamedTuple):
@@ -63,6 +69,7 @@ class FusedScales(NamedTuple):
 # What a strategy's step runs on CUDA around its linears and attention, for a workload's signature.
 CUDA_FUSIONS = ("triton: residual add + rmsnorm, swiglu, one launch each, writing the e4m3 scale "
                 "the fp8 gemv reads")
+CUDA_STACKED = "q, k, v and gate, up projections stacked into one linear each where 16-bit or fp8 (one-row gemv)"
 
 
 @dataclass(frozen=True)
@@ -93,12 +100,14 @@ def _fp8_roundtrip(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Linear:
-    """One weight in the form its precision stores, and how to multiply by it."""
+    """One weight in the form its precision stores, and how to multiply by it; or weights that read one
+    activation stacked along their outputs (`parts`: each one's output width), multiplied as one."""
 
     precision: str
     weight: torch.Tensor | None = None  # 16-bit / fp32
     nvfp4: NVFP4Tensor | None = None
     fp8: FP8Linear | None = None
+    parts: tuple[int, ...] | None = None
 
     @classmethod
     def build(cls, w: torch.Tensor, precision: str, fp8_gemv: GemvChooser = gemv_config) -> Linear:
@@ -109,6 +118,31 @@ class Linear:
             return cls(precision, fp8=FP8Linear.build(w, fp8_gemv))
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         return cls(precision, weight=w.to(dtype))
+
+    @classmethod
+    def stacked(cls, parts: list[Linear], rows: int, fp8_gemv: GemvChooser = gemv_config) -> Linear | None:
+        """The parts as one linear, where they share a precision that stacks: 16-bit weights concatenated,
+        or FP8 weights whose one-row GEMV serves `rows` (FP8Linear.concatenated, each keeping its scale).
+        None otherwise (NVFP4: each weight has its own per-tensor scale, which its GEMV takes as one)."""
+        precision = parts[0].precision
+        widths = tuple(p.out_features for p in parts)
+        if any(p.precision != precision or p.parts is not None for p in parts):
+            return None
+        if precision in UNQUANTIZED:
+            return cls(precision, weight=torch.cat([p.weight for p in parts]), parts=widths)
+        if precision == "fp8" and all(p.fp8.uses_gemv(rows) for p in parts):
+            return cls(precision, fp8=FP8Linear.concatenated([p.fp8 for p in parts], fp8_gemv), parts=widths)
+        return None
+
+    @property
+    def out_features(self) -> int:
+        if self.nvfp4 is not None:
+            return self.nvfp4.shape[0]
+        return (self.fp8.weight if self.fp8 is not None else self.weight).shape[0]
+
+    def split(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A stacked linear's output as its parts' outputs (views), or (out,)."""
+        return out.split(self.parts, dim=-1) if self.parts is not None else (out,)
 
     @property
     def nbytes(self) -> int:
@@ -198,11 +232,14 @@ class DecodeStep:
     """The stack's decode step in one strategy's precisions (or in float32 with strategy None)."""
 
     def __init__(self, weights: Weights, shape: BlockShape, strategy: Strategy | None, cuda: CudaKernels | None,
-                 *, fp8_gemv: GemvChooser = gemv_config, fuse: bool = True, fp8_scales: bool = True):
+                 *, fp8_gemv: GemvChooser = gemv_config, fuse: bool = True, fp8_scales: bool = True,
+                 stack: bool = True):
         """`fp8_gemv(N, K)`: the one-row GEMV tile of each FP8 weight (a benchmark's choice; None: _scaled_mm).
         `fuse`: on CUDA a strategy's residual adds, norms and SwiGLU gates run fused (decode_fusions), where
         the activation is decode-sized; the float32 reference always runs eagerly. `fp8_scales`: the fused
-        launches hand a one-row FP8 GEMV its input's E4M3 scale (else the GEMV takes its own amax pass)."""
+        launches hand a one-row FP8 GEMV its input's E4M3 scale (else the GEMV takes its own amax pass).
+        `stack`: on CUDA a strategy's q, k and v, and its gate and up, run as one linear each where their
+        precisions stack (Linear.stacked: 16-bit, or FP8 on its one-row GEMV), as decode engines merge them."""
         self.shape, self.strategy, self.cuda = shape, strategy, cuda
         n = shape.layers
 
@@ -213,6 +250,9 @@ class DecodeStep:
             "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec("norm")]
         self.linears = [{op: Linear.build(lw[op], prec(op, i), fp8_gemv) for op in LINEARS}
                         for i, lw in enumerate(weights.layers)]
+        self.stacked = stack and strategy is not None and weights.x.is_cuda
+        if self.stacked:
+            self.linears = [_stack(layer, shape.batch, fp8_gemv) for layer in self.linears]
         self.norms = [(lw["norm1"], lw["norm2"]) for lw in weights.layers]
         self.final_norm = weights.norm
         self.head = weights.head.to(self.dtype)
@@ -234,9 +274,9 @@ class DecodeStep:
         self.fused = fuse and strategy is not None and weights.x.is_cuda and fused_ops.fits(shape.batch, shape.d)
         hand = self.fused and fp8_scales
         self._scales_for = [FusedScales(
-            attn=hand and any(lin[op].takes_fp8_scale(shape.batch) for op in QKV),
-            ffn=hand and any(lin[op].takes_fp8_scale(shape.batch) for op in GATE_UP),
-            down=hand and lin["ffn_down"].takes_fp8_scale(shape.batch)) for lin in self.linears]
+            attn=hand and any(lin.takes_fp8_scale(shape.batch) for lin in _computing(layer, QKV)),
+            ffn=hand and any(lin.takes_fp8_scale(shape.batch) for lin in _computing(layer, GATE_UP)),
+            down=hand and layer["ffn_down"].takes_fp8_scale(shape.batch)) for layer in self.linears]
 
     def work(self) -> tuple[Work, ...]:
         """The step's work for the hardware model (CUDA): torch's operators read off what the step
@@ -263,10 +303,10 @@ class DecodeStep:
             size = self.dtype.itemsize
             for i, layer in enumerate(self.linears):
                 before = self.linears[i - 1]["ffn_down"].out_size if i else None
+                gate, up = _computing(layer, GATE_UP, each=True)
                 custom += [fused_ops.add_rms_norm_work(s.batch, s.d, size, before),
                            fused_ops.add_rms_norm_work(s.batch, s.d, size, layer["o_proj"].out_size),
-                           fused_ops.swiglu_work(s.batch * s.ffn, layer["ffn_gate"].out_size,
-                                                 layer["ffn_up"].out_size, size)]
+                           fused_ops.swiglu_work(s.batch * s.ffn, gate.out_size, up.out_size, size)]
             custom.append(fused_ops.add_rms_norm_work(s.batch, s.d, size, self.linears[-1]["ffn_down"].out_size))
         return eager_work(self) + tuple(custom)
 
@@ -312,6 +352,11 @@ class DecodeStep:
             return fused_ops.swiglu(gate, up, self.dtype, workspace=self._swiglu_workspace if fp8_scale else None)
         return (F.silu(gate.float()) * up.float()).to(self.dtype), None
 
+    def _project(self, layer: dict[str, Linear], ops: tuple[str, ...], a: torch.Tensor,
+                 a_scale: torch.Tensor | None) -> list[torch.Tensor]:
+        """The outputs of `ops` (projections of one activation `a`), from their stacked linear or each its own."""
+        return [out for lin in _computing(layer, ops) for out in lin.split(lin(a, self.cuda, a_scale))]
+
     def __call__(self) -> torch.Tensor:
         """Logits [batch, vocab] of the next token."""
         s = self.shape
@@ -319,17 +364,35 @@ class DecodeStep:
         for i, lin in enumerate(self.linears):
             scales = self._scales_for[i]
             h, a, a_scale = self._add_norm(h, delta, self.norms[i][0], scales.attn)
-            q = lin["q_proj"](a, self.cuda, a_scale).float().view(s.batch, s.heads, s.head_dim)
-            lin["k_proj"](a, self.cuda, a_scale)  # the new token's K and V, for the caller to append
-            lin["v_proj"](a, self.cuda, a_scale)
+            q, _, _ = self._project(lin, QKV, a, a_scale)  # the new token's K and V: for the caller to append
+            q = q.float().reshape(s.batch, s.heads, s.head_dim)
             att = self._attend(q, i).reshape(s.batch, s.d).to(self.dtype)
             h, a, a_scale = self._add_norm(h, lin["o_proj"](att, self.cuda), self.norms[i][1], scales.ffn)
-            gate = lin["ffn_gate"](a, self.cuda, a_scale)
-            up = lin["ffn_up"](a, self.cuda, a_scale)
+            gate, up = self._project(lin, GATE_UP, a, a_scale)
             y, y_scale = self._swiglu(gate, up, scales.down)
             delta = lin["ffn_down"](y, self.cuda, y_scale)
         _, a, _ = self._add_norm(h, delta, self.final_norm, False)
         return F.linear(a, self.head).float()
+
+
+def _stack(layer: dict[str, Linear], rows: int, fp8_gemv: GemvChooser) -> dict[str, Linear]:
+    """A layer's linears with each STACKED group as one linear (its name) where Linear.stacked can."""
+    out = dict(layer)
+    for name, ops in STACKED.items():
+        stacked = Linear.stacked([layer[op] for op in ops], rows, fp8_gemv)
+        if stacked is not None:
+            for op in ops:
+                del out[op]
+            out[name] = stacked
+    return out
+
+
+def _computing(layer: dict[str, Linear], ops: tuple[str, ...], *, each: bool = False) -> list[Linear]:
+    """The linears that compute `ops`: their stacked one, or each op's own; `each`: one entry per op."""
+    for name, group in STACKED.items():
+        if group == ops and name in layer:
+            return [layer[name]] * len(ops) if each else [layer[name]]
+    return [layer[op] for op in ops]
 
 
 def logit_errors(reference: torch.Tensor, got: torch.Tensor) -> dict[str, float]:

@@ -9,8 +9,9 @@ a strategy's FP8 linears must run the one-row Triton GEMV (which quantizes its a
 and no cuBLAS FP8 GEMM, an FP8 q its one-launch quantizer (lowprec_workloads/fp8_linear.py), and NVFP4
 activations their one-launch round trip (lowprec_workloads/nvfp4_activation.py).
 On a GPU both sides of the speed test, the 16-bit step too, run their residual adds, norms and SwiGLU
-gates fused (lowprec_workloads/decode_fusions.py), as a decode engine runs them; the kernel proof
-checks both sides for the fused kernels.
+gates fused (lowprec_workloads/decode_fusions.py), and their q, k, v and gate, up projections stacked
+into one linear each where the precision allows (16-bit, FP8), as a decode engine runs them; the kernel
+proof checks both sides for the fused kernels.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ import torch
 from lowprec_workloads.fp8_linear import CUDA_PATH
 from lowprec_workloads.nvfp4_activation import CUDA_PATH as NVFP4_ACTIVATION_PATH
 from lowprec_workloads.strategies import LINEARS, builtin_strategies, custom
-from lowprec_workloads.transformer_block import CUDA_FUSIONS, LARGE, SMALL, DecodeStep, Weights, logit_errors
+from lowprec_workloads.transformer_block import (
+    CUDA_FUSIONS,
+    CUDA_STACKED,
+    LARGE,
+    SMALL,
+    DecodeStep,
+    Weights,
+    logit_errors,
+)
 from pytest_lowprec.formats.metrics import sqnr_db
 
 SHAPES = [pytest.param(SMALL, id="small"),
@@ -92,6 +101,8 @@ def test_strategy(lowprec, strategy, shape, drawn):
     step = DecodeStep(weights, shape, strategy, cuda)
     if step.fused:
         lowprec.signature(fusions=CUDA_FUSIONS)
+    if step.stacked:
+        lowprec.signature(stacked=CUDA_STACKED)
     logits = step()
     errors = logit_errors(reference, logits)
     lowprec.accuracy("sqnr_db", sqnr_db(reference, logits), min=MIN_SQNR_DB[strategy.name])

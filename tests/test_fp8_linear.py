@@ -111,6 +111,13 @@ def _inputs() -> dict:
             x_nan = x.clone()
             x_nan[0, 7] = math.nan
             job["gemv"]["gemv-nan"] = (x_nan, w8, w_inv, tuple(vars(GEMV_TILES["dot-16x64"]).values()))
+            # A second weight of another scale read by the same x, alone and stacked under the first (one
+            # scale a row): the stacked GEMV's outputs are the two GEMVs' side by side.
+            w8_b, w_inv_b = quantize_tensorwise(5 * torch.randn(24, k, generator=g))
+            stacked = (torch.cat([w8, w8_b]), torch.cat([w_inv.expand(n), w_inv_b.expand(24)]))
+            for tile_name, tile in GEMV_TILES.items():
+                job["gemv"][f"gemv-{tile_name}-second-weight"] = (x, w8_b, w_inv_b, tuple(vars(tile).values()))
+                job["gemv"][f"gemv-{tile_name}-stacked"] = (x, *stacked, tuple(vars(tile).values()))
     return job
 
 
@@ -216,6 +223,15 @@ def test_gemv_quantizes_its_input_with_the_scale_it_is_given(interpreted, tile):
 
 
 @interpreter
+@pytest.mark.parametrize("tile", sorted(GEMV_TILES))
+def test_gemv_of_stacked_weights_gives_each_weights_own_gemv_bits_side_by_side(interpreted, tile):
+    _, out = interpreted
+    first, second = out[f"gemv-{tile}-40x300"][0], out[f"gemv-{tile}-second-weight"][0]
+    assert torch.isfinite(first).all() and torch.isfinite(second).all()
+    assert torch.equal(out[f"gemv-{tile}-stacked"][0], torch.cat([first, second], dim=1))
+
+
+@interpreter
 def test_gemv_of_an_activation_holding_nan_is_nan_everywhere_as_the_reference(interpreted):
     job, out = interpreted
     x, w8, w_inv, _ = job["gemv"]["gemv-nan"]
@@ -250,6 +266,15 @@ def test_gemv_refuses_a_scale_that_is_not_one_float32_on_xs_device():
         gemv(x, weight, inv, config, x_scale=torch.ones(()))
 
 
+def test_gemv_refuses_weight_scales_that_are_neither_one_nor_one_a_row():
+    from lowprec_workloads.fp8_linear import gemv
+
+    x, weight = torch.randn(1, 64, device="meta"), torch.empty(16, 64, dtype=torch.float8_e4m3fn, device="meta")
+    refused = "inv_scale is float32, 0-d or one per output row \\(16\\).* got torch.float32 \\(8,\\)"
+    with pytest.raises(ValueError, match=refused):
+        gemv(x, weight, torch.ones(8, device="meta"), GemvConfig("dot", 16, 64))
+
+
 def test_quantizer_is_eager_on_the_cpu_one_program_for_decode_rows_and_two_pass_for_a_prefill():
     assert quantizer(4096 * 4096, on_cuda=False) == "eager"
     assert quantizer(4 * 14336, on_cuda=True) == "triton-one-program"
@@ -277,7 +302,7 @@ def test_fp8_linear_declares_one_gemv_launch_for_one_row_and_its_quantizer_for_m
     layer = FP8Linear.build(torch.randn(32, 64))
     assert layer.uses_gemv(1) and not layer.uses_gemv(GEMV_MAX_ROWS + 1)
     (gemv_work,) = layer.kernel_work(1, 4)
-    assert gemv_work.kernels == 1 and gemv_work.nbytes == 32 * 64 + 64 * 4 + 32 * 4
+    assert gemv_work.kernels == 1 and gemv_work.nbytes == 32 * 64 + 4 + 64 * 4 + 32 * 4
     (split_work,) = FP8Linear.build(torch.randn(32, 64), gemv=lambda n, k: GemvConfig("dot", 16, 32, split_k=2)
                                     ).kernel_work(1, 4)
     assert split_work.kernels == 1 and split_work.nbytes == gemv_work.nbytes + 2 * 2 * 32 * 4
@@ -286,7 +311,30 @@ def test_fp8_linear_declares_one_gemv_launch_for_one_row_and_its_quantizer_for_m
     assert not FP8Linear.build(torch.randn(32, 64), gemv=lambda n, k: None).uses_gemv(1)
 
 
+def test_concatenated_fp8_linear_keeps_each_weights_codes_and_scale_row_by_row():
+    g = torch.Generator().manual_seed(5)
+    parts = [FP8Linear.build(scale * torch.randn(n, 64, generator=g)) for n, scale in ((48, 1.0), (16, 30.0))]
+    stacked = FP8Linear.concatenated(parts)
+    assert torch.equal(stacked.weight.view(torch.uint8), torch.cat([p.weight for p in parts]).view(torch.uint8))
+    assert torch.equal(stacked.inv_scale, torch.cat([parts[0].inv_scale.expand(48), parts[1].inv_scale.expand(16)]))
+    assert stacked.nbytes == 64 * 64 + 64 * 4  # the codes, and a scale a row
+    x = torch.randn(1, 64, generator=g)
+    assert torch.allclose(stacked(x), torch.cat([p(x) for p in parts], dim=1), rtol=1e-6, atol=0)
+
+
+def test_concatenated_fp8_linear_refuses_weights_of_other_input_widths():
+    with pytest.raises(ValueError, match="one input width, got \\[\\(16, 64\\), \\(16, 32\\)\\]"):
+        FP8Linear.concatenated([FP8Linear.build(torch.randn(16, 64)), FP8Linear.build(torch.randn(16, 32))])
+
+
 # -- on a GPU ------------------------------------------------------------------------------------
+@needs_cuda
+def test_concatenated_fp8_linear_refuses_more_rows_than_its_gemv_takes():
+    stacked = FP8Linear.concatenated([FP8Linear.build(torch.randn(16, 64, device="cuda"))] * 2)
+    with pytest.raises(ValueError, match="a concatenated FP8 linear runs the one-row GEMV; 2 rows"):
+        stacked(torch.randn(2, 64, device="cuda"))
+
+
 @needs_cuda
 @pytest.mark.parametrize("edge", sorted(edge_rows()))
 def test_quantize_activation_on_cuda_gives_the_reference_bits(edge):
