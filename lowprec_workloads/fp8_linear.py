@@ -203,10 +203,13 @@ def _activation_scale(x_ptr, numel, X_BLOCK: tl.constexpr, X_STEPS: tl.constexpr
 
 @triton.jit
 def _weight_inv(w_inv_ptr, n, N, ROW_SCALES: tl.constexpr):
-    """The weight's inverse scale for outputs n: one per tensor, or one per output row (a concatenated weight)."""
+    """The weight's inverse scale for outputs n: one per output row (a concatenated weight), or the tensor's one
+    read by every lane (Triton 3.6 will not compile a function returning a scalar on one path, a vector on another)."""
     if ROW_SCALES:
-        return tl.load(w_inv_ptr + n, mask=n < N, other=0.0)
-    return tl.load(w_inv_ptr)
+        inv = tl.load(w_inv_ptr + n, mask=n < N, other=0.0)
+    else:
+        inv = tl.load(w_inv_ptr + tl.zeros_like(n))
+    return inv
 
 
 @triton.jit

@@ -52,11 +52,12 @@ def fits(numel: int) -> bool:
 @triton.jit
 def _e2m1_value(code):
     """The float32 value of an E2M1 code (sign in bit 3; magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6), as
-    minifloat.E2M1's table gives it: code 8 is -0.0."""
+    minifloat.E2M1's table gives it: code 8 is -0.0. The sign goes in as a bit: Triton 3.6 negates as 0 - x,
+    which turns -0.0 into +0.0."""
     c = code & 7
     magnitude = tl.where(c < 4, c.to(tl.float32) * 0.5,
                          tl.where(c < 6, (c - 2).to(tl.float32), tl.where(c == 6, 4.0, 6.0)))
-    return tl.where((code & 8) != 0, -magnitude, magnitude)
+    return (magnitude.to(tl.int32, bitcast=True) | ((code & 8) << 28)).to(tl.float32, bitcast=True)
 
 
 @triton.jit

@@ -213,8 +213,10 @@ def gemm_tiled_interpreted(a: NVFP4Tensor | torch.Tensor, b: NVFP4Tensor, config
 class CudaKernels:
     """kernels/nvfp4_gemm.cu, built for `device` on first use."""
 
-    def __init__(self, device: torch.device):
-        self.device = torch.device(device)
+    def __init__(self, device: torch.device | str):
+        """`device` a CUDA device; without an index ("cuda"), the current one (the kernels take its index)."""
+        device = torch.device(device)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if device.index is None else device
         capability = torch.cuda.get_device_capability(self.device)
         self._lib = kernels.load("nvfp4_gemm", capability, SIGNATURES)
 
