@@ -92,3 +92,13 @@ def test_a_k_the_tensor_core_kernel_does_not_take_goes_to_the_tiled_kernel():
     x = torch.randn(rows, k, generator=torch.Generator(device="cpu").manual_seed(5)).bfloat16().cuda()
     out = linear(x, prepared, cuda, torch.full((rows, n), float("nan"), device="cuda"))
     assert rel_l2(x.double() @ w.dequantize(torch.float64).T, out.double()) < 1e-5
+
+
+@needs_cuda
+def test_cuda_kernels_built_for_a_device_without_an_index_run_on_the_current_one():
+    cuda = CudaKernels(torch.device("cuda"))
+    assert cuda.device == torch.device("cuda", torch.cuda.current_device())
+    w = quantize_nvfp4(torch.randn(64, 128, device="cuda").bfloat16())
+    x = torch.randn(1, 128, device="cuda").bfloat16()
+    out = cuda.gemv(x, w, torch.empty(1, 64, device="cuda"))
+    assert torch.allclose(out, x.float() @ w.dequantize().float().t(), rtol=1e-3, atol=1e-3)
