@@ -23,16 +23,16 @@ Each operator runs its strategy's precision with the real path where this device
   gate's output, that launch also writes its E4M3 scale and the GEMV skips its own amax pass (the O
   projection's GEMV, fed by attention, still takes its own). On CPU, and for the float32 reference, the
   eager operators.
-- q, k and v, and gate and up, read one activation each: on CUDA each group runs as one linear where its
-  precisions stack (Linear.stacked: 16-bit weights concatenated; FP8 weights through one GEMV, each row
-  keeping its weight's scale), as vLLM's merged QKV and gate-up linears do, the 16-bit baseline too. NVFP4
-  weights stay apart (their GEMV takes one per-tensor scale).
+- q, k and v, and gate and up, read one activation each: on CUDA each group runs as one linear where the
+  layer gives them one precision (Linear.stacked: 16-bit weights concatenated; FP8 weights through one GEMV,
+  each row keeping its weight's scale; NVFP4 weights quantized as one tensor), as vLLM's merged QKV and
+  gate-up linears do, the 16-bit baseline too.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -69,7 +69,8 @@ class FusedScales(NamedTuple):
 # What a strategy's step runs on CUDA around its linears and attention, for a workload's signature.
 CUDA_FUSIONS = ("triton: residual add + rmsnorm, swiglu, one launch each, writing the e4m3 scale "
                 "the fp8 gemv reads")
-CUDA_STACKED = "q, k, v and gate, up projections stacked into one linear each where 16-bit or fp8 (one-row gemv)"
+CUDA_STACKED = ("q, k, v and gate, up projections stacked into one linear each (fp8: one-row gemv, a scale per "
+                "weight; nvfp4: one tensor)")
 
 
 @dataclass(frozen=True)
@@ -120,25 +121,20 @@ class Linear:
         return cls(precision, weight=w.to(dtype))
 
     @classmethod
-    def stacked(cls, parts: list[Linear], rows: int, fp8_gemv: GemvChooser = gemv_config) -> Linear | None:
-        """The parts as one linear, where they share a precision that stacks: 16-bit weights concatenated,
-        or FP8 weights whose one-row GEMV serves `rows` (FP8Linear.concatenated, each keeping its scale).
-        None otherwise (NVFP4: each weight has its own per-tensor scale, which its GEMV takes as one)."""
-        precision = parts[0].precision
-        widths = tuple(p.out_features for p in parts)
-        if any(p.precision != precision or p.parts is not None for p in parts):
-            return None
-        if precision in UNQUANTIZED:
-            return cls(precision, weight=torch.cat([p.weight for p in parts]), parts=widths)
-        if precision == "fp8" and all(p.fp8.uses_gemv(rows) for p in parts):
-            return cls(precision, fp8=FP8Linear.concatenated([p.fp8 for p in parts], fp8_gemv), parts=widths)
-        return None
-
-    @property
-    def out_features(self) -> int:
-        if self.nvfp4 is not None:
-            return self.nvfp4.shape[0]
-        return (self.fp8.weight if self.fp8 is not None else self.weight).shape[0]
+    def stacked(cls, weights: list[torch.Tensor], precision: str, rows: int,
+                fp8_gemv: GemvChooser = gemv_config) -> Linear | None:
+        """Weights that read one activation as one linear in `precision`, called on `rows` rows: 16-bit
+        weights concatenated; FP8 weights through one GEMV, each keeping its own tensorwise scale
+        (FP8Linear.concatenated); NVFP4 weights quantized as one tensor, one per-tensor scale over the stack
+        (the NVFP4 GEMV takes one; the 1x16 blocks' E4M3 scales still follow each weight's magnitudes). None
+        for FP8 on more rows than its GEMV takes: _scaled_mm takes one weight scale."""
+        widths = tuple(w.shape[0] for w in weights)
+        if precision == "fp8":
+            parts = [FP8Linear.build(w, fp8_gemv) for w in weights]
+            if not all(p.uses_gemv(rows) for p in parts):
+                return None
+            return cls(precision, fp8=FP8Linear.concatenated(parts, fp8_gemv), parts=widths)
+        return replace(cls.build(torch.cat(weights), precision, fp8_gemv), parts=widths)
 
     def split(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """A stacked linear's output as its parts' outputs (views), or (out,)."""
@@ -239,7 +235,7 @@ class DecodeStep:
         the activation is decode-sized; the float32 reference always runs eagerly. `fp8_scales`: the fused
         launches hand a one-row FP8 GEMV its input's E4M3 scale (else the GEMV takes its own amax pass).
         `stack`: on CUDA a strategy's q, k and v, and its gate and up, run as one linear each where their
-        precisions stack (Linear.stacked: 16-bit, or FP8 on its one-row GEMV), as decode engines merge them."""
+        layer gives them one precision (Linear.stacked; FP8 only on its one-row GEMV), as decode engines merge them."""
         self.shape, self.strategy, self.cuda = shape, strategy, cuda
         n = shape.layers
 
@@ -248,11 +244,18 @@ class DecodeStep:
 
         self.dtype = torch.float32 if strategy is None else {
             "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec("norm")]
-        self.linears = [{op: Linear.build(lw[op], prec(op, i), fp8_gemv) for op in LINEARS}
-                        for i, lw in enumerate(weights.layers)]
         self.stacked = stack and strategy is not None and weights.x.is_cuda
-        if self.stacked:
-            self.linears = [_stack(layer, shape.batch, fp8_gemv) for layer in self.linears]
+        self.linears = []
+        for i, lw in enumerate(weights.layers):
+            layer = {}
+            for name, ops in STACKED.items():
+                precisions = {prec(op, i) for op in ops}
+                one = (Linear.stacked([lw[op] for op in ops], precisions.pop(), shape.batch, fp8_gemv)
+                       if self.stacked and len(precisions) == 1 else None)
+                layer.update({name: one} if one is not None else
+                             {op: Linear.build(lw[op], prec(op, i), fp8_gemv) for op in ops})
+            layer.update({op: Linear.build(lw[op], prec(op, i), fp8_gemv) for op in LINEARS if op not in QKV + GATE_UP})
+            self.linears.append(layer)
         self.norms = [(lw["norm1"], lw["norm2"]) for lw in weights.layers]
         self.final_norm = weights.norm
         self.head = weights.head.to(self.dtype)
@@ -373,18 +376,6 @@ class DecodeStep:
             delta = lin["ffn_down"](y, self.cuda, y_scale)
         _, a, _ = self._add_norm(h, delta, self.final_norm, False)
         return F.linear(a, self.head).float()
-
-
-def _stack(layer: dict[str, Linear], rows: int, fp8_gemv: GemvChooser) -> dict[str, Linear]:
-    """A layer's linears with each STACKED group as one linear (its name) where Linear.stacked can."""
-    out = dict(layer)
-    for name, ops in STACKED.items():
-        stacked = Linear.stacked([layer[op] for op in ops], rows, fp8_gemv)
-        if stacked is not None:
-            for op in ops:
-                del out[op]
-            out[name] = stacked
-    return out
 
 
 def _computing(layer: dict[str, Linear], ops: tuple[str, ...], *, each: bool = False) -> list[Linear]:
