@@ -84,6 +84,18 @@ def test_the_noise_cap_applies_only_when_recording():
     assert not speed(summary(1.6, noise=0.2), noise_cap=0.05).failed
 
 
+def test_a_failure_measured_noisier_than_a_recording_may_be_is_flagged_noisy_and_still_fails():
+    v = speed(summary(1.2, noise=0.35), floor=1.5, noise_cap=0.05)
+    assert v.failed and "noisy" in v.flags
+    assert "noisy: the pairs' noise is 35.0%, over the 5% a recording may carry" in v.reasons[-1]
+    assert "run the test again, alone" in v.reasons[-1]
+
+
+def test_a_quiet_failure_or_a_noisy_pass_is_not_flagged_noisy():
+    assert "noisy" not in speed(summary(1.2, noise=0.01), floor=1.5, noise_cap=0.05).flags
+    assert "noisy" not in speed(summary(1.6, noise=0.35), floor=1.5, noise_cap=0.05).flags
+
+
 def test_both_sides_ms_and_their_change_against_the_baseline_ride_with_the_verdict():
     base = BaselineView("ok", "h100", value=1.60, noise=0.01, recorded="d", sides_ms=(1.0, 0.625))
     v = speed(summary(1.60), base=base, sides_ms=(1.1, 0.6875))
