@@ -464,9 +464,10 @@ class FP8Linear:
     @classmethod
     def concatenated(cls, parts: list[FP8Linear], gemv: GemvChooser = gemv_config) -> FP8Linear:
         """The parts' weights stacked along N (inputs alike), each row keeping its part's inverse scale: one
-        GEMV gives every part's outputs, side by side, with the bits each part's own GEMV gives (the same
-        quantized weights and products; gemv(N, K) picks the tile for the stacked shape). One row only:
-        torch._scaled_mm takes one weight scale, so more rows call the parts."""
+        GEMV gives every part's outputs, side by side, with the bits each part's own GEMV gives under the same
+        tile (the same quantized weights and products; gemv(N, K) picks the tile for the stacked shape, whose
+        split of K may differ, and with it the order of the float32 sums). One row only: torch._scaled_mm takes
+        one weight scale, so more rows call the parts."""
         if len({p.weight.shape[1] for p in parts}) != 1 or any(p.inv_scale.ndim for p in parts):
             raise ValueError("FP8Linear.concatenated stacks tensorwise-scaled weights of one input width, got "
                              f"{[tuple(p.weight.shape) for p in parts]} with scales of shapes "

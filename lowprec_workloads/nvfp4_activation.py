@@ -4,10 +4,11 @@ blocks, an E4M3 scale a block, a float32 scale the tensor) and dequantized to bf
 Hopper has no FP4 tensor cores, so the `nvfp4` strategy's linears (NVFP4 weights and activations) multiply
 the activation's NVFP4 values in bfloat16: quantize, dequantize, then the NVFP4-weight GEMV. Eagerly that is
 quantize_nvfp4 and NVFP4Tensor.dequantize, 92 ATen operators a linear over a few kilobytes each; an H200
-ran the nvfp4_weights decode step (14 linears) in 2.23 ms where the same step with 16-bit activations took
-0.31 ms (2026-12-02, CUDA-graph replays). Here one launch does it. Every program takes the tensor's
-amax (each rereads the activation's magnitudes, a few kilobytes from L2, as fp8_linear's GEMV does for its
-E4M3 scale), then quantizes and dequantizes _CHUNK elements.
+ran the nvfp4_weights decode step (14 linears, an FP8 KV cache) in 2.23 ms where w4a16's (the same weights,
+16-bit activations, a BF16 cache) took 0.31 ms (2026-12-02, CUDA-graph replays); with this launch, 0.30 ms.
+Here one launch does it. Every program takes the tensor's amax (each rereads the activation's magnitudes, a
+few kilobytes from L2, as fp8_linear's GEMV does for its E4M3 scale), then quantizes and dequantizes _CHUNK
+elements.
 
 The arithmetic is the reference's, step by step in float32 (nvfp4.py's docstring): the per-tensor scales
 with IEEE divisions, the block scale's E4M3 rounding, TransformerEngine's E2M1 ties (triton_quant's
@@ -28,7 +29,7 @@ import triton
 import triton.language as tl
 
 from pytest_lowprec.formats.nvfp4 import BLOCK, FLT_MAX
-from pytest_lowprec.formats.triton_quant import _ONE_SIXTH, _bf16_value, _e2m1_codes, _magnitude_bits
+from pytest_lowprec.formats.triton_quant import _ONE_SIXTH, _bf16_value, _e2m1_codes, _e2m1_value, _magnitude_bits
 from pytest_lowprec.roofline import Work
 
 from .fp8_linear import _e4m3_values
@@ -47,17 +48,6 @@ _CHUNK = 1024
 def fits(numel: int) -> bool:
     """Whether an activation of `numel` elements takes the one-launch round trip."""
     return 0 < numel <= MAX_ELEMENTS
-
-
-@triton.jit
-def _e2m1_value(code):
-    """The float32 value of an E2M1 code (sign in bit 3; magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6), as
-    minifloat.E2M1's table gives it: code 8 is -0.0. The sign goes in as a bit: Triton 3.6 negates as 0 - x,
-    which turns -0.0 into +0.0."""
-    c = code & 7
-    magnitude = tl.where(c < 4, c.to(tl.float32) * 0.5,
-                         tl.where(c < 6, (c - 2).to(tl.float32), tl.where(c == 6, 4.0, 6.0)))
-    return (magnitude.to(tl.int32, bitcast=True) | ((code & 8) << 28)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -97,8 +87,9 @@ def _nvfp4_roundtrip_kernel(x_ptr, out_ptr, numel, CHUNK: tl.constexpr, X_BLOCK:
 
 
 def nvfp4_roundtrip(x: torch.Tensor) -> torch.Tensor:
-    """quantize_nvfp4(x).dequantize() rounded to bfloat16, in one launch: x a bfloat16 tensor of up to
-    MAX_ELEMENTS elements whose last dimension is a multiple of 16, on CUDA (or under TRITON_INTERPRET=1)."""
+    """quantize_nvfp4(x, check_finite=False).dequantize() rounded to bfloat16, in one launch: x a bfloat16
+    tensor of up to MAX_ELEMENTS elements whose last dimension is a multiple of 16, on CUDA (or under
+    TRITON_INTERPRET=1)."""
     if x.dtype != torch.bfloat16 or x.ndim == 0 or x.shape[-1] % BLOCK or not fits(x.numel()):
         raise ValueError(f"nvfp4_roundtrip takes a bfloat16 tensor of 1 to {MAX_ELEMENTS} elements whose last "
                          f"dimension is a multiple of {BLOCK}, got {x.dtype} {tuple(x.shape)}; "

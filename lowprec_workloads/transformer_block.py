@@ -128,14 +128,18 @@ class Linear:
         own tensorwise scale (FP8Linear.concatenated). None where that cannot be: FP8 on more rows than its
         GEMV takes (_scaled_mm takes one weight scale), and NVFP4, whose kernels take one per-tensor scale
         (quantizing the stack as one tensor rounds other block scales: on an H200, 2026-12-02, it moved the
-        small layerwise step's next-token KL from 0.076 to 0.159 nats, past its 0.15 bound)."""
+        small layerwise step's next-token KL from 0.076 to 0.159 nats, past its 0.15 bound). A stacked
+        output's parts are views: at one row contiguous, at more (gate, up) each a copy where a kernel needs
+        contiguous input (the fused SwiGLU), which the step's declared work counts."""
         widths = tuple(w.shape[0] for w in weights)
         if precision in UNQUANTIZED:
             return replace(cls.build(torch.cat(weights), precision, fp8_gemv), parts=widths)
         if precision == "fp8":
             parts = [FP8Linear.build(w, fp8_gemv) for w in weights]
             if all(p.uses_gemv(rows) for p in parts):
-                return cls(precision, fp8=FP8Linear.concatenated(parts, fp8_gemv), parts=widths)
+                stacked = FP8Linear.concatenated(parts, fp8_gemv)
+                if stacked.uses_gemv(rows):  # a chooser may give the stacked shape no GEMV
+                    return cls(precision, fp8=stacked, parts=widths)
         return None
 
     def split(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:

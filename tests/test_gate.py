@@ -96,6 +96,11 @@ def test_a_quiet_failure_or_a_noisy_pass_is_not_flagged_noisy():
     assert "noisy" not in speed(summary(1.6, noise=0.35), floor=1.5, noise_cap=0.05).flags
 
 
+def test_a_noisy_measurement_that_fails_for_a_missing_baseline_under_strict_is_not_called_noisy():
+    v = speed(summary(1.6, noise=0.35), floor=1.5, base=MISSING, strict=True, noise_cap=0.05)
+    assert v.failed and "noisy" not in v.flags and not any(r.startswith("noisy") for r in v.reasons)
+
+
 def test_both_sides_ms_and_their_change_against_the_baseline_ride_with_the_verdict():
     base = BaselineView("ok", "h100", value=1.60, noise=0.01, recorded="d", sides_ms=(1.0, 0.625))
     v = speed(summary(1.60), base=base, sides_ms=(1.1, 0.6875))

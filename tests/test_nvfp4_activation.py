@@ -23,11 +23,14 @@ def _cases() -> dict[str, torch.Tensor]:
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g)
 
-    nan, inf = randn(1, 64), randn(1, 64)
+    nan, inf, negative_zeros = randn(1, 64), randn(1, 64), randn(1, 64)
     nan[0, 3], inf[0, 20] = float("nan"), float("-inf")
+    negative_zeros[0, 16:32] = -0.0  # a block of -0.0, and -0.0 beside values
+    negative_zeros[0, 40] = -0.0
     cases = {
         "one-row-4096": randn(1, 4096),
-        "one-row-14336": randn(1, 14336) * 7,  # 14 programs, the last one partly masked
+        "one-row-14336": randn(1, 14336) * 7,  # 14 programs; the last step of the amax pass partly masked
+        "the-largest-it-takes": randn(4, 16384),  # MAX_ELEMENTS: 64 programs, a 16-step amax pass
         "rows": randn(3, 1040) * 5,  # blocks never cross a row; 3120 elements, one partial program
         "zeros": torch.zeros(1, 64),  # global scale 1, every block scale 0
         # amax under 2688 / FLT_MAX: the largest finite encode scale, subnormal values and decode scale
@@ -36,6 +39,7 @@ def _cases() -> dict[str, torch.Tensor]:
         "blocks-of-far-apart-magnitudes": torch.cat([randn(1, 32) * 1e-6, randn(1, 32) * 1e4], 1),
         "nan": nan,
         "inf": inf,
+        "negative-zeros": negative_zeros,
     }
     return {name: x.to(torch.bfloat16) for name, x in cases.items()}
 

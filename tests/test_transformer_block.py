@@ -49,6 +49,16 @@ def test_fp8_weights_are_not_stacked_for_more_rows_than_the_gemv_takes():
     assert Linear.stacked(_weights(48, 16), "fp8", rows=2) is None  # _scaled_mm takes one weight scale
 
 
+def test_fp8_weights_are_not_stacked_where_the_chooser_gives_the_stack_no_gemv():
+    """A benchmark's chooser measured the weights' own shapes only: the stack would have no one-row kernel."""
+    from lowprec_workloads.fp8_linear import gemv_config
+
+    def own_shapes_only(n, k):
+        return gemv_config(n, k) if n in (48, 16) else None
+
+    assert Linear.stacked(_weights(48, 16), "fp8", rows=1, fp8_gemv=own_shapes_only) is None
+
+
 @pytest.mark.parametrize("precision", ["w4a16", "nvfp4"])
 def test_nvfp4_weights_are_not_stacked(precision):
     """Their kernels take one per-tensor scale: a stack would be quantized otherwise than its weights alone."""
@@ -75,13 +85,33 @@ def _gpu_step(strategy: str, **options):
 
 
 @needs_cuda
-@pytest.mark.parametrize("strategy", ["fp16_baseline", "fp8_balanced"])
-def test_stacked_decode_step_gives_the_separate_steps_logits_on_cuda(strategy):
-    stacked, apart = _gpu_step(strategy), _gpu_step(strategy, stack=False)
+def test_stacked_16_bit_decode_step_gives_the_separate_steps_logits_on_cuda():
+    stacked, apart = _gpu_step("fp16_baseline"), _gpu_step("fp16_baseline", stack=False)
     assert stacked.stacked and not apart.stacked
     assert {"qkv", "gate_up"} <= set(stacked.linears[0]) and "q_proj" in apart.linears[0]
-    # The same quantized weights; the stacked FP8 GEMV splits K by its own shape, its float32 sums in another order.
+    # cuBLAS may pick another algorithm for the stacked shape: its sums in another order.
     assert (stacked() - apart()).abs().max() <= 1e-2 * apart().std()
+
+
+@needs_cuda
+def test_stacked_fp8_decode_step_gives_the_separate_steps_bits_on_cuda():
+    """At d=512 every FP8 GEMV, stacked or not, takes the same unsplit tile: the same sums, the same bits."""
+    assert torch.equal(_gpu_step("fp8_balanced")(), _gpu_step("fp8_balanced", stack=False)())
+
+
+@needs_cuda
+def test_stacked_fp8_gemv_gives_each_weights_own_gemv_bits_under_one_tile_on_cuda():
+    """The hardware's E4M3 rounding and wgmma sums, split K and promoted, as the large step runs them."""
+    from lowprec_workloads.fp8_linear import GemvConfig
+
+    def tile(n, k):
+        return GemvConfig("dot", 64, 256, 4, 3, split_k=4, promote_k=128)
+
+    weights = [w.cuda() for w in _weights(4096, 1024, 1024, k=4096)]
+    x = torch.randn(1, 4096, generator=torch.Generator().manual_seed(33)).cuda()
+    stacked = Linear.stacked(weights, "fp8", rows=1, fp8_gemv=tile)
+    alone = [Linear.build(w, "fp8", tile)(x, None) for w in weights]
+    assert torch.equal(stacked(x, None), torch.cat(alone, dim=1))
 
 
 @needs_cuda

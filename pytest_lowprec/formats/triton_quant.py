@@ -78,6 +78,17 @@ def _e2m1_codes(scaled):
     return code | tl.where(scaled < 0, 8, 0)
 
 
+@triton.jit
+def _e2m1_value(code):
+    """The float32 value of an E2M1 code (sign in bit 3; magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6), as
+    minifloat.E2M1's table gives it: code 8 is -0.0. The sign goes in as a bit: Triton 3.6 negates as 0 - x,
+    which turns -0.0 into +0.0."""
+    c = code & 7
+    magnitude = tl.where(c < 4, c.to(tl.float32) * 0.5,
+                         tl.where(c < 6, (c - 2).to(tl.float32), tl.where(c == 6, 4.0, 6.0)))
+    return (magnitude.to(tl.int32, bitcast=True) | ((code & 8) << 28)).to(tl.float32, bitcast=True)
+
+
 @triton.autotune(
     configs=[triton.Config({"BLOCK_M": m, "BLOCKS_N": n}, num_warps=w)
              for m, n, w in ((16, 16, 4), (32, 16, 4), (32, 16, 8), (64, 16, 8), (16, 32, 4),
