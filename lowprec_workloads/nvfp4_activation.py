@@ -32,7 +32,7 @@ from pytest_lowprec.formats.nvfp4 import BLOCK, FLT_MAX
 from pytest_lowprec.formats.triton_quant import _ONE_SIXTH, _bf16_value, _e2m1_codes, _e2m1_value, _magnitude_bits
 from pytest_lowprec.roofline import Work
 
-from .fp8_linear import _e4m3_values
+from .fp8_linear import _amax_pass, _e4m3_values
 from .interpreted import interpreting, mend_interpreter_scalars, run_interpreted
 
 # What runs on CUDA, for a workload's signature (a baseline recorded on the eager quantizer is stale).
@@ -40,7 +40,6 @@ CUDA_PATH = "triton: nvfp4 quantize + dequantize to bfloat16 in one launch (deco
 # A decode step's activation (rows x width) up to this many elements takes the launch: its programs' amax
 # passes are unrolled over it. A larger one (a prefill) takes the eager quantizer.
 MAX_ELEMENTS = 65536
-_X_BLOCK = 4096  # elements a program's amax pass reads a step
 # Elements (64 NVFP4 blocks) a program quantizes: 14 programs for Llama-3-8B's FFN width, 4 for its model width.
 _CHUNK = 1024
 
@@ -100,10 +99,9 @@ def nvfp4_roundtrip(x: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     out = torch.empty_like(x)
     numel = x.numel()
-    x_block = min(triton.next_power_of_2(numel), _X_BLOCK)
     _nvfp4_roundtrip_kernel[(triton.cdiv(numel, _CHUNK),)](
-        x.view(torch.int16), out.view(torch.int16), numel, CHUNK=_CHUNK, X_BLOCK=x_block,
-        X_STEPS=triton.cdiv(numel, x_block), FLT_MAX=FLT_MAX, ONE_SIXTH=_ONE_SIXTH, HW=not interpreting(), num_warps=4)
+        x.view(torch.int16), out.view(torch.int16), numel, CHUNK=_CHUNK, **_amax_pass(numel), FLT_MAX=FLT_MAX,
+        ONE_SIXTH=_ONE_SIXTH, HW=not interpreting(), num_warps=4)
     return out
 
 
