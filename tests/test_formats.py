@@ -26,7 +26,7 @@ from pytest_lowprec.formats.mx import (
     scaled_mm_mx_scale_mode,
     shared_exponents,
 )
-from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
+from pytest_lowprec.formats.nvfp4 import NVFP4Tensor, quantize_nvfp4
 from pytest_lowprec.formats.packing import pack_fp4, pack_fp6, unpack_fp4, unpack_fp6
 
 FP8 = [(torch.float8_e4m3fn, E4M3), (torch.float8_e5m2, E5M2)]
@@ -247,6 +247,37 @@ def test_nvfp4_block_values_are_exact_in_bfloat16_and_omit_the_tensor_scale():
 def test_nvfp4_nbytes_counts_elements_scales_and_the_tensor_scale():
     q = quantize_nvfp4(torch.randn(64, 256))
     assert q.nbytes == 64 * 256 // 2 + 64 * 256 // 16 + 4
+
+
+def _stack_parts() -> list:
+    g = torch.Generator().manual_seed(41)
+    return [quantize_nvfp4(scale * torch.randn(rows, 64, generator=g)) for rows, scale in ((32, 1.0), (16, 300.0))]
+
+
+def test_nvfp4_concatenated_parts_dequantize_to_each_parts_own_values():
+    parts = _stack_parts()
+    stack = NVFP4Tensor.concatenated(parts)
+    assert stack.shape == (48, 64) and stack.row_scaled and stack.global_decode.shape == (48, 1)
+    assert torch.equal(stack.dequantize(), torch.cat([p.dequantize() for p in parts]))
+
+
+def test_nvfp4_concatenated_nbytes_count_a_tensor_scale_a_row():
+    stack = NVFP4Tensor.concatenated(_stack_parts())
+    assert stack.nbytes == 48 * 64 // 2 + 48 * 64 // 16 + 48 * 4
+
+
+def test_nvfp4_concatenated_refuses_parts_of_other_widths():
+    g = torch.Generator().manual_seed(42)
+    parts = [quantize_nvfp4(torch.randn(16, 64, generator=g)), quantize_nvfp4(torch.randn(16, 32, generator=g))]
+    with pytest.raises(ValueError, match="part 1 has shape"):
+        NVFP4Tensor.concatenated(parts)
+
+
+def test_nvfp4_concatenated_stack_refuses_a_transpose():
+    g = torch.Generator().manual_seed(43)
+    parts = [quantize_nvfp4(torch.randn(16, 32, generator=g), tile=(16, 16)) for _ in range(2)]
+    with pytest.raises(ValueError, match="transpose its parts"):
+        NVFP4Tensor.concatenated(parts).transposed()
 
 
 def test_nvfp4_tiny_tensor_gets_the_largest_finite_encode_scale_as_transformer_engine_does():

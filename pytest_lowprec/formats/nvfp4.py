@@ -49,14 +49,37 @@ def global_scales(amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 class NVFP4Tensor:
     packed: torch.Tensor  # uint8 [rows, cols/2], element 2i in the low nibble
     block_scales: torch.Tensor  # float8_e4m3fn [rows, cols/16] (1x16) or [rows/16, cols/16] (16x16)
-    global_decode: torch.Tensor  # float32 scalar
+    global_decode: torch.Tensor  # float32 scalar; or [rows, 1], one per row: tensors stacked (`concatenated`)
     shape: tuple[int, ...]
     tile: tuple[int, int]  # (1, 16) or (16, 16)
 
+    @classmethod
+    def concatenated(cls, parts: list[NVFP4Tensor]) -> NVFP4Tensor:
+        """2-D tensors quantized apart, stacked along their rows with each row keeping its own tensor's
+        scale (global_decode [rows, 1]): the same values, bit for bit, as the parts, where quantizing the
+        stack as one tensor would round other block scales. What a decode engine's merged QKV linear
+        reads; the kernels that take it say so (nvfp4_gemm's GEMV, decode linear and tiled kernel)."""
+        if not parts:
+            raise ValueError("concatenated takes at least one NVFP4 tensor")
+        first = parts[0]
+        for i, p in enumerate(parts):
+            if len(p.shape) != 2 or p.shape[1] != first.shape[1] or p.tile != first.tile:
+                raise ValueError(f"concatenated stacks 2-D tensors of one width and tile; part {i} has shape "
+                                 f"{tuple(p.shape)} and tile {p.tile}, part 0 {tuple(first.shape)} and {first.tile}")
+        decode = torch.cat([p.global_decode.float().reshape(-1, 1).expand(p.shape[0], 1) for p in parts])
+        return cls(packed=torch.cat([p.packed for p in parts]), block_scales=torch.cat([p.block_scales for p in parts]),
+                   global_decode=decode.contiguous(), shape=(int(decode.shape[0]), first.shape[1]), tile=first.tile)
+
+    @property
+    def row_scaled(self) -> bool:
+        """Whether each row carries its own tensor scale (`concatenated`), not one for the tensor."""
+        return self.global_decode.numel() != 1
+
     @property
     def nbytes(self) -> int:
-        """Storage a kernel reads: packed elements, block scales and the per-tensor scale."""
-        return self.packed.numel() + self.block_scales.numel() + 4
+        """Storage a kernel reads: packed elements, block scales and the tensor scale (one a row when
+        `row_scaled`)."""
+        return self.packed.numel() + self.block_scales.numel() + 4 * self.global_decode.numel()
 
     @property
     def codes(self) -> torch.Tensor:
@@ -88,6 +111,9 @@ class NVFP4Tensor:
         if self.tile != (BLOCK, BLOCK) or len(self.shape) != 2:
             raise ValueError(f"only a 2-D NVFP4 tensor with 16x16 tiles transposes exactly; this one has shape "
                              f"{self.shape} and tile {self.tile}: quantize the transpose instead")
+        if self.row_scaled:
+            raise ValueError("a stack with a tensor scale per row (concatenated) does not transpose: transpose "
+                             "its parts")
         codes = self.codes.reshape(self.shape).t().contiguous()
         return NVFP4Tensor(packed=pack_fp4(codes), block_scales=self.block_scales.t().contiguous(),
                            global_decode=self.global_decode, shape=(self.shape[1], self.shape[0]), tile=self.tile)
