@@ -20,7 +20,7 @@ int run(const void* x, const void* w, const void* ws, const void* gw, void* out,
     const int blocks = (warps + THREADS / 32 - 1) / (THREADS / 32);
     lowprec::nvfp4_gemv_kernel<1, ROWS, UNROLL, THREADS, MINB><<<blocks, THREADS, 0, s>>>(
         (const uint32_t*)x, (const uint8_t*)w,
-        (const uint8_t*)ws, (const float*)gw, (float*)out, N, K);
+        (const uint8_t*)ws, (const float*)gw, 0, (float*)out, N, K);
     return (int)cudaGetLastError();
 }
 }  // namespace

@@ -156,7 +156,7 @@ template <int ID>
 int run_variant(const void* x, const void* w, const void* ws, const void* gw, void* out, int M, int N, int K,
                 cudaStream_t s) {
     if constexpr (ID % LOWPREC_PARTS == LOWPREC_PART) {
-        return static_cast<int>(launch<typename Variant<ID>::C>(x, w, ws, gw, out, M, N, K, s));
+        return static_cast<int>(launch<typename Variant<ID>::C>(x, w, ws, gw, 0, out, M, N, K, s));
     } else {
         return kNotHere;
     }

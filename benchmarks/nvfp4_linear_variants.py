@@ -272,7 +272,7 @@ def main(out_path: str) -> None:
         if rows <= 4:  # the GEMV's launcher takes 1..4 rows; linear() sent it 1..2
             def gemv(x: torch.Tensor = x, out: torch.Tensor = out, rows: int = rows) -> None:
                 cuda._lib.call("nvfp4_gemv", dev.index or 0, x.data_ptr(), w.packed.data_ptr(),
-                               w.block_scales.data_ptr(), w.global_decode.data_ptr(), out.data_ptr(), rows, N, K,
+                               w.block_scales.data_ptr(), w.global_decode.data_ptr(), 0, out.data_ptr(), rows, N, K,
                                torch.cuda.current_stream().cuda_stream)
             candidates.append(("old: GEMV" + (" (linear() before)" if rows <= 2 else ""), gemv))
         candidates.append(("old: Triton tiled" + ("" if rows <= 2 else " (linear() before)"),

@@ -56,14 +56,14 @@ struct GemvShape {
 };
 
 template <int M>
-cudaError_t launch_gemv(const void* x, const void* w, const void* ws, const void* gw, void* out, int N, int K,
-                        cudaStream_t stream) {
+cudaError_t launch_gemv(const void* x, const void* w, const void* ws, const void* gw, int gw_stride, void* out,
+                        int N, int K, cudaStream_t stream) {
     const int warps = (N + GemvShape<M>::kRows - 1) / GemvShape<M>::kRows;
     const int blocks = (warps + kThreads / 32 - 1) / (kThreads / 32);
     lowprec::nvfp4_gemv_kernel<M, GemvShape<M>::kRows, 2, kThreads, GemvShape<M>::kMinBlocks>
         <<<blocks, kThreads, 0, stream>>>(
         static_cast<const uint32_t*>(x), static_cast<const uint8_t*>(w), static_cast<const uint8_t*>(ws),
-        static_cast<const float*>(gw), static_cast<float*>(out), N, K);
+        static_cast<const float*>(gw), gw_stride, static_cast<float*>(out), N, K);
     return cudaGetLastError();
 }
 
@@ -82,15 +82,17 @@ extern "C" int nvfp4_gemm_naive(int device, const void* a, const void* sa, const
     return LOWPREC_LAUNCH_STATUS();
 }
 
-extern "C" int nvfp4_gemv(int device, const void* x, const void* w, const void* ws, const void* gw, void* out,
-                          int M, int N, int K, void* stream) {
+// gw: the weight's tensor scale, gw_stride 0; or one a row, gw_stride 1 (weights quantized apart, stacked).
+extern "C" int nvfp4_gemv(int device, const void* x, const void* w, const void* ws, const void* gw, int gw_stride,
+                          void* out, int M, int N, int K, void* stream) {
     LOWPREC_LAUNCH_PROLOGUE(device);
     // 16-byte loads of whole 32-element chunks: K a multiple of 32, rows 16-byte aligned.
-    if (N <= 0 || K <= 0 || K % 32 != 0) return static_cast<int>(cudaErrorInvalidValue);
+    if (N <= 0 || K <= 0 || K % 32 != 0 || (gw_stride != 0 && gw_stride != 1))
+        return static_cast<int>(cudaErrorInvalidValue);
     const cudaStream_t s = static_cast<cudaStream_t>(stream);
     switch (M) {
 #define LOWPREC_GEMV_CASE(m) \
-    case m: return static_cast<int>(launch_gemv<m>(x, w, ws, gw, out, N, K, s));
+    case m: return static_cast<int>(launch_gemv<m>(x, w, ws, gw, gw_stride, out, N, K, s));
         LOWPREC_GEMV_CASE(1) LOWPREC_GEMV_CASE(2) LOWPREC_GEMV_CASE(3) LOWPREC_GEMV_CASE(4)
 #undef LOWPREC_GEMV_CASE
         default: return static_cast<int>(cudaErrorInvalidValue);
@@ -111,18 +113,19 @@ extern "C" int nvfp4_linear_tile(int device, const void* w, const void* ws, int 
 }
 
 // out[m, n] = x[m] . w[n] for M = 1..64 bf16 rows on tensor cores, in the shape shipped for ceil(M / 8) n8 tiles;
-// w and ws in the layout nvfp4_linear_tile makes.
-extern "C" int nvfp4_linear(int device, const void* x, const void* w, const void* ws, const void* gw, void* out,
-                            int M, int N, int K, void* stream) {
+// w and ws in the layout nvfp4_linear_tile makes; gw as for nvfp4_gemv.
+extern "C" int nvfp4_linear(int device, const void* x, const void* w, const void* ws, const void* gw, int gw_stride,
+                            void* out, int M, int N, int K, void* stream) {
     LOWPREC_LAUNCH_PROLOGUE(device);
     namespace lin = lowprec::linear;
     // 16-byte loads of weights and activations, 4-byte loads of scales.
     const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
                          reinterpret_cast<uintptr_t>(ws) % 4 == 0;
-    if (!aligned || M < 1 || M > lin::kMaxRows) return static_cast<int>(cudaErrorInvalidValue);
+    if (!aligned || M < 1 || M > lin::kMaxRows || (gw_stride != 0 && gw_stride != 1))
+        return static_cast<int>(cudaErrorInvalidValue);
     const cudaStream_t s = static_cast<cudaStream_t>(stream);
-    if (M <= 8) return static_cast<int>(lin::launch<lin::Shipped<1>>(x, w, ws, gw, out, M, N, K, s));
-    if (M <= 16) return static_cast<int>(lin::launch<lin::Shipped<2>>(x, w, ws, gw, out, M, N, K, s));
-    if (M <= 32) return static_cast<int>(lin::launch<lin::Shipped<4>>(x, w, ws, gw, out, M, N, K, s));
-    return static_cast<int>(lin::launch<lin::Shipped<8>>(x, w, ws, gw, out, M, N, K, s));
+    if (M <= 8) return static_cast<int>(lin::launch<lin::Shipped<1>>(x, w, ws, gw, gw_stride, out, M, N, K, s));
+    if (M <= 16) return static_cast<int>(lin::launch<lin::Shipped<2>>(x, w, ws, gw, gw_stride, out, M, N, K, s));
+    if (M <= 32) return static_cast<int>(lin::launch<lin::Shipped<4>>(x, w, ws, gw, gw_stride, out, M, N, K, s));
+    return static_cast<int>(lin::launch<lin::Shipped<8>>(x, w, ws, gw, gw_stride, out, M, N, K, s));
 }

@@ -10,11 +10,12 @@ namespace lowprec {
 // NVFP4 weights. Memory-bound at M = 1, so the kernel's job is to stream the packed bytes at
 // full bandwidth: a warp owns kRows weight rows, each lane loads 16 bytes (32 elements, two scale
 // blocks) of each row per step with a streaming load, decodes E2M1 to E4M3 with bit operations
-// (no table), converts pairs with one instruction, and accumulates in fp32.
+// (no table), converts pairs with one instruction, and accumulates in fp32. Row n's tensor scale is
+// gw[n * gw_stride]: one scale (stride 0), or one a row (1: weights quantized apart and stacked).
 template <int M, int kRows, int kUnroll, int kThreads, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) nvfp4_gemv_kernel(
         const uint32_t* __restrict__ x, const uint8_t* __restrict__ w, const uint8_t* __restrict__ ws,
-        const float* __restrict__ gw, float* __restrict__ out, int N, int K) {
+        const float* __restrict__ gw, int gw_stride, float* __restrict__ out, int N, int K) {
     const int lane = threadIdx.x & 31;
     const int n0 = (blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5)) * kRows;
     if (n0 >= N) return;
@@ -83,7 +84,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) nvfp4_gemv_kernel(
             }
         }
     }
-    const float g = *gw;
 #pragma unroll
     for (int m = 0; m < M; ++m)
 #pragma unroll
@@ -91,7 +91,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) nvfp4_gemv_kernel(
             float v = acc[m][r];
 #pragma unroll
             for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, off);
-            if (lane == 0 && n0 + r < N) out[static_cast<size_t>(m) * N + n0 + r] = v * g;
+            if (lane == 0 && n0 + r < N)
+                out[static_cast<size_t>(m) * N + n0 + r] = v * gw[static_cast<size_t>(n0 + r) * gw_stride];
         }
 }
 

@@ -798,7 +798,7 @@ LOWPREC_HD void warp_steps(const uint16_t* x, const unsigned char* w, const unsi
 template <class C>
 __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     nvfp4_linear_kernel(const uint16_t* __restrict__ x, const unsigned char* __restrict__ w,
-                        const unsigned char* __restrict__ ws, const float* __restrict__ gw,
+                        const unsigned char* __restrict__ ws, const float* __restrict__ gw, int gw_stride,
                         float* __restrict__ out, int M, int N, int K) {
     extern __shared__ __align__(16) unsigned char smem[];
     constexpr int RT = C::kRT, MT = C::kMT;
@@ -821,7 +821,11 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
         if constexpr (C::kTableBytes > 0) __syncthreads();
     });
 
-    const float scale = *gw * Decoder<C::kDecode>::kOutFactor;
+    // Row n's tensor scale is gw[n * gw_stride]: one scale (stride 0), or one a row (1: weights quantized
+    // apart and stacked, as q, k, v are merged).
+    const auto scale = [&](int row) {
+        return gw[static_cast<size_t>(row) * gw_stride] * Decoder<C::kDecode>::kOutFactor;
+    };
     float* red = reinterpret_cast<float*>(smem);
     constexpr int kPerLane = RT * MT * 4;
     if constexpr (C::kWK > 1) {
@@ -841,7 +845,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
             for (int k = 0; k < C::kWK; ++k) v += red[((wr * C::kWK + k) * kPerLane + e) * 32 + lane];
             const int rt = e / (MT * 4), nt = (e / 4) % MT, i = e % 4;
             const int row = first_row + acc_row(lane, rt, i), m = acc_col(lane, nt, i);
-            if (row < N && m < M) out[static_cast<size_t>(m) * N + row] = v * scale;
+            if (row < N && m < M) out[static_cast<size_t>(m) * N + row] = v * scale(row);
         }
     } else {
 #pragma unroll
@@ -851,7 +855,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
                     const int row = first_row + acc_row(lane, rt, i), m = acc_col(lane, nt, i);
-                    if (row < N && m < M) out[static_cast<size_t>(m) * N + row] = mma.acc[rt][nt][i] * scale;
+                    if (row < N && m < M) out[static_cast<size_t>(m) * N + row] = mma.acc[rt][nt][i] * scale(row);
                 }
     }
 }
@@ -925,15 +929,15 @@ cudaError_t configure_once() {
 
 // Launch one configuration: M <= 8 MT activation rows, K a multiple of 128, 16-byte aligned rows.
 template <class C>
-cudaError_t launch(const void* x, const void* w, const void* ws, const void* gw, void* out, int M, int N, int K,
-                   cudaStream_t stream) {
+cudaError_t launch(const void* x, const void* w, const void* ws, const void* gw, int gw_stride, void* out, int M, int N,
+                   int K, cudaStream_t stream) {
     if (M < 1 || M > 8 * C::kMT || N < 1 || K < kStepElements || K % kStepElements != 0) return cudaErrorInvalidValue;
     const cudaError_t st = configure_once<C>();
     if (st != cudaSuccess) return st;
     const int blocks = (N + C::kRowsPerBlock - 1) / C::kRowsPerBlock;
     nvfp4_linear_kernel<C><<<blocks, C::kThreads, C::kSmemBytes, stream>>>(
         static_cast<const uint16_t*>(x), static_cast<const unsigned char*>(w), static_cast<const unsigned char*>(ws),
-        static_cast<const float*>(gw), static_cast<float*>(out), M, N, K);
+        static_cast<const float*>(gw), gw_stride, static_cast<float*>(out), M, N, K);
     return cudaGetLastError();
 }
 #endif

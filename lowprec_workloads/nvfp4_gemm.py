@@ -3,6 +3,8 @@ the path each device takes.
 
 Operands are `NVFP4Tensor`s with 1x16 blocks (packed E2M1 [rows, K/2], E4M3 scales [rows, K/16],
 a float32 tensor scale), B given as [N, K] like a linear layer's weight; out = A @ B.T in float32.
+The decode kernels and the tiled kernel also take a B whose rows carry their own tensor scales
+(`NVFP4Tensor.concatenated`: weights quantized apart, stacked as a decode engine merges q, k, v).
 
 Paths, chosen by compute capability (`gemm_path`):
   sm_100 and newer  cuBLASLt's native block-scaled NVFP4 GEMM through torch._scaled_mm
@@ -46,8 +48,8 @@ _VOID = ctypes.c_void_p
 _INT = ctypes.c_int
 SIGNATURES = {
     "nvfp4_gemm_naive": [_INT, _VOID, _VOID, _VOID, _VOID, _VOID, _VOID, _VOID, _INT, _INT, _INT, _VOID],
-    "nvfp4_gemv": [_INT, _VOID, _VOID, _VOID, _VOID, _VOID, _INT, _INT, _INT, _VOID],
-    "nvfp4_linear": [_INT, _VOID, _VOID, _VOID, _VOID, _VOID, _INT, _INT, _INT, _VOID],
+    "nvfp4_gemv": [_INT, _VOID, _VOID, _VOID, _INT, _VOID, _INT, _INT, _INT, _VOID],
+    "nvfp4_linear": [_INT, _VOID, _VOID, _VOID, _VOID, _INT, _VOID, _INT, _INT, _INT, _VOID],
     "nvfp4_linear_tile": [_INT, _VOID, _VOID, _INT, _INT, _VOID, _VOID, _VOID],
 }
 
@@ -78,16 +80,37 @@ def to_blocked(scales: torch.Tensor) -> torch.Tensor:
     return tiles.reshape(pr // 128, pc // 4, 4, 32, 4).transpose(2, 3).reshape(-1)
 
 
-def _require_operands(a: NVFP4Tensor, b: NVFP4Tensor) -> None:
+def _require_operands(a: NVFP4Tensor, b: NVFP4Tensor, *, b_row_scaled: bool = False) -> None:
+    """`b_row_scaled`: the kernel takes a B with a tensor scale per row (NVFP4Tensor.concatenated)."""
     for name, t in (("a", a), ("b", b)):
         if t.tile != (1, 16) or len(t.shape) != 2:
             raise ValueError(f"{name} must be a 2-D NVFP4 tensor with 1x16 blocks, got shape {t.shape} tile {t.tile}")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"inner dimensions differ: a is {a.shape}, b is {b.shape} (b is [N, K])")
+    _require_tensor_scale(a, "a", row_scaled=False)
+    _require_tensor_scale(b, "b", row_scaled=b_row_scaled)
+
+
+def _require_tensor_scale(t: NVFP4Tensor, name: str, *, row_scaled: bool) -> None:
+    """t's tensor scale is one float32 (or, where the kernel takes `row_scaled`, one a row, [rows, 1])."""
+    g = t.global_decode
+    ok = g.dtype == torch.float32 and g.is_contiguous() and (
+        g.numel() == 1 or (row_scaled and tuple(g.shape) == (t.shape[0], 1)))
+    if not ok:
+        takes = "one float32 or one a row ([rows, 1], NVFP4Tensor.concatenated)" if row_scaled else "one float32"
+        raise ValueError(f"{name}'s tensor scale must be {takes} for this kernel, got {g.dtype} {tuple(g.shape)}"
+                         f"{'' if g.is_contiguous() else ', not contiguous'}"
+                         + ("" if row_scaled or g.numel() == 1 else ": multiply by each part of the stack apart"))
+
+
+def _scale_stride(w: NVFP4Tensor) -> int:
+    """How far apart a kernel finds consecutive rows' tensor scales: 0 (one scale) or 1 (one a row)."""
+    return int(w.row_scaled)
 
 
 def gemm_native(a: NVFP4Tensor, b: NVFP4Tensor) -> torch.Tensor:
     """sm_100+: cuBLASLt's NVFP4 GEMM. Untested here (no Blackwell GPU at hand); dispatch to it is."""
+    _require_operands(a, b)
     out = torch._scaled_mm(
         a.packed.view(torch.float4_e2m1fn_x2), b.packed.view(torch.float4_e2m1fn_x2).t(),
         scale_a=to_blocked(a.block_scales), scale_b=to_blocked(b.block_scales), out_dtype=torch.float32,
@@ -126,8 +149,8 @@ def _load_nvfp4_tile(packed_ptr, scale_ptr, rows, k0, K, n_rows, BLOCK_R: tl.con
 
 @triton.jit
 def _nvfp4_gemm_kernel(a_ptr, sa_ptr, ga_ptr, b_ptr, sb_ptr, gb_ptr, out_ptr, M, N, K,
-                       A_FP4: tl.constexpr, DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                       A_FP4: tl.constexpr, B_ROW_SCALED: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
@@ -148,7 +171,10 @@ def _nvfp4_gemm_kernel(a_ptr, sa_ptr, ga_ptr, b_ptr, sb_ptr, gb_ptr, out_ptr, M,
             a = tl.load(a_ptr + rm[:, None] * K + rk[None, :], mask=(rm < M)[:, None], other=0.0)
         b = _load_nvfp4_tile(b_ptr, sb_ptr, rn, k0, K, N, BLOCK_N, BLOCK_K)
         acc = tl.dot(a.to(DOT_DTYPE), tl.trans(b.to(DOT_DTYPE)), acc)
-    scale = tl.load(gb_ptr)
+    if B_ROW_SCALED:  # B's rows (out's columns) each carry their own tensor's scale
+        scale = tl.load(gb_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    else:
+        scale = tl.load(gb_ptr)
     if A_FP4:
         scale = scale * tl.load(ga_ptr)
     acc = acc * scale
@@ -179,11 +205,12 @@ def gemm_tiled(a: NVFP4Tensor | torch.Tensor, b: NVFP4Tensor, *, config: TileCon
     (under TRITON_INTERPRET=1, Triton's interpreter runs it on CPU tensors)."""
     a_fp4 = isinstance(a, NVFP4Tensor)
     if a_fp4:
-        _require_operands(a, b)
+        _require_operands(a, b, b_row_scaled=True)
         m, k = a.shape
     else:
         if a.dtype != torch.bfloat16 or a.ndim != 2 or a.shape[1] != b.shape[1]:
             raise ValueError(f"a must be bf16 [M, {b.shape[1]}], got {a.dtype} {tuple(a.shape)}")
+        _require_tensor_scale(b, "b", row_scaled=True)
         m, k = a.shape
     n = b.shape[0]
     config = config or _tile_for(m, k)
@@ -197,7 +224,7 @@ def gemm_tiled(a: NVFP4Tensor | torch.Tensor, b: NVFP4Tensor, *, config: TileCon
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n),)
     a_args = (a.packed, a.block_scales, a.global_decode) if a_fp4 else (a.contiguous(), a, a)
     _nvfp4_gemm_kernel[grid](*a_args, b.packed, b.block_scales, b.global_decode, out, m, n, k,
-                 A_FP4=a_fp4, DOT_DTYPE=tl.float32 if interpreted else tl.bfloat16,
+                 A_FP4=a_fp4, B_ROW_SCALED=b.row_scaled, DOT_DTYPE=tl.float32 if interpreted else tl.bfloat16,
                  BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
                  GROUP_M=config.group_m, num_warps=config.num_warps, num_stages=config.num_stages)
     return out
@@ -232,15 +259,17 @@ class CudaKernels:
         return out
 
     def gemv(self, x: torch.Tensor, w: NVFP4Tensor, out: torch.Tensor) -> torch.Tensor:
-        """out[m] = x[m] @ w.T for x bf16 [M <= 2, K], K a multiple of 32."""
+        """out[m] = x[m] @ w.T for x bf16 [M <= 2, K], K a multiple of 32; w with one tensor scale or one a
+        row (NVFP4Tensor.concatenated)."""
         m, k = x.shape
         if x.dtype != torch.bfloat16 or not x.is_contiguous() or k != w.shape[1]:
             raise ValueError(f"x must be contiguous bf16 [M, {w.shape[1]}], got {x.dtype} {tuple(x.shape)}")
         if not 1 <= m <= GEMV_MAX_ROWS or k % 32:
             raise ValueError(f"the GEMV takes 1..{GEMV_MAX_ROWS} rows and K a multiple of 32, got M={m}, K={k}")
+        _require_tensor_scale(w, "the weight", row_scaled=True)
         self._lib.call("nvfp4_gemv", self.device.index, x.data_ptr(), w.packed.data_ptr(),
-                       w.block_scales.data_ptr(), w.global_decode.data_ptr(), out.data_ptr(), m, w.shape[0], k,
-                       self._stream())
+                       w.block_scales.data_ptr(), w.global_decode.data_ptr(), _scale_stride(w), out.data_ptr(), m,
+                       w.shape[0], k, self._stream())
         return out
 
     def tile_for_linear(self, w: NVFP4Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,8 +315,10 @@ class CudaKernels:
         if out.dtype != torch.float32 or out.shape != (m, n) or not out.is_contiguous():
             raise ValueError(f"out must be contiguous float32 [{m}, {n}], got {out.dtype} {tuple(out.shape)}")
         # 16-byte loads: the launcher refuses (invalid value) operands that are not aligned for them.
+        _require_tensor_scale(w.nvfp4, "the weight", row_scaled=True)
         self._lib.call("nvfp4_linear", self.device.index, x.data_ptr(), w.tiled.data_ptr(), w.tiled_scales.data_ptr(),
-                       w.nvfp4.global_decode.data_ptr(), out.data_ptr(), m, n, k, self._stream())
+                       w.nvfp4.global_decode.data_ptr(), _scale_stride(w.nvfp4), out.data_ptr(), m, n, k,
+                       self._stream())
         return out
 
 

@@ -74,12 +74,12 @@ def test_build_is_cached_by_content(tmp_path):
 @needs_nvcc
 def test_launcher_error_becomes_an_exception(tmp_path, monkeypatch):
     monkeypatch.setenv("LOWPREC_KERNEL_CACHE", str(tmp_path))
-    lib = kernels.load("nvfp4_gemm", (9, 0), {"nvfp4_gemv": [ctypes.c_int, *[ctypes.c_void_p] * 5,
-                                                             ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                                             ctypes.c_void_p]})
+    lib = kernels.load("nvfp4_gemm", (9, 0), {"nvfp4_gemv": [ctypes.c_int, *[ctypes.c_void_p] * 4, ctypes.c_int,
+                                                             ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                                                             ctypes.c_int, ctypes.c_void_p]})
     # K = 33 is refused before any launch; on a machine without a GPU, setting the device fails first.
     with pytest.raises(kernels.KernelLaunchError, match="nvfp4_gemv returned CUDA error"):
-        lib.call("nvfp4_gemv", 0, None, None, None, None, None, 1, 8, 33, None)
+        lib.call("nvfp4_gemv", 0, None, None, None, None, 0, None, 1, 8, 33, None)
 
 
 def test_missing_source_says_which_exist(tmp_path):

@@ -5,12 +5,24 @@ and the kernel refuse there."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from lowprec_workloads.nvfp4_gemm import CudaKernels, DecodeWeight, decode_path, linear, prepare_decode_weight
+from lowprec_workloads.nvfp4_gemm import (
+    CudaKernels,
+    DecodeWeight,
+    TileConfig,
+    decode_path,
+    gemm_native,
+    gemm_tiled,
+    gemm_tiled_interpreted,
+    linear,
+    prepare_decode_weight,
+)
 from pytest_lowprec.formats.metrics import rel_l2
-from pytest_lowprec.formats.nvfp4 import quantize_nvfp4
+from pytest_lowprec.formats.nvfp4 import NVFP4Tensor, quantize_nvfp4
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -24,6 +36,33 @@ def test_linear_refuses_a_weight_that_was_not_prepared():
     x = torch.randn(1, 256).bfloat16()
     with pytest.raises(TypeError, match="prepare_decode_weight"):
         linear(x, _weight(32, 256), None, torch.empty(1, 32))
+
+
+def _stack(k: int, device: str = "cpu") -> NVFP4Tensor:
+    """Three weights of 16x-apart magnitudes quantized apart (40 rows, 24, 8), stacked with their tensor scales."""
+    g = torch.Generator(device="cpu").manual_seed(7)
+    return NVFP4Tensor.concatenated([quantize_nvfp4((16.0 ** i * torch.randn(n, k, generator=g)).to(device))
+                                     for i, n in enumerate((40, 24, 8))])
+
+
+def test_a_tensor_scale_neither_one_nor_one_a_row_is_refused():
+    bad = replace(_weight(32, 256), global_decode=torch.ones(16, 1))
+    with pytest.raises(ValueError, match=r"tensor scale must be one float32 or one a row \(\[rows, 1\]"):
+        gemm_tiled(torch.randn(1, 256).bfloat16(), bad)
+
+
+def test_the_native_gemm_refuses_a_stack_with_a_tensor_scale_a_row():
+    with pytest.raises(ValueError, match="multiply by each part of the stack apart"):
+        gemm_native(_weight(8, 256), _stack(256))
+
+
+@pytest.mark.slow  # Triton's interpreter in a child process: `pytest tests/ --slow` (.ci/run) runs it
+def test_the_tiled_kernel_scales_each_row_of_a_stack_by_its_own_tensor_scale_in_the_interpreter():
+    stack = _stack(128)
+    x = torch.randn(3, 128, generator=torch.Generator().manual_seed(8)).bfloat16()
+    out = gemm_tiled_interpreted(x, stack, TileConfig(block_m=16, block_n=32, block_k=64, group_m=1, num_warps=4,
+                                                      num_stages=1))
+    assert rel_l2(x.double() @ stack.dequantize(torch.float64).T, out.double()) < 1e-6
 
 
 def test_a_weight_prepared_without_cuda_kernels_keeps_only_the_format():
@@ -49,6 +88,28 @@ def test_tiled_decode_linear_is_the_product_of_the_dequantized_operands(rows, n)
     out = linear(x, prepared, cuda, torch.full((rows, n), float("nan"), device="cuda"))
     reference = x.double() @ w.dequantize(torch.float64).T
     assert rel_l2(reference, out.double()) < 1e-5
+
+
+@needs_cuda
+@pytest.mark.parametrize("rows", [1, 3, 16, 64])
+def test_every_decode_kernel_scales_each_row_of_a_stack_by_its_own_tensor_scale(rows):
+    """The tensor-core decode linear (each shipped shape), the GEMV (1..2 rows) and the tiled kernel over a
+    stack whose last row tile is padded and whose parts' scales lie 16x apart."""
+    k = 512
+    cuda = CudaKernels(torch.device("cuda:0"))
+    stack = _stack(k, "cuda")
+    x = torch.randn(rows, k, generator=torch.Generator(device="cpu").manual_seed(9)).bfloat16().cuda()
+    reference = x.double() @ stack.dequantize(torch.float64).T
+
+    def poisoned() -> torch.Tensor:
+        return torch.full((rows, 72), float("nan"), device="cuda")
+
+    outs = {"mma": linear(x, prepare_decode_weight(stack, cuda), cuda, poisoned()),
+            "tiled": gemm_tiled(x, stack, out=poisoned())}
+    if rows <= 2:
+        outs["gemv"] = cuda.gemv(x, stack, poisoned())
+    for path, out in outs.items():
+        assert rel_l2(reference, out.double()) < 1e-5, path
 
 
 @needs_cuda
