@@ -18,7 +18,8 @@ Sections, in this order, each a table, JSON written to OUT.json after each:
   steps    suites/test_mixed_precision.py's large decode step (same weights and seed) of every strategy
            against fp16_baseline, with the committed tiles (fp8_linear.gemv_config) and q, k, v (gate, up)
            stacked into one linear on both sides; the same with every projection its own linear on both sides
-           (before 2026-12-02's stacking); the fastest tile per shape from `decode`, and no GEMV;
+           (before 2026-12-02's stacking); the NVFP4 strategies with their weights through the CUDA-core GEMV
+           (before 2026-12-02's tensor-core decode linear); the fastest tile per shape from `decode`, and no GEMV;
            SQNR against float32, and the hardware model's predicted speedup from each step's declared
            work, so "of model" is what STEP_FRACTION is chosen from.
 Both sides of each row are timed by the plugin's own timer: CUDA-graph replays, L2 flushed before each
@@ -43,7 +44,7 @@ from lowprec_workloads import fp8_linear
 from lowprec_workloads.fp8_linear import FP8Linear, GemvConfig, quantize_activation, quantize_small, quantize_work
 from lowprec_workloads.nvfp4_gemm import CudaKernels
 from lowprec_workloads.strategies import LINEARS, builtin_strategies, custom
-from lowprec_workloads.transformer_block import LARGE, DecodeStep, Weights
+from lowprec_workloads.transformer_block import LARGE, NVFP4_WEIGHTS, DecodeStep, Weights
 from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
 from pytest_lowprec.formats.metrics import rel_l2, sqnr_db
 from pytest_lowprec.hardware import probe_cuda, spec_for
@@ -72,6 +73,7 @@ CANDIDATES = {
 }
 STRATEGIES = ["fp8_balanced", "hybrid_long_context", "layerwise_gradient", "custom_fp8_ffn", "w4a16_aggressive",
               "nvfp4_weights"]
+NVFP4_GEMV = "NVFP4 weights through the GEMV"  # the CUDA-core GEMV the steps ran before 2026-12-02
 APART = "committed, projections apart"  # every projection its own linear on both sides
 # A tile may be chosen if its error stays under a promoted wgmma sum's bound (tests/test_fp8_linear.py):
 # the unpromoted wgmma tiles' error grows with K.
@@ -255,6 +257,7 @@ def section_steps(bench: Bench, best: dict[tuple[int, int], str]) -> None:
     apart_sixteen_work = apart_sixteen.work()
     choosers = {"committed tiles": fp8_linear.gemv_config,
                 APART: fp8_linear.gemv_config,
+                NVFP4_GEMV: fp8_linear.gemv_config,
                 "fastest tile per shape": lambda n, k: CANDIDATES[best[(n, k)]] if (n, k) in best else None,
                 "no GEMV (_scaled_mm, 1 row)": lambda n, k: None}
     if not best or all(fp8_linear.gemv_config(n, k) == CANDIDATES.get(best.get((n, k), "")) for n, k in DECODE_SHAPES):
@@ -266,16 +269,20 @@ def section_steps(bench: Bench, best: dict[tuple[int, int], str]) -> None:
         for name in STRATEGIES:
             s = known.get(name) or custom(name, {"ffn_gate": "fp8", "ffn_up": "fp8", "ffn_down": "fp8"})
             key = f"{name} / {label}"
-            if bench.elapsed() > DEADLINE_S and label not in ("committed tiles", APART):
+            if bench.elapsed() > DEADLINE_S and label not in ("committed tiles", APART, NVFP4_GEMV):
                 print(f"  {key}: skipped (past {DEADLINE_S:.0f} s)")
                 continue
             try:
                 apart = label == APART
                 layers = range(STEP_SHAPE.layers)
-                if label not in ("committed tiles", APART) and not any(
+                if label not in ("committed tiles", APART, NVFP4_GEMV) and not any(
                         s.precision(op, i, STEP_SHAPE.layers) == "fp8" for op in LINEARS for i in layers):
                     continue  # the FP8 tile choices do not touch this strategy
-                step = DecodeStep(weights, STEP_SHAPE, s, cuda, fp8_gemv=chooser, stack=not apart)
+                if label == NVFP4_GEMV and not any(
+                        s.precision(op, i, STEP_SHAPE.layers) in NVFP4_WEIGHTS for op in LINEARS for i in layers):
+                    continue  # no NVFP4 weights
+                step = DecodeStep(weights, STEP_SHAPE, s, cuda, fp8_gemv=chooser, stack=not apart,
+                                  nvfp4_mma=label != NVFP4_GEMV)
                 base, base_work = (apart_sixteen, apart_sixteen_work) if apart else (sixteen, sixteen_work)
                 sq = sqnr_db(reference, step())
                 m = bench.pair(base, step, n=80)

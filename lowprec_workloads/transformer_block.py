@@ -10,7 +10,8 @@ Each operator runs its strategy's precision with the real path where this device
 - linears: 16-bit F.linear; FP8 = E4M3 tensorwise weights and activations (fp8_linear.FP8Linear:
   on CUDA one row goes through a Triton GEMV that quantizes the activation inside the kernel, more
   rows through torch._scaled_mm after a one-launch Triton quantizer); w4a16 = NVFP4 weights through
-  the CUDA GEMV (the tiled Triton kernel above two rows); nvfp4 = the same with NVFP4 activations
+  nvfp4_gemm.linear (on CUDA the tensor-core decode linear over weights laid out once for it, as a
+  model is loaded; the tiled Triton kernel above 64 rows); nvfp4 = the same with NVFP4 activations
   (quantized and dequantized, in one Triton launch on CUDA for a decode-sized activation: Hopper has no
   FP4 tensor cores). On CPU the same quantized operands are multiplied in float32.
 - attention over the cache: the Triton decode kernel on CUDA (dequantizing inside), float32
@@ -25,8 +26,9 @@ Each operator runs its strategy's precision with the real path where this device
   eager operators.
 - q, k and v, and gate and up, read one activation each: on CUDA each group runs as one linear where the
   layer gives them one precision that stacks (Linear.stacked: 16-bit weights concatenated; FP8 weights
-  through one GEMV, each row keeping its weight's scale), as vLLM's merged QKV and gate-up linears do, the
-  16-bit baseline too. NVFP4 weights stay apart: their kernels take one per-tensor scale.
+  through one GEMV, each row keeping its weight's scale; NVFP4 weights quantized apart and concatenated,
+  each row keeping its weight's tensor scale, NVFP4Tensor.concatenated), as vLLM's merged QKV and gate-up
+  linears do, the 16-bit baseline too.
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ from .decode_attention import Cache, attend_cache, build_cache, decode_work
 from .fp8_linear import SMALL_QUANTIZE_MAX, FP8Linear, GemvChooser, fp8_roundtrip, gemv_config, quantize_work
 from .nvfp4_activation import fits as fits_roundtrip
 from .nvfp4_activation import nvfp4_roundtrip, roundtrip_work
-from .nvfp4_gemm import GEMV_MAX_ROWS, CudaKernels, gemm_tiled
+from .nvfp4_gemm import GEMV_MAX_ROWS, CudaKernels, DecodeWeight, prepare_decode_weight
+from .nvfp4_gemm import linear as nvfp4_linear
 from .strategies import LINEARS, UNQUANTIZED, Strategy
 
+NVFP4_WEIGHTS = ("w4a16", "nvfp4")  # the precisions that store a linear's weight in NVFP4
 KV_CACHE = {"bf16": "bf16", "fp16": "bf16", "fp32": "bf16", "fp8": "fp8", "nvfp4": "fp8k_nvfp4v"}
 QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("ffn_gate", "ffn_up")
 # Projections that read one activation, stacked into one linear on CUDA where their precisions allow.
@@ -69,8 +73,9 @@ class FusedScales(NamedTuple):
 # What a strategy's step runs on CUDA around its linears and attention, for a workload's signature.
 CUDA_FUSIONS = ("triton: residual add + rmsnorm, swiglu, one launch each, writing the e4m3 scale "
                 "the fp8 gemv reads")
-CUDA_STACKED = ("q, k, v and gate, up projections stacked into one linear each where 16-bit or fp8 (one-row gemv, "
-                "a scale per weight)")
+CUDA_STACKED = ("q, k, v and gate, up projections stacked into one linear each where 16-bit, fp8 (one-row gemv, "
+                "a scale per weight) or nvfp4 (a tensor scale per weight)")
+CUDA_NVFP4_WEIGHTS = "nvfp4_gemm.linear: tensor-core decode linear, weights laid out once"
 
 
 @dataclass(frozen=True)
@@ -106,15 +111,18 @@ class Linear:
 
     precision: str
     weight: torch.Tensor | None = None  # 16-bit / fp32
-    nvfp4: NVFP4Tensor | None = None
+    nvfp4: DecodeWeight | None = None
     fp8: FP8Linear | None = None
     parts: tuple[int, ...] | None = None
 
     @classmethod
-    def build(cls, w: torch.Tensor, precision: str, fp8_gemv: GemvChooser = gemv_config) -> Linear:
-        """`fp8_gemv(N, K)`: an FP8 weight's one-row GEMV tile (FP8Linear.build)."""
-        if precision in ("w4a16", "nvfp4"):
-            return cls(precision, nvfp4=quantize_nvfp4(w.to(torch.bfloat16)))
+    def build(cls, w: torch.Tensor, precision: str, fp8_gemv: GemvChooser = gemv_config,
+              cuda: CudaKernels | None = None) -> Linear:
+        """`fp8_gemv(N, K)`: an FP8 weight's one-row GEMV tile (FP8Linear.build). `cuda`: an NVFP4 weight is
+        laid out for the tensor-core decode linear too (prepare_decode_weight); without, calls on CUDA take
+        the CUDA-core GEMV (or the tiled kernel) over the format's own tensor."""
+        if precision in NVFP4_WEIGHTS:
+            return cls(precision, nvfp4=prepare_decode_weight(quantize_nvfp4(w.to(torch.bfloat16)), cuda))
         if precision == "fp8":
             return cls(precision, fp8=FP8Linear.build(w, fp8_gemv))
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
@@ -122,18 +130,22 @@ class Linear:
 
     @classmethod
     def stacked(cls, weights: list[torch.Tensor], precision: str, rows: int,
-                fp8_gemv: GemvChooser = gemv_config) -> Linear | None:
+                fp8_gemv: GemvChooser = gemv_config, cuda: CudaKernels | None = None) -> Linear | None:
         """Weights that read one activation as one linear in `precision`, called on `rows` rows, each weight
         quantized as it is alone: 16-bit weights concatenated; FP8 weights through one GEMV, each keeping its
-        own tensorwise scale (FP8Linear.concatenated). None where that cannot be: FP8 on more rows than its
-        GEMV takes (_scaled_mm takes one weight scale), and NVFP4, whose kernels take one per-tensor scale
-        (quantizing the stack as one tensor rounds other block scales: on an H200, 2026-12-02, it moved the
-        small layerwise step's next-token KL from 0.076 to 0.159 nats, past its 0.15 bound). A stacked
-        output's parts are views: at one row contiguous, at more (gate, up) each a copy where a kernel needs
-        contiguous input (the fused SwiGLU), which the step's declared work counts."""
+        own tensorwise scale (FP8Linear.concatenated); NVFP4 weights concatenated, each row keeping its
+        weight's tensor scale (NVFP4Tensor.concatenated; quantizing the stack as one tensor rounds other
+        block scales: on an H200, 2026-12-02, it moved the small layerwise step's next-token KL from 0.076 to
+        0.159 nats, past its 0.15 bound). None where that cannot be: FP8 on more rows than its GEMV takes
+        (_scaled_mm takes one weight scale). A stacked output's parts are views: at one row contiguous, at
+        more (gate, up) each a copy where a kernel needs contiguous input (the fused SwiGLU), which the
+        step's declared work counts. `cuda` as for `build`."""
         widths = tuple(w.shape[0] for w in weights)
         if precision in UNQUANTIZED:
             return replace(cls.build(torch.cat(weights), precision, fp8_gemv), parts=widths)
+        if precision in NVFP4_WEIGHTS:
+            stack = NVFP4Tensor.concatenated([quantize_nvfp4(w.to(torch.bfloat16)) for w in weights])
+            return cls(precision, nvfp4=prepare_decode_weight(stack, cuda), parts=widths)
         if precision == "fp8":
             parts = [FP8Linear.build(w, fp8_gemv) for w in weights]
             if all(p.uses_gemv(rows) for p in parts):
@@ -149,7 +161,7 @@ class Linear:
     @property
     def nbytes(self) -> int:
         if self.nvfp4 is not None:
-            return self.nvfp4.nbytes
+            return self.nvfp4.nvfp4.nbytes
         if self.fp8 is not None:
             return self.fp8.nbytes
         return self.weight.numel() * self.weight.element_size()
@@ -177,11 +189,13 @@ class Linear:
                      else quantize_nvfp4(x, check_finite=False).dequantize())
             x = x.to(torch.bfloat16).contiguous()
             if not x.is_cuda:
-                return x.float() @ self.nvfp4.dequantize().float().t()
+                return x.float() @ self.nvfp4.nvfp4.dequantize().float().t()
             out = torch.empty(x.shape[0], self.nvfp4.shape[0], device=x.device, dtype=torch.float32)
-            if cuda is not None and x.shape[0] <= GEMV_MAX_ROWS:
-                return cuda.gemv(x, self.nvfp4, out)
-            return gemm_tiled(x, self.nvfp4, out=out)
+            if self.nvfp4.tiled is None:  # not laid out for the decode linear: the GEMV, or the tiled kernel
+                if cuda is not None and x.shape[0] <= GEMV_MAX_ROWS:
+                    return cuda.gemv(x, self.nvfp4.nvfp4, out)
+                cuda = None
+            return nvfp4_linear(x, self.nvfp4, cuda, out)
         if self.fp8 is not None:
             return self.fp8(x, x_scale=x_scale)  # float32, as the callers use it
         return F.linear(x.to(self.weight.dtype), self.weight)
@@ -235,13 +249,15 @@ class DecodeStep:
 
     def __init__(self, weights: Weights, shape: BlockShape, strategy: Strategy | None, cuda: CudaKernels | None,
                  *, fp8_gemv: GemvChooser = gemv_config, fuse: bool = True, fp8_scales: bool = True,
-                 stack: bool = True):
+                 stack: bool = True, nvfp4_mma: bool = True):
         """`fp8_gemv(N, K)`: the one-row GEMV tile of each FP8 weight (a benchmark's choice; None: _scaled_mm).
         `fuse`: on CUDA a strategy's residual adds, norms and SwiGLU gates run fused (decode_fusions), where
         the activation is decode-sized; the float32 reference always runs eagerly. `fp8_scales`: the fused
         launches hand a one-row FP8 GEMV its input's E4M3 scale (else the GEMV takes its own amax pass).
         `stack`: on CUDA a strategy's q, k and v, and its gate and up, run as one linear each where their
-        layer gives them one precision that stacks (Linear.stacked), as decode engines merge them."""
+        layer gives them one precision that stacks (Linear.stacked), as decode engines merge them. `nvfp4_mma`:
+        with CUDA kernels, NVFP4 weights are laid out for the tensor-core decode linear (else they run the
+        CUDA-core GEMV, as the steps did before 2026-12-02: a benchmark's comparison)."""
         self.shape, self.strategy, self.cuda = shape, strategy, cuda
         n = shape.layers
 
@@ -251,16 +267,18 @@ class DecodeStep:
         self.dtype = torch.float32 if strategy is None else {
             "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec("norm")]
         self.stacked = stack and strategy is not None and weights.x.is_cuda
+        laid_out = cuda if nvfp4_mma else None
         self.linears = []
         for i, lw in enumerate(weights.layers):
             layer = {}
             for name, ops in STACKED.items():
                 precisions = {prec(op, i) for op in ops}
-                one = (Linear.stacked([lw[op] for op in ops], precisions.pop(), shape.batch, fp8_gemv)
+                one = (Linear.stacked([lw[op] for op in ops], precisions.pop(), shape.batch, fp8_gemv, laid_out)
                        if self.stacked and len(precisions) == 1 else None)
                 layer.update({name: one} if one is not None else
-                             {op: Linear.build(lw[op], prec(op, i), fp8_gemv) for op in ops})
-            layer.update({op: Linear.build(lw[op], prec(op, i), fp8_gemv) for op in LINEARS if op not in QKV + GATE_UP})
+                             {op: Linear.build(lw[op], prec(op, i), fp8_gemv, laid_out) for op in ops})
+            layer.update({op: Linear.build(lw[op], prec(op, i), fp8_gemv, laid_out)
+                          for op in LINEARS if op not in QKV + GATE_UP})
             self.linears.append(layer)
         self.norms = [(lw["norm1"], lw["norm2"]) for lw in weights.layers]
         self.final_norm = weights.norm
@@ -290,7 +308,7 @@ class DecodeStep:
     def work(self) -> tuple[Work, ...]:
         """The step's work for the hardware model (CUDA): torch's operators read off what the step
         dispatches, plus its kernels torch does not see: the Triton decode attention over each layer's
-        cache, the CUDA GEMV (or tiled GEMM) over each NVFP4 weight, the FP8 linears' Triton kernels
+        cache, the NVFP4 decode linear (or GEMV, or tiled GEMM) over each NVFP4 weight, the FP8 linears' Triton kernels
         (GEMV, or quantizer before _scaled_mm) and the one-launch E4M3 round trip of an FP8 q."""
         s = self.shape
         q = torch.empty(s.batch, s.heads, s.head_dim, dtype=torch.bfloat16)  # shape and size only
@@ -299,7 +317,7 @@ class DecodeStep:
             for lin in layer.values():
                 if lin.nvfp4 is not None:
                     rows_bytes = s.batch * lin.nvfp4.shape[1] * 2 + s.batch * lin.nvfp4.shape[0] * 4
-                    custom.append(Work(nbytes=lin.nvfp4.nbytes + rows_bytes, kernels=1))
+                    custom.append(Work(nbytes=lin.nvfp4.linear_nbytes + rows_bytes, kernels=1))
                     if lin.roundtrip_fused(True, s.batch * lin.nvfp4.shape[1]):
                         custom.append(roundtrip_work(s.batch * lin.nvfp4.shape[1]))
                 if lin.fp8 is not None:

@@ -6,12 +6,14 @@ SQNR and next-token KL against float32, top-1 agreement, the bytes of weights an
 (no more than the 16-bit strategy's), and on a GPU the step's speed over the 16-bit strategy's
 with its roofline fraction. The small shape runs everywhere (CPU CI); the real one on a GPU, where
 a strategy's FP8 linears must run the one-row Triton GEMV (which quantizes its activation itself)
-and no cuBLAS FP8 GEMM, an FP8 q its one-launch quantizer (lowprec_workloads/fp8_linear.py), and NVFP4
-activations their one-launch round trip (lowprec_workloads/nvfp4_activation.py).
+and no cuBLAS FP8 GEMM, an FP8 q its one-launch quantizer (lowprec_workloads/fp8_linear.py), NVFP4
+weights the tensor-core decode linear (lowprec_workloads/nvfp4_gemm.py), and NVFP4 activations their
+one-launch round trip (lowprec_workloads/nvfp4_activation.py).
 On a GPU both sides of the speed test, the 16-bit step too, run their residual adds, norms and SwiGLU
 gates fused (lowprec_workloads/decode_fusions.py), and their q, k, v and gate, up projections stacked
-into one linear each where the precision allows (16-bit, FP8), as a decode engine runs them; the kernel
-proof checks both sides for the fused kernels.
+into one linear each where the layer gives them one precision (16-bit, FP8 or NVFP4 weights, each
+weight keeping its own scale), as a decode engine runs them; the kernel proof checks both sides for the
+fused kernels.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from lowprec_workloads.nvfp4_activation import CUDA_PATH as NVFP4_ACTIVATION_PAT
 from lowprec_workloads.strategies import LINEARS, builtin_strategies, custom
 from lowprec_workloads.transformer_block import (
     CUDA_FUSIONS,
+    CUDA_NVFP4_WEIGHTS,
     CUDA_STACKED,
     LARGE,
+    NVFP4_WEIGHTS,
     SMALL,
     DecodeStep,
     Weights,
@@ -51,6 +55,7 @@ FP8_Q_KERNEL = r"_quantize_small_kernel"
 CUBLAS_FP8_GEMM = r"nvjet_sm\d+_qq|e4m3|f8f8"
 FUSED_KERNELS = (r"_add_rms_norm_kernel", r"_swiglu_kernel")
 NVFP4_ROUNDTRIP_KERNEL = r"_nvfp4_roundtrip_kernel"  # NVFP4 activations quantized and dequantized in one launch
+NVFP4_LINEAR_KERNEL = r"nvfp4_linear_kernel"  # the tensor-core decode linear over NVFP4 weights
 # Fractions of the decode step's speedup over the 16-bit step that the hardware model predicts from each
 # step's bytes and kernels. Measured over predicted on the H200, two processes a week apart: 0.90-1.01 for
 # the FP8 and NVFP4 strategies, 0.81-0.82 for w4a16 (its GEMV reaches 0.68 of its bytes model); on the
@@ -91,10 +96,14 @@ def test_strategy(lowprec, strategy, shape, drawn):
                if strategy.precision(op, layer, shape.layers) == "fp8"}
     nvfp4_activations = any(strategy.precision(op, layer, shape.layers) == "nvfp4"
                             for layer in range(shape.layers) for op in LINEARS)
+    nvfp4_weights = any(strategy.precision(op, layer, shape.layers) in NVFP4_WEIGHTS
+                        for layer in range(shape.layers) for op in LINEARS)
     if fp8_ops and lowprec.on_cuda:  # the CPU runs the eager path its baseline recorded
         lowprec.signature(fp8_kernels=CUDA_PATH)
     if nvfp4_activations and lowprec.on_cuda:
         lowprec.signature(nvfp4_activations=NVFP4_ACTIVATION_PATH)
+    if nvfp4_weights and lowprec.on_cuda:
+        lowprec.signature(nvfp4_weights=CUDA_NVFP4_WEIGHTS)
     if (shape, lowprec.device) not in drawn:
         drawn[(shape, lowprec.device)] = Weights.random(shape, lowprec.device, seed=11)
     weights = drawn[(shape, lowprec.device)]
@@ -125,6 +134,7 @@ def test_strategy(lowprec, strategy, shape, drawn):
             require += [FP8_GEMV_KERNEL] if fp8_ops - {"attn_qk"} else []
             require += [FP8_Q_KERNEL] if "attn_qk" in fp8_ops else []
         require += [NVFP4_ROUNDTRIP_KERNEL] if nvfp4_activations else []
+        require += [NVFP4_LINEAR_KERNEL] if nvfp4_weights else []
         lowprec.expect_kernels("optimized", require=require, forbid=CUBLAS_FP8_GEMM if fp8_ops else ())
         lowprec.expect_kernels("baseline", require=FUSED_KERNELS)
 

@@ -21,7 +21,7 @@ def _row() -> torch.Tensor:
     return torch.randn(1, 64, generator=torch.Generator().manual_seed(32))
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+@pytest.mark.parametrize("precision", ["bf16", "fp8", "w4a16", "nvfp4"])
 def test_stacked_linear_gives_each_weights_own_output_side_by_side(precision):
     weights = _weights(48, 16, 32)
     stacked = Linear.stacked(weights, precision, rows=1)
@@ -59,10 +59,16 @@ def test_fp8_weights_are_not_stacked_where_the_chooser_gives_the_stack_no_gemv()
     assert Linear.stacked(_weights(48, 16), "fp8", rows=1, fp8_gemv=own_shapes_only) is None
 
 
-@pytest.mark.parametrize("precision", ["w4a16", "nvfp4"])
-def test_nvfp4_weights_are_not_stacked(precision):
-    """Their kernels take one per-tensor scale: a stack would be quantized otherwise than its weights alone."""
-    assert Linear.stacked(_weights(48, 16), precision, rows=1) is None
+@pytest.mark.parametrize("rows", [1, 4, 80])
+def test_stacked_nvfp4_linear_holds_each_weights_own_quantization(rows):
+    """Each weight quantized alone, its tensor scale kept on its rows: the stack's values are the parts' bits
+    (quantized as one tensor, the 16x larger second weight would set every row's tensor scale), for any rows."""
+    weights = _weights(48, 16)
+    stacked = Linear.stacked(weights, "w4a16", rows=rows)
+    alone = [Linear.build(w, "w4a16").nvfp4.nvfp4 for w in weights]
+    assert stacked.parts == (48, 16)
+    assert torch.equal(stacked.nvfp4.nvfp4.dequantize(), torch.cat([a.dequantize() for a in alone]))
+    assert stacked.nbytes == 64 * 64 // 2 + 64 * 64 // 16 + 64 * 4
 
 
 def test_the_cpu_decode_step_keeps_its_projections_apart():
@@ -94,9 +100,39 @@ def test_stacked_16_bit_decode_step_gives_the_separate_steps_logits_on_cuda():
 
 
 @needs_cuda
-def test_stacked_fp8_decode_step_gives_the_separate_steps_bits_on_cuda():
-    """At d=512 every FP8 GEMV, stacked or not, takes the same unsplit tile: the same sums, the same bits."""
-    assert torch.equal(_gpu_step("fp8_balanced")(), _gpu_step("fp8_balanced", stack=False)())
+@pytest.mark.parametrize("strategy", ["fp8_balanced", "w4a16_aggressive", "nvfp4_weights"])
+def test_stacked_quantized_decode_step_gives_the_separate_steps_bits_on_cuda(strategy):
+    """At d=512 every FP8 GEMV, stacked or not, takes the same unsplit tile, and the NVFP4 decode linear sums a
+    row the same whatever rows it has: the same sums, the same bits."""
+    assert torch.equal(_gpu_step(strategy)(), _gpu_step(strategy, stack=False)())
+
+
+@needs_cuda
+@pytest.mark.parametrize("nvfp4_mma", [True, False], ids=["decode-linear", "gemv"])
+def test_stacked_nvfp4_linear_gives_each_weights_own_bits_on_cuda(nvfp4_mma):
+    """The Llama-3-8B q, k, v shapes through the tensor-core decode linear (or the CUDA-core GEMV), each row
+    scaled by its own weight's tensor scale."""
+    from lowprec_workloads.nvfp4_gemm import CudaKernels
+
+    cuda = CudaKernels(torch.device("cuda:0"))
+    laid_out = cuda if nvfp4_mma else None
+    weights = [w.cuda() for w in _weights(4096, 1024, 1024, k=4096)]
+    x = torch.randn(1, 4096, generator=torch.Generator().manual_seed(34)).cuda()
+    stacked = Linear.stacked(weights, "w4a16", rows=1, cuda=laid_out)
+    assert (stacked.nvfp4.tiled is not None) == nvfp4_mma
+    alone = [Linear.build(w, "w4a16", cuda=laid_out)(x, cuda) for w in weights]
+    assert torch.equal(stacked(x, cuda), torch.cat(alone, dim=1))
+
+
+@needs_cuda
+def test_stacked_nvfp4_linear_gives_each_weights_own_bits_through_the_tiled_kernel_on_cuda():
+    """More rows than the decode linear takes: the tiled Triton kernel scales each output column by its row's
+    tensor scale."""
+    weights = [w.cuda() for w in _weights(96, 32, k=256)]
+    x = torch.randn(80, 256, generator=torch.Generator().manual_seed(35)).cuda()
+    stacked = Linear.stacked(weights, "w4a16", rows=80)
+    alone = [Linear.build(w, "w4a16")(x, None) for w in weights]
+    assert torch.equal(stacked(x, None), torch.cat(alone, dim=1))
 
 
 @needs_cuda
@@ -115,10 +151,11 @@ def test_stacked_fp8_gemv_gives_each_weights_own_gemv_bits_under_one_tile_on_cud
 
 
 @needs_cuda
-@pytest.mark.parametrize(("strategy", "fewer"), [("fp8_balanced", 3), ("w4a16_aggressive", 0)])
+@pytest.mark.parametrize(("strategy", "fewer"), [("fp8_balanced", 3), ("w4a16_aggressive", 3), ("nvfp4_weights", 6)])
 def test_stacked_decode_step_launches_one_gemv_for_qkv_and_one_for_gate_and_up_on_cuda(strategy, fewer):
-    """Per layer the FP8 GEMVs of q, k, v become one launch and gate, up one: three fewer; NVFP4 weights stay
-    apart. (cuBLAS may add a split-K reduction to a 16-bit GEMV of either shape: its count is not fixed.)"""
+    """Per layer the FP8 GEMVs (or NVFP4 decode linears) of q, k, v become one launch and gate, up one: three
+    fewer; with NVFP4 activations their round trips too. (cuBLAS may add a split-K reduction to a 16-bit GEMV
+    of either shape: its count is not fixed.)"""
     def launched(step) -> int:
         step()
         torch.cuda.synchronize()
