@@ -48,7 +48,7 @@ _VOID = ctypes.c_void_p
 _INT = ctypes.c_int
 SIGNATURES = {
     "nvfp4_gemm_naive": [_INT, _VOID, _VOID, _VOID, _VOID, _VOID, _VOID, _VOID, _INT, _INT, _INT, _VOID],
-    "nvfp4_gemv": [_INT, _VOID, _VOID, _VOID, _INT, _VOID, _INT, _INT, _INT, _VOID],
+    "nvfp4_gemv": [_INT, _VOID, _VOID, _VOID, _VOID, _INT, _VOID, _INT, _INT, _INT, _VOID],
     "nvfp4_linear": [_INT, _VOID, _VOID, _VOID, _VOID, _INT, _VOID, _INT, _INT, _INT, _VOID],
     "nvfp4_linear_tile": [_INT, _VOID, _VOID, _INT, _INT, _VOID, _VOID, _VOID],
 }

@@ -85,3 +85,26 @@ def test_launcher_error_becomes_an_exception(tmp_path, monkeypatch):
 def test_missing_source_says_which_exist(tmp_path):
     with pytest.raises(FileNotFoundError, match="nvfp4_gemm.cu"):
         kernels.build(Path(tmp_path / "nope.cu"), kernels.target_for((9, 0)), nvcc="nvcc")
+
+
+def _declared_parameters(source: Path) -> dict[str, list]:
+    """Each extern "C" launcher's parameter types in `source`, as ctypes types."""
+    import re
+
+    types = {"int": ctypes.c_int, "void*": ctypes.c_void_p, "const void*": ctypes.c_void_p}
+    declared = {}
+    for name, params in re.findall(r'extern "C" int (\w+)\(([^)]*)\)', source.read_text()):
+        kinds = [" ".join(p.split()[:-1]).replace(" *", "*") for p in params.split(",") if p.strip()]
+        declared[name] = [types[k] for k in kinds]
+    return declared
+
+
+@pytest.mark.parametrize("module", ["nvfp4_gemm", "kv_prefetch"])
+def test_every_launchers_ctypes_signature_matches_its_c_declaration(module):
+    """A pointer declared as an int is cut to 32 bits: a segmentation fault on a GPU, nothing on a CPU."""
+    import importlib
+
+    signatures = importlib.import_module(f"lowprec_workloads.{module}").SIGNATURES
+    declared = _declared_parameters(kernels.KERNELS_DIR / f"{module}.cu")
+    for name, argtypes in signatures.items():
+        assert argtypes == declared[name], name
