@@ -151,11 +151,12 @@ def test_stacked_fp8_gemv_gives_each_weights_own_gemv_bits_under_one_tile_on_cud
 
 
 @needs_cuda
-@pytest.mark.parametrize(("strategy", "fewer"), [("fp8_balanced", 3), ("w4a16_aggressive", 3), ("nvfp4_weights", 6)])
+@pytest.mark.parametrize(("strategy", "fewer"), [("fp8_balanced", 3), ("w4a16_aggressive", 6), ("nvfp4_weights", 9)])
 def test_stacked_decode_step_launches_one_gemv_for_qkv_and_one_for_gate_and_up_on_cuda(strategy, fewer):
     """Per layer the FP8 GEMVs (or NVFP4 decode linears) of q, k, v become one launch and gate, up one: three
-    fewer; with NVFP4 activations their round trips too. (cuBLAS may add a split-K reduction to a 16-bit GEMV
-    of either shape: its count is not fixed.)"""
+    fewer; before an NVFP4 linear its float16 activation's cast to bfloat16 too (three fewer), and with NVFP4
+    activations their round trips (three more). (cuBLAS may add a split-K reduction to a 16-bit GEMV of either
+    shape: its count is not fixed.)"""
     def launched(step) -> int:
         step()
         torch.cuda.synchronize()
