@@ -18,8 +18,10 @@ Sections, in this order, each a table, JSON written to OUT.json after each:
   steps    suites/test_mixed_precision.py's large decode step (same weights and seed) of every strategy
            against fp16_baseline, with the committed tiles (fp8_linear.gemv_config) and q, k, v (gate, up)
            stacked into one linear on both sides; the same with every projection its own linear on both sides
-           (before 2026-12-02's stacking); the NVFP4 strategies with their weights through the CUDA-core GEMV
-           (before 2026-12-02's tensor-core decode linear); the fastest tile per shape from `decode`, and no GEMV;
+           (before 2026-12-02's stacking); the same with each linear's input cast in a launch of its own on both
+           sides (before the fused launches wrote it); the NVFP4 strategies with their weights through the
+           CUDA-core GEMV (before 2026-12-02's tensor-core decode linear); the fastest tile per shape from
+           `decode`, and no GEMV;
            SQNR against float32, and the hardware model's predicted speedup from each step's declared
            work, so "of model" is what STEP_FRACTION is chosen from.
 Both sides of each row are timed by the plugin's own timer: CUDA-graph replays, L2 flushed before each
@@ -75,6 +77,7 @@ STRATEGIES = ["fp8_balanced", "hybrid_long_context", "layerwise_gradient", "cust
               "nvfp4_weights"]
 NVFP4_GEMV = "NVFP4 weights through the GEMV"  # the CUDA-core GEMV the steps ran before 2026-12-02
 APART = "committed, projections apart"  # every projection its own linear on both sides
+CASTS = "committed, casts apart"  # each linear's input cast in its own launch on both sides
 # A tile may be chosen if its error stays under a promoted wgmma sum's bound (tests/test_fp8_linear.py):
 # the unpromoted wgmma tiles' error grows with K.
 ACCURATE_REL_L2 = 3e-4
@@ -255,8 +258,12 @@ def section_steps(bench: Bench, best: dict[tuple[int, int], str]) -> None:
     # Both sides with every projection its own linear, as before the stacking (2026-12-02): what it gains.
     apart_sixteen = DecodeStep(weights, STEP_SHAPE, known["fp16_baseline"], cuda, stack=False)
     apart_sixteen_work = apart_sixteen.work()
+    # Both sides with each linear's input cast in its own launch, as before the fused launches wrote copies.
+    casts_sixteen = DecodeStep(weights, STEP_SHAPE, known["fp16_baseline"], cuda, copies=False)
+    casts_sixteen_work = casts_sixteen.work()
     choosers = {"committed tiles": fp8_linear.gemv_config,
                 APART: fp8_linear.gemv_config,
+                CASTS: fp8_linear.gemv_config,
                 NVFP4_GEMV: fp8_linear.gemv_config,
                 "fastest tile per shape": lambda n, k: CANDIDATES[best[(n, k)]] if (n, k) in best else None,
                 "no GEMV (_scaled_mm, 1 row)": lambda n, k: None}
@@ -269,21 +276,22 @@ def section_steps(bench: Bench, best: dict[tuple[int, int], str]) -> None:
         for name in STRATEGIES:
             s = known.get(name) or custom(name, {"ffn_gate": "fp8", "ffn_up": "fp8", "ffn_down": "fp8"})
             key = f"{name} / {label}"
-            if bench.elapsed() > DEADLINE_S and label not in ("committed tiles", APART, NVFP4_GEMV):
+            if bench.elapsed() > DEADLINE_S and label not in ("committed tiles", APART, CASTS, NVFP4_GEMV):
                 print(f"  {key}: skipped (past {DEADLINE_S:.0f} s)")
                 continue
             try:
                 apart = label == APART
                 layers = range(STEP_SHAPE.layers)
-                if label not in ("committed tiles", APART, NVFP4_GEMV) and not any(
+                if label not in ("committed tiles", APART, CASTS, NVFP4_GEMV) and not any(
                         s.precision(op, i, STEP_SHAPE.layers) == "fp8" for op in LINEARS for i in layers):
                     continue  # the FP8 tile choices do not touch this strategy
                 if label == NVFP4_GEMV and not any(
                         s.precision(op, i, STEP_SHAPE.layers) in NVFP4_WEIGHTS for op in LINEARS for i in layers):
                     continue  # no NVFP4 weights
                 step = DecodeStep(weights, STEP_SHAPE, s, cuda, fp8_gemv=chooser, stack=not apart,
-                                  nvfp4_mma=label != NVFP4_GEMV)
-                base, base_work = (apart_sixteen, apart_sixteen_work) if apart else (sixteen, sixteen_work)
+                                  nvfp4_mma=label != NVFP4_GEMV, copies=label != CASTS)
+                base, base_work = {APART: (apart_sixteen, apart_sixteen_work),
+                                   CASTS: (casts_sixteen, casts_sixteen_work)}.get(label, (sixteen, sixteen_work))
                 sq = sqnr_db(reference, step())
                 m = bench.pair(base, step, n=80)
                 pred = bench.predicted(base_work, step.work())

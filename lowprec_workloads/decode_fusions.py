@@ -22,6 +22,10 @@ float32 to bfloat16 where the GPU rounds, so there (`INTERPRETED`) it takes nump
 The E4M3 scale (add_rms_norm's `fp8_scale`, swiglu's `workspace`): the kernel also takes the amax of what it
 writes and stores fp8._scale_from_amax of it, the scale fp8_linear's GEMV would compute from that tensor in
 every program before its first product; the GEMV given it skips that pass (fp8_linear.gemv's x_scale).
+
+A copy (both functions' `copy_dtype`): the kernel also writes its output rounded to that dtype, the bits
+`out.to(copy_dtype)` gives, for a linear that reads its input in another dtype than the step's (a 16-bit
+weight's F.linear, the NVFP4 decode linear's bfloat16): that cast is then no launch of its own.
 """
 
 from __future__ import annotations
@@ -61,9 +65,16 @@ def _rounded(x, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
 
 
 @triton.jit
-def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, out_ptr, scale_ptr, rows, width, eps,
+def _store_copy(ptr, y, mask, INTERPRETED: tl.constexpr):
+    """y (float32) rounded to the copy's dtype (nearest even), stored."""
+    copy_dtype: tl.constexpr = ptr.dtype.element_ty
+    tl.store(ptr, _rounded(y, copy_dtype, INTERPRETED).to(copy_dtype), mask=mask)
+
+
+@triton.jit
+def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, out_ptr, scale_ptr, copy_ptr, rows, width, eps,
                          BLOCK: tl.constexpr, HAS_DELTA: tl.constexpr, WRITE_SCALE: tl.constexpr,
-                         FLT_MAX: tl.constexpr, INTERPRETED: tl.constexpr):
+                         WRITE_COPY: tl.constexpr, FLT_MAX: tl.constexpr, INTERPRETED: tl.constexpr):
     dtype: tl.constexpr = out_ptr.dtype.element_ty
     offs = tl.arange(0, BLOCK)
     mask = offs < width
@@ -80,6 +91,8 @@ def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, out_ptr, scale_ptr,
         inv_rms = _rounded(rsqrt(mean_square + eps, INTERPRETED), dtype, INTERPRETED)
         y = _rounded(_rounded(x * inv_rms, dtype, INTERPRETED) * weight, dtype, INTERPRETED)
         tl.store(out_ptr + at, y.to(dtype), mask=mask)
+        if WRITE_COPY:
+            _store_copy(copy_ptr + at, y, mask, INTERPRETED)
         if WRITE_SCALE:
             amax_bits = tl.maximum(amax_bits, tl.where(mask, _magnitude_bits(y), 0))
     if WRITE_SCALE:
@@ -87,8 +100,9 @@ def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, out_ptr, scale_ptr,
 
 
 @triton.jit
-def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, scale_ptr, shared_ptr, numel, BLOCK: tl.constexpr,
-                   WRITE_SCALE: tl.constexpr, FLT_MAX: tl.constexpr, INTERPRETED: tl.constexpr):
+def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, scale_ptr, shared_ptr, copy_ptr, numel, BLOCK: tl.constexpr,
+                   WRITE_SCALE: tl.constexpr, WRITE_COPY: tl.constexpr, FLT_MAX: tl.constexpr,
+                   INTERPRETED: tl.constexpr):
     """BLOCK elements a program. With WRITE_SCALE the programs share an amax and an arrival count
     (SwigluWorkspace, zero between calls): each takes the max of its amax into the first, then counts itself
     in (acq_rel, so its max is seen by whoever counts in after it); the last to arrive reads the amax,
@@ -101,6 +115,8 @@ def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, scale_ptr, shared_ptr, numel, BLOC
     up = tl.load(up_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     y = _rounded(tl.math.div_rn(gate, 1.0 + exp(-gate, INTERPRETED)) * up, dtype, INTERPRETED)
     tl.store(out_ptr + offs, y.to(dtype), mask=mask)
+    if WRITE_COPY:
+        _store_copy(copy_ptr + offs, y, mask, INTERPRETED)
     if WRITE_SCALE:
         tl.atomic_max(shared_ptr, tl.max(tl.where(mask, _magnitude_bits(y), 0), axis=0), sem="relaxed")
         arrived = tl.atomic_add(shared_ptr + 1, 1, sem="acq_rel")
@@ -120,10 +136,23 @@ def _check(what: str, first: torch.Tensor, *others: torch.Tensor) -> None:
             raise ValueError(f"{what} takes its tensors on one device: {first.device} and {other.device}")
 
 
+COPY_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _require_copy_dtype(dtype: torch.dtype | None) -> None:
+    if dtype is not None and dtype not in COPY_DTYPES:
+        raise ValueError(f"copy_dtype takes {', '.join(map(str, COPY_DTYPES))} or None, got {dtype}")
+
+
+def _copy(like: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor | None:
+    """The copy a kernel writes of an output shaped as `like`, in `dtype` (None: no copy)."""
+    return None if dtype is None else torch.empty(like.shape, dtype=dtype, device=like.device)
+
+
 def add_rms_norm(h: torch.Tensor, weight: torch.Tensor, delta: torch.Tensor | None = None, *, eps: float = 1e-6,
-                 fp8_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(h + delta.to(h.dtype), its RMSNorm times `weight` in h's dtype, the E4M3 scale of that norm or None).
-    h [rows, width] in the step's dtype; with no delta the first is h itself."""
+                 fp8_scale: bool = False, copy_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
+    """(h + delta.to(h.dtype), its RMSNorm times `weight` in h's dtype, the E4M3 scale of that norm or None, the
+    norm in `copy_dtype` or None). h [rows, width] in the step's dtype; with no delta the first is h itself."""
     rows, width = h.shape
     if not fits(rows, width):
         raise ValueError(f"add_rms_norm fuses up to {FUSED_MAX_ELEMENTS} elements, rows of up to {_MAX_ROW}; "
@@ -132,16 +161,19 @@ def add_rms_norm(h: torch.Tensor, weight: torch.Tensor, delta: torch.Tensor | No
         raise ValueError(f"delta must be h's shape {tuple(h.shape)}, got {tuple(delta.shape)}")
     if weight.shape != (width,):
         raise ValueError(f"weight must be [{width}], one per column of h, got {tuple(weight.shape)}")
+    _require_copy_dtype(copy_dtype)
     _check("add_rms_norm", h, weight, *([delta] if delta is not None else []))
     h = h.contiguous()
+    copy = _copy(h, copy_dtype)
     out = torch.empty_like(h)
     h_out = torch.empty_like(h) if delta is not None else h
     scale = torch.empty((), dtype=torch.float32, device=h.device) if fp8_scale else None
     _add_rms_norm_kernel[(1,)](h, delta.contiguous() if delta is not None else h, weight.contiguous(), h_out, out,
-                               scale if scale is not None else out, rows, width, eps,
-                               BLOCK=triton.next_power_of_2(width), HAS_DELTA=delta is not None,
-                               WRITE_SCALE=fp8_scale, FLT_MAX=FLT_MAX, INTERPRETED=interpreting(), num_warps=8)
-    return h_out, out, scale
+                               scale if scale is not None else out, copy if copy is not None else out, rows, width,
+                               eps, BLOCK=triton.next_power_of_2(width), HAS_DELTA=delta is not None,
+                               WRITE_SCALE=fp8_scale, WRITE_COPY=copy is not None, FLT_MAX=FLT_MAX,
+                               INTERPRETED=interpreting(), num_warps=8)
+    return h_out, out, scale, copy
 
 
 class SwigluWorkspace:
@@ -154,33 +186,39 @@ class SwigluWorkspace:
         self.shared = torch.zeros(2, dtype=torch.int32, device=device)
 
 
-def swiglu(gate: torch.Tensor, up: torch.Tensor, dtype: torch.dtype, *,
-           workspace: SwigluWorkspace | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(silu(gate) * up in float32, rounded to `dtype`; with a workspace, the E4M3 scale of it, else None).
-    The programs each take _CHUNK elements; the scale is their amaxes' through the workspace."""
+def swiglu(gate: torch.Tensor, up: torch.Tensor, dtype: torch.dtype, *, workspace: SwigluWorkspace | None = None,
+           copy_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
+    """(silu(gate) * up in float32, rounded to `dtype`; with a workspace, the E4M3 scale of it, else None; the
+    product rounded to `copy_dtype`, else None). The programs each take _CHUNK elements; the scale is their
+    amaxes' through the workspace."""
     if gate.shape != up.shape:
         raise ValueError(f"swiglu takes gate and up of one shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
+    _require_copy_dtype(copy_dtype)
     _check("swiglu", gate, up, *([workspace.shared] if workspace is not None else []))
+    copy = _copy(gate, copy_dtype)
     out = torch.empty(gate.shape, dtype=dtype, device=gate.device)
     scale = torch.empty((), dtype=torch.float32, device=gate.device) if workspace is not None else None
     block = min(_CHUNK, triton.next_power_of_2(gate.numel()))
     _swiglu_kernel[(triton.cdiv(gate.numel(), block),)](
         gate.contiguous(), up.contiguous(), out, scale if scale is not None else out,
-        workspace.shared if workspace is not None else out, gate.numel(), BLOCK=block,
-        WRITE_SCALE=workspace is not None, FLT_MAX=FLT_MAX, INTERPRETED=interpreting(), num_warps=4)
-    return out, scale
+        workspace.shared if workspace is not None else out, copy if copy is not None else out, gate.numel(),
+        BLOCK=block, WRITE_SCALE=workspace is not None, WRITE_COPY=copy is not None, FLT_MAX=FLT_MAX,
+        INTERPRETED=interpreting(), num_warps=4)
+    return out, scale, copy
 
 
-def add_rms_norm_work(rows: int, width: int, dtype_size: int, delta_size: int | None) -> Work:
-    """add_rms_norm's traffic: h (and delta) in, the norm (and the new h) out, the float32 weight (the
-    stack's norms keep theirs in float32, transformer_block.Weights), one launch."""
-    moved = rows * width * (2 * dtype_size + (delta_size + dtype_size if delta_size is not None else 0))
+def add_rms_norm_work(rows: int, width: int, dtype_size: int, delta_size: int | None, copy_size: int = 0) -> Work:
+    """add_rms_norm's traffic: h (and delta) in, the norm (and the new h, and a copy of `copy_size`-byte
+    elements) out, the float32 weight (the stack's norms keep theirs in float32, transformer_block.Weights),
+    one launch."""
+    moved = rows * width * (2 * dtype_size + (delta_size + dtype_size if delta_size is not None else 0) + copy_size)
     return Work(nbytes=moved + width * 4, kernels=1)
 
 
-def swiglu_work(numel: int, gate_size: int, up_size: int, out_size: int) -> Work:
-    """swiglu's traffic: gate and up in (each at its own element size), the product out, one launch."""
-    return Work(nbytes=numel * (gate_size + up_size + out_size), kernels=1)
+def swiglu_work(numel: int, gate_size: int, up_size: int, out_size: int, copy_size: int = 0) -> Work:
+    """swiglu's traffic: gate and up in (each at its own element size), the product (and a copy) out, one
+    launch."""
+    return Work(nbytes=numel * (gate_size + up_size + out_size + copy_size), kernels=1)
 
 
 def interpreted(calls: list[tuple[str, tuple, dict]]) -> list[object]:

@@ -22,8 +22,9 @@ Each operator runs its strategy's precision with the real path where this device
 - around them, on CUDA: each residual add with the RMSNorm after it, and each SwiGLU gate, one Triton
   launch (decode_fusions), every strategy alike. Where a one-row FP8 GEMV reads the norm's or the
   gate's output, that launch also writes its E4M3 scale and the GEMV skips its own amax pass (the O
-  projection's GEMV, fed by attention, still takes its own). On CPU, and for the float32 reference, the
-  eager operators.
+  projection's GEMV, fed by attention, still takes its own); where the linears after it read another dtype
+  than the step's (16-bit weights, NVFP4's bfloat16), it also writes its output in that dtype, so their cast
+  is no launch of its own. On CPU, and for the float32 reference, the eager operators.
 - q, k and v, and gate and up, read one activation each: on CUDA each group runs as one linear where the
   layer gives them one precision that stacks (Linear.stacked: 16-bit weights concatenated; FP8 weights
   through one GEMV, each row keeping its weight's scale; NVFP4 weights quantized apart and concatenated,
@@ -70,9 +71,19 @@ class FusedScales(NamedTuple):
     down: bool
 
 
+class FusedCopies(NamedTuple):
+    """The dtype in which each of a layer's fused launches (as FusedScales) also writes its output for the
+    linears reading it, where they read it in another dtype than the step's (16-bit weights' F.linear, the
+    NVFP4 decode linear's bfloat16), so that their input's cast is no launch of its own; None: no copy."""
+
+    attn: torch.dtype | None
+    ffn: torch.dtype | None
+    down: torch.dtype | None
+
+
 # What a strategy's step runs on CUDA around its linears and attention, for a workload's signature.
 CUDA_FUSIONS = ("triton: residual add + rmsnorm, swiglu, one launch each, writing the e4m3 scale "
-                "the fp8 gemv reads")
+                "the fp8 gemv reads and the 16-bit copy a 16-bit or nvfp4 linear reads")
 CUDA_STACKED = ("q, k, v and gate, up projections stacked into one linear each where 16-bit, fp8 (one-row gemv, "
                 "a scale per weight) or nvfp4 (a tensor scale per weight)")
 CUDA_NVFP4_WEIGHTS = "nvfp4_gemm.linear: tensor-core decode linear, weights laid out once"
@@ -180,8 +191,22 @@ class Linear:
         """Whether a call on `rows` rows would use its input's E4M3 scale (the FP8 one-row GEMV)."""
         return self.fp8 is not None and self.fp8.uses_gemv(rows)
 
-    def __call__(self, x: torch.Tensor, cuda: CudaKernels | None, x_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """x @ weight.T; `x_scale`, x's E4M3 scale where its producer took it, spares an FP8 GEMV its amax pass."""
+    @property
+    def input_dtype(self) -> torch.dtype | None:
+        """The dtype the linear reads its input in (it casts any other to it); None: it takes any (FP8)."""
+        if self.nvfp4 is not None:
+            return torch.bfloat16
+        return None if self.fp8 is not None else self.weight.dtype
+
+    def __call__(self, x: torch.Tensor, cuda: CudaKernels | None, x_scale: torch.Tensor | None = None,
+                 x_copy: torch.Tensor | None = None) -> torch.Tensor:
+        """x @ weight.T; `x_scale`, x's E4M3 scale where its producer took it, spares an FP8 GEMV its amax pass;
+        `x_copy`, x already in input_dtype where its producer wrote it, spares the cast."""
+        if x_copy is not None:
+            if x_copy.dtype != self.input_dtype or x_copy.shape != x.shape:
+                raise ValueError(f"x_copy must be x's shape {tuple(x.shape)} in {self.input_dtype}, the dtype this "
+                                 f"{self.precision} linear reads; got {x_copy.dtype} {tuple(x_copy.shape)}")
+            x = x_copy
         if self.nvfp4 is not None:
             if self.precision == "nvfp4":  # NVFP4 activations: quantized, then dequantized for the kernel
                 x = x.to(torch.bfloat16)
@@ -249,7 +274,7 @@ class DecodeStep:
 
     def __init__(self, weights: Weights, shape: BlockShape, strategy: Strategy | None, cuda: CudaKernels | None,
                  *, fp8_gemv: GemvChooser = gemv_config, fuse: bool = True, fp8_scales: bool = True,
-                 stack: bool = True, nvfp4_mma: bool = True):
+                 stack: bool = True, nvfp4_mma: bool = True, copies: bool = True):
         """`fp8_gemv(N, K)`: the one-row GEMV tile of each FP8 weight (a benchmark's choice; None: _scaled_mm).
         `fuse`: on CUDA a strategy's residual adds, norms and SwiGLU gates run fused (decode_fusions), where
         the activation is decode-sized; the float32 reference always runs eagerly. `fp8_scales`: the fused
@@ -257,7 +282,9 @@ class DecodeStep:
         `stack`: on CUDA a strategy's q, k and v, and its gate and up, run as one linear each where their
         layer gives them one precision that stacks (Linear.stacked), as decode engines merge them. `nvfp4_mma`:
         with CUDA kernels, NVFP4 weights are laid out for the tensor-core decode linear (else they run the
-        CUDA-core GEMV, as the steps did before 2026-12-02: a benchmark's comparison)."""
+        CUDA-core GEMV, as the steps did before 2026-12-02: a benchmark's comparison). `copies`: the fused
+        launches also write their output in the dtype the linears after them read, where that is another than
+        the step's (FusedCopies)."""
         self.shape, self.strategy, self.cuda = shape, strategy, cuda
         n = shape.layers
 
@@ -304,6 +331,11 @@ class DecodeStep:
             attn=hand and any(lin.takes_fp8_scale(shape.batch) for lin in _computing(layer, QKV)),
             ffn=hand and any(lin.takes_fp8_scale(shape.batch) for lin in _computing(layer, GATE_UP)),
             down=hand and layer["ffn_down"].takes_fp8_scale(shape.batch)) for layer in self.linears]
+        copy = self.fused and copies
+        self._copies_for = [FusedCopies(
+            attn=_copy_dtype(_computing(layer, QKV), self.dtype) if copy else None,
+            ffn=_copy_dtype(_computing(layer, GATE_UP), self.dtype) if copy else None,
+            down=_copy_dtype([layer["ffn_down"]], self.dtype) if copy else None) for layer in self.linears]
 
     def work(self) -> tuple[Work, ...]:
         """The step's work for the hardware model (CUDA): torch's operators read off what the step
@@ -331,9 +363,12 @@ class DecodeStep:
             for i, layer in enumerate(self.linears):
                 before = self.linears[i - 1]["ffn_down"].out_size if i else None
                 gate, up = _computing(layer, GATE_UP, each=True)
-                custom += [fused_ops.add_rms_norm_work(s.batch, s.d, size, before),
-                           fused_ops.add_rms_norm_work(s.batch, s.d, size, layer["o_proj"].out_size),
-                           fused_ops.swiglu_work(s.batch * s.ffn, gate.out_size, up.out_size, size)]
+                copies = self._copies_for[i]
+                custom += [fused_ops.add_rms_norm_work(s.batch, s.d, size, before, _itemsize(copies.attn)),
+                           fused_ops.add_rms_norm_work(s.batch, s.d, size, layer["o_proj"].out_size,
+                                                       _itemsize(copies.ffn)),
+                           fused_ops.swiglu_work(s.batch * s.ffn, gate.out_size, up.out_size, size,
+                                                 _itemsize(copies.down))]
             custom.append(fused_ops.add_rms_norm_work(s.batch, s.d, size, self.linears[-1]["ffn_down"].out_size))
         return eager_work(self) + tuple(custom)
 
@@ -362,44 +397,60 @@ class DecodeStep:
                                     workspace=self._attention_workspace).float()
         return attend_cache(q, cache, torch.float32)
 
-    def _add_norm(self, h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
-                  fp8_scale: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(h + delta.to(dtype), its RMSNorm, the norm's E4M3 scale where asked and fused)."""
+    def _add_norm(self, h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, fp8_scale: bool,
+                  copy: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
+        """(h + delta.to(dtype), its RMSNorm, the norm's E4M3 scale where asked and fused, the norm in `copy`
+        where asked and fused)."""
         if self.fused:
-            return fused_ops.add_rms_norm(h, weight, delta, fp8_scale=fp8_scale)
+            return fused_ops.add_rms_norm(h, weight, delta, fp8_scale=fp8_scale, copy_dtype=copy)
         h = h if delta is None else h + delta.to(self.dtype)
-        return h, rms_norm(h, weight, self.dtype), None
+        return h, rms_norm(h, weight, self.dtype), None, None
 
-    def _swiglu(self, gate: torch.Tensor, up: torch.Tensor,
-                fp8_scale: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(silu(gate) * up in dtype, its E4M3 scale where asked and fused)."""
+    def _swiglu(self, gate: torch.Tensor, up: torch.Tensor, fp8_scale: bool,
+                copy: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
+        """(silu(gate) * up in dtype, its E4M3 scale where asked and fused, it in `copy` where asked and fused)."""
         if self.fused:
             if fp8_scale and self._swiglu_workspace is None:
                 self._swiglu_workspace = fused_ops.SwigluWorkspace(gate.device)  # every layer's call in turn
-            return fused_ops.swiglu(gate, up, self.dtype, workspace=self._swiglu_workspace if fp8_scale else None)
-        return (F.silu(gate.float()) * up.float()).to(self.dtype), None
+            return fused_ops.swiglu(gate, up, self.dtype, workspace=self._swiglu_workspace if fp8_scale else None,
+                                    copy_dtype=copy)
+        return (F.silu(gate.float()) * up.float()).to(self.dtype), None, None
 
     def _project(self, layer: dict[str, Linear], ops: tuple[str, ...], a: torch.Tensor,
-                 a_scale: torch.Tensor | None) -> list[torch.Tensor]:
+                 a_scale: torch.Tensor | None, a_copy: torch.Tensor | None) -> list[torch.Tensor]:
         """The outputs of `ops` (projections of one activation `a`), from their stacked linear or each its own."""
-        return [out for lin in _computing(layer, ops) for out in lin.split(lin(a, self.cuda, a_scale))]
+        return [out for lin in _computing(layer, ops) for out in lin.split(lin(a, self.cuda, a_scale, a_copy))]
 
     def __call__(self) -> torch.Tensor:
         """Logits [batch, vocab] of the next token."""
         s = self.shape
         h, delta = self.x.to(self.dtype), None
         for i, lin in enumerate(self.linears):
-            scales = self._scales_for[i]
-            h, a, a_scale = self._add_norm(h, delta, self.norms[i][0], scales.attn)
-            q, _, _ = self._project(lin, QKV, a, a_scale)  # the new token's K and V: for the caller to append
+            scales, copies = self._scales_for[i], self._copies_for[i]
+            h, a, a_scale, a_copy = self._add_norm(h, delta, self.norms[i][0], scales.attn, copies.attn)
+            q, _, _ = self._project(lin, QKV, a, a_scale, a_copy)  # the new token's K and V: for the caller
             q = q.float().reshape(s.batch, s.heads, s.head_dim)
             att = self._attend(q, i).reshape(s.batch, s.d).to(self.dtype)
-            h, a, a_scale = self._add_norm(h, lin["o_proj"](att, self.cuda), self.norms[i][1], scales.ffn)
-            gate, up = self._project(lin, GATE_UP, a, a_scale)
-            y, y_scale = self._swiglu(gate, up, scales.down)
-            delta = lin["ffn_down"](y, self.cuda, y_scale)
-        _, a, _ = self._add_norm(h, delta, self.final_norm, False)
+            h, a, a_scale, a_copy = self._add_norm(h, lin["o_proj"](att, self.cuda), self.norms[i][1], scales.ffn,
+                                                   copies.ffn)
+            gate, up = self._project(lin, GATE_UP, a, a_scale, a_copy)
+            y, y_scale, y_copy = self._swiglu(gate, up, scales.down, copies.down)
+            delta = lin["ffn_down"](y, self.cuda, y_scale, y_copy)
+        _, a, _, _ = self._add_norm(h, delta, self.final_norm, False)
         return F.linear(a, self.head).float()
+
+
+def _copy_dtype(linears: list[Linear], dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype a fused launch writes its copy in for `linears` (all reading its output): the one they all
+    read, where it is not the step's `dtype`; else None."""
+    wanted = {lin.input_dtype for lin in linears}
+    one = wanted.pop() if len(wanted) == 1 else None
+    return one if one is not None and one != dtype else None
+
+
+def _itemsize(dtype: torch.dtype | None) -> int:
+    """Bytes an element of a fused launch's copy takes (0: no copy)."""
+    return 0 if dtype is None else dtype.itemsize
 
 
 def _computing(layer: dict[str, Linear], ops: tuple[str, ...], *, each: bool = False) -> list[Linear]:

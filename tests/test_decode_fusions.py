@@ -24,6 +24,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # Against the eager path, in units of the output dtype's last place (at the eager value's magnitude):
 # float32's exp, rsqrt and division differ by an ulp or two each (2.1 measured for SwiGLU, 2026-12-02).
 MAX_ULPS = {"float32": 4.0, "bfloat16": 1.0, "float16": 1.0}
+COPY_DTYPES = ("bfloat16", "float16")
 
 
 def _activations(width: int, rows: int = 2) -> dict[str, torch.Tensor]:
@@ -44,6 +45,10 @@ def _jobs() -> dict[str, tuple[str, tuple, dict]]:
         workspace = decode_fusions.SwigluWorkspace("cpu")
         calls[f"swiglu-{name}"] = ("swiglu", (a["gate"], a["up"], dtype), {"workspace": workspace})
         calls[f"swiglu-again-{name}"] = ("swiglu", (a["gate"] / 4, a["up"], dtype), {"workspace": workspace})
+    for name in COPY_DTYPES:  # the float32 step's output, and a copy in the dtype a linear after it reads
+        calls[f"norm-copy-{name}"] = ("add_rms_norm", (a["h"], a["weight"], a["delta"]),
+                                      {"fp8_scale": True, "copy_dtype": DTYPES[name]})
+        calls[f"swiglu-copy-{name}"] = ("swiglu", (a["gate"], a["up"], torch.float32), {"copy_dtype": DTYPES[name]})
     for edge, (h, gate) in _edges(a).items():
         calls[f"norm-{edge}"] = ("add_rms_norm", (h, a["weight"]), {"fp8_scale": True})
         calls[f"swiglu-{edge}"] = ("swiglu", (gate, a["up"], torch.float32),
@@ -91,7 +96,7 @@ def _eager_norm(h, weight, delta=None):
 def test_add_rms_norm_gives_the_eager_residual_and_norm(interpreted, dtype, with_delta):
     a = _activations(300)
     h, weight = a["h"].to(DTYPES[dtype]), a["weight"]
-    h_new, normed, _ = interpreted[f"{'add-norm' if with_delta else 'norm'}-{dtype}"]
+    h_new, normed, _, _ = interpreted[f"{'add-norm' if with_delta else 'norm'}-{dtype}"]
     eager_h, eager_normed = _eager_norm(h, weight, a["delta"] if with_delta else None)
     assert h_new.dtype == normed.dtype == DTYPES[dtype]
     if with_delta:
@@ -103,7 +108,7 @@ def test_add_rms_norm_gives_the_eager_residual_and_norm(interpreted, dtype, with
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 def test_swiglu_gives_the_eager_gate_in_its_dtype(interpreted, dtype):
     a = _activations(300)
-    out, _ = interpreted[f"swiglu-{dtype}"]
+    out, _, _ = interpreted[f"swiglu-{dtype}"]
     assert out.dtype == DTYPES[dtype]
     assert _ulps(out, (F.silu(a["gate"]) * a["up"]).to(DTYPES[dtype])).max() <= MAX_ULPS[dtype]
 
@@ -112,7 +117,7 @@ def test_swiglu_gives_the_eager_gate_in_its_dtype(interpreted, dtype):
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 @pytest.mark.parametrize("case", ["norm", "add-norm", "swiglu", "swiglu-again"])
 def test_fused_kernels_write_the_scale_the_fp8_quantizer_takes_from_their_output(interpreted, dtype, case):
-    *_, out, scale = interpreted[f"{case}-{dtype}"]
+    out, scale = interpreted[f"{case}-{dtype}"][-3:-1]
     expected = _scale_from_amax(out.detach().abs().amax(), torch.float8_e4m3fn)
     assert scale.dtype == torch.float32 and torch.equal(scale.view(torch.int32), expected.view(torch.int32))
 
@@ -123,11 +128,27 @@ def test_fused_kernels_write_the_scale_the_fp8_quantizer_takes_from_their_output
 def test_fused_kernels_on_edge_inputs_give_the_eager_values_and_the_quantizers_scale(interpreted, kernel, edge):
     a = _activations(300)
     h, gate = _edges(a)[edge]
-    *_, out, scale = interpreted[f"{kernel}-{edge}"]
+    out, scale = interpreted[f"{kernel}-{edge}"][-3:-1]
     eager = _eager_norm(h, a["weight"])[1] if kernel == "norm" else F.silu(gate) * a["up"]
     assert _same(out, eager, MAX_ULPS["float32"])
     assert _same(scale, _scale_from_amax(out.abs().amax(), torch.float8_e4m3fn))
     assert edge != "zeros" or scale == 1.0
+
+
+@interpreter
+@pytest.mark.parametrize("copy", COPY_DTYPES)
+@pytest.mark.parametrize("kernel", ["norm", "swiglu"])
+def test_fused_kernels_write_the_copy_a_cast_of_their_output_gives(interpreted, kernel, copy):
+    result = interpreted[f"{kernel}-copy-{copy}"]
+    out, copied = result[-3], result[-1]
+    assert copied.dtype == DTYPES[copy] and torch.equal(copied, out.to(DTYPES[copy]))
+
+
+def test_fused_kernels_refuse_a_copy_in_a_dtype_no_linear_reads():
+    with pytest.raises(ValueError, match="copy_dtype takes torch.float32, torch.bfloat16, torch.float16 or None"):
+        decode_fusions.add_rms_norm(torch.zeros(1, 8), torch.ones(8), copy_dtype=torch.int8)
+    with pytest.raises(ValueError, match="copy_dtype takes"):
+        decode_fusions.swiglu(torch.zeros(1, 8), torch.zeros(1, 8), torch.float32, copy_dtype=torch.float8_e4m3fn)
 
 
 def test_fused_kernels_refuse_cpu_tensors_outside_the_interpreter():
@@ -159,6 +180,11 @@ def test_fused_work_counts_each_tensor_once_and_one_launch():
     assert {decode_fusions.swiglu_work(8, 4, 4, 4).kernels, decode_fusions.add_rms_norm_work(1, 8, 4, 4).kernels} == {1}
 
 
+def test_fused_work_counts_a_copy_as_one_more_output():
+    assert decode_fusions.add_rms_norm_work(1, 4096, 4, 4, 2).nbytes == 4096 * 18 + 4096 * 4
+    assert decode_fusions.swiglu_work(14336, 4, 4, 4, 2).nbytes == 14336 * 14
+
+
 # -- on a GPU ------------------------------------------------------------------------------------
 GPU_SHAPE_ARGS = dict(d=512, heads=4, ffn=1536, layers=2, vocab=512, batch=1, context=1024)
 
@@ -188,6 +214,14 @@ def test_fused_decode_step_gives_the_eager_steps_logits_on_cuda(strategy):
 @pytest.mark.parametrize("strategy", ["fp8_balanced", "hybrid_long_context", "layerwise_gradient"])
 def test_fp8_gemvs_given_their_inputs_scales_give_the_bits_of_their_own_amax_passes_on_cuda(strategy):
     assert torch.equal(_gpu_step(strategy)(), _gpu_step(strategy, fp8_scales=False)())
+
+
+@needs_cuda
+@pytest.mark.parametrize("strategy", ["fp16_baseline", "w4a16_aggressive", "nvfp4_weights", "layerwise_gradient"])
+def test_linears_given_their_inputs_copies_give_the_bits_of_their_own_casts_on_cuda(strategy):
+    with_copies, without = _gpu_step(strategy), _gpu_step(strategy, copies=False)
+    assert any(c.attn is not None for c in with_copies._copies_for)
+    assert torch.equal(with_copies(), without())
 
 
 @needs_cuda
@@ -232,10 +266,10 @@ def test_fused_kernels_on_cuda_give_the_eager_values_to_a_few_float32_units(kern
     if kernel == "norm":
         h = (torch.randn(1, 4096, generator=g) * 3).cuda()
         weight, delta = (1 + torch.randn(4096, generator=g)).cuda(), torch.randn(1, 4096, generator=g).cuda()
-        _, out, _ = decode_fusions.add_rms_norm(h, weight, delta)
+        _, out, _, _ = decode_fusions.add_rms_norm(h, weight, delta)
         eager = _eager_norm(h, weight, delta)[1]
     else:
         gate, up = (torch.randn(1, 14336, generator=g) * 16).cuda(), torch.randn(1, 14336, generator=g).cuda()
-        out, _ = decode_fusions.swiglu(gate, up, torch.float32)
+        out, _, _ = decode_fusions.swiglu(gate, up, torch.float32)
         eager = F.silu(gate) * up
     assert _ulps(out, eager).max() <= MAX_ULPS["float32"]

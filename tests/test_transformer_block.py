@@ -71,6 +71,16 @@ def test_stacked_nvfp4_linear_holds_each_weights_own_quantization(rows):
     assert stacked.nbytes == 64 * 64 // 2 + 64 * 64 // 16 + 64 * 4
 
 
+@pytest.mark.parametrize(("precision", "reads"), [("fp16", torch.float16), ("w4a16", torch.bfloat16)])
+def test_a_linear_takes_its_input_already_cast_and_refuses_a_copy_in_another_dtype(precision, reads):
+    lin = Linear.build(_weights(16)[0], precision)
+    x = _row()
+    assert lin.input_dtype == reads
+    assert torch.equal(lin(x, None, x_copy=x.to(reads)), lin(x, None))
+    with pytest.raises(ValueError, match=f"in {reads}, the dtype this {precision} linear reads"):
+        lin(x, None, x_copy=x.to(torch.float32))
+
+
 def test_the_cpu_decode_step_keeps_its_projections_apart():
     from lowprec_workloads.strategies import builtin_strategies
     from lowprec_workloads.transformer_block import SMALL, DecodeStep, Weights
