@@ -25,7 +25,7 @@ kilobytes at each step (kStepMajor in the header).
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -91,9 +91,12 @@ def _require_operands(a: NVFP4Tensor, b: NVFP4Tensor, *, b_row_scaled: bool = Fa
     _require_tensor_scale(b, "b", row_scaled=b_row_scaled)
 
 
-def _require_tensor_scale(t: NVFP4Tensor, name: str, *, row_scaled: bool) -> None:
-    """t's tensor scale is one float32 (or, where the kernel takes `row_scaled`, one a row, [rows, 1])."""
+def _require_tensor_scale(t: NVFP4Tensor, name: str, *, row_scaled: bool, device: torch.device | None = None) -> None:
+    """t's tensor scale is one float32 (or, where the kernel takes `row_scaled`, one a row, [rows, 1]), on
+    `device` where a CUDA kernel reads it through its address."""
     g = t.global_decode
+    if device is not None and g.device != device:
+        raise ValueError(f"{name}'s tensor scale is on {g.device}, these kernels run on {device}: move it")
     ok = g.dtype == torch.float32 and g.is_contiguous() and (
         g.numel() == 1 or (row_scaled and tuple(g.shape) == (t.shape[0], 1)))
     if not ok:
@@ -266,7 +269,7 @@ class CudaKernels:
             raise ValueError(f"x must be contiguous bf16 [M, {w.shape[1]}], got {x.dtype} {tuple(x.shape)}")
         if not 1 <= m <= GEMV_MAX_ROWS or k % 32:
             raise ValueError(f"the GEMV takes 1..{GEMV_MAX_ROWS} rows and K a multiple of 32, got M={m}, K={k}")
-        _require_tensor_scale(w, "the weight", row_scaled=True)
+        _require_tensor_scale(w, "the weight", row_scaled=True, device=self.device)
         self._lib.call("nvfp4_gemv", self.device.index, x.data_ptr(), w.packed.data_ptr(),
                        w.block_scales.data_ptr(), w.global_decode.data_ptr(), _scale_stride(w), out.data_ptr(), m,
                        w.shape[0], k, self._stream())
@@ -314,8 +317,8 @@ class CudaKernels:
                              f"{MMA_K_MULTIPLE}, got M={m}, K={k}")
         if out.dtype != torch.float32 or out.shape != (m, n) or not out.is_contiguous():
             raise ValueError(f"out must be contiguous float32 [{m}, {n}], got {out.dtype} {tuple(out.shape)}")
+        _require_tensor_scale(w.nvfp4, "the weight", row_scaled=True, device=self.device)
         # 16-byte loads: the launcher refuses (invalid value) operands that are not aligned for them.
-        _require_tensor_scale(w.nvfp4, "the weight", row_scaled=True)
         self._lib.call("nvfp4_linear", self.device.index, x.data_ptr(), w.tiled.data_ptr(), w.tiled_scales.data_ptr(),
                        w.nvfp4.global_decode.data_ptr(), _scale_stride(w.nvfp4), out.data_ptr(), m, n, k,
                        self._stream())
@@ -326,15 +329,25 @@ class CudaKernels:
 class DecodeWeight:
     """An NVFP4 weight prepared once for decode-time linears (`prepare_decode_weight`): the format's own
     tensor, which the GEMV and the tiled kernel read, and on CUDA the same codes and scales laid out in
-    the order the tensor-core decode linear reads them (CudaKernels.tile_for_linear)."""
+    the order the tensor-core decode linear reads them (CudaKernels.tile_for_linear). Without
+    `keeps_format`, the format tensor's codes and block scales were dropped once laid out (it keeps its
+    shape and tensor scale): only the decode linear can take the weight."""
 
     nvfp4: NVFP4Tensor
     tiled: torch.Tensor | None = None
     tiled_scales: torch.Tensor | None = None
+    keeps_format: bool = True
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.nvfp4.shape
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the weight holds: the format's tensor (its tensor scale alone, without `keeps_format`) and
+        the decode linear's layout."""
+        laid_out = 0 if self.tiled is None else self.tiled.numel() + self.tiled_scales.numel()
+        return self.nvfp4.nbytes + laid_out
 
     @property
     def linear_nbytes(self) -> int:
@@ -344,19 +357,25 @@ class DecodeWeight:
         return self.tiled.numel() + self.tiled_scales.numel() + self.nvfp4.global_decode.numel() * 4
 
 
-def prepare_decode_weight(w: NVFP4Tensor, cuda: CudaKernels | None) -> DecodeWeight:
+def prepare_decode_weight(w: NVFP4Tensor, cuda: CudaKernels | None, *, keep_format: bool = True) -> DecodeWeight:
     """w ready for `linear`: with CUDA kernels and K a multiple of 128, also laid out for the tensor-core
-    decode linear (done once, as a model's weights are loaded)."""
+    decode linear (done once, as a model's weights are loaded). `keep_format=False`: once laid out, the
+    format's codes and block scales are dropped, as an engine that calls it on 1..64 rows only holds one
+    copy (other row counts are then refused)."""
     if cuda is None or w.shape[1] % MMA_K_MULTIPLE:
         return DecodeWeight(w)
     tiled, scales = cuda.tile_for_linear(w)
-    return DecodeWeight(w, tiled, scales)
+    if not keep_format:  # new empty tensors: a view would keep the codes' storage alive
+        w = replace(w, packed=w.packed.new_empty((0, w.packed.shape[1])),
+                    block_scales=w.block_scales.new_empty((0, w.block_scales.shape[1])))
+    return DecodeWeight(w, tiled, scales, keeps_format=keep_format)
 
 
-def decode_path(rows: int, k: int, cuda: bool) -> str:
+def decode_path(rows: int, k: int, cuda: bool, laid_out: bool = True) -> str:
     """Which kernel `linear` runs for `rows` activation rows and inner dimension `k` ("cuda-mma",
-    "cuda-gemv" or "triton"); the suites put it in their signatures."""
-    if cuda and MMA_ROWS[0] <= rows <= MMA_ROWS[1] and k % MMA_K_MULTIPLE == 0:
+    "cuda-gemv" or "triton") over a weight `laid_out` for the decode linear or not; the suites put it in
+    their signatures."""
+    if cuda and laid_out and MMA_ROWS[0] <= rows <= MMA_ROWS[1] and k % MMA_K_MULTIPLE == 0:
         return "cuda-mma"
     if cuda and rows <= GEMV_MAX_ROWS:
         return "cuda-gemv"
@@ -366,10 +385,15 @@ def decode_path(rows: int, k: int, cuda: bool) -> str:
 def linear(x: torch.Tensor, w: DecodeWeight, cuda: CudaKernels | None, out: torch.Tensor) -> torch.Tensor:
     """Decode-time linear layer, x bf16 [M, K] times NVFP4 weights [N, K] (prepare_decode_weight), out
     float32 [M, N]: the tensor-core decode kernel for 1..64 rows, the tiled tensor-core kernel for more
-    (and on CPU)."""
+    (and on CPU); a weight not laid out for the decode kernel takes the GEMV at 1..2 rows."""
     if not isinstance(w, DecodeWeight):
         raise TypeError(f"linear takes a weight from prepare_decode_weight(w, cuda), got {type(w).__name__}")
-    path = decode_path(x.shape[0], w.shape[1], cuda is not None)
+    path = decode_path(x.shape[0], w.shape[1], cuda is not None, laid_out=w.tiled is not None)
+    if path != "cuda-mma" and not w.keeps_format:
+        raise ValueError(f"this weight holds only the decode linear's layout (prepared with keep_format=False), "
+                         f"which takes {MMA_ROWS[0]}..{MMA_ROWS[1]} rows with its CUDA kernels; this call has "
+                         f"{x.shape[0]} rows{'' if cuda is not None else ' and none'}: prepare it with "
+                         "keep_format=True")
     if path == "cuda-mma":
         return cuda.linear(x, w, out)
     if path == "cuda-gemv":

@@ -51,7 +51,7 @@ from .decode_attention import Cache, attend_cache, build_cache, decode_work
 from .fp8_linear import SMALL_QUANTIZE_MAX, FP8Linear, GemvChooser, fp8_roundtrip, gemv_config, quantize_work
 from .nvfp4_activation import fits as fits_roundtrip
 from .nvfp4_activation import nvfp4_roundtrip, roundtrip_work
-from .nvfp4_gemm import GEMV_MAX_ROWS, CudaKernels, DecodeWeight, prepare_decode_weight
+from .nvfp4_gemm import MMA_ROWS, CudaKernels, DecodeWeight, prepare_decode_weight
 from .nvfp4_gemm import linear as nvfp4_linear
 from .strategies import LINEARS, UNQUANTIZED, Strategy
 
@@ -122,18 +122,20 @@ class Linear:
 
     precision: str
     weight: torch.Tensor | None = None  # 16-bit / fp32
-    nvfp4: DecodeWeight | None = None
+    decode_weight: DecodeWeight | None = None  # NVFP4
     fp8: FP8Linear | None = None
     parts: tuple[int, ...] | None = None
 
     @classmethod
     def build(cls, w: torch.Tensor, precision: str, fp8_gemv: GemvChooser = gemv_config,
-              cuda: CudaKernels | None = None) -> Linear:
+              cuda: CudaKernels | None = None, rows: int | None = None) -> Linear:
         """`fp8_gemv(N, K)`: an FP8 weight's one-row GEMV tile (FP8Linear.build). `cuda`: an NVFP4 weight is
         laid out for the tensor-core decode linear too (prepare_decode_weight); without, calls on CUDA take
-        the CUDA-core GEMV (or the tiled kernel) over the format's own tensor."""
+        the CUDA-core GEMV (1..2 rows) or the tiled kernel over the format's own tensor. `rows`: every call's
+        rows, where known (a decode step's batch): where the decode linear takes them, the laid-out NVFP4
+        weight is the only copy held."""
         if precision in NVFP4_WEIGHTS:
-            return cls(precision, nvfp4=prepare_decode_weight(quantize_nvfp4(w.to(torch.bfloat16)), cuda))
+            return cls(precision, decode_weight=_decode_weight(quantize_nvfp4(w.to(torch.bfloat16)), cuda, rows))
         if precision == "fp8":
             return cls(precision, fp8=FP8Linear.build(w, fp8_gemv))
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
@@ -156,7 +158,7 @@ class Linear:
             return replace(cls.build(torch.cat(weights), precision, fp8_gemv), parts=widths)
         if precision in NVFP4_WEIGHTS:
             stack = NVFP4Tensor.concatenated([quantize_nvfp4(w.to(torch.bfloat16)) for w in weights])
-            return cls(precision, nvfp4=prepare_decode_weight(stack, cuda), parts=widths)
+            return cls(precision, decode_weight=_decode_weight(stack, cuda, rows), parts=widths)
         if precision == "fp8":
             parts = [FP8Linear.build(w, fp8_gemv) for w in weights]
             if all(p.uses_gemv(rows) for p in parts):
@@ -171,8 +173,8 @@ class Linear:
 
     @property
     def nbytes(self) -> int:
-        if self.nvfp4 is not None:
-            return self.nvfp4.nvfp4.nbytes
+        if self.decode_weight is not None:
+            return self.decode_weight.nbytes
         if self.fp8 is not None:
             return self.fp8.nbytes
         return self.weight.numel() * self.weight.element_size()
@@ -194,7 +196,7 @@ class Linear:
     @property
     def input_dtype(self) -> torch.dtype | None:
         """The dtype the linear reads its input in (it casts any other to it); None: it takes any (FP8)."""
-        if self.nvfp4 is not None:
+        if self.decode_weight is not None:
             return torch.bfloat16
         return None if self.fp8 is not None else self.weight.dtype
 
@@ -207,20 +209,16 @@ class Linear:
                 raise ValueError(f"x_copy must be x's shape {tuple(x.shape)} in {self.input_dtype}, the dtype this "
                                  f"{self.precision} linear reads; got {x_copy.dtype} {tuple(x_copy.shape)}")
             x = x_copy
-        if self.nvfp4 is not None:
+        if self.decode_weight is not None:
             if self.precision == "nvfp4":  # NVFP4 activations: quantized, then dequantized for the kernel
                 x = x.to(torch.bfloat16)
                 x = (nvfp4_roundtrip(x) if self.roundtrip_fused(x.is_cuda, x.numel())
                      else quantize_nvfp4(x, check_finite=False).dequantize())
             x = x.to(torch.bfloat16).contiguous()
             if not x.is_cuda:
-                return x.float() @ self.nvfp4.nvfp4.dequantize().float().t()
-            out = torch.empty(x.shape[0], self.nvfp4.shape[0], device=x.device, dtype=torch.float32)
-            if self.nvfp4.tiled is None:  # not laid out for the decode linear: the GEMV, or the tiled kernel
-                if cuda is not None and x.shape[0] <= GEMV_MAX_ROWS:
-                    return cuda.gemv(x, self.nvfp4.nvfp4, out)
-                cuda = None
-            return nvfp4_linear(x, self.nvfp4, cuda, out)
+                return x.float() @ self.decode_weight.nvfp4.dequantize().float().t()
+            out = torch.empty(x.shape[0], self.decode_weight.shape[0], device=x.device, dtype=torch.float32)
+            return nvfp4_linear(x, self.decode_weight, cuda, out)
         if self.fp8 is not None:
             return self.fp8(x, x_scale=x_scale)  # float32, as the callers use it
         return F.linear(x.to(self.weight.dtype), self.weight)
@@ -281,8 +279,9 @@ class DecodeStep:
         launches hand a one-row FP8 GEMV its input's E4M3 scale (else the GEMV takes its own amax pass).
         `stack`: on CUDA a strategy's q, k and v, and its gate and up, run as one linear each where their
         layer gives them one precision that stacks (Linear.stacked), as decode engines merge them. `nvfp4_mma`:
-        with CUDA kernels, NVFP4 weights are laid out for the tensor-core decode linear (else they run the
-        CUDA-core GEMV, as the steps did before 2026-12-02: a benchmark's comparison). `copies`: the fused
+        with CUDA kernels, NVFP4 weights are laid out for the tensor-core decode linear, held in that layout
+        alone where the batch is one it takes (else they run the CUDA-core GEMV at 1..2 rows, as the steps did
+        before 2026-12-02, or the tiled kernel: a benchmark's comparison). `copies`: the fused
         launches also write their output in the dtype the linears after them read, where that is another than
         the step's (FusedCopies)."""
         self.shape, self.strategy, self.cuda = shape, strategy, cuda
@@ -303,8 +302,8 @@ class DecodeStep:
                 one = (Linear.stacked([lw[op] for op in ops], precisions.pop(), shape.batch, fp8_gemv, laid_out)
                        if self.stacked and len(precisions) == 1 else None)
                 layer.update({name: one} if one is not None else
-                             {op: Linear.build(lw[op], prec(op, i), fp8_gemv, laid_out) for op in ops})
-            layer.update({op: Linear.build(lw[op], prec(op, i), fp8_gemv, laid_out)
+                             {op: Linear.build(lw[op], prec(op, i), fp8_gemv, laid_out, shape.batch) for op in ops})
+            layer.update({op: Linear.build(lw[op], prec(op, i), fp8_gemv, laid_out, shape.batch)
                           for op in LINEARS if op not in QKV + GATE_UP})
             self.linears.append(layer)
         self.norms = [(lw["norm1"], lw["norm2"]) for lw in weights.layers]
@@ -347,11 +346,12 @@ class DecodeStep:
         custom = [decode_work(q, cache) for cache in self.caches if isinstance(cache, Cache)]
         for layer in self.linears:
             for lin in layer.values():
-                if lin.nvfp4 is not None:
-                    rows_bytes = s.batch * lin.nvfp4.shape[1] * 2 + s.batch * lin.nvfp4.shape[0] * 4
-                    custom.append(Work(nbytes=lin.nvfp4.linear_nbytes + rows_bytes, kernels=1))
-                    if lin.roundtrip_fused(True, s.batch * lin.nvfp4.shape[1]):
-                        custom.append(roundtrip_work(s.batch * lin.nvfp4.shape[1]))
+                w = lin.decode_weight
+                if w is not None:
+                    rows_bytes = s.batch * w.shape[1] * 2 + s.batch * w.shape[0] * 4
+                    custom.append(Work(nbytes=w.linear_nbytes + rows_bytes, kernels=1))
+                    if lin.roundtrip_fused(True, s.batch * w.shape[1]):
+                        custom.append(roundtrip_work(s.batch * w.shape[1]))
                 if lin.fp8 is not None:
                     custom.extend(lin.fp8.kernel_work(s.batch, self.dtype.itemsize))
         for fp8 in self.qk_fp8:
@@ -438,6 +438,13 @@ class DecodeStep:
             delta = lin["ffn_down"](y, self.cuda, y_scale, y_copy)
         _, a, _, _ = self._add_norm(h, delta, self.final_norm, False)
         return F.linear(a, self.head).float()
+
+
+def _decode_weight(w: NVFP4Tensor, cuda: CudaKernels | None, rows: int | None) -> DecodeWeight:
+    """w prepared for nvfp4_gemm.linear, held in the decode linear's layout alone where every call's `rows`
+    are ones it takes."""
+    only_laid_out = rows is not None and MMA_ROWS[0] <= rows <= MMA_ROWS[1]
+    return prepare_decode_weight(w, cuda, keep_format=not only_laid_out)
 
 
 def _copy_dtype(linears: list[Linear], dtype: torch.dtype) -> torch.dtype | None:

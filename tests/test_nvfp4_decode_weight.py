@@ -65,6 +65,15 @@ def test_the_tiled_kernel_scales_each_row_of_a_stack_by_its_own_tensor_scale_in_
     assert rel_l2(x.double() @ stack.dequantize(torch.float64).T, out.double()) < 1e-6
 
 
+def test_a_weight_held_only_in_the_decode_linears_layout_refuses_other_paths():
+    w = _weight(32, 256)
+    laid_out_only = DecodeWeight(replace(w, packed=w.packed[:0], block_scales=w.block_scales[:0]),
+                                 tiled=torch.zeros(32 * 128, dtype=torch.uint8),
+                                 tiled_scales=torch.zeros(2 * 256, dtype=torch.uint8), keeps_format=False)
+    with pytest.raises(ValueError, match="holds only the decode linear's layout .* prepare it with keep_format=True"):
+        linear(torch.randn(1, 256).bfloat16(), laid_out_only, None, torch.empty(1, 32))
+
+
 def test_a_weight_prepared_without_cuda_kernels_keeps_only_the_format():
     prepared = prepare_decode_weight(_weight(32, 256), None)
     assert isinstance(prepared, DecodeWeight) and prepared.tiled is None
@@ -91,7 +100,7 @@ def test_tiled_decode_linear_is_the_product_of_the_dequantized_operands(rows, n)
 
 
 @needs_cuda
-@pytest.mark.parametrize("rows", [1, 3, 16, 64])
+@pytest.mark.parametrize("rows", [1, 3, 16, 32, 64])
 def test_every_decode_kernel_scales_each_row_of_a_stack_by_its_own_tensor_scale(rows):
     """The tensor-core decode linear (each shipped shape), the GEMV (1..2 rows) and the tiled kernel over a
     stack whose last row tile is padded and whose parts' scales lie 16x apart."""
@@ -110,6 +119,19 @@ def test_every_decode_kernel_scales_each_row_of_a_stack_by_its_own_tensor_scale(
         outs["gemv"] = cuda.gemv(x, stack, poisoned())
     for path, out in outs.items():
         assert rel_l2(reference, out.double()) < 1e-5, path
+
+
+@needs_cuda
+def test_a_weight_held_only_in_its_layout_runs_the_decode_linear_and_refuses_more_rows():
+    cuda = CudaKernels(torch.device("cuda:0"))
+    w = _weight(40, 256, "cuda")
+    kept, only = prepare_decode_weight(w, cuda), prepare_decode_weight(w, cuda, keep_format=False)
+    assert only.nbytes == only.linear_nbytes < kept.nbytes
+    x = torch.randn(2, 256, generator=torch.Generator().manual_seed(10)).bfloat16().cuda()
+    assert torch.equal(linear(x, only, cuda, torch.empty(2, 40, device="cuda")),
+                       linear(x, kept, cuda, torch.empty(2, 40, device="cuda")))
+    with pytest.raises(ValueError, match="this call has 80 rows"):
+        linear(torch.zeros(80, 256, device="cuda").bfloat16(), only, cuda, torch.empty(80, 40, device="cuda"))
 
 
 @needs_cuda

@@ -59,15 +59,15 @@ def test_fp8_weights_are_not_stacked_where_the_chooser_gives_the_stack_no_gemv()
     assert Linear.stacked(_weights(48, 16), "fp8", rows=1, fp8_gemv=own_shapes_only) is None
 
 
-@pytest.mark.parametrize("rows", [1, 4, 80])
-def test_stacked_nvfp4_linear_holds_each_weights_own_quantization(rows):
+def test_stacked_nvfp4_linear_holds_each_weights_own_quantization():
     """Each weight quantized alone, its tensor scale kept on its rows: the stack's values are the parts' bits
-    (quantized as one tensor, the 16x larger second weight would set every row's tensor scale), for any rows."""
+    (quantized as one tensor, the second weight, twice the first's scale, would set every row's tensor
+    scale)."""
     weights = _weights(48, 16)
-    stacked = Linear.stacked(weights, "w4a16", rows=rows)
-    alone = [Linear.build(w, "w4a16").nvfp4.nvfp4 for w in weights]
+    stacked = Linear.stacked(weights, "w4a16", rows=1)
+    alone = [Linear.build(w, "w4a16").decode_weight.nvfp4 for w in weights]
     assert stacked.parts == (48, 16)
-    assert torch.equal(stacked.nvfp4.nvfp4.dequantize(), torch.cat([a.dequantize() for a in alone]))
+    assert torch.equal(stacked.decode_weight.nvfp4.dequantize(), torch.cat([a.dequantize() for a in alone]))
     assert stacked.nbytes == 64 * 64 // 2 + 64 * 64 // 16 + 64 * 4
 
 
@@ -129,9 +129,18 @@ def test_stacked_nvfp4_linear_gives_each_weights_own_bits_on_cuda(nvfp4_mma):
     weights = [w.cuda() for w in _weights(4096, 1024, 1024, k=4096)]
     x = torch.randn(1, 4096, generator=torch.Generator().manual_seed(34)).cuda()
     stacked = Linear.stacked(weights, "w4a16", rows=1, cuda=laid_out)
-    assert (stacked.nvfp4.tiled is not None) == nvfp4_mma
+    assert (stacked.decode_weight.tiled is not None) == nvfp4_mma
     alone = [Linear.build(w, "w4a16", cuda=laid_out)(x, cuda) for w in weights]
     assert torch.equal(stacked(x, cuda), torch.cat(alone, dim=1))
+
+
+@needs_cuda
+def test_the_decode_steps_nvfp4_weights_are_held_once_in_the_decode_linears_layout_on_cuda():
+    step = _gpu_step("w4a16_aggressive")
+    for layer in step.linears:
+        for lin in layer.values():
+            w = lin.decode_weight
+            assert w.tiled is not None and not w.keeps_format and lin.nbytes == w.linear_nbytes
 
 
 @needs_cuda
@@ -161,12 +170,13 @@ def test_stacked_fp8_gemv_gives_each_weights_own_gemv_bits_under_one_tile_on_cud
 
 
 @needs_cuda
-@pytest.mark.parametrize(("strategy", "fewer"), [("fp8_balanced", 3), ("w4a16_aggressive", 6), ("nvfp4_weights", 9)])
+@pytest.mark.parametrize(("strategy", "fewer"), [("fp8_balanced", 3), ("w4a16_aggressive", 3), ("nvfp4_weights", 6)])
 def test_stacked_decode_step_launches_one_gemv_for_qkv_and_one_for_gate_and_up_on_cuda(strategy, fewer):
     """Per layer the FP8 GEMVs (or NVFP4 decode linears) of q, k, v become one launch and gate, up one: three
-    fewer; before an NVFP4 linear its float16 activation's cast to bfloat16 too (three fewer), and with NVFP4
-    activations their round trips (three more). (cuBLAS may add a split-K reduction to a 16-bit GEMV of either
-    shape: its count is not fixed.)"""
+    fewer; with NVFP4 activations their round trips too (three more). Their inputs' casts to bfloat16 are no
+    launches either way: the norm before them writes the copy (without it, an H200 counted three more a layer
+    apart, 2026-12-02). (cuBLAS may add a split-K reduction to a 16-bit GEMV of either shape: its count is not
+    fixed.)"""
     def launched(step) -> int:
         step()
         torch.cuda.synchronize()
