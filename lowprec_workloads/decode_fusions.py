@@ -49,6 +49,8 @@ _MAX_ROW = 16384
 # Elements a SwiGLU program takes: 14 programs for Llama-3-8B's 14336 (one program over all of it took
 # 7-8 us on an H200, 2026-12-02, a norm's program over 4096 about 2 us).
 _CHUNK = 1024
+# The dtypes a fused launch writes a copy of its output in: those a linear after it reads.
+COPY_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def fits(rows: int, width: int) -> bool:
@@ -134,9 +136,6 @@ def _check(what: str, first: torch.Tensor, *others: torch.Tensor) -> None:
     for other in others:
         if other.device != first.device:
             raise ValueError(f"{what} takes its tensors on one device: {first.device} and {other.device}")
-
-
-COPY_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _require_copy_dtype(dtype: torch.dtype | None) -> None:
