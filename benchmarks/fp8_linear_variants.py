@@ -78,6 +78,8 @@ STRATEGIES = ["fp8_balanced", "hybrid_long_context", "layerwise_gradient", "cust
 NVFP4_GEMV = "NVFP4 weights through the GEMV"  # the CUDA-core GEMV the steps ran before 2026-12-02
 APART = "committed, projections apart"  # every projection its own linear on both sides
 CASTS = "committed, casts apart"  # each linear's input cast in its own launch on both sides
+# The rows that run the committed tiles: every strategy's, never skipped for time.
+COMMITTED = ("committed tiles", APART, CASTS, NVFP4_GEMV)
 # A tile may be chosen if its error stays under a promoted wgmma sum's bound (tests/test_fp8_linear.py):
 # the unpromoted wgmma tiles' error grows with K.
 ACCURATE_REL_L2 = 3e-4
@@ -276,13 +278,13 @@ def section_steps(bench: Bench, best: dict[tuple[int, int], str]) -> None:
         for name in STRATEGIES:
             s = known.get(name) or custom(name, {"ffn_gate": "fp8", "ffn_up": "fp8", "ffn_down": "fp8"})
             key = f"{name} / {label}"
-            if bench.elapsed() > DEADLINE_S and label not in ("committed tiles", APART, CASTS, NVFP4_GEMV):
+            if bench.elapsed() > DEADLINE_S and label not in COMMITTED:
                 print(f"  {key}: skipped (past {DEADLINE_S:.0f} s)")
                 continue
             try:
                 apart = label == APART
                 layers = range(STEP_SHAPE.layers)
-                if label not in ("committed tiles", APART, CASTS, NVFP4_GEMV) and not any(
+                if label not in COMMITTED and not any(
                         s.precision(op, i, STEP_SHAPE.layers) == "fp8" for op in LINEARS for i in layers):
                     continue  # the FP8 tile choices do not touch this strategy
                 if label == NVFP4_GEMV and not any(
