@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from decode_steps import gpu_step
 
 from lowprec_workloads import decode_fusions
 from lowprec_workloads.transformer_block import rms_norm
@@ -186,23 +187,10 @@ def test_fused_work_counts_a_copy_as_one_more_output():
 
 
 # -- on a GPU ------------------------------------------------------------------------------------
-GPU_SHAPE_ARGS = dict(d=512, heads=4, ffn=1536, layers=2, vocab=512, batch=1, context=1024)
-
-
-def _gpu_step(strategy: str, **options):
-    from lowprec_workloads.nvfp4_gemm import CudaKernels
-    from lowprec_workloads.strategies import builtin_strategies
-    from lowprec_workloads.transformer_block import BlockShape, DecodeStep, Weights
-
-    shape = BlockShape(**GPU_SHAPE_ARGS)
-    return DecodeStep(Weights.random(shape, "cuda:0", seed=11), shape, builtin_strategies()[strategy],
-                      CudaKernels(torch.device("cuda:0")), **options)
-
-
 @needs_cuda
 @pytest.mark.parametrize("strategy", ["fp16_baseline", "fp8_balanced", "hybrid_long_context", "w4a16_aggressive"])
 def test_fused_decode_step_gives_the_eager_steps_logits_on_cuda(strategy):
-    fused, eager = _gpu_step(strategy), _gpu_step(strategy, fuse=False)
+    fused, eager = gpu_step(strategy), gpu_step(strategy, fuse=False)
     assert fused.fused and not eager.fused
     fused_logits, eager_logits = fused(), eager()
     # One unit in float32's last place in a norm can move an FP8 activation code by one step; the logits
@@ -213,13 +201,13 @@ def test_fused_decode_step_gives_the_eager_steps_logits_on_cuda(strategy):
 @needs_cuda
 @pytest.mark.parametrize("strategy", ["fp8_balanced", "hybrid_long_context", "layerwise_gradient"])
 def test_fp8_gemvs_given_their_inputs_scales_give_the_bits_of_their_own_amax_passes_on_cuda(strategy):
-    assert torch.equal(_gpu_step(strategy)(), _gpu_step(strategy, fp8_scales=False)())
+    assert torch.equal(gpu_step(strategy)(), gpu_step(strategy, fp8_scales=False)())
 
 
 @needs_cuda
 @pytest.mark.parametrize("strategy", ["fp16_baseline", "w4a16_aggressive", "nvfp4_weights", "layerwise_gradient"])
 def test_linears_given_their_inputs_copies_give_the_bits_of_their_own_casts_on_cuda(strategy):
-    with_copies, without = _gpu_step(strategy), _gpu_step(strategy, copies=False)
+    with_copies, without = gpu_step(strategy), gpu_step(strategy, copies=False)
     assert any(c.attn is not None for c in with_copies._copies_for)
     assert torch.equal(with_copies(), without())
 
@@ -229,7 +217,7 @@ def test_linears_given_their_inputs_copies_give_the_bits_of_their_own_casts_on_c
                                       "nvfp4_weights"])
 def test_fused_decode_step_declares_every_kernel_it_launches_on_cuda(strategy):
     """The hardware model's kernel count (launch latency) is the profiler's: a fused launch declared once."""
-    step = _gpu_step(strategy)
+    step = gpu_step(strategy)
     step()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -242,7 +230,7 @@ def test_fused_decode_step_declares_every_kernel_it_launches_on_cuda(strategy):
 @needs_cuda
 def test_fused_decode_step_replays_from_a_cuda_graph_with_the_same_bits():
     """The SwiGLU workspace and the GEMVs' split-K counters are back at zero after every call, replays too."""
-    step = _gpu_step("fp8_balanced")
+    step = gpu_step("fp8_balanced")
     direct = step()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from decode_steps import gpu_step
 
 from lowprec_workloads.transformer_block import Linear
 
@@ -90,19 +91,9 @@ def test_the_cpu_decode_step_keeps_its_projections_apart():
 
 
 # -- on a GPU ------------------------------------------------------------------------------------
-def _gpu_step(strategy: str, **options):
-    from lowprec_workloads.nvfp4_gemm import CudaKernels
-    from lowprec_workloads.strategies import builtin_strategies
-    from lowprec_workloads.transformer_block import BlockShape, DecodeStep, Weights
-
-    shape = BlockShape(d=512, heads=4, ffn=1536, layers=2, vocab=512, batch=1, context=1024)
-    return DecodeStep(Weights.random(shape, "cuda:0", seed=11), shape, builtin_strategies()[strategy],
-                      CudaKernels(torch.device("cuda:0")), **options)
-
-
 @needs_cuda
 def test_stacked_16_bit_decode_step_gives_the_separate_steps_logits_on_cuda():
-    stacked, apart = _gpu_step("fp16_baseline"), _gpu_step("fp16_baseline", stack=False)
+    stacked, apart = gpu_step("fp16_baseline"), gpu_step("fp16_baseline", stack=False)
     assert stacked.stacked and not apart.stacked
     assert {"qkv", "gate_up"} <= set(stacked.linears[0]) and "q_proj" in apart.linears[0]
     # cuBLAS may pick another algorithm for the stacked shape: its sums in another order.
@@ -114,7 +105,7 @@ def test_stacked_16_bit_decode_step_gives_the_separate_steps_logits_on_cuda():
 def test_stacked_quantized_decode_step_gives_the_separate_steps_bits_on_cuda(strategy):
     """At d=512 every FP8 GEMV, stacked or not, takes the same unsplit tile, and the NVFP4 decode linear sums a
     row the same whatever rows it has: the same sums, the same bits."""
-    assert torch.equal(_gpu_step(strategy)(), _gpu_step(strategy, stack=False)())
+    assert torch.equal(gpu_step(strategy)(), gpu_step(strategy, stack=False)())
 
 
 @needs_cuda
@@ -136,7 +127,7 @@ def test_stacked_nvfp4_linear_gives_each_weights_own_bits_on_cuda(nvfp4_mma):
 
 @needs_cuda
 def test_the_decode_steps_nvfp4_weights_are_held_once_in_the_decode_linears_layout_on_cuda():
-    step = _gpu_step("w4a16_aggressive")
+    step = gpu_step("w4a16_aggressive")
     for layer in step.linears:
         for lin in layer.values():
             w = lin.decode_weight
@@ -185,4 +176,4 @@ def test_stacked_decode_step_launches_one_gemv_for_qkv_and_one_for_gate_and_up_o
             torch.cuda.synchronize()
         return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
-    assert launched(_gpu_step(strategy, stack=False)) - launched(_gpu_step(strategy)) == fewer * 2
+    assert launched(gpu_step(strategy, stack=False)) - launched(gpu_step(strategy)) == fewer * 2
