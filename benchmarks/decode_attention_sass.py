@@ -1,7 +1,8 @@
 """The decode-attention partial kernel's variants compiled offline for a GPU target, without a GPU.
 
     python benchmarks/decode_attention_sass.py [--arch 90] [--cache fp8k_nvfp4v] [--qk fma,mma] [--pv ...]
-        [--block-n 64] [--warps 4] [--stages 2] [--e2m1 packed] [--loads pointers,tma] [--json PATH] [--dump DIR]
+        [--block-n 64] [--warps 4] [--stages 2] [--e2m1 packed] [--loads pointers,tma] [--schedule splits,balanced]
+        [--json PATH] [--dump DIR]
 
 For each variant (every combination of the lists given) Triton compiles the kernel for sm_ARCH with the
 divisibility hints a real launch has, and the script reads the cubin with the nvdisasm and cuobjdump
@@ -38,7 +39,8 @@ from lowprec_workloads.decode_attention_triton import (
     V_FORMATS,
     Tile,
     _decode_partial_kernel,
-    num_splits,
+    default_splits,
+    partition,
     tma_loads,
 )
 
@@ -58,18 +60,20 @@ def compile_variant(cache: str, tile: Tile, arch: int, head_dim: int = 128):
     signature = {"q_ptr": "*bf16", "k_ptr": _ELEMENT[k_fmt], "k_desc": k_desc, "k_scale_ptr": "*fp32",
                  "v_ptr": _V_ELEMENT[v_fmt], "v_desc": v_desc, "v_scale_ptr": "*fp32", "v_block_ptr": "*fp8e4nv",
                  "acc_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*fp32", "arrivals_ptr": "*i32", "seq": "i32",
-                 "split_len": "i32", "full_splits": "i32", "half_len": "i32", "num_splits": "i32", "qk_scale": "fp32"}
+                 "split_len": "i32", "full_splits": "i32", "half_len": "i32", "num_splits": "i32", "bh_count": "i32",
+                 "qk_scale": "fp32"}
     constants = {"K_FP8": k_fmt == "fp8", "V_FMT": V_FORMATS[v_fmt], "D": head_dim, "ROWS": max(16, head_dim // 8),
                  "BLOCK_N": tile.block_n, "QK": PRODUCTS[tile.qk], "PV": PRODUCTS[tile.pv],
                  "E2M1_DECODE": E2M1_DECODES[tile.e2m1], "STAGES": tile.stages, "DOT_F32": False,
-                 "FUSED_COMBINE": tile.combine == "fused", "SPLITS_FIRST": tile.order == "splits", "K_TMA": k_tma,
-                 "V_TMA": v_tma, "EVICT": EVICTS[tile.evict],
-                 # the merge's split count at the suite's shape (8 x 32 heads, 32K tokens, 132 SMs)
-                 "SPLITS": triton.next_power_of_2(num_splits(256, 32768, 132, tile.per_sm))}
+                 "FUSED_COMBINE": tile.combine == "fused", "SPLITS_FIRST": tile.order == "splits",
+                 "BALANCED": tile.schedule == "balanced", "K_TMA": k_tma, "V_TMA": v_tma, "EVICT": EVICTS[tile.evict],
+                 # the merge's vector at the suite's shape (8 x 32 heads, 32K tokens, 132 SMs)
+                 "SPLITS": triton.next_power_of_2(partition(tile, 256, 32768,
+                                                            default_splits(tile, 256, 32768, 132)).stride)}
     signature.update(dict.fromkeys(constants, "constexpr"))
     constants.update({name: None for name, tma in (("k_desc", k_tma), ("v_desc", v_tma)) if not tma})
     # What a launch on real tensors specializes: 16-byte aligned pointers, seq, split_len and half_len
-    # multiples of 16 (full_splits and num_splits are not specialized; descriptors take no such hint).
+    # multiples of 16 (full_splits, num_splits and bh_count are not specialized; descriptors take no such hint).
     names = list(signature)
     aligned = [name for name in names[: names.index("num_splits")]
                if name != "full_splits" and signature[name] != "constexpr"
@@ -146,6 +150,7 @@ def main() -> int:
     parser.add_argument("--stages", default="2")
     parser.add_argument("--e2m1", default="packed")
     parser.add_argument("--loads", default="pointers")
+    parser.add_argument("--schedule", default="splits")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--dump", type=Path, help="write each variant's SASS and TTGIR here")
     args = parser.parse_args()
@@ -154,15 +159,16 @@ def main() -> int:
     split = lambda text, kind=str: [kind(x) for x in text.split(",")]  # noqa: E731
     rows = []
     print(f"triton {triton.__version__}, sm_{args.arch}; per token = warp-instructions per token and head")
-    print(f"{'cache':12} {'qk':6} {'pv':6} {'tile':>8} {'e2m1':8} {'loads':8} {'regs':>4} {'spill':>5} {'loop':>5} "
-          f"{'per token':>9}  top opcodes")
-    for cache, qk, pv, block_n, warps, stages, e2m1, loads in itertools.product(
+    print(f"{'cache':12} {'qk':6} {'pv':6} {'tile':>8} {'e2m1':8} {'loads':8} {'schedule':8} {'regs':>4} {'spill':>5} "
+          f"{'loop':>5} {'per token':>9}  top opcodes")
+    for cache, qk, pv, block_n, warps, stages, e2m1, loads, schedule in itertools.product(
             split(args.cache), split(args.qk), split(args.pv), split(args.block_n, int), split(args.warps, int),
-            split(args.stages, int), split(args.e2m1), split(args.loads)):
+            split(args.stages, int), split(args.e2m1), split(args.loads), split(args.schedule)):
         if e2m1 != "packed" and CACHES[cache][1] != "nvfp4":
             continue
-        tile = Tile(qk=qk, pv=pv, block_n=block_n, warps=warps, stages=stages, e2m1=e2m1, loads=loads)
-        name = f"{cache:12} {qk:6} {pv:6} {f'{block_n}x{warps}x{stages}':>8} {e2m1:8} {loads:8}"
+        tile = Tile(qk=qk, pv=pv, block_n=block_n, warps=warps, stages=stages, e2m1=e2m1, loads=loads,
+                    schedule=schedule)
+        name = f"{cache:12} {qk:6} {pv:6} {f'{block_n}x{warps}x{stages}':>8} {e2m1:8} {loads:8} {schedule:8}"
         try:
             row = profile(cache, tile, args.arch, args.dump)
         except Exception as exc:  # a variant Triton cannot compile is reported, the rest still run

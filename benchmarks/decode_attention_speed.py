@@ -10,12 +10,14 @@ gives the copy ceiling beside it; a read-only kernel may pass it, since a copy a
 writes). "TB/s" counts the cache bytes the kernel must read (elements and
 scales); torch's scaled_dot_product_attention over the BF16 cache is the outside
 reference for the BF16 kernel. Each kernel runs its device's tile (decode_attention_triton.TILES) and
-that tile's other ways of merging the splits (`Tile.combine`), of ordering the launch (`Tile.order`) and
-of halving the last splits (`Tile.taper`),
+that tile's other ways of merging the splits (`Tile.combine`), of ordering the launch (`Tile.order`), of
+halving the last splits (`Tile.taper`) and of cutting the work into equal runs (`Tile.schedule` "balanced",
+at each `--balanced` count of programs per SM),
 each case on its own workspace kept across calls; "vs bf16" is against the BF16 kernel run the same
 way. A second table times, as the gate does (A B / B A pairs, median of the per-pair ratios), each
-low-precision cache against BF16 with both run each way, and each cache's variants against its
-shipped tile on the same cache. `benchmarks/decode_attention_variants.py` sweeps the tiles. A
+low-precision cache against BF16 with both run each way and against BF16's shipped tile, and each cache's
+variants against its shipped tile on the same cache. `--ways` keeps only the named ways (and the shipped
+tile). `benchmarks/decode_attention_variants.py` sweeps the tiles. A
 benchmark: it prints two tables and asserts nothing.
 """
 
@@ -31,16 +33,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lowprec_workloads.decode_attention import CACHES, DecodeShape, build_cache, make_inputs
+from lowprec_workloads.decode_attention import CACHES, DecodeShape, attend_cache, build_cache, make_inputs
 from lowprec_workloads.decode_attention_triton import DecodeWorkspace, decode_attention, tile_for
+from pytest_lowprec.formats.metrics import rel_l2
 from pytest_lowprec.hardware import gpu_key_from_name, probe_cuda
 from pytest_lowprec.timing import CudaEventTimer
+
+MAX_REL_L2 = 1e-5  # the suite's bound on the kernel against float64 attention over its own cache
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seq", type=int, default=32768)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--ways", nargs="*", help="only these of the ways (e.g. taper=1 combine=kernel)")
+    parser.add_argument("--balanced", nargs="*", type=int, default=[2, 4, 8, 10, 12, 16],
+                        help="programs per SM of the balanced schedule's ways")
     args = parser.parse_args()
     device = probe_cuda()
     if device is None:
@@ -67,14 +75,31 @@ def main() -> int:
     q4 = q[:, :, None]
     gpu = gpu_key_from_name(device.name)
     ways = {"shipped": {}, "combine=kernel": {"combine": "kernel"}, "order=splits": {"order": "splits"},
-            **{f"taper={n}": {"taper": n} for n in (1, 2, 4)}}
+            **{f"taper={n}": {"taper": n} for n in (1, 2, 4)},
+            **{f"balanced per_sm={n}": {"schedule": "balanced", "per_sm": n, "order": "heads", "taper": 0}
+               for n in args.balanced}}
+    if args.ways is not None:
+        ways = {way: change for way, change in ways.items() if way == "shipped" or way in args.ways
+                or (way.startswith("balanced") and "balanced" in args.ways)}
     runs = {}
     for way, change in ways.items():
         for name, c in caches.items():
             tile, workspace = replace(tile_for(gpu, *CACHES[name]), **change), DecodeWorkspace()
             runs[name, way] = lambda c=c, t=tile, w=workspace: decode_attention(q, c, tile=t, workspace=w)  # noqa: E731
+    # Every way is checked against float64 attention over its cache (the suite's bound) before it is timed.
+    wrong = {}
+    for name, cache in caches.items():
+        reference = attend_cache(q, cache)
+        for (run_name, way), fn in runs.items():
+            if run_name == name and (error := float(rel_l2(reference, fn()))) >= MAX_REL_L2:
+                wrong[name, way] = error
+        del reference
+    if wrong:
+        print("wrong, not timed: " + ", ".join(f"{name} {way} (relative L2 {e:.2e})"
+                                               for (name, way), e in wrong.items()))
+        ways = {way: change for way, change in ways.items() if not any(key[1] == way for key in wrong)}
     cases = {f"triton {name} {way}": (fn, caches[name].nbytes, f"triton bf16 {way}")
-             for (name, way), fn in runs.items()}
+             for (name, way), fn in runs.items() if way in ways}
     cases["torch sdpa bf16"] = (lambda: F.scaled_dot_product_attention(q4, k, v), caches["bf16"].nbytes,
                                 "torch sdpa bf16")
     # Two passes, the second reported: in a single pass the first case timed read the BF16 cache in
@@ -87,24 +112,26 @@ def main() -> int:
         ms_of[name] = ms
         rows.append((name, nbytes, ms, nbytes / (ms * 1e-3) / 1e12, ceiling, ms_of[against] / ms))
     print(f"device: {device.name}, torch {torch.__version__}, cache {shape.cache_dims} x (K, V)")
-    print(f"{'kernel':34} {'cache MiB':>10} {'ms':>8} {'TB/s':>6} {'copy TB/s':>10} {'of copy':>8} {'vs bf16':>8}")
+    print(f"{'kernel':44} {'cache MiB':>10} {'ms':>8} {'TB/s':>6} {'copy TB/s':>10} {'of copy':>8} {'vs bf16':>8}")
     for name, nbytes, ms, tbps, ceiling, speedup in rows:
-        print(f"{name:34} {nbytes / 2**20:10.0f} {ms:8.4f} {tbps:6.2f} {ceiling:10.2f} {tbps / ceiling:8.0%} "
+        print(f"{name:44} {nbytes / 2**20:10.0f} {ms:8.4f} {tbps:6.2f} {ceiling:10.2f} {tbps / ceiling:8.0%} "
               f"{speedup:7.3f}x")
     paired = []
     for way in ways:
         for name in ("fp8", "fp8k_nvfp4v"):
             paired.append((f"{name} over bf16, both {way}", runs["bf16", way], runs[name, way]))
+            if way != "shipped":
+                paired.append((f"{name} {way} over bf16 shipped", runs["bf16", "shipped"], runs[name, way]))
     for name in caches:
         for way in list(ways)[1:]:
             paired.append((f"{name}: {way} over shipped", runs[name, "shipped"], runs[name, way]))
-    print(f"\n{'paired, the gate timer (60 pairs)':46} {'A ms':>8} {'B ms':>8} {'A/B':>8}")
+    print(f"\n{'paired, the gate timer (60 pairs)':52} {'A ms':>8} {'B ms':>8} {'A/B':>8}")
     for label, a, b in paired:
         timer.warmup(a, b)
         pairs = timer.pairs(a, b, 60)
         ratio = statistics.median(x / y for x, y in pairs)
         a_ms, b_ms = statistics.median(x for x, _ in pairs), statistics.median(y for _, y in pairs)
-        print(f"{label:46} {a_ms:8.4f} {b_ms:8.4f} {ratio:7.3f}x")
+        print(f"{label:52} {a_ms:8.4f} {b_ms:8.4f} {ratio:7.3f}x")
         rows.append((label, None, b_ms, None, None, ratio))
     if args.json:
         keys = ("kernel", "cache_bytes", "ms", "tbps", "copy_tbps", "vs_bf16")

@@ -60,6 +60,7 @@ PRODUCTS = {"fma": 0, "mma": 1, "mma_t": 2, "mma_pairs": 3}
 QK_PRODUCTS = ("fma", "mma", "mma_t")
 COMBINES = ("fused", "kernel")
 ORDERS = ("heads", "splits")
+SCHEDULES = ("splits", "balanced")
 LOADS = ("pointers", "tma")
 # Tile.evict: the L2 eviction priority of the cache's pointer loads (Triton 3.9 makes a createpolicy.fractional
 # L2::evict_first / evict_last policy and hands it to each cp.async as its L2::cache_hint; Triton 3.6, the GPU
@@ -88,7 +89,12 @@ class Tile:
     for K and for BF16 or FP8 V (NVFP4 V keeps its pointer loads). `evict` (EVICTS) is the L2 eviction
     priority the cache's pointer loads ask for: every byte is read once, so "first" could free L2 for the
     partial outputs the merge reads back and let the next tiles' lines in sooner. Not measured on an H200:
-    the GPU machines' Triton (3.6) compiles it away (EVICTS), and no tile ships it."""
+    the GPU machines' Triton (3.6) compiles it away (EVICTS), and no tile ships it. `schedule` (SCHEDULES):
+    "splits", a program per (sequence-head, split) as above; "balanced", `per_sm` programs per SM in all
+    (not rounded), each reading an equal run of the BLOCK_N-token tiles of all the sequence-heads laid end to
+    end, crossing from one sequence-head into the next where its run does: the GPU's last wave is as long as
+    every other (with per_sm at most what fits on an SM there is one wave), at the cost of up to one more
+    partial per program to merge."""
 
     qk: str = "fma"
     pv: str = "fma"
@@ -102,6 +108,7 @@ class Tile:
     taper: int = 0
     loads: str = "pointers"
     evict: str = "normal"
+    schedule: str = "splits"
 
     def __post_init__(self) -> None:
         if self.qk not in QK_PRODUCTS or self.pv not in PRODUCTS:
@@ -123,6 +130,11 @@ class Tile:
             raise ValueError(f"loads takes {', '.join(LOADS)}, got {self.loads!r}")
         if self.evict not in EVICTS:
             raise ValueError(f"evict takes {', '.join(EVICTS)}, got {self.evict!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule takes {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.schedule == "balanced" and (self.order != "heads" or self.taper):
+            raise ValueError("the balanced schedule lays every sequence-head's tiles end to end and cuts them into "
+                             "equal runs: it takes no launch order or taper (order='heads', taper=0)")
         if self.evict != "normal" and self.loads == "tma":
             raise ValueError("evict hints the pointer loads; TMA loads take none: choose loads='pointers' or "
                              "evict='normal'")
@@ -134,8 +146,9 @@ class Tile:
         taper = f" taper={self.taper}" if self.taper else ""
         loads = "" if self.loads == "pointers" else f" loads={self.loads}"
         evict = "" if self.evict == "normal" else f" evict={self.evict}"
+        schedule = "" if self.schedule == "splits" else f" schedule={self.schedule}"
         return (f"{self.qk}/{self.pv} {self.block_n}x{self.warps}x{self.stages} {self.e2m1} per_sm={self.per_sm}"
-                f"{combine}{order}{taper}{loads}{evict}")
+                f"{combine}{order}{taper}{loads}{evict}{schedule}")
 
 
 # The partial kernel's Tile per GPU key and (K, V) format. Fixed, never autotuned: a gate needs the
@@ -426,20 +439,74 @@ def _store_pairs(acc, out_ptr, v_scale_ptr, bh, V_FMT: tl.constexpr, D: tl.const
     tl.store(out_ptr + 2 * c + 1, odd * scale)
 
 
-@triton.jit(do_not_specialize=["num_splits", "full_splits"])
+@triton.jit(do_not_specialize=["num_splits", "full_splits", "bh_count"])
 def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_scale_ptr, v_block_ptr, acc_ptr,
-                           ml_ptr, out_ptr, arrivals_ptr, seq, split_len, full_splits, half_len, num_splits, qk_scale,
-                           K_FP8: tl.constexpr, V_FMT: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
+                           ml_ptr, out_ptr, arrivals_ptr, seq, split_len, full_splits, half_len, num_splits, bh_count,
+                           qk_scale, K_FP8: tl.constexpr, V_FMT: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
                            BLOCK_N: tl.constexpr, QK: tl.constexpr, PV: tl.constexpr, E2M1_DECODE: tl.constexpr,
                            STAGES: tl.constexpr, DOT_F32: tl.constexpr, FUSED_COMBINE: tl.constexpr,
-                           SPLITS: tl.constexpr, SPLITS_FIRST: tl.constexpr, K_TMA: tl.constexpr,
-                           V_TMA: tl.constexpr, EVICT: tl.constexpr):
-    if SPLITS_FIRST:
-        split = tl.program_id(0)
-        bh = tl.program_id(1)
+                           SPLITS: tl.constexpr, SPLITS_FIRST: tl.constexpr, BALANCED: tl.constexpr,
+                           K_TMA: tl.constexpr, V_TMA: tl.constexpr, EVICT: tl.constexpr):
+    if BALANCED:
+        # Tile.schedule "balanced": num_splits programs in all, each an equal run of the BLOCK_N-token tiles
+        # of every sequence-head laid end to end (sequence-head 0's tiles, then 1's...), so every program
+        # reads as many bytes and none is left running alone at the end; a run that crosses into the next
+        # sequence-head ends one partial there and starts another. Sequence-head b's partials sit at
+        # b * SPLITS + (program - the first program whose run reaches b).
+        prog = tl.program_id(0).to(tl.int64)
+        per_bh = tl.cdiv(seq, BLOCK_N)
+        total = bh_count.to(tl.int64) * per_bh
+        t0 = prog * total // num_splits
+        t1 = (prog + 1) * total // num_splits
+        for b in range(t0 // per_bh, (t1 - 1) // per_bh + 1):
+            bh = tl.cast(b, tl.int32)
+            first = bh.to(tl.int64) * per_bh
+            first_prog, parts = _balanced_parts(first, per_bh, total, num_splits)
+            start = (tl.maximum(t0, first) - first) * BLOCK_N
+            end = tl.minimum((tl.minimum(t1, first + per_bh) - first) * BLOCK_N, seq)
+            base = bh.to(tl.int64) * SPLITS
+            _attend_range(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_scale_ptr, v_block_ptr, acc_ptr,
+                          ml_ptr, bh, base + prog - first_prog, start, end, seq, qk_scale, K_FP8, V_FMT, D, ROWS,
+                          BLOCK_N, QK, PV, E2M1_DECODE, STAGES, DOT_F32, K_TMA, V_TMA, EVICT)
+            if FUSED_COMBINE:
+                _arrive(acc_ptr, ml_ptr, out_ptr, arrivals_ptr, bh, base, parts, D, SPLITS)
     else:
-        bh = tl.program_id(0)
-        split = tl.program_id(1)
+        if SPLITS_FIRST:
+            split = tl.program_id(0)
+            bh = tl.program_id(1)
+        else:
+            bh = tl.program_id(0)
+            split = tl.program_id(1)
+        # Splits past the first full_splits are half_len long (Tile.taper; with no taper, none are).
+        halves = tl.maximum(split - full_splits, 0)  # the half splits before this one
+        start = (split - halves) * split_len + halves * half_len
+        end = tl.minimum(start + tl.where(split >= full_splits, half_len, split_len), seq)
+        _attend_range(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_scale_ptr, v_block_ptr, acc_ptr, ml_ptr,
+                      bh, bh.to(tl.int64) * num_splits + split, start, end, seq, qk_scale, K_FP8, V_FMT, D, ROWS,
+                      BLOCK_N, QK, PV, E2M1_DECODE, STAGES, DOT_F32, K_TMA, V_TMA, EVICT)
+        if FUSED_COMBINE:
+            _arrive(acc_ptr, ml_ptr, out_ptr, arrivals_ptr, bh, bh * num_splits, num_splits, D, SPLITS)
+
+
+@triton.jit
+def _balanced_parts(first, per_bh, total, programs):
+    """The first program whose balanced run reaches tile `first` (a sequence-head's first), and how many runs
+    reach that sequence-head's per_bh tiles: program p's run starts at tile p * total // programs, so the
+    last run to start at or before tile x is ((x + 1) * programs - 1) // total (no run is empty: programs <=
+    total)."""
+    first_prog = ((first + 1) * programs - 1) // total
+    last_prog = ((first + per_bh) * programs - 1) // total
+    return first_prog, last_prog - first_prog + 1
+
+
+@triton.jit
+def _attend_range(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_scale_ptr, v_block_ptr, acc_ptr, ml_ptr, bh,
+                  part, start, end, seq, qk_scale, K_FP8: tl.constexpr, V_FMT: tl.constexpr, D: tl.constexpr,
+                  ROWS: tl.constexpr, BLOCK_N: tl.constexpr, QK: tl.constexpr, PV: tl.constexpr,
+                  E2M1_DECODE: tl.constexpr, STAGES: tl.constexpr, DOT_F32: tl.constexpr, K_TMA: tl.constexpr,
+                  V_TMA: tl.constexpr, EVICT: tl.constexpr):
+    """Sequence-head bh's tokens [start, end) with an online softmax: their partial p.v sum to acc_ptr's row
+    `part`, their maximum score and denominator to ml_ptr's."""
     d = tl.arange(0, D)
     r = tl.arange(0, ROWS)
     NB: tl.constexpr = D // 16
@@ -465,10 +532,6 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
             q_op = tl.broadcast_to(qd[None, :], (ROWS, D))
         else:
             q_op = tl.broadcast_to(qd[:, None], (D, ROWS))
-    # Splits past the first full_splits are half_len long (Tile.taper; with no taper, none are).
-    halves = tl.maximum(split - full_splits, 0)  # the half splits before this one
-    start = (split - halves) * split_len + halves * half_len
-    end = tl.minimum(start + tl.where(split >= full_splits, half_len, split_len), seq)
     m = -float("inf")
     # With p.v on CUDA cores or the pair path, p is a vector, so the scores become one ([BLOCK_N]) as
     # soon as the q.k MMA gives them: its ROWS columns (rows for "mma") are equal, every one the same
@@ -631,7 +694,7 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
                     acc = acc + _dot(w, v, DOT_F32)
                 else:
                     acc = acc + _dot(tl.trans(v), w, DOT_F32)
-    part = (bh * num_splits + split).to(tl.int64)
+    part = part.to(tl.int64)
     if QK == 0:
         denom = den
     elif VEC_S:
@@ -678,30 +741,33 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
         tl.store(acc_ptr + part * D + d, out)
     tl.store(ml_ptr + part * 2, m)
     tl.store(ml_ptr + part * 2 + 1, denom)
-    if FUSED_COMBINE:
-        # Flash-decoding's merge, by the last split of this sequence-head to finish, in this launch, not a
-        # second one: on an H200 the BF16 kernel took 6 us (0.6%) less so, the FP8 ones as long (their
-        # last program merges 16 splits with one warp; 2026-12-01). Every thread's stores above come
-        # before the barrier; the arrival's release (gpu scope, by one thread after the barrier) publishes
-        # them, and the program that sees the count reach num_splits - 1 acquires all of them. Which split
-        # arrives last does not change the result: _combine reads the splits in their order.
-        tl.debug_barrier()
-        arrived = tl.atomic_add(arrivals_ptr + bh, 1, sem="acq_rel", scope="gpu")
-        if arrived == num_splits - 1:
-            _combine(acc_ptr, ml_ptr, out_ptr, bh, num_splits, D, SPLITS, ".cg")
-            # Back to zero for the next launch on this workspace (launches on one stream run in order).
-            tl.store(arrivals_ptr + bh, 0)
 
 
 @triton.jit
-def _combine(acc_ptr, ml_ptr, out_ptr, bh, num_splits, D: tl.constexpr, SPLITS: tl.constexpr,
+def _arrive(acc_ptr, ml_ptr, out_ptr, arrivals_ptr, bh, base, parts, D: tl.constexpr, SPLITS: tl.constexpr):
+    """Flash-decoding's merge, by the last of sequence-head bh's `parts` partials (rows base...) to be written,
+    in this launch, not a second one: on an H200 the BF16 kernel took 6 us (0.6%) less so, the FP8 ones as long
+    (their last program merges 16 splits with one warp; 2026-12-01). Every thread's stores before the barrier
+    come first; the arrival's release (gpu scope, by one thread after the barrier) publishes them, and the
+    program that sees the count reach parts - 1 acquires all of them. Which partial arrives last does not
+    change the result: _combine reads them in their order."""
+    tl.debug_barrier()
+    arrived = tl.atomic_add(arrivals_ptr + bh, 1, sem="acq_rel", scope="gpu")
+    if arrived == parts - 1:
+        _combine(acc_ptr, ml_ptr, out_ptr, bh, base, parts, D, SPLITS, ".cg")
+        # Back to zero for the next launch on this workspace (launches on one stream run in order).
+        tl.store(arrivals_ptr + bh, 0)
+
+
+@triton.jit
+def _combine(acc_ptr, ml_ptr, out_ptr, bh, base, parts, D: tl.constexpr, SPLITS: tl.constexpr,
              CACHE: tl.constexpr):
-    """Sequence-head bh's output from its splits' partial sums, maxima and denominators, in split order.
-    CACHE ".cg" reads them from L2: other programs of this launch wrote them."""
+    """Sequence-head bh's output from its `parts` partial sums, maxima and denominators (rows base...), in
+    their order. CACHE ".cg" reads them from L2: other programs of this launch wrote them."""
     s = tl.arange(0, SPLITS)
     d = tl.arange(0, D)
-    live = s < num_splits
-    part = bh.to(tl.int64) * num_splits + s
+    live = s < parts
+    part = base.to(tl.int64) + s
     m = tl.load(ml_ptr + part * 2, mask=live, other=-float("inf"), cache_modifier=CACHE)
     denom = tl.load(ml_ptr + part * 2 + 1, mask=live, other=0.0, cache_modifier=CACHE)
     weight = tl.math.exp2(m - tl.max(m, axis=0))  # an empty or absent split has m = -inf and weighs 0
@@ -710,15 +776,61 @@ def _combine(acc_ptr, ml_ptr, out_ptr, bh, num_splits, D: tl.constexpr, SPLITS: 
     tl.store(out_ptr + bh * D + d, out)
 
 
-@triton.jit(do_not_specialize=["num_splits"])
-def _decode_combine_kernel(acc_ptr, ml_ptr, out_ptr, num_splits, D: tl.constexpr, SPLITS: tl.constexpr):
-    _combine(acc_ptr, ml_ptr, out_ptr, tl.program_id(0), num_splits, D, SPLITS, "")
+@triton.jit(do_not_specialize=["num_splits", "bh_count"])
+def _decode_combine_kernel(acc_ptr, ml_ptr, out_ptr, seq, num_splits, bh_count, D: tl.constexpr,
+                           SPLITS: tl.constexpr, BALANCED: tl.constexpr, BLOCK_N: tl.constexpr):
+    bh = tl.program_id(0)
+    if BALANCED:
+        per_bh = tl.cdiv(seq, BLOCK_N)
+        _, parts = _balanced_parts(bh.to(tl.int64) * per_bh, per_bh, bh_count.to(tl.int64) * per_bh, num_splits)
+        _combine(acc_ptr, ml_ptr, out_ptr, bh, bh * SPLITS, parts, D, SPLITS, "")
+    else:
+        _combine(acc_ptr, ml_ptr, out_ptr, bh, bh * num_splits, num_splits, D, SPLITS, "")
 
 
 def num_splits(heads_total: int, seq: int, sm_count: int, per_sm: int = 4) -> int:
     """About `per_sm` programs per SM, never a split shorter than 256 tokens; a power of two."""
     want = max(1, min(triton.cdiv(per_sm * sm_count, heads_total), triton.cdiv(seq, _MIN_SPLIT_TOKENS)))
     return triton.next_power_of_2(want)
+
+
+def default_splits(tile: Tile, bh: int, seq: int, sm_count: int) -> int:
+    """The split count a launch takes unless told: num_splits' for the "splits" schedule; per_sm programs an SM
+    in all for "balanced"."""
+    return tile.per_sm * sm_count if tile.schedule == "balanced" else num_splits(bh, seq, sm_count, tile.per_sm)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """How a launch cuts bh sequence-heads of seq tokens: `programs` splits per sequence-head (the "splits"
+    schedule, the tapered halves counted) or programs in all ("balanced"); the first `full_splits` splits
+    `split_len` tokens long and the rest `half_len` (Tile.taper; "splits" only); `stride` rows of partials a
+    sequence-head in the workspace (a power of two under "balanced", whose kernel takes it as the merge's
+    vector length, SPLITS)."""
+
+    programs: int
+    full_splits: int
+    split_len: int
+    half_len: int
+    stride: int
+
+
+def partition(tile: Tile, bh: int, seq: int, splits: int) -> Partition:
+    """The Partition of a launch of `tile` over bh sequence-heads of seq tokens in `splits` splits (programs in
+    all under "balanced", at most the cache's tiles: no run is empty)."""
+    if tile.schedule == "balanced":
+        # Each of the programs runs at least `share` tiles: a sequence-head's per_bh tiles meet the run holding
+        # its first tile and the runs that start on its other per_bh - 1, at most (per_bh - 1) // share + 1.
+        per_bh = triton.cdiv(seq, tile.block_n)
+        programs = min(splits, bh * per_bh)
+        parts = min(programs, (per_bh - 1) // (bh * per_bh // programs) + 2)
+        return Partition(programs, programs, 0, 0, triton.next_power_of_2(parts))
+    split_len = triton.cdiv(triton.cdiv(seq, splits), _MAX_BLOCK_N) * _MAX_BLOCK_N
+    # Tile.taper: the last `taper` splits each become two of half_len (whole tiles of _MAX_BLOCK_N); past the
+    # cache, a split is empty (it weighs nothing in the merge).
+    half_len = triton.cdiv(split_len // 2, _MAX_BLOCK_N) * _MAX_BLOCK_N
+    taper = min(tile.taper, splits) if half_len < split_len else 0
+    return Partition(splits + taper, splits - taper, split_len, half_len, splits + taper)
 
 
 def _device_tile(q: torch.Tensor, k_fmt: str, v_fmt: str) -> Tile:
@@ -767,7 +879,8 @@ def decode_attention(q: torch.Tensor, cache: Cache, splits: int | None = None,
                      tile: Tile | None = None, workspace: DecodeWorkspace | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for q [batch, heads, head_dim] over `cache`; float32 [batch, heads, head_dim].
 
-    `tile` by default is the device's entry in TILES. `splits` by default follows the tile's `per_sm`.
+    `tile` by default is the device's entry in TILES. `splits` by default follows the tile's `per_sm`; under
+    the "balanced" schedule it is the number of programs in all (at most the cache's tiles: no run is empty).
     Under Triton's interpreter (TRITON_INTERPRET=1) the default tile decodes E2M1 "bitwise". `workspace`
     (one a stream) is reused across calls; without one, each call makes its own, which zeroes the fused
     combine's counters (a fill kernel).
@@ -800,13 +913,8 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
     bh = batch * heads
     if splits is None:
         sm_count = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
-        splits = num_splits(bh, seq, sm_count, tile.per_sm)
-    split_len = triton.cdiv(triton.cdiv(seq, splits), _MAX_BLOCK_N) * _MAX_BLOCK_N
-    # Tile.taper: the last `taper` splits each become two of half_len (whole tiles of _MAX_BLOCK_N); past
-    # the cache, a split is empty (it weighs nothing in the merge).
-    half_len = triton.cdiv(split_len // 2, _MAX_BLOCK_N) * _MAX_BLOCK_N
-    taper = min(tile.taper, splits) if half_len < split_len else 0
-    full_splits, splits = splits - taper, splits + taper
+        splits = default_splits(tile, bh, seq, sm_count)
+    cut = partition(tile, bh, seq, splits)
     dummy = torch.empty(1, dtype=torch.float32, device=q.device)  # never read; empty launches no fill kernel
     k_scale = cache.k.scales.reshape(bh).float().contiguous() if k_fmt == "fp8" else dummy
     if v_fmt == "nvfp4":
@@ -820,19 +928,23 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
     k_tma, v_tma = tma_loads(tile, v_fmt)
     k_desc = _tile_descriptor(k_data, tile.block_n) if k_tma else None
     v_desc = _tile_descriptor(v_data, tile.block_n) if v_tma else None
-    acc, ml, arrivals = (workspace or DecodeWorkspace()).buffers(bh * splits, bh, head_dim, q.device)
+    balanced = tile.schedule == "balanced"
+    acc, ml, arrivals = (workspace or DecodeWorkspace()).buffers(bh * cut.stride, bh, head_dim, q.device)
     out = torch.empty(batch, heads, head_dim, dtype=torch.float32, device=q.device)
     fused = tile.combine == "fused"
     splits_first = tile.order == "splits"
-    kernel = _decode_partial_kernel[(splits, bh) if splits_first else (bh, splits)](
-        q.contiguous(), k_data, k_desc, k_scale, v_data, v_desc, v_scale, v_block, acc, ml,
-        out, arrivals, seq, split_len, full_splits, half_len, splits, math.log2(math.e) / math.sqrt(head_dim),
+    vector = triton.next_power_of_2(cut.stride)  # the merge's vector of a sequence-head's partials
+    grid = (cut.programs,) if balanced else (cut.programs, bh) if splits_first else (bh, cut.programs)
+    kernel = _decode_partial_kernel[grid](
+        q.contiguous(), k_data, k_desc, k_scale, v_data, v_desc, v_scale, v_block, acc, ml, out, arrivals, seq,
+        cut.split_len, cut.full_splits, cut.half_len, cut.programs, bh, math.log2(math.e) / math.sqrt(head_dim),
         K_FP8=k_fmt == "fp8", V_FMT=V_FORMATS[v_fmt], D=head_dim, ROWS=max(16, head_dim // 8),
         BLOCK_N=tile.block_n, QK=PRODUCTS[tile.qk], PV=PRODUCTS[tile.pv], E2M1_DECODE=E2M1_DECODES[tile.e2m1],
-        STAGES=tile.stages, DOT_F32=interpreted, FUSED_COMBINE=fused, SPLITS=triton.next_power_of_2(splits),
-        SPLITS_FIRST=splits_first, K_TMA=k_tma, V_TMA=v_tma, EVICT=EVICTS[tile.evict], num_warps=tile.warps)
+        STAGES=tile.stages, DOT_F32=interpreted, FUSED_COMBINE=fused, SPLITS=vector, SPLITS_FIRST=splits_first,
+        BALANCED=balanced, K_TMA=k_tma, V_TMA=v_tma, EVICT=EVICTS[tile.evict], num_warps=tile.warps)
     if not fused:
-        _decode_combine_kernel[(bh,)](acc, ml, out, splits, D=head_dim, SPLITS=triton.next_power_of_2(splits))
+        _decode_combine_kernel[(bh,)](acc, ml, out, seq, cut.programs, bh, D=head_dim, SPLITS=vector,
+                                      BALANCED=balanced, BLOCK_N=tile.block_n)
     if tile.evict != "normal" and not interpreted and not evict_hint_kept(kernel.asm["ptx"]):
         raise RuntimeError(f"Triton {triton.__version__} dropped the L2 eviction hint (evict={tile.evict!r}) from "
                            "the kernel's loads: this tile runs the plain kernel. Use evict='normal', or a Triton "

@@ -70,6 +70,52 @@ def test_a_sequence_heads_splits_launched_together_match_float64_attention_over_
     _check(kernel, q, caches, [(tile, 3), (tile, 8), (replace(tile, taper=1), 2)])
 
 
+def test_balanced_runs_match_float64_attention_over_each_cache(kernel):
+    """Tile.schedule "balanced": 3 sequence-heads of 300 tokens laid end to end and cut into 1 to 30 equal runs
+    of 32- or 64-token tiles (a run inside one sequence-head, across two, across all three; a sequence-head
+    met by runs that are not its own first), more programs than tiles (clamped), the merge fused or its own
+    launch; each twice on one workspace (the counters back at zero)."""
+    import torch
+
+    q, k, v = make_inputs(DecodeShape(batch=1, heads=3, seq=300, head_dim=128), "cpu", seed=12, outlier_channels=2)
+    caches = {name: build_cache(k, v, name) for name in CACHES}
+    tile = kernel.Tile("mma_t", "mma_pairs", 32, 1, 2, e2m1="bitwise", schedule="balanced")
+    runs = [(tile, programs) for programs in (1, 2, 4, 7, 30, 1000)]
+    runs += [(replace(tile, block_n=64, qk="mma_t", pv="mma_t", warps=4, combine="kernel"), programs)
+             for programs in (2, 7)]
+    runs += [(replace(tile, qk="fma", pv="fma"), 5)] * 2
+    _check(kernel, q, caches, runs)
+    for cache in caches.values():
+        outs = kernel.decode_attention_interpreted(q, cache, [(tile, 7)] * 2)
+        assert torch.equal(outs[0], outs[1])
+
+
+def test_a_balanced_partition_holds_every_sequence_heads_runs_in_its_rows(kernel):
+    """partition's rows a sequence-head (stride) hold every run that meets it, for every cut of up to 6
+    sequence-heads of up to 20 tiles into up to 60 runs: program p runs tiles [p T / P, (p + 1) T / P)."""
+    for bh, per_bh, programs in itertools.product(range(1, 7), range(1, 21), range(1, 61)):
+        tile = kernel.Tile(block_n=16, schedule="balanced")
+        cut = kernel.partition(tile, bh, per_bh * 16, programs)
+        total = bh * per_bh
+        assert cut.programs == min(programs, total) and cut.stride & (cut.stride - 1) == 0
+        starts = [p * total // cut.programs for p in range(cut.programs + 1)]
+        most = max(sum(1 for p in range(cut.programs) if starts[p] < (b + 1) * per_bh and starts[p + 1] > b * per_bh)
+                   for b in range(bh))
+        assert most <= cut.stride, (bh, per_bh, programs)
+
+
+def test_a_split_partition_is_whole_128_token_splits_with_the_tapered_halves_after(kernel):
+    cut = kernel.partition(kernel.Tile(), 256, 32768, 16)
+    assert (cut.programs, cut.full_splits, cut.split_len, cut.stride) == (16, 16, 2048, 16)
+    cut = kernel.partition(kernel.Tile(taper=2), 2, 600, 2)
+    assert (cut.programs, cut.full_splits, cut.split_len, cut.half_len, cut.stride) == (4, 0, 384, 256, 4)
+
+
+def test_the_balanced_schedule_runs_per_sm_programs_an_sm_in_all(kernel):
+    assert kernel.default_splits(kernel.Tile(per_sm=10, schedule="balanced"), 256, 32768, 132) == 1320
+    assert kernel.default_splits(kernel.Tile(per_sm=16), 256, 32768, 132) == 16
+
+
 def test_tma_loads_match_float64_attention_over_each_cache(kernel):
     """Tile.loads "tma": 300 tokens, so the last tile of a sequence-head runs past its end (TMA fills zeros
     there); 3 and 8 splits (some empty); the pair path, and the products that transpose K and V."""
@@ -151,6 +197,12 @@ def test_a_tile_rejects_what_the_kernel_cannot_run(kernel):
         kernel.Tile(evict="evict_first")
     with pytest.raises(ValueError, match="TMA loads take none"):
         kernel.Tile(loads="tma", evict="first")
+    with pytest.raises(ValueError, match="schedule takes splits, balanced"):
+        kernel.Tile(schedule="persistent")
+    with pytest.raises(ValueError, match="takes no launch order or taper"):
+        kernel.Tile(schedule="balanced", taper=1)
+    with pytest.raises(ValueError, match="takes no launch order or taper"):
+        kernel.Tile(schedule="balanced", order="splits")
 
 
 def test_no_gpus_tiles_name_the_lut_decode_which_the_h200_ran_slower(kernel):
@@ -252,6 +304,18 @@ def test_the_tensor_core_pair_path_compiles_for_hopper(cache):
     e2m1 = "lut" if CACHES[cache][1] == "nvfp4" else "packed"
     row = profile(cache, Tile("mma_t", "mma_pairs", 64, 1, 2, e2m1=e2m1), arch=90)
     assert row["spill_bytes"] == 0 and row["loop_per_thread"] > 0, row
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", list(CACHES))
+def test_the_balanced_schedule_compiles_to_pipelined_copies_without_spills_for_hopper(cache):
+    """Offline for sm_90: the token loop inside the loop over a run's sequence-heads keeps its asynchronous
+    copies (LDGSTS) and spills nothing, as the split schedule's does."""
+    profile = _sass_tool().profile
+    from lowprec_workloads.decode_attention_triton import TILES
+
+    row = profile(cache, replace(TILES["h200"][CACHES[cache]], schedule="balanced", per_sm=10), arch=90)
+    assert row["spill_bytes"] == 0 and row["ops"].get("LDGSTS"), row
 
 
 @pytest.mark.slow
