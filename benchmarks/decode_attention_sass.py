@@ -65,6 +65,7 @@ def compile_variant(cache: str, tile: Tile, arch: int, head_dim: int = 128):
     constants = {"K_FP8": k_fmt == "fp8", "V_FMT": V_FORMATS[v_fmt], "D": head_dim, "ROWS": max(16, head_dim // 8),
                  "BLOCK_N": tile.block_n, "QK": PRODUCTS[tile.qk], "PV": PRODUCTS[tile.pv],
                  "E2M1_DECODE": E2M1_DECODES[tile.e2m1], "STAGES": tile.stages, "DOT_F32": False,
+                 "MMA_CARRY": tile.carry == "mma",
                  "FUSED_COMBINE": tile.combine == "fused", "SPLITS_FIRST": tile.order == "splits",
                  "BALANCED": tile.schedule == "balanced", "K_TMA": k_tma, "V_TMA": v_tma, "EVICT": EVICTS[tile.evict],
                  # the merge's vector at the suite's shape (8 x 32 heads, 32K tokens, 132 SMs)

@@ -21,7 +21,11 @@ Every tensor-core operand is exact: FP8 K widens to float16 exactly, q (bfloat16
 after a power-of-two scale, p (which needs more than 16 bits) is split into float16 or bfloat16
 pieces on separate rows of the 16-row operand, and NVFP4 values times their E4M3 block scales are
 exact in float16 (or the rows carry the block scale: "mma", "mma_t"). Tensor cores truncate when
-they add in float32, so each tile's product joins the running sum in a round-to-nearest add.
+they add in float32, so each tile's product joins the running sum in a round-to-nearest add
+(`_accumulate`). Until 2026-12-02 it did not: Triton folds `acc + tl.dot(a, b)` into the MMA's own
+accumulator, so the tensor core carried every split's sum (an H200 measured the drift: relative L2
+against float64 from 1.4e-5 to 4.4e-5 over runs of 6K to 32K tokens, past the suite's 1e-5 bound, where
+the 2K-token splits shipped stayed under it).
 NVFP4 codes decode in PTX on a GPU: "packed" places the three magnitude bits of two codes under
 the float16 exponent at once (2**-14 of their E2M1 value, applied at the end; on the pair path the
 same bits, times the block scale in the same asm, SCALED_PAIRS_PTX); "lut" (pair path)
@@ -61,6 +65,7 @@ QK_PRODUCTS = ("fma", "mma", "mma_t")
 COMBINES = ("fused", "kernel")
 ORDERS = ("heads", "splits")
 SCHEDULES = ("splits", "balanced")
+CARRIES = ("add", "mma")
 LOADS = ("pointers", "tma")
 # Tile.evict: the L2 eviction priority of the cache's pointer loads (Triton 3.9 makes a createpolicy.fractional
 # L2::evict_first / evict_last policy and hands it to each cp.async as its L2::cache_hint; Triton 3.6, the GPU
@@ -94,7 +99,9 @@ class Tile:
     (not rounded), each reading an equal run of the BLOCK_N-token tiles of all the sequence-heads laid end to
     end, crossing from one sequence-head into the next where its run does: the GPU's last wave is as long as
     every other (with per_sm at most what fits on an SM there is one wave), at the cost of up to one more
-    partial per program to merge."""
+    partial per program to merge. `carry` (CARRIES) says how a tensor-core p.v joins the running sum: "add",
+    each tile's product in a round-to-nearest float32 add; "mma", the MMA's own accumulator (truncating adds,
+    a drift that grows with the tiles a program sums; fewer instructions)."""
 
     qk: str = "fma"
     pv: str = "fma"
@@ -109,6 +116,7 @@ class Tile:
     loads: str = "pointers"
     evict: str = "normal"
     schedule: str = "splits"
+    carry: str = "add"
 
     def __post_init__(self) -> None:
         if self.qk not in QK_PRODUCTS or self.pv not in PRODUCTS:
@@ -130,6 +138,8 @@ class Tile:
             raise ValueError(f"loads takes {', '.join(LOADS)}, got {self.loads!r}")
         if self.evict not in EVICTS:
             raise ValueError(f"evict takes {', '.join(EVICTS)}, got {self.evict!r}")
+        if self.carry not in CARRIES:
+            raise ValueError(f"carry takes {', '.join(CARRIES)}, got {self.carry!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule takes {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.schedule == "balanced" and (self.order != "heads" or self.taper):
@@ -147,8 +157,9 @@ class Tile:
         loads = "" if self.loads == "pointers" else f" loads={self.loads}"
         evict = "" if self.evict == "normal" else f" evict={self.evict}"
         schedule = "" if self.schedule == "splits" else f" schedule={self.schedule}"
+        carry = "" if self.carry == "add" else f" carry={self.carry}"
         return (f"{self.qk}/{self.pv} {self.block_n}x{self.warps}x{self.stages} {self.e2m1} per_sm={self.per_sm}"
-                f"{combine}{order}{taper}{loads}{evict}{schedule}")
+                f"{combine}{order}{taper}{loads}{evict}{schedule}{carry}")
 
 
 # The partial kernel's Tile per GPU key and (K, V) format. Fixed, never autotuned: a gate needs the
@@ -339,12 +350,26 @@ def _split2_fp16(x):
 
 @triton.jit
 def _dot(a, b, DOT_F32: tl.constexpr):
-    """a @ b in float32. Tensor cores add in float32 but truncate (round toward zero): a sum carried
-    through thousands of MMAs would drift by up to about 1e-5 relative, the suite's bound on the kernel,
-    so each tile's product starts from zero and joins the running sum in a round-to-nearest add."""
+    """a @ b in float32 (under the interpreter, float32 operands: it multiplies 16-bit tiles wrongly)."""
     if DOT_F32:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     return tl.dot(a, b)
+
+
+@triton.jit
+def _accumulate(acc, a, b, DOT_F32: tl.constexpr, MMA_CARRY: tl.constexpr):
+    """acc + a @ b. Tensor cores add in float32 but truncate (round toward zero), so a running sum that the
+    MMA carries through a split's tiles drifts with their count (Tile.carry "mma"). By default ("add") each
+    tile's product starts from zero and joins the running sum in a round-to-nearest add. Triton folds
+    `acc + tl.dot(a, b)` back into the MMA's accumulator, so the product passes through an identity the
+    compiler cannot see through first (a PTX mov, free once registers are allocated)."""
+    if DOT_F32:
+        return acc + _dot(a, b, DOT_F32)
+    if MMA_CARRY:
+        return tl.dot(a, b, acc)
+    product = tl.dot(a, b)
+    return acc + tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [product], dtype=tl.float32, is_pure=True,
+                                           pack=1)
 
 
 @triton.jit
@@ -363,8 +388,8 @@ def _load_tile(ptr, desc, rows, valid, bh, n0, D: tl.constexpr, BLOCK_N: tl.cons
 
 @triton.jit
 def _pv_pairs(p, rows, valid, j, v_ptr, v_desc, bh, n0, v_block_ptr, acc, V_FMT: tl.constexpr, D: tl.constexpr,
-              BLOCK_N: tl.constexpr, E2M1_DECODE: tl.constexpr, DOT_F32: tl.constexpr, V_TMA: tl.constexpr,
-              EVICT: tl.constexpr):
+              BLOCK_N: tl.constexpr, E2M1_DECODE: tl.constexpr, DOT_F32: tl.constexpr, MMA_CARRY: tl.constexpr,
+              V_TMA: tl.constexpr, EVICT: tl.constexpr):
     """acc [16, D/2] += the tile's p.v, with each pair of adjacent V elements (2c, 2c + 1) on the MMA's
     contraction axis: k = 2 * slot + t holds element 2c + t of the slot's token, so a packed byte (two
     E2M1 codes), an FP8 pair or a BF16 pair becomes exactly one 32-bit B register, as it lies in memory.
@@ -412,7 +437,7 @@ def _pv_pairs(p, rows, valid, j, v_ptr, v_desc, bh, n0, v_block_ptr, acc, V_FMT:
         ph, pl = _split2_fp16(ps * 32768.0)  # p <= 1; 2**15 keeps the low piece off float16 subnormals
         w = tl.where(r // 2 == 0, ph[None, :], tl.where(r // 2 == 1, pl[None, :], 0.0))
     w = tl.reshape(tl.join(tl.where(r % 2 == 0, w, 0.0), tl.where(r % 2 == 1, w, 0.0)), (16, 2 * BLOCK_N))
-    return acc + _dot(w, b, DOT_F32)
+    return _accumulate(acc, w, b, DOT_F32, MMA_CARRY)
 
 
 @triton.jit
@@ -444,7 +469,8 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
                            ml_ptr, out_ptr, arrivals_ptr, seq, split_len, full_splits, half_len, num_splits, bh_count,
                            qk_scale, K_FP8: tl.constexpr, V_FMT: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
                            BLOCK_N: tl.constexpr, QK: tl.constexpr, PV: tl.constexpr, E2M1_DECODE: tl.constexpr,
-                           STAGES: tl.constexpr, DOT_F32: tl.constexpr, FUSED_COMBINE: tl.constexpr,
+                           STAGES: tl.constexpr, DOT_F32: tl.constexpr, MMA_CARRY: tl.constexpr,
+                           FUSED_COMBINE: tl.constexpr,
                            SPLITS: tl.constexpr, SPLITS_FIRST: tl.constexpr, BALANCED: tl.constexpr,
                            K_TMA: tl.constexpr, V_TMA: tl.constexpr, EVICT: tl.constexpr):
     if BALANCED:
@@ -467,7 +493,7 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
             base = bh.to(tl.int64) * SPLITS
             _attend_range(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_scale_ptr, v_block_ptr, acc_ptr,
                           ml_ptr, bh, base + prog - first_prog, start, end, seq, qk_scale, K_FP8, V_FMT, D, ROWS,
-                          BLOCK_N, QK, PV, E2M1_DECODE, STAGES, DOT_F32, K_TMA, V_TMA, EVICT)
+                          BLOCK_N, QK, PV, E2M1_DECODE, STAGES, DOT_F32, MMA_CARRY, K_TMA, V_TMA, EVICT)
             if FUSED_COMBINE:
                 _arrive(acc_ptr, ml_ptr, out_ptr, arrivals_ptr, bh, base, parts, D, SPLITS)
     else:
@@ -483,7 +509,7 @@ def _decode_partial_kernel(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_s
         end = tl.minimum(start + tl.where(split >= full_splits, half_len, split_len), seq)
         _attend_range(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_scale_ptr, v_block_ptr, acc_ptr, ml_ptr,
                       bh, bh.to(tl.int64) * num_splits + split, start, end, seq, qk_scale, K_FP8, V_FMT, D, ROWS,
-                      BLOCK_N, QK, PV, E2M1_DECODE, STAGES, DOT_F32, K_TMA, V_TMA, EVICT)
+                      BLOCK_N, QK, PV, E2M1_DECODE, STAGES, DOT_F32, MMA_CARRY, K_TMA, V_TMA, EVICT)
         if FUSED_COMBINE:
             _arrive(acc_ptr, ml_ptr, out_ptr, arrivals_ptr, bh, bh * num_splits, num_splits, D, SPLITS)
 
@@ -503,8 +529,8 @@ def _balanced_parts(first, per_bh, total, programs):
 def _attend_range(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_scale_ptr, v_block_ptr, acc_ptr, ml_ptr, bh,
                   part, start, end, seq, qk_scale, K_FP8: tl.constexpr, V_FMT: tl.constexpr, D: tl.constexpr,
                   ROWS: tl.constexpr, BLOCK_N: tl.constexpr, QK: tl.constexpr, PV: tl.constexpr,
-                  E2M1_DECODE: tl.constexpr, STAGES: tl.constexpr, DOT_F32: tl.constexpr, K_TMA: tl.constexpr,
-                  V_TMA: tl.constexpr, EVICT: tl.constexpr):
+                  E2M1_DECODE: tl.constexpr, STAGES: tl.constexpr, DOT_F32: tl.constexpr, MMA_CARRY: tl.constexpr,
+                  K_TMA: tl.constexpr, V_TMA: tl.constexpr, EVICT: tl.constexpr):
     """Sequence-head bh's tokens [start, end) with an online softmax: their partial p.v sum to acc_ptr's row
     `part`, their maximum score and denominator to ml_ptr's."""
     d = tl.arange(0, D)
@@ -630,7 +656,7 @@ def _attend_range(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_scale_ptr,
             den = den + p
         if PV == 3:
             acc = _pv_pairs(p, rows, valid, j, v_ptr, v_desc, bh, n0, v_block_ptr, acc, V_FMT, D, BLOCK_N, E2M1_DECODE,
-                            DOT_F32, V_TMA, EVICT)
+                            DOT_F32, MMA_CARRY, V_TMA, EVICT)
         elif PV == 0:
             if V_FMT == 2:
                 blk = tl.arange(0, NB)
@@ -676,11 +702,11 @@ def _attend_range(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_scale_ptr,
                 piece = row // NB
                 w = tl.where(piece == 0, wh, tl.where(piece == 1, wl, 0.0))
                 if PV == 1:
-                    acc_lo = acc_lo + _dot(w, lo, DOT_F32)
-                    acc_hi = acc_hi + _dot(w, hi, DOT_F32)
+                    acc_lo = _accumulate(acc_lo, w, lo, DOT_F32, MMA_CARRY)
+                    acc_hi = _accumulate(acc_hi, w, hi, DOT_F32, MMA_CARRY)
                 else:
-                    acc_lo = acc_lo + _dot(tl.trans(lo), w, DOT_F32)
-                    acc_hi = acc_hi + _dot(tl.trans(hi), w, DOT_F32)
+                    acc_lo = _accumulate(acc_lo, tl.trans(lo), w, DOT_F32, MMA_CARRY)
+                    acc_hi = _accumulate(acc_hi, tl.trans(hi), w, DOT_F32, MMA_CARRY)
             else:
                 v = _load_tile(v_ptr, v_desc, rows, valid, bh, n0, D, BLOCK_N, V_TMA, EVICT)
                 if V_FMT == 1:
@@ -691,9 +717,9 @@ def _attend_range(q_ptr, k_ptr, k_desc, k_scale_ptr, v_ptr, v_desc, v_scale_ptr,
                     wh, wm, wl = _split3_bf16(p)
                     w = tl.where(row == 0, wh, tl.where(row == 1, wm, tl.where(row == 2, wl, 0.0)))
                 if PV == 1:
-                    acc = acc + _dot(w, v, DOT_F32)
+                    acc = _accumulate(acc, w, v, DOT_F32, MMA_CARRY)
                 else:
-                    acc = acc + _dot(tl.trans(v), w, DOT_F32)
+                    acc = _accumulate(acc, tl.trans(v), w, DOT_F32, MMA_CARRY)
     part = part.to(tl.int64)
     if QK == 0:
         denom = den
@@ -940,8 +966,9 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
         cut.split_len, cut.full_splits, cut.half_len, cut.programs, bh, math.log2(math.e) / math.sqrt(head_dim),
         K_FP8=k_fmt == "fp8", V_FMT=V_FORMATS[v_fmt], D=head_dim, ROWS=max(16, head_dim // 8),
         BLOCK_N=tile.block_n, QK=PRODUCTS[tile.qk], PV=PRODUCTS[tile.pv], E2M1_DECODE=E2M1_DECODES[tile.e2m1],
-        STAGES=tile.stages, DOT_F32=interpreted, FUSED_COMBINE=fused, SPLITS=vector, SPLITS_FIRST=splits_first,
-        BALANCED=balanced, K_TMA=k_tma, V_TMA=v_tma, EVICT=EVICTS[tile.evict], num_warps=tile.warps)
+        STAGES=tile.stages, DOT_F32=interpreted, MMA_CARRY=tile.carry == "mma", FUSED_COMBINE=fused, SPLITS=vector,
+        SPLITS_FIRST=splits_first, BALANCED=balanced, K_TMA=k_tma, V_TMA=v_tma, EVICT=EVICTS[tile.evict],
+        num_warps=tile.warps)
     if not fused:
         _decode_combine_kernel[(bh,)](acc, ml, out, seq, cut.programs, bh, D=head_dim, SPLITS=vector,
                                       BALANCED=balanced, BLOCK_N=tile.block_n)

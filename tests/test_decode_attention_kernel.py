@@ -197,6 +197,8 @@ def test_a_tile_rejects_what_the_kernel_cannot_run(kernel):
         kernel.Tile(evict="evict_first")
     with pytest.raises(ValueError, match="TMA loads take none"):
         kernel.Tile(loads="tma", evict="first")
+    with pytest.raises(ValueError, match="carry takes add, mma"):
+        kernel.Tile(carry="tensor")
     with pytest.raises(ValueError, match="schedule takes splits, balanced"):
         kernel.Tile(schedule="persistent")
     with pytest.raises(ValueError, match="takes no launch order or taper"):
@@ -316,6 +318,30 @@ def test_the_balanced_schedule_compiles_to_pipelined_copies_without_spills_for_h
 
     row = profile(cache, replace(TILES["h200"][CACHES[cache]], schedule="balanced", per_sm=10), arch=90)
     assert row["spill_bytes"] == 0 and row["ops"].get("LDGSTS"), row
+
+
+def _dot_accumulators(cache: str, carry: str) -> list[str]:
+    """The accumulator operand of every tensor-core product (tt.dot, or wgmma's warp_group_dot) in the TTGIR of
+    the H200's shipped tile for `cache` with Tile.carry `carry`, compiled offline for sm_90."""
+    import re
+
+    from lowprec_workloads.decode_attention_triton import TILES
+
+    tile = replace(TILES["h200"][CACHES[cache]], carry=carry)
+    ttgir = _sass_tool().compile_variant(cache, tile, arch=90).asm["ttgir"]
+    return re.findall(r"= (?:tt\.dot|ttng\.warp_group_dot) %[\w#]+, %[\w#]+, (%[\w#]+)", ttgir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", list(CACHES))
+def test_every_tensor_core_product_starts_from_zero_unless_the_mma_carries_the_sum_for_hopper(cache):
+    """Tile.carry "add": q.k and each tile's p.v start from a constant zero (the running sum is added to in
+    float32, rounding to nearest), though Triton folds `acc + tl.dot(a, b)` into the MMA where it can;
+    "mma": p.v's MMA takes the loop's running sum as its accumulator."""
+    added, carried = _dot_accumulators(cache, "add"), _dot_accumulators(cache, "mma")
+    assert len(added) == len(carried) >= 2
+    assert all(acc.startswith("%cst") for acc in added), added
+    assert not all(acc.startswith("%cst") for acc in carried), carried
 
 
 @pytest.mark.slow
