@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from lowprec_workloads.decode_attention import CACHES, DecodeShape, attend_cache, build_cache, make_inputs
-from lowprec_workloads.decode_attention_triton import DecodeWorkspace, decode_attention, tile_for
+from lowprec_workloads.decode_attention_triton import DecodeWorkspace, decode_attention, launch, tile_for
 from pytest_lowprec.formats.metrics import rel_l2
 from pytest_lowprec.hardware import gpu_key_from_name, probe_cuda
 from pytest_lowprec.timing import CudaEventTimer
@@ -50,6 +50,8 @@ def main() -> int:
     parser.add_argument("--balanced", nargs="*", type=int, default=[2, 4, 8, 10, 12, 16],
                         help="programs per SM of the balanced schedule's ways")
     parser.add_argument("--with-mma-carry", nargs="*", help="these ways again with carry=mma")
+    parser.add_argument("--way", action="append", default=[],
+                        help="another way, LABEL:FIELD=VALUE,... (Tile fields: b4s4:schedule=balanced,per_sm=4,stages=4)")
     args = parser.parse_args()
     device = probe_cuda()
     if device is None:
@@ -84,22 +86,31 @@ def main() -> int:
         ways = {way: change for way, change in ways.items() if way == "shipped" or way in args.ways
                 or (way.startswith("balanced") and "balanced" in args.ways)}
     ways.update({f"{way} carry=mma": {**ways[way], "carry": "mma"} for way in args.with_mma_carry or () if way in ways})
-    runs = {}
+    for text in args.way:
+        label, fields = text.split(":", 1)
+        ways[label] = {key: int(value) if value.isdigit() else value
+                       for key, value in (field.split("=") for field in fields.split(","))}
+    runs, tiles = {}, {}
     for way, change in ways.items():
         for name, c in caches.items():
             tile, workspace = replace(tile_for(gpu, *CACHES[name]), **change), DecodeWorkspace()
+            tiles[name, way] = tile
             runs[name, way] = lambda c=c, t=tile, w=workspace: decode_attention(q, c, tile=t, workspace=w)  # noqa: E731
     # Every way is checked against float64 attention over its cache (the suite's bound) before it is timed.
-    errors = {}
+    errors, resources = {}, {}
     for name, cache in caches.items():
         reference = attend_cache(q, cache)
-        for (run_name, way), fn in runs.items():
+        for (run_name, way), tile in tiles.items():
             if run_name == name:
-                errors[name, way] = float(rel_l2(reference, fn()))
+                out, kernel = launch(q, cache, tile=tile)
+                errors[name, way] = float(rel_l2(reference, out))
+                resources[name, way] = f"{kernel.n_regs}r {kernel.metadata.shared // 1024}K"
         del reference
-    print(f"relative L2 against float64 attention over the cache (bound {MAX_REL_L2:g}; over it: not timed)")
+    print(f"relative L2 against float64 attention over the cache (bound {MAX_REL_L2:g}; over it: not timed), "
+          "registers a thread and shared memory a program")
     for way in ways:
-        print(f"  {way:28} " + "  ".join(f"{name} {errors[name, way]:.2e}" for name in caches))
+        print(f"  {way:28} " + "  ".join(f"{name} {errors[name, way]:.2e} {resources[name, way]:>9}"
+                                         for name in caches))
     runs = {key: fn for key, fn in runs.items() if errors[key] < MAX_REL_L2}
     cases = {f"triton {name} {way}": (fn, caches[name].nbytes, f"triton bf16 {way}")
              for (name, way), fn in runs.items()}
