@@ -51,7 +51,7 @@ def main() -> int:
                         help="programs per SM of the balanced schedule's ways")
     parser.add_argument("--with-mma-carry", nargs="*", help="these ways again with carry=mma")
     parser.add_argument("--way", action="append", default=[],
-                        help="another way, LABEL:FIELD=VALUE,... (Tile fields: b4s4:schedule=balanced,per_sm=4,stages=4)")
+                        help="another way, LABEL:FIELD=VALUE,... (Tile fields: b4:schedule=balanced,per_sm=4)")
     args = parser.parse_args()
     device = probe_cuda()
     if device is None:
