@@ -172,6 +172,16 @@ class Tile:
 # took 0.515-0.516 ms; 0.495-0.497 ms both on a fresh cache). It too read slower in full gate runs (0.57-0.58
 # ms). FP8-K NVFP4-V's is the sweep's fastest once the scores became a vector and the decode one multiply
 # (d65d9d4, another H200: 0.417 ms against 0.423-0.425 for the 32-token tiles; BF16 0.959, FP8 0.508).
+# Since 2026-12-02 p.v joins its running sums in round-to-nearest adds (Tile.carry "add"; the kernel error
+# against float64 fell from 2.6-5.9e-6 to 0.2-1.0e-6), which cost the split FP8-K NVFP4-V tile 3-5% and the
+# others nothing measurable, and the FP8 and FP8-K NVFP4-V tiles run the balanced schedule
+# (benchmarks/decode_attention_speed.py; docs/measurements/decode-attention-balanced-h200-2026-12-02.md): on
+# one H200 FP8 0.489 ms against 0.530 for the split tile (1.081x; 3 stages at per_sm=4: 1.057x there and on
+# another), FP8-K NVFP4-V 0.396-0.406 against 0.427-0.440 (1.08x); BF16's balanced ways read 1-3% slower
+# than its split tile. Their per_sm is a multiple of 4 and at
+# most what fits: an SM's registers are four banks of 16K, one a warp's, so a one-warp program of 191-207
+# registers fits twice a bank, 8 an SM; 9-12 an SM ran two waves (0.55-0.70 ms), and 3, 5 or 6 (a bank
+# holding more warps than another) 10-30% slower than 4 or 8.
 # A GPU without an entry runs DEFAULT_GPU's tiles.
 TILES = {
     "h100": {
@@ -181,8 +191,10 @@ TILES = {
     },
     "h200": {
         ("bf16", "bf16"): Tile(qk="mma_t", pv="mma_t", block_n=64, warps=4, stages=3, per_sm=8, e2m1="packed"),
-        ("fp8", "fp8"): Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=3, per_sm=16, e2m1="packed"),
-        ("fp8", "nvfp4"): Tile(qk="mma_t", pv="mma_pairs", block_n=64, warps=1, stages=2, per_sm=16, e2m1="packed"),
+        ("fp8", "fp8"): Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=4, per_sm=4, e2m1="packed",
+                             schedule="balanced"),
+        ("fp8", "nvfp4"): Tile(qk="mma_t", pv="mma_pairs", block_n=64, warps=1, stages=2, per_sm=8, e2m1="packed",
+                               schedule="balanced"),
     },
 }
 DEFAULT_GPU = "h100"
