@@ -73,6 +73,12 @@ LOADS = ("pointers", "tma")
 EVICTS = {"normal": "", "first": "evict_first", "last": "evict_last"}
 _MAX_BLOCK_N = 128
 _MIN_SPLIT_TOKENS = 256
+# The balanced schedule's shortest run, unless a launch is told its program count: a cache too small for
+# runs this long launches in splits (default_schedule). The split schedule's splits are this long at the
+# suite's speed shape, where the wave it leaves short costs 4-8%; at the strategies' decode step (32
+# sequence-heads of 8K tokens) balanced runs would be 248-496 tokens, and that step read 3.3% slower with
+# them on an H200 (2026-12-02).
+_MIN_BALANCED_RUN_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -838,6 +844,14 @@ def default_splits(tile: Tile, bh: int, seq: int, sm_count: int) -> int:
     return tile.per_sm * sm_count if tile.schedule == "balanced" else num_splits(bh, seq, sm_count, tile.per_sm)
 
 
+def default_schedule(tile: Tile, bh: int, seq: int, sm_count: int) -> Tile:
+    """The tile a launch runs unless told its split count: a balanced tile whose runs would be shorter than
+    _MIN_BALANCED_RUN_TOKENS runs the split schedule instead."""
+    if tile.schedule == "balanced" and bh * seq < _MIN_BALANCED_RUN_TOKENS * tile.per_sm * sm_count:
+        return replace(tile, schedule="splits")
+    return tile
+
+
 @dataclass(frozen=True)
 class Partition:
     """How a launch cuts bh sequence-heads of seq tokens: `programs` splits per sequence-head (the "splits"
@@ -918,7 +932,8 @@ def decode_attention(q: torch.Tensor, cache: Cache, splits: int | None = None,
     """softmax(q k^T / sqrt(d)) v for q [batch, heads, head_dim] over `cache`; float32 [batch, heads, head_dim].
 
     `tile` by default is the device's entry in TILES. `splits` by default follows the tile's `per_sm`; under
-    the "balanced" schedule it is the number of programs in all (at most the cache's tiles: no run is empty).
+    the "balanced" schedule it is the number of programs in all (at most the cache's tiles: no run is empty),
+    and without it a cache too small for long runs launches in splits (default_schedule).
     Under Triton's interpreter (TRITON_INTERPRET=1) the default tile decodes E2M1 "bitwise". `workspace`
     (one a stream) is reused across calls; without one, each call makes its own, which zeroes the fused
     combine's counters (a fill kernel).
@@ -951,6 +966,7 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
     bh = batch * heads
     if splits is None:
         sm_count = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
+        tile = default_schedule(tile, bh, seq, sm_count)
         splits = default_splits(tile, bh, seq, sm_count)
     cut = partition(tile, bh, seq, splits)
     dummy = torch.empty(1, dtype=torch.float32, device=q.device)  # never read; empty launches no fill kernel

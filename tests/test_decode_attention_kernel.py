@@ -111,6 +111,15 @@ def test_a_split_partition_is_whole_128_token_splits_with_the_tapered_halves_aft
     assert (cut.programs, cut.full_splits, cut.split_len, cut.half_len, cut.stride) == (4, 0, 384, 256, 4)
 
 
+def test_a_cache_too_small_for_long_balanced_runs_launches_in_splits(kernel):
+    """The suite's speed shape (256 sequence-heads of 32K tokens) runs 4 programs an SM balanced, 16K tokens
+    each; the strategies' decode step (32 of 8K) would make runs of 496 tokens, so it runs in splits."""
+    tile = kernel.Tile(per_sm=4, schedule="balanced")
+    assert kernel.default_schedule(tile, 256, 32768, 132) == tile
+    assert kernel.default_schedule(tile, 32, 8192, 132).schedule == "splits"
+    assert kernel.default_schedule(kernel.Tile(per_sm=4), 256, 32768, 132).schedule == "splits"
+
+
 def test_the_balanced_schedule_runs_per_sm_programs_an_sm_in_all(kernel):
     assert kernel.default_splits(kernel.Tile(per_sm=10, schedule="balanced"), 256, 32768, 132) == 1320
     assert kernel.default_splits(kernel.Tile(per_sm=16), 256, 32768, 132) == 16
