@@ -73,12 +73,6 @@ LOADS = ("pointers", "tma")
 EVICTS = {"normal": "", "first": "evict_first", "last": "evict_last"}
 _MAX_BLOCK_N = 128
 _MIN_SPLIT_TOKENS = 256
-# The balanced schedule's shortest run, unless a launch is told its program count: a cache too small for
-# runs this long launches in splits (default_schedule). The split schedule's splits are this long at the
-# suite's speed shape, where the wave it leaves short costs 4-8%; at the strategies' decode step (32
-# sequence-heads of 8K tokens) balanced runs would be 248-496 tokens, and that step read 3.3% slower with
-# them on an H200 (2026-12-02).
-_MIN_BALANCED_RUN_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -105,9 +99,11 @@ class Tile:
     (not rounded), each reading an equal run of the BLOCK_N-token tiles of all the sequence-heads laid end to
     end, crossing from one sequence-head into the next where its run does: the GPU's last wave is as long as
     every other (with per_sm at most what fits on an SM there is one wave), at the cost of up to one more
-    partial per program to merge. `carry` (CARRIES) says how a tensor-core p.v joins the running sum: "add",
-    each tile's product in a round-to-nearest float32 add; "mma", the MMA's own accumulator (truncating adds,
-    a drift that grows with the tiles a program sums; fewer instructions)."""
+    partial per program to merge; a balanced tile whose runs would be shorter than `min_run` tokens launches
+    in splits instead (default_schedule; unless the launch is told its program count). `carry` (CARRIES) says
+    how a tensor-core p.v joins the running sum: "add", each tile's product in a round-to-nearest float32 add;
+    "mma", the MMA's own accumulator (truncating adds, a drift that grows with the tiles a program sums; fewer
+    instructions)."""
 
     qk: str = "fma"
     pv: str = "fma"
@@ -123,6 +119,7 @@ class Tile:
     evict: str = "normal"
     schedule: str = "splits"
     carry: str = "add"
+    min_run: int = 0
 
     def __post_init__(self) -> None:
         if self.qk not in QK_PRODUCTS or self.pv not in PRODUCTS:
@@ -148,6 +145,8 @@ class Tile:
             raise ValueError(f"carry takes {', '.join(CARRIES)}, got {self.carry!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule takes {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.min_run < 0:
+            raise ValueError(f"min_run must be >= 0, got {self.min_run}")
         if self.schedule == "balanced" and (self.order != "heads" or self.taper):
             raise ValueError("the balanced schedule lays every sequence-head's tiles end to end and cuts them into "
                              "equal runs: it takes no launch order or taper (order='heads', taper=0)")
@@ -164,8 +163,9 @@ class Tile:
         evict = "" if self.evict == "normal" else f" evict={self.evict}"
         schedule = "" if self.schedule == "splits" else f" schedule={self.schedule}"
         carry = "" if self.carry == "add" else f" carry={self.carry}"
+        min_run = f" min_run={self.min_run}" if self.min_run else ""
         return (f"{self.qk}/{self.pv} {self.block_n}x{self.warps}x{self.stages} {self.e2m1} per_sm={self.per_sm}"
-                f"{combine}{order}{taper}{loads}{evict}{schedule}{carry}")
+                f"{combine}{order}{taper}{loads}{evict}{schedule}{carry}{min_run}")
 
 
 # The partial kernel's Tile per GPU key and (K, V) format. Fixed, never autotuned: a gate needs the
@@ -187,7 +187,10 @@ class Tile:
 # than its split tile. Their per_sm is a multiple of 4 and at
 # most what fits: an SM's registers are four banks of 16K, one a warp's, so a one-warp program of 191-207
 # registers fits twice a bank, 8 an SM; 9-12 an SM ran two waves (0.55-0.70 ms), and 3, 5 or 6 (a bank
-# holding more warps than another) 10-30% slower than 4 or 8.
+# holding more warps than another) 10-30% slower than 4 or 8. At the strategies' decode step (32 sequence-heads
+# of 8K tokens) balanced runs are 248-496 tokens: there the hybrid strategy's step (FP8-K NVFP4-V) read 3.3%
+# slower than with the split tile, 1.1% in splits (min_run); the FP8 strategies' steps 1.3-1.4% slower balanced,
+# but 6-7% in splits of the 4-stage tile, so FP8's tile stays balanced at every size (one H200 each, 2026-12-02).
 # A GPU without an entry runs DEFAULT_GPU's tiles.
 TILES = {
     "h100": {
@@ -200,7 +203,7 @@ TILES = {
         ("fp8", "fp8"): Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=4, per_sm=4, e2m1="packed",
                              schedule="balanced"),
         ("fp8", "nvfp4"): Tile(qk="mma_t", pv="mma_pairs", block_n=64, warps=1, stages=2, per_sm=8, e2m1="packed",
-                               schedule="balanced"),
+                               schedule="balanced", min_run=2048),
     },
 }
 DEFAULT_GPU = "h100"
@@ -845,9 +848,9 @@ def default_splits(tile: Tile, bh: int, seq: int, sm_count: int) -> int:
 
 
 def default_schedule(tile: Tile, bh: int, seq: int, sm_count: int) -> Tile:
-    """The tile a launch runs unless told its split count: a balanced tile whose runs would be shorter than
-    _MIN_BALANCED_RUN_TOKENS runs the split schedule instead."""
-    if tile.schedule == "balanced" and bh * seq < _MIN_BALANCED_RUN_TOKENS * tile.per_sm * sm_count:
+    """The tile a launch runs unless told its split count: a balanced tile whose runs would be shorter than its
+    min_run runs the split schedule instead."""
+    if tile.schedule == "balanced" and bh * seq < tile.min_run * tile.per_sm * sm_count:
         return replace(tile, schedule="splits")
     return tile
 

@@ -111,12 +111,15 @@ def test_a_split_partition_is_whole_128_token_splits_with_the_tapered_halves_aft
     assert (cut.programs, cut.full_splits, cut.split_len, cut.half_len, cut.stride) == (4, 0, 384, 256, 4)
 
 
-def test_a_cache_too_small_for_long_balanced_runs_launches_in_splits(kernel):
-    """The suite's speed shape (256 sequence-heads of 32K tokens) runs 4 programs an SM balanced, 16K tokens
-    each; the strategies' decode step (32 of 8K) would make runs of 496 tokens, so it runs in splits."""
-    tile = kernel.Tile(per_sm=4, schedule="balanced")
+def test_a_cache_too_small_for_a_balanced_tiles_shortest_run_launches_in_splits(kernel):
+    """Tile.min_run 2048: the suite's speed shape (256 sequence-heads of 32K tokens) runs 4 programs an SM
+    balanced, 16K tokens each; the strategies' decode step (32 of 8K) would make runs of 496 tokens, so it
+    runs in splits. With no min_run a balanced tile stays balanced."""
+    tile = kernel.Tile(per_sm=4, schedule="balanced", min_run=2048)
     assert kernel.default_schedule(tile, 256, 32768, 132) == tile
-    assert kernel.default_schedule(tile, 32, 8192, 132).schedule == "splits"
+    assert kernel.default_schedule(tile, 32, 8192, 132) == replace(tile, schedule="splits")
+    always = kernel.Tile(per_sm=4, schedule="balanced")
+    assert kernel.default_schedule(always, 32, 8192, 132) == always
     assert kernel.default_schedule(kernel.Tile(per_sm=4), 256, 32768, 132).schedule == "splits"
 
 
@@ -206,6 +209,8 @@ def test_a_tile_rejects_what_the_kernel_cannot_run(kernel):
         kernel.Tile(evict="evict_first")
     with pytest.raises(ValueError, match="TMA loads take none"):
         kernel.Tile(loads="tma", evict="first")
+    with pytest.raises(ValueError, match="min_run must be >= 0"):
+        kernel.Tile(min_run=-1)
     with pytest.raises(ValueError, match="carry takes add, mma"):
         kernel.Tile(carry="tensor")
     with pytest.raises(ValueError, match="schedule takes splits, balanced"):
