@@ -77,9 +77,11 @@ def main() -> int:
 
     q4 = q[:, :, None]
     gpu = gpu_key_from_name(device.name)
-    ways = {"shipped": {}, "combine=kernel": {"combine": "kernel"}, "order=splits": {"order": "splits"},
+    # A launch order or a taper is the split schedule's: those ways run a balanced tile in splits.
+    in_splits = {"schedule": "splits", "min_run": 0}
+    ways = {"shipped": {}, "combine=kernel": {"combine": "kernel"}, "order=splits": {"order": "splits", **in_splits},
             "carry=mma": {"carry": "mma"},
-            **{f"taper={n}": {"taper": n} for n in (1, 2, 4)},
+            **{f"taper={n}": {"taper": n, **in_splits} for n in (1, 2, 4)},
             **{f"balanced per_sm={n}": {"schedule": "balanced", "per_sm": n, "order": "heads", "taper": 0}
                for n in args.balanced}}
     if args.ways is not None:

@@ -1,7 +1,8 @@
 """Split-K decode attention in Triton over a BF16, FP8 or FP8-K/NVFP4-V cache, dequantizing in the kernel.
 
 One program per (sequence-head, split) walks BLOCK_N tokens at a time with an online
-softmax (flash-decoding); the last split of a sequence-head to finish merges the splits' results
+softmax (flash-decoding), or, under the balanced schedule (`Tile.schedule`), one program per equal run of
+all the sequence-heads' tiles; the last partial of a sequence-head to finish merges the partials
 (`Tile.combine` "fused": an arrival counter per sequence-head in `DecodeWorkspace`), or a second kernel
 does ("kernel"). The cache is read once in its stored format. q.k and p.v each run on CUDA cores or
 tensor cores (`Tile.qk`, `Tile.pv`; which one a GPU runs is fixed per GPU key in TILES):
@@ -147,6 +148,8 @@ class Tile:
             raise ValueError(f"schedule takes {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.min_run < 0:
             raise ValueError(f"min_run must be >= 0, got {self.min_run}")
+        if self.min_run and self.schedule != "balanced":
+            raise ValueError("min_run is the balanced schedule's shortest run; a tile in splits takes none")
         if self.schedule == "balanced" and (self.order != "heads" or self.taper):
             raise ValueError("the balanced schedule lays every sequence-head's tiles end to end and cuts them into "
                              "equal runs: it takes no launch order or taper (order='heads', taper=0)")
@@ -383,7 +386,8 @@ def _accumulate(acc, a, b, DOT_F32: tl.constexpr, MMA_CARRY: tl.constexpr):
     MMA carries through a split's tiles drifts with their count (Tile.carry "mma"). By default ("add") each
     tile's product starts from zero and joins the running sum in a round-to-nearest add. Triton folds
     `acc + tl.dot(a, b)` back into the MMA's accumulator, so the product passes through an identity the
-    compiler cannot see through first (a PTX mov, free once registers are allocated)."""
+    compiler cannot see through first (a PTX mov, free once registers are allocated). The interpreter adds
+    float32 products either way (MMA_CARRY makes no difference there)."""
     if DOT_F32:
         return acc + _dot(a, b, DOT_F32)
     if MMA_CARRY:
@@ -397,12 +401,14 @@ def _accumulate(acc, a, b, DOT_F32: tl.constexpr, MMA_CARRY: tl.constexpr):
 def _load_tile(ptr, desc, rows, valid, bh, n0, D: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
                EVICT: tl.constexpr):
     """The tile's [BLOCK_N, D] rows of a BF16 or FP8 K or V, zeros past the split's end. Splits are whole
-    128-token tiles, so only a sequence-head's last tile runs past its split, past its last token: there
+    128-token tiles and balanced runs whole BLOCK_N tiles, so only a sequence-head's last tile runs past its
+    split or run, past its last token: there
     the pointer loads' mask gives zeros, and so does TMA, one copy of a [1, BLOCK_N, D] box of the cache
     seen as [sequence-heads, seq, D] (the next sequence-head's rows could hold any value, and p, though 0
     on them, times an inf is a NaN)."""
     if TMA:
-        return tl.reshape(desc.load([bh, n0, 0]), (BLOCK_N, D))
+        # TMA takes 32-bit coordinates; a balanced run's bounds, hence n0, are 64-bit.
+        return tl.reshape(desc.load([bh, tl.cast(n0, tl.int32), 0]), (BLOCK_N, D))
     return tl.load(ptr + rows[:, None] * D + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0,
                    eviction_policy=EVICT)
 
@@ -842,16 +848,18 @@ def num_splits(heads_total: int, seq: int, sm_count: int, per_sm: int = 4) -> in
 
 
 def default_splits(tile: Tile, bh: int, seq: int, sm_count: int) -> int:
-    """The split count a launch takes unless told: num_splits' for the "splits" schedule; per_sm programs an SM
-    in all for "balanced"."""
-    return tile.per_sm * sm_count if tile.schedule == "balanced" else num_splits(bh, seq, sm_count, tile.per_sm)
+    """The split count a launch takes unless told: num_splits' for the "splits" schedule; for "balanced",
+    per_sm programs an SM in all, but never a run shorter than a split may be (256 tokens)."""
+    if tile.schedule == "balanced":
+        return max(1, min(tile.per_sm * sm_count, triton.cdiv(bh * seq, _MIN_SPLIT_TOKENS)))
+    return num_splits(bh, seq, sm_count, tile.per_sm)
 
 
 def default_schedule(tile: Tile, bh: int, seq: int, sm_count: int) -> Tile:
-    """The tile a launch runs unless told its split count: a balanced tile whose runs would be shorter than its
-    min_run runs the split schedule instead."""
+    """The tile a launch runs unless told its split or program count: a balanced tile whose runs would be
+    shorter than its min_run runs the split schedule instead (with the same per_sm)."""
     if tile.schedule == "balanced" and bh * seq < tile.min_run * tile.per_sm * sm_count:
-        return replace(tile, schedule="splits")
+        return replace(tile, schedule="splits", min_run=0)
     return tile
 
 
@@ -874,11 +882,12 @@ def partition(tile: Tile, bh: int, seq: int, splits: int) -> Partition:
     """The Partition of a launch of `tile` over bh sequence-heads of seq tokens in `splits` splits (programs in
     all under "balanced", at most the cache's tiles: no run is empty)."""
     if tile.schedule == "balanced":
-        # Each of the programs runs at least `share` tiles: a sequence-head's per_bh tiles meet the run holding
-        # its first tile and the runs that start on its other per_bh - 1, at most (per_bh - 1) // share + 1.
+        # Program p's run starts at tile floor(p T / P). A sequence-head's tiles [a, a + per_bh) meet the run
+        # holding tile a and the runs starting on a + 1 ... a + per_bh - 1, whose p lie in [(a + 1) P / T,
+        # (a + per_bh) P / T): at most ceil((per_bh - 1) P / T) of them.
         per_bh = triton.cdiv(seq, tile.block_n)
         programs = min(splits, bh * per_bh)
-        parts = min(programs, (per_bh - 1) // (bh * per_bh // programs) + 2)
+        parts = min(programs, triton.cdiv((per_bh - 1) * programs, bh * per_bh) + 1)
         return Partition(programs, programs, 0, 0, triton.next_power_of_2(parts))
     split_len = triton.cdiv(triton.cdiv(seq, splits), _MAX_BLOCK_N) * _MAX_BLOCK_N
     # Tile.taper: the last `taper` splits each become two of half_len (whole tiles of _MAX_BLOCK_N); past the
@@ -931,23 +940,28 @@ class DecodeWorkspace:
 
 
 def decode_attention(q: torch.Tensor, cache: Cache, splits: int | None = None,
-                     tile: Tile | None = None, workspace: DecodeWorkspace | None = None) -> torch.Tensor:
+                     tile: Tile | None = None, workspace: DecodeWorkspace | None = None,
+                     programs: int | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for q [batch, heads, head_dim] over `cache`; float32 [batch, heads, head_dim].
 
-    `tile` by default is the device's entry in TILES. `splits` by default follows the tile's `per_sm`; under
-    the "balanced" schedule it is the number of programs in all (at most the cache's tiles: no run is empty),
-    and without it a cache too small for long runs launches in splits (default_schedule).
+    `tile` by default is the device's entry in TILES. Given `splits` (per sequence-head), the launch runs the
+    split schedule, given `programs` (in all, at most the cache's tiles: no run is empty) the balanced one,
+    whatever the tile's; given neither, the tile's schedule at its `per_sm` (default_splits), a balanced
+    tile in splits where the cache is too small for its runs (default_schedule).
     Under Triton's interpreter (TRITON_INTERPRET=1) the default tile decodes E2M1 "bitwise". `workspace`
     (one a stream) is reused across calls; without one, each call makes its own, which zeroes the fused
     combine's counters (a fill kernel).
     """
-    return launch(q, cache, splits, tile, workspace)[0]
+    return launch(q, cache, splits, tile, workspace, programs)[0]
 
 
 def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile | None = None,
-           workspace: DecodeWorkspace | None = None):
+           workspace: DecodeWorkspace | None = None, programs: int | None = None):
     """decode_attention's output and the partial kernel Triton launched (its registers, spills and shared
     memory; None under the interpreter)."""
+    if splits is not None and programs is not None:
+        raise ValueError("give splits (a sequence-head's, the split schedule) or programs (in all, the balanced "
+                         "schedule), not both")
     k_fmt, v_fmt = cache.k.fmt, cache.v.fmt
     if k_fmt not in ("bf16", "fp8") or v_fmt not in V_FORMATS:
         raise ValueError(f"no kernel for K {k_fmt!r} with V {v_fmt!r}; K takes bf16 or fp8, V {', '.join(V_FORMATS)}")
@@ -967,7 +981,12 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
     if head_dim < 32 and tile.pv == "mma_pairs":
         raise ValueError(f"the pair path needs head_dim >= 32 (the MMA's 16 columns are element pairs), got {head_dim}")
     bh = batch * heads
-    if splits is None:
+    if splits is not None:
+        tile = replace(tile, schedule="splits", min_run=0)
+    elif programs is not None:
+        splits = programs
+        tile = replace(tile, schedule="balanced")
+    else:
         sm_count = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
         tile = default_schedule(tile, bh, seq, sm_count)
         splits = default_splits(tile, bh, seq, sm_count)
@@ -1034,10 +1053,9 @@ def _tile_descriptor(data: torch.Tensor, block_n: int) -> TensorDescriptor:
                             [seq * head_dim, head_dim, 1], [1, block_n, head_dim])
 
 
-def decode_attention_interpreted(q: torch.Tensor, cache: Cache,
-                                 runs: list[tuple[Tile | None, int | None]]) -> list[torch.Tensor]:
+def decode_attention_interpreted(q: torch.Tensor, cache: Cache, runs: list[tuple]) -> list[torch.Tensor]:
     """decode_attention on CPU tensors, run by Triton's interpreter in a child process
-    (interpreted.run_interpreted), once per (tile, splits) of `runs`."""
+    (interpreted.run_interpreted), once per (tile, splits) or (tile, splits, programs) of `runs`."""
     return run_interpreted(__name__, {"q": q, "cache": cache, "runs": runs}, "the decode-attention kernel")
 
 
@@ -1045,5 +1063,5 @@ if __name__ == "__main__":  # decode_attention_interpreted's child: python -m ..
     mend_interpreter_scalars()
     job = torch.load(sys.argv[1], weights_only=False)
     workspace = DecodeWorkspace()  # shared by the runs, as a decode step's calls share one
-    torch.save([decode_attention(job["q"], job["cache"], splits, tile, workspace) for tile, splits in job["runs"]],
+    torch.save([decode_attention(job["q"], job["cache"], run[1], run[0], workspace, *run[2:]) for run in job["runs"]],
                sys.argv[2])

@@ -35,12 +35,13 @@ def _inputs(seq: int, seed: int = 3):
 
 
 def _check(kernel, q, caches, runs):
+    """Each run, (tile, splits) or (tile, splits, programs), matches float64 attention over each cache."""
     for name, cache in caches.items():
         outs = kernel.decode_attention_interpreted(q, cache, runs)
         reference = attend_cache(q, cache)
-        for (tile, splits), out in zip(runs, outs, strict=True):
-            label = tile.name if tile else "default tile"
-            assert rel_l2(reference, out) < MAX_REL_L2, f"{name} {label} splits={splits}"
+        for run, out in zip(runs, outs, strict=True):
+            label = run[0].name if run[0] else "default tile"
+            assert rel_l2(reference, out) < MAX_REL_L2, f"{name} {label} splits, programs={run[1:]}"
 
 
 def test_the_default_tiles_and_the_pair_path_match_float64_attention_over_each_cache(kernel):
@@ -80,19 +81,35 @@ def test_balanced_runs_match_float64_attention_over_each_cache(kernel):
     q, k, v = make_inputs(DecodeShape(batch=1, heads=3, seq=300, head_dim=128), "cpu", seed=12, outlier_channels=2)
     caches = {name: build_cache(k, v, name) for name in CACHES}
     tile = kernel.Tile("mma_t", "mma_pairs", 32, 1, 2, e2m1="bitwise", schedule="balanced")
-    runs = [(tile, programs) for programs in (1, 2, 4, 7, 30, 1000)]
-    runs += [(replace(tile, block_n=64, qk="mma_t", pv="mma_t", warps=4, combine="kernel"), programs)
+    runs = [(tile, None, programs) for programs in (1, 2, 4, 7, 30, 1000)]
+    runs += [(replace(tile, block_n=64, qk="mma_t", pv="mma_t", warps=4, combine="kernel"), None, programs)
              for programs in (2, 7)]
-    runs += [(replace(tile, qk="fma", pv="fma"), 5)] * 2
+    runs += [(replace(tile, qk="fma", pv="fma"), None, 5)] * 2
     _check(kernel, q, caches, runs)
     for cache in caches.values():
-        outs = kernel.decode_attention_interpreted(q, cache, [(tile, 7)] * 2)
+        outs = kernel.decode_attention_interpreted(q, cache, [(tile, None, 7)] * 2)
         assert torch.equal(outs[0], outs[1])
+
+
+def test_a_split_count_runs_the_split_schedule_and_a_program_count_the_balanced_one(kernel):
+    """decode_attention(splits=) cuts each sequence-head in that many splits whatever the tile's schedule, and
+    programs= cuts the whole cache in that many runs: a balanced tile given 3 splits and a split tile given 7
+    programs both match float64 attention; both counts at once, or programs for a tile that takes a launch
+    order, are refused."""
+    q, caches = _inputs(300, seed=13)
+    split_tile = kernel.Tile("mma_t", "mma_pairs", 32, 1, 2, e2m1="bitwise")
+    balanced = replace(split_tile, schedule="balanced", min_run=2048)
+    _check(kernel, q, caches, [(balanced, 3), (split_tile, None, 7)])
+    with pytest.raises(ValueError, match="not both"):
+        kernel.decode_attention(q, caches["bf16"], 3, split_tile, programs=7)
+    with pytest.raises(ValueError, match="takes no launch order or taper"):
+        kernel.decode_attention(q, caches["bf16"], tile=replace(split_tile, order="splits"), programs=7)
 
 
 def test_a_balanced_partition_holds_every_sequence_heads_runs_in_its_rows(kernel):
     """partition's rows a sequence-head (stride) hold every run that meets it, for every cut of up to 6
-    sequence-heads of up to 20 tiles into up to 60 runs: program p runs tiles [p T / P, (p + 1) T / P)."""
+    sequence-heads of up to 20 tiles into up to 60 runs: program p runs tiles [p T / P, (p + 1) T / P). The
+    bound is the count's own at the suite's shape: 4 rows for 528 runs of 32-token tiles, 8 for 1056 of 64."""
     for bh, per_bh, programs in itertools.product(range(1, 7), range(1, 21), range(1, 61)):
         tile = kernel.Tile(block_n=16, schedule="balanced")
         cut = kernel.partition(tile, bh, per_bh * 16, programs)
@@ -102,6 +119,8 @@ def test_a_balanced_partition_holds_every_sequence_heads_runs_in_its_rows(kernel
         most = max(sum(1 for p in range(cut.programs) if starts[p] < (b + 1) * per_bh and starts[p + 1] > b * per_bh)
                    for b in range(bh))
         assert most <= cut.stride, (bh, per_bh, programs)
+    assert kernel.partition(kernel.Tile(block_n=32, schedule="balanced"), 256, 32768, 528).stride == 4
+    assert kernel.partition(kernel.Tile(block_n=64, schedule="balanced"), 256, 32768, 1056).stride == 8
 
 
 def test_a_split_partition_is_whole_128_token_splits_with_the_tapered_halves_after(kernel):
@@ -121,10 +140,12 @@ def test_a_cache_too_small_for_a_balanced_tiles_shortest_run_launches_in_splits(
     always = kernel.Tile(per_sm=4, schedule="balanced")
     assert kernel.default_schedule(always, 32, 8192, 132) == always
     assert kernel.default_schedule(kernel.Tile(per_sm=4), 256, 32768, 132).schedule == "splits"
+    assert kernel.default_schedule(tile, 32, 8192, 132).min_run == 0
 
 
-def test_the_balanced_schedule_runs_per_sm_programs_an_sm_in_all(kernel):
+def test_the_balanced_schedule_runs_per_sm_programs_an_sm_in_all_but_no_run_under_256_tokens(kernel):
     assert kernel.default_splits(kernel.Tile(per_sm=10, schedule="balanced"), 256, 32768, 132) == 1320
+    assert kernel.default_splits(kernel.Tile(per_sm=10, schedule="balanced"), 1, 8192, 132) == 32
     assert kernel.default_splits(kernel.Tile(per_sm=16), 256, 32768, 132) == 16
 
 
@@ -210,7 +231,9 @@ def test_a_tile_rejects_what_the_kernel_cannot_run(kernel):
     with pytest.raises(ValueError, match="TMA loads take none"):
         kernel.Tile(loads="tma", evict="first")
     with pytest.raises(ValueError, match="min_run must be >= 0"):
-        kernel.Tile(min_run=-1)
+        kernel.Tile(min_run=-1, schedule="balanced")
+    with pytest.raises(ValueError, match="a tile in splits takes none"):
+        kernel.Tile(min_run=2048)
     with pytest.raises(ValueError, match="carry takes add, mma"):
         kernel.Tile(carry="tensor")
     with pytest.raises(ValueError, match="schedule takes splits, balanced"):
@@ -332,6 +355,18 @@ def test_the_balanced_schedule_compiles_to_pipelined_copies_without_spills_for_h
 
     row = profile(cache, replace(TILES["h200"][CACHES[cache]], schedule="balanced", per_sm=10), arch=90)
     assert row["spill_bytes"] == 0 and row["ops"].get("LDGSTS"), row
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["bf16", "fp8"])
+def test_balanced_runs_load_through_tma_for_hopper(cache):
+    """Offline for sm_90: a balanced run's 64-bit token bounds reach TMA as 32-bit coordinates (it takes no
+    other), and the loop issues TMA copies (UTMALDG)."""
+    profile = _sass_tool().profile
+    from lowprec_workloads.decode_attention_triton import Tile
+
+    row = profile(cache, Tile("mma_t", "mma_pairs", 32, 1, 3, loads="tma", schedule="balanced"), arch=90)
+    assert row["spill_bytes"] == 0 and row["ops"].get("UTMALDG"), row
 
 
 def _dot_accumulators(cache: str, carry: str) -> list[str]:
