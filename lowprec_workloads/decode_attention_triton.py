@@ -897,6 +897,21 @@ def partition(tile: Tile, bh: int, seq: int, splits: int) -> Partition:
     return Partition(splits + taper, splits - taper, split_len, half_len, splits + taper)
 
 
+def plan(tile: Tile, bh: int, seq: int, sm_count: int, splits: int | None = None,
+         programs: int | None = None) -> tuple[Tile, Partition]:
+    """The tile a launch runs and how it cuts the cache: `splits` (a sequence-head's) runs the split schedule,
+    `programs` (in all) the balanced one, whatever the tile's; neither, the tile's own at its per_sm
+    (default_schedule, default_splits)."""
+    if splits is not None:
+        tile = replace(tile, schedule="splits", min_run=0)
+    elif programs is not None:
+        splits, tile = programs, replace(tile, schedule="balanced")
+    else:
+        tile = default_schedule(tile, bh, seq, sm_count)
+        splits = default_splits(tile, bh, seq, sm_count)
+    return tile, partition(tile, bh, seq, splits)
+
+
 def _device_tile(q: torch.Tensor, k_fmt: str, v_fmt: str) -> Tile:
     gpu = gpu_key_from_name(torch.cuda.get_device_name(q.device)) if q.is_cuda else DEFAULT_GPU
     return tile_for(gpu, k_fmt, v_fmt)
@@ -981,16 +996,8 @@ def launch(q: torch.Tensor, cache: Cache, splits: int | None = None, tile: Tile 
     if head_dim < 32 and tile.pv == "mma_pairs":
         raise ValueError(f"the pair path needs head_dim >= 32 (the MMA's 16 columns are element pairs), got {head_dim}")
     bh = batch * heads
-    if splits is not None:
-        tile = replace(tile, schedule="splits", min_run=0)
-    elif programs is not None:
-        splits = programs
-        tile = replace(tile, schedule="balanced")
-    else:
-        sm_count = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
-        tile = default_schedule(tile, bh, seq, sm_count)
-        splits = default_splits(tile, bh, seq, sm_count)
-    cut = partition(tile, bh, seq, splits)
+    sm_count = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
+    tile, cut = plan(tile, bh, seq, sm_count, splits, programs)
     dummy = torch.empty(1, dtype=torch.float32, device=q.device)  # never read; empty launches no fill kernel
     k_scale = cache.k.scales.reshape(bh).float().contiguous() if k_fmt == "fp8" else dummy
     if v_fmt == "nvfp4":

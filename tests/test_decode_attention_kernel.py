@@ -143,6 +143,21 @@ def test_a_cache_too_small_for_a_balanced_tiles_shortest_run_launches_in_splits(
     assert kernel.default_schedule(tile, 32, 8192, 132).min_run == 0
 
 
+def test_a_launch_plans_the_tiles_own_schedule_unless_told_a_split_or_program_count(kernel):
+    """The H200's FP8-K NVFP4-V tile (balanced, 8 an SM, min_run 2048): at the suite's speed shape 1056 runs, 8
+    rows of partials a sequence-head; at the strategies' step in 32 splits of 256 tokens; told splits or
+    programs, the schedule they name."""
+    tile = kernel.TILES["h200"][("fp8", "nvfp4")]
+    suite, cut = kernel.plan(tile, 256, 32768, 132)
+    assert (suite.schedule, cut.programs, cut.stride) == ("balanced", 1056, 8)
+    step, cut = kernel.plan(tile, 32, 8192, 132)
+    assert (step.schedule, cut.programs, cut.split_len) == ("splits", 32, 256)
+    told, cut = kernel.plan(tile, 256, 32768, 132, splits=16)
+    assert (told.schedule, cut.programs, cut.split_len) == ("splits", 16, 2048)
+    told, cut = kernel.plan(replace(tile, schedule="splits", min_run=0), 256, 32768, 132, programs=600)
+    assert (told.schedule, cut.programs) == ("balanced", 600)
+
+
 def test_the_balanced_schedule_runs_per_sm_programs_an_sm_in_all_but_no_run_under_256_tokens(kernel):
     assert kernel.default_splits(kernel.Tile(per_sm=10, schedule="balanced"), 256, 32768, 132) == 1320
     assert kernel.default_splits(kernel.Tile(per_sm=10, schedule="balanced"), 1, 8192, 132) == 32
