@@ -83,10 +83,19 @@ CANDIDATES = {
                                          evict="first"),
     "evict mma_t/pairs 32x1x4 s16": Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=4, per_sm=16,
                                          evict="first"),
+    # The work cut into equal runs a program (Tile.schedule "balanced"), added 2026-12-02 (fifteenth session): the
+    # tile shipped since, and its neighbours in benchmarks/decode_attention_speed.py's sweep.
+    "balanced mma_t/pairs 32x1x4 b4": Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=4, per_sm=4,
+                                           schedule="balanced"),
+    "balanced mma_t/pairs 32x1x3 b4": Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=3, per_sm=4,
+                                           schedule="balanced"),
+    "balanced mma_t/pairs 32x1x3 b8": Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=3, per_sm=8,
+                                           schedule="balanced"),
 }
 # Split counts other than per_sm's power of two (launch's `splits`), added 2026-12-02 (twelfth session): the
-# shipped FP8 tile's 16 splits make 4096 programs, 3.10 waves of the 1320 an H200 holds at once (10 an SM,
-# ncu), and ncu flags the partial last wave; 5, 10 and 20 splits fill 0.97, 1.94 and 3.88 waves.
+# FP8 tile shipped until the fifteenth session makes 4096 programs in 16 splits, 3.10 waves of the 1320 an H200
+# holds at once (10 an SM, ncu), and ncu flags the partial last wave; 5, 10 and 20 splits fill 0.97, 1.94 and
+# 3.88 waves.
 _SHIPPED_FP8 = Tile(qk="mma_t", pv="mma_pairs", block_n=32, warps=1, stages=3, per_sm=16)
 for _count in (5, 10, 12, 15, 20, 24):
     CANDIDATES[f"mma_t/pairs 32x1x3 splits={_count}"] = _SHIPPED_FP8
