@@ -136,11 +136,10 @@ def test_a_cache_too_small_for_a_balanced_tiles_shortest_run_launches_in_splits(
     runs in splits. With no min_run a balanced tile stays balanced."""
     tile = kernel.Tile(per_sm=4, schedule="balanced", min_run=2048)
     assert kernel.default_schedule(tile, 256, 32768, 132) == tile
-    assert kernel.default_schedule(tile, 32, 8192, 132) == replace(tile, schedule="splits")
+    assert kernel.default_schedule(tile, 32, 8192, 132) == replace(tile, schedule="splits", min_run=0)
     always = kernel.Tile(per_sm=4, schedule="balanced")
     assert kernel.default_schedule(always, 32, 8192, 132) == always
     assert kernel.default_schedule(kernel.Tile(per_sm=4), 256, 32768, 132).schedule == "splits"
-    assert kernel.default_schedule(tile, 32, 8192, 132).min_run == 0
 
 
 def test_a_launch_plans_the_tiles_own_schedule_unless_told_a_split_or_program_count(kernel):
