@@ -2,10 +2,14 @@
 
     python benchmarks/fp8_linear_variants.py OUT.json [SECTION ...]   # one H200: about 90 s; asserts nothing
 
-SECTION names which sections run (bits decode prefill steps; all by default), always in the order below;
+SECTION names which sections run (ceiling bits decode prefill steps; all by default), always in the order below;
 `steps` compares the fastest tile per shape only when `decode` ran.
 
 Sections, in this order, each a table, JSON written to OUT.json after each:
+  ceiling  at the decode shapes and the stacked ones the step runs (q/k/v 6144x4096, gate/up 28672x4096): a
+           kernel that only reads the weight's bytes (the ceiling at that size under this timer), the 16-bit
+           `F.linear`, the committed GEMV tile and deeper-pipelined ones; us, TB/s, fraction of the copy
+           ceiling and of the read-only kernel;
   bits     the Triton quantizers on this GPU against fp8.quantize_tensorwise's bits (edge inputs included);
   decode   one activation row (float32, as the decode step's) times each decode-step weight shape, the
            16-bit step's `F.linear` against: the eager quantizer with rows padded to 16 + _scaled_mm (the
@@ -41,6 +45,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from lowprec_workloads import fp8_linear
 from lowprec_workloads.fp8_linear import FP8Linear, GemvConfig, quantize_activation, quantize_small, quantize_work
@@ -57,6 +63,7 @@ from pytest_lowprec.traffic import eager_work
 DEVICE = "cuda"
 COPY_CEILING = 4.25e12  # bytes/s, the H200's device-to-device copy (suites/test_roofline.py)
 DECODE_SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]  # (N, K): q/k/v/o, gate/up, down of LARGE
+STACKED_SHAPES = [(6144, 4096), (28672, 4096)]  # q, k, v and gate, up of LARGE as the step stacks them
 STEP_SHAPE = LARGE
 PREFILL_SIZES = (4096, 8192)
 CANDIDATES = {
@@ -73,6 +80,11 @@ CANDIDATES = {
     **{f"dot 64x256 w4 s3{f' split{split}' if split > 1 else ''} promote{every}":
        GemvConfig("dot", 64, 256, 4, 3, split, promote_k=every) for split in (1, 2, 4) for every in (32, 128)},
 }
+# Deeper software pipelines and wider tiles, for the ceiling section (all promoted every 128 inputs).
+DEEP = {f"dot {bn}x{bk} w{w} s{st}{f' split{sp}' if sp > 1 else ''}": GemvConfig("dot", bn, bk, w, st, sp, 128)
+        for bn, bk, w, st, sp in [(64, 256, 4, 4, 1), (64, 256, 4, 6, 1), (64, 128, 4, 6, 1), (64, 128, 4, 8, 1),
+                                  (64, 512, 4, 3, 1), (128, 256, 8, 3, 1), (128, 256, 8, 4, 1), (128, 128, 4, 6, 1),
+                                  (64, 256, 4, 4, 2), (64, 256, 4, 6, 2), (64, 128, 4, 8, 2), (64, 256, 4, 6, 4)]}
 STRATEGIES = ["fp8_balanced", "hybrid_long_context", "layerwise_gradient", "custom_fp8_ffn", "w4a16_aggressive",
               "nvfp4_weights"]
 NVFP4_GEMV = "NVFP4 weights through the GEMV"  # the CUDA-core GEMV the steps ran before 2026-12-02
@@ -174,6 +186,88 @@ def section_bits(bench: Bench) -> None:
     bad = [n for n, r in rows.items() if not r.get("codes_and_scale_equal") or r.get("bf16_roundtrip_equal") is False]
     bench.summary.append(f"bits: {'all equal' if not bad else 'DIFFER: ' + ', '.join(bad)}")
     bench.save()
+
+
+# -- ceiling ------------------------------------------------------------------------------------
+@triton.jit
+def _read_only_kernel(p, n, sink, steps, BLOCK: tl.constexpr):
+    """Reads n int32 words once (grid-stride, evict-first) and writes nothing a caller reads: the time bytes take."""
+    acc = tl.zeros([BLOCK], dtype=tl.int32)
+    for step in range(steps):
+        offs = (step * tl.num_programs(0) + tl.program_id(0)) * BLOCK + tl.arange(0, BLOCK)
+        acc ^= tl.load(p + offs, mask=offs < n, other=0, eviction_policy="evict_first")
+    total = tl.reduce(acc, 0, _xor)
+    tl.store(sink + tl.program_id(0), total, mask=total == 0x12345678)
+
+
+@triton.jit
+def _xor(a, b):
+    return a ^ b
+
+
+def section_ceiling(bench: Bench) -> None:
+    print("\n== ceiling: the weight's bytes read alone, the 16-bit F.linear, and GEMV tiles, one row ==", flush=True)
+    sms = bench.device.sm_count
+    print(f"  {'N x K':12s} {'variant':34s} {'us':>8s} {'TB/s':>6s} {'of copy':>7s} {'of read':>7s} {'rel L2':>8s}")
+    table = {}
+    for n, k in DECODE_SHAPES + STACKED_SHAPES:
+        g = torch.Generator(device=DEVICE).manual_seed(n + k)
+        w = torch.randn(n, k, generator=g, device=DEVICE) / math.sqrt(k)
+        x = torch.randn(1, k, generator=g, device=DEVICE)
+        w16 = w.bfloat16()
+        wq, w_inv = quantize_tensorwise(w)
+        xq, x_inv = quantize_tensorwise(x)
+        reference = (xq.double() * x_inv.double()) @ (wq.double() * w_inv.double()).T
+        words = wq.view(torch.int32).reshape(-1)
+        sink = torch.zeros(sms * 16, dtype=torch.int32, device=DEVICE)
+
+        def bf16_linear(x=x, w16=w16):
+            return F.linear(x.to(torch.bfloat16), w16).float()
+
+        def reader(per_sm: int, block: int, warps: int, words=words, sink=sink):
+            steps = triton.cdiv(words.numel(), sms * per_sm * block)
+
+            def read():
+                _read_only_kernel[(sms * per_sm,)](words, words.numel(), sink, steps, BLOCK=block, num_warps=warps)
+            return read
+
+        subjects = {f"read only, {per_sm}/SM, {block} words": (reader(per_sm, block, warps), n * k, None)
+                    for per_sm, block, warps in ((4, 2048, 4), (8, 2048, 4), (4, 8192, 8), (16, 1024, 4))}
+        subjects["bf16 F.linear (2 bytes a weight)"] = (bf16_linear, 2 * n * k, None)
+        committed = fp8_linear.gemv_config(n, k)
+        for name, cfg in {f"committed {committed.block_n}x{committed.block_k} s{committed.num_stages} "
+                          f"split{committed.split_k}": committed, **DEEP}.items():
+            subjects[name] = (None, n * k, cfg)
+        rows, read_us = {}, math.inf
+        for name, (fn, nbytes, cfg) in subjects.items():
+            try:
+                err = None
+                if cfg is not None:
+                    layer = FP8Linear.build(w, gemv=lambda n_, k_, cfg=cfg: cfg)
+                    def fn(x=x, layer=layer):  # noqa: E306
+                        return layer(x)
+                    err = rel_l2(reference, fn())
+                m = bench.pair(bf16_linear, fn, n=40)
+                us = m["opt_ms"] * 1e3
+                if name.startswith("read only"):
+                    read_us = min(read_us, us)
+                m.update(us=us, tb_per_s=nbytes / us / 1e6, rel_l2=err)
+                m["of_copy"] = m["tb_per_s"] * 1e12 / COPY_CEILING
+                m["of_read"] = read_us * (nbytes / (n * k)) / us if math.isfinite(read_us) else None
+                rows[name] = m
+                print(f"  {f'{n}x{k}':12s} {name:34s} {us:8.2f} {m['tb_per_s']:6.2f} {m['of_copy']:7.3f} "
+                      f"{m['of_read'] or math.nan:7.3f} {err if err is not None else math.nan:8.1e}", flush=True)
+            except Exception as e:  # noqa: BLE001
+                rows[name] = _fail(f"{n}x{k} {name}", e)
+        gemvs = {nm: r for nm, r in rows.items() if r.get("rel_l2") is not None and r["rel_l2"] < ACCURATE_REL_L2}
+        if gemvs:
+            fastest = min(gemvs, key=lambda nm: gemvs[nm]["us"])
+            bench.summary.append(f"ceiling {n}x{k}: read only {read_us:.1f} us; fastest GEMV {fastest} "
+                                 f"{gemvs[fastest]['us']:.1f} us ({gemvs[fastest]['of_copy']:.2f} of copy, "
+                                 f"{gemvs[fastest]['of_read'] or math.nan:.2f} of read)")
+        table[f"{n}x{k}"] = rows
+        bench.results["ceiling"] = table
+        bench.save()
 
 
 # -- decode linears -------------------------------------------------------------------------------
@@ -371,7 +465,8 @@ def section_prefill(bench: Bench) -> None:
 
 
 def main(argv: list[str]) -> int:
-    sections = {"bits": section_bits, "decode": section_decode, "prefill": section_prefill, "steps": section_steps}
+    sections = {"ceiling": section_ceiling, "bits": section_bits, "decode": section_decode, "prefill": section_prefill,
+                "steps": section_steps}
     if not argv or any(name not in sections for name in argv[1:]):
         print(__doc__)
         return 2
