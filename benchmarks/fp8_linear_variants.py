@@ -49,6 +49,7 @@ import triton
 import triton.language as tl
 
 from lowprec_workloads import fp8_linear
+from lowprec_workloads.fp8_gemv_cuda import TILES
 from lowprec_workloads.fp8_linear import FP8Linear, GemvConfig, quantize_activation, quantize_small, quantize_work
 from lowprec_workloads.nvfp4_gemm import CudaKernels
 from lowprec_workloads.strategies import LINEARS, builtin_strategies, custom
@@ -85,6 +86,14 @@ DEEP = {f"dot {bn}x{bk} w{w} s{st}{f' split{sp}' if sp > 1 else ''}": GemvConfig
         for bn, bk, w, st, sp in [(64, 256, 4, 4, 1), (64, 256, 4, 6, 1), (64, 128, 4, 6, 1), (64, 128, 4, 8, 1),
                                   (64, 512, 4, 3, 1), (128, 256, 8, 3, 1), (128, 256, 8, 4, 1), (128, 128, 4, 6, 1),
                                   (64, 256, 4, 4, 2), (64, 256, 4, 6, 2), (64, 128, 4, 8, 2), (64, 256, 4, 6, 4)]}
+# The CUDA-core GEMV's compiled tiles (kernels/fp8_gemv.cu).
+CUDA_TILES = {f"cuda {t.rows} rows/warp u{t.unroll} w{t.warps} b{t.min_blocks}": t for t in TILES}
+
+
+def _tile_name(tile) -> str:
+    if isinstance(tile, GemvConfig):
+        return f"{tile.kernel} {tile.block_n}x{tile.block_k} w{tile.num_warps} s{tile.num_stages} split{tile.split_k}"
+    return next(name for name, t in CUDA_TILES.items() if t == tile)
 STRATEGIES = ["fp8_balanced", "hybrid_long_context", "layerwise_gradient", "custom_fp8_ffn", "w4a16_aggressive",
               "nvfp4_weights"]
 NVFP4_GEMV = "NVFP4 weights through the GEMV"  # the CUDA-core GEMV the steps ran before 2026-12-02
@@ -208,7 +217,7 @@ def _xor(a, b):
 def section_ceiling(bench: Bench) -> None:
     print("\n== ceiling: the weight's bytes read alone, the 16-bit F.linear, and GEMV tiles, one row ==", flush=True)
     sms = bench.device.sm_count
-    print(f"  {'N x K':12s} {'variant':34s} {'us':>8s} {'TB/s':>6s} {'of copy':>7s} {'of read':>7s} {'rel L2':>8s}")
+    print(f"  {'N x K':12s} {'variant':44s} {'us':>8s} {'TB/s':>6s} {'of copy':>7s} {'of read':>7s} {'rel L2':>8s}")
     table = {}
     for n, k in DECODE_SHAPES + STACKED_SHAPES:
         g = torch.Generator(device=DEVICE).manual_seed(n + k)
@@ -235,8 +244,7 @@ def section_ceiling(bench: Bench) -> None:
                     for per_sm, block, warps in ((4, 2048, 4), (8, 2048, 4), (4, 8192, 8), (16, 1024, 4))}
         subjects["bf16 F.linear (2 bytes a weight)"] = (bf16_linear, 2 * n * k, None)
         committed = fp8_linear.gemv_config(n, k)
-        for name, cfg in {f"committed {committed.block_n}x{committed.block_k} s{committed.num_stages} "
-                          f"split{committed.split_k}": committed, **DEEP}.items():
+        for name, cfg in {f"committed {_tile_name(committed)}": committed, **DEEP, **CUDA_TILES}.items():
             subjects[name] = (None, n * k, cfg)
         rows, read_us = {}, math.inf
         for name, (fn, nbytes, cfg) in subjects.items():
@@ -255,7 +263,7 @@ def section_ceiling(bench: Bench) -> None:
                 m["of_copy"] = m["tb_per_s"] * 1e12 / COPY_CEILING
                 m["of_read"] = read_us * (nbytes / (n * k)) / us if math.isfinite(read_us) else None
                 rows[name] = m
-                print(f"  {f'{n}x{k}':12s} {name:34s} {us:8.2f} {m['tb_per_s']:6.2f} {m['of_copy']:7.3f} "
+                print(f"  {f'{n}x{k}':12s} {name:44s} {us:8.2f} {m['tb_per_s']:6.2f} {m['of_copy']:7.3f} "
                       f"{m['of_read'] or math.nan:7.3f} {err if err is not None else math.nan:8.1e}", flush=True)
             except Exception as e:  # noqa: BLE001
                 rows[name] = _fail(f"{n}x{k} {name}", e)

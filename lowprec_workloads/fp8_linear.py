@@ -45,6 +45,7 @@ from pytest_lowprec.formats.triton_quant import (
 )
 from pytest_lowprec.roofline import Work
 
+from .fp8_gemv_cuda import CudaGemvTile, Fp8GemvKernels
 from .interpreted import interpreting
 
 GEMV_MAX_ROWS = 1
@@ -107,7 +108,8 @@ class GemvConfig:
 # Measured tiles by weight shape (N, K) (benchmarks/fp8_linear_variants.py times the candidates on a GPU);
 # other shapes take _default_gemv's.
 GEMV_CONFIGS: dict[tuple[int, int], GemvConfig] = {}
-GemvChooser = Callable[[int, int], "GemvConfig | None"]  # (N, K) -> the one-row tile, None for _scaled_mm
+# (N, K) -> the one-row tile (a Triton one, or the CUDA-core kernel's), None for _scaled_mm
+GemvChooser = Callable[[int, int], "GemvConfig | CudaGemvTile | None"]
 # A memory-bound GEMV needs every SM streaming: enough programs for about one and a half per SM of an H100
 # or H200, and no more: a split's partial sums cost a store and a second read. On an H200 (2026-12-01,
 # benchmarks/fp8_linear_variants.py) 14336x4096's 224 output tiles took 28.3 us unsplit and 29.4 us split
@@ -391,15 +393,16 @@ class SplitWorkspace:
                    torch.zeros(triton.cdiv(n, config.block_n), dtype=torch.int32, device=device))
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config: GemvConfig,
+def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config: GemvConfig | CudaGemvTile,
          out: torch.Tensor | None = None, workspace: SplitWorkspace | None = None,
-         x_scale: torch.Tensor | None = None) -> torch.Tensor:
+         x_scale: torch.Tensor | None = None, cuda: Fp8GemvKernels | None = None) -> torch.Tensor:
     """float32 [1, N] = E4M3(x) @ weight.T * scales, x [1, K] float32 or bfloat16, weight E4M3 [N, K] with
     `inv_scale` 0-d float32, or [N] (one per output row: weights of one tensorwise scale each, concatenated,
     FP8Linear.concatenated). A config with split_k > 1 needs a workspace (SplitWorkspace.for_layer), owned by
     the caller. `x_scale` (0-d float32): x's E4M3 scale, fp8._scale_from_amax of its amax, where its producer took it
     (decode_fusions); every program then skips its amax pass over x. A scale other than x's own gives
-    another quantization of x: the caller vouches for it."""
+    another quantization of x: the caller vouches for it. A CudaGemvTile runs kernels/fp8_gemv.cu through `cuda`
+    (the library loaded for the weight's device)."""
     n, k = weight.shape
     if x.ndim != 2 or x.shape[0] != 1 or x.shape[1] != k:
         raise ValueError(f"the FP8 GEMV takes one row x [1, {k}], got {tuple(x.shape)}")
@@ -417,6 +420,11 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config:
     _require_device(x, "the FP8 GEMV")
     x = x.contiguous()
     out = torch.empty(1, n, dtype=torch.float32, device=x.device) if out is None else out
+    if isinstance(config, CudaGemvTile):
+        if cuda is None or not x.is_cuda:
+            raise ValueError("the CUDA-core FP8 GEMV tile runs on a GPU through its Fp8GemvKernels; under "
+                             "TRITON_INTERPRET=1 give a Triton GemvConfig")
+        return cuda.gemv(x, weight, inv_scale, config, out, x_scale)
     options = dict(BLOCK_N=config.block_n, BLOCK_K=config.block_k, **_amax_pass(k), FLT_MAX=FLT_MAX,
                    HW=not interpreting(), SCALE_GIVEN=x_scale is not None, ROW_SCALES=inv_scale.ndim == 1,
                    num_warps=config.num_warps,
@@ -440,8 +448,9 @@ class FP8Linear:
 
     weight: torch.Tensor  # E4M3 [N, K] row-major: weight.t() is the column-major B _scaled_mm takes
     inv_scale: torch.Tensor  # float32: 0-d, or [N] for concatenated weights (each row its own weight's scale)
-    gemv: GemvConfig | None  # the one-row kernel's tile; None sends every row count to _scaled_mm
+    gemv: GemvConfig | CudaGemvTile | None  # the one-row kernel's tile; None sends every row count to _scaled_mm
     workspace: SplitWorkspace | None = None  # the GEMV's, when it splits K
+    cuda: Fp8GemvKernels | None = None  # the CUDA-core GEMV's library, when its tile is chosen on a GPU
 
     @classmethod
     def build(cls, w: torch.Tensor, gemv: GemvChooser = gemv_config) -> FP8Linear:
@@ -459,7 +468,8 @@ class FP8Linear:
         n, k = q.shape
         config = gemv(n, k)
         split = config is not None and config.split_k > 1 and (q.is_cuda or interpreting())
-        return cls(q, inv, config, SplitWorkspace.for_layer(n, config, q.device) if split else None)
+        cuda = Fp8GemvKernels(q.device) if isinstance(config, CudaGemvTile) and q.is_cuda else None
+        return cls(q, inv, config, SplitWorkspace.for_layer(n, config, q.device) if split else None, cuda)
 
     @classmethod
     def concatenated(cls, parts: list[FP8Linear], gemv: GemvChooser = gemv_config) -> FP8Linear:
@@ -498,7 +508,7 @@ class FP8Linear:
             return ((q.float() * inv) @ (self.weight.float() * weight_scales).t()).to(out_dtype)
         if self.uses_gemv(x.shape[0]):
             return gemv(x, self.weight, self.inv_scale, self.gemv, workspace=self.workspace,
-                        x_scale=x_scale).to(out_dtype)
+                        x_scale=x_scale, cuda=self.cuda).to(out_dtype)
         if self.concatenated_rows:
             raise ValueError(f"a concatenated FP8 linear runs the one-row GEMV; {x.shape[0]} rows take its parts' "
                              "_scaled_mm, one weight scale each")

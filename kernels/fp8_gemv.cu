@@ -1,0 +1,65 @@
+// The FP8 decode GEMV on CUDA cores (kernels/fp8_gemv.cuh): one activation row, float32 or bfloat16, times
+// an E4M3 weight [N, K] with one scale, or one a row (weights stacked along N). Its tiles are compiled here
+// once and chosen per call by index, as lowprec_workloads.fp8_gemv_cuda.TILES lists them, so every process
+// runs the tile a weight shape was measured with and none is built at run time.
+#include "fp8_gemv.cuh"
+
+namespace {
+
+// (rows a warp, chunk steps, warps a block, blocks a multiprocessor the registers are sized for)
+#define LOWPREC_FP8_GEMV_TILES(X) \
+    X(0, 1, 4, 8, 2) X(1, 2, 2, 8, 2) X(2, 2, 4, 8, 2) X(3, 4, 2, 8, 2) X(4, 4, 4, 8, 1) X(5, 1, 8, 4, 4) \
+    X(6, 1, 2, 8, 4) X(7, 2, 2, 4, 8)
+
+constexpr int kTiles = 8;
+constexpr int kMaxK = 48 * 1024;  // x's codes in shared memory: within the default dynamic limit
+
+template <typename XT, int kRows, int kUnroll, int kWarps, int kMinBlocks>
+cudaError_t launch(const void* x, const void* x_scale, const void* w, const void* w_inv, int w_inv_stride, void* out,
+                   int N, int K, cudaStream_t stream) {
+    const int warps = (N + kRows - 1) / kRows;
+    const int blocks = (warps + kWarps - 1) / kWarps;
+    lowprec::fp8_gemv_kernel<XT, kRows, kUnroll, kWarps, kMinBlocks><<<blocks, kWarps * 32, K, stream>>>(
+        static_cast<const XT*>(x), static_cast<const float*>(x_scale), static_cast<const uint8_t*>(w),
+        static_cast<const float*>(w_inv), w_inv_stride, static_cast<float*>(out), N, K);
+    return cudaGetLastError();
+}
+
+template <typename XT>
+cudaError_t launch_tile(int tile, const void* x, const void* x_scale, const void* w, const void* w_inv,
+                        int w_inv_stride, void* out, int N, int K, cudaStream_t stream) {
+    switch (tile) {
+#define LOWPREC_CASE(i, rows, unroll, warps, min_blocks) \
+    case i: return launch<XT, rows, unroll, warps, min_blocks>(x, x_scale, w, w_inv, w_inv_stride, out, N, K, stream);
+        LOWPREC_FP8_GEMV_TILES(LOWPREC_CASE)
+#undef LOWPREC_CASE
+    }
+    return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+extern "C" int fp8_gemv_tile_count() { return kTiles; }
+
+// The tile's shape, for the Python side to check its table against the compiled one.
+extern "C" int fp8_gemv_tile_shape(int tile, int* rows, int* unroll, int* warps, int* min_blocks) {
+    switch (tile) {
+#define LOWPREC_SHAPE(i, r, u, wa, b) \
+    case i: *rows = r; *unroll = u; *warps = wa; *min_blocks = b; return 0;
+        LOWPREC_FP8_GEMV_TILES(LOWPREC_SHAPE)
+#undef LOWPREC_SHAPE
+    }
+    return static_cast<int>(cudaErrorInvalidValue);
+}
+
+// x [1, K] float32 (x_bf16 0) or bfloat16 (1); x_scale its E4M3 scale on the device, or null for the amax
+// pass; w E4M3 [N, K]; w_inv float32, w_inv[n * w_inv_stride] row n's (stride 0: one for all); out float32
+// [1, N]. K a multiple of 16 up to kMaxK, pointers 16-byte aligned (checked by the caller).
+extern "C" int fp8_gemv(int device, const void* x, int x_bf16, const void* x_scale, const void* w, const void* w_inv,
+                        int w_inv_stride, void* out, int N, int K, int tile, void* stream) {
+    LOWPREC_LAUNCH_PROLOGUE(device);
+    if (K % 16 || K > kMaxK || N < 1 || tile < 0 || tile >= kTiles) return static_cast<int>(cudaErrorInvalidValue);
+    cudaStream_t s = static_cast<cudaStream_t>(stream);
+    return static_cast<int>(x_bf16 ? launch_tile<uint16_t>(tile, x, x_scale, w, w_inv, w_inv_stride, out, N, K, s)
+                                   : launch_tile<float>(tile, x, x_scale, w, w_inv, w_inv_stride, out, N, K, s));
+}

@@ -1,0 +1,148 @@
+"""The CUDA-core FP8 decode GEMV (kernels/fp8_gemv.cu, lowprec_workloads/fp8_gemv_cuda.py): every compiled
+tile equals the float64 product of the reference-quantized operands, quantizes the row with
+fp8.quantize_tensorwise's bits (edges included), and the Python table names the tiles the library compiles.
+
+The kernel runs only on a GPU; on the CPU the table, the refusals and the source's compile (tests/test_kernels.py)
+are checked.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from lowprec_workloads.fp8_gemv_cuda import TILES, CudaGemvTile
+from lowprec_workloads.fp8_linear import FP8Linear, gemv
+from pytest_lowprec.formats.fp8 import _scale_from_amax, quantize_tensorwise
+from pytest_lowprec.formats.metrics import rel_l2
+
+SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "fp8_gemv.cu"
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# float32 sums of exact E4M3 products in another order than float64's: about 1e-7 relative.
+EXACT_BOUND = 1e-6
+
+
+def test_python_table_lists_the_tiles_the_source_compiles_in_its_order():
+    macro = SOURCE.read_text().split("#define LOWPREC_FP8_GEMV_TILES(X)")[1].split("\n\n")[0]
+    compiled = [tuple(int(v) for v in m.groups()[1:]) for m in re.finditer(r"X\((\d+), (\d+), (\d+), (\d+), (\d+)\)",
+                                                                           macro)]
+    assert [int(m.group(1)) for m in re.finditer(r"X\((\d+),", macro)] == list(range(len(TILES)))
+    assert compiled == [(t.rows, t.unroll, t.warps, t.min_blocks) for t in TILES]
+
+
+def test_a_tile_the_library_does_not_compile_names_where_to_add_it():
+    with pytest.raises(ValueError, match="add it to kernels/fp8_gemv.cu's LOWPREC_FP8_GEMV_TILES"):
+        _ = CudaGemvTile(3, 3, 3, 3).index
+
+
+def test_cuda_tiles_never_split_k():
+    assert {t.split_k for t in TILES} == {1}
+
+
+def test_cuda_tile_is_refused_under_the_interpreter_with_what_to_give_instead(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read at the call; no kernel is launched
+    weight = torch.zeros(32, 64, dtype=torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="under TRITON_INTERPRET=1 give a Triton GemvConfig"):
+        gemv(torch.zeros(1, 64), weight, torch.ones(()), TILES[0])
+
+
+def test_layer_with_a_cuda_tile_runs_the_eager_reference_on_the_cpu():
+    g = torch.Generator().manual_seed(4)
+    w, x = torch.randn(48, 64, generator=g), torch.randn(1, 64, generator=g)
+    layer = FP8Linear.build(w, gemv=lambda n, k: TILES[0])
+    assert layer.cuda is None  # no library loaded without a GPU
+    wq, w_inv = quantize_tensorwise(w)
+    xq, x_inv = quantize_tensorwise(x)
+    torch.testing.assert_close(layer(x), (xq.float() * x_inv) @ (wq.float() * w_inv).t())
+
+
+# -- on a GPU ------------------------------------------------------------------------------------
+def _float64_product(x: torch.Tensor, wq: torch.Tensor, w_inv: torch.Tensor, amax=None) -> torch.Tensor:
+    xq, x_inv = quantize_tensorwise(x, amax=amax)
+    scales = w_inv.double()[:, None] if w_inv.ndim else w_inv.double()
+    return (xq.double() * x_inv.double()) @ (wq.double() * scales).T
+
+
+@needs_cuda
+@pytest.mark.parametrize("tile", TILES, ids=lambda t: f"r{t.rows}u{t.unroll}w{t.warps}b{t.min_blocks}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_every_tile_equals_the_float64_product_on_every_call(tile, dtype):
+    # N not a multiple of any tile's rows a block, K not a multiple of a chunk: the edges of both loops.
+    g = torch.Generator().manual_seed(6)
+    w, x = torch.randn(1040, 1552, generator=g), torch.randn(1, 1552, generator=g).to(dtype)
+    layer = FP8Linear.build(w.cuda(), gemv=lambda n, k: tile)
+    wq, w_inv = quantize_tensorwise(w)
+    reference = _float64_product(x, wq, w_inv)
+    for _ in range(2):
+        assert rel_l2(reference, layer(x.cuda()).cpu()) < EXACT_BOUND
+
+
+@needs_cuda
+def test_stacked_weights_keep_each_rows_scale():
+    g = torch.Generator().manual_seed(8)
+    parts = [torch.randn(n, 512, generator=g) * s for n, s in ((256, 1.0), (64, 30.0), (64, 0.01))]
+    x = torch.randn(1, 512, generator=g)
+    stacked = FP8Linear.concatenated([FP8Linear.build(p.cuda(), gemv=lambda n, k: TILES[1]) for p in parts],
+                                     gemv=lambda n, k: TILES[1])
+    got = stacked(x.cuda()).cpu()
+    quantized = [quantize_tensorwise(p) for p in parts]
+    reference = torch.cat([_float64_product(x, q, inv) for q, inv in quantized], dim=1)
+    assert rel_l2(reference, got) < EXACT_BOUND
+
+
+@needs_cuda
+def test_a_given_scale_is_the_one_used():
+    g = torch.Generator().manual_seed(9)
+    w, x = torch.randn(256, 512, generator=g), torch.randn(1, 512, generator=g)
+    layer = FP8Linear.build(w.cuda(), gemv=lambda n, k: TILES[0])
+    wq, w_inv = quantize_tensorwise(w)
+    other = 1.37 * x.abs().amax()  # not a power of two apart: another quantization of x
+    got = layer(x.cuda(), x_scale=_scale_from_amax(other, torch.float8_e4m3fn).cuda()).cpu()
+    assert rel_l2(_float64_product(x, wq, w_inv, amax=other), got) < EXACT_BOUND
+
+
+def _edge_rows(cols: int = 768) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    tiny = torch.zeros(1, cols)
+    tiny[0, :3] = torch.tensor([1e-37, -3e-38, 7e-39])  # 448 / amax overflows float32: the FLT_MAX clamp
+    signed = torch.randn(1, cols, generator=g) * 1e-39
+    signed[0, :2] = torch.tensor([-0.0, 2.0])
+    codes = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    values = codes[torch.isfinite(codes)].unique()
+    mids = (values[1:] + values[:-1]) / 2  # ties: round to nearest even
+    sweep = torch.cat([values, mids, torch.nextafter(mids, torch.tensor(math.inf))])[None, : cols]
+    return {"tiny amax": tiny, "signed zeros and subnormals": signed, "zeros": torch.zeros(1, cols),
+            "rounding sweep": torch.nn.functional.pad(sweep, (0, cols - sweep.shape[1]))}
+
+
+@needs_cuda
+@pytest.mark.parametrize("edge", sorted(_edge_rows()))
+def test_edge_rows_are_quantized_with_the_references_bits(edge):
+    # One-hot weight rows read the row's codes back one by one: out[n] = code(x[n]) * inv_x exactly.
+    x = _edge_rows()[edge]
+    k = x.shape[1]
+    weight = torch.eye(k).to(torch.float8_e4m3fn).cuda()
+    out = torch.empty(1, k, device="cuda")
+    from lowprec_workloads.fp8_gemv_cuda import Fp8GemvKernels
+
+    got = gemv(x.cuda(), weight, torch.ones((), device="cuda"), TILES[0], out=out,
+               cuda=Fp8GemvKernels("cuda")).cpu()
+    xq, x_inv = quantize_tensorwise(x)
+    assert torch.equal(got, xq.float() * x_inv)
+
+
+@needs_cuda
+@pytest.mark.parametrize("bad", [math.nan, math.inf], ids=["nan", "inf"])
+def test_a_nan_or_inf_in_the_row_makes_every_output_nan_as_the_reference(bad):
+    # A NaN amax makes the scale NaN; an Inf one makes it 0, and Inf * 0 a NaN code: every sum meets a NaN.
+    g = torch.Generator().manual_seed(10)
+    w, x = torch.randn(64, 512, generator=g), torch.randn(1, 512, generator=g)
+    x[0, 7] = bad
+    layer = FP8Linear.build(w.cuda(), gemv=lambda n, k: TILES[0])
+    wq, w_inv = quantize_tensorwise(w)
+    assert torch.isnan(_float64_product(x, wq, w_inv)).all()
+    assert torch.isnan(layer(x.cuda()).cpu()).all()
