@@ -5,11 +5,14 @@ tensor, the activation quantized at every call with one scale over the whole act
 FLT_MAX clamp, NaN rules and round-to-nearest-even as the reference; out = (xq . wq) * inv_x * inv_w).
 What changes is how the activation's quantization runs on CUDA:
 
-- one row (decode, M <= GEMV_MAX_ROWS): a Triton GEMV quantizes the activation inside the kernel and
-  streams the E4M3 weight once (half the bytes of BF16). Every program reads the activation's
-  magnitudes from L2 for the tensor's amax, then rounds the slice it multiplies: one launch per linear
-  instead of an eager quantizer (about ten kernels) plus a cuBLAS GEMM whose rows were padded to 16.
-  Handed the activation's scale by the launch that wrote it (decode_fusions), it skips that amax pass.
+- one row (decode, M <= GEMV_MAX_ROWS): a GEMV quantizes the activation inside the kernel and streams the
+  E4M3 weight once (half the bytes of BF16): one launch per linear instead of an eager quantizer (about ten
+  kernels) plus a cuBLAS GEMM whose rows were padded to 16. On CUDA it is the CUDA-core kernel of
+  fp8_gemv_cuda (kernels/fp8_gemv.cu): every block reads the row's magnitudes from L2 for the tensor's amax
+  and writes the row's codes to shared memory, and its warps stream whole weight rows. The Triton GEMVs here
+  (CUDA-core FMA or FP8 MMA tiles) run where it cannot (K over its shared-memory limit) and under Triton's
+  interpreter. Handed the activation's scale by the launch that wrote it (decode_fusions), a GEMV skips
+  the amax pass.
   Weights that read one activation (q, k and v; gate and up) can be stacked into one GEMV, each row keeping
   its weight's scale (FP8Linear.concatenated): one launch over their bytes, as decode engines merge them.
 - more rows: `torch._scaled_mm` on the rows as they are (cuBLAS needs K and N multiples of 16, not M),
@@ -45,6 +48,7 @@ from pytest_lowprec.formats.triton_quant import (
 )
 from pytest_lowprec.roofline import Work
 
+from .fp8_gemv_cuda import MAX_K as CUDA_MAX_K
 from .fp8_gemv_cuda import CudaGemvTile, Fp8GemvKernels
 from .interpreted import interpreting
 
@@ -57,7 +61,7 @@ GEMV_MAX_ROWS = 1
 # mma.sync tiles give 5e-8 to 9e-7.
 _PROMOTE_K = 128
 # What runs on CUDA, for a workload's signature (a baseline recorded on another path is stale).
-CUDA_PATH = (f"triton gemv quantizing its row, float32 sums every {_PROMOTE_K} inputs (1 row); "
+CUDA_PATH = ("cuda-core gemv (kernels/fp8_gemv.cu) quantizing its row once a block, float32 sums (1 row); "
              "one-launch or two-pass triton quantizer + _scaled_mm (more)")
 # An activation up to this many elements (four decode rows of a 14336-wide FFN) is quantized by one
 # program in one launch; a larger one by the two-pass quantizer, whose amax pass spreads over the chip.
@@ -107,7 +111,13 @@ class GemvConfig:
 
 # Measured tiles by weight shape (N, K) (benchmarks/fp8_linear_variants.py times the candidates on a GPU);
 # other shapes take _default_gemv's.
-GEMV_CONFIGS: dict[tuple[int, int], GemvConfig] = {}
+GEMV_CONFIGS: dict[tuple[int, int], GemvConfig | CudaGemvTile] = {}
+# The CUDA-core GEMV's tile for every shape it takes: two rows a warp, two 512-byte steps a chunk, eight warps a
+# block. On an H200 (2026-12-02, `fp8_linear_variants.py OUT ceiling`, one float32 row, L2 flushed) it read
+# the decode step's weights (4096x4096, 6144x4096, 14336x4096, 28672x4096, 4096x14336) in 12.5, 14.5, 23.9,
+# 38.8, 25.5 us: 0.82-0.91 of a kernel that only reads the same bytes, the fastest tile at three shapes and
+# within 6% of the fastest at the others; the promoted wgmma tiles took 14.4, 18.6, 28.0, 45.7, 29.6 us.
+CUDA_TILE = CudaGemvTile(rows=2, unroll=2, warps=8, min_blocks=2)
 # (N, K) -> the one-row tile (a Triton one, or the CUDA-core kernel's), None for _scaled_mm
 GemvChooser = Callable[[int, int], "GemvConfig | CudaGemvTile | None"]
 # A memory-bound GEMV needs every SM streaming: enough programs for about one and a half per SM of an H100
@@ -117,16 +127,22 @@ GemvChooser = Callable[[int, int], "GemvConfig | CudaGemvTile | None"]
 _MIN_PROGRAMS = 192
 
 
-def _default_gemv(n: int, k: int) -> GemvConfig:
-    """wgmma tiles of 64 outputs, the tensor core's sums promoted to float32 every _PROMOTE_K inputs, K split
-    until there are _MIN_PROGRAMS programs (keeping splits >= 1024)."""
+def triton_gemv_config(n: int, k: int) -> GemvConfig:
+    """The Triton GEMV's tile: wgmma tiles of 64 outputs, the tensor core's sums promoted to float32 every
+    _PROMOTE_K inputs, K split until there are _MIN_PROGRAMS programs (keeping splits >= 1024)."""
     split = 1
     while triton.cdiv(n, 64) * split < _MIN_PROGRAMS and k // (2 * split) >= 1024:
         split *= 2
     return GemvConfig("dot", block_n=64, block_k=256, num_warps=4, num_stages=3, split_k=split, promote_k=_PROMOTE_K)
 
 
-def gemv_config(n: int, k: int) -> GemvConfig:
+def _default_gemv(n: int, k: int) -> GemvConfig | CudaGemvTile:
+    """The CUDA-core GEMV's tile where it takes K (a multiple of 16, the row's codes within its shared memory),
+    else the Triton one's."""
+    return CUDA_TILE if k % 16 == 0 and k <= CUDA_MAX_K else triton_gemv_config(n, k)
+
+
+def gemv_config(n: int, k: int) -> GemvConfig | CudaGemvTile:
     """The GEMV tile for a weight of N outputs and K inputs."""
     return GEMV_CONFIGS.get((n, k)) or _default_gemv(n, k)
 

@@ -8,7 +8,7 @@ new token's K and V as decode must; appending them is the KV cache suites' work,
 The reference is the same step in float32 on the same weights, cache values and input.
 Each operator runs its strategy's precision with the real path where this device has one:
 - linears: 16-bit F.linear; FP8 = E4M3 tensorwise weights and activations (fp8_linear.FP8Linear:
-  on CUDA one row goes through a Triton GEMV that quantizes the activation inside the kernel, more
+  on CUDA one row goes through a CUDA-core GEMV that quantizes the activation inside the kernel, more
   rows through torch._scaled_mm after a one-launch Triton quantizer); w4a16 = NVFP4 weights through
   nvfp4_gemm.linear (on CUDA the tensor-core decode linear over weights laid out once for it, as a
   model is loaded; the tiled Triton kernel above 64 rows); nvfp4 = the same with NVFP4 activations

@@ -5,7 +5,7 @@ input as the float32 reference (lowprec_workloads/transformer_block.py). Gated p
 SQNR and next-token KL against float32, top-1 agreement, the bytes of weights and KV cache
 (no more than the 16-bit strategy's), and on a GPU the step's speed over the 16-bit strategy's
 with its roofline fraction. The small shape runs everywhere (CPU CI); the real one on a GPU, where
-a strategy's FP8 linears must run the one-row Triton GEMV (which quantizes its activation itself)
+a strategy's FP8 linears must run the one-row CUDA-core GEMV (which quantizes its activation itself)
 and no cuBLAS FP8 GEMM, an FP8 q its one-launch quantizer (lowprec_workloads/fp8_linear.py), NVFP4
 weights the tensor-core decode linear (lowprec_workloads/nvfp4_gemm.py), and NVFP4 activations their
 one-launch round trip (lowprec_workloads/nvfp4_activation.py).
@@ -50,7 +50,7 @@ MAX_KL_NATS = {"fp16_baseline": 1e-3, "fp8_balanced": 0.06, "w4a16_aggressive": 
                "hybrid_long_context": 0.2, "layerwise_gradient": 0.15, "custom_fp8_ffn": 0.05}
 
 # The FP8 paths' kernels (profiler names): the one-row GEMV, the small quantizer (FP8 q), cuBLAS's FP8 GEMM.
-FP8_GEMV_KERNEL = r"_gemv_(fma|dot)_kernel"
+FP8_GEMV_KERNEL = r"fp8_gemv_kernel"  # kernels/fp8_gemv.cu's, the default tile for the step's shapes
 FP8_Q_KERNEL = r"_quantize_small_kernel"
 CUBLAS_FP8_GEMM = r"nvjet_sm\d+_qq|e4m3|f8f8"
 FUSED_KERNELS = (r"_add_rms_norm_kernel", r"_swiglu_kernel")

@@ -392,10 +392,19 @@ def test_wgmma_gemv_error_stays_at_its_promoted_bound_however_long_k(tile, k):
         assert rel_l2(reference, layer(x.cuda()).cpu()) < PROMOTED_BOUND
 
 
-def test_default_gemv_promotes_its_sums_every_128_inputs():
-    from lowprec_workloads.fp8_linear import gemv_config
+def test_triton_gemv_tile_promotes_its_sums_every_128_inputs():
+    from lowprec_workloads.fp8_linear import triton_gemv_config
 
-    assert {gemv_config(n, k).promote_k for n, k in [(4096, 4096), (14336, 4096), (4096, 14336)]} == {128}
+    assert {triton_gemv_config(n, k).promote_k for n, k in [(4096, 4096), (14336, 4096), (4096, 14336)]} == {128}
+
+
+def test_default_gemv_is_the_cuda_core_kernel_where_it_takes_k():
+    from lowprec_workloads.fp8_gemv_cuda import MAX_K
+    from lowprec_workloads.fp8_linear import CUDA_TILE, gemv_config, triton_gemv_config
+
+    assert {gemv_config(n, k) for n, k in [(4096, 4096), (28672, 4096), (4096, 14336), (64, MAX_K)]} == {CUDA_TILE}
+    assert gemv_config(64, MAX_K + 16) == triton_gemv_config(64, MAX_K + 16)  # the row's codes would not fit
+    assert gemv_config(64, 1000) == triton_gemv_config(64, 1000)  # K not a multiple of 16
 
 
 @needs_cuda
@@ -411,11 +420,11 @@ def test_scaled_mm_path_takes_any_number_of_rows_unpadded(rows):
     assert rel_l2(_float64_product(x, wq, w_inv), got.cpu()) < 1e-3
 
 
-def test_default_gemv_tile_splits_k_until_192_programs_keeping_1024_inputs_a_split():
-    from lowprec_workloads.fp8_linear import gemv_config
+def test_triton_gemv_tile_splits_k_until_192_programs_keeping_1024_inputs_a_split():
+    from lowprec_workloads.fp8_linear import triton_gemv_config
 
-    tile = gemv_config(2048, 8192)  # shapes no measured table names
+    tile = triton_gemv_config(2048, 8192)
     assert (tile.kernel, tile.block_n, tile.split_k) == ("dot", 64, 8)  # 32 tiles x 8 splits of 1024
-    assert gemv_config(8192, 1024).split_k == 1  # 128 tiles; a split of 512 inputs would cost more than it hides
-    assert gemv_config(14336, 4096).split_k == 1  # 224 tiles: enough programs
-    assert gemv_config(4096, 4096).split_k == 4  # 64 tiles x 4
+    assert triton_gemv_config(8192, 1024).split_k == 1  # 128 tiles; a split of 512 inputs costs more than it hides
+    assert triton_gemv_config(14336, 4096).split_k == 1  # 224 tiles: enough programs
+    assert triton_gemv_config(4096, 4096).split_k == 4  # 64 tiles x 4
