@@ -67,7 +67,10 @@ DECODE_SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]  # (N, K): q/k/v/o,
 STACKED_SHAPES = [(6144, 4096), (28672, 4096)]  # q, k, v and gate, up of LARGE as the step stacks them
 STEP_SHAPE = LARGE
 PREFILL_SIZES = (4096, 8192)
+# The CUDA-core GEMV's compiled tiles (kernels/fp8_gemv.cu).
+CUDA_TILES = {f"cuda {t.rows} rows/warp u{t.unroll} w{t.warps} b{t.min_blocks}": t for t in TILES}
 CANDIDATES = {
+    **CUDA_TILES,
     "fma 16x256 w4": GemvConfig("fma", 16, 256, 4),
     "dot 64x128 w4 s4": GemvConfig("dot", 64, 128, 4, 4),
     "dot 64x256 w4 s3": GemvConfig("dot", 64, 256, 4, 3),
@@ -86,8 +89,6 @@ DEEP = {f"dot {bn}x{bk} w{w} s{st}{f' split{sp}' if sp > 1 else ''}": GemvConfig
         for bn, bk, w, st, sp in [(64, 256, 4, 4, 1), (64, 256, 4, 6, 1), (64, 128, 4, 6, 1), (64, 128, 4, 8, 1),
                                   (64, 512, 4, 3, 1), (128, 256, 8, 3, 1), (128, 256, 8, 4, 1), (128, 128, 4, 6, 1),
                                   (64, 256, 4, 4, 2), (64, 256, 4, 6, 2), (64, 128, 4, 8, 2), (64, 256, 4, 6, 4)]}
-# The CUDA-core GEMV's compiled tiles (kernels/fp8_gemv.cu).
-CUDA_TILES = {f"cuda {t.rows} rows/warp u{t.unroll} w{t.warps} b{t.min_blocks}": t for t in TILES}
 
 
 def _tile_name(tile) -> str:

@@ -1,7 +1,7 @@
-// The FP8 decode GEMV on CUDA cores (kernels/fp8_gemv.cuh): one activation row, float32 or bfloat16, times
-// an E4M3 weight [N, K] with one scale, or one a row (weights stacked along N). Its tiles are compiled here
-// once and chosen per call by index, as lowprec_workloads.fp8_gemv_cuda.TILES lists them, so every process
-// runs the tile a weight shape was measured with and none is built at run time.
+// The FP8 decode GEMV on CUDA cores (kernels/fp8_gemv.cuh): one activation row, float32, bfloat16 or float16,
+// times an E4M3 weight [N, K] with one scale, or one a row (weights stacked along N). Its tiles are compiled
+// here once and chosen per call by index, as lowprec_workloads.fp8_gemv_cuda.TILES lists them: a benchmark
+// times them all from one build, and every process runs the tile fp8_linear chose for a shape.
 #include "fp8_gemv.cuh"
 
 namespace {
@@ -11,8 +11,12 @@ namespace {
     X(0, 1, 4, 8, 2) X(1, 2, 2, 8, 2) X(2, 2, 4, 8, 2) X(3, 4, 2, 8, 2) X(4, 4, 4, 8, 1) X(5, 1, 8, 4, 4) \
     X(6, 1, 2, 8, 4) X(7, 2, 2, 4, 8)
 
-constexpr int kTiles = 8;
-constexpr int kMaxK = 48 * 1024;  // x's codes in shared memory: within the default dynamic limit
+#define LOWPREC_COUNT(...) +1
+constexpr int kTiles = 0 LOWPREC_FP8_GEMV_TILES(LOWPREC_COUNT);
+#undef LOWPREC_COUNT
+// x's codes in shared memory: K bytes, which with the kernel's few static bytes (48 at most) must fit the
+// 48 KB a launch may take without opting in to more.
+constexpr int kMaxK = 48 * 1024 - 256;
 
 template <typename XT, int kRows, int kUnroll, int kWarps, int kMinBlocks>
 cudaError_t launch(const void* x, const void* x_scale, const void* w, const void* w_inv, int w_inv_stride, void* out,
@@ -52,14 +56,20 @@ extern "C" int fp8_gemv_tile_shape(int tile, int* rows, int* unroll, int* warps,
     return static_cast<int>(cudaErrorInvalidValue);
 }
 
-// x [1, K] float32 (x_bf16 0) or bfloat16 (1); x_scale its E4M3 scale on the device, or null for the amax
-// pass; w E4M3 [N, K]; w_inv float32, w_inv[n * w_inv_stride] row n's (stride 0: one for all); out float32
-// [1, N]. K a multiple of 16 up to kMaxK, pointers 16-byte aligned (checked by the caller).
-extern "C" int fp8_gemv(int device, const void* x, int x_bf16, const void* x_scale, const void* w, const void* w_inv,
+extern "C" int fp8_gemv_max_k() { return kMaxK; }
+
+// x [1, K]: float32 (x_type 0), bfloat16 (1) or float16 (2); x_scale its E4M3 scale on the device, or null for
+// the amax pass; w E4M3 [N, K], 16-byte aligned; w_inv float32, w_inv[n * w_inv_stride] row n's (stride 0: one
+// for all); out float32 [1, N]. K a multiple of 16 up to kMaxK (checked by the caller too).
+extern "C" int fp8_gemv(int device, const void* x, int x_type, const void* x_scale, const void* w, const void* w_inv,
                         int w_inv_stride, void* out, int N, int K, int tile, void* stream) {
     LOWPREC_LAUNCH_PROLOGUE(device);
     if (K % 16 || K > kMaxK || N < 1 || tile < 0 || tile >= kTiles) return static_cast<int>(cudaErrorInvalidValue);
     cudaStream_t s = static_cast<cudaStream_t>(stream);
-    return static_cast<int>(x_bf16 ? launch_tile<uint16_t>(tile, x, x_scale, w, w_inv, w_inv_stride, out, N, K, s)
-                                   : launch_tile<float>(tile, x, x_scale, w, w_inv, w_inv_stride, out, N, K, s));
+    switch (x_type) {
+        case 0: return static_cast<int>(launch_tile<float>(tile, x, x_scale, w, w_inv, w_inv_stride, out, N, K, s));
+        case 1: return static_cast<int>(launch_tile<uint16_t>(tile, x, x_scale, w, w_inv, w_inv_stride, out, N, K, s));
+        case 2: return static_cast<int>(launch_tile<__half>(tile, x, x_scale, w, w_inv, w_inv_stride, out, N, K, s));
+    }
+    return static_cast<int>(cudaErrorInvalidValue);
 }

@@ -20,6 +20,7 @@ __device__ __forceinline__ float load_float(const float* x, int i) { return x[i]
 __device__ __forceinline__ float load_float(const uint16_t* x, int i) {
     return __uint_as_float(static_cast<uint32_t>(x[i]) << 16);  // bfloat16 bits
 }
+__device__ __forceinline__ float load_float(const __half* x, int i) { return __half2float(x[i]); }
 
 // Sixteen E4M3 codes (four words) -> sixteen floats, two conversion instructions a pair.
 __device__ __forceinline__ void e4m3x16_to_float(const uint4& codes, float (&out)[16]) {

@@ -4,8 +4,8 @@ It computes what fp8_linear.gemv computes, with fp8.quantize_tensorwise's bits f
 block, in shared memory) and float32 sums of exact E4M3 products (relative error against the float64 product
 of the quantized operands about 1e-7, where the wgmma tiles' fewer-bit accumulator gives 1.3e-4). Written for
 bandwidth: every warp streams whole rows with 16-byte streaming loads and keeps two chunks in flight, as the
-NVFP4 GEMV (kernels/nvfp4_gemv.cuh) does. The tiles are compiled into the library once and chosen by index,
-so a weight shape runs the tile it was measured with (fp8_linear.GEMV_CONFIGS).
+NVFP4 GEMV (kernels/nvfp4_gemv.cuh) does. The tiles are compiled into the library once and chosen by index:
+a benchmark times them all from one build, and a process runs the one fp8_linear chose for the weight's shape.
 """
 
 from __future__ import annotations
@@ -24,8 +24,12 @@ SIGNATURES = {
     "fp8_gemv": [_INT, _VOID, _INT, _VOID, _VOID, _VOID, _INT, _VOID, _INT, _INT, _INT, _VOID],
     "fp8_gemv_tile_count": [],
     "fp8_gemv_tile_shape": [_INT, _INT_OUT, _INT_OUT, _INT_OUT, _INT_OUT],
+    "fp8_gemv_max_k": [],
 }
-MAX_K = 48 * 1024  # the row's codes live in shared memory (kernels/fp8_gemv.cu's kMaxK)
+# The row's codes live in shared memory, with the kernel's few static bytes inside the 48 KB a launch takes
+# without opting in to more (kernels/fp8_gemv.cu's kMaxK; Fp8GemvKernels checks the two agree).
+MAX_K = 48 * 1024 - 256
+X_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # the launcher's x_type
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,9 @@ class Fp8GemvKernels:
         if tuple(compiled) != TILES:
             raise RuntimeError(f"kernels/fp8_gemv.cu compiles the tiles {compiled}, fp8_gemv_cuda.TILES lists {TILES}: "
                                "keep the two lists in the same order")
+        if self._lib._functions["fp8_gemv_max_k"]() != MAX_K:
+            raise RuntimeError(f"kernels/fp8_gemv.cu takes K up to {self._lib._functions['fp8_gemv_max_k']()}, "
+                               f"fp8_gemv_cuda.MAX_K says {MAX_K}: keep the two equal")
 
     def gemv(self, x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, tile: CudaGemvTile,
              out: torch.Tensor, x_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -79,15 +86,17 @@ class Fp8GemvKernels:
         if k % 16 or k > MAX_K:
             raise ValueError(f"the CUDA FP8 GEMV takes K a multiple of 16 up to {MAX_K}, got K={k}: "
                              "give this shape a Triton tile (fp8_linear.GemvConfig)")
-        if x.dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"the CUDA FP8 GEMV takes a float32 or bfloat16 row, got {x.dtype}")
+        if x.dtype not in X_TYPES:
+            raise ValueError(f"the CUDA FP8 GEMV takes a float32, bfloat16 or float16 row, got {x.dtype}")
         if out.dtype != torch.float32 or out.numel() != n or not out.is_contiguous():
             raise ValueError(f"out must be a contiguous float32 [1, {n}], got {out.dtype} {tuple(out.shape)}")
-        for name, t in (("x", x), ("weight", weight), ("out", out)):
-            if t.device != self.device or t.data_ptr() % 16:
-                raise ValueError(f"{name} must be on {self.device} and 16-byte aligned, got {t.device} at "
-                                 f"{t.data_ptr():#x}")
-        self._lib.call("fp8_gemv", self.device.index, x.data_ptr(), int(x.dtype == torch.bfloat16),
+        for name, t in (("x", x), ("weight", weight), ("out", out), ("inv_scale", inv_scale)):
+            if t.device != self.device:
+                raise ValueError(f"{name} must be on {self.device}, got {t.device}")
+        if weight.data_ptr() % 16:  # its rows are read 16 bytes a lane (K a multiple of 16 keeps every row aligned)
+            raise ValueError(f"the weight must be 16-byte aligned, got one at {weight.data_ptr():#x}: pass a "
+                             "contiguous copy")
+        self._lib.call("fp8_gemv", self.device.index, x.data_ptr(), X_TYPES[x.dtype],
                        x_scale.data_ptr() if x_scale is not None else None, weight.data_ptr(), inv_scale.data_ptr(),
                        1 if inv_scale.ndim == 1 else 0, out.data_ptr(), n, k, tile.index,
                        torch.cuda.current_stream(self.device).cuda_stream)

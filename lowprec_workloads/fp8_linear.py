@@ -7,12 +7,12 @@ What changes is how the activation's quantization runs on CUDA:
 
 - one row (decode, M <= GEMV_MAX_ROWS): a GEMV quantizes the activation inside the kernel and streams the
   E4M3 weight once (half the bytes of BF16): one launch per linear instead of an eager quantizer (about ten
-  kernels) plus a cuBLAS GEMM whose rows were padded to 16. On CUDA it is the CUDA-core kernel of
+  kernels) plus a cuBLAS GEMM whose rows were padded to 16. On CUDA it is by default the CUDA-core kernel of
   fp8_gemv_cuda (kernels/fp8_gemv.cu): every block reads the row's magnitudes from L2 for the tensor's amax
   and writes the row's codes to shared memory, and its warps stream whole weight rows. The Triton GEMVs here
-  (CUDA-core FMA or FP8 MMA tiles) run where it cannot (K over its shared-memory limit) and under Triton's
-  interpreter. Handed the activation's scale by the launch that wrote it (decode_fusions), a GEMV skips
-  the amax pass.
+  (CUDA-core FMA or FP8 MMA tiles, whose programs each read the amax and round their slice) run where it
+  cannot (K over its shared-memory limit) and under Triton's interpreter. Handed the activation's scale by the
+  launch that wrote it (decode_fusions), a GEMV skips the amax pass.
   Weights that read one activation (q, k and v; gate and up) can be stacked into one GEMV, each row keeping
   its weight's scale (FP8Linear.concatenated): one launch over their bytes, as decode engines merge them.
 - more rows: `torch._scaled_mm` on the rows as they are (cuBLAS needs K and N multiples of 16, not M),
@@ -25,7 +25,8 @@ Triton quantizers do: five instructions an element with the scale and clamp, whi
 every program). Triton's interpreter (TRITON_INTERPRET=1) rounds some values across a binade wrongly,
 turns NaN into 384 and truncates to bfloat16, so there the kernels round with integer and float32
 operations instead (`HW=False`); the tests check that arithmetic, and everything around it (amax, scale,
-indexing, masks, accumulation), against the reference bits on the CPU, and the hardware's on a GPU.
+indexing, masks, accumulation), against the reference bits on the CPU, and the hardware's on a GPU. (The
+Triton GEMVs repeat those five instructions in every program; the CUDA-core one rounds the row once a block.)
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ GEMV_CONFIGS: dict[tuple[int, int], GemvConfig | CudaGemvTile] = {}
 # The CUDA-core GEMV's tile for every shape it takes: two rows a warp, two 512-byte steps a chunk, eight warps a
 # block. On an H200 (2026-12-02, `fp8_linear_variants.py OUT ceiling`, one float32 row, L2 flushed) it read
 # the decode step's weights (4096x4096, 6144x4096, 14336x4096, 28672x4096, 4096x14336) in 12.5, 14.5, 23.9,
-# 38.8, 25.5 us: 0.82-0.91 of a kernel that only reads the same bytes, the fastest tile at three shapes and
+# 38.8, 25.5 us: 0.81-0.91 of a kernel that only reads the same bytes, the fastest tile at three shapes and
 # within 6% of the fastest at the others; the promoted wgmma tiles took 14.4, 18.6, 28.0, 45.7, 29.6 us.
 CUDA_TILE = CudaGemvTile(rows=2, unroll=2, warps=8, min_blocks=2)
 # (N, K) -> the one-row tile (a Triton one, or the CUDA-core kernel's), None for _scaled_mm
@@ -138,8 +139,10 @@ def triton_gemv_config(n: int, k: int) -> GemvConfig:
 
 def _default_gemv(n: int, k: int) -> GemvConfig | CudaGemvTile:
     """The CUDA-core GEMV's tile where it takes K (a multiple of 16, the row's codes within its shared memory),
-    else the Triton one's."""
-    return CUDA_TILE if k % 16 == 0 and k <= CUDA_MAX_K else triton_gemv_config(n, k)
+    else, and under Triton's interpreter, the Triton one's."""
+    if interpreting() or k % 16 or k > CUDA_MAX_K:
+        return triton_gemv_config(n, k)
+    return CUDA_TILE
 
 
 def gemv_config(n: int, k: int) -> GemvConfig | CudaGemvTile:
@@ -437,10 +440,10 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config:
     x = x.contiguous()
     out = torch.empty(1, n, dtype=torch.float32, device=x.device) if out is None else out
     if isinstance(config, CudaGemvTile):
-        if cuda is None or not x.is_cuda:
-            raise ValueError("the CUDA-core FP8 GEMV tile runs on a GPU through its Fp8GemvKernels; under "
-                             "TRITON_INTERPRET=1 give a Triton GemvConfig")
-        return cuda.gemv(x, weight, inv_scale, config, out, x_scale)
+        if not x.is_cuda:
+            raise ValueError("the CUDA-core FP8 GEMV tile runs on a GPU; under TRITON_INTERPRET=1 give a Triton "
+                             "GemvConfig (fp8_linear.triton_gemv_config)")
+        return (cuda or Fp8GemvKernels(x.device)).gemv(x, weight, inv_scale, config, out, x_scale)
     options = dict(BLOCK_N=config.block_n, BLOCK_K=config.block_k, **_amax_pass(k), FLT_MAX=FLT_MAX,
                    HW=not interpreting(), SCALE_GIVEN=x_scale is not None, ROW_SCALES=inv_scale.ndim == 1,
                    num_warps=config.num_warps,
@@ -532,8 +535,8 @@ class FP8Linear:
         return scaled_mm(q, inv, self.weight.t(), self.inv_scale, out_dtype=out_dtype)
 
     def kernel_work(self, rows: int, x_element_size: int) -> tuple[Work, ...]:
-        """The Triton kernels one CUDA call launches, which traffic.eager_work cannot see (it reads the
-        many-row path's _scaled_mm, and the two-pass quantizer's fill, off ATen itself)."""
+        """The kernels (Triton's, or the CUDA-core GEMV) one CUDA call launches, which traffic.eager_work cannot
+        see (it reads the many-row path's _scaled_mm, and the two-pass quantizer's fill, off ATen itself)."""
         n, k = self.weight.shape
         if self.uses_gemv(rows):
             # The weight once from DRAM, the row once (its rereads by every program hit L2), float32 out; split-K

@@ -339,8 +339,8 @@ class DecodeStep:
     def work(self) -> tuple[Work, ...]:
         """The step's work for the hardware model (CUDA): torch's operators read off what the step
         dispatches, plus its kernels torch does not see: the Triton decode attention over each layer's
-        cache, the NVFP4 decode linear (or GEMV, or tiled GEMM) over each NVFP4 weight, the FP8 linears' Triton kernels
-        (GEMV, or quantizer before _scaled_mm) and the one-launch E4M3 round trip of an FP8 q."""
+        cache, the NVFP4 decode linear (or GEMV, or tiled GEMM) over each NVFP4 weight, the FP8 linears' kernels
+        (the GEMV, or the Triton quantizer before _scaled_mm) and the one-launch E4M3 round trip of an FP8 q."""
         s = self.shape
         q = torch.empty(s.batch, s.heads, s.head_dim, dtype=torch.bfloat16)  # shape and size only
         custom = [decode_work(q, cache) for cache in self.caches if isinstance(cache, Cache)]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lowprec_workloads.fp8_gemv_cuda import TILES, CudaGemvTile
+from lowprec_workloads.fp8_gemv_cuda import MAX_K, TILES, CudaGemvTile, Fp8GemvKernels
 from lowprec_workloads.fp8_linear import FP8Linear, gemv
 from pytest_lowprec.formats.fp8 import _scale_from_amax, quantize_tensorwise
 from pytest_lowprec.formats.metrics import rel_l2
@@ -39,8 +39,11 @@ def test_a_tile_the_library_does_not_compile_names_where_to_add_it():
         _ = CudaGemvTile(3, 3, 3, 3).index
 
 
-def test_cuda_tiles_never_split_k():
-    assert {t.split_k for t in TILES} == {1}
+def test_python_max_k_is_the_sources():
+    from lowprec_workloads.fp8_gemv_cuda import MAX_K
+
+    expression = re.search(r"constexpr int kMaxK = ([0-9* -]+);", SOURCE.read_text()).group(1)
+    assert eval(expression) == MAX_K  # digits, spaces, * and - only
 
 
 def test_cuda_tile_is_refused_under_the_interpreter_with_what_to_give_instead(monkeypatch):
@@ -69,16 +72,29 @@ def _float64_product(x: torch.Tensor, wq: torch.Tensor, w_inv: torch.Tensor, ama
 
 @needs_cuda
 @pytest.mark.parametrize("tile", TILES, ids=lambda t: f"r{t.rows}u{t.unroll}w{t.warps}b{t.min_blocks}")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=lambda d: str(d)[6:])
 def test_every_tile_equals_the_float64_product_on_every_call(tile, dtype):
-    # N not a multiple of any tile's rows a block, K not a multiple of a chunk: the edges of both loops.
+    # N = 1003 (odd) leaves a warp of 2 or 4 rows with rows past N, and every tile a part-filled block; K = 1552
+    # ends in a part-filled chunk: the edges of both loops. (FP8Linear.build would refuse N off a multiple of 16.)
     g = torch.Generator().manual_seed(6)
-    w, x = torch.randn(1040, 1552, generator=g), torch.randn(1, 1552, generator=g).to(dtype)
-    layer = FP8Linear.build(w.cuda(), gemv=lambda n, k: tile)
+    w, x = torch.randn(1003, 1552, generator=g), torch.randn(1, 1552, generator=g).to(dtype)
     wq, w_inv = quantize_tensorwise(w)
     reference = _float64_product(x, wq, w_inv)
+    cuda = Fp8GemvKernels("cuda")
     for _ in range(2):
-        assert rel_l2(reference, layer(x.cuda()).cpu()) < EXACT_BOUND
+        out = torch.full((1, 1003), float("nan"), device="cuda")
+        got = gemv(x.cuda(), wq.cuda(), w_inv.cuda(), tile, out=out, cuda=cuda).cpu()
+        assert rel_l2(reference, got) < EXACT_BOUND
+
+
+@needs_cuda
+def test_the_longest_k_it_takes_launches():
+    g = torch.Generator().manual_seed(11)
+    w, x = torch.randn(64, MAX_K, generator=g), torch.randn(1, MAX_K, generator=g).bfloat16()
+    layer = FP8Linear.build(w.cuda())
+    wq, w_inv = quantize_tensorwise(w)
+    assert layer.gemv in TILES
+    assert rel_l2(_float64_product(x, wq, w_inv), layer(x.cuda()).cpu()) < EXACT_BOUND
 
 
 @needs_cuda
@@ -97,7 +113,7 @@ def test_stacked_weights_keep_each_rows_scale():
 @needs_cuda
 def test_a_given_scale_is_the_one_used():
     g = torch.Generator().manual_seed(9)
-    w, x = torch.randn(256, 512, generator=g), torch.randn(1, 512, generator=g)
+    w, x = torch.randn(256, 512, generator=g), torch.randn(1, 512, generator=g).bfloat16()
     layer = FP8Linear.build(w.cuda(), gemv=lambda n, k: TILES[0])
     wq, w_inv = quantize_tensorwise(w)
     other = 1.37 * x.abs().amax()  # not a power of two apart: another quantization of x
@@ -106,16 +122,17 @@ def test_a_given_scale_is_the_one_used():
 
 
 def _edge_rows(cols: int = 768) -> dict[str, torch.Tensor]:
+    # A zero's sign cannot be read back through a sum (which starts at +0), so no row here claims it.
     g = torch.Generator().manual_seed(3)
     tiny = torch.zeros(1, cols)
     tiny[0, :3] = torch.tensor([1e-37, -3e-38, 7e-39])  # 448 / amax overflows float32: the FLT_MAX clamp
-    signed = torch.randn(1, cols, generator=g) * 1e-39
-    signed[0, :2] = torch.tensor([-0.0, 2.0])
+    subnormal = torch.rand(1, cols, generator=g) * 0.03 - 0.015  # scale 1: E4M3's subnormals, steps of 2^-9
+    subnormal[0, 0] = 448.0
     codes = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
     values = codes[torch.isfinite(codes)].unique()
     mids = (values[1:] + values[:-1]) / 2  # ties: round to nearest even
     sweep = torch.cat([values, mids, torch.nextafter(mids, torch.tensor(math.inf))])[None, : cols]
-    return {"tiny amax": tiny, "signed zeros and subnormals": signed, "zeros": torch.zeros(1, cols),
+    return {"tiny amax": tiny, "subnormal codes": subnormal, "zeros": torch.zeros(1, cols),
             "rounding sweep": torch.nn.functional.pad(sweep, (0, cols - sweep.shape[1]))}
 
 
@@ -127,8 +144,6 @@ def test_edge_rows_are_quantized_with_the_references_bits(edge):
     k = x.shape[1]
     weight = torch.eye(k).to(torch.float8_e4m3fn).cuda()
     out = torch.empty(1, k, device="cuda")
-    from lowprec_workloads.fp8_gemv_cuda import Fp8GemvKernels
-
     got = gemv(x.cuda(), weight, torch.ones((), device="cuda"), TILES[0], out=out,
                cuda=Fp8GemvKernels("cuda")).cpu()
     xq, x_inv = quantize_tensorwise(x)
@@ -139,6 +154,7 @@ def test_edge_rows_are_quantized_with_the_references_bits(edge):
 @pytest.mark.parametrize("bad", [math.nan, math.inf], ids=["nan", "inf"])
 def test_a_nan_or_inf_in_the_row_makes_every_output_nan_as_the_reference(bad):
     # A NaN amax makes the scale NaN; an Inf one makes it 0, and Inf * 0 a NaN code: every sum meets a NaN.
+    # (So whether the amax ranks NaN above Inf cannot be read from the outputs.)
     g = torch.Generator().manual_seed(10)
     w, x = torch.randn(64, 512, generator=g), torch.randn(1, 512, generator=g)
     x[0, 7] = bad

@@ -407,6 +407,13 @@ def test_default_gemv_is_the_cuda_core_kernel_where_it_takes_k():
     assert gemv_config(64, 1000) == triton_gemv_config(64, 1000)  # K not a multiple of 16
 
 
+def test_default_gemv_under_the_interpreter_is_the_triton_tile(monkeypatch):
+    from lowprec_workloads.fp8_linear import gemv_config, triton_gemv_config
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read at the call
+    assert gemv_config(4096, 4096) == triton_gemv_config(4096, 4096)
+
+
 @needs_cuda
 @pytest.mark.parametrize("rows", [1, 3, 16, 17])
 def test_scaled_mm_path_takes_any_number_of_rows_unpadded(rows):
