@@ -198,6 +198,17 @@ def section_bits(bench: Bench) -> None:
     bench.save()
 
 
+def _decode_operands(n: int, k: int):
+    """One float32 row and a weight [N, K] drawn for this shape (seed n + k), the weight in bfloat16 and E4M3, and
+    the float64 product of the reference-quantized operands: (w, x, w16, wq, reference)."""
+    g = torch.Generator(device=DEVICE).manual_seed(n + k)
+    w = torch.randn(n, k, generator=g, device=DEVICE) / math.sqrt(k)
+    x = torch.randn(1, k, generator=g, device=DEVICE)
+    wq, w_inv = quantize_tensorwise(w)
+    xq, x_inv = quantize_tensorwise(x)
+    return w, x, w.bfloat16(), wq, (xq.double() * x_inv.double()) @ (wq.double() * w_inv.double()).T
+
+
 # -- ceiling ------------------------------------------------------------------------------------
 @triton.jit
 def _read_only_kernel(p, n, sink, steps, BLOCK: tl.constexpr):
@@ -221,13 +232,7 @@ def section_ceiling(bench: Bench) -> None:
     print(f"  {'N x K':12s} {'variant':44s} {'us':>8s} {'TB/s':>6s} {'of copy':>7s} {'of read':>7s} {'rel L2':>8s}")
     table = {}
     for n, k in DECODE_SHAPES + STACKED_SHAPES:
-        g = torch.Generator(device=DEVICE).manual_seed(n + k)
-        w = torch.randn(n, k, generator=g, device=DEVICE) / math.sqrt(k)
-        x = torch.randn(1, k, generator=g, device=DEVICE)
-        w16 = w.bfloat16()
-        wq, w_inv = quantize_tensorwise(w)
-        xq, x_inv = quantize_tensorwise(x)
-        reference = (xq.double() * x_inv.double()) @ (wq.double() * w_inv.double()).T
+        w, x, w16, wq, reference = _decode_operands(n, k)
         words = wq.view(torch.int32).reshape(-1)
         sink = torch.zeros(sms * 16, dtype=torch.int32, device=DEVICE)
 
@@ -295,13 +300,7 @@ def section_decode(bench: Bench) -> dict[tuple[int, int], str]:
     print(f"  {'N x K':12s} {'variant':42s} {'bf16 ms':>8s} {'fp8 ms':>8s} {'speedup':>8s} {'TB/s':>6s} "
           f"{'of copy':>7s} {'rel L2':>8s}")
     for n, k in DECODE_SHAPES:
-        g = torch.Generator(device=DEVICE).manual_seed(n + k)
-        w = torch.randn(n, k, generator=g, device=DEVICE) / math.sqrt(k)
-        x = torch.randn(1, k, generator=g, device=DEVICE)
-        w16 = w.bfloat16()
-        wq, w_inv = quantize_tensorwise(w)
-        xq, x_inv = quantize_tensorwise(x)
-        reference = (xq.double() * x_inv.double()) @ (wq.double() * w_inv.double()).T
+        w, x, w16, _, reference = _decode_operands(n, k)
 
         def bf16_linear(x=x, w16=w16):
             return F.linear(x.to(torch.bfloat16), w16).float()
