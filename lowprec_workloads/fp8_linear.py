@@ -415,7 +415,7 @@ class SplitWorkspace:
 def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config: GemvConfig | CudaGemvTile,
          out: torch.Tensor | None = None, workspace: SplitWorkspace | None = None,
          x_scale: torch.Tensor | None = None, cuda: Fp8GemvKernels | None = None) -> torch.Tensor:
-    """float32 [1, N] = E4M3(x) @ weight.T * scales, x [1, K] float32 or bfloat16, weight E4M3 [N, K] with
+    """float32 [1, N] = E4M3(x) @ weight.T * scales, x [1, K] float32, bfloat16 or float16, weight E4M3 [N, K] with
     `inv_scale` 0-d float32, or [N] (one per output row: weights of one tensorwise scale each, concatenated,
     FP8Linear.concatenated). A config with split_k > 1 needs a workspace (SplitWorkspace.for_layer), owned by
     the caller. `x_scale` (0-d float32): x's E4M3 scale, fp8._scale_from_amax of its amax, where its producer took it
