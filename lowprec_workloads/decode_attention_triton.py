@@ -132,20 +132,12 @@ class Tile:
             raise ValueError(f"warps must be 1, 2, 4, 8 or 16 and stages, per_sm >= 1; got {self}")
         if self.e2m1 not in E2M1_DECODES or (self.e2m1 == "lut" and self.pv != "mma_pairs"):
             raise ValueError(f"e2m1 takes {', '.join(E2M1_DECODES)} ('lut' with pv='mma_pairs'), got {self.e2m1!r}")
-        if self.combine not in COMBINES:
-            raise ValueError(f"combine takes {', '.join(COMBINES)}, got {self.combine!r}")
-        if self.order not in ORDERS:
-            raise ValueError(f"order takes {', '.join(ORDERS)}, got {self.order!r}")
+        for name, choices in (("combine", COMBINES), ("order", ORDERS), ("loads", LOADS), ("evict", EVICTS),
+                              ("carry", CARRIES), ("schedule", SCHEDULES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} takes {', '.join(choices)}, got {getattr(self, name)!r}")
         if self.taper < 0:
             raise ValueError(f"taper must be >= 0, got {self.taper}")
-        if self.loads not in LOADS:
-            raise ValueError(f"loads takes {', '.join(LOADS)}, got {self.loads!r}")
-        if self.evict not in EVICTS:
-            raise ValueError(f"evict takes {', '.join(EVICTS)}, got {self.evict!r}")
-        if self.carry not in CARRIES:
-            raise ValueError(f"carry takes {', '.join(CARRIES)}, got {self.carry!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule takes {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.min_run < 0:
             raise ValueError(f"min_run must be >= 0, got {self.min_run}")
         if self.min_run and self.schedule != "balanced":
