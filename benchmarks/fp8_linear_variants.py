@@ -2,14 +2,18 @@
 
     python benchmarks/fp8_linear_variants.py OUT.json [SECTION ...]   # one H200: about 90 s; asserts nothing
 
-SECTION names which sections run (ceiling bits decode prefill steps; all by default), always in the order below;
-`steps` compares the fastest tile per shape only when `decode` ran.
+SECTION names which sections run (ceiling sequence bits decode prefill steps; all by default), always in the
+order below; `steps` compares the fastest tile per shape only when `decode` ran.
 
 Sections, in this order, each a table, JSON written to OUT.json after each:
   ceiling  at the decode shapes and the stacked ones the step runs (q/k/v 6144x4096, gate/up 28672x4096): a
            kernel that only reads the weight's bytes (the ceiling at that size under this timer), the 16-bit
            `F.linear`, the committed GEMV tile and deeper-pipelined ones; us, TB/s, fraction of the copy
            ceiling and of the read-only kernel;
+  sequence at the same shapes, 8 launches over 8 distinct weights timed as one call (a model's layers follow each
+           other): the read-only kernel, the 16-bit `F.linear`, the CUDA-core GEMV launched ordinarily and as
+           programmatic dependents (each requests its first weight chunk while the one before finishes); us a
+           launch, fraction of the copy ceiling and of the read-only sequence, and whether the two launches agree;
   bits     the Triton quantizers on this GPU against fp8.quantize_tensorwise's bits (edge inputs included);
   decode   one activation row (float32, as the decode step's) times each decode-step weight shape, the
            16-bit step's `F.linear` against: the eager quantizer with rows padded to 16 + _scaled_mm (the
@@ -23,9 +27,10 @@ Sections, in this order, each a table, JSON written to OUT.json after each:
            against fp16_baseline, with the committed tiles (fp8_linear.gemv_config) and q, k, v (gate, up)
            stacked into one linear on both sides; the same with every projection its own linear on both sides
            (before 2026-12-02's stacking); the same with each linear's input cast in a launch of its own on both
-           sides (before the fused launches wrote it); the NVFP4 strategies with their weights through the
-           CUDA-core GEMV (before 2026-12-02's tensor-core decode linear); the fastest tile per shape from
-           `decode`, and no GEMV;
+           sides (before the fused launches wrote it); the same with every launch an ordinary one on both sides
+           (before the fused launches and the FP8 GEMVs were programmatic dependents); the NVFP4 strategies
+           with their weights through the CUDA-core GEMV (before 2026-12-02's tensor-core decode linear); the
+           fastest tile per shape from `decode`, and no GEMV;
            SQNR against float32, and the hardware model's predicted speedup from each step's declared
            work, so "of model" is what STEP_FRACTION is chosen from.
 Both sides of each row are timed by the plugin's own timer: CUDA-graph replays, L2 flushed before each
@@ -49,7 +54,7 @@ import triton
 import triton.language as tl
 
 from lowprec_workloads import fp8_linear
-from lowprec_workloads.fp8_gemv_cuda import TILES
+from lowprec_workloads.fp8_gemv_cuda import TILES, Fp8GemvKernels
 from lowprec_workloads.fp8_linear import FP8Linear, GemvConfig, quantize_activation, quantize_small, quantize_work
 from lowprec_workloads.nvfp4_gemm import CudaKernels
 from lowprec_workloads.strategies import LINEARS, builtin_strategies, custom
@@ -100,8 +105,9 @@ STRATEGIES = ["fp8_balanced", "hybrid_long_context", "layerwise_gradient", "cust
 NVFP4_GEMV = "NVFP4 weights through the GEMV"  # the CUDA-core GEMV the steps ran before 2026-12-02
 APART = "committed, projections apart"  # every projection its own linear on both sides
 CASTS = "committed, casts apart"  # each linear's input cast in its own launch on both sides
+ORDINARY = "committed, ordinary launches"  # no launch a programmatic dependent, on both sides
 # The rows that run the committed tiles: every strategy's, never skipped for time.
-COMMITTED = ("committed tiles", APART, CASTS, NVFP4_GEMV)
+COMMITTED = ("committed tiles", ORDINARY, APART, CASTS, NVFP4_GEMV)
 # A tile may be chosen if its error stays under a promoted wgmma sum's bound (tests/test_fp8_linear.py):
 # the unpromoted wgmma tiles' error grows with K.
 ACCURATE_REL_L2 = 3e-4
@@ -284,6 +290,89 @@ def section_ceiling(bench: Bench) -> None:
         bench.save()
 
 
+# -- sequence -------------------------------------------------------------------------------------
+SEQUENCE_LAYERS = 8  # distinct weights a sequence reads, one launch each, as a model's layers follow each other
+
+
+def section_sequence(bench: Bench) -> None:
+    """What a decode kernel reads when launches follow each other over distinct weights, as a model's layers do,
+    rather than one launch after the timer's flush: each kernel's ramp and last wave meet the next one's."""
+    print(f"\n== sequence: {SEQUENCE_LAYERS} launches over {SEQUENCE_LAYERS} distinct weights, one timed call ==",
+          flush=True)
+    sms = bench.device.sm_count
+    cuda = Fp8GemvKernels(torch.device(DEVICE))
+    tile = fp8_linear.CUDA_TILE
+    print(f"  {'N x K':12s} {'variant':52s} {'us':>8s} {'us/launch':>9s} {'TB/s':>6s} {'of copy':>7s} {'of read':>7s}")
+    table = {}
+    for n, k in DECODE_SHAPES + STACKED_SHAPES:
+        g = torch.Generator(device=DEVICE).manual_seed(n + k)
+        x = torch.randn(1, k, generator=g, device=DEVICE)
+        layers = [quantize_tensorwise(torch.randn(n, k, generator=g, device=DEVICE) / math.sqrt(k))
+                  for _ in range(SEQUENCE_LAYERS)]
+        w16 = [(wq.float() * inv).bfloat16() for wq, inv in layers]
+        outs = torch.empty(SEQUENCE_LAYERS, 1, n, device=DEVICE)
+        sink = torch.zeros(sms * 16, dtype=torch.int32, device=DEVICE)
+
+        def bf16_linears(x=x, w16=w16):
+            xb = x.to(torch.bfloat16)
+            for w in w16:
+                F.linear(xb, w)
+
+        def readers(per_sm: int, block: int, warps: int, layers=layers, sink=sink):
+            words = [wq.view(torch.int32).reshape(-1) for wq, _ in layers]
+            steps = triton.cdiv(words[0].numel(), sms * per_sm * block)
+
+            def read():
+                for w in words:
+                    _read_only_kernel[(sms * per_sm,)](w, w.numel(), sink, steps, BLOCK=block, num_warps=warps)
+            return read
+
+        def gemvs(programmatic: bool, x=x, layers=layers, outs=outs):
+            def run():
+                for (wq, inv), out in zip(layers, outs, strict=True):
+                    cuda.gemv(x, wq, inv, tile, out, programmatic=programmatic)
+            return run
+
+        subjects = {f"read only, {per_sm}/SM, {block} words": (readers(per_sm, block, warps), n * k)
+                    for per_sm, block, warps in ((4, 2048, 4), (8, 2048, 4))}
+        subjects["bf16 F.linear (2 bytes a weight)"] = (bf16_linears, 2 * n * k)
+        subjects[f"{_tile_name(tile)}"] = (gemvs(False), n * k)
+        subjects[f"{_tile_name(tile)}, programmatic launches"] = (gemvs(True), n * k)
+        rows, read_us = {}, math.inf
+        for name, (fn, nbytes) in subjects.items():
+            try:
+                m = bench.pair(bf16_linears, fn, n=30)
+                us = m["opt_ms"] * 1e3
+                if name.startswith("read only"):
+                    read_us = min(read_us, us)
+                total = SEQUENCE_LAYERS * nbytes
+                m.update(us=us, us_per_launch=us / SEQUENCE_LAYERS, tb_per_s=total / us / 1e6)
+                m["of_copy"] = m["tb_per_s"] * 1e12 / COPY_CEILING
+                m["of_read"] = read_us * (nbytes / (n * k)) / us if math.isfinite(read_us) else None
+                rows[name] = m
+                print(f"  {f'{n}x{k}':12s} {name:52s} {us:8.1f} {m['us_per_launch']:9.2f} {m['tb_per_s']:6.2f} "
+                      f"{m['of_copy']:7.3f} {m['of_read'] or math.nan:7.3f}", flush=True)
+            except Exception as e:  # noqa: BLE001
+                rows[name] = _fail(f"{n}x{k} {name}", e)
+        # The programmatic launches (the last timed) computed what ordinary ones do.
+        for out, (wq, inv) in zip(outs, layers, strict=True):
+            ref = torch.empty_like(out)
+            cuda.gemv(x, wq, inv, tile, ref)
+            if not torch.equal(out, ref):
+                rows["programmatic_equal"] = False
+        rows.setdefault("programmatic_equal", True)
+        plain, early = rows.get(_tile_name(tile), {}), rows.get(f"{_tile_name(tile)}, programmatic launches", {})
+        if "us" in plain and "us" in early:
+            bench.summary.append(f"sequence {n}x{k}: read only {read_us / SEQUENCE_LAYERS:.1f} us a launch; GEMV "
+                                 f"{plain['us_per_launch']:.1f} ({plain['of_copy']:.2f} of copy), programmatic "
+                                 f"{early['us_per_launch']:.1f} ({early['of_copy']:.2f}), same outputs: "
+                                 f"{rows['programmatic_equal']}")
+        table[f"{n}x{k}"] = rows
+        bench.results["sequence"] = table
+        bench.save()
+        del layers, w16, outs
+
+
 # -- decode linears -------------------------------------------------------------------------------
 def _old_path(x: torch.Tensor, layer: FP8Linear) -> torch.Tensor:
     """The FP8 linear before this change: eager quantizer, rows padded to 16, _scaled_mm, bf16 out, .float()."""
@@ -365,7 +454,10 @@ def section_steps(bench: Bench, best: dict[tuple[int, int], str]) -> None:
     # Both sides with each linear's input cast in its own launch, as before the fused launches wrote copies.
     casts_sixteen = DecodeStep(weights, STEP_SHAPE, known["fp16_baseline"], cuda, copies=False)
     casts_sixteen_work = casts_sixteen.work()
+    # Both sides launched ordinarily, as before the programmatic launches (2026-12-02).
+    ordinary_sixteen = DecodeStep(weights, STEP_SHAPE, known["fp16_baseline"], cuda, programmatic=False)
     choosers = {"committed tiles": fp8_linear.gemv_config,
+                ORDINARY: fp8_linear.gemv_config,
                 APART: fp8_linear.gemv_config,
                 CASTS: fp8_linear.gemv_config,
                 NVFP4_GEMV: fp8_linear.gemv_config,
@@ -393,9 +485,11 @@ def section_steps(bench: Bench, best: dict[tuple[int, int], str]) -> None:
                         s.precision(op, i, STEP_SHAPE.layers) in NVFP4_WEIGHTS for op in LINEARS for i in layers):
                     continue  # no NVFP4 weights
                 step = DecodeStep(weights, STEP_SHAPE, s, cuda, fp8_gemv=chooser, stack=not apart,
-                                  nvfp4_mma=label != NVFP4_GEMV, copies=label != CASTS)
+                                  nvfp4_mma=label != NVFP4_GEMV, copies=label != CASTS,
+                                  programmatic=label != ORDINARY)
                 base, base_work = {APART: (apart_sixteen, apart_sixteen_work),
-                                   CASTS: (casts_sixteen, casts_sixteen_work)}.get(label, (sixteen, sixteen_work))
+                                   CASTS: (casts_sixteen, casts_sixteen_work),
+                                   ORDINARY: (ordinary_sixteen, sixteen_work)}.get(label, (sixteen, sixteen_work))
                 sq = sqnr_db(reference, step())
                 m = bench.pair(base, step, n=80)
                 pred = bench.predicted(base_work, step.work())
@@ -473,8 +567,8 @@ def section_prefill(bench: Bench) -> None:
 
 
 def main(argv: list[str]) -> int:
-    sections = {"ceiling": section_ceiling, "bits": section_bits, "decode": section_decode, "prefill": section_prefill,
-                "steps": section_steps}
+    sections = {"ceiling": section_ceiling, "sequence": section_sequence, "bits": section_bits,
+                "decode": section_decode, "prefill": section_prefill, "steps": section_steps}
     if not argv or any(name not in sections for name in argv[1:]):
         print(__doc__)
         return 2

@@ -18,23 +18,37 @@ constexpr int kTiles = 0 LOWPREC_FP8_GEMV_TILES(LOWPREC_COUNT);
 // 48 KB a launch may take without opting in to more.
 constexpr int kMaxK = 48 * 1024 - 256;
 
+// `programmatic`: launched with programmatic stream serialization, so the kernel requests its first weight chunk
+// while the kernel before it on the stream finishes (lowprec.cuh's wait_for_prior_grid). Only for a caller whose
+// weight no kernel just before it writes: the decode step, whose weights were written before it began.
 template <typename XT, int kRows, int kUnroll, int kWarps, int kMinBlocks>
 cudaError_t launch(const void* x, const void* x_scale, const void* w, const void* w_inv, int w_inv_stride, void* out,
-                   int N, int K, cudaStream_t stream) {
+                   int N, int K, bool programmatic, cudaStream_t stream) {
     const int warps = (N + kRows - 1) / kRows;
-    const int blocks = (warps + kWarps - 1) / kWarps;
-    lowprec::fp8_gemv_kernel<XT, kRows, kUnroll, kWarps, kMinBlocks><<<blocks, kWarps * 32, K, stream>>>(
-        static_cast<const XT*>(x), static_cast<const float*>(x_scale), static_cast<const uint8_t*>(w),
-        static_cast<const float*>(w_inv), w_inv_stride, static_cast<float*>(out), N, K);
-    return cudaGetLastError();
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3((warps + kWarps - 1) / kWarps);
+    config.blockDim = dim3(kWarps * 32);
+    config.dynamicSmemBytes = K;
+    config.stream = stream;
+    cudaLaunchAttribute attribute = {};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &attribute;
+    config.numAttrs = programmatic ? 1 : 0;
+    return cudaLaunchKernelEx(&config, lowprec::fp8_gemv_kernel<XT, kRows, kUnroll, kWarps, kMinBlocks>,
+                              static_cast<const XT*>(x), static_cast<const float*>(x_scale),
+                              static_cast<const uint8_t*>(w), static_cast<const float*>(w_inv), w_inv_stride,
+                              static_cast<float*>(out), N, K);
 }
 
 template <typename XT>
 cudaError_t launch_tile(int tile, const void* x, const void* x_scale, const void* w, const void* w_inv,
-                        int w_inv_stride, void* out, int N, int K, cudaStream_t stream) {
+                        int w_inv_stride, void* out, int N, int K, bool programmatic, cudaStream_t stream) {
     switch (tile) {
-#define LOWPREC_CASE(i, rows, unroll, warps, min_blocks) \
-    case i: return launch<XT, rows, unroll, warps, min_blocks>(x, x_scale, w, w_inv, w_inv_stride, out, N, K, stream);
+#define LOWPREC_CASE(i, rows, unroll, warps, min_blocks)                                                         \
+    case i:                                                                                                      \
+        return launch<XT, rows, unroll, warps, min_blocks>(x, x_scale, w, w_inv, w_inv_stride, out, N, K,         \
+                                                           programmatic, stream);
         LOWPREC_FP8_GEMV_TILES(LOWPREC_CASE)
 #undef LOWPREC_CASE
     }
@@ -60,16 +74,19 @@ extern "C" int fp8_gemv_max_k() { return kMaxK; }
 
 // x [1, K]: float32 (x_type 0), bfloat16 (1) or float16 (2); x_scale its E4M3 scale on the device, or null for
 // the amax pass; w E4M3 [N, K], 16-byte aligned; w_inv float32, w_inv[n * w_inv_stride] row n's (stride 0: one
-// for all); out float32 [1, N]. K a multiple of 16 up to kMaxK (checked by the caller too).
+// for all); out float32 [1, N]. K a multiple of 16 up to kMaxK (checked by the caller too). programmatic: 1 to
+// launch it as a programmatic dependent of the kernel before it (see launch), 0 for an ordinary launch.
 extern "C" int fp8_gemv(int device, const void* x, int x_type, const void* x_scale, const void* w, const void* w_inv,
-                        int w_inv_stride, void* out, int N, int K, int tile, void* stream) {
+                        int w_inv_stride, void* out, int N, int K, int tile, int programmatic, void* stream) {
     LOWPREC_LAUNCH_PROLOGUE(device);
     if (K % 16 || K > kMaxK || N < 1 || tile < 0 || tile >= kTiles) return static_cast<int>(cudaErrorInvalidValue);
     cudaStream_t s = static_cast<cudaStream_t>(stream);
+    const bool p = programmatic != 0;
     switch (x_type) {
-        case 0: return static_cast<int>(launch_tile<float>(tile, x, x_scale, w, w_inv, w_inv_stride, out, N, K, s));
-        case 1: return static_cast<int>(launch_tile<uint16_t>(tile, x, x_scale, w, w_inv, w_inv_stride, out, N, K, s));
-        case 2: return static_cast<int>(launch_tile<__half>(tile, x, x_scale, w, w_inv, w_inv_stride, out, N, K, s));
+        case 0: return static_cast<int>(launch_tile<float>(tile, x, x_scale, w, w_inv, w_inv_stride, out, N, K, p, s));
+        case 1:
+            return static_cast<int>(launch_tile<uint16_t>(tile, x, x_scale, w, w_inv, w_inv_stride, out, N, K, p, s));
+        case 2: return static_cast<int>(launch_tile<__half>(tile, x, x_scale, w, w_inv, w_inv_stride, out, N, K, p, s));
     }
     return static_cast<int>(cudaErrorInvalidValue);
 }

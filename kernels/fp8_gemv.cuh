@@ -73,7 +73,10 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) fp8_gemv_kernel(
                                  ? __ldcs(reinterpret_cast<const uint4*>(rows[r] + chunk + u * kStep))
                                  : make_uint4(0, 0, 0, 0);
     };
-    if (n0 < N) request(0);  // in flight while the block quantizes x
+    if (n0 < N) request(0);  // in flight while the block quantizes x (and, launched programmatically, while
+                             // the kernel before it finishes)
+    wait_for_prior_grid();
+    allow_dependent_grid();
 
     if (x_scale != nullptr) {
         if (threadIdx.x == 0) block_scale = *x_scale;

@@ -26,6 +26,25 @@ extern "C" const char* lowprec_error_string(int status) {
 
 namespace lowprec {
 
+// Programmatic dependent launch (sm_90+). A kernel launched with cudaLaunchAttributeProgrammaticStreamSerialization
+// may start while the kernel before it on the stream is still running; wait_for_prior_grid() returns once that
+// kernel has finished and its writes are visible. So a kernel so launched reads nothing an earlier kernel may
+// write, and writes nothing, before its wait; what it does before (requesting weight bytes no kernel of the
+// sequence writes) overlaps the earlier kernel's last wave. allow_dependent_grid() lets the next such kernel
+// start; called after the wait, it keeps that next kernel's early reads from overlapping any kernel but this
+// one. Launched without the attribute, the wait returns at once and the kernel runs as before.
+__device__ __forceinline__ void wait_for_prior_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void allow_dependent_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // E2M1 code (s e1 e0 m) -> value, by arithmetic: e > 0 is 2^(e-1) * (1 + m/2), e = 0 is m/2.
 __host__ __device__ __forceinline__ float e2m1_to_float(uint32_t code) {
     const uint32_t e = (code >> 1) & 3u, m = code & 1u;

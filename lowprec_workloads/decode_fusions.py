@@ -26,6 +26,11 @@ every program before its first product; the GEMV given it skips that pass (fp8_l
 A copy (both functions' `copy_dtype`): the kernel also writes its output rounded to that dtype, the bits
 `out.to(copy_dtype)` gives, for a linear that reads its input in another dtype than the step's (a 16-bit
 weight's F.linear, the NVFP4 decode linear's bfloat16): that cast is then no launch of its own.
+
+`programmatic` (both functions): launched as a programmatic dependent of the kernel before it on the stream
+(kernels/lowprec.cuh says what that is). The program waits for that kernel before it reads or writes anything,
+then lets the next programmatic launch start: the FP8 GEMV after a norm or a gate requests its first weight
+bytes while this few-microsecond launch runs, instead of after it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from pytest_lowprec.formats.fp8 import FLT_MAX
 from pytest_lowprec.formats.triton_quant import _bf16_value, _fp8_scale, _magnitude_bits
@@ -74,9 +80,19 @@ def _store_copy(ptr, y, mask, INTERPRETED: tl.constexpr):
 
 
 @triton.jit
+def _start(PROGRAMMATIC: tl.constexpr):
+    """A programmatic launch's first act: wait for the kernel before it, then let the next one start."""
+    if PROGRAMMATIC:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@triton.jit
 def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, out_ptr, scale_ptr, copy_ptr, rows, width, eps,
                          BLOCK: tl.constexpr, HAS_DELTA: tl.constexpr, WRITE_SCALE: tl.constexpr,
-                         WRITE_COPY: tl.constexpr, FLT_MAX: tl.constexpr, INTERPRETED: tl.constexpr):
+                         WRITE_COPY: tl.constexpr, FLT_MAX: tl.constexpr, INTERPRETED: tl.constexpr,
+                         PROGRAMMATIC: tl.constexpr):
+    _start(PROGRAMMATIC)
     dtype: tl.constexpr = out_ptr.dtype.element_ty
     offs = tl.arange(0, BLOCK)
     mask = offs < width
@@ -104,12 +120,13 @@ def _add_rms_norm_kernel(h_ptr, delta_ptr, w_ptr, h_out_ptr, out_ptr, scale_ptr,
 @triton.jit
 def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, scale_ptr, shared_ptr, copy_ptr, numel, BLOCK: tl.constexpr,
                    WRITE_SCALE: tl.constexpr, WRITE_COPY: tl.constexpr, FLT_MAX: tl.constexpr,
-                   INTERPRETED: tl.constexpr):
+                   INTERPRETED: tl.constexpr, PROGRAMMATIC: tl.constexpr):
     """BLOCK elements a program. With WRITE_SCALE the programs share an amax and an arrival count
     (SwigluWorkspace, zero between calls): each takes the max of its amax into the first, then counts itself
     in (acq_rel, so its max is seen by whoever counts in after it); the last to arrive reads the amax,
     writes the scale and sets both back to zero for the next call. Triton issues a scalar atomic from one
     thread of the program, so program order and the release cover the max, as in fp8_linear's split-K."""
+    _start(PROGRAMMATIC)
     dtype: tl.constexpr = out_ptr.dtype.element_ty
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
@@ -143,15 +160,24 @@ def _require_copy_dtype(dtype: torch.dtype | None) -> None:
         raise ValueError(f"copy_dtype takes {', '.join(map(str, COPY_DTYPES))} or None, got {dtype}")
 
 
+def _launch_options(programmatic: bool, on: torch.Tensor) -> dict:
+    """The kernel's PROGRAMMATIC flag and, on a GPU, Triton's programmatic launch (the interpreter launches
+    in order: there it is the ordinary launch)."""
+    programmatic = programmatic and on.is_cuda and not interpreting()
+    return {"PROGRAMMATIC": programmatic, **({"launch_pdl": True} if programmatic else {})}
+
+
 def _copy(like: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor | None:
     """The copy a kernel writes of an output shaped as `like`, in `dtype` (None: no copy)."""
     return None if dtype is None else torch.empty(like.shape, dtype=dtype, device=like.device)
 
 
 def add_rms_norm(h: torch.Tensor, weight: torch.Tensor, delta: torch.Tensor | None = None, *, eps: float = 1e-6,
-                 fp8_scale: bool = False, copy_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
+                 fp8_scale: bool = False, copy_dtype: torch.dtype | None = None,
+                 programmatic: bool = False) -> tuple[torch.Tensor, ...]:
     """(h + delta.to(h.dtype), its RMSNorm times `weight` in h's dtype, the E4M3 scale of that norm or None, the
-    norm in `copy_dtype` or None). h [rows, width] in the step's dtype; with no delta the first is h itself."""
+    norm in `copy_dtype` or None). h [rows, width] in the step's dtype; with no delta the first is h itself.
+    `programmatic`: a programmatic launch (the module's docstring)."""
     rows, width = h.shape
     if not fits(rows, width):
         raise ValueError(f"add_rms_norm fuses up to {FUSED_MAX_ELEMENTS} elements, rows of up to {_MAX_ROW}; "
@@ -171,7 +197,7 @@ def add_rms_norm(h: torch.Tensor, weight: torch.Tensor, delta: torch.Tensor | No
                                scale if scale is not None else out, copy if copy is not None else out, rows, width,
                                eps, BLOCK=triton.next_power_of_2(width), HAS_DELTA=delta is not None,
                                WRITE_SCALE=fp8_scale, WRITE_COPY=copy is not None, FLT_MAX=FLT_MAX,
-                               INTERPRETED=interpreting(), num_warps=8)
+                               INTERPRETED=interpreting(), num_warps=8, **_launch_options(programmatic, h))
     return h_out, out, scale, copy
 
 
@@ -186,10 +212,10 @@ class SwigluWorkspace:
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor, dtype: torch.dtype, *, workspace: SwigluWorkspace | None = None,
-           copy_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
+           copy_dtype: torch.dtype | None = None, programmatic: bool = False) -> tuple[torch.Tensor, ...]:
     """(silu(gate) * up in float32, rounded to `dtype`; with a workspace, the E4M3 scale of it, else None; the
     product rounded to `copy_dtype`, else None). The programs each take _CHUNK elements; the scale is their
-    amaxes' through the workspace."""
+    amaxes' through the workspace. `programmatic`: a programmatic launch (the module's docstring)."""
     if gate.shape != up.shape:
         raise ValueError(f"swiglu takes gate and up of one shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
     _require_copy_dtype(copy_dtype)
@@ -202,7 +228,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, dtype: torch.dtype, *, workspac
         gate.contiguous(), up.contiguous(), out, scale if scale is not None else out,
         workspace.shared if workspace is not None else out, copy if copy is not None else out, gate.numel(),
         BLOCK=block, WRITE_SCALE=workspace is not None, WRITE_COPY=copy is not None, FLT_MAX=FLT_MAX,
-        INTERPRETED=interpreting(), num_warps=4)
+        INTERPRETED=interpreting(), num_warps=4, **_launch_options(programmatic, gate))
     return out, scale, copy
 
 

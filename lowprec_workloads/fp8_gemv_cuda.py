@@ -21,7 +21,7 @@ _VOID = ctypes.c_void_p
 _INT = ctypes.c_int
 _INT_OUT = ctypes.POINTER(ctypes.c_int)
 SIGNATURES = {
-    "fp8_gemv": [_INT, _VOID, _INT, _VOID, _VOID, _VOID, _INT, _VOID, _INT, _INT, _INT, _VOID],
+    "fp8_gemv": [_INT, _VOID, _INT, _VOID, _VOID, _VOID, _INT, _VOID, _INT, _INT, _INT, _INT, _VOID],
     "fp8_gemv_tile_count": [],
     "fp8_gemv_tile_shape": [_INT, _INT_OUT, _INT_OUT, _INT_OUT, _INT_OUT],
     "fp8_gemv_max_k": [],
@@ -80,8 +80,12 @@ class Fp8GemvKernels:
                                f"fp8_gemv_cuda.MAX_K says {MAX_K}: keep the two equal")
 
     def gemv(self, x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, tile: CudaGemvTile,
-             out: torch.Tensor, x_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """out [1, N] float32 = E4M3(x) @ weight.T * scales, as fp8_linear.gemv (which checks the operands)."""
+             out: torch.Tensor, x_scale: torch.Tensor | None = None, programmatic: bool = False) -> torch.Tensor:
+        """out [1, N] float32 = E4M3(x) @ weight.T * scales, as fp8_linear.gemv (which checks the operands).
+
+        `programmatic` launches it as a programmatic dependent of the kernel before it on the stream: it requests
+        its first weight chunk while that kernel finishes, and waits for it before reading x or writing out. Only
+        where no kernel just before it writes `weight` (a decode step, whose weights were written before it)."""
         n, k = weight.shape
         if k % 16 or k > MAX_K:
             raise ValueError(f"the CUDA FP8 GEMV takes K a multiple of 16 up to {MAX_K}, got K={k}: "
@@ -98,6 +102,6 @@ class Fp8GemvKernels:
                              "contiguous copy")
         self._lib.call("fp8_gemv", self.device.index, x.data_ptr(), X_TYPES[x.dtype],
                        x_scale.data_ptr() if x_scale is not None else None, weight.data_ptr(), inv_scale.data_ptr(),
-                       1 if inv_scale.ndim == 1 else 0, out.data_ptr(), n, k, tile.index,
+                       1 if inv_scale.ndim == 1 else 0, out.data_ptr(), n, k, tile.index, int(programmatic),
                        torch.cuda.current_stream(self.device).cuda_stream)
         return out

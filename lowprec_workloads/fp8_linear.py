@@ -414,14 +414,17 @@ class SplitWorkspace:
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config: GemvConfig | CudaGemvTile,
          out: torch.Tensor | None = None, workspace: SplitWorkspace | None = None,
-         x_scale: torch.Tensor | None = None, cuda: Fp8GemvKernels | None = None) -> torch.Tensor:
+         x_scale: torch.Tensor | None = None, cuda: Fp8GemvKernels | None = None,
+         programmatic: bool = False) -> torch.Tensor:
     """float32 [1, N] = E4M3(x) @ weight.T * scales, x [1, K] float32, bfloat16 or float16, weight E4M3 [N, K] with
     `inv_scale` 0-d float32, or [N] (one per output row: weights of one tensorwise scale each, concatenated,
     FP8Linear.concatenated). A config with split_k > 1 needs a workspace (SplitWorkspace.for_layer), owned by
     the caller. `x_scale` (0-d float32): x's E4M3 scale, fp8._scale_from_amax of its amax, where its producer took it
     (decode_fusions); every program then skips its amax pass over x. A scale other than x's own gives
     another quantization of x: the caller vouches for it. A CudaGemvTile runs kernels/fp8_gemv.cu through `cuda`
-    (the library loaded for the weight's device)."""
+    (the library loaded for the weight's device); `programmatic` launches it as a programmatic dependent of the
+    kernel before it (Fp8GemvKernels.gemv: only where that kernel does not write the weight). The Triton tiles
+    launch as usual."""
     n, k = weight.shape
     if x.ndim != 2 or x.shape[0] != 1 or x.shape[1] != k:
         raise ValueError(f"the FP8 GEMV takes one row x [1, {k}], got {tuple(x.shape)}")
@@ -443,7 +446,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, config:
         if not x.is_cuda:
             raise ValueError("the CUDA-core FP8 GEMV tile runs on a GPU; under TRITON_INTERPRET=1 give a Triton "
                              "GemvConfig (fp8_linear.triton_gemv_config)")
-        return (cuda or Fp8GemvKernels(x.device)).gemv(x, weight, inv_scale, config, out, x_scale)
+        return (cuda or Fp8GemvKernels(x.device)).gemv(x, weight, inv_scale, config, out, x_scale, programmatic)
     options = dict(BLOCK_N=config.block_n, BLOCK_K=config.block_k, **_amax_pass(k), FLT_MAX=FLT_MAX,
                    HW=not interpreting(), SCALE_GIVEN=x_scale is not None, ROW_SCALES=inv_scale.ndim == 1,
                    num_warps=config.num_warps,
@@ -518,16 +521,17 @@ class FP8Linear:
         return self.gemv is not None and rows <= GEMV_MAX_ROWS
 
     def __call__(self, x: torch.Tensor, out_dtype: torch.dtype = torch.float32,
-                 x_scale: torch.Tensor | None = None) -> torch.Tensor:
+                 x_scale: torch.Tensor | None = None, programmatic: bool = False) -> torch.Tensor:
         """x [rows, K] -> [rows, N] in `out_dtype`. `x_scale`: x's E4M3 scale where its producer took it
-        (gemv's x_scale); the one-row GEMV then skips its amax pass, the other paths take their own."""
+        (gemv's x_scale); the one-row GEMV then skips its amax pass, the other paths take their own.
+        `programmatic`: the one-row GEMV's (gemv's), for a caller whose kernel before it never writes the weight."""
         weight_scales = self.inv_scale[:, None] if self.concatenated_rows else self.inv_scale
         if not x.is_cuda:
             q, inv = quantize_tensorwise(x)
             return ((q.float() * inv) @ (self.weight.float() * weight_scales).t()).to(out_dtype)
         if self.uses_gemv(x.shape[0]):
             return gemv(x, self.weight, self.inv_scale, self.gemv, workspace=self.workspace,
-                        x_scale=x_scale, cuda=self.cuda).to(out_dtype)
+                        x_scale=x_scale, cuda=self.cuda, programmatic=programmatic).to(out_dtype)
         if self.concatenated_rows:
             raise ValueError(f"a concatenated FP8 linear runs the one-row GEMV; {x.shape[0]} rows take its parts' "
                              "_scaled_mm, one weight scale each")

@@ -87,6 +87,8 @@ CUDA_FUSIONS = ("triton: residual add + rmsnorm, swiglu, one launch each, writin
 CUDA_STACKED = ("q, k, v and gate, up projections stacked into one linear each where 16-bit, fp8 (one-row gemv, "
                 "a scale per weight) or nvfp4 (a tensor scale per weight)")
 CUDA_NVFP4_WEIGHTS = "nvfp4_gemm.linear: tensor-core decode linear, weights laid out once"
+CUDA_PROGRAMMATIC = ("fused launches and fp8 gemvs as programmatic dependents: each gemv requests its first weight "
+                     "bytes while the launch before it runs")
 
 
 @dataclass(frozen=True)
@@ -201,9 +203,11 @@ class Linear:
         return None if self.fp8 is not None else self.weight.dtype
 
     def __call__(self, x: torch.Tensor, cuda: CudaKernels | None, x_scale: torch.Tensor | None = None,
-                 x_copy: torch.Tensor | None = None) -> torch.Tensor:
+                 x_copy: torch.Tensor | None = None, programmatic: bool = False) -> torch.Tensor:
         """x @ weight.T; `x_scale`, x's E4M3 scale where its producer took it, spares an FP8 GEMV its amax pass;
-        `x_copy`, x already in input_dtype where its producer wrote it, spares the cast."""
+        `x_copy`, x already in input_dtype where its producer wrote it, spares the cast; `programmatic`: an FP8
+        GEMV's launch as a programmatic dependent (FP8Linear's), for a caller that never writes the weight in
+        the kernel before."""
         if x_copy is not None:
             if x_copy.dtype != self.input_dtype or x_copy.shape != x.shape:
                 raise ValueError(f"x_copy must be x's shape {tuple(x.shape)} in {self.input_dtype}, the dtype this "
@@ -220,7 +224,7 @@ class Linear:
             out = torch.empty(x.shape[0], self.decode_weight.shape[0], device=x.device, dtype=torch.float32)
             return nvfp4_linear(x, self.decode_weight, cuda, out)
         if self.fp8 is not None:
-            return self.fp8(x, x_scale=x_scale)  # float32, as the callers use it
+            return self.fp8(x, x_scale=x_scale, programmatic=programmatic)  # float32, as the callers use it
         return F.linear(x.to(self.weight.dtype), self.weight)
 
 
@@ -272,7 +276,7 @@ class DecodeStep:
 
     def __init__(self, weights: Weights, shape: BlockShape, strategy: Strategy | None, cuda: CudaKernels | None,
                  *, fp8_gemv: GemvChooser = gemv_config, fuse: bool = True, fp8_scales: bool = True,
-                 stack: bool = True, nvfp4_mma: bool = True, copies: bool = True):
+                 stack: bool = True, nvfp4_mma: bool = True, copies: bool = True, programmatic: bool = True):
         """`fp8_gemv(N, K)`: the one-row GEMV tile of each FP8 weight (a benchmark's choice; None: _scaled_mm).
         `fuse`: on CUDA a strategy's residual adds, norms and SwiGLU gates run fused (decode_fusions), where
         the activation is decode-sized; the float32 reference always runs eagerly. `fp8_scales`: the fused
@@ -283,8 +287,12 @@ class DecodeStep:
         alone where the batch is one it takes (else they run the CUDA-core GEMV at 1..2 rows, as the steps did
         before 2026-12-02, or the tiled kernel: a benchmark's comparison). `copies`: the fused
         launches also write their output in the dtype the linears after them read, where that is another than
-        the step's (FusedCopies)."""
+        the step's (FusedCopies). `programmatic`: on CUDA the fused launches and the FP8 GEMVs launch as
+        programmatic dependents of the kernel before each (kernels/lowprec.cuh), so a GEMV requests its first
+        weight bytes while the norm or gate before it runs: the step writes no weight, so no kernel before a GEMV
+        does."""
         self.shape, self.strategy, self.cuda = shape, strategy, cuda
+        self.programmatic = programmatic and strategy is not None and weights.x.is_cuda
         n = shape.layers
 
         def prec(op: str, layer: int = 0) -> str:
@@ -402,7 +410,8 @@ class DecodeStep:
         """(h + delta.to(dtype), its RMSNorm, the norm's E4M3 scale where asked and fused, the norm in `copy`
         where asked and fused)."""
         if self.fused:
-            return fused_ops.add_rms_norm(h, weight, delta, fp8_scale=fp8_scale, copy_dtype=copy)
+            return fused_ops.add_rms_norm(h, weight, delta, fp8_scale=fp8_scale, copy_dtype=copy,
+                                          programmatic=self.programmatic)
         h = h if delta is None else h + delta.to(self.dtype)
         return h, rms_norm(h, weight, self.dtype), None, None
 
@@ -413,13 +422,14 @@ class DecodeStep:
             if fp8_scale and self._swiglu_workspace is None:
                 self._swiglu_workspace = fused_ops.SwigluWorkspace(gate.device)  # every layer's call in turn
             return fused_ops.swiglu(gate, up, self.dtype, workspace=self._swiglu_workspace if fp8_scale else None,
-                                    copy_dtype=copy)
+                                    copy_dtype=copy, programmatic=self.programmatic)
         return (F.silu(gate.float()) * up.float()).to(self.dtype), None, None
 
     def _project(self, layer: dict[str, Linear], ops: tuple[str, ...], a: torch.Tensor,
                  a_scale: torch.Tensor | None, a_copy: torch.Tensor | None) -> list[torch.Tensor]:
         """The outputs of `ops` (projections of one activation `a`), from their stacked linear or each its own."""
-        return [out for lin in _computing(layer, ops) for out in lin.split(lin(a, self.cuda, a_scale, a_copy))]
+        return [out for lin in _computing(layer, ops)
+                for out in lin.split(lin(a, self.cuda, a_scale, a_copy, self.programmatic))]
 
     def __call__(self) -> torch.Tensor:
         """Logits [batch, vocab] of the next token."""
@@ -431,11 +441,11 @@ class DecodeStep:
             q, _, _ = self._project(lin, QKV, a, a_scale, a_copy)  # the new token's K and V: for the caller
             q = q.float().reshape(s.batch, s.heads, s.head_dim)
             att = self._attend(q, i).reshape(s.batch, s.d).to(self.dtype)
-            h, a, a_scale, a_copy = self._add_norm(h, lin["o_proj"](att, self.cuda), self.norms[i][1], scales.ffn,
-                                                   copies.ffn)
+            o = lin["o_proj"](att, self.cuda, programmatic=self.programmatic)
+            h, a, a_scale, a_copy = self._add_norm(h, o, self.norms[i][1], scales.ffn, copies.ffn)
             gate, up = self._project(lin, GATE_UP, a, a_scale, a_copy)
             y, y_scale, y_copy = self._swiglu(gate, up, scales.down, copies.down)
-            delta = lin["ffn_down"](y, self.cuda, y_scale, y_copy)
+            delta = lin["ffn_down"](y, self.cuda, y_scale, y_copy, self.programmatic)
         _, a, _, _ = self._add_norm(h, delta, self.final_norm, False)
         return F.linear(a, self.head).float()
 

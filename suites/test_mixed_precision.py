@@ -27,6 +27,7 @@ from lowprec_workloads.strategies import LINEARS, builtin_strategies, custom
 from lowprec_workloads.transformer_block import (
     CUDA_FUSIONS,
     CUDA_NVFP4_WEIGHTS,
+    CUDA_PROGRAMMATIC,
     CUDA_STACKED,
     LARGE,
     NVFP4_WEIGHTS,
@@ -117,6 +118,8 @@ def test_strategy(lowprec, strategy, shape, drawn):
         lowprec.signature(fusions=CUDA_FUSIONS)
     if step.stacked:
         lowprec.signature(stacked=CUDA_STACKED)
+    if step.programmatic:
+        lowprec.signature(launches=CUDA_PROGRAMMATIC)
     logits = step()
     errors = logit_errors(reference, logits)
     lowprec.accuracy("sqnr_db", sqnr_db(reference, logits), min=MIN_SQNR_DB[strategy.name])

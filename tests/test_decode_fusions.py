@@ -159,6 +159,11 @@ def test_fused_kernels_refuse_cpu_tensors_outside_the_interpreter():
         decode_fusions.swiglu(torch.zeros(1, 8), torch.zeros(1, 8), torch.float32)
 
 
+def test_the_fused_kernels_launch_in_order_under_the_interpreter():
+    # Triton's interpreter has no programmatic launch: asked for one, it runs the ordinary one.
+    assert decode_fusions._launch_options(True, torch.zeros(1)) == {"PROGRAMMATIC": False}
+
+
 def test_only_a_decode_sized_activation_is_fused():
     assert decode_fusions.fits(1, 4096) and decode_fusions.fits(4, 14336)
     assert not decode_fusions.fits(64, 4096)  # a prefill: eager
@@ -225,6 +230,18 @@ def test_fused_decode_step_declares_every_kernel_it_launches_on_cuda(strategy):
         torch.cuda.synchronize()
     launched = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
     assert sum(w.kernels for w in step.work()) == launched
+
+
+@needs_cuda
+@pytest.mark.parametrize("strategy", ["fp16_baseline", "fp8_balanced", "hybrid_long_context", "layerwise_gradient"])
+def test_programmatic_launches_give_the_ordinary_launches_bits_on_cuda(strategy):
+    """Each programmatic launch waits for the one before it: a norm or GEMV that read its input early would
+    differ, over three calls."""
+    programmatic, ordinary = gpu_step(strategy), gpu_step(strategy, programmatic=False)
+    assert programmatic.programmatic and not ordinary.programmatic
+    expected = ordinary()
+    for _ in range(3):
+        assert torch.equal(programmatic(), expected)
 
 
 @needs_cuda

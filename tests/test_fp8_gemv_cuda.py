@@ -121,6 +121,37 @@ def test_a_given_scale_is_the_one_used():
     assert rel_l2(_float64_product(x, wq, w_inv, amax=other), got) < EXACT_BOUND
 
 
+@needs_cuda
+@pytest.mark.parametrize("captured", [False, True], ids=["eager", "graph"])
+def test_programmatic_launches_wait_for_the_row_the_launch_before_writes(captured):
+    # Each GEMV's row is the output of the one before. A programmatic launch starts while the one before runs: one
+    # that read its row before that launch finished would read the NaN the outputs are filled with.
+    g = torch.Generator().manual_seed(13)
+    k = 2048
+    layers = [tuple(t.cuda() for t in quantize_tensorwise(torch.randn(k, k, generator=g) / math.sqrt(k)))
+              for _ in range(6)]
+    x = torch.randn(1, k, generator=g).cuda()
+    cuda = Fp8GemvKernels("cuda")
+
+    def chain(outs: torch.Tensor, programmatic: bool) -> None:
+        row = x
+        for (wq, w_inv), out in zip(layers, outs, strict=True):
+            row = cuda.gemv(row, wq, w_inv, TILES[1], out, programmatic=programmatic)
+
+    expected = torch.empty(len(layers), 1, k, device="cuda")
+    chain(expected, programmatic=False)
+    outs = torch.full_like(expected, float("nan"))
+    if captured:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            chain(outs, programmatic=True)
+    for _ in range(3):
+        outs.fill_(float("nan"))
+        graph.replay() if captured else chain(outs, programmatic=True)
+        torch.cuda.synchronize()
+        assert torch.equal(outs, expected)
+
+
 def _edge_rows(cols: int = 768) -> dict[str, torch.Tensor]:
     # A zero's sign cannot be read back through a sum (which starts at +0), so no row here claims it.
     g = torch.Generator().manual_seed(3)
