@@ -113,9 +113,10 @@ extern "C" int nvfp4_linear_tile(int device, const void* w, const void* ws, int 
 }
 
 // out[m, n] = x[m] . w[n] for M = 1..64 bf16 rows on tensor cores, in the shape shipped for ceil(M / 8) n8 tiles;
-// w and ws in the layout nvfp4_linear_tile makes; gw as for nvfp4_gemv.
+// w and ws in the layout nvfp4_linear_tile makes; gw as for nvfp4_gemv. programmatic: 1 to launch it as a
+// programmatic dependent of the kernel before it (lowprec::linear::launch), 0 for an ordinary launch.
 extern "C" int nvfp4_linear(int device, const void* x, const void* w, const void* ws, const void* gw, int gw_stride,
-                            void* out, int M, int N, int K, void* stream) {
+                            void* out, int M, int N, int K, int programmatic, void* stream) {
     LOWPREC_LAUNCH_PROLOGUE(device);
     namespace lin = lowprec::linear;
     // 16-byte loads of weights and activations, 4-byte loads of scales.
@@ -124,8 +125,9 @@ extern "C" int nvfp4_linear(int device, const void* x, const void* w, const void
     if (!aligned || M < 1 || M > lin::kMaxRows || (gw_stride != 0 && gw_stride != 1))
         return static_cast<int>(cudaErrorInvalidValue);
     const cudaStream_t s = static_cast<cudaStream_t>(stream);
-    if (M <= 8) return static_cast<int>(lin::launch<lin::Shipped<1>>(x, w, ws, gw, gw_stride, out, M, N, K, s));
-    if (M <= 16) return static_cast<int>(lin::launch<lin::Shipped<2>>(x, w, ws, gw, gw_stride, out, M, N, K, s));
-    if (M <= 32) return static_cast<int>(lin::launch<lin::Shipped<4>>(x, w, ws, gw, gw_stride, out, M, N, K, s));
-    return static_cast<int>(lin::launch<lin::Shipped<8>>(x, w, ws, gw, gw_stride, out, M, N, K, s));
+    const bool p = programmatic != 0;
+    if (M <= 8) return static_cast<int>(lin::launch<lin::Shipped<1>>(x, w, ws, gw, gw_stride, out, M, N, K, s, p));
+    if (M <= 16) return static_cast<int>(lin::launch<lin::Shipped<2>>(x, w, ws, gw, gw_stride, out, M, N, K, s, p));
+    if (M <= 32) return static_cast<int>(lin::launch<lin::Shipped<4>>(x, w, ws, gw, gw_stride, out, M, N, K, s, p));
+    return static_cast<int>(lin::launch<lin::Shipped<8>>(x, w, ws, gw, gw_stride, out, M, N, K, s, p));
 }

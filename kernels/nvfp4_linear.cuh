@@ -795,16 +795,46 @@ LOWPREC_HD void warp_steps(const uint16_t* x, const unsigned char* w, const unsi
 }
 
 #ifdef __CUDACC__
+// Every weight and scale byte warp_steps will read for this lane, asked for in L2: the steps of warp wk, then
+// its extra one. Reads only the pointers' arithmetic of the activations, none of their bytes.
+template <class C>
+__device__ void prefetch_warp_weights(const uint16_t* x, const unsigned char* w, const unsigned char* ws,
+                                      int first_row, int wk, int lane, int M, int N, int K) {
+    constexpr int RT = C::kRT, MT = C::kMT;
+    using Pointers = LanePointers<RT, MT, C::kDecode>;
+    const int per_warp = K / kStepElements / C::kWK;
+    const auto steps = [&](const Pointers& p, int count) {
+        for (int i = 0; i < count; ++i)
+#pragma unroll
+            for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    prefetch_l2(p.w[rt][half] + p.weight_step * i);
+                    if (half == 0 || !Pointers::kTiledLayout) prefetch_l2(p.s[rt][half] + p.scale_step * i);
+                }
+    };
+    steps(Pointers(x, w, ws, first_row, wk * per_warp, lane, M, N, K), per_warp);
+    if (wk < K / kStepElements % C::kWK) steps(Pointers(x, w, ws, first_row, C::kWK * per_warp + wk, lane, M, N, K), 1);
+}
+
+// `programmatic`: launched as a programmatic dependent of the kernel before it (lowprec.cuh), which may still
+// run: the kernel asks for its weight bytes in L2 (no kernel of a decode step writes them) and waits for that
+// kernel before it reads x or writes out. Launched ordinarily it does neither.
 template <class C>
 __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     nvfp4_linear_kernel(const uint16_t* __restrict__ x, const unsigned char* __restrict__ w,
                         const unsigned char* __restrict__ ws, const float* __restrict__ gw, int gw_stride,
-                        float* __restrict__ out, int M, int N, int K) {
+                        float* __restrict__ out, int M, int N, int K, bool programmatic) {
     extern __shared__ __align__(16) unsigned char smem[];
     constexpr int RT = C::kRT, MT = C::kMT;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wr = warp % C::kWR, wk = warp / C::kWR;
     const int first_row = block_first_row<C>(blockIdx.x) + wr * 16 * RT;
+    if (programmatic) {
+        prefetch_warp_weights<C>(x, w, ws, first_row, wk, lane, M, N, K);
+        wait_for_prior_grid();
+        allow_dependent_grid();
+    }
 
     TensorCoreMma<RT, MT> mma;
 #pragma unroll
@@ -927,18 +957,29 @@ cudaError_t configure_once() {
     return cudaSuccess;
 }
 
-// Launch one configuration: M <= 8 MT activation rows, K a multiple of 128, 16-byte aligned rows.
+// Launch one configuration: M <= 8 MT activation rows, K a multiple of 128, 16-byte aligned rows. `programmatic`:
+// as a programmatic dependent of the kernel before it (the kernel's comment), for a caller that never writes the
+// weight in the kernel just before.
 template <class C>
 cudaError_t launch(const void* x, const void* w, const void* ws, const void* gw, int gw_stride, void* out, int M, int N,
-                   int K, cudaStream_t stream) {
+                   int K, cudaStream_t stream, bool programmatic = false) {
     if (M < 1 || M > 8 * C::kMT || N < 1 || K < kStepElements || K % kStepElements != 0) return cudaErrorInvalidValue;
     const cudaError_t st = configure_once<C>();
     if (st != cudaSuccess) return st;
-    const int blocks = (N + C::kRowsPerBlock - 1) / C::kRowsPerBlock;
-    nvfp4_linear_kernel<C><<<blocks, C::kThreads, C::kSmemBytes, stream>>>(
-        static_cast<const uint16_t*>(x), static_cast<const unsigned char*>(w), static_cast<const unsigned char*>(ws),
-        static_cast<const float*>(gw), gw_stride, static_cast<float*>(out), M, N, K);
-    return cudaGetLastError();
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3((N + C::kRowsPerBlock - 1) / C::kRowsPerBlock);
+    config.blockDim = dim3(C::kThreads);
+    config.dynamicSmemBytes = C::kSmemBytes;
+    config.stream = stream;
+    cudaLaunchAttribute attribute = {};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &attribute;
+    config.numAttrs = programmatic ? 1 : 0;
+    return cudaLaunchKernelEx(&config, nvfp4_linear_kernel<C>, static_cast<const uint16_t*>(x),
+                              static_cast<const unsigned char*>(w), static_cast<const unsigned char*>(ws),
+                              static_cast<const float*>(gw), gw_stride, static_cast<float*>(out), M, N, K,
+                              programmatic);
 }
 #endif
 

@@ -49,7 +49,7 @@ _INT = ctypes.c_int
 SIGNATURES = {
     "nvfp4_gemm_naive": [_INT, _VOID, _VOID, _VOID, _VOID, _VOID, _VOID, _VOID, _INT, _INT, _INT, _VOID],
     "nvfp4_gemv": [_INT, _VOID, _VOID, _VOID, _VOID, _INT, _VOID, _INT, _INT, _INT, _VOID],
-    "nvfp4_linear": [_INT, _VOID, _VOID, _VOID, _VOID, _INT, _VOID, _INT, _INT, _INT, _VOID],
+    "nvfp4_linear": [_INT, _VOID, _VOID, _VOID, _VOID, _INT, _VOID, _INT, _INT, _INT, _INT, _VOID],
     "nvfp4_linear_tile": [_INT, _VOID, _VOID, _INT, _INT, _VOID, _VOID, _VOID],
 }
 
@@ -296,9 +296,11 @@ class CudaKernels:
                        tiled.data_ptr(), scales.data_ptr(), self._stream())
         return tiled, scales
 
-    def linear(self, x: torch.Tensor, w: DecodeWeight, out: torch.Tensor) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, w: DecodeWeight, out: torch.Tensor, programmatic: bool = False) -> torch.Tensor:
         """out[m] = x[m] @ w.T on tensor cores for x bf16 [M, K], M in MMA_ROWS, K a multiple of 128, w
-        prepared by prepare_decode_weight."""
+        prepared by prepare_decode_weight. `programmatic` launches it as a programmatic dependent of the kernel
+        before it (kernels/nvfp4_linear.cuh: it asks for its weight bytes in L2 while that kernel finishes, then
+        waits for it): only where that kernel does not write the weight (a decode step)."""
         if not isinstance(w, DecodeWeight):
             raise TypeError("the tensor-core decode linear reads a weight prepared once for it: pass "
                             f"prepare_decode_weight(w, cuda), not {type(w).__name__}")
@@ -321,7 +323,7 @@ class CudaKernels:
         # 16-byte loads: the launcher refuses (invalid value) operands that are not aligned for them.
         self._lib.call("nvfp4_linear", self.device.index, x.data_ptr(), w.tiled.data_ptr(), w.tiled_scales.data_ptr(),
                        w.nvfp4.global_decode.data_ptr(), _scale_stride(w.nvfp4), out.data_ptr(), m, n, k,
-                       self._stream())
+                       int(programmatic), self._stream())
         return out
 
 
@@ -382,10 +384,12 @@ def decode_path(rows: int, k: int, cuda: bool, laid_out: bool = True) -> str:
     return "triton"
 
 
-def linear(x: torch.Tensor, w: DecodeWeight, cuda: CudaKernels | None, out: torch.Tensor) -> torch.Tensor:
+def linear(x: torch.Tensor, w: DecodeWeight, cuda: CudaKernels | None, out: torch.Tensor,
+           programmatic: bool = False) -> torch.Tensor:
     """Decode-time linear layer, x bf16 [M, K] times NVFP4 weights [N, K] (prepare_decode_weight), out
     float32 [M, N]: the tensor-core decode kernel for 1..64 rows, the tiled tensor-core kernel for more
-    (and on CPU); a weight not laid out for the decode kernel takes the GEMV at 1..2 rows."""
+    (and on CPU); a weight not laid out for the decode kernel takes the GEMV at 1..2 rows. `programmatic`:
+    the tensor-core decode kernel's launch (CudaKernels.linear); the other kernels launch as usual."""
     if not isinstance(w, DecodeWeight):
         raise TypeError(f"linear takes a weight from prepare_decode_weight(w, cuda), got {type(w).__name__}")
     path = decode_path(x.shape[0], w.shape[1], cuda is not None, laid_out=w.tiled is not None)
@@ -395,7 +399,7 @@ def linear(x: torch.Tensor, w: DecodeWeight, cuda: CudaKernels | None, out: torc
                          f"{x.shape[0]} rows{'' if cuda is not None else ' and none'}: prepare it with "
                          "keep_format=True")
     if path == "cuda-mma":
-        return cuda.linear(x, w, out)
+        return cuda.linear(x, w, out, programmatic)
     if path == "cuda-gemv":
         return cuda.gemv(x, w.nvfp4, out)
     return gemm_tiled(x, w.nvfp4, out=out)

@@ -87,8 +87,8 @@ CUDA_FUSIONS = ("triton: residual add + rmsnorm, swiglu, one launch each, writin
 CUDA_STACKED = ("q, k, v and gate, up projections stacked into one linear each where 16-bit, fp8 (one-row gemv, "
                 "a scale per weight) or nvfp4 (a tensor scale per weight)")
 CUDA_NVFP4_WEIGHTS = "nvfp4_gemm.linear: tensor-core decode linear, weights laid out once"
-CUDA_PROGRAMMATIC = ("fused launches and fp8 gemvs as programmatic dependents: each gemv requests its first weight "
-                     "bytes while the launch before it runs")
+CUDA_PROGRAMMATIC = ("fused launches, fp8 gemvs and nvfp4 decode linears as programmatic dependents: each linear "
+                     "requests weight bytes while the launch before it runs")
 
 
 @dataclass(frozen=True)
@@ -206,8 +206,8 @@ class Linear:
                  x_copy: torch.Tensor | None = None, programmatic: bool = False) -> torch.Tensor:
         """x @ weight.T; `x_scale`, x's E4M3 scale where its producer took it, spares an FP8 GEMV its amax pass;
         `x_copy`, x already in input_dtype where its producer wrote it, spares the cast; `programmatic`: an FP8
-        GEMV's launch as a programmatic dependent (FP8Linear's), for a caller that never writes the weight in
-        the kernel before."""
+        GEMV's or the NVFP4 decode linear's launch as a programmatic dependent (FP8Linear's, nvfp4_gemm.linear's),
+        for a caller that never writes the weight in the kernel before."""
         if x_copy is not None:
             if x_copy.dtype != self.input_dtype or x_copy.shape != x.shape:
                 raise ValueError(f"x_copy must be x's shape {tuple(x.shape)} in {self.input_dtype}, the dtype this "
@@ -222,7 +222,7 @@ class Linear:
             if not x.is_cuda:
                 return x.float() @ self.decode_weight.nvfp4.dequantize().float().t()
             out = torch.empty(x.shape[0], self.decode_weight.shape[0], device=x.device, dtype=torch.float32)
-            return nvfp4_linear(x, self.decode_weight, cuda, out)
+            return nvfp4_linear(x, self.decode_weight, cuda, out, programmatic)
         if self.fp8 is not None:
             return self.fp8(x, x_scale=x_scale, programmatic=programmatic)  # float32, as the callers use it
         return F.linear(x.to(self.weight.dtype), self.weight)
@@ -287,10 +287,10 @@ class DecodeStep:
         alone where the batch is one it takes (else they run the CUDA-core GEMV at 1..2 rows, as the steps did
         before 2026-12-02, or the tiled kernel: a benchmark's comparison). `copies`: the fused
         launches also write their output in the dtype the linears after them read, where that is another than
-        the step's (FusedCopies). `programmatic`: on CUDA the fused launches and the FP8 GEMVs launch as
-        programmatic dependents of the kernel before each (kernels/lowprec.cuh), so a GEMV requests its first
-        weight bytes while the norm or gate before it runs: the step writes no weight, so no kernel before a GEMV
-        does."""
+        the step's (FusedCopies). `programmatic`: on CUDA the fused launches, the FP8 GEMVs and the NVFP4
+        decode linears launch as programmatic dependents of the kernel before each (kernels/lowprec.cuh), so a
+        linear requests weight bytes while the norm or gate before it runs: the step writes no weight, so no
+        kernel before a linear does."""
         self.shape, self.strategy, self.cuda = shape, strategy, cuda
         self.programmatic = programmatic and strategy is not None and weights.x.is_cuda
         n = shape.layers

@@ -233,10 +233,11 @@ def test_fused_decode_step_declares_every_kernel_it_launches_on_cuda(strategy):
 
 
 @needs_cuda
-@pytest.mark.parametrize("strategy", ["fp16_baseline", "fp8_balanced", "hybrid_long_context", "layerwise_gradient"])
+@pytest.mark.parametrize("strategy", ["fp16_baseline", "fp8_balanced", "hybrid_long_context", "layerwise_gradient",
+                                      "w4a16_aggressive", "nvfp4_weights"])
 def test_programmatic_launches_give_the_ordinary_launches_bits_on_cuda(strategy):
-    """Each programmatic launch waits for the one before it: a norm or GEMV that read its input early would
-    differ, over three calls."""
+    """Each programmatic launch waits for the one before it: a norm, GEMV or NVFP4 linear that read its input early
+    would differ, over three calls."""
     programmatic, ordinary = gpu_step(strategy), gpu_step(strategy, programmatic=False)
     assert programmatic.programmatic and not ordinary.programmatic
     expected = ordinary()

@@ -122,6 +122,35 @@ def test_every_decode_kernel_scales_each_row_of_a_stack_by_its_own_tensor_scale(
 
 
 @needs_cuda
+@pytest.mark.parametrize("rows", [1, 16, 64])
+@pytest.mark.parametrize("captured", [False, True], ids=["eager", "graph"])
+def test_a_programmatic_decode_linear_waits_for_the_rows_the_launch_before_writes(rows, captured):
+    # The launch before it writes x over NaN; a linear that read x before that launch finished would sum NaN.
+    # K = 2944 gives the warps along K an extra step, whose bytes the kernel also asks for before its wait.
+    k, n = 2944, 72
+    cuda = CudaKernels(torch.device("cuda:0"))
+    prepared = prepare_decode_weight(_weight(n, k, "cuda"), cuda)
+    rows_in = torch.randn(rows, k, generator=torch.Generator().manual_seed(12)).bfloat16().cuda()
+    x, out = torch.empty_like(rows_in), torch.empty(rows, n, device="cuda")
+    expected = linear(rows_in, prepared, cuda, torch.empty(rows, n, device="cuda"))
+
+    def call() -> None:
+        x.copy_(rows_in)
+        linear(x, prepared, cuda, out, programmatic=True)
+
+    if captured:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            call()
+    for _ in range(3):
+        x.fill_(float("nan"))
+        out.fill_(float("nan"))
+        graph.replay() if captured else call()
+        torch.cuda.synchronize()
+        assert torch.equal(out, expected)
+
+
+@needs_cuda
 def test_a_weight_held_only_in_its_layout_runs_the_decode_linear_and_refuses_more_rows():
     cuda = CudaKernels(torch.device("cuda:0"))
     w = _weight(40, 256, "cuda")
