@@ -795,28 +795,6 @@ LOWPREC_HD void warp_steps(const uint16_t* x, const unsigned char* w, const unsi
 }
 
 #ifdef __CUDACC__
-// Every weight and scale byte warp_steps will read for this lane, asked for in L2: the steps of warp wk, then
-// its extra one. Reads only the pointers' arithmetic of the activations, none of their bytes.
-template <class C>
-__device__ void prefetch_warp_weights(const uint16_t* x, const unsigned char* w, const unsigned char* ws,
-                                      int first_row, int wk, int lane, int M, int N, int K) {
-    constexpr int RT = C::kRT, MT = C::kMT;
-    using Pointers = LanePointers<RT, MT, C::kDecode>;
-    const int per_warp = K / kStepElements / C::kWK;
-    const auto steps = [&](const Pointers& p, int count) {
-        for (int i = 0; i < count; ++i)
-#pragma unroll
-            for (int rt = 0; rt < RT; ++rt)
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    prefetch_l2(p.w[rt][half] + p.weight_step * i);
-                    if (half == 0 || !Pointers::kTiledLayout) prefetch_l2(p.s[rt][half] + p.scale_step * i);
-                }
-    };
-    steps(Pointers(x, w, ws, first_row, wk * per_warp, lane, M, N, K), per_warp);
-    if (wk < K / kStepElements % C::kWK) steps(Pointers(x, w, ws, first_row, C::kWK * per_warp + wk, lane, M, N, K), 1);
-}
-
 // `programmatic`: launched as a programmatic dependent of the kernel before it (lowprec.cuh), which may still
 // run: the kernel asks for its weight bytes in L2 (no kernel of a decode step writes them) and waits for that
 // kernel before it reads x or writes out. Launched ordinarily it does neither.
@@ -831,7 +809,6 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     const int wr = warp % C::kWR, wk = warp / C::kWR;
     const int first_row = block_first_row<C>(blockIdx.x) + wr * 16 * RT;
     if (programmatic) {
-        prefetch_warp_weights<C>(x, w, ws, first_row, wk, lane, M, N, K);
         wait_for_prior_grid();
         allow_dependent_grid();
     }
