@@ -39,11 +39,6 @@ __device__ __forceinline__ void wait_for_prior_grid() {
 #endif
 }
 
-// Asks for the line holding `p` in L2 and goes on: a load after it then waits on less of DRAM's latency.
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-    asm volatile("prefetch.global.L2 [%0];" : : "l"(p));
-}
-
 __device__ __forceinline__ void allow_dependent_grid() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");

@@ -796,8 +796,10 @@ LOWPREC_HD void warp_steps(const uint16_t* x, const unsigned char* w, const unsi
 
 #ifdef __CUDACC__
 // `programmatic`: launched as a programmatic dependent of the kernel before it (lowprec.cuh), which may still
-// run: the kernel asks for its weight bytes in L2 (no kernel of a decode step writes them) and waits for that
-// kernel before it reads x or writes out. Launched ordinarily it does neither.
+// run: the kernel waits for it before it reads or writes anything, so what it gains is its blocks launched and
+// resident while that kernel finishes. Asking for the warp's weight bytes in L2 before the wait made the decode
+// step's NVFP4 linears slower (cbc79e3: 1.5-3.2% on the NVFP4 strategies' steps; only the first step's bytes,
+// 545b57d: no faster than none). Launched ordinarily it skips the wait.
 template <class C>
 __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     nvfp4_linear_kernel(const uint16_t* __restrict__ x, const unsigned char* __restrict__ w,
@@ -935,8 +937,7 @@ cudaError_t configure_once() {
 }
 
 // Launch one configuration: M <= 8 MT activation rows, K a multiple of 128, 16-byte aligned rows. `programmatic`:
-// as a programmatic dependent of the kernel before it (the kernel's comment), for a caller that never writes the
-// weight in the kernel just before.
+// as a programmatic dependent of the kernel before it (the kernel's comment).
 template <class C>
 cudaError_t launch(const void* x, const void* w, const void* ws, const void* gw, int gw_stride, void* out, int M, int N,
                    int K, cudaStream_t stream, bool programmatic = false) {

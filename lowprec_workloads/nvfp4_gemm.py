@@ -299,8 +299,8 @@ class CudaKernels:
     def linear(self, x: torch.Tensor, w: DecodeWeight, out: torch.Tensor, programmatic: bool = False) -> torch.Tensor:
         """out[m] = x[m] @ w.T on tensor cores for x bf16 [M, K], M in MMA_ROWS, K a multiple of 128, w
         prepared by prepare_decode_weight. `programmatic` launches it as a programmatic dependent of the kernel
-        before it (kernels/nvfp4_linear.cuh: it asks for its weight bytes in L2 while that kernel finishes, then
-        waits for it): only where that kernel does not write the weight (a decode step)."""
+        before it (kernels/nvfp4_linear.cuh: its blocks start while that kernel finishes and wait for it before
+        they read anything)."""
         if not isinstance(w, DecodeWeight):
             raise TypeError("the tensor-core decode linear reads a weight prepared once for it: pass "
                             f"prepare_decode_weight(w, cuda), not {type(w).__name__}")

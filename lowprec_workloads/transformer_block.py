@@ -207,7 +207,7 @@ class Linear:
         """x @ weight.T; `x_scale`, x's E4M3 scale where its producer took it, spares an FP8 GEMV its amax pass;
         `x_copy`, x already in input_dtype where its producer wrote it, spares the cast; `programmatic`: an FP8
         GEMV's or the NVFP4 decode linear's launch as a programmatic dependent (FP8Linear's, nvfp4_gemm.linear's),
-        for a caller that never writes the weight in the kernel before."""
+        for a caller that never writes the weight in the kernel before (the GEMV reads it before its wait)."""
         if x_copy is not None:
             if x_copy.dtype != self.input_dtype or x_copy.shape != x.shape:
                 raise ValueError(f"x_copy must be x's shape {tuple(x.shape)} in {self.input_dtype}, the dtype this "
@@ -288,9 +288,9 @@ class DecodeStep:
         before 2026-12-02, or the tiled kernel: a benchmark's comparison). `copies`: the fused
         launches also write their output in the dtype the linears after them read, where that is another than
         the step's (FusedCopies). `programmatic`: on CUDA the fused launches, the FP8 GEMVs and the NVFP4
-        decode linears launch as programmatic dependents of the kernel before each (kernels/lowprec.cuh), so a
-        linear requests weight bytes while the norm or gate before it runs: the step writes no weight, so no
-        kernel before a linear does."""
+        decode linears launch as programmatic dependents of the kernel before each (kernels/lowprec.cuh): each
+        starts while the one before finishes and waits for it before reading its input; an FP8 GEMV requests its
+        first weight chunk before that wait (the step writes no weight, so no kernel before a GEMV does)."""
         self.shape, self.strategy, self.cuda = shape, strategy, cuda
         self.programmatic = programmatic and strategy is not None and weights.x.is_cuda
         n = shape.layers
