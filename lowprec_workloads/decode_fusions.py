@@ -45,6 +45,7 @@ from pytest_lowprec.formats.triton_quant import _bf16_value, _fp8_scale, _magnit
 from pytest_lowprec.roofline import Work
 
 from .interpreted import interpreting, mend_interpreter_scalars, run_interpreted
+from .kernels import programmatic_launches
 from .torch_math_triton import exp, rsqrt
 
 # The norm's one program walks the rows of the activation, each held in registers: a decode step's
@@ -161,9 +162,10 @@ def _require_copy_dtype(dtype: torch.dtype | None) -> None:
 
 
 def _launch_options(programmatic: bool, on: torch.Tensor) -> dict:
-    """The kernel's PROGRAMMATIC flag and, on a GPU, Triton's programmatic launch (the interpreter launches
-    in order: there it is the ordinary launch)."""
-    programmatic = programmatic and on.is_cuda and not interpreting()
+    """The kernel's PROGRAMMATIC flag and Triton's programmatic launch, where the GPU takes one
+    (kernels.programmatic_launches); elsewhere, and under the interpreter (which launches in order and has no
+    griddepcontrol), the ordinary launch."""
+    programmatic = programmatic and on.is_cuda and not interpreting() and programmatic_launches(on.device)
     return {"PROGRAMMATIC": programmatic, **({"launch_pdl": True} if programmatic else {})}
 
 

@@ -67,6 +67,7 @@ class Fp8GemvKernels:
         device = torch.device(device)
         self.device = torch.device("cuda", torch.cuda.current_device()) if device.index is None else device
         self._lib = kernels.load("fp8_gemv", torch.cuda.get_device_capability(self.device), SIGNATURES)
+        self._takes_programmatic = kernels.programmatic_launches(self.device)
         compiled = []
         for i in range(self._lib._functions["fp8_gemv_tile_count"]()):
             shape = [ctypes.c_int() for _ in range(4)]
@@ -85,7 +86,8 @@ class Fp8GemvKernels:
 
         `programmatic` launches it as a programmatic dependent of the kernel before it on the stream: it requests
         its first weight chunk while that kernel finishes, and waits for it before reading x or writing out. Only
-        where no kernel just before it writes `weight` (a decode step, whose weights were written before it)."""
+        where no kernel just before it writes `weight` (a decode step, whose weights were written before it). A GPU
+        that takes no such launch (kernels.programmatic_launches) runs the ordinary one."""
         n, k = weight.shape
         if k % 16 or k > MAX_K:
             raise ValueError(f"the CUDA FP8 GEMV takes K a multiple of 16 up to {MAX_K}, got K={k}: "
@@ -102,6 +104,7 @@ class Fp8GemvKernels:
                              "contiguous copy")
         self._lib.call("fp8_gemv", self.device.index, x.data_ptr(), X_TYPES[x.dtype],
                        x_scale.data_ptr() if x_scale is not None else None, weight.data_ptr(), inv_scale.data_ptr(),
-                       1 if inv_scale.ndim == 1 else 0, out.data_ptr(), n, k, tile.index, int(programmatic),
+                       1 if inv_scale.ndim == 1 else 0, out.data_ptr(), n, k, tile.index,
+                       int(programmatic and self._takes_programmatic),
                        torch.cuda.current_stream(self.device).cuda_stream)
         return out

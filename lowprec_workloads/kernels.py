@@ -92,6 +92,16 @@ def target_for(capability: tuple[int, int]) -> Target:
     return Target(major, minor)
 
 
+def programmatic_launches(device) -> bool:
+    """Whether kernels on `device` (a torch.device) may launch as programmatic dependents (kernels/lowprec.cuh):
+    CUDA devices of compute capability 9.0 and later. Older GPUs have no griddepcontrol instruction (ptxas
+    refuses Triton's), and Triton's ROCm backend takes no launch_pdl."""
+    import torch
+
+    return (device.type == "cuda" and torch.version.hip is None
+            and torch.cuda.get_device_capability(device) >= (9, 0))
+
+
 def find_nvcc() -> str | None:
     """nvcc from $CUDA_HOME, $PATH or the usual install place; None when there is none."""
     candidates = []

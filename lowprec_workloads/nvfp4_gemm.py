@@ -249,6 +249,7 @@ class CudaKernels:
         self.device = torch.device("cuda", torch.cuda.current_device()) if device.index is None else device
         capability = torch.cuda.get_device_capability(self.device)
         self._lib = kernels.load("nvfp4_gemm", capability, SIGNATURES)
+        self._takes_programmatic = kernels.programmatic_launches(self.device)
 
     def _stream(self) -> int:
         return torch.cuda.current_stream(self.device).cuda_stream
@@ -300,7 +301,7 @@ class CudaKernels:
         """out[m] = x[m] @ w.T on tensor cores for x bf16 [M, K], M in MMA_ROWS, K a multiple of 128, w
         prepared by prepare_decode_weight. `programmatic` launches it as a programmatic dependent of the kernel
         before it (kernels/nvfp4_linear.cuh: its blocks start while that kernel finishes and wait for it before
-        they read anything)."""
+        they read anything), where the GPU takes one (kernels.programmatic_launches)."""
         if not isinstance(w, DecodeWeight):
             raise TypeError("the tensor-core decode linear reads a weight prepared once for it: pass "
                             f"prepare_decode_weight(w, cuda), not {type(w).__name__}")
@@ -323,7 +324,7 @@ class CudaKernels:
         # 16-byte loads: the launcher refuses (invalid value) operands that are not aligned for them.
         self._lib.call("nvfp4_linear", self.device.index, x.data_ptr(), w.tiled.data_ptr(), w.tiled_scales.data_ptr(),
                        w.nvfp4.global_decode.data_ptr(), _scale_stride(w.nvfp4), out.data_ptr(), m, n, k,
-                       int(programmatic), self._stream())
+                       int(programmatic and self._takes_programmatic), self._stream())
         return out
 
 

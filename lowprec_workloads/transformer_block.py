@@ -49,6 +49,7 @@ from pytest_lowprec.traffic import eager_work
 from . import decode_fusions as fused_ops
 from .decode_attention import Cache, attend_cache, build_cache, decode_work
 from .fp8_linear import SMALL_QUANTIZE_MAX, FP8Linear, GemvChooser, fp8_roundtrip, gemv_config, quantize_work
+from .kernels import programmatic_launches
 from .nvfp4_activation import fits as fits_roundtrip
 from .nvfp4_activation import nvfp4_roundtrip, roundtrip_work
 from .nvfp4_gemm import MMA_ROWS, CudaKernels, DecodeWeight, prepare_decode_weight
@@ -288,11 +289,13 @@ class DecodeStep:
         before 2026-12-02, or the tiled kernel: a benchmark's comparison). `copies`: the fused
         launches also write their output in the dtype the linears after them read, where that is another than
         the step's (FusedCopies). `programmatic`: on CUDA the fused launches, the FP8 GEMVs and the NVFP4
-        decode linears launch as programmatic dependents of the kernel before each (kernels/lowprec.cuh): each
+        decode linears launch as programmatic dependents of the kernel before each (kernels/lowprec.cuh), on GPUs
+        that take such launches (kernels.programmatic_launches): each
         starts while the one before finishes and waits for it before reading its input; an FP8 GEMV requests its
         first weight chunk before that wait (the step writes no weight, so no kernel before a GEMV does)."""
         self.shape, self.strategy, self.cuda = shape, strategy, cuda
-        self.programmatic = programmatic and strategy is not None and weights.x.is_cuda
+        self.programmatic = (programmatic and strategy is not None and weights.x.is_cuda
+                             and programmatic_launches(weights.x.device))
         n = shape.layers
 
         def prec(op: str, layer: int = 0) -> str:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from lowprec_workloads import kernels
 
@@ -91,7 +92,8 @@ def _declared_parameters(source: Path) -> dict[str, list]:
     """Each extern "C" launcher's parameter types in `source`, as ctypes types."""
     import re
 
-    types = {"int": ctypes.c_int, "void*": ctypes.c_void_p, "const void*": ctypes.c_void_p}
+    types = {"int": ctypes.c_int, "int*": ctypes.POINTER(ctypes.c_int), "void*": ctypes.c_void_p,
+             "const void*": ctypes.c_void_p}
     declared = {}
     for name, params in re.findall(r'extern "C" int (\w+)\(([^)]*)\)', source.read_text()):
         kinds = [" ".join(p.split()[:-1]).replace(" *", "*") for p in params.split(",") if p.strip()]
@@ -99,12 +101,27 @@ def _declared_parameters(source: Path) -> dict[str, list]:
     return declared
 
 
-@pytest.mark.parametrize("module", ["nvfp4_gemm", "kv_prefetch"])
-def test_every_launchers_ctypes_signature_matches_its_c_declaration(module):
+@pytest.mark.parametrize(("module", "source"), [("nvfp4_gemm", "nvfp4_gemm"), ("kv_prefetch", "kv_prefetch"),
+                                                ("fp8_gemv_cuda", "fp8_gemv")])
+def test_every_launchers_ctypes_signature_matches_its_c_declaration(module, source):
     """A pointer declared as an int is cut to 32 bits: a segmentation fault on a GPU, nothing on a CPU."""
     import importlib
 
     signatures = importlib.import_module(f"lowprec_workloads.{module}").SIGNATURES
-    declared = _declared_parameters(kernels.KERNELS_DIR / f"{module}.cu")
+    declared = _declared_parameters(kernels.KERNELS_DIR / f"{source}.cu")
     for name, argtypes in signatures.items():
         assert argtypes == declared[name], name
+
+
+@pytest.mark.parametrize(("capability", "hip", "takes"), [((9, 0), None, True), ((10, 0), None, True),
+                                                          ((8, 9), None, False), ((9, 0), "6.2", False)],
+                         ids=["hopper", "blackwell", "ada", "rocm"])
+def test_programmatic_launches_are_taken_from_compute_capability_9_0_on_cuda(monkeypatch, capability, hip, takes):
+    # Older GPUs have no griddepcontrol instruction; Triton's ROCm backend has no launch_pdl.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", hip)
+    assert kernels.programmatic_launches(torch.device("cuda", 0)) is takes
+
+
+def test_no_programmatic_launch_on_the_cpu():
+    assert not kernels.programmatic_launches(torch.device("cpu"))

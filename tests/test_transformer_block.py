@@ -90,6 +90,14 @@ def test_the_cpu_decode_step_keeps_its_projections_apart():
     assert not step.stacked and "q_proj" in step.linears[0] and "qkv" not in step.linears[0]
 
 
+def test_a_cpu_decode_step_launches_nothing_programmatically():
+    from lowprec_workloads.strategies import builtin_strategies
+    from lowprec_workloads.transformer_block import SMALL, DecodeStep, Weights
+
+    step = DecodeStep(Weights.random(SMALL, "cpu", seed=11), SMALL, builtin_strategies()["fp8_balanced"], None)
+    assert not step.programmatic
+
+
 # -- on a GPU ------------------------------------------------------------------------------------
 @needs_cuda
 def test_stacked_16_bit_decode_step_gives_the_separate_steps_logits_on_cuda():
