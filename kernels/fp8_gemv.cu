@@ -35,10 +35,13 @@ cudaError_t launch(const void* x, const void* x_scale, const void* w, const void
     attribute.val.programmaticStreamSerializationAllowed = 1;
     config.attrs = &attribute;
     config.numAttrs = programmatic ? 1 : 0;
-    return cudaLaunchKernelEx(&config, lowprec::fp8_gemv_kernel<XT, kRows, kUnroll, kWarps, kMinBlocks>,
-                              static_cast<const XT*>(x), static_cast<const float*>(x_scale),
-                              static_cast<const uint8_t*>(w), static_cast<const float*>(w_inv), w_inv_stride,
-                              static_cast<float*>(out), N, K);
+    const cudaError_t st = cudaLaunchKernelEx(
+        &config, lowprec::fp8_gemv_kernel<XT, kRows, kUnroll, kWarps, kMinBlocks>, static_cast<const XT*>(x),
+        static_cast<const float*>(x_scale), static_cast<const uint8_t*>(w), static_cast<const float*>(w_inv),
+        w_inv_stride, static_cast<float*>(out), N, K);
+    // Read (and so clear) the runtime's last error too: a failed launch must not be reported by the next one.
+    const cudaError_t last = cudaGetLastError();
+    return st != cudaSuccess ? st : last;
 }
 
 template <typename XT>

@@ -798,8 +798,9 @@ LOWPREC_HD void warp_steps(const uint16_t* x, const unsigned char* w, const unsi
 // `programmatic`: launched as a programmatic dependent of the kernel before it (lowprec.cuh), which may still
 // run: the kernel waits for it before it reads or writes anything, so what it gains is its blocks launched and
 // resident while that kernel finishes. Asking for the warp's weight bytes in L2 before the wait made the decode
-// step's NVFP4 linears slower (cbc79e3: 1.5-3.2% on the NVFP4 strategies' steps; only the first step's bytes,
-// 545b57d: no faster than none). Launched ordinarily it skips the wait.
+// step's NVFP4 linears slower (cbc79e3: the NVFP4 strategies' steps 1.5-3.1% slower than launched ordinarily;
+// asking for only the first step's bytes was no faster than asking for none: decode-programmatic-launches-h200-
+// 2026-12-02.md). Launched ordinarily it skips the wait, so that path runs the instructions it ran before.
 template <class C>
 __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     nvfp4_linear_kernel(const uint16_t* __restrict__ x, const unsigned char* __restrict__ w,
@@ -954,10 +955,13 @@ cudaError_t launch(const void* x, const void* w, const void* ws, const void* gw,
     attribute.val.programmaticStreamSerializationAllowed = 1;
     config.attrs = &attribute;
     config.numAttrs = programmatic ? 1 : 0;
-    return cudaLaunchKernelEx(&config, nvfp4_linear_kernel<C>, static_cast<const uint16_t*>(x),
-                              static_cast<const unsigned char*>(w), static_cast<const unsigned char*>(ws),
-                              static_cast<const float*>(gw), gw_stride, static_cast<float*>(out), M, N, K,
-                              programmatic);
+    const cudaError_t launched = cudaLaunchKernelEx(
+        &config, nvfp4_linear_kernel<C>, static_cast<const uint16_t*>(x), static_cast<const unsigned char*>(w),
+        static_cast<const unsigned char*>(ws), static_cast<const float*>(gw), gw_stride, static_cast<float*>(out), M,
+        N, K, programmatic);
+    // Read (and so clear) the runtime's last error too: a failed launch must not be reported by the next one.
+    const cudaError_t last = cudaGetLastError();
+    return launched != cudaSuccess ? launched : last;
 }
 #endif
 
