@@ -10,6 +10,8 @@ run them compiled, in the decode step, where a GPU exists.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -50,6 +52,11 @@ def _jobs() -> dict[str, tuple[str, tuple, dict]]:
         calls[f"norm-copy-{name}"] = ("add_rms_norm", (a["h"], a["weight"], a["delta"]),
                                       {"fp8_scale": True, "copy_dtype": DTYPES[name]})
         calls[f"swiglu-copy-{name}"] = ("swiglu", (a["gate"], a["up"], torch.float32), {"copy_dtype": DTYPES[name]})
+    # Asked for a programmatic launch, the interpreter runs the ordinary one.
+    calls["add-norm-programmatic"] = ("add_rms_norm", (a["h"], a["weight"], a["delta"]),
+                                      {"fp8_scale": True, "programmatic": True})
+    calls["swiglu-programmatic"] = ("swiglu", (a["gate"], a["up"], torch.float32),
+                                    {"workspace": decode_fusions.SwigluWorkspace("cpu"), "programmatic": True})
     for edge, (h, gate) in _edges(a).items():
         calls[f"norm-{edge}"] = ("add_rms_norm", (h, a["weight"]), {"fp8_scale": True})
         calls[f"swiglu-{edge}"] = ("swiglu", (gate, a["up"], torch.float32),
@@ -145,6 +152,13 @@ def test_fused_kernels_write_the_copy_a_cast_of_their_output_gives(interpreted, 
     assert copied.dtype == DTYPES[copy] and torch.equal(copied, out.to(DTYPES[copy]))
 
 
+@pytest.mark.parametrize(("asked", "ordinary"), [("add-norm-programmatic", "add-norm-float32"),
+                                                 ("swiglu-programmatic", "swiglu-float32")])
+def test_a_programmatic_launch_asked_of_the_interpreter_gives_the_ordinary_launchs_bits(interpreted, asked, ordinary):
+    assert all(_same(got, want) for got, want in zip(interpreted[asked], interpreted[ordinary], strict=True)
+               if isinstance(got, torch.Tensor))
+
+
 def test_fused_kernels_refuse_a_copy_in_a_dtype_no_linear_reads():
     with pytest.raises(ValueError, match="copy_dtype takes torch.float32, torch.bfloat16, torch.float16 or None"):
         decode_fusions.add_rms_norm(torch.zeros(1, 8), torch.ones(8), copy_dtype=torch.int8)
@@ -159,9 +173,26 @@ def test_fused_kernels_refuse_cpu_tensors_outside_the_interpreter():
         decode_fusions.swiglu(torch.zeros(1, 8), torch.zeros(1, 8), torch.float32)
 
 
-def test_the_fused_kernels_launch_in_order_under_the_interpreter():
-    # Triton's interpreter has no programmatic launch: asked for one, it runs the ordinary one.
-    assert decode_fusions._launch_options(True, torch.zeros(1)) == {"PROGRAMMATIC": False}
+def _on_a_gpu_of(monkeypatch, capability: tuple[int, int]):
+    """A stand-in for a tensor on cuda:0 of `capability`, for _launch_options' rule on a machine without one."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", None)
+    return SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0))
+
+
+def test_the_fused_kernels_launch_programmatically_where_asked_on_hopper(monkeypatch):
+    monkeypatch.setattr(decode_fusions, "interpreting", lambda: False)
+    on = _on_a_gpu_of(monkeypatch, (9, 0))
+    assert decode_fusions._launch_options(True, on) == {"PROGRAMMATIC": True, "launch_pdl": True}
+    assert decode_fusions._launch_options(False, on) == {"PROGRAMMATIC": False}
+
+
+@pytest.mark.parametrize("why", ["interpreter", "pre-hopper", "cpu"])
+def test_the_fused_kernels_launch_in_order_where_a_programmatic_launch_cannot_be(monkeypatch, why):
+    # Triton's interpreter has no griddepcontrol; ptxas refuses it below sm_90.
+    monkeypatch.setattr(decode_fusions, "interpreting", lambda: why == "interpreter")
+    on = torch.zeros(1) if why == "cpu" else _on_a_gpu_of(monkeypatch, (8, 9) if why == "pre-hopper" else (9, 0))
+    assert decode_fusions._launch_options(True, on) == {"PROGRAMMATIC": False}
 
 
 def test_only_a_decode_sized_activation_is_fused():
@@ -235,14 +266,46 @@ def test_fused_decode_step_declares_every_kernel_it_launches_on_cuda(strategy):
 @needs_cuda
 @pytest.mark.parametrize("strategy", ["fp16_baseline", "fp8_balanced", "hybrid_long_context", "layerwise_gradient",
                                       "w4a16_aggressive", "nvfp4_weights"])
-def test_programmatic_launches_give_the_ordinary_launches_bits_on_cuda(strategy):
-    """Each programmatic launch waits for the one before it: a norm, GEMV or NVFP4 linear that read its input early
-    would differ, over three calls."""
-    programmatic, ordinary = gpu_step(strategy), gpu_step(strategy, programmatic=False)
-    assert programmatic.programmatic and not ordinary.programmatic
-    expected = ordinary()
+def test_a_decode_step_of_programmatic_launches_gives_the_ordinary_launches_logits_on_cuda(strategy):
+    """The step's wiring (every kernel of a programmatic step takes what the ordinary step's does); whether each
+    launch waits for the one before is the chain tests' (below, and the GEMV's and NVFP4 linear's own)."""
+    expected = gpu_step(strategy, programmatic=False)()
+    programmatic = gpu_step(strategy)
     for _ in range(3):
         assert torch.equal(programmatic(), expected)
+
+
+@needs_cuda
+@pytest.mark.parametrize("kernel", ["norm", "swiglu"])
+def test_a_programmatic_fused_launch_waits_for_the_gemv_that_writes_its_input_on_cuda(kernel):
+    # The FP8 GEMV before it lets the next launch start once its own wait returns, then streams its weight for
+    # several microseconds and writes its output last, over NaN: a fused launch that read it early would differ.
+    from lowprec_workloads.fp8_gemv_cuda import TILES, Fp8GemvKernels
+    from pytest_lowprec.formats.fp8 import quantize_tensorwise
+
+    g = torch.Generator().manual_seed(14)
+    width, k = 4096, 4096
+    wq, w_inv = (t.cuda() for t in quantize_tensorwise(torch.randn(2 * width, k, generator=g) / k**0.5))
+    x, h, weight = (torch.randn(*shape, generator=g).cuda() for shape in ((1, k), (1, width), (width,)))
+    cuda = Fp8GemvKernels("cuda")
+    produced = torch.empty(1, 2 * width, device="cuda")
+
+    def call(programmatic: bool) -> tuple[torch.Tensor, ...]:
+        produced.fill_(float("nan"))
+        cuda.gemv(x, wq, w_inv, TILES[1], produced, programmatic=programmatic)
+        if kernel == "norm":
+            return decode_fusions.add_rms_norm(h, weight, produced[:, :width], programmatic=programmatic)[:2]
+        return decode_fusions.swiglu(produced[:, :width], produced[:, width:], torch.float32,
+                                     programmatic=programmatic)[:1]
+
+    expected = call(False)
+    for _ in range(3):
+        assert all(torch.equal(got, want) for got, want in zip(call(True), expected, strict=True))
+
+
+@needs_cuda
+def test_a_gpu_decode_step_launches_programmatically_unless_told_not_to():
+    assert gpu_step("fp8_balanced").programmatic and not gpu_step("fp8_balanced", programmatic=False).programmatic
 
 
 @needs_cuda

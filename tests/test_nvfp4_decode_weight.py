@@ -9,7 +9,11 @@ from dataclasses import replace
 
 import pytest
 import torch
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
+from lowprec_workloads import kernels
 from lowprec_workloads.nvfp4_gemm import (
     CudaKernels,
     DecodeWeight,
@@ -121,21 +125,35 @@ def test_every_decode_kernel_scales_each_row_of_a_stack_by_its_own_tensor_scale(
         assert rel_l2(reference, out.double()) < 1e-5, path
 
 
+@triton.jit
+def _write_late(src, dst, zeros, n, spins, BLOCK: tl.constexpr):
+    """dst = src, stored after the program has let the next launch start and then read `zeros` `spins` times."""
+    gdc_launch_dependents()
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    value = tl.load(src + offs, mask=mask, other=0.0)
+    for _ in range(spins):
+        value += tl.load(zeros + offs, mask=mask, other=0.0, volatile=True)
+    tl.store(dst + offs, value, mask=mask)
+
+
 @needs_cuda
 @pytest.mark.parametrize("rows", [1, 16, 64])
 @pytest.mark.parametrize("captured", [False, True], ids=["eager", "graph"])
 def test_a_programmatic_decode_linear_waits_for_the_rows_the_launch_before_writes(rows, captured):
-    # The launch before it writes x over NaN; a linear that read x before that launch finished would sum NaN.
-    # K = 2944 gives the warps along K an extra step, whose bytes the kernel also asks for before its wait.
+    # The launch before it lets it start at once and writes x over NaN only after hundreds of reads: a linear
+    # that read x before that launch finished would sum NaN.
     k, n = 2944, 72
     cuda = CudaKernels(torch.device("cuda:0"))
+    if not kernels.programmatic_launches(cuda.device):
+        pytest.skip("programmatic launches need compute capability 9.0")
     prepared = prepare_decode_weight(_weight(n, k, "cuda"), cuda)
     rows_in = torch.randn(rows, k, generator=torch.Generator().manual_seed(12)).bfloat16().cuda()
-    x, out = torch.empty_like(rows_in), torch.empty(rows, n, device="cuda")
+    x, zeros, out = torch.empty_like(rows_in), torch.zeros_like(rows_in), torch.empty(rows, n, device="cuda")
     expected = linear(rows_in, prepared, cuda, torch.empty(rows, n, device="cuda"))
 
     def call() -> None:
-        x.copy_(rows_in)
+        _write_late[(triton.cdiv(x.numel(), 1024),)](rows_in, x, zeros, x.numel(), 256, BLOCK=1024)
         linear(x, prepared, cuda, out, programmatic=True)
 
     if captured:
