@@ -28,9 +28,9 @@ Sections, in this order, each a table, JSON written to OUT.json after each:
            stacked into one linear on both sides; the same with every projection its own linear on both sides
            (before 2026-12-02's stacking); the same with each linear's input cast in a launch of its own on both
            sides (before the fused launches wrote it); the same with every launch an ordinary one on both sides
-           (before the fused launches and the FP8 GEMVs were programmatic dependents); the NVFP4 strategies
-           with their weights through the CUDA-core GEMV (before 2026-12-02's tensor-core decode linear); the
-           fastest tile per shape from `decode`, and no GEMV;
+           (before the fused launches, FP8 GEMVs and NVFP4 decode linears were programmatic dependents); the
+           NVFP4 strategies with their weights through the CUDA-core GEMV (before 2026-12-02's tensor-core decode
+           linear); the fastest tile per shape from `decode`, and no GEMV;
            SQNR against float32, and the hardware model's predicted speedup from each step's declared
            work, so "of model" is what STEP_FRACTION is chosen from.
 Both sides of each row are timed by the plugin's own timer: CUDA-graph replays, L2 flushed before each
@@ -339,8 +339,11 @@ def section_sequence(bench: Bench) -> None:
         subjects[f"{_tile_name(tile)}"] = (gemvs(False), n * k)
         subjects[f"{_tile_name(tile)}, programmatic launches"] = (gemvs(True), n * k)
         rows, read_us = {}, math.inf
+        early_name = f"{_tile_name(tile)}, programmatic launches"
         for name, (fn, nbytes) in subjects.items():
             try:
+                if name == early_name:
+                    outs.fill_(math.nan)  # what the equality check below reads is this subject's
                 m = bench.pair(bf16_linears, fn, n=30)
                 us = m["opt_ms"] * 1e3
                 if name.startswith("read only"):
@@ -354,23 +357,19 @@ def section_sequence(bench: Bench) -> None:
                       f"{m['of_copy']:7.3f} {m['of_read'] or math.nan:7.3f}", flush=True)
             except Exception as e:  # noqa: BLE001
                 rows[name] = _fail(f"{n}x{k} {name}", e)
-        # The programmatic launches (the last timed) computed what ordinary ones do.
-        for out, (wq, inv) in zip(outs, layers, strict=True):
-            ref = torch.empty_like(out)
-            cuda.gemv(x, wq, inv, tile, ref)
-            if not torch.equal(out, ref):
-                rows["programmatic_equal"] = False
-        rows.setdefault("programmatic_equal", True)
-        plain, early = rows.get(_tile_name(tile), {}), rows.get(f"{_tile_name(tile)}, programmatic launches", {})
+        # The programmatic launches (the last timed) wrote what ordinary ones do. The launches are independent
+        # (one x, an output each): this checks the launch path, not the ordering (tests/test_fp8_gemv_cuda.py).
+        plain, early = rows.get(_tile_name(tile), {}), rows.get(early_name, {})
+        same = "us" in early and all(torch.equal(out, cuda.gemv(x, wq, inv, tile, torch.empty_like(out)))
+                                     for out, (wq, inv) in zip(outs, layers, strict=True))
+        early["same_outputs"] = same
         if "us" in plain and "us" in early:
             bench.summary.append(f"sequence {n}x{k}: read only {read_us / SEQUENCE_LAYERS:.1f} us a launch; GEMV "
                                  f"{plain['us_per_launch']:.1f} ({plain['of_copy']:.2f} of copy), programmatic "
-                                 f"{early['us_per_launch']:.1f} ({early['of_copy']:.2f}), same outputs: "
-                                 f"{rows['programmatic_equal']}")
+                                 f"{early['us_per_launch']:.1f} ({early['of_copy']:.2f}), same outputs: {same}")
         table[f"{n}x{k}"] = rows
         bench.results["sequence"] = table
         bench.save()
-        del layers, w16, outs
 
 
 # -- decode linears -------------------------------------------------------------------------------
