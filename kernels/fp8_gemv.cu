@@ -25,23 +25,9 @@ template <typename XT, int kRows, int kUnroll, int kWarps, int kMinBlocks>
 cudaError_t launch(const void* x, const void* x_scale, const void* w, const void* w_inv, int w_inv_stride, void* out,
                    int N, int K, bool programmatic, cudaStream_t stream) {
     const int warps = (N + kRows - 1) / kRows;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3((warps + kWarps - 1) / kWarps);
-    config.blockDim = dim3(kWarps * 32);
-    config.dynamicSmemBytes = K;
-    config.stream = stream;
-    cudaLaunchAttribute attribute = {};
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = &attribute;
-    config.numAttrs = programmatic ? 1 : 0;
-    const cudaError_t st = cudaLaunchKernelEx(
-        &config, lowprec::fp8_gemv_kernel<XT, kRows, kUnroll, kWarps, kMinBlocks>, static_cast<const XT*>(x),
-        static_cast<const float*>(x_scale), static_cast<const uint8_t*>(w), static_cast<const float*>(w_inv),
-        w_inv_stride, static_cast<float*>(out), N, K);
-    // Read (and so clear) the runtime's last error too: a failed launch must not be reported by the next one.
-    const cudaError_t last = cudaGetLastError();
-    return st != cudaSuccess ? st : last;
+    return lowprec::launch_kernel(lowprec::fp8_gemv_kernel<XT, kRows, kUnroll, kWarps, kMinBlocks>,
+                                  dim3((warps + kWarps - 1) / kWarps), dim3(kWarps * 32), K, stream, programmatic,
+                                  x, x_scale, w, w_inv, w_inv_stride, out, N, K);
 }
 
 template <typename XT>

@@ -45,6 +45,27 @@ __device__ __forceinline__ void allow_dependent_grid() {
 #endif
 }
 
+// Launches kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent of the kernel before it on
+// the stream where `programmatic` (the kernel waits with wait_for_prior_grid). Returns the launch's error, and
+// reads the runtime's last error (so clearing it): a failed launch must not be reported by the next launcher.
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                          bool programmatic, Args... args) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cudaLaunchAttribute attribute = {};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &attribute;
+    config.numAttrs = programmatic ? 1 : 0;
+    const cudaError_t launched = cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+    const cudaError_t last = cudaGetLastError();
+    return launched != cudaSuccess ? launched : last;
+}
+
 // E2M1 code (s e1 e0 m) -> value, by arithmetic: e > 0 is 2^(e-1) * (1 + m/2), e = 0 is m/2.
 __host__ __device__ __forceinline__ float e2m1_to_float(uint32_t code) {
     const uint32_t e = (code >> 1) & 3u, m = code & 1u;

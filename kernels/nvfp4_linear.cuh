@@ -945,23 +945,9 @@ cudaError_t launch(const void* x, const void* w, const void* ws, const void* gw,
     if (M < 1 || M > 8 * C::kMT || N < 1 || K < kStepElements || K % kStepElements != 0) return cudaErrorInvalidValue;
     const cudaError_t st = configure_once<C>();
     if (st != cudaSuccess) return st;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3((N + C::kRowsPerBlock - 1) / C::kRowsPerBlock);
-    config.blockDim = dim3(C::kThreads);
-    config.dynamicSmemBytes = C::kSmemBytes;
-    config.stream = stream;
-    cudaLaunchAttribute attribute = {};
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = &attribute;
-    config.numAttrs = programmatic ? 1 : 0;
-    const cudaError_t launched = cudaLaunchKernelEx(
-        &config, nvfp4_linear_kernel<C>, static_cast<const uint16_t*>(x), static_cast<const unsigned char*>(w),
-        static_cast<const unsigned char*>(ws), static_cast<const float*>(gw), gw_stride, static_cast<float*>(out), M,
-        N, K, programmatic);
-    // Read (and so clear) the runtime's last error too: a failed launch must not be reported by the next one.
-    const cudaError_t last = cudaGetLastError();
-    return launched != cudaSuccess ? launched : last;
+    return launch_kernel(nvfp4_linear_kernel<C>, dim3((N + C::kRowsPerBlock - 1) / C::kRowsPerBlock),
+                         dim3(C::kThreads), C::kSmemBytes, stream, programmatic, x, w, ws, gw, gw_stride, out, M, N,
+                         K, programmatic);
 }
 #endif
 
