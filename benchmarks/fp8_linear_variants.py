@@ -232,6 +232,19 @@ def _xor(a, b):
     return a ^ b
 
 
+def _read_rates(m: dict, name: str, nbytes: int, weight_bytes: int, read_us: float, launches: int = 1) -> float:
+    """Adds to a pair() row `m` (its `launches` launches reading `nbytes` each) its time in us, a launch's, its
+    TB/s and its fractions of the copy ceiling and of the read-only kernel's rate (the fastest `read only` row
+    so far, over `weight_bytes`); returns that fastest read-only time, this row's if it is one and faster."""
+    us = m["opt_ms"] * 1e3
+    if name.startswith("read only"):
+        read_us = min(read_us, us)
+    m.update(us=us, us_per_launch=us / launches, tb_per_s=launches * nbytes / us / 1e6)
+    m["of_copy"] = m["tb_per_s"] * 1e12 / COPY_CEILING
+    m["of_read"] = read_us * (nbytes / weight_bytes) / us if math.isfinite(read_us) else None
+    return read_us
+
+
 def section_ceiling(bench: Bench) -> None:
     print("\n== ceiling: the weight's bytes read alone, the 16-bit F.linear, and GEMV tiles, one row ==", flush=True)
     sms = bench.device.sm_count
@@ -268,12 +281,9 @@ def section_ceiling(bench: Bench) -> None:
                         return layer(x)
                     err = rel_l2(reference, fn())
                 m = bench.pair(bf16_linear, fn, n=40)
-                us = m["opt_ms"] * 1e3
-                if name.startswith("read only"):
-                    read_us = min(read_us, us)
-                m.update(us=us, tb_per_s=nbytes / us / 1e6, rel_l2=err)
-                m["of_copy"] = m["tb_per_s"] * 1e12 / COPY_CEILING
-                m["of_read"] = read_us * (nbytes / (n * k)) / us if math.isfinite(read_us) else None
+                m["rel_l2"] = err
+                read_us = _read_rates(m, name, nbytes, n * k, read_us)
+                us = m["us"]
                 rows[name] = m
                 print(f"  {f'{n}x{k}':12s} {name:44s} {us:8.2f} {m['tb_per_s']:6.2f} {m['of_copy']:7.3f} "
                       f"{m['of_read'] or math.nan:7.3f} {err if err is not None else math.nan:8.1e}", flush=True)
@@ -345,13 +355,8 @@ def section_sequence(bench: Bench) -> None:
                 if name == early_name:
                     outs.fill_(math.nan)  # what the equality check below reads is this subject's
                 m = bench.pair(bf16_linears, fn, n=30)
-                us = m["opt_ms"] * 1e3
-                if name.startswith("read only"):
-                    read_us = min(read_us, us)
-                total = SEQUENCE_LAYERS * nbytes
-                m.update(us=us, us_per_launch=us / SEQUENCE_LAYERS, tb_per_s=total / us / 1e6)
-                m["of_copy"] = m["tb_per_s"] * 1e12 / COPY_CEILING
-                m["of_read"] = read_us * (nbytes / (n * k)) / us if math.isfinite(read_us) else None
+                read_us = _read_rates(m, name, nbytes, n * k, read_us, launches=SEQUENCE_LAYERS)
+                us = m["us"]
                 rows[name] = m
                 print(f"  {f'{n}x{k}':12s} {name:52s} {us:8.1f} {m['us_per_launch']:9.2f} {m['tb_per_s']:6.2f} "
                       f"{m['of_copy']:7.3f} {m['of_read'] or math.nan:7.3f}", flush=True)
