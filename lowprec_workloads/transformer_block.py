@@ -88,8 +88,8 @@ CUDA_FUSIONS = ("triton: residual add + rmsnorm, swiglu, one launch each, writin
 CUDA_STACKED = ("q, k, v and gate, up projections stacked into one linear each where 16-bit, fp8 (one-row gemv, "
                 "a scale per weight) or nvfp4 (a tensor scale per weight)")
 CUDA_NVFP4_WEIGHTS = "nvfp4_gemm.linear: tensor-core decode linear, weights laid out once"
-CUDA_PROGRAMMATIC = ("fused launches, fp8 gemvs and nvfp4 decode linears as programmatic dependents: each linear "
-                     "requests weight bytes while the launch before it runs")
+CUDA_PROGRAMMATIC = ("fused launches, fp8 gemvs and nvfp4 decode linears as programmatic dependents: the fp8 gemv "
+                     "requests its first weight chunk while the launch before it runs, the others wait at their start")
 
 
 @dataclass(frozen=True)
