@@ -55,7 +55,14 @@ import triton.language as tl
 
 from lowprec_workloads import fp8_linear
 from lowprec_workloads.fp8_gemv_cuda import TILES, Fp8GemvKernels
-from lowprec_workloads.fp8_linear import FP8Linear, GemvConfig, quantize_activation, quantize_small, quantize_work
+from lowprec_workloads.fp8_linear import (
+    FP8Linear,
+    GemvConfig,
+    quantize_activation,
+    quantize_small,
+    quantize_work,
+    square_operands,
+)
 from lowprec_workloads.nvfp4_gemm import CudaKernels
 from lowprec_workloads.strategies import LINEARS, builtin_strategies, custom
 from lowprec_workloads.transformer_block import LARGE, NVFP4_WEIGHTS, DecodeStep, Weights
@@ -523,9 +530,7 @@ def section_prefill(bench: Bench) -> None:
     print(f"  {'n':>5s} {'variant':36s} {'bf16 ms':>8s} {'fp8 ms':>8s} {'speedup':>8s} {'model':>6s} {'of model':>8s}")
     rows = {}
     for n in PREFILL_SIZES:
-        gen = torch.Generator(device=DEVICE).manual_seed(n)  # the suite's operands
-        a = torch.randn(n, n, generator=gen, device=DEVICE).to(torch.bfloat16)
-        b = torch.randn(n, n, generator=gen, device=DEVICE).to(torch.bfloat16)
+        a, b = square_operands(n, DEVICE)
         a8, a_inv = quantize_tensorwise(a)
         b8, b_inv = quantize_tensorwise(b)
         b8 = b8.t().contiguous().t()

@@ -22,9 +22,8 @@ Triton quantizer's two kernels and no ATen reduction (the eager quantizer's amax
 from __future__ import annotations
 
 import pytest
-import torch
 
-from lowprec_workloads.fp8_linear import quantize_activation, quantize_work, quantizer
+from lowprec_workloads.fp8_linear import quantize_activation, quantize_work, quantizer, square_operands
 from pytest_lowprec.formats import bounds
 from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
 from pytest_lowprec.formats.metrics import sqnr_db
@@ -55,18 +54,11 @@ TRITON_QUANTIZER_KERNELS = (r"_absmax_kernel", r"_fp8_tensorwise_kernel")
 EAGER_AMAX_KERNEL = r"reduce_kernel"
 
 
-def _operands(n: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator(device=device).manual_seed(n)
-    a = torch.randn(n, n, generator=gen, device=device).to(torch.bfloat16)
-    b = torch.randn(n, n, generator=gen, device=device).to(torch.bfloat16)
-    return a, b
-
-
 @pytest.mark.lowprec(precision="fp8")
 @pytest.mark.parametrize("scope", ["gemm", "linear"])
 @pytest.mark.parametrize("n", SIZES)
 def test_fp8_gemm(lowprec, n, scope):
-    a, b = _operands(n, lowprec.device)
+    a, b = square_operands(n, lowprec.device)
     lowprec.signature(m=n, n=n, k=n, inputs="bfloat16", fp8="e4m3fn", scaling="tensorwise")
     a8, a_inv = quantize_tensorwise(a)
     b8, b_inv = quantize_tensorwise(b)
