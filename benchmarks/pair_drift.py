@@ -120,8 +120,7 @@ def parse_workload(name: str) -> tuple[str, int]:
 def callables(kind: str, n: int, device: str) -> tuple[Callable[[], object], Callable[[], object]]:
     """The suite's (baseline, optimized) for `kind` at size n: BF16 `a @ b`, and the FP8 side or, for the
     control, a second BF16 `a @ b`."""
-    from lowprec_workloads.fp8_linear import quantize_activation, square_operands
-    from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
+    from lowprec_workloads.fp8_linear import square_fp8_sides, square_operands
 
     a, b = square_operands(n, device)
 
@@ -130,17 +129,7 @@ def callables(kind: str, n: int, device: str) -> tuple[Callable[[], object], Cal
 
     if kind == "control":
         return bf16, lambda: a @ b  # a second callable: the timer replays each side from its own graph
-    a8, a_inv = quantize_tensorwise(a)
-    b8, b_inv = quantize_tensorwise(b)
-    b8 = b8.t().contiguous().t()  # _scaled_mm takes B column-major
-
-    def fp8_gemm():
-        return scaled_mm(a8, a_inv, b8, b_inv)
-
-    def fp8_linear():
-        q, inv = quantize_activation(a)
-        return scaled_mm(q, inv, b8, b_inv)
-
+    fp8_gemm, fp8_linear = square_fp8_sides(a, b)
     return bf16, fp8_gemm if kind == "fp8-gemm" else fp8_linear
 
 

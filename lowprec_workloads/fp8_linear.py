@@ -388,6 +388,23 @@ def square_operands(n: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
+def square_fp8_sides(a: torch.Tensor, b: torch.Tensor) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
+    """The FP8 GEMM suite's two FP8 sides of A @ B, tensorwise E4M3: (gemm, linear). `gemm` runs `_scaled_mm` on
+    operands quantized once; `linear` quantizes A on every call, as an FP8 linear layer must its activation."""
+    a8, a_inv = quantize_tensorwise(a)
+    b8, b_inv = quantize_tensorwise(b)
+    b8 = b8.t().contiguous().t()  # _scaled_mm takes B column-major
+
+    def gemm():
+        return scaled_mm(a8, a_inv, b8, b_inv)
+
+    def linear():
+        q, inv = quantize_activation(a)
+        return scaled_mm(q, inv, b8, b_inv)
+
+    return gemm, linear
+
+
 def fp8_roundtrip(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """x through E4M3 with a tensorwise scale and back, in `dtype`: what an FP8 operand holds."""
     if x.is_cuda and x.numel() <= SMALL_QUANTIZE_MAX:

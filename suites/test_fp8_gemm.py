@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import pytest
 
-from lowprec_workloads.fp8_linear import quantize_activation, quantize_work, quantizer, square_operands
+from lowprec_workloads.fp8_linear import quantize_work, quantizer, square_fp8_sides, square_operands
 from pytest_lowprec.formats import bounds
-from pytest_lowprec.formats.fp8 import quantize_tensorwise, scaled_mm
 from pytest_lowprec.formats.metrics import sqnr_db
 from pytest_lowprec.roofline import Work
 
@@ -60,16 +59,7 @@ EAGER_AMAX_KERNEL = r"reduce_kernel"
 def test_fp8_gemm(lowprec, n, scope):
     a, b = square_operands(n, lowprec.device)
     lowprec.signature(m=n, n=n, k=n, inputs="bfloat16", fp8="e4m3fn", scaling="tensorwise")
-    a8, a_inv = quantize_tensorwise(a)
-    b8, b_inv = quantize_tensorwise(b)
-    b8 = b8.t().contiguous().t()  # _scaled_mm takes B column-major
-
-    def fp8_gemm():
-        return scaled_mm(a8, a_inv, b8, b_inv)
-
-    def fp8_linear():
-        q, inv = quantize_activation(a)
-        return scaled_mm(q, inv, b8, b_inv)
+    fp8_gemm, fp8_linear = square_fp8_sides(a, b)
 
     if scope == "linear" and lowprec.on_cuda:  # the CPU's eager path is the one its baseline recorded
         lowprec.signature(activation_quantizer=quantizer(a.numel(), on_cuda=True))
