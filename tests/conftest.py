@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from pathlib import Path
 
 import jinja2  # noqa: F401
@@ -27,3 +29,19 @@ _CHECKOUT = str(Path(pytest_lowprec.__file__).resolve().parents[1])
 @pytest.fixture(autouse=True)
 def _subprocesses_import_this_checkout(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [_CHECKOUT, os.environ.get("PYTHONPATH")])))
+
+
+@pytest.fixture
+def benchmark_module(monkeypatch):
+    """Imports a script of benchmarks/ by its module name, and forgets it after the test: the scripts are not a
+    package, and a test's copy must not leak another test's monkeypatches."""
+    monkeypatch.syspath_prepend(str(Path(_CHECKOUT) / "benchmarks"))
+    imported = []
+
+    def load(name: str):
+        imported.append(name)
+        return importlib.import_module(name)
+
+    yield load
+    for name in imported:
+        sys.modules.pop(name, None)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
 
 from pytest_lowprec.gate import Kind, Status, Verdict
@@ -13,14 +9,10 @@ from pytest_lowprec.record import WorkloadRecord
 from pytest_lowprec.report.rows import verdict_frame, write_csv
 from pytest_lowprec.review import Outcomes, save_run
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 @pytest.fixture
-def table_module(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    yield importlib.import_module("expectation_table")
-    sys.modules.pop("expectation_table", None)
+def table_module(benchmark_module):
+    return benchmark_module("expectation_table")
 
 
 def _record(nodeid: str, speedup: float, predicted: float) -> WorkloadRecord:

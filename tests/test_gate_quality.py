@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
@@ -14,9 +13,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.fixture
-def analysis(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    return importlib.import_module("gate_quality_analysis")
+def analysis(benchmark_module):
+    return benchmark_module("gate_quality_analysis")
 
 
 def row(value, low, high, status="pass", nodeid="t.py::test_a", injection=None, peers=None):

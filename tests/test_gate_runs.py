@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import io
-import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 
 from pytest_lowprec.gate import SpeedupTolerance
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 FIELDS = ["test", "metric", "kind", "value", "delta_pct", "status"]
 
 
 @pytest.fixture
-def gate_runs(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    yield importlib.import_module("gate_runs")
-    sys.modules.pop("gate_runs", None)
+def gate_runs(benchmark_module):
+    return benchmark_module("gate_runs")
 
 
 def _csv(rows: list[tuple]) -> str:

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from pytest_lowprec.timing import SamplingPolicy
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 @pytest.fixture
-def pair_drift(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    yield importlib.import_module("pair_drift")
-    sys.modules.pop("pair_drift", None)
+def pair_drift(benchmark_module):
+    return benchmark_module("pair_drift")
 
 
 class SettlingTimer:
